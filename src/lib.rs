@@ -1,0 +1,114 @@
+//! The seed's workload and wire protocol, shared by the examples, the
+//! benchmark and the integration tests.
+//!
+//! The protocol is the one the seed's Python client and server speak: the
+//! client connects, sends `n` as ASCII decimal (at most 16 bytes), the server
+//! answers `sumn(n)` as ASCII decimal and closes the connection.
+#![warn(missing_docs, missing_debug_implementations)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+/// The port the seed's programs use.
+pub const DEFAULT_PORT: u16 = 10000;
+
+/// The `n` of the seed's benchmark.
+pub const SEED_N: u64 = 25_000;
+
+/// The most bytes a request may hold, as in the seed's `recv(16)`.
+pub const MAX_REQUEST: usize = 16;
+
+/// The seed's CPU-heavy step: sums `1..=n` with a real loop.
+///
+/// `black_box` keeps LLVM from replacing the loop by `n * (n + 1) / 2`, which
+/// it otherwise does, so the work really costs O(n).
+pub fn sumn(n: u64) -> u64 {
+    let mut total: u64 = 0;
+    let mut i: u64 = 1;
+    while i <= n {
+        total = total.wrapping_add(std::hint::black_box(i));
+        i += 1;
+    }
+    total
+}
+
+/// The value `sumn(n)` must return, computed in O(1) to check answers.
+pub fn expected_sum(n: u64) -> u64 {
+    let n = u128::from(n);
+    (n * (n + 1) / 2) as u64
+}
+
+/// Reads one request: up to [`MAX_REQUEST`] bytes of ASCII decimal, in one
+/// read like the seed's `recv(16)`.
+///
+/// # Errors
+///
+/// An I/O error, or `InvalidData` if the bytes are not a decimal number.
+pub fn read_request(stream: &mut impl Read) -> io::Result<u64> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let len = stream.read(&mut buf)?;
+    parse_decimal(&buf[..len])
+}
+
+/// Writes one reply: `sum` as ASCII decimal.
+///
+/// # Errors
+///
+/// Any I/O error of the write.
+pub fn write_reply(stream: &mut impl Write, sum: u64) -> io::Result<()> {
+    stream.write_all(sum.to_string().as_bytes())
+}
+
+/// Parses ASCII decimal, ignoring surrounding whitespace (the seed's
+/// `int(data)` does the same).
+///
+/// # Errors
+///
+/// `InvalidData` if the bytes are not a decimal number.
+pub fn parse_decimal(bytes: &[u8]) -> io::Result<u64> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .map(str::trim)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a decimal number: {:?}", String::from_utf8_lossy(bytes)),
+            )
+        })
+}
+
+/// One request of the seed's client: connects to `addr`, sends `n`, reads
+/// the answer until the server closes the connection.
+///
+/// # Errors
+///
+/// Any I/O error, or `InvalidData` if the answer is not a number.
+pub fn request(addr: SocketAddr, n: u64) -> io::Result<u64> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.write_all(n.to_string().as_bytes())?;
+    let mut answer = Vec::with_capacity(24);
+    stream.read_to_end(&mut answer)?;
+    parse_decimal(&answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sumn_matches_the_closed_form() {
+        for n in [0, 1, 2, 10, 25_000, 1 << 20] {
+            assert_eq!(sumn(n), expected_sum(n), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn requests_parse_like_the_seed() {
+        assert_eq!(read_request(&mut &b"25000"[..]).unwrap(), 25_000);
+        assert_eq!(read_request(&mut &b" 42\n"[..]).unwrap(), 42);
+        assert!(read_request(&mut &b"x"[..]).is_err());
+        assert!(read_request(&mut &b""[..]).is_err());
+    }
+}

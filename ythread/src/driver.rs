@@ -1,0 +1,182 @@
+//! Driving a handler: the coroutine that runs its body, and the loop that
+//! hands each yielded job to the strategy and resumes the handler with the
+//! result.
+
+use std::fmt;
+use std::mem::ManuallyDrop;
+
+use corosensei::{Coroutine, CoroutineResult};
+
+use crate::apply::Apply;
+use crate::handler::{Context, Yieldable};
+use crate::job::{ErasedJob, Job};
+use crate::stack::{self, Stack};
+
+/// Coroutine stack size used unless
+/// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)
+/// says otherwise: 256 KiB. Only the pages a handler touches are ever
+/// committed; offloaded work runs on the driving thread's own stack (or a
+/// worker's), not on this one.
+pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+
+/// A started handler, stepped by hand: the Rust face of the seed's generator.
+///
+/// Each [`resume`](Generator::resume) runs the handler until its next
+/// `offload!` point, which arrives as [`GeneratorState::Yielded`] with the
+/// work as a [`Job`], or until it returns ([`GeneratorState::Complete`]).
+/// The job borrows the generator, so the handler cannot be resumed (or
+/// dropped) before the job has been run or dropped; if it is dropped without
+/// running, the handler panics at its `offload!` point when resumed.
+///
+/// # Dropping a generator
+///
+/// Dropping a generator whose handler is suspended unwinds the handler's
+/// stack: the destructors of its locals run, as if it had panicked at the
+/// `offload!` point, and its coroutine stack is returned for reuse.
+///
+/// # `Send`
+///
+/// A generator is neither `Send` nor `Sync`: the handler's coroutine never
+/// moves to another thread, so its thread-locals stay sound. Only jobs cross
+/// threads.
+///
+/// # Example
+///
+/// ```
+/// use ythread::{GeneratorState, Yieldable, offload, yieldable};
+///
+/// fn double(x: u32) -> u32 { 2 * x }
+///
+/// #[yieldable]
+/// fn twice(x: u32) -> u32 {
+///     let y = offload!(double, x);
+///     offload!(double, y)
+/// }
+///
+/// let mut generator = twice(5).start();
+/// let mut jobs = 0;
+/// let result = loop {
+///     match generator.resume() {
+///         GeneratorState::Yielded(job) => { jobs += 1; job.run() }
+///         GeneratorState::Complete(value) => break value,
+///     }
+/// };
+/// assert_eq!((jobs, result), (2, 20));
+/// ```
+pub struct Generator<T> {
+    /// Always `Some` until `drop` takes the coroutine to recycle its stack.
+    coroutine: ManuallyDrop<Coroutine<(), ErasedJob, T, Stack>>,
+}
+
+/// What [`Generator::resume`] returns.
+#[derive(Debug)]
+pub enum GeneratorState<'g, T> {
+    /// The handler reached an `offload!` point and is suspended until the
+    /// job has been dealt with.
+    Yielded(Job<'g>),
+    /// The handler returned this value.
+    Complete(T),
+}
+
+impl<T> Generator<T> {
+    pub(crate) fn new<H>(handler: H, stack_size: usize) -> Self
+    where
+        H: Yieldable<Output = T> + 'static,
+        T: 'static,
+    {
+        // SAFETY: the handler borrows nothing (`'static`), so no borrow can end
+        // while the coroutine is alive, even if the generator is leaked.
+        unsafe { Self::new_unchecked(handler, stack_size) }
+    }
+
+    /// Starts `handler` on a coroutine without requiring `'static`.
+    ///
+    /// # Safety
+    ///
+    /// Whatever `handler` borrows must outlive the generator, and the
+    /// generator must be dropped (not leaked with `mem::forget`) before those
+    /// borrows end: a leaked, suspended handler could otherwise hold, for
+    /// example, a scoped thread that keeps using the borrowed data.
+    pub(crate) unsafe fn new_unchecked<H>(handler: H, stack_size: usize) -> Self
+    where
+        H: Yieldable<Output = T>,
+    {
+        let stack = stack::acquire(stack_size);
+        let body = move |yielder: &corosensei::Yielder<(), ErasedJob>, ()| {
+            handler.__run_in(&Context::new(yielder))
+        };
+        // SAFETY: forwarded to our caller, who guarantees the borrows outlive
+        // the coroutine, which `Drop` always unwinds or finds finished.
+        let coroutine = unsafe { Coroutine::with_stack_unchecked(stack, body) };
+        Generator {
+            coroutine: ManuallyDrop::new(coroutine),
+        }
+    }
+
+    /// Runs the handler until its next `offload!` point or its end.
+    ///
+    /// # Panics
+    ///
+    /// Propagates a panic of the handler (including a panic of offloaded work
+    /// that the handler does not catch). Panics if called again after
+    /// [`GeneratorState::Complete`] or after such a panic.
+    #[inline]
+    pub fn resume(&mut self) -> GeneratorState<'_, T> {
+        match self.coroutine.resume(()) {
+            // SAFETY: the handler is now suspended inside `offload`, whose
+            // work slot stays alive until the coroutine is resumed or dropped.
+            // Both need `&mut self`, which the returned `Job<'_>` borrows.
+            CoroutineResult::Yield(job) => GeneratorState::Yielded(unsafe { job.as_job() }),
+            CoroutineResult::Return(value) => GeneratorState::Complete(value),
+        }
+    }
+
+    /// Whether the handler has returned (or panicked).
+    pub fn is_complete(&self) -> bool {
+        self.coroutine.done()
+    }
+}
+
+impl<T> Drop for Generator<T> {
+    fn drop(&mut self) {
+        // Unwinds a suspended handler so its locals' destructors run.
+        self.coroutine.force_unwind();
+        // SAFETY: `coroutine` is not used again after being taken here.
+        let coroutine = unsafe { ManuallyDrop::take(&mut self.coroutine) };
+        stack::release(coroutine.into_stack());
+    }
+}
+
+impl<T> fmt::Debug for Generator<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generator")
+            .field("started", &self.coroutine.started())
+            .field("complete", &self.coroutine.done())
+            .finish()
+    }
+}
+
+/// Runs `handler` to completion on the current thread, giving each job to
+/// `apply`. This is the loop of the seed's `YieldableThread.run`.
+pub(crate) fn drive<H, A>(handler: H, apply: &A, stack_size: usize) -> H::Output
+where
+    H: Yieldable,
+    A: Apply + ?Sized,
+{
+    if H::__PLAIN {
+        return handler.__run_plain();
+    }
+    // SAFETY: the generator lives in this frame only and is dropped (on
+    // return or while unwinding) before this function returns, so it never
+    // outlives what the handler borrows.
+    let mut generator = unsafe { Generator::new_unchecked(handler, stack_size) };
+    loop {
+        match generator.resume() {
+            // The borrow invariant every strategy relies on: `apply` returns
+            // only after the job has run (or was dropped unrun), and only then
+            // is the handler resumed.
+            GeneratorState::Yielded(job) => apply.apply(job),
+            GeneratorState::Complete(value) => return value,
+        }
+    }
+}

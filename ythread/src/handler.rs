@@ -1,0 +1,210 @@
+//! What a `#[yieldable]` function returns: the [`Yieldable`] trait, and the
+//! [`Context`] through which a running handler suspends at `offload!` points.
+
+use std::fmt;
+
+use corosensei::Yielder;
+
+use crate::apply::{Apply, Inline};
+use crate::driver::{self, Generator};
+use crate::job::{ErasedJob, WorkSlot};
+
+/// A handler that has been called but not run yet.
+///
+/// Calling a `#[yieldable]` function does not run its body, the way calling a
+/// Python generator function does not: it returns an `impl Yieldable`. Run it
+/// on the current thread with [`run`](Yieldable::run) or
+/// [`run_with`](Yieldable::run_with), step it by hand with
+/// [`start`](Yieldable::start), or give it to a
+/// [`YieldableThread`](crate::YieldableThread).
+///
+/// Plain closures (`FnOnce() -> T`) are `Yieldable` too: they have no
+/// `offload!` points and simply run, the way the seed's `YieldableThread` runs
+/// a target that is not a generator as an ordinary thread.
+///
+/// This trait is implemented by the `#[yieldable]` macro and for closures;
+/// implementing it by hand is not supported.
+///
+/// # Example
+///
+/// ```
+/// use ythread::{Exclusive, Yieldable, offload, yieldable};
+///
+/// fn sumn(n: u64) -> u64 { (1..=n).sum() }
+///
+/// #[yieldable]
+/// fn handle(n: u64) -> String {
+///     format!("sum = {}", offload!(sumn, n))
+/// }
+///
+/// assert_eq!(handle(4).run(), "sum = 10");
+/// assert_eq!(handle(4).run_with(&Exclusive::new()), "sum = 10");
+/// ```
+#[must_use = "a yieldable handler does nothing until it is run or spawned"]
+pub trait Yieldable: Sized {
+    /// The value the handler returns.
+    type Output;
+
+    /// Runs the body on the current coroutine. Only the runtime and the
+    /// expansion of `yield_from!` call this.
+    #[doc(hidden)]
+    fn __run_in(self, cx: &Context<'_>) -> Self::Output;
+
+    /// Whether the body has no `offload!` points and needs no coroutine.
+    #[doc(hidden)]
+    const __PLAIN: bool = false;
+
+    /// Runs a plain body directly, without a coroutine.
+    #[doc(hidden)]
+    fn __run_plain(self) -> Self::Output {
+        unreachable!("only plain closures run without a coroutine")
+    }
+
+    /// Runs the handler to completion on the current thread, running each
+    /// piece of offloaded work inline, exactly like the plain function would.
+    fn run(self) -> Self::Output {
+        self.run_with(&Inline)
+    }
+
+    /// Runs the handler to completion on the current thread, handing each
+    /// piece of offloaded work to `apply`.
+    ///
+    /// # Panics
+    ///
+    /// A panic in the handler or in its offloaded work propagates to the
+    /// caller; so does a panic of the strategy itself, after the suspended
+    /// handler has been unwound (its locals dropped).
+    fn run_with<A: Apply + ?Sized>(self, apply: &A) -> Self::Output {
+        driver::drive(self, apply, driver::DEFAULT_STACK_SIZE)
+    }
+
+    /// Starts the handler as a [`Generator`] that the caller steps by hand,
+    /// receiving each piece of work as a [`Job`](crate::Job).
+    ///
+    /// # Panics
+    ///
+    /// Panics if no coroutine stack can be allocated.
+    fn start(self) -> Generator<Self::Output>
+    where
+        Self: 'static,
+        Self::Output: 'static,
+    {
+        Generator::new(self, driver::DEFAULT_STACK_SIZE)
+    }
+}
+
+impl<F, T> Yieldable for F
+where
+    F: FnOnce() -> T,
+{
+    type Output = T;
+    const __PLAIN: bool = true;
+
+    #[inline]
+    fn __run_in(self, _cx: &Context<'_>) -> T {
+        self()
+    }
+
+    #[inline]
+    fn __run_plain(self) -> T {
+        self()
+    }
+}
+
+/// The body of a `#[yieldable]` function, as a closure that receives the
+/// running handler's [`Context`].
+#[doc(hidden)]
+pub struct HandlerFn<F>(F);
+
+impl<F> fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandlerFn")
+    }
+}
+
+impl<F, T> Yieldable for HandlerFn<F>
+where
+    F: FnOnce(&Context<'_>) -> T,
+{
+    type Output = T;
+
+    #[inline]
+    fn __run_in(self, cx: &Context<'_>) -> T {
+        (self.0)(cx)
+    }
+}
+
+/// Wraps a handler body; called by the expansion of `#[yieldable]`.
+#[doc(hidden)]
+#[inline]
+pub fn handler<T, F>(body: F) -> HandlerFn<F>
+where
+    F: FnOnce(&Context<'_>) -> T,
+{
+    HandlerFn(body)
+}
+
+/// The running handler's side of the coroutine. `#[yieldable]` passes it to
+/// the body as a hidden, hygienic parameter, so `offload!` can only be used
+/// where a handler is running: the compiler checks it, not a thread-local.
+///
+/// It is neither `Send` nor `Sync`: work offloaded from another thread than
+/// the handler's own would be unsound, and is a compile error.
+#[doc(hidden)]
+pub struct Context<'y> {
+    yielder: &'y Yielder<(), ErasedJob>,
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Context")
+    }
+}
+
+impl<'y> Context<'y> {
+    pub(crate) fn new(yielder: &'y Yielder<(), ErasedJob>) -> Self {
+        Context { yielder }
+    }
+}
+
+/// The body of every `offload!` point: suspend the handler with `work` as a
+/// [`Job`](crate::Job), and return its result once the strategy has run it.
+#[doc(hidden)]
+#[inline]
+pub fn offload<F, R>(cx: &Context<'_>, work: F) -> R
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let mut slot = WorkSlot::Pending(work);
+    // SAFETY: `slot` lives in this frame, which stays on the suspended
+    // coroutine's stack until `suspend` returns. The driver only turns the
+    // erased job back into a `Job` while the coroutine is suspended here, and
+    // the `Job`'s lifetime is tied to a borrow that must end before the
+    // coroutine is resumed or dropped (see `driver.rs`). When `suspend`
+    // returns, the job is gone and `slot` is ours again.
+    let job = unsafe { ErasedJob::erase(&mut slot) };
+    cx.yielder.suspend(job);
+    slot.into_result()
+}
+
+/// The body of every `offload!(f, args...)` point: `args` were evaluated in
+/// the handler; `call` applies `f` to them wherever the strategy runs it.
+#[doc(hidden)]
+#[inline]
+pub fn offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C) -> R
+where
+    A: Send,
+    C: FnOnce(A) -> R + Send,
+    R: Send,
+{
+    offload(cx, move || call(args))
+}
+
+/// The body of every `yield_from!` point: run a nested handler on the current
+/// coroutine, so its `offload!` points go to the same strategy.
+#[doc(hidden)]
+#[inline]
+pub fn yield_from<H: Yieldable>(cx: &Context<'_>, nested: H) -> H::Output {
+    nested.__run_in(cx)
+}

@@ -1,0 +1,159 @@
+//! The unit of offloaded work: a borrowed, type-erased, run-once closure
+//! together with the slot that receives its result.
+
+use std::any::Any;
+use std::fmt;
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+/// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
+///
+/// A `Job` is what an `offload!(f, a, b)` point yields: the call `f(a, b)`,
+/// ready to run, and the place its result goes. The strategy decides *where*
+/// the job runs by deciding which thread calls [`Job::run`]; the handler that
+/// offloaded it stays suspended until the strategy's `apply` returns.
+///
+/// A `Job` borrows from the suspended handler's stack (its arguments may even
+/// borrow the handler's locals), so it cannot outlive the `apply` call that
+/// received it. It is `Send`, so it can be run on another thread that is
+/// joined before `apply` returns: a scoped thread, `rayon::ThreadPool::install`,
+/// or [`Pool`](crate::Pool).
+///
+/// # Panics
+///
+/// [`Job::run`] never panics: a panic inside the work is caught and carried
+/// back to the handler, which resumes unwinding at its `offload!` point with
+/// the original payload. A strategy that drops a `Job` without running it
+/// makes the handler panic at its `offload!` point.
+///
+/// # Example
+///
+/// ```
+/// use ythread::{Job, Yieldable, yieldable, offload};
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[yieldable]
+/// fn handler(x: u64) -> u64 {
+///     offload!(square, x) + 1
+/// }
+///
+/// // A strategy can be any closure taking a `Job`; this one runs the work on
+/// // a scoped thread of its own.
+/// let on_a_scoped_thread = |job: Job<'_>| {
+///     std::thread::scope(|s| {
+///         s.spawn(move || job.run());
+///     });
+/// };
+/// assert_eq!(handler(7).run_with(&on_a_scoped_thread), 50);
+/// ```
+pub struct Job<'a> {
+    /// The work and its result slot, living in the suspended `offload` frame
+    /// on the handler's coroutine stack.
+    work: &'a mut (dyn RunOnce + Send + 'a),
+}
+
+impl<'a> Job<'a> {
+    pub(crate) fn new(work: &'a mut (dyn RunOnce + Send + 'a)) -> Self {
+        Job { work }
+    }
+
+    /// Runs the work on the current thread and stores its result (or its
+    /// panic) for the handler. Consumes the job: work runs at most once.
+    #[inline]
+    pub fn run(self) {
+        self.work.run_once();
+    }
+}
+
+impl fmt::Debug for Job<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
+}
+
+/// Object-safe face of [`WorkSlot`]: run the stored closure once.
+pub(crate) trait RunOnce {
+    fn run_once(&mut self);
+}
+
+/// The result of a piece of work: its value, or the payload it panicked with.
+type Outcome<R> = Result<R, Box<dyn Any + Send + 'static>>;
+
+/// Lives on the handler's coroutine stack for the duration of one `offload!`.
+pub(crate) enum WorkSlot<F, R> {
+    /// Not run yet.
+    Pending(F),
+    /// Run; holds the value or the panic payload.
+    Done(Outcome<R>),
+    /// Transient state while the closure runs.
+    Running,
+}
+
+impl<F: FnOnce() -> R, R> RunOnce for WorkSlot<F, R> {
+    #[inline]
+    fn run_once(&mut self) {
+        if let WorkSlot::Pending(work) = mem::replace(self, WorkSlot::Running) {
+            // The payload is handed back to the handler, which resumes the
+            // unwind; this is the same contract as `JoinHandle::join`.
+            *self = WorkSlot::Done(panic::catch_unwind(AssertUnwindSafe(work)));
+        }
+    }
+}
+
+impl<F, R> WorkSlot<F, R> {
+    /// Returns the work's value, resumes its panic, or panics if the strategy
+    /// never ran it.
+    #[inline]
+    pub(crate) fn into_result(self) -> R {
+        match self {
+            WorkSlot::Done(Ok(value)) => value,
+            WorkSlot::Done(Err(payload)) => panic::resume_unwind(payload),
+            WorkSlot::Pending(_) | WorkSlot::Running => panic!(
+                "ythread: the apply strategy returned without running the offloaded work \
+                 (an `Apply` implementation must call `Job::run` before `apply` returns)"
+            ),
+        }
+    }
+}
+
+/// A [`Job`] with its lifetime erased, as it travels out of the coroutine
+/// through `Yielder::suspend` (whose yield type must be `'static`).
+#[derive(Clone, Copy)]
+pub(crate) struct ErasedJob(NonNull<dyn RunOnce + Send + 'static>);
+
+impl ErasedJob {
+    /// Erases the lifetime of `work`.
+    ///
+    /// # Safety
+    ///
+    /// The result must only be turned back into a [`Job`] (with
+    /// [`ErasedJob::as_job`]) while `work` is still alive and not otherwise
+    /// borrowed.
+    #[inline]
+    pub(crate) unsafe fn erase<'a>(work: &'a mut (dyn RunOnce + Send + 'a)) -> Self {
+        let ptr: NonNull<dyn RunOnce + Send + 'a> = NonNull::from(work);
+        // SAFETY: only the trait object's lifetime bound changes; the layout of
+        // the fat pointer is identical. The caller promises not to use the
+        // pointer after 'a ends.
+        ErasedJob(unsafe {
+            mem::transmute::<NonNull<dyn RunOnce + Send + 'a>, NonNull<dyn RunOnce + Send + 'static>>(
+                ptr,
+            )
+        })
+    }
+
+    /// Restores the job for a lifetime chosen by the caller.
+    ///
+    /// # Safety
+    ///
+    /// The work slot this was made from must stay alive and unaliased for all
+    /// of `'a`: in practice, the coroutine that yielded it stays suspended
+    /// (neither resumed nor dropped) for `'a`.
+    #[inline]
+    pub(crate) unsafe fn as_job<'a>(self) -> Job<'a> {
+        // SAFETY: guaranteed by the caller, see above.
+        Job::new(unsafe { &mut *self.0.as_ptr() })
+    }
+}

@@ -1,0 +1,139 @@
+//! Yieldable threads: keep OS threads for blocking I/O, and let whoever
+//! starts the thread decide where its CPU-heavy steps run.
+//!
+//! A thread-per-connection server is simple: read, compute, write, in
+//! straight-line code. It scales badly when every one of many threads also
+//! does CPU work: the OS time-slices all of them, and every request finishes
+//! late. `ythread` keeps the straight-line code and marks the CPU-heavy step
+//! with `offload!`. The function becomes a *yieldable handler*: at each
+//! `offload!` point it suspends (it is a stackful coroutine, so this works
+//! anywhere in its body), and the thread that drives it hands the work to an
+//! [`Apply`] strategy: run it [`Inline`], under one [`Exclusive`] lock, at
+//! most n at a time ([`Bounded`]), or on a worker [`Pool`]. The handler
+//! resumes with the typed result.
+//!
+//! ```
+//! use std::io::{self, Read, Write};
+//! use std::net::TcpStream;
+//! use ythread::{offload, yieldable};
+//!
+//! fn sumn(n: u64) -> u64 {
+//!     (1..=n).fold(0, |acc, i| acc + std::hint::black_box(i))
+//! }
+//!
+//! #[yieldable]
+//! fn handle(mut stream: TcpStream) -> io::Result<()> {
+//!     let mut buf = [0; 16];
+//!     let len = stream.read(&mut buf)?;                      // blocking I/O, on this thread
+//!     let n = std::str::from_utf8(&buf[..len]).ok().and_then(|s| s.trim().parse().ok());
+//!     let sum = offload!(sumn, n.unwrap_or(0));              // CPU work, wherever the strategy says
+//!     stream.write_all(sum.to_string().as_bytes())           // blocking I/O again
+//! }
+//! # let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! # let addr = listener.local_addr().unwrap();
+//! # let client = std::thread::spawn(move || {
+//! #     let mut s = TcpStream::connect(addr).unwrap();
+//! #     s.write_all(b"100").unwrap();
+//! #     let mut out = String::new();
+//! #     s.read_to_string(&mut out).unwrap();
+//! #     out
+//! # });
+//! # let (stream, _) = listener.accept().unwrap();
+//! // Whoever accepts the connection picks the strategy; the handler never changes.
+//! let pool = ythread::Pool::new(2);
+//! ythread::YieldableThread::new().apply(pool).spawn(handle(stream))?.join().unwrap()?;
+//! # assert_eq!(client.join().unwrap(), "5050");
+//! # Ok::<(), io::Error>(())
+//! ```
+//!
+//! # The rules
+//!
+//! - `offload!(f, a, b)` is an expression whose value is `f(a, b)`. The
+//!   arguments are evaluated in the handler (so `?` in them works); the call
+//!   runs wherever the strategy runs it. `offload!(|| expr)` offloads a
+//!   closure. It works inside nested expressions, loops, `match` arms, other
+//!   macros' arguments and closures called while the handler runs.
+//! - The work may borrow the handler's locals: the handler stays suspended
+//!   until the work is done. Work and its result must be `Send`.
+//! - A panic in offloaded work resumes in the handler at the `offload!` point,
+//!   with its original payload.
+//! - `yield_from!(helper(x))` runs another `#[yieldable]` function inside the
+//!   current handler, its `offload!` points going to the same strategy.
+//! - A handler's coroutine never moves to another thread; dropping a
+//!   suspended handler ([`Generator`]) unwinds it.
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod apply;
+mod driver;
+mod handler;
+mod job;
+mod stack;
+mod thread;
+
+pub use apply::{Apply, Bounded, Exclusive, Inline, Pool};
+pub use driver::{DEFAULT_STACK_SIZE, Generator, GeneratorState};
+pub use handler::Yieldable;
+pub use job::Job;
+pub use thread::{YieldableThread, spawn};
+
+/// Marks a function as a yieldable handler.
+///
+/// The function's body may use `offload!` and `yield_from!`. Calling the
+/// function returns an `impl Yieldable<Output = T>` (where `T` is the
+/// declared return type) without running anything; see [`Yieldable`].
+///
+/// Works on free functions, methods (`self`, `&self`, `&mut self`), generic
+/// functions, and functions returning `Result` that use `?` and `return`.
+/// It cannot be used on `async fn`.
+pub use ythread_macros::yieldable;
+
+/// Hands a piece of work to the running handler's strategy and evaluates to
+/// its result: `offload!(f, a, b)` has the value and type of `f(a, b)`.
+///
+/// Forms:
+/// - `offload!(f, a, b, ...)`: `f` is a function path (`sumn`,
+///   `crate::cpu::sumn`, `Self::helper`); the arguments are evaluated in the
+///   handler, in order, before it suspends; the call itself runs where the
+///   strategy decides.
+/// - `offload!(|| expr)`: runs the closure's body there.
+///
+/// Only valid inside a [`#[yieldable]`](yieldable) function; anywhere else it
+/// is a compile error. The work and its result must be `Send`.
+///
+/// ```compile_fail
+/// fn not_a_handler() -> u64 {
+///     ythread::offload!(|| 1 + 1)
+/// }
+/// ```
+pub use ythread_macros::offload;
+
+/// Runs a nested `#[yieldable]` handler inside the current one, the way
+/// Python's `yield from` runs a sub-generator: its `offload!` points suspend
+/// the current handler and go to the same strategy.
+///
+/// ```
+/// use ythread::{Pool, Yieldable, offload, yield_from, yieldable};
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[yieldable]
+/// fn sum_of_squares(xs: Vec<u64>) -> u64 {
+///     xs.into_iter().map(|x| offload!(square, x)).sum()
+/// }
+///
+/// #[yieldable]
+/// fn handle(xs: Vec<u64>) -> String {
+///     format!("{}", yield_from!(sum_of_squares(xs)))
+/// }
+///
+/// assert_eq!(handle(vec![1, 2, 3]).run_with(&Pool::new(1)), "14");
+/// ```
+///
+/// Only valid inside a [`#[yieldable]`](yieldable) function.
+pub use ythread_macros::yield_from;
+
+/// Used by the code `#[yieldable]` generates. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::{Context, HandlerFn, handler, offload, offload_call, yield_from};
+}
