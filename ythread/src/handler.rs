@@ -2,6 +2,7 @@
 //! [`Context`] through which a running handler suspends at `offload!` points.
 
 use std::fmt;
+use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use corosensei::Yielder;
 
@@ -154,6 +155,11 @@ where
 pub struct Context<'y> {
     yielder: &'y Yielder<(), ErasedJob>,
 }
+
+// A handler may catch a panic at its own `offload!` point; its context stays
+// fully usable afterwards (the coroutine is intact), so it is unwind-safe.
+impl UnwindSafe for Context<'_> {}
+impl RefUnwindSafe for Context<'_> {}
 
 impl fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,109 @@
+//! `YieldableThread`: the std-like builder and what `join` returns.
+
+use std::panic;
+use std::thread;
+
+use ythread::{Job, Pool, YieldableThread, offload, yieldable};
+
+#[yieldable]
+fn reports_its_thread() -> Option<String> {
+    let name = thread::current().name().map(str::to_owned);
+    let sum: u64 = offload!(|| (1..=10u64).sum());
+    assert_eq!(sum, 55);
+    name
+}
+
+#[test]
+fn the_thread_gets_its_name_and_join_returns_the_handlers_value() {
+    let handle = YieldableThread::new()
+        .name("conn-7")
+        .spawn(reports_its_thread())
+        .unwrap();
+    assert_eq!(handle.thread().name(), Some("conn-7"));
+    assert_eq!(handle.join().unwrap().as_deref(), Some("conn-7"));
+}
+
+#[yieldable]
+fn fails(message: &'static str) -> u32 {
+    offload!(|| -> u32 { panic!("{message}") })
+}
+
+#[test]
+fn join_returns_the_panic_of_the_handler_or_its_work() {
+    let handle = YieldableThread::new()
+        .apply(Pool::new(1))
+        .spawn(fails("work failed"))
+        .unwrap();
+    let payload = handle.join().unwrap_err();
+    assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("work failed"));
+}
+
+#[yieldable]
+fn recurse(depth: u32) -> u32 {
+    fn deep(depth: u32) -> u32 {
+        let frame = std::hint::black_box([0u8; 512]);
+        if depth == 0 { u32::from(frame[0]) } else { deep(depth - 1) + 1 }
+    }
+    // Recursion on the coroutine stack itself, then inside work.
+    deep(depth) + offload!(deep, depth)
+}
+
+#[test]
+fn stack_sizes_are_configurable() {
+    // About 4 MiB of frames: more than the default coroutine stack, so this
+    // only passes because the configured sizes are honoured.
+    let depth = 8 * 1024;
+    let handle = YieldableThread::new()
+        .stack_size(16 << 20)
+        .coroutine_stack_size(16 << 20)
+        .spawn(recurse(depth))
+        .unwrap();
+    assert_eq!(handle.join().unwrap(), 2 * depth);
+}
+
+#[test]
+fn a_plain_closure_runs_as_an_ordinary_thread() {
+    let handle = YieldableThread::new().name("plain").spawn(|| {
+        thread::current().name().map(str::to_owned)
+    });
+    assert_eq!(handle.unwrap().join().unwrap().as_deref(), Some("plain"));
+}
+
+#[test]
+fn spawn_is_the_short_form_with_inline_work() {
+    let handle = ythread::spawn(reports_its_thread());
+    assert_eq!(handle.join().unwrap(), None);
+}
+
+#[test]
+fn any_closure_taking_a_job_is_a_strategy() {
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&counted);
+    let handle = YieldableThread::new()
+        .apply(move |job: Job<'_>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            job.run();
+        })
+        .spawn(reports_its_thread())
+        .unwrap();
+    handle.join().unwrap();
+    assert_eq!(counted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_panic_in_one_thread_leaves_the_shared_pool_serving_others() {
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(|_| {}));
+    let pool = Pool::new(1);
+    let failing = YieldableThread::new()
+        .apply(pool.clone())
+        .spawn(fails("boom"))
+        .unwrap();
+    assert!(failing.join().is_err());
+    panic::set_hook(previous);
+    let ok = YieldableThread::new()
+        .apply(pool)
+        .spawn(reports_its_thread())
+        .unwrap();
+    assert_eq!(ok.join().unwrap(), None);
+}
