@@ -6,6 +6,9 @@
 //! answers `sumn(n)` as ASCII decimal and closes the connection.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod client;
+pub mod server;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
