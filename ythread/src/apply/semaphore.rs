@@ -123,10 +123,9 @@ mod tests {
         let held = semaphore.acquire();
         let mut threads = Vec::new();
         for i in 0..5 {
-            let semaphore = Arc::clone(&semaphore);
-            let order = Arc::clone(&order);
+            let (shared, order) = (Arc::clone(&semaphore), Arc::clone(&order));
             threads.push(thread::spawn(move || {
-                let _permit = semaphore.acquire();
+                let _permit = shared.acquire();
                 order.lock().push(i);
             }));
             // Wait until thread `i` is queued before starting the next one.

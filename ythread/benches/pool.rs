@@ -1,0 +1,226 @@
+//! Handing tiny work to a `Pool` and back, against raw handoffs between two
+//! threads and against a pool built on crossbeam-channel.
+//!
+//! Run with: `cargo bench -p ythread --bench pool`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use crossbeam_channel::{Sender, bounded, unbounded};
+use ythread::{GeneratorState, Pool, Yieldable, YieldableThread, offload, yieldable};
+
+fn add_one(x: u64) -> u64 {
+    x + 1
+}
+
+/// Baseline 1: a worker thread fed by a crossbeam channel, replying on
+/// another.
+struct CrossbeamWorker {
+    requests: Sender<(u64, Sender<u64>)>,
+}
+
+impl CrossbeamWorker {
+    fn pool(workers: usize) -> Self {
+        let (requests, incoming) = unbounded::<(u64, Sender<u64>)>();
+        for _ in 0..workers {
+            let incoming = incoming.clone();
+            thread::spawn(move || {
+                for (x, reply) in incoming {
+                    let _ = reply.send(add_one(x));
+                }
+            });
+        }
+        CrossbeamWorker { requests }
+    }
+}
+
+/// Baseline 2: a one-slot handoff in both directions; each side spins on the
+/// slot for a while and then parks.
+struct SpinPark {
+    request: AtomicU64,
+    response: AtomicU64,
+    worker_sleeping: AtomicBool,
+    caller_sleeping: AtomicBool,
+    worker: std::sync::OnceLock<Thread>,
+    caller: Thread,
+}
+
+const EMPTY: u64 = u64::MAX;
+const SPINS: u32 = 20_000;
+
+fn wait_for(slot: &AtomicU64, sleeping: &AtomicBool) -> u64 {
+    for _ in 0..SPINS {
+        let value = slot.swap(EMPTY, Ordering::Acquire);
+        if value != EMPTY {
+            return value;
+        }
+        std::hint::spin_loop();
+    }
+    loop {
+        sleeping.store(true, Ordering::SeqCst);
+        let value = slot.swap(EMPTY, Ordering::Acquire);
+        if value != EMPTY {
+            sleeping.store(false, Ordering::SeqCst);
+            return value;
+        }
+        thread::park();
+    }
+}
+
+fn post(slot: &AtomicU64, value: u64, sleeping: &AtomicBool, thread: &Thread) {
+    slot.store(value, Ordering::Release);
+    if sleeping.swap(false, Ordering::SeqCst) {
+        thread.unpark();
+    }
+}
+
+impl SpinPark {
+    fn start() -> Arc<Self> {
+        let shared = Arc::new(SpinPark {
+            request: AtomicU64::new(EMPTY),
+            response: AtomicU64::new(EMPTY),
+            worker_sleeping: AtomicBool::new(false),
+            caller_sleeping: AtomicBool::new(false),
+            worker: std::sync::OnceLock::new(),
+            caller: thread::current(),
+        });
+        let worker_side = Arc::clone(&shared);
+        let handle = thread::spawn(move || {
+            loop {
+                let x = wait_for(&worker_side.request, &worker_side.worker_sleeping);
+                if x == EMPTY - 1 {
+                    return;
+                }
+                post(
+                    &worker_side.response,
+                    add_one(x),
+                    &worker_side.caller_sleeping,
+                    &worker_side.caller,
+                );
+            }
+        });
+        let _ = shared.worker.set(handle.thread().clone());
+        shared
+    }
+
+    fn call(&self, x: u64) -> u64 {
+        post(&self.request, x, &self.worker_sleeping, self.worker.get().unwrap());
+        wait_for(&self.response, &self.caller_sleeping)
+    }
+
+    fn stop(&self) {
+        post(&self.request, EMPTY - 1, &self.worker_sleeping, self.worker.get().unwrap());
+    }
+}
+
+#[yieldable]
+fn offload_forever() {
+    let mut x = 0;
+    loop {
+        x = offload!(add_one, black_box(x));
+    }
+}
+
+fn one_caller(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one_caller_round_trip");
+    group.bench_function("raw_crossbeam_channel", |b| {
+        let worker = CrossbeamWorker::pool(1);
+        let (reply, replies) = bounded(1);
+        let mut x = 0;
+        b.iter(|| {
+            worker.requests.send((x, reply.clone())).unwrap();
+            x = replies.recv().unwrap();
+        });
+    });
+    group.bench_function("raw_spin_then_park", |b| {
+        let handoff = SpinPark::start();
+        let mut x = 0;
+        b.iter(|| x = handoff.call(black_box(x)));
+        handoff.stop();
+    });
+    group.bench_function("ythread_pool", |b| {
+        let pool = Pool::new(2);
+        let mut generator = offload_forever().start();
+        b.iter(|| match generator.resume() {
+            GeneratorState::Yielded(job) => ythread::Apply::apply(&pool, job),
+            GeneratorState::Complete(()) => unreachable!(),
+        });
+    });
+    group.finish();
+}
+
+const CALLERS: u64 = 8;
+const CALLS_PER_CALLER: u64 = 5_000;
+
+#[yieldable]
+fn offload_times(times: u64) -> u64 {
+    let mut x = 0;
+    for _ in 0..times {
+        x = offload!(add_one, black_box(x));
+    }
+    x
+}
+
+fn eight_callers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("eight_callers_two_workers");
+    group.throughput(Throughput::Elements(CALLERS * CALLS_PER_CALLER));
+    group.sample_size(10);
+    group.bench_function("crossbeam_channel_pool", |b| {
+        let workers = CrossbeamWorker::pool(2);
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let start = Instant::now();
+                let callers: Vec<_> = (0..CALLERS)
+                    .map(|_| {
+                        let requests = workers.requests.clone();
+                        thread::spawn(move || {
+                            let (reply, replies) = bounded(1);
+                            let mut x = 0;
+                            for _ in 0..CALLS_PER_CALLER {
+                                requests.send((x, reply.clone())).unwrap();
+                                x = replies.recv().unwrap();
+                            }
+                            x
+                        })
+                    })
+                    .collect();
+                for caller in callers {
+                    assert_eq!(caller.join().unwrap(), CALLS_PER_CALLER);
+                }
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    group.bench_function("ythread_pool", |b| {
+        let pool = Pool::new(2);
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let start = Instant::now();
+                let callers: Vec<_> = (0..CALLERS)
+                    .map(|_| {
+                        YieldableThread::new()
+                            .apply(pool.clone())
+                            .spawn(offload_times(CALLS_PER_CALLER))
+                            .unwrap()
+                    })
+                    .collect();
+                for caller in callers {
+                    assert_eq!(caller.join().unwrap(), CALLS_PER_CALLER);
+                }
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, one_caller, eight_callers);
+criterion_main!(benches);
