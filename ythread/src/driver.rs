@@ -64,8 +64,10 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 /// assert_eq!((jobs, result), (2, 20));
 /// ```
 pub struct Generator<T> {
-    /// Always `Some` until `drop` takes the coroutine to recycle its stack.
+    /// Taken only by `drop`, to recycle its stack.
     coroutine: ManuallyDrop<Coroutine<(), ErasedJob, T, Stack>>,
+    /// The stack size asked for, under which the stack is recycled.
+    stack_size: usize,
 }
 
 /// What [`Generator::resume`] returns.
@@ -110,6 +112,7 @@ impl<T> Generator<T> {
         let coroutine = unsafe { Coroutine::with_stack_unchecked(stack, body) };
         Generator {
             coroutine: ManuallyDrop::new(coroutine),
+            stack_size,
         }
     }
 
@@ -143,7 +146,7 @@ impl<T> Drop for Generator<T> {
         self.coroutine.force_unwind();
         // SAFETY: `coroutine` is not used again after being taken here.
         let coroutine = unsafe { ManuallyDrop::take(&mut self.coroutine) };
-        stack::release(coroutine.into_stack());
+        stack::release(self.stack_size, coroutine.into_stack());
     }
 }
 

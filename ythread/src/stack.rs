@@ -1,22 +1,206 @@
-//! Coroutine stacks.
+//! Coroutine stacks, recycled.
+//!
+//! Mapping a fresh stack (mmap plus a guard page) costs about 11 µs, far
+//! more than running a short handler; re-using one costs a few nanoseconds.
+//! So a finished handler's stack is kept: first in a one-stack cache of its
+//! thread (most threads run one handler at a time), then in a process-wide
+//! pool that other threads, including newly spawned ones, take from.
+//!
+//! Both are bounded. A thread's cached stack moves to the process-wide pool
+//! when the thread exits; the pool keeps at most [`POOL_CAPACITY`] stacks and
+//! unmaps any that has been idle for [`IDLE_TIMEOUT`] when it is next
+//! touched, so a burst of handlers does not pin its stacks forever.
+
+use std::cell::Cell;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use corosensei::stack::DefaultStack;
 
 /// The stack type every handler coroutine runs on.
 pub(crate) type Stack = DefaultStack;
 
-/// Returns a stack of at least `size` bytes.
+/// Most stacks the process-wide pool keeps.
+const POOL_CAPACITY: usize = 64;
+
+/// How long a pooled stack may stay unused before it is unmapped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A stack and the size it was requested with (stacks are only reused for
+/// the same requested size).
+struct SizedStack {
+    size: usize,
+    stack: Stack,
+}
+
+/// A stack in the process-wide pool, and when it was put there.
+struct IdleStack {
+    sized: SizedStack,
+    since: Instant,
+}
+
+/// Stacks no thread is using; newest last.
+static POOL: Mutex<Vec<IdleStack>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's last finished stack; handed to [`POOL`] when the thread
+    /// exits (see `ThreadCache::drop`).
+    static CACHE: ThreadCache = const { ThreadCache(Cell::new(None)) };
+}
+
+struct ThreadCache(Cell<Option<SizedStack>>);
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        if let Some(sized) = self.0.take() {
+            give_to_pool(sized);
+        }
+    }
+}
+
+/// Returns a stack of at least `size` usable bytes.
 ///
 /// # Panics
 ///
 /// Panics if the operating system refuses the mapping.
 pub(crate) fn acquire(size: usize) -> Stack {
+    let cached = CACHE
+        .try_with(|cache| match cache.0.take() {
+            Some(sized) if sized.size == size => Some(sized.stack),
+            other => {
+                cache.0.set(other);
+                None
+            }
+        })
+        .ok()
+        .flatten();
+    cached
+        .or_else(|| take_from_pool(size))
+        .unwrap_or_else(|| fresh(size))
+}
+
+/// Takes back the stack of a finished coroutine that asked for `size`.
+pub(crate) fn release(size: usize, stack: Stack) {
+    let sized = SizedStack { size, stack };
+    // If the cache is full (or gone, during thread exit), the pool takes it.
+    let overflow = CACHE.try_with(|cache| cache.0.replace(Some(sized)));
+    match overflow {
+        Ok(Some(previous)) => give_to_pool(previous),
+        Ok(None) => {}
+        Err(_) => {}
+    }
+}
+
+fn fresh(size: usize) -> Stack {
     DefaultStack::new(size).unwrap_or_else(|err| {
         panic!("ythread: cannot allocate a {size}-byte coroutine stack: {err}")
     })
 }
 
-/// Gives back a stack whose coroutine has finished.
-pub(crate) fn release(stack: Stack) {
-    drop(stack);
+fn take_from_pool(size: usize) -> Option<Stack> {
+    let mut pool = lock_pool();
+    let now = Instant::now();
+    let found = pool
+        .iter()
+        .rposition(|idle| idle.sized.size == size)
+        .map(|i| pool.swap_remove(i).sized.stack);
+    drop(expire(&mut pool, now));
+    found
+}
+
+fn give_to_pool(sized: SizedStack) {
+    let mut pool = lock_pool();
+    let now = Instant::now();
+    let expired = expire(&mut pool, now);
+    let rejected = if pool.len() < POOL_CAPACITY {
+        pool.push(IdleStack { sized, since: now });
+        None
+    } else {
+        Some(sized)
+    };
+    drop(pool);
+    // Unmap outside the lock.
+    drop(expired);
+    drop(rejected);
+}
+
+/// Removes the stacks idle for longer than [`IDLE_TIMEOUT`]; the caller
+/// drops (unmaps) them after releasing the lock.
+fn expire(pool: &mut Vec<IdleStack>, now: Instant) -> Vec<IdleStack> {
+    let mut expired = Vec::new();
+    let mut i = 0;
+    while i < pool.len() {
+        if now.duration_since(pool[i].since) > IDLE_TIMEOUT {
+            expired.push(pool.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    expired
+}
+
+/// The pool's lock; a panic while holding it leaves the vector consistent
+/// (only push, swap_remove and iteration happen under it), so poisoning is
+/// ignored.
+fn lock_pool() -> std::sync::MutexGuard<'static, Vec<IdleStack>> {
+    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How many stacks the process-wide pool holds now (for tests).
+#[cfg(test)]
+pub(crate) fn pooled() -> usize {
+    lock_pool().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corosensei::stack::Stack as _;
+
+    fn base_of(stack: &Stack) -> usize {
+        stack.base().get()
+    }
+
+    #[test]
+    fn a_released_stack_is_reused_by_the_same_thread() {
+        let stack = acquire(64 * 1024);
+        let base = base_of(&stack);
+        release(64 * 1024, stack);
+        assert_eq!(base_of(&acquire(64 * 1024)), base);
+    }
+
+    #[test]
+    fn a_stack_of_another_size_is_not_reused() {
+        let stack = acquire(96 * 1024);
+        let base = base_of(&stack);
+        release(96 * 1024, stack);
+        let other = acquire(128 * 1024);
+        assert_ne!(base_of(&other), base);
+        assert!(other.base().get() - other.limit().get() >= 128 * 1024);
+    }
+
+    #[test]
+    fn an_exiting_thread_hands_its_stack_to_the_pool_for_other_threads() {
+        let size = 72 * 1024;
+        let base = std::thread::spawn(move || {
+            let stack = acquire(size);
+            let base = base_of(&stack);
+            release(size, stack);
+            base
+        })
+        .join()
+        .unwrap();
+        let reused = std::thread::spawn(move || base_of(&acquire(size))).join().unwrap();
+        assert_eq!(reused, base);
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let size = 80 * 1024;
+        let stacks: Vec<Stack> = (0..POOL_CAPACITY + 8).map(|_| fresh(size)).collect();
+        for stack in stacks {
+            give_to_pool(SizedStack { size, stack });
+        }
+        assert!(pooled() <= POOL_CAPACITY);
+    }
 }

@@ -113,7 +113,6 @@ impl fmt::Debug for FairSemaphore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Barrier;
     use std::time::Duration;
 
     #[test]
@@ -141,24 +140,25 @@ mod tests {
     }
 
     #[test]
-    fn a_releasing_thread_cannot_barge_ahead_of_waiters() {
+    fn a_released_permit_goes_to_the_waiter_not_back_to_the_pool() {
         let semaphore = Arc::new(FairSemaphore::new(1));
         let first = semaphore.acquire();
-        let barrier = Arc::new(Barrier::new(2));
+        let (release_waiter, until_released) = std::sync::mpsc::channel::<()>();
         let waiter = {
-            let (semaphore, barrier) = (Arc::clone(&semaphore), Arc::clone(&barrier));
+            let semaphore = Arc::clone(&semaphore);
             thread::spawn(move || {
-                barrier.wait();
                 let _permit = semaphore.acquire();
+                until_released.recv().unwrap();
             })
         };
-        barrier.wait();
         while semaphore.state.lock().waiters.is_empty() {
             thread::sleep(Duration::from_millis(1));
         }
         drop(first);
-        // The permit now belongs to the waiter, even if it has not woken yet.
+        // The permit now belongs to the waiter, whether or not it has woken:
+        // a newcomer finds nothing available and must queue behind it.
         assert_eq!(semaphore.state.lock().available, 0);
+        release_waiter.send(()).unwrap();
         waiter.join().unwrap();
         assert_eq!(semaphore.state.lock().available, 1);
     }
