@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -17,6 +19,55 @@ use std::time::Duration;
 use ythread::{Apply, YieldableThread, offload};
 
 use crate::{read_request, sumn, write_reply};
+
+/// The listen backlog [`bind`] asks for: room for a burst of connections far
+/// larger than the benchmark's clients. The kernel caps it (Linux:
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds a listener like [`TcpListener::bind`], with a listen backlog of
+/// [`LISTEN_BACKLOG`] instead of std's 128.
+///
+/// With a thread-per-connection server, hundreds of clients connecting at
+/// once outrun the accept thread, which spawns a thread per connection. Once
+/// the backlog is full, Linux drops the client's SYN and the client retries
+/// only after a second: with std's backlog of 128 and 256 clients, the
+/// benchmark's tail latency measured that second, not the server.
+///
+/// # Errors
+///
+/// Any error of [`TcpListener::bind`] or of raising the backlog.
+pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    set_backlog(&listener, LISTEN_BACKLOG)?;
+    Ok(listener)
+}
+
+/// Calls `listen` again on a listening socket, which on Linux and the BSDs
+/// only changes its backlog. std has no API for the backlog, and this avoids
+/// a dependency for one call.
+#[cfg(unix)]
+fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()> {
+    use std::ffi::c_int;
+    use std::os::fd::AsRawFd;
+
+    // SAFETY: `listen(2)` takes two integers and reads no memory of ours, so
+    // any arguments are sound (a bad descriptor is an error, not UB).
+    unsafe extern "C" {
+        safe fn listen(socket: c_int, backlog: c_int) -> c_int;
+    }
+    if listen(listener.as_raw_fd(), backlog) == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Other platforms keep std's backlog.
+#[cfg(not(unix))]
+fn set_backlog(_listener: &TcpListener, _backlog: i32) -> io::Result<()> {
+    Ok(())
+}
 
 /// The seed's handler on plain threads: reads `n`, computes `sumn(n)`, writes
 /// it; the connection closes when `stream` is dropped.
@@ -58,10 +109,9 @@ pub fn handle(mut stream: TcpStream) -> io::Result<()> {
 /// # Example
 ///
 /// ```
-/// use std::net::TcpListener;
-/// use ythread_demo::server::Server;
+/// use ythread_demo::server::{self, Server};
 ///
-/// let server = Server::start_yieldable(TcpListener::bind("127.0.0.1:0")?, ythread::Pool::new(2))?;
+/// let server = Server::start_yieldable(server::bind("127.0.0.1:0")?, ythread::Pool::new(2))?;
 /// assert_eq!(ythread_demo::request(server.addr(), 100)?, 5050);
 /// server.stop();
 /// # Ok::<(), std::io::Error>(())

@@ -1,0 +1,69 @@
+//! Run with: `cargo run --release --example ysumserver -- --apply pool --port 10000`
+//!
+//! The seed's yieldable server: one `YieldableThread` per connection runs a
+//! handler whose CPU step is `offload!(sumn, n)`. The handler never changes;
+//! `--apply` picks where that step runs.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use clap::{Parser, ValueEnum};
+use ythread::{Bounded, Exclusive, Inline, Pool};
+use ythread_demo::server::{self, Server};
+
+/// The seed's yieldable sum server.
+#[derive(Parser)]
+struct Args {
+    /// Where the handlers' CPU work runs.
+    #[arg(long, value_enum, default_value_t = Strategy::Inline)]
+    apply: Strategy,
+    /// With `--apply bounded`: how many pieces of work may run at once
+    /// [default: the number of cores].
+    #[arg(long)]
+    limit: Option<usize>,
+    /// With `--apply pool`: the number of worker threads [default: the number
+    /// of cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The port to listen on (127.0.0.1).
+    #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
+    port: u16,
+}
+
+/// The seed's `cpu_apply` choices.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Strategy {
+    /// On the connection's own thread, like plain threads (the seed's default).
+    Inline,
+    /// Under one lock: one piece of work at a time (`exclusive_apply`).
+    Exclusive,
+    /// On the connection's own thread, at most `--limit` at once.
+    Bounded,
+    /// On `--threads` worker threads (the seed's `Pool().apply`).
+    Pool,
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
+    let server = match args.apply {
+        Strategy::Inline => Server::start_yieldable(listener, Inline)?,
+        Strategy::Exclusive => Server::start_yieldable(listener, Exclusive::new())?,
+        Strategy::Bounded => {
+            Server::start_yieldable(listener, Bounded::new(args.limit.unwrap_or(cores)))?
+        }
+        Strategy::Pool => {
+            Server::start_yieldable(listener, Pool::new(args.threads.unwrap_or(cores)))?
+        }
+    };
+    println!(
+        "ysumserver (apply {:?}) listening on {}",
+        args.apply,
+        server.addr()
+    );
+    // Serve until killed.
+    loop {
+        std::thread::park();
+    }
+}
