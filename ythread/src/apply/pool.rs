@@ -4,6 +4,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -139,8 +140,18 @@ impl Apply for Pool {
 }
 
 fn worker(tasks: Receiver<Task>) {
-    // Ends when the pool is dropped and the queue is drained.
-    for task in tasks {
+    loop {
+        // Parking costs the next task a wake-up of tens of microseconds on a
+        // virtual machine, so look for more work for a little while first;
+        // an idle pool still goes to sleep within `WORKER_SPIN`.
+        let task = match spin_until(WORKER_SPIN, || tasks.try_recv().ok()) {
+            Some(task) => task,
+            None => match tasks.recv() {
+                Ok(task) => task,
+                // The pool was dropped and the queue is drained.
+                Err(_) => return,
+            },
+        };
         // `Job::run` catches panics, so a panicking job never kills a worker.
         task.job.run();
         // SAFETY: the driving thread is still blocked in `Pool::apply`, which
@@ -154,14 +165,14 @@ fn worker(tasks: Receiver<Task>) {
 }
 
 impl Latch {
-    /// Spins briefly (a wake-up from `park` costs tens of microseconds on a
-    /// virtual machine), then parks until the worker sets `done`.
+    /// Spins briefly (tiny work comes back within a microsecond or two, and
+    /// a wake-up from `park` costs tens of microseconds on a virtual
+    /// machine), then parks until the worker sets `done`. The spin is short
+    /// because a spinning caller takes a core from the workers.
     fn wait(&self) {
-        for _ in 0..SPIN_LIMIT {
-            if self.done.load(Ordering::Acquire) {
-                return;
-            }
-            std::hint::spin_loop();
+        let done = || self.done.load(Ordering::Acquire).then_some(());
+        if spin_until(CALLER_SPIN, done).is_some() {
+            return;
         }
         while !self.done.load(Ordering::Acquire) {
             thread::park();
@@ -169,8 +180,31 @@ impl Latch {
     }
 }
 
-/// How many times a driving thread polls its latch before parking.
-const SPIN_LIMIT: u32 = 1 << 12;
+/// How long a driving thread spins for its result before parking.
+const CALLER_SPIN: Duration = Duration::from_micros(10);
+
+/// How long an idle worker looks for new work before parking.
+const WORKER_SPIN: Duration = Duration::from_micros(50);
+
+/// Polls `ready` until it returns `Some` or `budget` has passed.
+#[inline]
+fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    if let Some(value) = ready() {
+        return Some(value);
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if start.elapsed() > budget {
+            return None;
+        }
+    }
+}
 
 impl Drop for Shared {
     fn drop(&mut self) {
