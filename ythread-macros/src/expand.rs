@@ -4,7 +4,7 @@ use proc_macro2::{Ident, Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{ItemFn, ReturnType, Type};
+use syn::{ItemFn, ReturnType, Signature, Type};
 
 use crate::rewrite::Rewriter;
 
@@ -14,40 +14,39 @@ use crate::rewrite::Rewriter;
 /// // Input:
 /// #[yieldable]
 /// pub fn handle(mut stream: TcpStream) -> io::Result<()> {
-///     let n = read_n(&mut stream)?;
-///     write_sum(&mut stream, offload!(sumn, n))
+///     let n = read_request(&mut stream)?;
+///     write_reply(&mut stream, offload!(sumn, n))
 /// }
 /// // Output:
-/// #[must_use = "..."]
-/// pub fn handle(mut stream: TcpStream) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
-///     ::ythread::__private::handler::<io::Result<()>, _>(
-///         move |__ythread_cx: &::ythread::__private::Context<'_>| {
-///             let n = read_n(&mut stream)?;
-///             write_sum(&mut stream, {
-///                 let __arg0 = n;
-///                 ::ythread::__private::offload(__ythread_cx, || sumn(__arg0))
-///             })
-///         },
-///     )
+/// pub fn handle(
+///     mut stream: TcpStream,
+/// ) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
+///     ::ythread::__private::handler(move |
+///         __ythread_cx: &::ythread::__private::Context<'_>,
+///     | -> io::Result<()> {
+///         let n = read_request(&mut stream)?;
+///         write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
+///     })
 /// }
 /// ```
 ///
-/// On an error, the function is emitted unchanged beside the error, so the
-/// rest of the crate still type-checks and IDEs keep working.
+/// The `offload!` call then expands on its own (see `offload::expand`).
+/// `__ythread_cx` is hygienic: the user's code cannot name it. The snapshots
+/// in `tests.rs` show more cases.
+///
+/// On an error in the signature, the function is emitted beside the error
+/// with its body still type-checked (see [`fallback`]), so the rest of the
+/// crate keeps compiling and IDEs keep working.
 pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
-        Err(_) => {
-            let error = syn::Error::new(
-                Span::call_site(),
-                "`#[yieldable]` applies to a function with a body, such as \
-                 `#[yieldable] fn handle(stream: TcpStream) -> io::Result<()> { ... }`",
-            );
-            return with_error(item, error);
-        }
+        Err(_) => return with_error(item.clone(), not_a_function(item)),
     };
-    if let Err(error) = check(&args, &function) {
-        return with_error(function.into_token_stream(), error);
+    // Arguments are a mistake that does not stop the expansion: expanding
+    // anyway keeps the callers' `.run()` and `spawn(..)` free of errors.
+    let args_error = check_args(&args).err();
+    if let Err(error) = check_signature(&function.sig) {
+        return fallback(function, error);
     }
 
     let cx = Ident::new("__ythread_cx", Span::mixed_site());
@@ -61,37 +60,95 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     let ItemFn {
         attrs,
         vis,
-        sig,
+        mut sig,
         block,
     } = function;
-    let mut sig = sig;
     sig.output = syn::parse_quote_spanned! {output_span=>
         -> impl ::ythread::Yieldable<Output = #output>
     };
+    // The closure declares the user's return type, with the user's spans, so
+    // that a mismatch in the body reads "expected `u64` because of return
+    // type" and points at the signature. (`Yieldable` itself is
+    // `#[must_use]`, so ignoring a call's value already warns.)
     let body_span = block.span();
     let body = quote_spanned! {body_span=>
-        ::ythread::__private::handler::<#output, _>(
-            move |#cx: &::ythread::__private::Context<'_>| #block
+        ::ythread::__private::handler(
+            move |#cx: &::ythread::__private::Context<'_>| -> #output #block
         )
     };
+    let errors = args_error.map(syn::Error::into_compile_error);
     quote! {
         #(#attrs)*
-        #[must_use = "a yieldable handler does nothing until it is run or spawned"]
         #vis #sig {
             #body
         }
+        #errors
     }
 }
 
-fn check(args: &TokenStream, function: &ItemFn) -> syn::Result<()> {
-    if !args.is_empty() {
-        return Err(syn::Error::new_spanned(
-            args,
-            "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs \
-             the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`",
-        ));
+/// The error for an item that is not a function with a body, pointing at the
+/// item rather than at the attribute.
+fn not_a_function(item: TokenStream) -> syn::Error {
+    const EXAMPLE: &str =
+        "such as `#[yieldable] fn handle(stream: TcpStream) -> io::Result<()> { ... }`";
+    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
+        if method.default.is_none() {
+            return syn::Error::new_spanned(
+                pair(&method.sig, &method.semi_token),
+                "`#[yieldable]` needs the function's body: in a trait, declare the method as \
+                 returning the handler, as in `fn handle(&self, n: u64) -> impl \
+                 ythread::Yieldable<Output = u64>;`, and put `#[yieldable]` on each \
+                 implementation, which returns the plain type (`-> u64`)",
+            );
+        }
     }
-    let sig = &function.sig;
+    let (tokens, what) = match syn::parse2::<syn::Item>(item) {
+        Ok(syn::Item::Struct(s)) => (pair(&s.struct_token, &s.ident), "a struct"),
+        Ok(syn::Item::Enum(e)) => (pair(&e.enum_token, &e.ident), "an enum"),
+        Ok(syn::Item::Union(u)) => (pair(&u.union_token, &u.ident), "a union"),
+        Ok(syn::Item::Trait(t)) => (
+            pair(&t.trait_token, &t.ident),
+            "a trait; put it on the methods that have a body",
+        ),
+        Ok(syn::Item::Impl(i)) => (
+            pair(&i.impl_token, &i.self_ty),
+            "an `impl` block; put it on the methods inside",
+        ),
+        Ok(syn::Item::Mod(m)) => (pair(&m.mod_token, &m.ident), "a module"),
+        Ok(syn::Item::Const(c)) => (pair(&c.const_token, &c.ident), "a constant"),
+        Ok(syn::Item::Static(s)) => (pair(&s.static_token, &s.ident), "a static"),
+        Ok(syn::Item::Type(t)) => (pair(&t.type_token, &t.ident), "a type alias"),
+        Ok(syn::Item::ForeignMod(f)) => (f.abi.to_token_stream(), "an `extern` block"),
+        _ => {
+            return syn::Error::new(
+                Span::call_site(),
+                format!("`#[yieldable]` applies to a function with a body, {EXAMPLE}"),
+            );
+        }
+    };
+    syn::Error::new_spanned(
+        tokens,
+        format!("`#[yieldable]` applies to a function with a body, {EXAMPLE}, not to {what}"),
+    )
+}
+
+/// Two parts of an item, as tokens an error can span from one to the other.
+fn pair(first: &impl ToTokens, second: &impl ToTokens) -> TokenStream {
+    quote!(#first #second)
+}
+
+fn check_args(args: &TokenStream) -> syn::Result<()> {
+    if args.is_empty() {
+        return Ok(());
+    }
+    Err(syn::Error::new_spanned(
+        args,
+        "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs \
+         the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`",
+    ))
+}
+
+fn check_signature(sig: &Signature) -> syn::Result<()> {
     if let Some(asyncness) = &sig.asyncness {
         return Err(syn::Error::new_spanned(
             asyncness,
@@ -120,6 +177,13 @@ fn check(args: &TokenStream, function: &ItemFn) -> syn::Result<()> {
                  or return a `Box<dyn Trait>`",
             ));
         }
+        if let Type::Never(never) = &**ty {
+            return Err(syn::Error::new_spanned(
+                never,
+                "a `#[yieldable]` function cannot return `!`: a handler's output is a \
+                 value; let a serving loop return `()`, or its error as `io::Result<()>`",
+            ));
+        }
     }
     Ok(())
 }
@@ -137,10 +201,35 @@ fn find_impl_trait(ty: &Type) -> Option<Span> {
     finder.0
 }
 
+/// The function emitted beside an error in its signature: the user's own
+/// function, minus `const`, whose `offload!` calls get a context that is
+/// never created. The body keeps type-checking (its other mistakes are still
+/// reported) and the calls do not add one "outside a handler" error each.
+/// The context is `None.unwrap()` rather than `unreachable!()`: a diverging
+/// expression would make the body unreachable and its parameters "unused".
+/// The crate does not compile anyway, so the code never runs.
+fn fallback(mut function: ItemFn, error: syn::Error) -> TokenStream {
+    function.sig.constness = None;
+    let cx = Ident::new("__ythread_cx", Span::mixed_site());
+    Rewriter { cx: &cx }.visit_block_mut(&mut function.block);
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let error = error.into_compile_error();
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            let #cx = ::core::option::Option::<&::ythread::__private::Context<'_>>::None.unwrap();
+            #block
+        }
+        #error
+    }
+}
+
 fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
     let error = error.to_compile_error();
     quote!(#item #error)
 }
-
-#[cfg(test)]
-mod tests;

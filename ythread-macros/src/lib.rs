@@ -7,6 +7,10 @@ mod expand;
 mod offload;
 mod rewrite;
 
+/// Expansion snapshots of `expand.rs` and `offload.rs`.
+#[cfg(test)]
+mod tests;
+
 use proc_macro::TokenStream;
 
 /// Turns a function into a yieldable handler. See `ythread::yieldable`.

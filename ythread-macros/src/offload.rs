@@ -6,8 +6,8 @@
 //! adds the handler's context in front of the arguments, as `@cx;`. A call
 //! without that prefix is outside any handler.
 
-use proc_macro2::{Ident, Punct, Spacing, Span, TokenStream, TokenTree};
-use quote::{format_ident, quote_spanned};
+use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -61,8 +61,12 @@ pub(crate) fn with_context(cx: &Ident, args: TokenStream) -> TokenStream {
 /// Splits off the `@cx;` prefix that [`with_context`] added.
 fn split_context(tokens: TokenStream) -> (Option<Ident>, TokenStream) {
     let trees: Vec<TokenTree> = tokens.clone().into_iter().collect();
-    if let [TokenTree::Punct(at), TokenTree::Ident(cx), TokenTree::Punct(semi), rest @ ..] =
-        trees.as_slice()
+    if let [
+        TokenTree::Punct(at),
+        TokenTree::Ident(cx),
+        TokenTree::Punct(semi),
+        rest @ ..,
+    ] = trees.as_slice()
     {
         if at.as_char() == '@' && semi.as_char() == ';' {
             return (Some(cx.clone()), rest.iter().cloned().collect());
@@ -79,15 +83,18 @@ enum OffloadInput {
     Closure(Expr),
 }
 
-const OFFLOAD_FORMS: &str = "expected `offload!(function, arg, ...)` or `offload!(|| expression)`";
+const OFFLOAD_FORMS: &str = "write `offload!(function, arg, ...)` or `offload!(|| expression)`";
 
 impl Parse for OffloadInput {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let exprs = Punctuated::<Expr, Token![,]>::parse_terminated(input)
-            .map_err(|err| syn::Error::new(err.span(), format!("{err}; {OFFLOAD_FORMS}")))?;
+            .map_err(|err| syn::Error::new(err.span(), format!("{err}: {OFFLOAD_FORMS}")))?;
         let mut exprs = exprs.into_iter();
         let Some(first) = exprs.next() else {
-            return Err(input.error(format!("{OFFLOAD_FORMS}; there is no work to offload")));
+            return Err(syn::Error::new(
+                Span::call_site(),
+                format!("`offload!` needs the work to offload: {OFFLOAD_FORMS}"),
+            ));
         };
         let args: Vec<Expr> = exprs.collect();
         if let Expr::Closure(closure) = &first {
@@ -107,6 +114,26 @@ impl Parse for OffloadInput {
             }
             return Ok(OffloadInput::Closure(first));
         }
+        if args.is_empty() {
+            // `offload!(sumn(n))` would run `sumn(n)` in the handler and then
+            // call its result: the work must be given unevaluated.
+            let message = match &first {
+                Expr::Call(_) => Some(
+                    "`offload!` takes the function and its arguments apart, so that \
+                     the call runs where the strategy decides: write `offload!(f, a, b)` \
+                     for `f(a, b)`, or `offload!(|| f(a, b))`",
+                ),
+                Expr::MethodCall(_) => Some(
+                    "`offload!` needs the work unevaluated, so that it runs where the \
+                     strategy decides: write a method call as a closure, \
+                     `offload!(|| value.method(a))`",
+                ),
+                _ => None,
+            };
+            if let Some(message) = message {
+                return Err(syn::Error::new_spanned(&first, message));
+            }
+        }
         Ok(OffloadInput::Call { func: first, args })
     }
 }
@@ -117,7 +144,11 @@ impl Parse for OffloadInput {
 /// // Input:
 /// offload!(@__ythread_cx; sumn, n + 1)
 /// // Output:
-/// ::ythread::__private::offload_call(__ythread_cx, (n + 1,), |(__arg0,)| sumn(__arg0))
+/// ::ythread::__private::offload_call(
+///     __ythread_cx,
+///     ::core::convert::identity((n + 1,)),
+///     |(__arg0,)| sumn(__arg0),
+/// )
 ///
 /// // Input:
 /// offload!(@__ythread_cx; || sumn(n) + 1)
@@ -142,42 +173,94 @@ pub(crate) fn expand(point: Point, tokens: TokenStream) -> TokenStream {
 }
 
 fn expand_offload(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream> {
+    // The call to the runtime takes the span of the whole `offload!(...)`,
+    // so that an error about the value (`expected String, found u64`) points
+    // at the macro call and suggests fixes after it, not inside it.
+    let call_site = Span::call_site();
     Ok(match OffloadInput::parse.parse2(tokens)? {
         OffloadInput::Closure(closure) => {
-            let span = closure.span();
-            quote_spanned! {span=>
-                ::ythread::__private::offload(#cx, #closure)
+            // Errors about the work (a capture that is not `Send`, or a
+            // result that is not) point at the user's closure.
+            let work = quote_spanned!(closure.span()=> #closure);
+            quote_spanned! {call_site=>
+                ::ythread::__private::offload(#cx, #work)
             }
         }
         OffloadInput::Call { func, args } => {
             // The arguments are evaluated here, in the handler, in order, so
             // that `?`, `return` and borrows in them mean what they mean in a
-            // call; only the call itself is the work.
-            let names: Vec<Ident> = (0..args.len())
-                .map(|i| format_ident!("__arg{}", i, span = Span::mixed_site()))
+            // call; only the call itself is the work. Each one is passed on
+            // through a hygienic name located at the user's argument, so a
+            // type error in it points at that argument. The tuple of
+            // arguments spans the macro call: rustc then blames the one
+            // element that is not `Send` instead of the whole tuple.
+            let names: Vec<Ident> = args
+                .iter()
+                .enumerate()
+                .map(|(i, arg)| {
+                    format_ident!(
+                        "__arg{}",
+                        i,
+                        span = Span::mixed_site().located_at(arg.span())
+                    )
+                })
                 .collect();
-            let span = func.span();
-            quote_spanned! {span=>
-                ::ythread::__private::offload_call(
-                    #cx,
-                    (#(#args,)*),
-                    |(#(#names,)*)| #func(#(#names),*),
-                )
+            let tuple = spanning_arguments(&args);
+            let func_span = func.span();
+            let work = quote_spanned! {func_span=>
+                |(#(#names,)*)| #func(#(#names),*)
+            };
+            quote_spanned! {call_site=>
+                ::ythread::__private::offload_call(#cx, #tuple, #work)
             }
         }
     })
 }
 
+/// The tuple of the arguments, as an expression whose span runs from the
+/// first argument to the last, so that an error about the whole tuple (one
+/// argument is not `Send`) underlines the arguments and nothing else.
+///
+/// A tuple's span is that of its parentheses, a single token here; a call's
+/// span runs from its path to its closing parenthesis, so the tuple is
+/// wrapped in `identity(..)` with the path spanned at the first argument's
+/// first token and the parentheses at the last argument's last token (the
+/// technique of `syn::Error::new_spanned`; stable proc macros cannot join
+/// spans).
+fn spanning_arguments(args: &[Expr]) -> TokenStream {
+    let tuple = quote!((#(#args,)*));
+    let (Some(first), Some(last)) = (args.first(), args.last()) else {
+        return tuple;
+    };
+    let start = first
+        .to_token_stream()
+        .into_iter()
+        .next()
+        .map_or_else(Span::call_site, |t| t.span());
+    let end = last
+        .to_token_stream()
+        .into_iter()
+        .last()
+        .map_or_else(Span::call_site, |t| t.span());
+    let mut parens = Group::new(Delimiter::Parenthesis, tuple);
+    parens.set_span(end);
+    quote_spanned!(start=> ::core::convert::identity #parens)
+}
+
 fn expand_yield_from(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream> {
+    const FORM: &str = "write `yield_from!(handler(args))`, where `handler` is a \
+                        `#[yieldable]` function";
     if tokens.is_empty() {
         return Err(syn::Error::new(
             Span::call_site(),
-            "expected `yield_from!(handler(args))`: a call of a `#[yieldable]` function",
+            format!("`yield_from!` needs the handler to run: {FORM}"),
         ));
     }
-    let nested: Expr = syn::parse2(tokens)?;
-    let span = nested.span();
-    Ok(quote_spanned! {span=>
+    let nested: Expr =
+        syn::parse2(tokens).map_err(|err| syn::Error::new(err.span(), format!("{err}: {FORM}")))?;
+    // As for `offload!`: an error about the value points at the macro call,
+    // an error about the handler at the user's expression.
+    Ok(quote_spanned! {Span::call_site()=>
         ::ythread::__private::yield_from(#cx, #nested)
     })
 }

@@ -36,7 +36,8 @@ impl Rewriter<'_> {
         let mut out: Vec<TokenTree> = Vec::new();
         let mut iter = tokens.into_iter().peekable();
         while let Some(tree) = iter.next() {
-            let is_point_name = matches!(&tree, TokenTree::Ident(ident) if Point::from_name(ident).is_some());
+            let is_point_name =
+                matches!(&tree, TokenTree::Ident(ident) if Point::from_name(ident).is_some());
             let followed_by_bang =
                 matches!(iter.peek(), Some(TokenTree::Punct(p)) if p.as_char() == '!');
             out.push(self.rewrite_tree(tree));

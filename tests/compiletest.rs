@@ -1,0 +1,12 @@
+//! Compile-time contract of the macros: misuse is a compile error that points
+//! at the user's tokens and says what to do; correct use compiles without
+//! warnings. The expected messages are the `.stderr` files in `tests/ui/`;
+//! regenerate them with `TRYBUILD=overwrite cargo test --test compiletest`
+//! and read the diff.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass_*.rs");
+    t.compile_fail("tests/ui/[!p]*.rs");
+}

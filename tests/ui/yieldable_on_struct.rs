@@ -1,0 +1,8 @@
+use ythread::yieldable;
+
+#[yieldable]
+struct Handler {
+    n: u64,
+}
+
+fn main() {}

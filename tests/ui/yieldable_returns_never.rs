@@ -1,0 +1,10 @@
+use ythread::yieldable;
+
+#[yieldable]
+fn serve_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn main() {}
