@@ -1,0 +1,483 @@
+//! Snapshots of what the macros generate, pretty-printed.
+//!
+//! The attribute and the function-like macros expand in two steps (see
+//! `offload.rs`): `#[yieldable]` gives each `offload!`/`yield_from!` call the
+//! context as `@__ythread_cx;`, and each call then expands on its own. The
+//! tests show both steps. Update the snapshots with
+//! `UPDATE_EXPECT=1 cargo test -p ythread-macros` and read the diff.
+
+use expect_test::{Expect, expect};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::offload::{self, Point};
+
+/// Pretty-prints generated items.
+fn pretty(tokens: TokenStream) -> String {
+    let file: syn::File = syn::parse2(tokens.clone())
+        .unwrap_or_else(|err| panic!("the expansion is not valid Rust ({err}):\n{tokens}"));
+    prettyplease::unparse(&file)
+}
+
+fn check_yieldable(args: TokenStream, item: TokenStream, expected: Expect) {
+    expected.assert_eq(&pretty(crate::expand::yieldable(args, item)));
+}
+
+/// Expands one `offload!`/`yield_from!` call, shown as the body of a
+/// function since prettyplease prints whole files.
+fn check_point(point: Point, input: TokenStream, expected: Expect) {
+    let expansion = offload::expand(point, input);
+    expected.assert_eq(&pretty(quote!(fn expansion() { #expansion })));
+}
+
+#[test]
+fn free_function() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            /// Answers one request.
+            pub fn handle(mut stream: TcpStream) -> io::Result<()> {
+                let n = read_request(&mut stream)?;
+                write_reply(&mut stream, offload!(sumn, n))
+            }
+        },
+        expect![[r#"
+            /// Answers one request.
+            pub fn handle(
+                mut stream: TcpStream,
+            ) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> io::Result<()> {
+                    let n = read_request(&mut stream)?;
+                    write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn function_without_return_type() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn log(n: u64) {
+                println!("{}", offload!(sumn, n));
+            }
+        },
+        expect![[r#"
+            fn log(n: u64) -> impl ::ythread::Yieldable<Output = ()> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> () {
+                    println!("{}", offload!(@ __ythread_cx; sumn, n));
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn methods() {
+    let receivers = [
+        quote! {
+            fn by_ref(&self, n: u64) -> u64 {
+                offload!(sumn, self.base + n)
+            }
+        },
+        quote! {
+            pub(crate) fn by_mut(&mut self, n: u64) -> u64 {
+                self.count += 1;
+                offload!(|| self.base * n)
+            }
+        },
+        quote! {
+            fn by_value(self) -> Self {
+                let base = offload!(Self::helper, self.base);
+                Self { base }
+            }
+        },
+    ];
+    let expanded: Vec<String> = receivers
+        .into_iter()
+        .map(|method| pretty(crate::expand::yieldable(quote!(), method)))
+        .collect();
+    expect![[r#"
+        fn by_ref(&self, n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+            ::ythread::__private::handler(move |
+                __ythread_cx: &::ythread::__private::Context<'_>,
+            | -> u64 { offload!(@ __ythread_cx; sumn, self.base + n) })
+        }
+
+        pub(crate) fn by_mut(&mut self, n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+            ::ythread::__private::handler(move |
+                __ythread_cx: &::ythread::__private::Context<'_>,
+            | -> u64 {
+                self.count += 1;
+                offload!(@ __ythread_cx; || self.base * n)
+            })
+        }
+
+        fn by_value(self) -> impl ::ythread::Yieldable<Output = Self> {
+            ::ythread::__private::handler(move |
+                __ythread_cx: &::ythread::__private::Context<'_>,
+            | -> Self {
+                let base = offload!(@ __ythread_cx; Self::helper, self.base);
+                Self { base }
+            })
+        }
+    "#]]
+    .assert_eq(&expanded.join("\n"));
+}
+
+#[test]
+fn generic_function_with_where_clause() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn total<'a, T, const N: usize>(items: &'a [T; N]) -> u64
+            where
+                T: Copy + Into<u64> + Send + Sync,
+            {
+                offload!(|| items.iter().map(|&x| x.into()).sum::<u64>())
+            }
+        },
+        expect![[r#"
+            fn total<'a, T, const N: usize>(
+                items: &'a [T; N],
+            ) -> impl ::ythread::Yieldable<Output = u64>
+            where
+                T: Copy + Into<u64> + Send + Sync,
+            {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    offload!(@ __ythread_cx; || items.iter().map(| & x | x.into()).sum:: < u64 > ())
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn result_and_question_mark() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn parse_and_sum(text: &str) -> Result<u64, ParseIntError> {
+                let n: u64 = text.trim().parse()?;
+                if n == 0 {
+                    return Ok(0);
+                }
+                let sum = offload!(sumn, text.parse::<u64>()?);
+                Ok(sum + n)
+            }
+        },
+        expect![[r#"
+            fn parse_and_sum(
+                text: &str,
+            ) -> impl ::ythread::Yieldable<Output = Result<u64, ParseIntError>> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> Result<u64, ParseIntError> {
+                    let n: u64 = text.trim().parse()?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    let sum = offload!(@ __ythread_cx; sumn, text.parse:: < u64 > () ?);
+                    Ok(sum + n)
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn calls_inside_other_macros_and_calls() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn report(xs: Vec<u64>) -> String {
+                assert_eq!(offload!(sumn, 3), 6, "{}", offload!(|| 1));
+                let v = vec![offload!(add, offload!(sumn, 1), 2)];
+                format!("{} {:?} {}", offload!(sumn, xs[0]), v, yield_from!(inner(1)))
+            }
+        },
+        expect![[r#"
+            fn report(xs: Vec<u64>) -> impl ::ythread::Yieldable<Output = String> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> String {
+                    assert_eq!(
+                        offload!(@ __ythread_cx; sumn, 3), 6, "{}", offload!(@ __ythread_cx; || 1)
+                    );
+                    let v = vec![
+                        offload!(@ __ythread_cx; add, offload!(@ __ythread_cx; sumn, 1), 2)
+                    ];
+                    format!(
+                        "{} {:?} {}", offload!(@ __ythread_cx; sumn, xs[0]), v, yield_from!(@
+                        __ythread_cx; inner(1))
+                    )
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn nested_items_are_left_alone() {
+    // The nested `fn` keeps its plain `offload!` (an error when it expands);
+    // the nested `#[yieldable]` function is expanded by its own attribute.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn outer(n: u64) -> u64 {
+                fn helper(n: u64) -> u64 {
+                    offload!(sumn, n)
+                }
+                #[yieldable]
+                fn nested(n: u64) -> u64 {
+                    offload!(sumn, n)
+                }
+                struct Local;
+                impl Local {
+                    fn method(&self) -> u64 {
+                        offload!(sumn, 1)
+                    }
+                }
+                offload!(helper, n) + yield_from!(nested(n))
+            }
+        },
+        expect![[r#"
+            fn outer(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    fn helper(n: u64) -> u64 {
+                        offload!(sumn, n)
+                    }
+                    #[yieldable]
+                    fn nested(n: u64) -> u64 {
+                        offload!(sumn, n)
+                    }
+                    struct Local;
+                    impl Local {
+                        fn method(&self) -> u64 {
+                            offload!(sumn, 1)
+                        }
+                    }
+                    offload!(@ __ythread_cx; helper, n) + yield_from!(@ __ythread_cx; nested(n))
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn path_forms_of_the_macros() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn paths(n: u64) -> u64 {
+                ythread::offload!(sumn, n) + ::ythread::offload!(|| n) + ythread::yield_from!(inner(n))
+                    + other::offload!(n)
+            }
+        },
+        expect![[r#"
+            fn paths(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    ythread::offload!(@ __ythread_cx; sumn, n)
+                        + ::ythread::offload!(@ __ythread_cx; || n)
+                        + ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn arguments_are_an_error_beside_the_expansion() {
+    check_yieldable(
+        quote!(pool = 4),
+        quote! {
+            fn handle(n: u64) -> u64 {
+                offload!(sumn, n)
+            }
+        },
+        expect![[r#"
+            fn handle(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 { offload!(@ __ythread_cx; sumn, n) })
+            }
+            ::core::compile_error! {
+                "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`"
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn bad_signature_keeps_the_function_beside_the_error() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            async fn handle(n: u64) -> u64 {
+                offload!(sumn, n)
+            }
+        },
+        expect![[r#"
+            async fn handle(n: u64) -> u64 {
+                let __ythread_cx = ::core::option::Option::<&::ythread::__private::Context<'_>>::None
+                    .unwrap();
+                { offload!(@ __ythread_cx; sumn, n) }
+            }
+            ::core::compile_error! {
+                "`#[yieldable]` cannot be used on an `async fn`: a yieldable handler is a blocking function driven by an OS thread; remove `async`, do I/O with blocking calls and mark the CPU-heavy steps with `offload!`"
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn not_a_function() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            struct Handler;
+        },
+        expect![[r#"
+            struct Handler;
+            ::core::compile_error! {
+                "`#[yieldable]` applies to a function with a body, such as `#[yieldable] fn handle(stream: TcpStream) -> io::Result<()> { ... }`, not to a struct"
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_call_form() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; sumn, n + 1),
+        expect![[r#"
+            fn expansion() {
+                ::ythread::__private::offload_call(
+                    __ythread_cx,
+                    ::core::convert::identity((n + 1,)),
+                    |(__arg0,)| sumn(__arg0),
+                )
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_call_form_with_paths_and_several_arguments() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; crate::cpu::mix::<u64>, a, &b[..], parse(x)?,),
+        expect![[r#"
+            fn expansion() {
+                ::ythread::__private::offload_call(
+                    __ythread_cx,
+                    ::core::convert::identity((a, &b[..], parse(x)?)),
+                    |(__arg0, __arg1, __arg2)| crate::cpu::mix::<u64>(__arg0, __arg1, __arg2),
+                )
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_call_form_without_arguments() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; answer),
+        expect![[r#"
+            fn expansion() {
+                ::ythread::__private::offload_call(__ythread_cx, (), |()| answer())
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_closure_form() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; move || sumn(n) + 1),
+        expect![[r#"
+            fn expansion() {
+                ::ythread::__private::offload(__ythread_cx, move || sumn(n) + 1)
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn yield_from_form() {
+    check_point(
+        Point::YieldFrom,
+        quote!(@__ythread_cx; helper(x)),
+        expect![[r#"
+            fn expansion() {
+                ::ythread::__private::yield_from(__ythread_cx, helper(x))
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_outside_a_handler() {
+    check_point(
+        Point::Offload,
+        quote!(sumn, n),
+        expect![[r#"
+            fn expansion() {
+                ::core::compile_error! {
+                    "`offload!` can only be used inside a function marked `#[yieldable]`; add `#[ythread::yieldable]` to the enclosing function (a nested `fn` item is not part of the handler around it)"
+                }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn malformed_offloads() {
+    let inputs = [
+        quote!(@__ythread_cx;),
+        quote!(@__ythread_cx; sumn a),
+        quote!(@__ythread_cx; |x| x),
+        quote!(@__ythread_cx; || 1, 2),
+        quote!(@__ythread_cx; sumn(n)),
+        quote!(@__ythread_cx; self.compute(n)),
+    ];
+    let messages: Vec<String> = inputs
+        .into_iter()
+        .map(|input| {
+            let input_text = input.to_string();
+            let error: syn::Macro = syn::parse2(offload::expand(Point::Offload, input))
+                .expect("an error is a `compile_error!` call");
+            let message: syn::LitStr = error.parse_body().expect("a string message");
+            format!("{input_text}\n  => {}", message.value())
+        })
+        .collect();
+    expect![[r#"
+        @ __ythread_cx ;
+          => `offload!` needs the work to offload: write `offload!(function, arg, ...)` or `offload!(|| expression)`
+        @ __ythread_cx ; sumn a
+          => expected `,`: write `offload!(function, arg, ...)` or `offload!(|| expression)`
+        @ __ythread_cx ; | x | x
+          => the closure given to `offload!` takes no arguments: capture what it needs, as in `offload!(|| f(x))`
+        @ __ythread_cx ; || 1 , 2
+          => `offload!(|| ...)` takes the closure alone; write `offload!(|| f(a, b))` or `offload!(f, a, b)`
+        @ __ythread_cx ; sumn (n)
+          => `offload!` takes the function and its arguments apart, so that the call runs where the strategy decides: write `offload!(f, a, b)` for `f(a, b)`, or `offload!(|| f(a, b))`
+        @ __ythread_cx ; self . compute (n)
+          => `offload!` needs the work unevaluated, so that it runs where the strategy decides: write a method call as a closure, `offload!(|| value.method(a))`"#]]
+    .assert_eq(&messages.join("\n"));
+}
