@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use ythread::{Apply, YieldableThread, offload};
 
 use crate::{read_request, sumn, write_reply};
@@ -36,37 +37,20 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 ///
 /// # Errors
 ///
-/// Any error of [`TcpListener::bind`] or of raising the backlog.
+/// Any error of resolving `addr`, or of creating, binding or listening on the
+/// socket.
 pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)?;
-    set_backlog(&listener, LISTEN_BACKLOG)?;
-    Ok(listener)
-}
-
-/// Calls `listen` again on a listening socket, which on Linux and the BSDs
-/// only changes its backlog. std has no API for the backlog, and this avoids
-/// a dependency for one call.
-#[cfg(unix)]
-fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()> {
-    use std::ffi::c_int;
-    use std::os::fd::AsRawFd;
-
-    // SAFETY: `listen(2)` takes two integers and reads no memory of ours, so
-    // any arguments are sound (a bad descriptor is an error, not UB).
-    unsafe extern "C" {
-        safe fn listen(socket: c_int, backlog: c_int) -> c_int;
-    }
-    if listen(listener.as_raw_fd(), backlog) == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Other platforms keep std's backlog.
-#[cfg(not(unix))]
-fn set_backlog(_listener: &TcpListener, _backlog: i32) -> io::Result<()> {
-    Ok(())
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does, so a restarted server can bind its port at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// The seed's handler on plain threads: reads `n`, computes `sumn(n)`, writes

@@ -174,7 +174,9 @@ fn a_panicking_strategy_unwinds_the_suspended_handler_then_propagates() {
 #[test]
 fn a_strategy_that_drops_the_job_makes_the_handler_panic_at_the_offload_point() {
     let drops = Arc::new(AtomicUsize::new(0));
-    let dropping = |job: Job<'_>| drop(job);
+    let dropping = |job: Job<'_>| {
+        let _unrun = job;
+    };
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).run_with(&dropping)
     }));
