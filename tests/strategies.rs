@@ -230,3 +230,32 @@ fn pool_and_bounded_report_their_size() {
 fn a_zero_limit_is_refused() {
     let _ = Bounded::new(0);
 }
+
+#[yieldable]
+fn many_tiny_offloads(seed: u64, times: u64) -> u64 {
+    let mut acc = seed;
+    for i in 0..times {
+        let local = [acc, i];
+        acc = offload!(|| local[0].wrapping_mul(31).wrapping_add(local[1]));
+    }
+    acc
+}
+
+#[test]
+fn many_threads_hammering_a_small_pool_get_their_own_results() {
+    // Each result depends on every step before it, so a job run twice, run
+    // for the wrong handler, or a handler resumed early would show up here.
+    let expected = |seed: u64| (0..2_000u64).fold(seed, |acc, i| acc.wrapping_mul(31).wrapping_add(i));
+    let pool = Pool::new(2);
+    let handles: Vec<_> = (0..8u64)
+        .map(|seed| {
+            YieldableThread::new()
+                .apply(pool.clone())
+                .spawn(many_tiny_offloads(seed, 2_000))
+                .unwrap()
+        })
+        .collect();
+    for (seed, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.join().unwrap(), expected(seed as u64));
+    }
+}

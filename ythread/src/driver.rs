@@ -63,6 +63,34 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 /// };
 /// assert_eq!((jobs, result), (2, 20));
 /// ```
+///
+/// The job borrows the generator: resuming the handler before its work is
+/// done does not compile.
+///
+/// ```compile_fail,E0499
+/// use ythread::{GeneratorState, Yieldable, offload, yieldable};
+///
+/// #[yieldable]
+/// fn one() -> u32 { offload!(|| 1) }
+///
+/// let mut generator = one().start();
+/// if let GeneratorState::Yielded(job) = generator.resume() {
+///     generator.resume(); // error: `generator` is still borrowed by `job`
+///     job.run();
+/// }
+/// ```
+///
+/// Nor does moving a started handler to another thread:
+///
+/// ```compile_fail,E0277
+/// use ythread::{Yieldable, offload, yieldable};
+///
+/// #[yieldable]
+/// fn one() -> u32 { offload!(|| 1) }
+///
+/// let mut generator = one().start();
+/// std::thread::spawn(move || generator.resume()); // error: `Generator` is not `Send`
+/// ```
 pub struct Generator<T> {
     /// Taken only by `drop`, to recycle its stack.
     coroutine: ManuallyDrop<Coroutine<(), ErasedJob, T, Stack>>,

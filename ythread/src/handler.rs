@@ -150,7 +150,16 @@ where
 /// where a handler is running: the compiler checks it, not a thread-local.
 ///
 /// It is neither `Send` nor `Sync`: work offloaded from another thread than
-/// the handler's own would be unsound, and is a compile error.
+/// the handler's own would be unsound, and is a compile error:
+///
+/// ```compile_fail,E0277
+/// use ythread::{offload, yieldable};
+///
+/// #[yieldable]
+/// fn from_another_thread() -> u32 {
+///     std::thread::scope(|s| s.spawn(|| offload!(|| 1)).join().unwrap())
+/// }
+/// ```
 #[doc(hidden)]
 pub struct Context<'y> {
     yielder: &'y Yielder<(), ErasedJob>,

@@ -48,6 +48,18 @@ use std::ptr::NonNull;
 /// };
 /// assert_eq!(handler(7).run_with(&on_a_scoped_thread), 50);
 /// ```
+///
+/// A job cannot escape the `apply` call, for example to a thread that is not
+/// joined before it returns:
+///
+/// ```compile_fail,E0521
+/// use ythread::Job;
+///
+/// let detached = |job: Job<'_>| {
+///     std::thread::spawn(move || job.run()); // error: borrowed data escapes
+/// };
+/// # let _ = detached;
+/// ```
 pub struct Job<'a> {
     /// The work and its result slot, living in the suspended `offload` frame
     /// on the handler's coroutine stack.
