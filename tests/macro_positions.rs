@@ -1,0 +1,487 @@
+//! `offload!` and `yield_from!` in every position the contract lists, in a
+//! user's program: compiled, run, and checked for the value each position
+//! produces and for the number of pieces of work the strategy received.
+//!
+//! The strategy used throughout ([`counted`]) counts the jobs and runs each
+//! on a fresh scoped thread, so every piece of work really leaves the
+//! handler's thread, as it does with a pool.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::num::ParseIntError;
+use std::sync::Mutex;
+use std::thread::{self, ThreadId};
+
+use ythread::{Job, Yieldable, offload, yield_from, yieldable};
+
+/// Runs `handler` to completion, running each job on its own scoped thread;
+/// returns the handler's value and how many jobs it offloaded.
+fn counted<H: Yieldable>(handler: H) -> (H::Output, usize) {
+    let jobs = Cell::new(0);
+    let on_another_thread = |job: Job<'_>| {
+        jobs.set(jobs.get() + 1);
+        thread::scope(|s| {
+            s.spawn(move || job.run());
+        });
+    };
+    let value = handler.run_with(&on_another_thread);
+    (value, jobs.get())
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+fn is_even(x: u64) -> bool {
+    x.is_multiple_of(2)
+}
+
+fn less(a: u64, b: u64) -> bool {
+    a < b
+}
+
+fn checked_half(x: u64) -> Option<u64> {
+    is_even(x).then_some(x / 2)
+}
+
+fn answer() -> u64 {
+    42
+}
+
+fn worker_id() -> ThreadId {
+    thread::current().id()
+}
+
+mod cpu {
+    pub(crate) fn cube(x: u64) -> u64 {
+        x * x * x
+    }
+
+    pub(crate) fn widen<T: Into<u64>>(x: T) -> u64 {
+        x.into()
+    }
+}
+
+#[test]
+fn work_runs_off_the_handlers_thread() {
+    #[yieldable]
+    fn handler() -> (ThreadId, ThreadId) {
+        (thread::current().id(), offload!(worker_id))
+    }
+    let ((handler_thread, work_thread), jobs) = counted(handler());
+    assert_eq!(handler_thread, thread::current().id());
+    assert_ne!(work_thread, handler_thread);
+    assert_eq!(jobs, 1);
+}
+
+#[test]
+fn nested_expressions() {
+    #[yieldable]
+    fn handler(x: u64, y: u64) -> (u64, u64, u64, String, [u64; 2]) {
+        let sum = offload!(square, x) + offload!(add, y, 1);
+        let nested = offload!(add, offload!(square, x), offload!(square, y));
+        let negated = 100 - offload!(|| x * 10);
+        let text = offload!(square, y).to_string();
+        let array = [offload!(cpu::cube, x), (offload!(answer),).0];
+        (sum, nested, negated, text, array)
+    }
+    let (value, jobs) = counted(handler(3, 4));
+    assert_eq!(value, (9 + 5, 9 + 16, 70, "16".to_string(), [27, 42]));
+    assert_eq!(jobs, 2 + 3 + 1 + 1 + 2);
+}
+
+#[test]
+fn loops() {
+    #[yieldable]
+    fn handler(n: u64) -> (u64, u64, u64, u64) {
+        let mut for_sum = 0;
+        for i in 1..=n {
+            for_sum += offload!(square, i);
+        }
+        let mut i = 0;
+        while offload!(less, i, n) {
+            i += 1;
+        }
+        let mut k = 0;
+        let found = loop {
+            k += 1;
+            if offload!(is_even, k * n) {
+                break offload!(add, k, 100);
+            }
+        };
+        let labeled = 'outer: loop {
+            for j in 0.. {
+                if j == 2 {
+                    break 'outer offload!(square, j);
+                }
+            }
+        };
+        (for_sum, i, found, labeled)
+    }
+    // n = 3: for: 3 jobs; while: 4 conditions; loop: k=1 (odd), k=2 (even)
+    // then the break value; labeled: 1.
+    let (value, jobs) = counted(handler(3));
+    assert_eq!(value, (1 + 4 + 9, 3, 102, 4));
+    assert_eq!(jobs, 3 + 4 + 3 + 1);
+}
+
+#[test]
+fn match_and_if() {
+    #[yieldable]
+    fn classify(x: u64) -> String {
+        let kind = match offload!(checked_half, x) {
+            Some(0) => "zero".to_string(),
+            Some(half) if offload!(is_even, half) => format!("quarter {}", half / 2),
+            Some(half) => format!("half {}", offload!(square, half)),
+            None => "odd".to_string(),
+        };
+        let size = if offload!(less, x, 10) {
+            "small"
+        } else if offload!(less, x, 100) {
+            "medium"
+        } else {
+            "large"
+        };
+        let Some(double) = offload!(|| x.checked_mul(2)) else {
+            return "overflow".to_string();
+        };
+        if let Some(third) = offload!(|| x.is_multiple_of(3).then_some(x / 3)) {
+            format!("{kind}, {size}, {double}, third {third}")
+        } else {
+            format!("{kind}, {size}, {double}")
+        }
+    }
+    assert_eq!(counted(classify(0)), ("zero, small, 0, third 0".into(), 4));
+    // 8: half 4, the guard's offload says even: "quarter 2".
+    assert_eq!(counted(classify(8)), ("quarter 2, small, 16".into(), 5));
+    // 6: half 3, the guard says odd: the arm's offload squares it.
+    assert_eq!(
+        counted(classify(6)),
+        ("half 9, small, 12, third 2".into(), 6)
+    );
+    assert_eq!(counted(classify(55)), ("odd, medium, 110".into(), 5));
+    // The early `return` in the `let ... else` skips the rest.
+    assert_eq!(counted(classify(u64::MAX)), ("overflow".into(), 4));
+}
+
+#[test]
+fn arguments_of_other_macros() {
+    #[yieldable]
+    fn handler(x: u64) -> (String, Vec<u64>, String, bool) {
+        let formatted = format!("{} and {:>3}", offload!(square, x), offload!(add, x, 1));
+        let list = vec![offload!(square, x), offload!(cpu::cube, x), 0];
+        let repeated = vec![offload!(answer); 2];
+        assert_eq!(offload!(square, x), x * x, "{}", offload!(add, x, x));
+        assert!(offload!(less, x, 10));
+        let mut out = String::new();
+        write!(out, "[{}]", offload!(square, x)).unwrap();
+        writeln!(out, "{}", [format!("{}", offload!(add, x, 2))].join(",")).unwrap();
+        let matched = matches!(offload!(checked_half, x), Some(1));
+        let all = list.into_iter().chain(repeated).collect();
+        (formatted, all, out, matched)
+    }
+    let (value, jobs) = counted(handler(2));
+    assert_eq!(
+        value,
+        (
+            "4 and   3".to_string(),
+            vec![4, 8, 0, 42, 42],
+            "[4]4\n".to_string(),
+            true
+        )
+    );
+    // `vec![x; n]` evaluates `x` once, and `assert_eq!` formats its message
+    // (with its offload) only when it fails.
+    assert_eq!(jobs, 2 + 2 + 1 + 1 + 1 + 1 + 1 + 1);
+}
+
+#[test]
+fn closures_called_while_the_handler_runs() {
+    #[yieldable]
+    fn handler(xs: Vec<u64>, maybe: Option<u64>) -> (Vec<u64>, Option<u64>, u64, u64) {
+        let squares: Vec<u64> = xs.iter().map(|x| offload!(square, *x)).collect();
+        let mapped = maybe.map(|m| offload!(add, m, 1));
+        let twice = |v: u64| offload!(add, v, v);
+        let stored = twice(1) + twice(10);
+        let folded = xs.into_iter().fold(0, move |acc, x| offload!(add, acc, x));
+        (squares, mapped, stored, folded)
+    }
+    let (value, jobs) = counted(handler(vec![1, 2, 3], Some(5)));
+    assert_eq!(value, (vec![1, 4, 9], Some(6), 22, 6));
+    assert_eq!(jobs, 3 + 1 + 2 + 3);
+    let (value, jobs) = counted(handler(vec![], None));
+    assert_eq!(value, (vec![], None, 22, 0));
+    assert_eq!(jobs, 2);
+}
+
+struct Calculator {
+    base: u64,
+    calls: u64,
+}
+
+impl Calculator {
+    fn helper(x: u64) -> u64 {
+        x + 1000
+    }
+
+    fn compute(&self, x: u64) -> u64 {
+        self.base * x
+    }
+
+    #[yieldable]
+    fn paths(&self, x: u64) -> [u64; 6] {
+        [
+            offload!(crate::cpu::cube, x),
+            offload!(Self::helper, x),
+            offload!(cpu::widen::<u32>, 7),
+            offload!(u64::pow, x, 3),
+            offload!(<u64>::max, x, 9),
+            offload!(|| self.compute(x)),
+        ]
+    }
+
+    #[yieldable]
+    fn by_ref(&self, x: u64) -> u64 {
+        let base = self.base;
+        offload!(add, base, x)
+    }
+
+    #[yieldable]
+    fn by_mut(&mut self, x: u64) -> u64 {
+        self.calls += 1;
+        self.base = offload!(add, self.base, x);
+        self.base
+    }
+
+    #[yieldable]
+    fn by_value(self, x: u64) -> Self {
+        Calculator {
+            base: offload!(|| self.compute(x)),
+            calls: self.calls + 1,
+        }
+    }
+}
+
+#[test]
+fn function_paths_and_methods() {
+    let calc = Calculator { base: 5, calls: 0 };
+    assert_eq!(counted(calc.paths(2)), ([8, 1002, 7, 8, 9, 10], 6));
+    assert_eq!(counted(calc.by_ref(3)), (8, 1));
+
+    let mut calc = calc;
+    assert_eq!(counted(calc.by_mut(10)), (15, 1));
+    assert_eq!(counted(calc.by_mut(1)), (16, 1));
+    assert_eq!((calc.base, calc.calls), (16, 2));
+
+    let (moved, jobs) = counted(calc.by_value(2));
+    assert_eq!((moved.base, moved.calls, jobs), (32, 3, 1));
+}
+
+#[yieldable]
+fn generic<T: Send + Copy + Into<u64>>(x: T) -> u64 {
+    offload!(cpu::widen::<T>, x) + offload!(move || x.into())
+}
+
+#[yieldable]
+fn generic_where<T, U>(items: Vec<T>, extra: U) -> (usize, U)
+where
+    T: Send + Sync + Clone,
+    U: Send,
+{
+    let count = offload!(<[T]>::len, &items);
+    (count, offload!(|| extra))
+}
+
+#[test]
+fn generic_handlers() {
+    assert_eq!(counted(generic(3u8)), (6, 2));
+    assert_eq!(counted(generic(7u64)), (14, 2));
+    assert_eq!(
+        counted(generic_where(vec!['a'; 4], "extra")),
+        ((4, "extra"), 2)
+    );
+}
+
+fn parse(text: &str) -> Result<u64, ParseIntError> {
+    text.trim().parse()
+}
+
+#[yieldable]
+fn question_marks(a: &str, b: &str) -> Result<u64, ParseIntError> {
+    // `?` in an argument is evaluated in the handler: an error returns
+    // before anything is offloaded.
+    let first = offload!(square, parse(a)?);
+    // `?` on an offloaded result.
+    let second = offload!(parse, b)?;
+    if second == 0 {
+        return Ok(first);
+    }
+    Ok(offload!(add, first, second))
+}
+
+#[test]
+fn question_mark_and_early_return() {
+    assert_eq!(counted(question_marks("3", "4")), (Ok(13), 3));
+    assert_eq!(counted(question_marks("3", "0")), (Ok(9), 2));
+    let (value, jobs) = counted(question_marks("x", "4"));
+    assert!(value.is_err());
+    assert_eq!(jobs, 0);
+    let (value, jobs) = counted(question_marks("3", "y"));
+    assert!(value.is_err());
+    assert_eq!(jobs, 2);
+}
+
+#[yieldable]
+fn early_return_in_loop(xs: Vec<u64>) -> Option<u64> {
+    for x in xs {
+        if offload!(is_even, x) {
+            return Some(offload!(square, x));
+        }
+    }
+    None
+}
+
+#[test]
+fn early_return() {
+    assert_eq!(
+        counted(early_return_in_loop(vec![1, 3, 4, 6])),
+        (Some(16), 4)
+    );
+    assert_eq!(counted(early_return_in_loop(vec![1, 3])), (None, 2));
+}
+
+#[test]
+fn arguments_are_evaluated_in_order_before_the_work() {
+    fn log<T>(events: &Mutex<Vec<&'static str>>, event: &'static str, value: T) -> T {
+        events.lock().unwrap().push(event);
+        value
+    }
+
+    fn work(events: &Mutex<Vec<&'static str>>, a: u64, b: u64) -> u64 {
+        events.lock().unwrap().push("work");
+        a * 10 + b
+    }
+
+    #[yieldable]
+    fn handler(events: &Mutex<Vec<&'static str>>) -> u64 {
+        offload!(work, events, log(events, "a", 1), log(events, "b", 2))
+    }
+
+    let events = Mutex::new(Vec::new());
+    assert_eq!(counted(handler(&events)), (12, 1));
+    assert_eq!(*events.lock().unwrap(), ["a", "b", "work"]);
+}
+
+#[test]
+fn work_borrows_the_handlers_locals() {
+    fn sum(xs: &[u64]) -> u64 {
+        xs.iter().sum()
+    }
+
+    fn push(xs: &mut Vec<u64>, x: u64) {
+        xs.push(x);
+    }
+
+    fn first_word(text: &str) -> &str {
+        text.split(' ').next().unwrap_or("")
+    }
+
+    #[yieldable]
+    fn handler() -> (u64, usize, Vec<u64>, bool) {
+        let mut xs = vec![1, 2, 3];
+        let total = offload!(sum, &xs);
+        offload!(push, &mut xs, 4);
+        let len = offload!(|| xs.len());
+        // A temporary in an argument lives until the end of the statement.
+        let same = offload!(first_word, &String::from("two words")) == "two";
+        (total, len, xs, same)
+    }
+    assert_eq!(counted(handler()), ((6, 4, vec![1, 2, 3, 4], true), 4));
+}
+
+#[yieldable]
+fn inner(x: u64) -> u64 {
+    offload!(square, x) + offload!(answer)
+}
+
+#[yieldable]
+fn outer(x: u64) -> String {
+    #[yieldable]
+    fn nested_in_body(x: u64) -> u64 {
+        offload!(add, x, 1) + yield_from!(inner(x))
+    }
+
+    let direct = yield_from!(inner(x));
+    let from_nested = yield_from!(nested_in_body(x));
+    let in_macro = format!("{}", yield_from!(inner(offload!(add, x, 1))));
+    let plain = yield_from!(|| x * 1000);
+    format!("{direct} {from_nested} {in_macro} {plain}")
+}
+
+#[test]
+fn yield_from_and_nested_handlers() {
+    // inner(2) = 4 + 42 = 46 (2 jobs); nested_in_body(2) = 3 + 46 (3 jobs);
+    // inner(3) = 51 (1 + 2 jobs); the plain closure offloads nothing.
+    assert_eq!(counted(outer(2)), ("46 49 51 2000".to_string(), 2 + 3 + 3));
+    // A nested handler also runs on its own.
+    assert_eq!(counted(inner(5)), (67, 2));
+}
+
+#[yieldable]
+fn returns_unit(out: &Mutex<u64>) {
+    fn store(out: &Mutex<u64>, x: u64) {
+        *out.lock().unwrap() = x;
+    }
+    offload!(store, out, 7);
+    offload!(|| ());
+}
+
+#[test]
+fn unit_results() {
+    let out = Mutex::new(0);
+    assert_eq!(counted(returns_unit(&out)), ((), 2));
+    assert_eq!(*out.lock().unwrap(), 7);
+}
+
+/// The expansion uses absolute paths and hygienic names only: none of the
+/// names below, in scope at the call sites, changes what it means.
+mod hygiene {
+    #![allow(dead_code, non_camel_case_types)]
+
+    use super::counted;
+
+    mod core {}
+    mod std {}
+    mod ythread {}
+    mod __private {}
+
+    struct Send;
+    struct Option;
+    struct Context;
+    fn identity() {}
+    fn handler() {}
+    fn offload_call() {}
+
+    fn add(a: u64, b: u64) -> u64 {
+        a + b
+    }
+
+    #[::ythread::yieldable]
+    fn shadowing(__arg0: u64, cx: u64) -> (u64, u64, u64) {
+        let __arg1 = 100;
+        let __ythread_cx = 1000;
+        let first = ::ythread::offload!(add, __arg0, __arg1);
+        let second = ::ythread::offload!(add, cx, __ythread_cx);
+        let closure = ::ythread::offload!(|| __arg0 + cx + __arg1 + __ythread_cx);
+        (first, second, closure)
+    }
+
+    #[test]
+    fn user_names_do_not_capture_or_break_the_expansion() {
+        assert_eq!(counted(shadowing(1, 2)), ((101, 1002, 1103), 3));
+    }
+}
