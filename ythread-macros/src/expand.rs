@@ -56,7 +56,12 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, ty) => ty.to_token_stream(),
     };
-    let output_span = function.sig.output.span();
+    // The `impl` type is located at the user's `->` but carries this
+    // macro's context, whose edition is 2024: the returned handler then
+    // captures every lifetime in scope (it holds the borrowed arguments)
+    // even in a crate of an older edition, where an `impl Trait` written
+    // by the user would capture none of the elided ones.
+    let output_span = Span::call_site().located_at(function.sig.output.span());
     let ItemFn {
         attrs,
         vis,

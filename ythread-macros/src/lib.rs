@@ -11,6 +11,51 @@ mod rewrite;
 #[cfg(test)]
 mod tests;
 
+/// Handlers in crates of older editions, as doctests since only they can
+/// choose their edition. Before 2024, an `impl Trait` return type captures
+/// no elided lifetime, so the handler of a function that borrows an
+/// argument would not compile unless the macro's own (2024) rules apply:
+///
+/// ```edition2021
+/// use ythread::{Yieldable, offload, yieldable};
+///
+/// #[yieldable]
+/// fn length(text: &str) -> usize {
+///     offload!(str::len, text)
+/// }
+///
+/// struct Numbers(Vec<u64>);
+///
+/// impl Numbers {
+///     #[yieldable]
+///     fn sum_plus(&self, extra: &u64) -> u64 {
+///         offload!(|| self.0.iter().sum::<u64>() + *extra)
+///     }
+/// }
+///
+/// #[yieldable]
+/// fn first<'a, T: Sync>(items: &'a [T], skip: &usize) -> Option<&'a T> {
+///     let at = offload!(|| *skip);
+///     items.get(at)
+/// }
+///
+/// assert_eq!(length("abc").run(), 3);
+/// assert_eq!(Numbers(vec![1, 2]).sum_plus(&3).run(), 6);
+/// assert_eq!(first(&[1, 2, 3], &1).run(), Some(&2));
+/// ```
+///
+/// ```edition2018
+/// use ythread::{Yieldable, offload, yieldable};
+///
+/// #[yieldable]
+/// fn length(text: &str) -> usize {
+///     offload!(str::len, text)
+/// }
+///
+/// assert_eq!(length("abc").run(), 3);
+/// ```
+mod older_editions {}
+
 use proc_macro::TokenStream;
 
 /// Turns a function into a yieldable handler. See `ythread::yieldable`.

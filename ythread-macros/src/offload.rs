@@ -272,8 +272,9 @@ fn outside_handler(point: Point) -> TokenStream {
         Span::call_site(),
         format!(
             "`{name}!` can only be used inside a function marked `#[yieldable]`; \
-             add `#[ythread::yieldable]` to the enclosing function \
-             (a nested `fn` item is not part of the handler around it)"
+             add `#[ythread::yieldable]` to the enclosing function (a nested `fn` \
+             item is not part of the handler around it, and the attribute finds \
+             calls by their name, `{name}!` or `ythread::{name}!`, not by an alias)"
         ),
     )
     .to_compile_error()

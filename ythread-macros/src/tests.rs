@@ -439,7 +439,7 @@ fn offload_outside_a_handler() {
         expect![[r#"
             fn expansion() {
                 ::core::compile_error! {
-                    "`offload!` can only be used inside a function marked `#[yieldable]`; add `#[ythread::yieldable]` to the enclosing function (a nested `fn` item is not part of the handler around it)"
+                    "`offload!` can only be used inside a function marked `#[yieldable]`; add `#[ythread::yieldable]` to the enclosing function (a nested `fn` item is not part of the handler around it, and the attribute finds calls by their name, `offload!` or `ythread::offload!`, not by an alias)"
                 }
             }
         "#]],
