@@ -8,5 +8,8 @@
 fn ui() {
     let t = trybuild::TestCases::new();
     t.pass("tests/ui/pass_*.rs");
+    // Every other case must fail: the pattern is "not starting with `p`", so
+    // a failing case is never named `p...` (`offload_...`, `yieldable_...`,
+    // `yield_from_...`, `unused_...`).
     t.compile_fail("tests/ui/[!p]*.rs");
 }
