@@ -178,22 +178,18 @@ fn expand_offload(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream> {
     // at the macro call and suggests fixes after it, not inside it.
     let call_site = Span::call_site();
     Ok(match OffloadInput::parse.parse2(tokens)? {
-        OffloadInput::Closure(closure) => {
-            // Errors about the work (a capture that is not `Send`, or a
-            // result that is not) point at the user's closure.
-            let work = quote_spanned!(closure.span()=> #closure);
-            quote_spanned! {call_site=>
-                ::ythread::__private::offload(#cx, #work)
-            }
-        }
+        // The closure keeps its own spans: a capture that is not `Send`
+        // points at it.
+        OffloadInput::Closure(closure) => quote_spanned! {call_site=>
+            ::ythread::__private::offload(#cx, #closure)
+        },
         OffloadInput::Call { func, args } => {
             // The arguments are evaluated here, in the handler, in order, so
             // that `?`, `return` and borrows in them mean what they mean in a
             // call; only the call itself is the work. Each one is passed on
             // through a hygienic name located at the user's argument, so a
-            // type error in it points at that argument. The tuple of
-            // arguments spans the macro call: rustc then blames the one
-            // element that is not `Send` instead of the whole tuple.
+            // type error in it points at that argument. The tuple of the
+            // arguments spans them all (see `spanning_arguments`).
             let names: Vec<Ident> = args
                 .iter()
                 .enumerate()
