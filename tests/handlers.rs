@@ -283,3 +283,42 @@ fn the_apply_trait_is_object_safe() {
         assert_eq!(typed(4).run_with(apply.as_ref()).0, 10);
     }
 }
+
+#[yieldable]
+fn ignores_its_arguments(_guard: DropCounter, _: DropCounter, (_a, _b): (DropCounter, u8)) -> u64 {
+    offload!(sumn, 3)
+}
+
+#[test]
+fn arguments_the_body_never_uses_live_until_the_handler_ends() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = || DropCounter(Arc::clone(&drops));
+    let mut generator = ignores_its_arguments(counter(), counter(), (counter(), 1)).start();
+    assert!(matches!(generator.resume(), GeneratorState::Yielded(_)));
+    // Suspended at the offload: as in a plain function, the arguments are alive.
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    drop(generator);
+    assert_eq!(drops.load(Ordering::SeqCst), 3);
+}
+
+struct Fields {
+    used: u64,
+    unused: DropCounter,
+}
+
+#[yieldable]
+fn uses_one_field(fields: Fields) -> u64 {
+    offload!(sumn, fields.used)
+}
+
+#[test]
+fn an_argument_is_kept_whole_even_if_the_body_uses_one_field() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let fields = Fields { used: 4, unused: DropCounter(Arc::clone(&drops)) };
+    let _ = &fields.unused;
+    let mut generator = uses_one_field(fields).start();
+    assert!(matches!(generator.resume(), GeneratorState::Yielded(_)));
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    drop(generator);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}

@@ -24,6 +24,7 @@ use crate::rewrite::Rewriter;
 ///     ::ythread::__private::handler(move |
 ///         __ythread_cx: &::ythread::__private::Context<'_>,
 ///     | -> io::Result<()> {
+///         let _ = (&stream,);
 ///         let n = read_request(&mut stream)?;
 ///         write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
 ///     })
@@ -66,8 +67,9 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
         attrs,
         vis,
         mut sig,
-        block,
+        mut block,
     } = function;
+    keep_arguments_alive(&mut sig, &mut block);
     sig.output = syn::parse_quote_spanned! {output_span=>
         -> impl ::ythread::Yieldable<Output = #output>
     };
@@ -89,6 +91,67 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
         }
         #errors
     }
+}
+
+/// Makes the handler own every argument until it ends, as the function's
+/// own frame would.
+///
+/// A `move` closure captures only what its body mentions, and only the
+/// fields it mentions: an argument the body never uses (a guard, a token, a
+/// `_` pattern) would otherwise be dropped as soon as the handler is
+/// created, not when it finishes. So the body starts by mentioning each
+/// argument whole, and `_` patterns get a name to be mentioned by.
+///
+/// ```text
+/// // Input:
+/// fn handle(&self, stream: TcpStream, _: Guard)
+/// // Output:
+/// fn handle(&self, stream: TcpStream, __ythread_arg2: Guard) {
+///     ... move |cx| { let _ = (&self, &stream, &__ythread_arg2); body }
+/// }
+/// ```
+fn keep_arguments_alive(sig: &mut Signature, block: &mut syn::Block) {
+    let mut names: Vec<TokenStream> = Vec::new();
+    for (i, input) in sig.inputs.iter_mut().enumerate() {
+        match input {
+            syn::FnArg::Receiver(receiver) => {
+                let self_token = receiver.self_token;
+                names.push(quote!(#self_token));
+            }
+            syn::FnArg::Typed(typed) => {
+                if let syn::Pat::Wild(wild) = &*typed.pat {
+                    let name = Ident::new(
+                        &format!("__ythread_arg{i}"),
+                        Span::mixed_site().located_at(wild.underscore_token.span),
+                    );
+                    *typed.pat = syn::parse_quote!(#name);
+                }
+                collect_bindings(&typed.pat, &mut names);
+            }
+        }
+    }
+    if names.is_empty() {
+        return;
+    }
+    let keep: syn::Stmt = syn::parse_quote! { let _ = (#(&#names,)*); };
+    block.stmts.insert(0, keep);
+}
+
+/// The variables a parameter pattern binds by value.
+fn collect_bindings(pat: &syn::Pat, names: &mut Vec<TokenStream>) {
+    struct Bindings<'a>(&'a mut Vec<TokenStream>);
+    impl<'ast> syn::visit::Visit<'ast> for Bindings<'_> {
+        fn visit_pat_ident(&mut self, binding: &'ast syn::PatIdent) {
+            // A `ref` binding borrows the function's frame, which the
+            // handler outlives; the compiler reports that on its own.
+            if binding.by_ref.is_none() {
+                let ident = &binding.ident;
+                self.0.push(quote!(#ident));
+            }
+            syn::visit::visit_pat_ident(self, binding);
+        }
+    }
+    syn::visit::Visit::visit_pat(&mut Bindings(names), pat);
 }
 
 /// The error for an item that is not a function with a body, pointing at the

@@ -49,6 +49,7 @@ fn free_function() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> io::Result<()> {
+                    let _ = (&stream,);
                     let n = read_request(&mut stream)?;
                     write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
                 })
@@ -71,6 +72,7 @@ fn function_without_return_type() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> () {
+                    let _ = (&n,);
                     println!("{}", offload!(@ __ythread_cx; sumn, n));
                 })
             }
@@ -107,13 +109,17 @@ fn methods() {
         fn by_ref(&self, n: u64) -> impl ::ythread::Yieldable<Output = u64> {
             ::ythread::__private::handler(move |
                 __ythread_cx: &::ythread::__private::Context<'_>,
-            | -> u64 { offload!(@ __ythread_cx; sumn, self.base + n) })
+            | -> u64 {
+                let _ = (&self, &n);
+                offload!(@ __ythread_cx; sumn, self.base + n)
+            })
         }
 
         pub(crate) fn by_mut(&mut self, n: u64) -> impl ::ythread::Yieldable<Output = u64> {
             ::ythread::__private::handler(move |
                 __ythread_cx: &::ythread::__private::Context<'_>,
             | -> u64 {
+                let _ = (&self, &n);
                 self.count += 1;
                 offload!(@ __ythread_cx; || self.base * n)
             })
@@ -123,6 +129,7 @@ fn methods() {
             ::ythread::__private::handler(move |
                 __ythread_cx: &::ythread::__private::Context<'_>,
             | -> Self {
+                let _ = (&self,);
                 let base = offload!(@ __ythread_cx; Self::helper, self.base);
                 Self { base }
             })
@@ -153,6 +160,7 @@ fn generic_function_with_where_clause() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
+                    let _ = (&items,);
                     offload!(@ __ythread_cx; || items.iter().map(| & x | x.into()).sum:: < u64 > ())
                 })
             }
@@ -181,6 +189,7 @@ fn result_and_question_mark() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> Result<u64, ParseIntError> {
+                    let _ = (&text,);
                     let n: u64 = text.trim().parse()?;
                     if n == 0 {
                         return Ok(0);
@@ -209,6 +218,7 @@ fn calls_inside_other_macros_and_calls() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> String {
+                    let _ = (&xs,);
                     assert_eq!(
                         offload!(@ __ythread_cx; sumn, 3), 6, "{}", offload!(@ __ythread_cx; || 1)
                     );
@@ -254,6 +264,7 @@ fn nested_items_are_left_alone() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
+                    let _ = (&n,);
                     fn helper(n: u64) -> u64 {
                         offload!(sumn, n)
                     }
@@ -289,6 +300,7 @@ fn path_forms_of_the_macros() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
+                    let _ = (&n,);
                     ythread::offload!(@ __ythread_cx; sumn, n)
                         + ::ythread::offload!(@ __ythread_cx; || n)
                         + ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
@@ -311,7 +323,10 @@ fn arguments_are_an_error_beside_the_expansion() {
             fn handle(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
-                | -> u64 { offload!(@ __ythread_cx; sumn, n) })
+                | -> u64 {
+                    let _ = (&n,);
+                    offload!(@ __ythread_cx; sumn, n)
+                })
             }
             ::core::compile_error! {
                 "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`"

@@ -41,7 +41,13 @@ use crate::job::{ErasedJob, WorkSlot};
 /// assert_eq!(handle(4).run(), "sum = 10");
 /// assert_eq!(handle(4).run_with(&Exclusive::new()), "sum = 10");
 /// ```
-#[must_use = "a yieldable handler does nothing until it is run or spawned"]
+#[must_use = "a yieldable handler does nothing until it is run: call `.run()` or \
+              `.run_with(&strategy)`, or spawn it with `YieldableThread`"]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a yieldable handler",
+    label = "not a call of a `#[yieldable]` function",
+    note = "write `yield_from!(helper(x))` where `helper` is marked `#[yieldable]`"
+)]
 pub trait Yieldable: Sized {
     /// The value the handler returns.
     type Output;
@@ -220,6 +226,9 @@ where
 /// coroutine, so its `offload!` points go to the same strategy.
 #[doc(hidden)]
 #[inline]
-pub fn yield_from<H: Yieldable>(cx: &Context<'_>, nested: H) -> H::Output {
+pub fn yield_from<H, T>(cx: &Context<'_>, nested: H) -> T
+where
+    H: Yieldable<Output = T>,
+{
     nested.__run_in(cx)
 }
