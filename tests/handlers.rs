@@ -66,7 +66,11 @@ fn borrows_locals(len: usize) -> (u64, Vec<u8>) {
 #[test]
 fn work_may_borrow_the_handlers_locals() {
     let expected_sum: u64 = (0..10_000).map(|i| (i % 251) as u64).sum();
-    let expected_head: Vec<u8> = (0..10_000usize).rev().take(3).map(|i| (i % 251) as u8).collect();
+    let expected_head: Vec<u8> = (0..10_000usize)
+        .rev()
+        .take(3)
+        .map(|i| (i % 251) as u8)
+        .collect();
     for (name, apply) in strategies() {
         let (sum, head) = borrows_locals(10_000).run_with(&*apply);
         assert_eq!(sum, expected_sum, "{name}");
@@ -102,7 +106,10 @@ fn catches_its_own_panic() -> (u32, u64) {
     // there and carry on.
     let caught = panic::catch_unwind(|| offload!(|| panic::panic_any(CustomPayload(7))));
     let payload: Box<dyn Any + Send> = caught.expect_err("work panicked");
-    let code = payload.downcast::<CustomPayload>().expect("payload kept its type").0;
+    let code = payload
+        .downcast::<CustomPayload>()
+        .expect("payload kept its type")
+        .0;
     (code, offload!(sumn, 4))
 }
 
@@ -134,8 +141,7 @@ fn holds_locals(argument: DropCounter, drops: Arc<AtomicUsize>) -> u64 {
 #[test]
 fn dropping_a_suspended_handler_runs_its_locals_destructors() {
     let drops = Arc::new(AtomicUsize::new(0));
-    let mut generator =
-        holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).start();
+    let mut generator = holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).start();
     match generator.resume() {
         GeneratorState::Yielded(job) => job.run(),
         GeneratorState::Complete(_) => panic!("handler finished early"),
@@ -155,7 +161,10 @@ fn dropping_a_handler_that_never_started_drops_its_arguments() {
     drop(generator);
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     // And without even starting it.
-    drop(holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)));
+    drop(holds_locals(
+        DropCounter(Arc::clone(&drops)),
+        Arc::clone(&drops),
+    ));
     assert_eq!(drops.load(Ordering::SeqCst), 2);
 }
 
@@ -168,7 +177,11 @@ fn a_panicking_strategy_unwinds_the_suspended_handler_then_propagates() {
     }));
     let payload = result.expect_err("the strategy's panic propagates");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"strategy failed"));
-    assert_eq!(drops.load(Ordering::SeqCst), 2, "argument and first local dropped");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        2,
+        "argument and first local dropped"
+    );
 }
 
 #[test]
@@ -182,7 +195,10 @@ fn a_strategy_that_drops_the_job_makes_the_handler_panic_at_the_offload_point() 
     }));
     let payload = result.expect_err("unrun work is an error");
     let message = payload.downcast_ref::<&str>().copied().unwrap_or_default();
-    assert!(message.contains("without running the offloaded work"), "{message}");
+    assert!(
+        message.contains("without running the offloaded work"),
+        "{message}"
+    );
     assert_eq!(drops.load(Ordering::SeqCst), 2);
 }
 
@@ -266,7 +282,10 @@ fn panics_itself() -> u64 {
 #[test]
 fn a_panic_in_the_handler_itself_propagates_to_the_driver() {
     let payload = panic::catch_unwind(|| panics_itself().run_with(&Pool::new(1))).unwrap_err();
-    assert_eq!(payload.downcast_ref::<&str>(), Some(&"handler panicked after offload"));
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"handler panicked after offload")
+    );
 }
 
 #[test]
@@ -277,8 +296,11 @@ fn plain_closures_are_yieldable_and_just_run() {
 
 #[test]
 fn the_apply_trait_is_object_safe() {
-    let strategies: Vec<Box<dyn Apply + Send + Sync>> =
-        vec![Box::new(Inline), Box::new(Exclusive::new()), Box::new(Pool::new(1))];
+    let strategies: Vec<Box<dyn Apply + Send + Sync>> = vec![
+        Box::new(Inline),
+        Box::new(Exclusive::new()),
+        Box::new(Pool::new(1)),
+    ];
     for apply in &strategies {
         assert_eq!(typed(4).run_with(apply.as_ref()).0, 10);
     }
@@ -314,7 +336,10 @@ fn uses_one_field(fields: Fields) -> u64 {
 #[test]
 fn an_argument_is_kept_whole_even_if_the_body_uses_one_field() {
     let drops = Arc::new(AtomicUsize::new(0));
-    let fields = Fields { used: 4, unused: DropCounter(Arc::clone(&drops)) };
+    let fields = Fields {
+        used: 4,
+        unused: DropCounter(Arc::clone(&drops)),
+    };
     let _ = &fields.unused;
     let mut generator = uses_one_field(fields).start();
     assert!(matches!(generator.resume(), GeneratorState::Yielded(_)));

@@ -61,7 +61,11 @@ fn exclusive_runs_one_piece_of_work_at_a_time() {
 #[test]
 fn bounded_runs_at_most_its_limit_at_once_and_reaches_it() {
     for limit in [1, 2, 3] {
-        assert_eq!(max_concurrency(Bounded::new(limit), 8), limit, "limit {limit}");
+        assert_eq!(
+            max_concurrency(Bounded::new(limit), 8),
+            limit,
+            "limit {limit}"
+        );
     }
 }
 
@@ -245,7 +249,8 @@ fn many_tiny_offloads(seed: u64, times: u64) -> u64 {
 fn many_threads_hammering_a_small_pool_get_their_own_results() {
     // Each result depends on every step before it, so a job run twice, run
     // for the wrong handler, or a handler resumed early would show up here.
-    let expected = |seed: u64| (0..2_000u64).fold(seed, |acc, i| acc.wrapping_mul(31).wrapping_add(i));
+    let expected =
+        |seed: u64| (0..2_000u64).fold(seed, |acc, i| acc.wrapping_mul(31).wrapping_add(i));
     let pool = Pool::new(2);
     let handles: Vec<_> = (0..8u64)
         .map(|seed| {

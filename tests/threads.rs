@@ -35,14 +35,21 @@ fn join_returns_the_panic_of_the_handler_or_its_work() {
         .spawn(fails("work failed"))
         .unwrap();
     let payload = handle.join().unwrap_err();
-    assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("work failed"));
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("work failed")
+    );
 }
 
 #[yieldable]
 fn recurse(depth: u32) -> u32 {
     fn deep(depth: u32) -> u32 {
         let frame = std::hint::black_box([0u8; 512]);
-        if depth == 0 { u32::from(frame[0]) } else { deep(depth - 1) + 1 }
+        if depth == 0 {
+            u32::from(frame[0])
+        } else {
+            deep(depth - 1) + 1
+        }
     }
     // Recursion on the coroutine stack itself, then inside work.
     deep(depth) + offload!(deep, depth)
@@ -63,9 +70,9 @@ fn stack_sizes_are_configurable() {
 
 #[test]
 fn a_plain_closure_runs_as_an_ordinary_thread() {
-    let handle = YieldableThread::new().name("plain").spawn(|| {
-        thread::current().name().map(str::to_owned)
-    });
+    let handle = YieldableThread::new()
+        .name("plain")
+        .spawn(|| thread::current().name().map(str::to_owned));
     assert_eq!(handle.unwrap().join().unwrap().as_deref(), Some("plain"));
 }
 

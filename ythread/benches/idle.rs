@@ -22,7 +22,10 @@ fn worker_cpu_ns() -> Vec<(String, u64)> {
             continue;
         }
         let schedstat = fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-        let cpu_ns = schedstat.split_whitespace().next().and_then(|v| v.parse().ok());
+        let cpu_ns = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok());
         workers.push((name, cpu_ns.unwrap_or(0)));
     }
     workers.sort();
@@ -49,7 +52,10 @@ fn main() {
     for ((name, start), (_, end)) in before.iter().zip(&after) {
         let spent = end - start;
         total += spent;
-        println!("{name}: {:>8.1} us of CPU in the idle second", spent as f64 / 1e3);
+        println!(
+            "{name}: {:>8.1} us of CPU in the idle second",
+            spent as f64 / 1e3
+        );
     }
     println!(
         "idle pool of {threads}: {:.1} us of CPU over 1 s = {:.4}% of one core (target: under 1%)",

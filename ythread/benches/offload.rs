@@ -36,8 +36,10 @@ fn round_trip(c: &mut Criterion) {
         b.iter(|| x = black_box(add_one as fn(u64) -> u64)(black_box(x)));
     });
     group.bench_function("corosensei_suspend_resume", |b| {
-        let mut coroutine = Coroutine::new(|yielder: &Yielder<u64, u64>, mut x: u64| loop {
-            x = yielder.suspend(add_one(x));
+        let mut coroutine = Coroutine::new(|yielder: &Yielder<u64, u64>, mut x: u64| {
+            loop {
+                x = yielder.suspend(add_one(x));
+            }
         });
         let mut x = 0;
         b.iter(|| match coroutine.resume(black_box(x)) {

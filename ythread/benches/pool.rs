@@ -108,12 +108,22 @@ impl SpinPark {
     }
 
     fn call(&self, x: u64) -> u64 {
-        post(&self.request, x, &self.worker_sleeping, self.worker.get().unwrap());
+        post(
+            &self.request,
+            x,
+            &self.worker_sleeping,
+            self.worker.get().unwrap(),
+        );
         wait_for(&self.response, &self.caller_sleeping)
     }
 
     fn stop(&self) {
-        post(&self.request, EMPTY - 1, &self.worker_sleeping, self.worker.get().unwrap());
+        post(
+            &self.request,
+            EMPTY - 1,
+            &self.worker_sleeping,
+            self.worker.get().unwrap(),
+        );
     }
 }
 

@@ -190,7 +190,9 @@ mod tests {
         })
         .join()
         .unwrap();
-        let reused = std::thread::spawn(move || base_of(&acquire(size))).join().unwrap();
+        let reused = std::thread::spawn(move || base_of(&acquire(size)))
+            .join()
+            .unwrap();
         assert_eq!(reused, base);
     }
 
