@@ -1,0 +1,499 @@
+//! The report: Markdown tables (printed, and written as `report.md`), the
+//! target checks, and a CSV of every cell.
+
+use std::fmt::Write as _;
+
+use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL};
+use crate::{Load, Results, ms};
+
+/// The Python seed's figures (Python 2.7, 4-core Mac Pro, n = 25000, 1000
+/// requests, seconds), from the blog post, for reference beside ours.
+const SEED_FIGURES: [(&str, [f64; 4]); 4] = [
+    ("plain threads", [4.35, 7.81, 9.53, 10.21]),
+    ("yieldable, default apply", [4.96, 7.83, 9.26, 9.96]),
+    ("exclusive apply", [4.56, 5.75, 5.75, 5.82]),
+    ("process pool", [4.51, 2.30, 1.45, 1.60]),
+];
+
+/// The seed's columns.
+const SEED_CLIENTS: [usize; 4] = [1, 2, 4, 8];
+
+/// The whole report as Markdown.
+pub(crate) fn render(r: &Results) -> String {
+    let mut out = String::new();
+    header(&mut out, r);
+    seed_tables(&mut out, r);
+    targets(&mut out, r);
+    latency_tables(&mut out, r);
+    if !r.warnings.is_empty() {
+        let _ = writeln!(out, "## Warnings\n");
+        for w in &r.warnings {
+            let _ = writeln!(out, "- {w}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn header(out: &mut String, r: &Results) {
+    let c = &r.calibration;
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "# ythread benchmark ({} run)\n",
+        if r.full { "full" } else { "quick" }
+    );
+    let _ = writeln!(out, "- date: {} (UTC)", r.date);
+    let _ = writeln!(out, "- command: `{}`", r.command);
+    let _ = writeln!(
+        out,
+        "- machine: {} cores, {}, Linux {}",
+        m.cores, m.cpu_model, m.kernel
+    );
+    let _ = writeln!(
+        out,
+        "- calibration: work-dominated n = {} takes {:.2} ms alone, {:.2} ms with every core busy, at the typical speed; the seed's n = 25000 takes {:.1} µs. The speed drifted between {:.2} and {:.2} ns per iteration while calibrating",
+        c.n,
+        ms(c.single),
+        ms(c.parallel),
+        c.seed.as_secs_f64() * 1e6,
+        c.ns_per_iteration.0,
+        c.ns_per_iteration.1,
+    );
+    let _ = writeln!(
+        out,
+        "- client threads: {}",
+        r.client_nice.map_or("normal priority".into(), |n| format!(
+            "nice {n}, so that the load generator is not starved by the server it measures"
+        ))
+    );
+    for (w, workload) in r.workloads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "- {}: {} requests per closed-loop cell, {} per open-loop cell, median of {} run(s); 100% load = {:.0} requests/s (plain threads' throughput at C=8)",
+            workload.key,
+            workload.closed_requests,
+            workload.open_requests,
+            workload.repeats,
+            r.capacity.get(w).copied().unwrap_or(0.0)
+        );
+    }
+    let shares: Vec<f64> = r
+        .cells
+        .iter()
+        .filter_map(|c| c.cpu.map(|u| u.others_share))
+        .collect();
+    let fmt_load = |l: Option<f64>| l.map_or("unknown".into(), |l| format!("{l:.2}"));
+    let _ = write!(
+        out,
+        "- quiet: 1-minute load average {} before, {} after",
+        fmt_load(r.load_before),
+        fmt_load(r.load_after)
+    );
+    if !shares.is_empty() {
+        let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+        let max = shares.iter().copied().fold(0.0, f64::max);
+        let _ = write!(
+            out,
+            "; other processes (and the hypervisor) took {:.1}% of the machine on average during the cells, {:.1}% at worst",
+            mean * 100.0,
+            max * 100.0
+        );
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "- took {:.0} s; every answer checked: {} wrong, {} failed\n",
+        r.elapsed.as_secs_f64(),
+        r.cells.iter().map(|c| c.report.wrong).sum::<u64>(),
+        r.cells.iter().map(|c| c.report.errors).sum::<u64>()
+    );
+}
+
+fn seed_tables(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## The seed's table\n");
+    for (w, workload) in r.workloads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "### {}\n\nWall time in seconds for {} requests, one fresh connection each, split across 1/2/4/8 client threads (closed loop).\n",
+            workload.title, workload.closed_requests
+        );
+        let mut t = Table::new(["server", "1 client", "2", "4", "8"]);
+        for (v, &(name, _)) in r.variants.iter().enumerate() {
+            let mut row = vec![name.to_owned()];
+            for c in SEED_CLIENTS {
+                row.push(r.cell(w, Load::Closed(c), v).map_or("-".into(), |cell| {
+                    format!("{:.3}", cell.report.wall.as_secs_f64())
+                }));
+            }
+            t.row(row);
+        }
+        let mut measured =
+            vec!["*floor, measured: sumn alone on min(C, cores) threads*".to_owned()];
+        let mut computed =
+            vec!["*floor, computed: requests × one sumn / min(C, cores)*".to_owned()];
+        for c in SEED_CLIENTS {
+            measured.push(
+                r.floor(w, c)
+                    .map_or("-".into(), |f| format!("*{:.3}*", f.as_secs_f64())),
+            );
+            computed.push(format!("*{:.3}*", computed_floor(r, w, c)));
+        }
+        t.row(measured);
+        t.row(computed);
+        out.push_str(&t.render());
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "### For reference: the Python seed\n\nPython 2.7, 4-core Mac Pro, n = 25000, 1000 requests, seconds (from the blog post). One request took about 4.4 ms of interpreter time there, which is why the work-dominated table above, not the n = 25000 one, is the seed's proportion.\n"
+    );
+    let mut t = Table::new(["server", "1 client", "2", "4", "8"]);
+    for (name, secs) in SEED_FIGURES {
+        let mut row = vec![name.to_owned()];
+        row.extend(secs.iter().map(|s| format!("{s:.2}")));
+        t.row(row);
+    }
+    out.push_str(&t.render());
+    out.push('\n');
+}
+
+/// The targets, checked against this run.
+fn targets(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## Targets\n");
+    let Some(work) = r.workloads.iter().position(|w| w.key == "work") else {
+        return;
+    };
+    let seed = r.workloads.iter().position(|w| w.key == "seed");
+    let (plain, inline, pool, bounded) = (
+        r.variant(PLAIN),
+        r.variant(INLINE),
+        r.variant(POOL),
+        r.variant(BOUNDED),
+    );
+    let peers: Vec<usize> = r
+        .variants
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, f))| *f == Family::Peer)
+        .map(|(v, _)| v)
+        .collect();
+    let ours: Vec<(&str, usize)> = [(POOL, pool), (BOUNDED, bounded)]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, v?)))
+        .collect();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let wall =
+        |w: usize, load: Load, v: usize| r.cell(w, load, v).map(|c| c.report.wall.as_secs_f64());
+    let p99 = |w: usize, load: Load, v: usize| r.cell(w, load, v).map(|c| c.report.p99_us() as f64);
+
+    // 1. Work-dominated, closed loop, C >= 4: near the floor, ahead of peers.
+    for &c in r.closed_clients.iter().filter(|&&c| c >= 4) {
+        let load = Load::Closed(c);
+        let floor = r
+            .floor(work, c)
+            .map_or_else(|| computed_floor(r, work, c), |f| f.as_secs_f64());
+        let best_peer = peers
+            .iter()
+            .filter_map(|&p| wall(work, load, p).map(|s| (s, r.variants[p].0)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        for &(name, v) in &ours {
+            let Some(ours) = wall(work, load, v) else {
+                continue;
+            };
+            let to_floor = ours / floor;
+            let mut line = format!(
+                "- work-dominated C={c}, {name}: {:.3} s = {:.3}x the measured floor ({:.3} s; target <= 1.1x, {})",
+                ours,
+                to_floor,
+                floor,
+                verdict(to_floor <= 1.1)
+            );
+            if let Some((peer, peer_name)) = best_peer {
+                let _ = write!(
+                    line,
+                    "; {:.3}x the best peer ({peer_name}, {peer:.3} s; target <= 1.0x, {})",
+                    ours / peer,
+                    verdict(ours <= peer)
+                );
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    // 2. Work-dominated, C = 64: the tail against plain threads.
+    // 3. Open loop at 90%: the tail against plain threads.
+    let tails: [(usize, Load, f64, &str); 3] = [
+        (work, Load::Closed(64), 0.7, "work-dominated C=64"),
+        (work, Load::Open(90), 0.5, "work-dominated open loop 90%"),
+        (
+            seed.unwrap_or(usize::MAX),
+            Load::Open(90),
+            0.5,
+            "n = 25000 open loop 90% (for information)",
+        ),
+    ];
+    for (w, load, limit, what) in tails {
+        let Some(base) = plain.and_then(|p| p99(w, load, p)) else {
+            continue;
+        };
+        for &(name, v) in &ours {
+            let Some(ours) = p99(w, load, v) else {
+                continue;
+            };
+            let ratio = ours / base;
+            let _ = writeln!(
+                out,
+                "- {what}, {name}: p99 {:.2} ms = {:.2}x plain threads' {:.2} ms (target <= {limit}x, {})",
+                ours / 1000.0,
+                ratio,
+                base / 1000.0,
+                verdict(ratio <= limit)
+            );
+        }
+    }
+
+    // 4. n = 25000: Inline costs nothing.
+    if let (Some(seed), Some(plain), Some(inline)) = (seed, plain, inline) {
+        let mut cells = Vec::new();
+        let (mut plain_total, mut inline_total) = (0.0, 0.0);
+        for c in SEED_CLIENTS {
+            if let (Some(p), Some(i)) = (
+                wall(seed, Load::Closed(c), plain),
+                wall(seed, Load::Closed(c), inline),
+            ) {
+                // Same requests, so the throughput ratio is the wall ratio.
+                cells.push(format!("C={c}: {:.3}x", i / p));
+                plain_total += p;
+                inline_total += i;
+            }
+        }
+        if plain_total > 0.0 {
+            let ratio = inline_total / plain_total;
+            let _ = writeln!(
+                out,
+                "- n = 25000, {INLINE}: plain threads' throughput / Inline's = {ratio:.3} over the seed's four columns (target <= 1.05, {}); per column {}",
+                verdict(ratio <= 1.05),
+                cells.join(", ")
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn latency_tables(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## Latency\n");
+    let loads = r.loads();
+    for (w, workload) in r.workloads.iter().enumerate() {
+        let _ = writeln!(out, "### {}\n", workload.title);
+        let _ = writeln!(
+            out,
+            "p99 latency (ms) by load; C = closed-loop clients, open = Poisson arrivals at a share of {:.0} requests/s.\n",
+            r.capacity[w]
+        );
+        let mut headers = vec!["server".to_owned()];
+        headers.extend(loads.iter().map(|l| l.label()));
+        let mut t = Table::new(headers);
+        for (v, &(name, _)) in r.variants.iter().enumerate() {
+            let mut row = vec![name.to_owned()];
+            for &load in &loads {
+                row.push(
+                    r.cell(w, load, v)
+                        .map_or("-".into(), |c| fmt_ms(c.report.p99_us())),
+                );
+            }
+            t.row(row);
+        }
+        out.push_str(&t.render());
+        out.push('\n');
+        for &load in &loads {
+            let what = match load {
+                Load::Closed(c) => format!(
+                    "closed loop, {c} clients, {} requests",
+                    workload.closed_requests
+                ),
+                Load::Open(p) => format!(
+                    "open loop, {p}% load = {:.0} requests/s offered, {} requests",
+                    r.capacity[w] * f64::from(p) / 100.0,
+                    workload.open_requests
+                ),
+            };
+            let _ = writeln!(out, "#### {}: {what}\n", workload.key);
+            let mut headers = vec![
+                "server",
+                "wall s",
+                "req/s",
+                "mean ms",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "wrong",
+                "CPU µs/req",
+                "SYN drops",
+            ];
+            if matches!(load, Load::Open(_)) {
+                headers.extend(["send lag p99 ms", "senders"]);
+            }
+            let mut t = Table::new(headers);
+            for (v, &(name, _)) in r.variants.iter().enumerate() {
+                let Some(cell) = r.cell(w, load, v) else {
+                    continue;
+                };
+                let rep = &cell.report;
+                let mut row = vec![
+                    name.to_owned(),
+                    format!("{:.3}", rep.wall.as_secs_f64()),
+                    format!("{:.0}", rep.requests_per_sec()),
+                    fmt_ms(rep.mean_us() as u64),
+                    fmt_ms(rep.p50_us()),
+                    fmt_ms(rep.p99_us()),
+                    fmt_ms(rep.max_us()),
+                    (rep.wrong + rep.errors).to_string(),
+                    cell.cpu.map_or("-".into(), |u| {
+                        format!("{:.0}", u.process_secs * 1e6 / rep.requests.max(1) as f64)
+                    }),
+                    cell.listen_drops.map_or("-".into(), |d| d.to_string()),
+                ];
+                if let Some(open) = &cell.open {
+                    row.push(fmt_ms(open.send_lag_us.value_at_quantile(0.99)));
+                    row.push(open.senders.to_string());
+                }
+                t.row(row);
+            }
+            out.push_str(&t.render());
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "CPU µs/req is the whole process's CPU time (server and client threads) per request, at the 10 ms resolution of /proc; wrong counts wrong answers plus failed requests; SYN drops are connections the kernel dropped because the server's listen queue (128, std's backlog) was full, each costing its client a one-second retransmission. Latency runs from connect to close in the closed loop, and from the scheduled arrival time in the open loop (send lag is how late the client itself was).\n"
+    );
+}
+
+/// The floor of a closed-loop cell from the calibration: its CPU work at
+/// the typical speed, spread over `min(clients, cores)` cores.
+fn computed_floor(r: &Results, w: usize, clients: usize) -> f64 {
+    let workload = &r.workloads[w];
+    workload.work.as_secs_f64() * workload.closed_requests as f64
+        / clients.min(r.machine.cores) as f64
+}
+
+/// A latency in µs as milliseconds, with the digits that matter.
+fn fmt_ms(us: u64) -> String {
+    let ms = us as f64 / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+/// Every cell, one line each.
+pub(crate) fn csv(r: &Results) -> String {
+    let mut out = String::from(
+        "workload,n,load,clients,percent,server,family,requests,wrong,errors,retries,wall_s,requests_per_s,mean_us,p50_us,p99_us,p999_us,max_us,offered_per_s,send_lag_p99_us,senders,cpu_s,others_share,listen_drops\n",
+    );
+    for cell in &r.cells {
+        let workload = &r.workloads[cell.workload];
+        let (name, family) = r.variants[cell.variant];
+        let rep = &cell.report;
+        let (kind, clients, percent) = match cell.load {
+            Load::Closed(c) => ("closed", c.to_string(), String::new()),
+            Load::Open(p) => ("open", String::new(), p.to_string()),
+        };
+        let opt = |x: Option<String>| x.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{},{},{kind},{clients},{percent},{name},{family:?},{},{},{},{},{:.6},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{}",
+            workload.key,
+            workload.n,
+            rep.requests,
+            rep.wrong,
+            rep.errors,
+            rep.retries,
+            rep.wall.as_secs_f64(),
+            rep.requests_per_sec(),
+            rep.mean_us(),
+            rep.p50_us(),
+            rep.p99_us(),
+            rep.p999_us(),
+            rep.max_us(),
+            opt(cell
+                .open
+                .as_ref()
+                .map(|o| format!("{:.1}", o.offered_per_sec))),
+            opt(cell
+                .open
+                .as_ref()
+                .map(|o| o.send_lag_us.value_at_quantile(0.99).to_string())),
+            opt(cell.open.as_ref().map(|o| o.senders.to_string())),
+            opt(cell.cpu.map(|u| format!("{:.2}", u.process_secs))),
+            opt(cell.cpu.map(|u| format!("{:.3}", u.others_share))),
+            opt(cell.listen_drops.map(|d| d.to_string())),
+        );
+    }
+    out
+}
+
+/// A Markdown table whose columns line up in a terminal too; the first
+/// column is left-aligned, the others (numbers) right-aligned.
+struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
+        Table {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn render(&self) -> String {
+        let width = |i: usize| {
+            self.rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .chain(std::iter::once(&self.headers[i]))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(3)
+        };
+        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in widths.iter().enumerate() {
+                let cell = cells.get(i).map_or("", String::as_str);
+                if i == 0 {
+                    let _ = write!(s, " {cell:<w$} |");
+                } else {
+                    let _ = write!(s, " {cell:>w$} |");
+                }
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = line(&self.headers);
+        out.push('|');
+        for (i, w) in widths.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(out, "{}|", "-".repeat(w + 2));
+            } else {
+                let _ = write!(out, "{}:|", "-".repeat(w + 1));
+            }
+        }
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}

@@ -1,0 +1,196 @@
+//! What the report says about the machine, read from `/proc` (Linux); on
+//! other systems the fields say "unknown" and CPU accounting is absent.
+
+use std::fs;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The machine the benchmark ran on.
+#[derive(Debug, Clone)]
+pub(crate) struct Machine {
+    pub(crate) cores: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) kernel: String,
+}
+
+impl Machine {
+    pub(crate) fn detect() -> Machine {
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, model)| model.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        Machine {
+            cores: crate::cores(),
+            cpu_model,
+            kernel,
+        }
+    }
+}
+
+/// The 1-minute load average, if known.
+pub(crate) fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Clock ticks per second of `/proc/*/stat`: `USER_HZ`, 100 on every Linux
+/// architecture that matters here.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time used so far by the whole machine (busy, including time stolen
+/// by the hypervisor) and by this process, to tell how much of the machine
+/// others used during a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuTimes {
+    machine_busy: f64,
+    process: f64,
+    at: std::time::Instant,
+}
+
+/// CPU use over an interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuUse {
+    /// Seconds of CPU this process (server and client threads) used.
+    pub(crate) process_secs: f64,
+    /// Share of the machine (all cores) that other processes and the
+    /// hypervisor took, 0 to 1.
+    pub(crate) others_share: f64,
+}
+
+impl CpuTimes {
+    pub(crate) fn now() -> Option<CpuTimes> {
+        let at = std::time::Instant::now();
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest is already
+        // counted in user).
+        let busy: f64 = [0, 1, 2, 5, 6, 7]
+            .iter()
+            .filter_map(|&i| fields.get(i))
+            .sum();
+        let own = fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name may hold spaces; fields are counted after it.
+        let after_name = &own[own.rfind(')')? + 2..];
+        let own: Vec<f64> = after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        let process = own.get(11)? + own.get(12)?;
+        Some(CpuTimes {
+            machine_busy: busy / USER_HZ,
+            process: process / USER_HZ,
+            at,
+        })
+    }
+
+    pub(crate) fn since(&self, earlier: &CpuTimes, cores: usize) -> CpuUse {
+        let process_secs = (self.process - earlier.process).max(0.0);
+        let wall = (self.at - earlier.at).as_secs_f64();
+        let others = (self.machine_busy - earlier.machine_busy - process_secs).max(0.0);
+        let others_share = if wall > 0.0 {
+            (others / (wall * cores as f64)).min(1.0)
+        } else {
+            0.0
+        };
+        CpuUse {
+            process_secs,
+            others_share,
+        }
+    }
+}
+
+/// Today's date, UTC, as `YYYY-MM-DD`.
+pub(crate) fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to a
+/// proleptic Gregorian date.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+    }
+}
+
+/// Connections the kernel dropped so far, machine-wide, because a listen
+/// queue was full (`TcpExt: ListenDrops`). A dropped SYN is retransmitted
+/// by the client after a second, which shows as a one-second latency.
+pub(crate) fn listen_drops() -> Option<u64> {
+    let netstat = fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?.split_whitespace();
+    let values = lines.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// Gives the calling thread the scheduling priority `nice`; threads it
+/// starts afterwards inherit it. Linux applies `setpriority` to a thread id
+/// alone, which `renice -p <tid>` does.
+///
+/// # Errors
+///
+/// What went wrong, if the priority could not be set (a negative `nice`
+/// needs root or `CAP_SYS_NICE`).
+pub(crate) fn renice_this_thread(nice: i32) -> Result<(), String> {
+    let link = fs::read_link("/proc/thread-self").map_err(|e| format!("/proc/thread-self: {e}"))?;
+    let tid = link
+        .file_name()
+        .and_then(|t| t.to_str())
+        .ok_or("/proc/thread-self names no thread id")?
+        .to_owned();
+    let output = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p", &tid])
+        .output()
+        .map_err(|e| format!("renice: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "renice: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}

@@ -1,0 +1,116 @@
+//! The servers the benchmark compares, as one table: adding a strategy is
+//! one line in [`all`].
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use ythread::{Apply, Bounded, Exclusive, Inline, Pool};
+use ythread_demo::server::Server;
+
+use crate::peers::{RayonInstallServer, TokioServer, TokioStep};
+
+/// A server running on a loopback port.
+pub(crate) trait Running {
+    /// Where clients connect.
+    fn addr(&self) -> SocketAddr;
+    /// Stops accepting and returns once every thread the server started has
+    /// ended.
+    fn stop(self: Box<Self>);
+}
+
+impl Running for Server {
+    fn addr(&self) -> SocketAddr {
+        Server::addr(self)
+    }
+
+    fn stop(self: Box<Self>) {
+        Server::stop(*self);
+    }
+}
+
+/// Which family a row belongs to; the report groups rows by it and the
+/// targets compare across families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// A row of the seed's table.
+    Seed,
+    /// A strategy of ours beyond the seed's.
+    Ours,
+    /// What users would write instead of ythread.
+    Peer,
+}
+
+type Start = Box<dyn Fn(TcpListener) -> io::Result<Box<dyn Running>>>;
+
+/// One row of every table.
+pub(crate) struct Variant {
+    pub(crate) name: &'static str,
+    pub(crate) family: Family,
+    start: Start,
+}
+
+impl Variant {
+    /// The seed's plain threaded server, no ythread involved.
+    fn plain(name: &'static str) -> Variant {
+        Variant {
+            name,
+            family: Family::Seed,
+            start: Box::new(|listener| Ok(Box::new(Server::start_plain(listener)?))),
+        }
+    }
+
+    /// The yieldable server with the strategy `make()` returns; one fresh
+    /// strategy per server start, shared by all its connection threads.
+    fn ythread<A>(name: &'static str, family: Family, make: fn() -> A) -> Variant
+    where
+        A: Apply + Clone + Send + 'static,
+    {
+        Variant {
+            name,
+            family,
+            start: Box::new(move |listener| {
+                Ok(Box::new(Server::start_yieldable(listener, make())?))
+            }),
+        }
+    }
+
+    /// A peer server.
+    fn peer(name: &'static str, start: fn(TcpListener) -> io::Result<Box<dyn Running>>) -> Variant {
+        Variant {
+            name,
+            family: Family::Peer,
+            start: Box::new(start),
+        }
+    }
+
+    /// Starts this server on a free loopback port.
+    pub(crate) fn start(&self) -> io::Result<Box<dyn Running>> {
+        (self.start)(TcpListener::bind("127.0.0.1:0")?)
+    }
+}
+
+/// The row names the targets refer to.
+pub(crate) const PLAIN: &str = "plain threads";
+pub(crate) const INLINE: &str = "ythread Inline";
+pub(crate) const POOL: &str = "ythread Pool";
+pub(crate) const BOUNDED: &str = "ythread Bounded(cores)";
+
+/// Every server the benchmark runs, in table order.
+pub(crate) fn all() -> Vec<Variant> {
+    vec![
+        Variant::plain(PLAIN),
+        Variant::ythread(INLINE, Family::Seed, || Inline),
+        Variant::ythread("ythread Exclusive", Family::Seed, Exclusive::new),
+        Variant::ythread(POOL, Family::Seed, Pool::default),
+        Variant::ythread(BOUNDED, Family::Ours, Bounded::per_core),
+        Variant::peer("tokio + spawn_blocking", |l| {
+            Ok(Box::new(TokioServer::start(l, TokioStep::SpawnBlocking)?))
+        }),
+        Variant::peer("tokio + rayon::spawn", |l| {
+            Ok(Box::new(TokioServer::start(l, TokioStep::Rayon)?))
+        }),
+        Variant::peer("threads + rayon install", |l| {
+            Ok(Box::new(RayonInstallServer::start(l)?))
+        }),
+    ]
+}
