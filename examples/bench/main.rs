@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use ythread_demo::SEED_N;
 use ythread_demo::client::{LoadReport, closed_loop};
-use ythread_demo::{SEED_N, sumn};
 
 use crate::openloop::OpenStats;
 use crate::sys::{CpuTimes, CpuUse, Machine};
@@ -49,7 +49,7 @@ struct Args {
     /// requests is about 4.5 ms each).
     #[arg(long, default_value_t = 4.5, value_name = "MS")]
     work_ms: f64,
-    /// Requests per work-dominated cell [default: 300 quick, 1000 full].
+    /// Requests per work-dominated cell [default: 200 quick, 1000 full].
     #[arg(long, value_name = "N")]
     requests: Option<u64>,
     /// Only the rows whose name contains one of these (case-insensitive,
@@ -68,6 +68,21 @@ struct Args {
 /// measures, and the size of every pool in it.
 pub(crate) fn cores() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `ythread_demo::sumn`, always the same machine code.
+///
+/// The loop is so tight that its speed depends on where it lands in memory:
+/// on this machine one copy ran twice as fast as another, depending only on
+/// whether it crossed a 64-byte boundary. Called directly, `sumn` is inlined
+/// into each caller and every caller gets its own copy, so the peers, the
+/// calibration and the floor would each run their own lottery ticket.
+/// Calling through an opaque pointer makes them share one out-of-line copy.
+/// (The servers of `ythread_demo::server` call `sumn` themselves; the report
+/// checks whether their copies run at the same speed.)
+pub(crate) fn sumn(n: u64) -> u64 {
+    let shared = std::hint::black_box(ythread_demo::sumn as fn(u64) -> u64);
+    shared(n)
 }
 
 /// How a cell loads the server.
@@ -220,7 +235,7 @@ fn main() {
         calibration.ns_per_iteration.1,
     );
 
-    let work_requests = args.requests.unwrap_or(if args.full { 1000 } else { 250 });
+    let work_requests = args.requests.unwrap_or(if args.full { 1000 } else { 200 });
     let workloads = vec![
         Workload {
             key: "seed",

@@ -9,6 +9,9 @@
 //!   oneshot channel), the other recommended pattern;
 //! - std threads, one per connection like the seed, the CPU step in
 //!   `ThreadPool::install` on a rayon pool sized to the cores.
+//!
+//! They call the benchmark's [`sumn`](crate::sumn), the library's `sumn`
+//! through one shared copy of its loop (see there why that matters).
 
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,8 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use ythread_demo::{MAX_REQUEST, parse_decimal, read_request, sumn, write_reply};
+use ythread_demo::{MAX_REQUEST, parse_decimal, read_request, write_reply};
 
+use crate::sumn;
 use crate::variants::Running;
 
 /// Where the tokio server runs `sumn`.

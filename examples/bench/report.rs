@@ -313,20 +313,42 @@ fn same_work(out: &mut String, r: &Results) {
         "n = 25000 µs/req",
         "work-dominated µs/req",
         "ns per sumn iteration",
+        "vs the median row",
     ]);
-    for (v, &(name, _)) in r.variants.iter().enumerate() {
-        let (Some(a), Some(b)) = (per_request(seed, v), per_request(work, v)) else {
-            continue;
-        };
+    let rows: Vec<(&str, f64, f64, f64)> = r
+        .variants
+        .iter()
+        .enumerate()
+        .filter_map(|(v, &(name, _))| {
+            let (a, b) = (per_request(seed, v)?, per_request(work, v)?);
+            Some((name, a, b, (b - a) / extra * 1e9))
+        })
+        .collect();
+    let mut speeds: Vec<f64> = rows.iter().map(|row| row.3).collect();
+    speeds.sort_by(f64::total_cmp);
+    let median = speeds.get(speeds.len() / 2).copied().unwrap_or(0.0);
+    for (name, a, b, per_iteration) in rows {
+        let ratio = per_iteration / median;
         t.row(vec![
             name.to_owned(),
             format!("{:.0}", a * 1e6),
             format!("{:.0}", b * 1e6),
-            format!("{:.2}", (b - a) / extra * 1e9),
+            format!("{per_iteration:.2}"),
+            format!(
+                "{ratio:.2}x{}",
+                if (0.8..=1.25).contains(&ratio) {
+                    ""
+                } else {
+                    " (!)"
+                }
+            ),
         ]);
     }
     out.push_str(&t.render());
-    out.push('\n');
+    let _ = writeln!(
+        out,
+        "\n(!) marks a row more than 25% off the median: its numbers measure its copy of the loop as much as its scheduling.\n"
+    );
 }
 
 fn latency_tables(out: &mut String, r: &Results) {
