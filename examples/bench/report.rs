@@ -399,6 +399,7 @@ fn latency_tables(out: &mut String, r: &Results) {
                 "max ms",
                 "wrong",
                 "CPU µs/req",
+                "cores busy",
                 "SYN drops",
             ];
             if matches!(load, Load::Open(_)) {
@@ -422,6 +423,10 @@ fn latency_tables(out: &mut String, r: &Results) {
                     cell.cpu.map_or("-".into(), |u| {
                         format!("{:.0}", u.process_secs * 1e6 / rep.requests.max(1) as f64)
                     }),
+                    cell.cpu.map_or("-".into(), |u| {
+                        let capacity = rep.wall.as_secs_f64() * r.machine.cores as f64;
+                        format!("{:.0}%", 100.0 * u.process_secs / capacity.max(1e-9))
+                    }),
                     cell.listen_drops.map_or("-".into(), |d| d.to_string()),
                 ];
                 if let Some(open) = &cell.open {
@@ -436,7 +441,7 @@ fn latency_tables(out: &mut String, r: &Results) {
     }
     let _ = writeln!(
         out,
-        "CPU µs/req is the whole process's CPU time (server and client threads) per request, at the 10 ms resolution of /proc; wrong counts wrong answers plus failed requests; SYN drops are connections the kernel dropped because the server's listen queue (128, std's backlog) was full, each costing its client a one-second retransmission. Latency runs from connect to close in the closed loop, and from the scheduled arrival time in the open loop (send lag is how late the client itself was).\n"
+        "CPU µs/req is the whole process's CPU time (server and client threads) per request, at the 10 ms resolution of /proc, and cores busy the same time over wall time × cores: a server that leaves cores idle while requests wait shows there; wrong counts wrong answers plus failed requests; SYN drops are connections the kernel dropped because the server's listen queue (128, std's backlog) was full, each costing its client a one-second retransmission. Latency runs from connect to close in the closed loop, and from the scheduled arrival time in the open loop (send lag is how late the client itself was).\n"
     );
 }
 
