@@ -25,6 +25,13 @@ pub const MAX_REQUEST: usize = 16;
 ///
 /// `black_box` keeps LLVM from replacing the loop by `n * (n + 1) / 2`, which
 /// it otherwise does, so the work really costs O(n).
+///
+/// Never inlined: every caller (the plain handler, the closure `offload!`
+/// runs, the benchmark's peers) then runs the very same machine code. When
+/// the five-instruction loop was inlined into each caller, whether a copy
+/// straddled a 64-byte boundary decided its speed, and copies differed by 2x
+/// from one build to the next (see BENCHMARKS.md).
+#[inline(never)]
 pub fn sumn(n: u64) -> u64 {
     let mut total: u64 = 0;
     let mut i: u64 = 1;
