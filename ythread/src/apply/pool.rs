@@ -7,6 +7,7 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::Backoff;
 
 use super::Apply;
 use crate::Job;
@@ -165,14 +166,19 @@ fn worker(tasks: Receiver<Task>) {
 }
 
 impl Latch {
-    /// Spins briefly (tiny work comes back within a microsecond or two, and
-    /// a wake-up from `park` costs tens of microseconds on a virtual
-    /// machine), then parks until the worker sets `done`. The spin is short
-    /// because a spinning caller takes a core from the workers.
+    /// Waits for the worker to set `done`: spins, then yields, then parks.
+    ///
+    /// Tiny work comes back within a microsecond, and a wake-up from `park`
+    /// costs tens of microseconds on a virtual machine, so the caller first
+    /// polls. It yields early (crossbeam's `Backoff`), because when callers
+    /// outnumber cores a spinning caller takes a core from the workers.
     fn wait(&self) {
-        let done = || self.done.load(Ordering::Acquire).then_some(());
-        if spin_until(CALLER_SPIN, done).is_some() {
-            return;
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            backoff.snooze();
         }
         while !self.done.load(Ordering::Acquire) {
             thread::park();
@@ -180,25 +186,20 @@ impl Latch {
     }
 }
 
-/// How long a driving thread spins for its result before parking.
-const CALLER_SPIN: Duration = Duration::from_micros(10);
-
-/// How long an idle worker looks for new work before parking.
+/// How long an idle worker polls the queue before parking.
 const WORKER_SPIN: Duration = Duration::from_micros(50);
 
 /// Polls `ready` until it returns `Some` or `budget` has passed.
 #[inline]
 fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    if let Some(value) = ready() {
-        return Some(value);
-    }
     let start = Instant::now();
     loop {
-        for _ in 0..16 {
+        // Reading the clock costs more than a poll: check it now and then.
+        for _ in 0..64 {
+            if let Some(value) = ready() {
+                return Some(value);
+            }
             std::hint::spin_loop();
-        }
-        if let Some(value) = ready() {
-            return Some(value);
         }
         if start.elapsed() > budget {
             return None;
