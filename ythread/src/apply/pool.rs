@@ -25,6 +25,10 @@ use crate::Job;
 /// Clones share the same workers. The workers stop, and are joined, when the
 /// last clone is dropped.
 ///
+/// A worker blocked in work that itself waits for the same pool (work that
+/// drives a handler with this pool, say) holds its worker the whole time: as
+/// with any fixed-size pool, enough such work at once deadlocks it.
+///
 /// # Example
 ///
 /// ```
