@@ -106,10 +106,20 @@ fn bad_clients_do_not_stop_the_server() {
         // Nothing at all.
         assert_eq!(exchange(addr, b"").unwrap(), b"", "{kind}");
         // More garbage than one read takes: the server closes with unread
-        // bytes, which may reset the connection; either way, no answer.
+        // bytes, which resets the connection. Depending on when the reset
+        // arrives, the client's shutdown, write or read reports it; either
+        // way, no answer.
         match exchange(addr, b"garbage garbage garbage garbage") {
             Ok(answer) => assert_eq!(answer, b"", "{kind}"),
-            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{kind}"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::NotConnected
+                        | io::ErrorKind::BrokenPipe
+                ),
+                "{kind}: {e}"
+            ),
         }
         // Connect and leave at once.
         drop(TcpStream::connect(addr).unwrap());
