@@ -122,3 +122,8 @@ mod tests {
         assert!(read_request(&mut &b""[..]).is_err());
     }
 }
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
