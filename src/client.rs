@@ -45,6 +45,51 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// A report of no requests yet.
+    pub fn new() -> Self {
+        LoadReport {
+            wall: Duration::ZERO,
+            requests: 0,
+            wrong: 0,
+            errors: 0,
+            retries: 0,
+            latency_us: latency_histogram(),
+        }
+    }
+
+    /// Counts one request: its answer (checked against `expected`), the
+    /// connections it retried, and its latency if it was answered.
+    pub fn record(
+        &mut self,
+        answer: &io::Result<u64>,
+        retries: u32,
+        expected: u64,
+        latency: Duration,
+    ) {
+        self.requests += 1;
+        self.retries += u64::from(retries);
+        match answer {
+            Ok(sum) => {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.latency_us.saturating_record(us.max(1));
+                self.wrong += u64::from(*sum != expected);
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// Adds another client thread's counts and latencies to this report
+    /// (its `wall` is left alone: the caller knows the whole run's).
+    pub fn merge(&mut self, other: &LoadReport) {
+        self.requests += other.requests;
+        self.wrong += other.wrong;
+        self.errors += other.errors;
+        self.retries += other.retries;
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms with the same bounds");
+    }
+
     /// Requests answered (rightly or wrongly).
     pub fn answered(&self) -> u64 {
         self.requests - self.errors
@@ -91,6 +136,12 @@ impl LoadReport {
     }
 }
 
+impl Default for LoadReport {
+    fn default() -> Self {
+        LoadReport::new()
+    }
+}
+
 /// An empty latency histogram with the range [`LoadReport`] uses.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
@@ -121,24 +172,9 @@ pub fn closed_loop(addr: SocketAddr, n: u64, requests: u64, clients: usize) -> L
                 .expect("failed to spawn a client thread")
         })
         .collect();
-    let mut report = LoadReport {
-        wall: Duration::ZERO,
-        requests: 0,
-        wrong: 0,
-        errors: 0,
-        retries: 0,
-        latency_us: latency_histogram(),
-    };
+    let mut report = LoadReport::new();
     for thread in threads {
-        let part = thread.join().expect("a client thread panicked");
-        report.requests += part.requests;
-        report.wrong += part.wrong;
-        report.errors += part.errors;
-        report.retries += part.retries;
-        report
-            .latency_us
-            .add(&part.latency_us)
-            .expect("histograms with the same bounds");
+        report.merge(&thread.join().expect("a client thread panicked"));
     }
     report.wall = start.elapsed();
     report
@@ -147,26 +183,11 @@ pub fn closed_loop(addr: SocketAddr, n: u64, requests: u64, clients: usize) -> L
 /// One client thread's share of [`closed_loop`]; its `wall` is unused.
 fn client_thread(addr: SocketAddr, n: u64, requests: u64) -> LoadReport {
     let expected = expected_sum(n);
-    let mut report = LoadReport {
-        wall: Duration::ZERO,
-        requests,
-        wrong: 0,
-        errors: 0,
-        retries: 0,
-        latency_us: latency_histogram(),
-    };
+    let mut report = LoadReport::new();
     for _ in 0..requests {
         let start = Instant::now();
         let (answer, retries) = request_with_retries(addr, n);
-        report.retries += u64::from(retries);
-        match answer {
-            Ok(sum) => {
-                let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-                report.latency_us.saturating_record(us.max(1));
-                report.wrong += u64::from(sum != expected);
-            }
-            Err(_) => report.errors += 1,
-        }
+        report.record(&answer, retries, expected, start.elapsed());
     }
     report
 }

@@ -101,14 +101,7 @@ pub(crate) fn open_loop(
     }
     shared.lock().done = true;
     shared.wake.notify_all();
-    let mut report = LoadReport {
-        wall: Duration::ZERO,
-        requests: 0,
-        wrong: 0,
-        errors: 0,
-        retries: 0,
-        latency_us: latency_histogram(),
-    };
+    let mut report = LoadReport::new();
     let mut stats = OpenStats {
         offered_per_sec,
         send_lag_us: latency_histogram(),
@@ -117,14 +110,7 @@ pub(crate) fn open_loop(
     let mut last_answer = start;
     for sender in senders {
         let part = sender.join().expect("an open-loop sender panicked");
-        report.requests += part.report.requests;
-        report.wrong += part.report.wrong;
-        report.errors += part.report.errors;
-        report.retries += part.report.retries;
-        report
-            .latency_us
-            .add(&part.report.latency_us)
-            .expect("histograms with the same bounds");
+        report.merge(&part.report);
         stats
             .send_lag_us
             .add(&part.send_lag_us)
@@ -167,14 +153,7 @@ struct Part {
 fn sender(shared: &Shared, addr: SocketAddr, n: u64) -> Part {
     let expected = expected_sum(n);
     let mut part = Part {
-        report: LoadReport {
-            wall: Duration::ZERO,
-            requests: 0,
-            wrong: 0,
-            errors: 0,
-            retries: 0,
-            latency_us: latency_histogram(),
-        },
+        report: LoadReport::new(),
         send_lag_us: latency_histogram(),
         last_answer: Instant::now(),
     };
@@ -200,17 +179,13 @@ fn sender(shared: &Shared, addr: SocketAddr, n: u64) -> Part {
             .saturating_record(micros(due.elapsed()).max(1));
         let (answer, retries) = request_with_retries(addr, n);
         let answered = Instant::now();
-        part.report.requests += 1;
-        part.report.retries += u64::from(retries);
-        match answer {
-            Ok(sum) => {
-                part.report
-                    .latency_us
-                    .saturating_record(micros(answered.saturating_duration_since(due)).max(1));
-                part.report.wrong += u64::from(sum != expected);
-            }
-            Err(_) => part.report.errors += 1,
-        }
+        // Latency runs from the scheduled arrival, not from the send.
+        part.report.record(
+            &answer,
+            retries,
+            expected,
+            answered.saturating_duration_since(due),
+        );
         part.last_answer = part.last_answer.max(answered);
     }
 }
