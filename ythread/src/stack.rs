@@ -39,7 +39,8 @@ struct IdleStack {
     since: Instant,
 }
 
-/// Stacks no thread is using; newest last.
+/// Stacks no thread is using, in the order they were given back (oldest
+/// first).
 static POOL: Mutex<Vec<IdleStack>> = Mutex::new(Vec::new());
 
 thread_local! {
@@ -81,13 +82,16 @@ pub(crate) fn acquire(size: usize) -> Stack {
 
 /// Takes back the stack of a finished coroutine that asked for `size`.
 pub(crate) fn release(size: usize, stack: Stack) {
-    let sized = SizedStack { size, stack };
-    // If the cache is full (or gone, during thread exit), the pool takes it.
-    let overflow = CACHE.try_with(|cache| cache.0.replace(Some(sized)));
-    match overflow {
-        Ok(Some(previous)) => give_to_pool(previous),
-        Ok(None) => {}
-        Err(_) => {}
+    let mut sized = Some(SizedStack { size, stack });
+    // The cache keeps the newest stack; the pool takes the one it held, or
+    // this one if the cache is gone (during thread exit).
+    let overflow = CACHE
+        .try_with(|cache| cache.0.replace(sized.take()))
+        .ok()
+        .flatten()
+        .or(sized);
+    if let Some(overflow) = overflow {
+        give_to_pool(overflow);
     }
 }
 
@@ -99,21 +103,26 @@ fn fresh(size: usize) -> Stack {
 
 fn take_from_pool(size: usize) -> Option<Stack> {
     let mut pool = lock_pool();
-    let now = Instant::now();
+    let expired = expire(&mut pool);
+    // The most recently used stack of the right size: its pages are warmest.
     let found = pool
         .iter()
         .rposition(|idle| idle.sized.size == size)
-        .map(|i| pool.swap_remove(i).sized.stack);
-    drop(expire(&mut pool, now));
+        .map(|i| pool.remove(i).sized.stack);
+    drop(pool);
+    // Unmap outside the lock.
+    drop(expired);
     found
 }
 
 fn give_to_pool(sized: SizedStack) {
     let mut pool = lock_pool();
-    let now = Instant::now();
-    let expired = expire(&mut pool, now);
+    let expired = expire(&mut pool);
     let rejected = if pool.len() < POOL_CAPACITY {
-        pool.push(IdleStack { sized, since: now });
+        pool.push(IdleStack {
+            sized,
+            since: Instant::now(),
+        });
         None
     } else {
         Some(sized)
@@ -124,23 +133,17 @@ fn give_to_pool(sized: SizedStack) {
     drop(rejected);
 }
 
-/// Removes the stacks idle for longer than [`IDLE_TIMEOUT`]; the caller
+/// Removes the stacks idle for longer than [`IDLE_TIMEOUT`]. The pool is in
+/// the order stacks were given back, so they are a prefix of it. The caller
 /// drops (unmaps) them after releasing the lock.
-fn expire(pool: &mut Vec<IdleStack>, now: Instant) -> Vec<IdleStack> {
-    let mut expired = Vec::new();
-    let mut i = 0;
-    while i < pool.len() {
-        if now.duration_since(pool[i].since) > IDLE_TIMEOUT {
-            expired.push(pool.swap_remove(i));
-        } else {
-            i += 1;
-        }
-    }
-    expired
+fn expire(pool: &mut Vec<IdleStack>) -> Vec<IdleStack> {
+    let now = Instant::now();
+    let stale = pool.partition_point(|idle| now.duration_since(idle.since) > IDLE_TIMEOUT);
+    pool.drain(..stale).collect()
 }
 
 /// The pool's lock; a panic while holding it leaves the vector consistent
-/// (only push, swap_remove and iteration happen under it), so poisoning is
+/// (only push, remove, drain and iteration happen under it), so poisoning is
 /// ignored.
 fn lock_pool() -> std::sync::MutexGuard<'static, Vec<IdleStack>> {
     POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -204,5 +207,24 @@ mod tests {
             give_to_pool(SizedStack { size, stack });
         }
         assert!(pooled() <= POOL_CAPACITY);
+    }
+
+    #[test]
+    fn stacks_idle_longer_than_the_timeout_are_released() {
+        let size = 88 * 1024;
+        let long_ago = Instant::now()
+            .checked_sub(IDLE_TIMEOUT * 2)
+            .expect("the clock started long enough ago");
+        let idle = |since| IdleStack {
+            sized: SizedStack {
+                size,
+                stack: fresh(size),
+            },
+            since,
+        };
+        let mut pool = vec![idle(long_ago), idle(long_ago), idle(Instant::now())];
+        assert_eq!(expire(&mut pool).len(), 2);
+        assert_eq!(pool.len(), 1);
+        assert!(expire(&mut pool).is_empty());
     }
 }
