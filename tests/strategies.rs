@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ythread::{Apply, Bounded, Exclusive, Inline, Pool, YieldableThread, offload, yieldable};
+use ythread::{
+    Apply, Bounded, Exclusive, Inline, Pool, Yieldable, YieldableThread, offload, yieldable,
+};
 
 /// Tracks how many pieces of work are running and the most seen at once.
 #[derive(Default)]
@@ -34,21 +36,26 @@ fn busy(concurrency: Arc<Concurrency>, pieces: usize) {
     }
 }
 
+/// Runs every handler at once, each on its own `YieldableThread` with its
+/// own strategy, and returns their values in order.
+fn run_together<A, H>(runs: impl IntoIterator<Item = (A, H)>) -> Vec<H::Output>
+where
+    A: Apply + Send + 'static,
+    H: Yieldable + Send + 'static,
+    H::Output: Send + 'static,
+{
+    let handles: Vec<_> = runs
+        .into_iter()
+        .map(|(apply, handler)| YieldableThread::new().apply(apply).spawn(handler).unwrap())
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 /// Runs `threads` handler threads sharing clones of `apply`, each offloading
 /// `pieces` pieces of work, and returns the most that ran at once.
 fn max_concurrency<A: Apply + Clone + Send + 'static>(apply: A, threads: usize) -> usize {
     let concurrency = Arc::new(Concurrency::default());
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            YieldableThread::new()
-                .apply(apply.clone())
-                .spawn(busy(Arc::clone(&concurrency), 8))
-                .unwrap()
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    run_together((0..threads).map(|_| (apply.clone(), busy(Arc::clone(&concurrency), 8))));
     assert_eq!(concurrency.running.load(Ordering::SeqCst), 0);
     concurrency.max.load(Ordering::SeqCst)
 }
@@ -86,17 +93,7 @@ fn separately_created_locks_do_not_share_their_limit() {
     // `max_concurrency` shares clones of one lock; two `Exclusive::new()`
     // are two locks, so two pieces of work run at once.
     let concurrency = Arc::new(Concurrency::default());
-    let handles: Vec<_> = (0..2)
-        .map(|_| {
-            YieldableThread::new()
-                .apply(Exclusive::new())
-                .spawn(busy(Arc::clone(&concurrency), 20))
-                .unwrap()
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    run_together((0..2).map(|_| (Exclusive::new(), busy(Arc::clone(&concurrency), 20))));
     assert_eq!(concurrency.max.load(Ordering::SeqCst), 2);
 }
 
@@ -174,16 +171,9 @@ fn a_pool_keeps_all_its_workers_after_panicking_work() {
 
     // All three workers must still be alive to hold three pieces of work at once.
     let arrived = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = (0..3)
-        .map(|_| {
-            YieldableThread::new()
-                .apply(pool.clone())
-                .spawn(meets(Arc::clone(&arrived), 3))
-                .unwrap()
-        })
-        .collect();
-    for handle in handles {
-        assert!(handle.join().unwrap(), "a worker is missing");
+    let met = run_together((0..3).map(|_| (pool.clone(), meets(Arc::clone(&arrived), 3))));
+    for met in met {
+        assert!(met, "a worker is missing");
     }
 }
 
@@ -252,15 +242,9 @@ fn many_threads_hammering_a_small_pool_get_their_own_results() {
     let expected =
         |seed: u64| (0..2_000u64).fold(seed, |acc, i| acc.wrapping_mul(31).wrapping_add(i));
     let pool = Pool::new(2);
-    let handles: Vec<_> = (0..8u64)
-        .map(|seed| {
-            YieldableThread::new()
-                .apply(pool.clone())
-                .spawn(many_tiny_offloads(seed, 2_000))
-                .unwrap()
-        })
-        .collect();
-    for (seed, handle) in handles.into_iter().enumerate() {
-        assert_eq!(handle.join().unwrap(), expected(seed as u64));
+    let results =
+        run_together((0..8u64).map(|seed| (pool.clone(), many_tiny_offloads(seed, 2_000))));
+    for (seed, result) in results.into_iter().enumerate() {
+        assert_eq!(result, expected(seed as u64));
     }
 }

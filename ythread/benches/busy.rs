@@ -54,8 +54,11 @@ fn cores_busy<A: Apply + Clone + Send + 'static>(apply: A, n: u64, cores: usize)
 
 fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // About 4 ms of work at this machine's typical speed.
-    let n = 7_000_000;
+    // Calibrate each piece of work to about 4 ms on this machine.
+    let probe = 1_000_000;
+    let start = Instant::now();
+    black_box(spin(probe));
+    let n = (probe as f64 * 4e-3 / start.elapsed().as_secs_f64()) as u64;
     for round in 1..=3 {
         let bounded = cores_busy(Bounded::new(cores), n, cores);
         let pool = cores_busy(Pool::new(cores), n, cores);

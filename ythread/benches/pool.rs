@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, Thread};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -175,6 +175,21 @@ fn offload_times(times: u64) -> u64 {
     x
 }
 
+/// Times `iterations` rounds; each round starts the callers and waits for
+/// all of them, checking that every caller made all its calls.
+fn time_rounds(
+    iterations: u64,
+    mut start_callers: impl FnMut() -> Vec<JoinHandle<u64>>,
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        for caller in start_callers() {
+            assert_eq!(caller.join().unwrap(), CALLS_PER_CALLER);
+        }
+    }
+    start.elapsed()
+}
+
 fn eight_callers(c: &mut Criterion) {
     let mut group = c.benchmark_group("eight_callers_two_workers");
     group.throughput(Throughput::Elements(CALLERS * CALLS_PER_CALLER));
@@ -182,10 +197,8 @@ fn eight_callers(c: &mut Criterion) {
     group.bench_function("crossbeam_channel_pool", |b| {
         let workers = CrossbeamWorker::pool(2);
         b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let start = Instant::now();
-                let callers: Vec<_> = (0..CALLERS)
+            time_rounds(iterations, || {
+                (0..CALLERS)
                     .map(|_| {
                         let requests = workers.requests.clone();
                         thread::spawn(move || {
@@ -198,35 +211,23 @@ fn eight_callers(c: &mut Criterion) {
                             x
                         })
                     })
-                    .collect();
-                for caller in callers {
-                    assert_eq!(caller.join().unwrap(), CALLS_PER_CALLER);
-                }
-                total += start.elapsed();
-            }
-            total
+                    .collect()
+            })
         });
     });
     group.bench_function("ythread_pool", |b| {
         let pool = Pool::new(2);
         b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let start = Instant::now();
-                let callers: Vec<_> = (0..CALLERS)
+            time_rounds(iterations, || {
+                (0..CALLERS)
                     .map(|_| {
                         YieldableThread::new()
                             .apply(pool.clone())
                             .spawn(offload_times(CALLS_PER_CALLER))
                             .unwrap()
                     })
-                    .collect();
-                for caller in callers {
-                    assert_eq!(caller.join().unwrap(), CALLS_PER_CALLER);
-                }
-                total += start.elapsed();
-            }
-            total
+                    .collect()
+            })
         });
     });
     group.finish();
