@@ -114,3 +114,24 @@ fn a_panic_in_one_thread_leaves_the_shared_pool_serving_others() {
         .unwrap();
     assert_eq!(ok.join().unwrap(), None);
 }
+
+fn recurse_plainly(depth: u32) -> u32 {
+    let frame = std::hint::black_box([0u8; 512]);
+    if depth == 0 {
+        u32::from(frame[0])
+    } else {
+        recurse_plainly(depth - 1) + 1
+    }
+}
+
+#[test]
+fn a_plain_closure_runs_on_the_threads_own_stack_not_a_coroutine() {
+    // At least 512 KiB of frames: more than the default coroutine stack, well
+    // within the 8 MiB thread stack; a coroutine would overflow its guard page.
+    let depth = 1024;
+    let handle = YieldableThread::new()
+        .stack_size(8 << 20)
+        .spawn(move || recurse_plainly(depth))
+        .unwrap();
+    assert_eq!(handle.join().unwrap(), depth);
+}

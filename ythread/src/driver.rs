@@ -194,9 +194,6 @@ where
     H: Yieldable,
     A: Apply + ?Sized,
 {
-    if H::__PLAIN {
-        return handler.__run_plain();
-    }
     // SAFETY: the generator lives in this frame only and is dropped (on
     // return or while unwinding) before this function returns, so it never
     // outlives what the handler borrows.

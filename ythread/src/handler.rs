@@ -57,14 +57,12 @@ pub trait Yieldable: Sized {
     #[doc(hidden)]
     fn __run_in(self, cx: &Context<'_>) -> Self::Output;
 
-    /// Whether the body has no `offload!` points and needs no coroutine.
+    /// Runs the handler to completion on the current thread: on a coroutine
+    /// of `stack_size` bytes, handing its work to `apply`. A plain closure
+    /// has no `offload!` points and runs directly on the thread's own stack.
     #[doc(hidden)]
-    const __PLAIN: bool = false;
-
-    /// Runs a plain body directly, without a coroutine.
-    #[doc(hidden)]
-    fn __run_plain(self) -> Self::Output {
-        unreachable!("only plain closures run without a coroutine")
+    fn __drive<A: Apply + ?Sized>(self, apply: &A, stack_size: usize) -> Self::Output {
+        driver::drive(self, apply, stack_size)
     }
 
     /// Runs the handler to completion on the current thread, running each
@@ -82,7 +80,7 @@ pub trait Yieldable: Sized {
     /// caller; so does a panic of the strategy itself, after the suspended
     /// handler has been unwound (its locals dropped).
     fn run_with<A: Apply + ?Sized>(self, apply: &A) -> Self::Output {
-        driver::drive(self, apply, driver::DEFAULT_STACK_SIZE)
+        self.__drive(apply, driver::DEFAULT_STACK_SIZE)
     }
 
     /// Starts the handler as a [`Generator`] that the caller steps by hand,
@@ -105,7 +103,6 @@ where
     F: FnOnce() -> T,
 {
     type Output = T;
-    const __PLAIN: bool = true;
 
     #[inline]
     fn __run_in(self, _cx: &Context<'_>) -> T {
@@ -113,7 +110,7 @@ where
     }
 
     #[inline]
-    fn __run_plain(self) -> T {
+    fn __drive<A: Apply + ?Sized>(self, _apply: &A, _stack_size: usize) -> T {
         self()
     }
 }

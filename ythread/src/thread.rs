@@ -5,7 +5,7 @@ use std::io;
 use std::thread::{self, JoinHandle};
 
 use crate::apply::{Apply, Inline};
-use crate::driver::{self, DEFAULT_STACK_SIZE};
+use crate::driver::DEFAULT_STACK_SIZE;
 use crate::handler::Yieldable;
 
 /// Builds and spawns an OS thread that runs a handler, handing each piece of
@@ -121,7 +121,7 @@ where
             coroutine_stack_size,
             apply,
         } = self;
-        thread.spawn(move || driver::drive(handler, &apply, coroutine_stack_size))
+        thread.spawn(move || handler.__drive(&apply, coroutine_stack_size))
     }
 }
 
