@@ -67,9 +67,9 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
         attrs,
         vis,
         mut sig,
-        mut block,
+        block,
     } = function;
-    keep_arguments_alive(&mut sig, &mut block);
+    let bindings = bind_arguments_in_body(&mut sig);
     sig.output = syn::parse_quote_spanned! {output_span=>
         -> impl ::ythread::Yieldable<Output = #output>
     };
@@ -77,10 +77,34 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     // that a mismatch in the body reads "expected `u64` because of return
     // type" and points at the signature. (`Yieldable` itself is
     // `#[must_use]`, so ignoring a call's value already warns.)
+    //
+    // The body's value is bound before the closure returns it so that the
+    // temporaries of its tail expression drop before the parameters, as in
+    // a plain function, in every edition (before 2024 they would otherwise
+    // live until the closure's end; rustc wraps `async fn` bodies in
+    // `DropTemps` for the same reason).
     let body_span = block.span();
+    // A body that never returns (a serving `loop`) makes that return
+    // unreachable; the `allow` covers the generated `return` alone.
+    // It is located at the body's tail expression, so that an error about the
+    // returned value ("borrowed data escapes") points there.
+    let tail_span = match block.stmts.last() {
+        Some(syn::Stmt::Expr(tail, None)) => tail.span(),
+        _ => block.brace_token.span.close(),
+    };
+    let give_back_span = Span::mixed_site().located_at(tail_span);
+    let ret = Ident::new("__ythread_ret", give_back_span);
+    let give_back = quote_spanned! {give_back_span=>
+        #[allow(unreachable_code)]
+        return #ret;
+    };
     let body = quote_spanned! {body_span=>
         ::ythread::__private::handler(
-            move |#cx: &::ythread::__private::Context<'_>| -> #output #block
+            move |#cx: &::ythread::__private::Context<'_>| -> #output {
+                #(#bindings)*
+                let #ret: #output = #block;
+                #give_back
+            }
         )
     };
     let errors = args_error.map(syn::Error::into_compile_error);
@@ -93,65 +117,94 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// Makes the handler own every argument until it ends, as the function's
-/// own frame would.
+/// Moves every argument into the handler and binds the user's patterns
+/// there, so that parameters behave as in the plain function: bound with the
+/// same modes, alive until the handler ends, dropped after the body's locals
+/// and in the plain function's order. This is rustc's desugaring of
+/// `async fn` parameters.
 ///
-/// A `move` closure captures only what its body mentions, and only the
-/// fields it mentions: an argument the body never uses (a guard, a token, a
-/// `_` pattern) would otherwise be dropped as soon as the handler is
-/// created, not when it finishes. So the body starts by mentioning each
-/// argument whole, and `_` patterns get a name to be mentioned by.
+/// The function itself takes each argument whole, under its own name when the
+/// pattern is a plain `name` or `mut name`, else under a hidden one. The
+/// handler's body then declares, for each parameter in order, a local holding
+/// the argument and the user's pattern matched against it. Locals drop in
+/// reverse order of declaration, so the last parameter's bindings drop first,
+/// then what its pattern left in the holder (the `_` parts), then the previous
+/// parameter's, exactly as the Reference specifies for a plain function.
+/// Matching in the body rather than in the signature also lets `ref` and
+/// `ref mut` bindings borrow the holder, which lives as long as the handler.
+///
+/// `self` stays a capture of the closure; captures drop after the body's
+/// locals, so it drops last, as the first parameter of a plain function does.
+/// It is mentioned whole so that the closure captures all of it, not just the
+/// fields the body uses.
 ///
 /// ```text
 /// // Input:
-/// fn handle(&self, stream: TcpStream, _: Guard)
+/// fn handle(&self, mut stream: TcpStream, (a, _): (D, D), ref mut v: Vec<u8>)
 /// // Output:
-/// fn handle(&self, stream: TcpStream, __ythread_arg2: Guard) {
-///     ... move |cx| { let _ = (&self, &stream, &__ythread_arg2); body }
+/// fn handle(&self, stream: TcpStream, __ythread_arg2: (D, D), __ythread_arg3: Vec<u8>) {
+///     ... move |cx| {
+///         let _ = &self;
+///         let mut stream = stream;
+///         let __ythread_arg2 = __ythread_arg2;
+///         let (a, _) = __ythread_arg2;
+///         #[allow(unused_mut)]
+///         let mut __ythread_arg3 = __ythread_arg3;
+///         let ref mut v = __ythread_arg3;
+///         ...
+///     }
 /// }
 /// ```
-fn keep_arguments_alive(sig: &mut Signature, block: &mut syn::Block) {
-    let mut names: Vec<TokenStream> = Vec::new();
+fn bind_arguments_in_body(sig: &mut Signature) -> Vec<syn::Stmt> {
+    let mut stmts: Vec<syn::Stmt> = Vec::new();
     for (i, input) in sig.inputs.iter_mut().enumerate() {
         match input {
             syn::FnArg::Receiver(receiver) => {
                 let self_token = receiver.self_token;
-                names.push(quote!(#self_token));
+                stmts.push(syn::parse_quote! { let _ = &#self_token; });
             }
             syn::FnArg::Typed(typed) => {
-                if let syn::Pat::Wild(wild) = &*typed.pat {
-                    let name = Ident::new(
-                        &format!("__ythread_arg{i}"),
-                        Span::mixed_site().located_at(wild.underscore_token.span),
-                    );
-                    *typed.pat = syn::parse_quote!(#name);
+                // Lint and `cfg` attributes of the parameter apply to the
+                // statements that stand for it.
+                let attrs = &typed.attrs;
+                let pat = &*typed.pat;
+                if let Some((ident, mutability)) = plain_binding(pat) {
+                    let ident = ident.clone();
+                    stmts.push(syn::parse_quote! { #(#attrs)* let #mutability #ident = #ident; });
+                    *typed.pat = syn::parse_quote!(#ident);
+                    continue;
                 }
-                collect_bindings(&typed.pat, &mut names);
+                let holder = Ident::new(
+                    &format!("__ythread_arg{i}"),
+                    Span::mixed_site().located_at(pat.span()),
+                );
+                // `mut`, in case the pattern binds by `ref mut`.
+                stmts.push(syn::parse_quote! {
+                    #(#attrs)*
+                    #[allow(unused_mut)]
+                    let mut #holder = #holder;
+                });
+                if !matches!(pat, syn::Pat::Wild(_)) {
+                    stmts.push(syn::parse_quote! { #(#attrs)* let #pat = #holder; });
+                }
+                *typed.pat = syn::parse_quote!(#holder);
             }
         }
     }
-    if names.is_empty() {
-        return;
-    }
-    let keep: syn::Stmt = syn::parse_quote! { let _ = (#(&#names,)*); };
-    block.stmts.insert(0, keep);
+    stmts
 }
 
-/// The variables a parameter pattern binds by value.
-fn collect_bindings(pat: &syn::Pat, names: &mut Vec<TokenStream>) {
-    struct Bindings<'a>(&'a mut Vec<TokenStream>);
-    impl<'ast> syn::visit::Visit<'ast> for Bindings<'_> {
-        fn visit_pat_ident(&mut self, binding: &'ast syn::PatIdent) {
-            // A `ref` binding borrows the function's frame, which the
-            // handler outlives; the compiler reports that on its own.
-            if binding.by_ref.is_none() {
-                let ident = &binding.ident;
-                self.0.push(quote!(#ident));
-            }
-            syn::visit::visit_pat_ident(self, binding);
-        }
-    }
-    syn::visit::Visit::visit_pat(&mut Bindings(names), pat);
+/// A pattern that is a plain binding, `name` or `mut name`, and what is
+/// bound. A capitalised name is taken for what it usually is, a unit struct
+/// or a constant to match, not a binding.
+fn plain_binding(pat: &syn::Pat) -> Option<(&Ident, Option<syn::Token![mut]>)> {
+    let syn::Pat::Ident(binding) = pat else {
+        return None;
+    };
+    let plain = binding.by_ref.is_none()
+        && binding.subpat.is_none()
+        && !binding.ident.to_string().starts_with(char::is_uppercase);
+    plain.then_some((&binding.ident, binding.mutability))
 }
 
 /// The error for an item that is not a function with a body, pointing at the

@@ -44,6 +44,38 @@ mod tests;
 /// assert_eq!(first(&[1, 2, 3], &1).run(), Some(&2));
 /// ```
 ///
+/// Before 2024, the temporaries of a function's tail expression drop after
+/// its locals but before its parameters; a handler's do the same:
+///
+/// ```edition2021
+/// use std::cell::RefCell;
+/// use ythread::{Yieldable, offload, yieldable};
+///
+/// thread_local!(static LOG: RefCell<Vec<&'static str>> = RefCell::new(Vec::new()));
+/// struct D(&'static str);
+/// impl Drop for D {
+///     fn drop(&mut self) { LOG.with(|log| log.borrow_mut().push(self.0)) }
+/// }
+/// impl D { fn len(&self) -> usize { self.0.len() } }
+///
+/// fn plain(_parameter: D) -> usize {
+///     let _local = D("local");
+///     D("temporary").len()
+/// }
+///
+/// #[yieldable]
+/// fn handler(_parameter: D) -> usize {
+///     let _local = D("local");
+///     offload!(|| 0) + D("temporary").len()
+/// }
+///
+/// plain(D("parameter"));
+/// let expected = LOG.with(|log| log.take());
+/// handler(D("parameter")).run();
+/// assert_eq!(LOG.with(|log| log.take()), expected);
+/// assert_eq!(expected, ["local", "temporary", "parameter"]);
+/// ```
+///
 /// ```edition2018
 /// use ythread::{Yieldable, offload, yieldable};
 ///

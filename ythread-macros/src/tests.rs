@@ -43,15 +43,16 @@ fn free_function() {
         },
         expect![[r#"
             /// Answers one request.
-            pub fn handle(
-                mut stream: TcpStream,
-            ) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
+            pub fn handle(stream: TcpStream) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> io::Result<()> {
-                    let _ = (&stream,);
-                    let n = read_request(&mut stream)?;
-                    write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
+                    let mut stream = stream;
+                    let __ythread_ret: io::Result<()> = {
+                        let n = read_request(&mut stream)?;
+                        write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -72,8 +73,11 @@ fn function_without_return_type() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> () {
-                    let _ = (&n,);
-                    println!("{}", offload!(@ __ythread_cx; sumn, n));
+                    let n = n;
+                    let __ythread_ret: () = {
+                        println!("{}", offload!(@ __ythread_cx; sumn, n));
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -110,8 +114,10 @@ fn methods() {
             ::ythread::__private::handler(move |
                 __ythread_cx: &::ythread::__private::Context<'_>,
             | -> u64 {
-                let _ = (&self, &n);
-                offload!(@ __ythread_cx; sumn, self.base + n)
+                let _ = &self;
+                let n = n;
+                let __ythread_ret: u64 = { offload!(@ __ythread_cx; sumn, self.base + n) };
+                #[allow(unreachable_code)] return __ythread_ret;
             })
         }
 
@@ -119,9 +125,13 @@ fn methods() {
             ::ythread::__private::handler(move |
                 __ythread_cx: &::ythread::__private::Context<'_>,
             | -> u64 {
-                let _ = (&self, &n);
-                self.count += 1;
-                offload!(@ __ythread_cx; || self.base * n)
+                let _ = &self;
+                let n = n;
+                let __ythread_ret: u64 = {
+                    self.count += 1;
+                    offload!(@ __ythread_cx; || self.base * n)
+                };
+                #[allow(unreachable_code)] return __ythread_ret;
             })
         }
 
@@ -129,9 +139,12 @@ fn methods() {
             ::ythread::__private::handler(move |
                 __ythread_cx: &::ythread::__private::Context<'_>,
             | -> Self {
-                let _ = (&self,);
-                let base = offload!(@ __ythread_cx; Self::helper, self.base);
-                Self { base }
+                let _ = &self;
+                let __ythread_ret: Self = {
+                    let base = offload!(@ __ythread_cx; Self::helper, self.base);
+                    Self { base }
+                };
+                #[allow(unreachable_code)] return __ythread_ret;
             })
         }
     "#]]
@@ -160,8 +173,13 @@ fn generic_function_with_where_clause() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
-                    let _ = (&items,);
-                    offload!(@ __ythread_cx; || items.iter().map(| & x | x.into()).sum:: < u64 > ())
+                    let items = items;
+                    let __ythread_ret: u64 = {
+                        offload!(
+                            @ __ythread_cx; || items.iter().map(| & x | x.into()).sum:: < u64 > ()
+                        )
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -189,13 +207,16 @@ fn result_and_question_mark() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> Result<u64, ParseIntError> {
-                    let _ = (&text,);
-                    let n: u64 = text.trim().parse()?;
-                    if n == 0 {
-                        return Ok(0);
-                    }
-                    let sum = offload!(@ __ythread_cx; sumn, text.parse:: < u64 > () ?);
-                    Ok(sum + n)
+                    let text = text;
+                    let __ythread_ret: Result<u64, ParseIntError> = {
+                        let n: u64 = text.trim().parse()?;
+                        if n == 0 {
+                            return Ok(0);
+                        }
+                        let sum = offload!(@ __ythread_cx; sumn, text.parse:: < u64 > () ?);
+                        Ok(sum + n)
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -218,17 +239,21 @@ fn calls_inside_other_macros_and_calls() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> String {
-                    let _ = (&xs,);
-                    assert_eq!(
-                        offload!(@ __ythread_cx; sumn, 3), 6, "{}", offload!(@ __ythread_cx; || 1)
-                    );
-                    let v = vec![
-                        offload!(@ __ythread_cx; add, offload!(@ __ythread_cx; sumn, 1), 2)
-                    ];
-                    format!(
-                        "{} {:?} {}", offload!(@ __ythread_cx; sumn, xs[0]), v, yield_from!(@
-                        __ythread_cx; inner(1))
-                    )
+                    let xs = xs;
+                    let __ythread_ret: String = {
+                        assert_eq!(
+                            offload!(@ __ythread_cx; sumn, 3), 6, "{}", offload!(@ __ythread_cx; ||
+                            1)
+                        );
+                        let v = vec![
+                            offload!(@ __ythread_cx; add, offload!(@ __ythread_cx; sumn, 1), 2)
+                        ];
+                        format!(
+                            "{} {:?} {}", offload!(@ __ythread_cx; sumn, xs[0]), v, yield_from!(@
+                            __ythread_cx; inner(1))
+                        )
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -264,21 +289,24 @@ fn nested_items_are_left_alone() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
-                    let _ = (&n,);
-                    fn helper(n: u64) -> u64 {
-                        offload!(sumn, n)
-                    }
-                    #[yieldable]
-                    fn nested(n: u64) -> u64 {
-                        offload!(sumn, n)
-                    }
-                    struct Local;
-                    impl Local {
-                        fn method(&self) -> u64 {
-                            offload!(sumn, 1)
+                    let n = n;
+                    let __ythread_ret: u64 = {
+                        fn helper(n: u64) -> u64 {
+                            offload!(sumn, n)
                         }
-                    }
-                    offload!(@ __ythread_cx; helper, n) + yield_from!(@ __ythread_cx; nested(n))
+                        #[yieldable]
+                        fn nested(n: u64) -> u64 {
+                            offload!(sumn, n)
+                        }
+                        struct Local;
+                        impl Local {
+                            fn method(&self) -> u64 {
+                                offload!(sumn, 1)
+                            }
+                        }
+                        offload!(@ __ythread_cx; helper, n) + yield_from!(@ __ythread_cx; nested(n))
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -300,10 +328,13 @@ fn path_forms_of_the_macros() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
-                    let _ = (&n,);
-                    ythread::offload!(@ __ythread_cx; sumn, n)
-                        + ::ythread::offload!(@ __ythread_cx; || n)
-                        + ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                    let n = n;
+                    let __ythread_ret: u64 = {
+                        ythread::offload!(@ __ythread_cx; sumn, n)
+                            + ::ythread::offload!(@ __ythread_cx; || n)
+                            + ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
@@ -324,8 +355,9 @@ fn arguments_are_an_error_beside_the_expansion() {
                 ::ythread::__private::handler(move |
                     __ythread_cx: &::ythread::__private::Context<'_>,
                 | -> u64 {
-                    let _ = (&n,);
-                    offload!(@ __ythread_cx; sumn, n)
+                    let n = n;
+                    let __ythread_ret: u64 = { offload!(@ __ythread_cx; sumn, n) };
+                    #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
             ::core::compile_error! {
@@ -495,4 +527,52 @@ fn malformed_offloads() {
         @ __ythread_cx ; self . compute (n)
           => `offload!` needs the work unevaluated, so that it runs where the strategy decides: write a method call as a closure, `offload!(|| value.method(a))`"#]]
     .assert_eq(&messages.join("\n"));
+}
+
+#[test]
+fn parameter_patterns_are_matched_in_the_body() {
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn handle(
+                #[allow(unused_variables)] mut a: D,
+                (b, _): (D, D),
+                _: D,
+                ref mut items: Vec<u64>,
+                Marker: Marker,
+            ) -> u64 {
+                offload!(sumn, 1)
+            }
+        },
+        expect![[r#"
+            fn handle(
+                #[allow(unused_variables)]
+                a: D,
+                __ythread_arg1: (D, D),
+                __ythread_arg2: D,
+                __ythread_arg3: Vec<u64>,
+                __ythread_arg4: Marker,
+            ) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    #[allow(unused_variables)]
+                    let mut a = a;
+                    #[allow(unused_mut)]
+                    let mut __ythread_arg1 = __ythread_arg1;
+                    let (b, _) = __ythread_arg1;
+                    #[allow(unused_mut)]
+                    let mut __ythread_arg2 = __ythread_arg2;
+                    #[allow(unused_mut)]
+                    let mut __ythread_arg3 = __ythread_arg3;
+                    let ref mut items = __ythread_arg3;
+                    #[allow(unused_mut)]
+                    let mut __ythread_arg4 = __ythread_arg4;
+                    let Marker = __ythread_arg4;
+                    let __ythread_ret: u64 = { offload!(@ __ythread_cx; sumn, 1) };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
 }
