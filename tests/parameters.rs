@@ -160,8 +160,7 @@ twins!(tail_temporary: fn f(a: D, log: Log) -> usize {
 fn logged<T>(call: impl FnOnce(&Log) -> T) -> Vec<&'static str> {
     let log = Log::default();
     drop(call(&log));
-    let entries = log.lock().unwrap().clone();
-    entries
+    log.lock().unwrap().clone()
 }
 
 /// Like [`logged`], for a call that panics; also returns the payload's text.
@@ -175,8 +174,7 @@ fn logged_panic<T>(call: impl FnOnce(&Log) -> T) -> (Vec<&'static str>, String) 
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    let entries = log.lock().unwrap().clone();
-    (entries, text)
+    (log.lock().unwrap().clone(), text)
 }
 
 /// Checks that the handler `handler` drops what the plain function `plain`
