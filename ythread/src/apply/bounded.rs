@@ -32,6 +32,50 @@ use crate::Job;
 /// let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
 /// assert_eq!(total, 120);
 /// ```
+///
+/// # Nested work
+///
+/// Work running under a permit may itself drive a handler with this same
+/// `Bounded` (or a clone of it). That handler's work runs in place: on the
+/// same thread, under the permit the outer work holds, the way rayon runs a
+/// nested `install` on the same pool. Queueing for a second permit instead
+/// could wait forever, and with a limit of one always would: the only
+/// permit is held by the work waiting for it. The outer work cannot go on
+/// until the nested work is done, so nesting neither lets another thread in
+/// nor counts twice against the limit. A thread may hold permits of several
+/// `Bounded`s at once: when work under `A` drives a handler with `B`, whose
+/// work drives one with `A` again, that innermost work runs in place too.
+///
+/// ```
+/// use ythread::{Bounded, Yieldable, offload, yieldable};
+///
+/// #[yieldable]
+/// fn inner() -> u32 { offload!(|| 1) }
+///
+/// #[yieldable]
+/// fn outer(cpu: &Bounded) -> u32 {
+///     // Holds the only permit while it drives `inner` with the same limit.
+///     offload!(|| inner().run_with(cpu) + 1)
+/// }
+///
+/// let cpu = Bounded::new(1);
+/// assert_eq!(outer(&cpu).run_with(&cpu), 2);
+/// ```
+///
+/// A permit belongs to the thread that took it, and only work on that
+/// thread runs in place under it. These still deadlock:
+///
+/// - Work that hands nested work to *another* thread and waits for it, when
+///   that thread drives a handler with this same `Bounded`: a spawned or
+///   scoped thread, or a [`Pool`](crate::Pool) worker. The permit does not
+///   travel with the work: the other thread queues for a permit of its own,
+///   and once every permit is held by work waiting like this, none comes.
+///   With a limit of one, a single such piece of work is enough.
+/// - Two strategies nested in opposite orders on different threads, as with
+///   any two locks: work holding [`Exclusive`](crate::Exclusive) `A` drives
+///   a handler with `Exclusive` `B` on one thread, while work holding `B`
+///   drives one with `A` on another; each waits for the lock the other
+///   holds. Nesting them in the same order everywhere is safe.
 #[derive(Debug, Clone)]
 pub struct Bounded {
     semaphore: Arc<FairSemaphore>,
@@ -64,9 +108,6 @@ impl Bounded {
 impl Apply for Bounded {
     #[inline]
     fn apply(&self, job: Job<'_>) {
-        // Released on drop; `Job::run` never unwinds, but a permit must not
-        // leak even if it did.
-        let _permit = self.semaphore.acquire();
-        job.run();
+        self.semaphore.run(|| job.run());
     }
 }

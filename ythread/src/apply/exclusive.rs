@@ -30,6 +30,17 @@ use crate::Job;
 /// let sums: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
 /// assert_eq!(sums, [0, 1, 3, 6]);
 /// ```
+///
+/// # Nested work
+///
+/// Work running under the lock that drives a handler with this same
+/// `Exclusive` (or a clone of it) runs that handler's work in place, on the
+/// same thread, under the lock it already holds, instead of waiting forever
+/// for itself. The rules are [`Bounded`'s](Bounded#nested-work) with a limit
+/// of one, and so are the deadlocks nesting does not prevent: work that
+/// waits for another thread (a spawned or scoped thread, a
+/// [`Pool`](crate::Pool) worker) that takes this same lock, and two locks
+/// taken in opposite orders on different threads.
 #[derive(Debug, Clone)]
 pub struct Exclusive {
     bounded: Bounded,

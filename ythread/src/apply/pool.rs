@@ -1,8 +1,9 @@
+use std::cell::Cell;
 use std::fmt;
 use std::mem::{self, ManuallyDrop};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,6 @@ use crate::Job;
 /// Clones share the same workers. The workers stop, and are joined, when the
 /// last clone is dropped.
 ///
-/// A worker blocked in work that itself waits for the same pool (work that
-/// drives a handler with this pool, say) holds its worker the whole time: as
-/// with any fixed-size pool, enough such work at once deadlocks it.
-///
 /// # Example
 ///
 /// ```
@@ -49,18 +46,77 @@ use crate::Job;
 /// let t = YieldableThread::new().apply(pool.clone()).spawn(handle(vec![1, 2, 3])).unwrap();
 /// assert_eq!(t.join().unwrap(), 6);
 /// ```
+///
+/// # Nested work
+///
+/// Work running on one of this pool's workers may itself offload to this
+/// same pool, by driving a handler with a clone of it. That work runs in
+/// place, on the same worker, without going through the queue: rayon's rule
+/// for a nested `install`. Queueing it instead would keep the worker waiting
+/// for another one; with every worker waiting like that, none would be left
+/// to run it. Only this pool's own workers run its work in place: work
+/// offloaded from any other thread, another pool's workers included, queues
+/// as usual.
+///
+/// ```
+/// use ythread::{Pool, Yieldable, offload, yieldable};
+///
+/// fn worker() -> Option<String> {
+///     std::thread::current().name().map(str::to_owned)
+/// }
+///
+/// #[yieldable]
+/// fn inner() -> Option<String> { offload!(worker) }
+///
+/// #[yieldable]
+/// fn outer(pool: &Pool) -> (Option<String>, Option<String>) {
+///     offload!(|| (worker(), inner().run_with(pool)))
+/// }
+///
+/// // One worker, busy with the outer work, runs the nested work too.
+/// let pool = Pool::new(1);
+/// let (outer_worker, inner_worker) = outer(&pool).run_with(&pool);
+/// assert_eq!(outer_worker.as_deref(), Some("ythread-pool-0"));
+/// assert_eq!(inner_worker, outer_worker);
+/// ```
+///
+/// These still deadlock, as with any fixed-size pool:
+///
+/// - Work on the pool that waits for *another* thread which offloads to this
+///   same pool: a spawned or scoped thread, or the worker of another pool it
+///   offloaded to. That thread is not one of ours, so its work queues; once
+///   every worker is busy waiting like this, nothing is left to run it. With
+///   one worker, a single such piece of work is enough.
+/// - Cycles through another strategy: work on the pool that waits for an
+///   [`Exclusive`](crate::Exclusive) lock (or a [`Bounded`](crate::Bounded)
+///   permit) held by work on another thread that waits for this pool, once
+///   every worker is busy waiting like that.
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    /// Tells this pool's workers apart from every other thread: see
+    /// `WORKER_OF`. Never 0; unique among the pools of a process (short of
+    /// `usize::MAX` of them).
+    id: usize,
     /// The work queue. Dropped first in `Drop`, which tells the workers to
     /// stop once the queue is empty.
     queue: ManuallyDrop<Sender<Task>>,
     /// Worker threads, joined on drop.
     workers: Vec<JoinHandle<()>>,
 }
+
+thread_local! {
+    /// The `id` of the pool this thread is a worker of; 0 on other threads.
+    static WORKER_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Where pool ids come from. An id, unlike the address of the pool's
+/// `Shared`, is not reused once the pool is gone: a worker that outlives its
+/// pool (see `Drop for Shared`) never passes for one of a new pool.
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// A job on its way to a worker, and the latch its driving thread waits on.
 struct Task {
@@ -87,18 +143,20 @@ impl Pool {
     /// Panics if `threads` is zero or a worker thread cannot be spawned.
     pub fn new(threads: usize) -> Self {
         assert!(threads > 0, "Pool::new: a pool needs at least one thread");
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (queue, tasks) = crossbeam_channel::unbounded();
         let workers = (0..threads)
             .map(|i| {
                 let tasks = tasks.clone();
                 thread::Builder::new()
                     .name(format!("ythread-pool-{i}"))
-                    .spawn(move || worker(tasks))
+                    .spawn(move || worker(id, tasks))
                     .expect("Pool::new: cannot spawn a worker thread")
             })
             .collect();
         Pool {
             shared: Arc::new(Shared {
+                id,
                 queue: ManuallyDrop::new(queue),
                 workers,
             }),
@@ -120,6 +178,13 @@ impl Default for Pool {
 
 impl Apply for Pool {
     fn apply(&self, job: Job<'_>) {
+        // Work nested in work running on one of our workers: queueing it
+        // would keep this worker waiting for another, and with every worker
+        // doing that, none would be left to run it.
+        if WORKER_OF.get() == self.shared.id {
+            job.run();
+            return;
+        }
         let latch = Latch {
             done: AtomicBool::new(false),
             waiter: thread::current(),
@@ -144,7 +209,8 @@ impl Apply for Pool {
     }
 }
 
-fn worker(tasks: Receiver<Task>) {
+fn worker(pool: usize, tasks: Receiver<Task>) {
+    WORKER_OF.set(pool);
     loop {
         // Parking costs the next task a wake-up of tens of microseconds on a
         // virtual machine, so look for more work for a little while first;

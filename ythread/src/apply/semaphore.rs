@@ -4,9 +4,16 @@
 //! Fairness is the point: a released permit is handed directly to the
 //! longest-waiting thread, so a thread that releases and immediately asks
 //! again goes to the back of the queue instead of barging ahead.
+//!
+//! Each thread also knows the semaphores whose permits the work running on
+//! it holds, so that work nested inside that work runs under the permit it
+//! already has instead of waiting for a second one: see
+//! [`FairSemaphore::run`].
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::ptr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, Thread};
@@ -37,6 +44,37 @@ pub(crate) struct Permit<'a> {
     semaphore: &'a FairSemaphore,
 }
 
+thread_local! {
+    /// The semaphores whose permits work running on this thread holds.
+    static HELD: HeldHere = const { HeldHere::new() };
+    /// `HELD`'s entries from index [`INLINE`] on: used only while work on
+    /// this thread holds permits of more than `INLINE` semaphores at once.
+    static SPILLED: RefCell<Vec<*const FairSemaphore>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many semaphores a thread tracks without allocating.
+const INLINE: usize = 4;
+
+/// A set of semaphores, by address, each entered by the `FairSemaphore::run`
+/// call that took its permit and left when that call returns or unwinds.
+///
+/// Addresses are only compared, never dereferenced. Nothing here depends on
+/// the calls nesting in order (a coroutine suspended inside work could break
+/// that): an entry is found and removed by value.
+struct HeldHere {
+    /// How many semaphores are in the set: the first [`INLINE`] in `inline`,
+    /// the rest in `SPILLED`.
+    len: Cell<usize>,
+    /// The first entries; those from `len` on are stale.
+    inline: [Cell<*const FairSemaphore>; INLINE],
+}
+
+/// Keeps a semaphore in this thread's set of held ones until dropped.
+struct Held<'a> {
+    /// The semaphore whose permit the work running on this thread holds.
+    semaphore: &'a FairSemaphore,
+}
+
 impl FairSemaphore {
     pub(crate) fn new(limit: usize) -> Self {
         FairSemaphore {
@@ -52,8 +90,33 @@ impl FairSemaphore {
         self.limit
     }
 
+    /// Runs `work` on this thread under a permit of this semaphore.
+    ///
+    /// If work running on this thread already holds one, `work` is nested
+    /// inside it (the outer work waits for it, further up this thread's
+    /// stack) and runs under that permit, in place: waiting for a second one
+    /// could wait forever for the one held up there. Otherwise it waits its
+    /// turn for a permit of its own.
+    #[inline]
+    pub(crate) fn run<R>(&self, work: impl FnOnce() -> R) -> R {
+        if self.held_here() {
+            return work();
+        }
+        // Dropped in reverse order, also when `work` unwinds: the permit
+        // leaves the set before it is released.
+        let _permit = self.acquire();
+        let _held = Held::enter(self);
+        work()
+    }
+
+    /// Whether work running on this thread holds a permit of this semaphore.
+    #[inline]
+    fn held_here(&self) -> bool {
+        HELD.with(|held| held.contains(self))
+    }
+
     /// Waits, in arrival order, for a permit.
-    pub(crate) fn acquire(&self) -> Permit<'_> {
+    fn acquire(&self) -> Permit<'_> {
         let waiter = {
             let mut state = self.state.lock();
             if state.available > 0 {
@@ -99,6 +162,102 @@ impl Drop for Permit<'_> {
     }
 }
 
+impl HeldHere {
+    const fn new() -> Self {
+        HeldHere {
+            len: Cell::new(0),
+            inline: [const { Cell::new(ptr::null()) }; INLINE],
+        }
+    }
+
+    #[inline]
+    fn contains(&self, semaphore: &FairSemaphore) -> bool {
+        let len = self.len.get();
+        // Newest first: nested work most likely asks about the innermost.
+        self.inline[..len.min(INLINE)]
+            .iter()
+            .rev()
+            .any(|slot| ptr::eq(slot.get(), semaphore))
+            || (len > INLINE && self.spilled_contains(semaphore))
+    }
+
+    #[inline]
+    fn insert(&self, semaphore: &FairSemaphore) {
+        let len = self.len.get();
+        match self.inline.get(len) {
+            Some(slot) => slot.set(semaphore),
+            None => self.spill(semaphore),
+        }
+        self.len.set(len + 1);
+    }
+
+    #[inline]
+    fn remove(&self, semaphore: &FairSemaphore) {
+        let len = self.len.get();
+        // Entered last, left first: what nested calls do.
+        if (1..=INLINE).contains(&len) && ptr::eq(self.inline[len - 1].get(), semaphore) {
+            self.len.set(len - 1);
+        } else {
+            self.remove_any(semaphore);
+        }
+    }
+
+    #[cold]
+    fn spilled_contains(&self, semaphore: &FairSemaphore) -> bool {
+        SPILLED.with(|spilled| spilled.borrow().contains(&ptr::from_ref(semaphore)))
+    }
+
+    #[cold]
+    fn spill(&self, semaphore: &FairSemaphore) {
+        SPILLED.with(|spilled| spilled.borrow_mut().push(semaphore));
+    }
+
+    /// Removes `semaphore` wherever it is; the last entry takes its place.
+    #[cold]
+    fn remove_any(&self, semaphore: &FairSemaphore) {
+        let Some(last) = self.len.get().checked_sub(1) else {
+            return;
+        };
+        let Some(i) = (0..=last).rev().find(|&i| ptr::eq(self.get(i), semaphore)) else {
+            return;
+        };
+        self.set(i, self.get(last));
+        if last >= INLINE {
+            SPILLED.with(|spilled| spilled.borrow_mut().pop());
+        }
+        self.len.set(last);
+    }
+
+    fn get(&self, i: usize) -> *const FairSemaphore {
+        match self.inline.get(i) {
+            Some(slot) => slot.get(),
+            None => SPILLED.with(|spilled| spilled.borrow()[i - INLINE]),
+        }
+    }
+
+    fn set(&self, i: usize, semaphore: *const FairSemaphore) {
+        match self.inline.get(i) {
+            Some(slot) => slot.set(semaphore),
+            None => SPILLED.with(|spilled| spilled.borrow_mut()[i - INLINE] = semaphore),
+        }
+    }
+}
+
+impl<'a> Held<'a> {
+    #[inline]
+    fn enter(semaphore: &'a FairSemaphore) -> Self {
+        HELD.with(|held| held.insert(semaphore));
+        Held { semaphore }
+    }
+}
+
+impl Drop for Held<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        HELD.with(|held| held.remove(self.semaphore));
+    }
+}
+
 impl fmt::Debug for FairSemaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.state.lock();
@@ -113,7 +272,141 @@ impl fmt::Debug for FairSemaphore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::mpsc;
     use std::time::Duration;
+
+    /// Runs `body` on its own thread; fails instead of hanging if it
+    /// deadlocks.
+    fn within_seconds<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, outcome) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = done.send(panic::catch_unwind(AssertUnwindSafe(body)));
+        });
+        match outcome.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(value)) => value,
+            Ok(Err(payload)) => panic::resume_unwind(payload),
+            Err(_) => panic!("deadlock: no result after 20 s"),
+        }
+    }
+
+    fn available(semaphore: &FairSemaphore) -> usize {
+        semaphore.state.lock().available
+    }
+
+    /// Waits until `n` threads are queued for a permit of `semaphore`.
+    fn until_queued(semaphore: &FairSemaphore, n: usize) {
+        while semaphore.state.lock().waiters.len() < n {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn work_nested_under_a_held_permit_runs_in_place_under_it() {
+        within_seconds(|| {
+            let semaphore = FairSemaphore::new(1);
+            let value = semaphore.run(|| {
+                semaphore.run(|| {
+                    semaphore.run(|| {
+                        assert!(semaphore.held_here());
+                        // No second permit taken, nobody queued.
+                        assert_eq!(available(&semaphore), 0);
+                        assert!(semaphore.state.lock().waiters.is_empty());
+                        3
+                    })
+                })
+            });
+            assert_eq!(value, 3);
+            assert!(!semaphore.held_here());
+            assert_eq!(available(&semaphore), 1);
+        });
+    }
+
+    #[test]
+    fn a_permit_of_one_semaphore_does_not_let_work_for_another_in_place() {
+        within_seconds(|| {
+            let (a, b) = (
+                Arc::new(FairSemaphore::new(1)),
+                Arc::new(FairSemaphore::new(1)),
+            );
+            let b_taken = b.acquire();
+            let nested = {
+                let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+                thread::spawn(move || a.run(|| b.run(|| b.held_here() && a.held_here())))
+            };
+            // Holding `a`, the thread still queues for `b`.
+            until_queued(&b, 1);
+            assert!(!nested.is_finished());
+            drop(b_taken);
+            assert!(nested.join().unwrap());
+            assert_eq!((available(&a), available(&b)), (1, 1));
+        });
+    }
+
+    #[test]
+    fn a_thread_holding_permits_of_two_semaphores_runs_work_nested_in_either_in_place() {
+        within_seconds(|| {
+            let (a, b) = (FairSemaphore::new(1), FairSemaphore::new(1));
+            a.run(|| {
+                b.run(|| {
+                    a.run(|| b.run(|| assert_eq!((available(&a), available(&b)), (0, 0))));
+                    assert!(a.held_here() && b.held_here());
+                });
+                assert!(a.held_here() && !b.held_here());
+                assert_eq!(available(&b), 1);
+            });
+            assert!(!a.held_here());
+        });
+    }
+
+    #[test]
+    fn a_permit_held_on_one_thread_lets_no_work_of_another_thread_in() {
+        within_seconds(|| {
+            let semaphore = FairSemaphore::new(1);
+            thread::scope(|s| {
+                semaphore.run(|| {
+                    let other = s.spawn(|| semaphore.run(|| semaphore.held_here()));
+                    until_queued(&semaphore, 1);
+                    assert!(!other.is_finished());
+                });
+                // Released: the other thread gets its own permit.
+            });
+            assert_eq!(available(&semaphore), 1);
+        });
+    }
+
+    #[test]
+    fn work_that_panics_leaves_no_permit_held() {
+        let (a, b) = (FairSemaphore::new(1), FairSemaphore::new(2));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            a.run(|| b.run(|| a.run(|| panic!("work panicked"))))
+        }));
+        assert!(outcome.is_err());
+        assert!(!a.held_here() && !b.held_here());
+        assert_eq!((available(&a), available(&b)), (1, 2));
+    }
+
+    #[test]
+    fn more_semaphores_than_fit_inline_are_tracked_and_left_in_any_order() {
+        let semaphores: Vec<FairSemaphore> =
+            (0..INLINE + 3).map(|_| FairSemaphore::new(1)).collect();
+        let mut held: Vec<Option<Held<'_>>> =
+            semaphores.iter().map(|s| Some(Held::enter(s))).collect();
+        assert!(semaphores.iter().all(FairSemaphore::held_here));
+        // Out of order, crossing between the inline and the spilled entries.
+        for i in [INLINE + 1, 0, INLINE + 2, 2, INLINE, 1, 3] {
+            held[i] = None;
+            for (j, semaphore) in semaphores.iter().enumerate() {
+                assert_eq!(
+                    semaphore.held_here(),
+                    held[j].is_some(),
+                    "after leaving {i}: {j}"
+                );
+            }
+        }
+        assert_eq!(HELD.with(|held| held.len.get()), 0);
+        assert!(SPILLED.with(|spilled| spilled.borrow().is_empty()));
+    }
 
     #[test]
     fn waiters_are_served_in_arrival_order() {
