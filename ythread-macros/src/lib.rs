@@ -106,6 +106,13 @@ pub fn offload(input: TokenStream) -> TokenStream {
     offload::expand(offload::Point::Offload, input.into()).into()
 }
 
+/// Offloads work and returns its failure as a value. See
+/// `ythread::try_offload`.
+#[proc_macro]
+pub fn try_offload(input: TokenStream) -> TokenStream {
+    offload::expand(offload::Point::TryOffload, input.into()).into()
+}
+
 /// Runs a nested handler inside the current one. See `ythread::yield_from`.
 #[proc_macro]
 pub fn yield_from(input: TokenStream) -> TokenStream {

@@ -17,6 +17,7 @@ use syn::{Expr, Token};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Point {
     Offload,
+    TryOffload,
     YieldFrom,
 }
 
@@ -24,6 +25,8 @@ impl Point {
     pub(crate) fn from_name(name: &Ident) -> Option<Point> {
         if name == "offload" {
             Some(Point::Offload)
+        } else if name == "try_offload" {
+            Some(Point::TryOffload)
         } else if name == "yield_from" {
             Some(Point::YieldFrom)
         } else {
@@ -34,6 +37,7 @@ impl Point {
     fn name(self) -> &'static str {
         match self {
             Point::Offload => "offload",
+            Point::TryOffload => "try_offload",
             Point::YieldFrom => "yield_from",
         }
     }
@@ -166,13 +170,20 @@ pub(crate) fn expand(point: Point, tokens: TokenStream) -> TokenStream {
         return outside_handler(point);
     };
     match point {
-        Point::Offload => expand_offload(tokens, &cx),
+        Point::Offload => expand_offload(tokens, &cx, false),
+        Point::TryOffload => expand_offload(tokens, &cx, true),
         Point::YieldFrom => expand_yield_from(tokens, &cx),
     }
     .unwrap_or_else(|err| err.to_compile_error())
 }
 
-fn expand_offload(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream> {
+/// Expands `offload!`, or `try_offload!` when `fallible`.
+fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Result<TokenStream> {
+    let (closure_fn, call_fn) = if fallible {
+        (quote!(try_offload), quote!(try_offload_call))
+    } else {
+        (quote!(offload), quote!(offload_call))
+    };
     // The call to the runtime takes the span of the whole `offload!(...)`,
     // so that an error about the value (`expected String, found u64`) points
     // at the macro call and suggests fixes after it, not inside it.
@@ -181,7 +192,7 @@ fn expand_offload(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream> {
         // The closure keeps its own spans: a capture that is not `Send`
         // points at it.
         OffloadInput::Closure(closure) => quote_spanned! {call_site=>
-            ::ythread::__private::offload(#cx, #closure)
+            ::ythread::__private::#closure_fn(#cx, #closure)
         },
         OffloadInput::Call { func, args } => {
             // The arguments are evaluated here, in the handler, in order, so
@@ -207,7 +218,7 @@ fn expand_offload(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream> {
                 |(#(#names,)*)| #func(#(#names),*)
             };
             quote_spanned! {call_site=>
-                ::ythread::__private::offload_call(#cx, #tuple, #work)
+                ::ythread::__private::#call_fn(#cx, #tuple, #work)
             }
         }
     })

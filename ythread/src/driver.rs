@@ -2,15 +2,38 @@
 //! hands each yielded job to the strategy and resumes the handler with the
 //! result.
 
+use std::any::{self, Any};
 use std::fmt;
-use std::mem::ManuallyDrop;
+use std::io::{self, Write};
+use std::mem::{self, ManuallyDrop};
+use std::panic::{self, AssertUnwindSafe};
 
-use corosensei::{Coroutine, CoroutineResult};
+use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::apply::Apply;
+use crate::error::HandlerDropped;
 use crate::handler::{Context, Yieldable};
 use crate::job::{ErasedJob, Job};
 use crate::stack::{self, Stack};
+
+/// What the driver resumes a suspended handler with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resume {
+    /// The job has been dealt with: go on.
+    Run,
+    /// The handler is being dropped: unwind from the `offload!` point with
+    /// [`HandlerDropped`].
+    Drop,
+}
+
+/// How a handler's body ended: its value, or the payload it panicked with
+/// (caught on the coroutine, so that the driver decides what to do with it).
+type Outcome<T> = Result<T, Box<dyn Any + Send + 'static>>;
+
+/// How many times a handler being dropped may catch [`HandlerDropped`] and
+/// offload again before the process is aborted. A few, so that a handler
+/// that retries a bounded number of times still ends normally.
+const REOFFLOADS_WHILE_DROPPED: usize = 16;
 
 /// Coroutine stack size used unless
 /// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)
@@ -31,8 +54,23 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 /// # Dropping a generator
 ///
 /// Dropping a generator whose handler is suspended unwinds the handler's
-/// stack: the destructors of its locals run, as if it had panicked at the
-/// `offload!` point, and its coroutine stack is returned for reuse.
+/// stack: the `offload!` point where it waits unwinds with
+/// [`HandlerDropped`](crate::HandlerDropped) (silently: the panic hook is not
+/// called), the destructors of its locals run as if it had panicked there,
+/// and its coroutine stack is returned for reuse. Dropping never panics and
+/// never hangs:
+///
+/// - a handler that catches that unwind and ends anyway (returns, or panics
+///   with a payload of its own) has ended: its value or payload is dropped;
+/// - every `offload!` or `try_offload!` it reaches while being dropped
+///   unwinds again at once, without running work;
+/// - a handler that catches the unwind and offloads again, over and over,
+///   would never end: after 16 such attempts the process is aborted with a
+///   message naming the handler.
+///
+/// So a handler that recovers from failed work should use `try_offload!`,
+/// which cannot swallow the drop, or re-raise a caught payload that
+/// `is::<HandlerDropped>()`.
 ///
 /// # `Send`
 ///
@@ -92,10 +130,14 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 /// std::thread::spawn(move || generator.resume()); // error: `Generator` is not `Send`
 /// ```
 pub struct Generator<T> {
-    /// Taken only by `drop`, to recycle its stack.
-    coroutine: ManuallyDrop<Coroutine<(), ErasedJob, T, Stack>>,
+    /// Taken only by `drop`, to recycle its stack. The body catches its own
+    /// panics, so the coroutine always returns: the driver decides what to
+    /// do with a panic, and a panic never ends a dropped handler abruptly.
+    coroutine: ManuallyDrop<Coroutine<Resume, ErasedJob, Outcome<T>, Stack>>,
     /// The stack size asked for, under which the stack is recycled.
     stack_size: usize,
+    /// The handler's type, to name it in messages.
+    handler: &'static str,
 }
 
 /// What [`Generator::resume`] returns.
@@ -132,8 +174,12 @@ impl<T> Generator<T> {
         H: Yieldable<Output = T>,
     {
         let stack = stack::acquire(stack_size);
-        let body = move |yielder: &corosensei::Yielder<(), ErasedJob>, ()| {
-            handler.__run_in(&Context::new(yielder))
+        let body = move |yielder: &Yielder<Resume, ErasedJob>, _first: Resume| {
+            // The first resume is always `Run`: a handler dropped before it
+            // started is dropped without running (see `Drop`).
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.__run_in(&Context::new(yielder))
+            }))
         };
         // SAFETY: forwarded to our caller, who guarantees the borrows outlive
         // the coroutine, which `Drop` always unwinds or finds finished.
@@ -141,6 +187,7 @@ impl<T> Generator<T> {
         Generator {
             coroutine: ManuallyDrop::new(coroutine),
             stack_size,
+            handler: any::type_name::<H>(),
         }
     }
 
@@ -153,12 +200,14 @@ impl<T> Generator<T> {
     /// [`GeneratorState::Complete`] or after such a panic.
     #[inline]
     pub fn resume(&mut self) -> GeneratorState<'_, T> {
-        match self.coroutine.resume(()) {
+        match self.coroutine.resume(Resume::Run) {
             // SAFETY: the handler is now suspended inside `offload`, whose
             // work slot stays alive until the coroutine is resumed or dropped.
             // Both need `&mut self`, which the returned `Job<'_>` borrows.
             CoroutineResult::Yield(job) => GeneratorState::Yielded(unsafe { job.as_job() }),
-            CoroutineResult::Return(value) => GeneratorState::Complete(value),
+            CoroutineResult::Return(Ok(value)) => GeneratorState::Complete(value),
+            // The panic hook already ran where the panic started.
+            CoroutineResult::Return(Err(payload)) => panic::resume_unwind(payload),
         }
     }
 
@@ -166,11 +215,63 @@ impl<T> Generator<T> {
     pub fn is_complete(&self) -> bool {
         self.coroutine.done()
     }
+
+    /// Unwinds a suspended handler: resumes it with [`Resume::Drop`], which
+    /// makes its `offload!` point unwind with [`HandlerDropped`], until it has
+    /// ended.
+    ///
+    /// A handler may catch that unwind. If it then ends, by returning or by
+    /// panicking with a payload of its own, it has ended: its value or its
+    /// payload is dropped here (a destructor must not panic; the panic hook
+    /// has already reported a new panic). If it offloads again, that
+    /// `offload!` unwinds again at once; if it keeps doing so, it would never
+    /// end, and the process is aborted with a message.
+    #[cold]
+    fn unwind_suspended(&mut self) {
+        for _ in 0..=REOFFLOADS_WHILE_DROPPED {
+            match self.coroutine.resume(Resume::Drop) {
+                // Caught the unwind and offloaded again: its job is not run.
+                CoroutineResult::Yield(_) => continue,
+                CoroutineResult::Return(Ok(value)) => {
+                    drop(value);
+                    return;
+                }
+                CoroutineResult::Return(Err(payload)) => {
+                    discard(payload);
+                    return;
+                }
+            }
+        }
+        let _ = writeln!(
+            io::stderr(),
+            "ythread: the handler `{}` was dropped while suspended, but it caught the unwind \
+             that drops it and offloaded again {REOFFLOADS_WHILE_DROPPED} times; it would never \
+             finish dropping, so the process is aborted. Recover from failed work with \
+             `try_offload!`, or let a caught payload that `is::<ythread::HandlerDropped>()` \
+             go on with `std::panic::resume_unwind`.",
+            self.handler,
+        );
+        std::process::abort();
+    }
+}
+
+/// Drops the payload a dropped handler ended with. The payload's own
+/// destructor may panic; that panic is dropped too (once), never propagated.
+fn discard(payload: Box<dyn Any + Send + 'static>) {
+    if payload.is::<HandlerDropped>() {
+        return;
+    }
+    if let Err(nested) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        mem::forget(nested);
+    }
 }
 
 impl<T> Drop for Generator<T> {
     fn drop(&mut self) {
-        // Unwinds a suspended handler so its locals' destructors run.
+        if self.coroutine.started() && !self.coroutine.done() {
+            self.unwind_suspended();
+        }
+        // Drops the handler if it never started; nothing else is left to do.
         self.coroutine.force_unwind();
         // SAFETY: `coroutine` is not used again after being taken here.
         let coroutine = unsafe { ManuallyDrop::take(&mut self.coroutine) };

@@ -7,7 +7,8 @@ use std::panic::{RefUnwindSafe, UnwindSafe};
 use corosensei::Yielder;
 
 use crate::apply::{Apply, Inline};
-use crate::driver::{self, Generator};
+use crate::driver::{self, Generator, Resume};
+use crate::error::{HandlerDropped, OffloadError};
 use crate::job::{ErasedJob, WorkSlot};
 
 /// A handler that has been called but not run yet.
@@ -165,7 +166,7 @@ where
 /// ```
 #[doc(hidden)]
 pub struct Context<'y> {
-    yielder: &'y Yielder<(), ErasedJob>,
+    yielder: &'y Yielder<Resume, ErasedJob>,
 }
 
 // A handler may catch a panic at its own `offload!` point; its context stays
@@ -180,9 +181,26 @@ impl fmt::Debug for Context<'_> {
 }
 
 impl<'y> Context<'y> {
-    pub(crate) fn new(yielder: &'y Yielder<(), ErasedJob>) -> Self {
+    pub(crate) fn new(yielder: &'y Yielder<Resume, ErasedJob>) -> Self {
         Context { yielder }
     }
+
+    /// Suspends the handler with `job` until the driver resumes it; unwinds
+    /// from here if the driver is dropping the handler instead.
+    #[inline]
+    fn suspend(&self, job: ErasedJob) {
+        if let Resume::Drop = self.yielder.suspend(job) {
+            unwind_dropped_handler();
+        }
+    }
+}
+
+/// Starts the unwind that drops a suspended handler. `resume_unwind` does
+/// not call the panic hook: dropping a handler is not a failure to report.
+#[cold]
+#[inline(never)]
+fn unwind_dropped_handler() -> ! {
+    std::panic::resume_unwind(Box::new(HandlerDropped))
 }
 
 /// The body of every `offload!` point: suspend the handler with `work` as a
@@ -200,10 +218,26 @@ where
     // erased job back into a `Job` while the coroutine is suspended here, and
     // the `Job`'s lifetime is tied to a borrow that must end before the
     // coroutine is resumed or dropped (see `driver.rs`). When `suspend`
-    // returns, the job is gone and `slot` is ours again.
+    // returns or unwinds, the job is gone and `slot` is ours again.
     let job = unsafe { ErasedJob::erase(&mut slot) };
-    cx.yielder.suspend(job);
+    cx.suspend(job);
     slot.into_result()
+}
+
+/// The body of every `try_offload!` point: as [`offload`], with the work's
+/// failure returned instead of resumed.
+#[doc(hidden)]
+#[inline]
+pub fn try_offload<F, R>(cx: &Context<'_>, work: F) -> Result<R, OffloadError>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let mut slot = WorkSlot::Pending(work);
+    // SAFETY: as in `offload`.
+    let job = unsafe { ErasedJob::erase(&mut slot) };
+    cx.suspend(job);
+    slot.into_outcome()
 }
 
 /// The body of every `offload!(f, args...)` point: `args` were evaluated in
@@ -217,6 +251,18 @@ where
     R: Send,
 {
     offload(cx, move || call(args))
+}
+
+/// The body of every `try_offload!(f, args...)` point.
+#[doc(hidden)]
+#[inline]
+pub fn try_offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C) -> Result<R, OffloadError>
+where
+    A: Send,
+    C: FnOnce(A) -> R + Send,
+    R: Send,
+{
+    try_offload(cx, move || call(args))
 }
 
 /// The body of every `yield_from!` point: run a nested handler on the current

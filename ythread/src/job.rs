@@ -7,6 +7,8 @@ use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
+use crate::error::OffloadError;
+
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
 ///
 /// A `Job` is what an `offload!(f, a, b)` point yields: the call `f(a, b)`,
@@ -116,16 +118,24 @@ impl<F: FnOnce() -> R, R> RunOnce for WorkSlot<F, R> {
 
 impl<F, R> WorkSlot<F, R> {
     /// Returns the work's value, resumes its panic, or panics if the strategy
-    /// never ran it.
+    /// never ran it: what `offload!` evaluates to.
     #[inline]
     pub(crate) fn into_result(self) -> R {
         match self {
             WorkSlot::Done(Ok(value)) => value,
             WorkSlot::Done(Err(payload)) => panic::resume_unwind(payload),
-            WorkSlot::Pending(_) | WorkSlot::Running => panic!(
-                "ythread: the apply strategy returned without running the offloaded work \
-                 (an `Apply` implementation must call `Job::run` before `apply` returns)"
-            ),
+            WorkSlot::Pending(_) | WorkSlot::Running => OffloadError::not_run().resume_unwind(),
+        }
+    }
+
+    /// Returns the work's value, or why there is none: what `try_offload!`
+    /// evaluates to.
+    #[inline]
+    pub(crate) fn into_outcome(self) -> Result<R, OffloadError> {
+        match self {
+            WorkSlot::Done(Ok(value)) => Ok(value),
+            WorkSlot::Done(Err(payload)) => Err(OffloadError::panicked(payload)),
+            WorkSlot::Pending(_) | WorkSlot::Running => Err(OffloadError::not_run()),
         }
     }
 }

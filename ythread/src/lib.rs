@@ -65,6 +65,7 @@
 
 mod apply;
 mod driver;
+mod error;
 mod handler;
 mod job;
 mod stack;
@@ -72,6 +73,7 @@ mod thread;
 
 pub use apply::{Apply, Bounded, Exclusive, Inline, Pool};
 pub use driver::{DEFAULT_STACK_SIZE, Generator, GeneratorState};
+pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
 pub use handler::Yieldable;
 pub use job::Job;
 pub use thread::{YieldableThread, spawn};
@@ -107,6 +109,34 @@ pub use ythread_macros::yieldable;
 /// ```
 pub use ythread_macros::offload;
 
+/// Like [`offload!`], but evaluates to a `Result`: `Ok` with the work's value,
+/// or `Err(`[`OffloadError`]`)` when the work panicked (the error holds its
+/// payload) or did not run.
+///
+/// This is how a handler recovers from failed work. Unlike a `catch_unwind`
+/// around `offload!`, it cannot swallow the unwind that drops a suspended
+/// handler: if the handler is dropped while waiting here, `try_offload!`
+/// unwinds with [`HandlerDropped`] like `offload!` does.
+///
+/// ```
+/// use ythread::{Pool, Yieldable, try_offload, yieldable};
+///
+/// fn checked_div(a: u64, b: u64) -> u64 { a / b }
+///
+/// #[yieldable]
+/// fn ratio(a: u64, b: u64) -> Result<u64, String> {
+///     try_offload!(checked_div, a, b).map_err(|error| error.to_string())
+/// }
+///
+/// assert_eq!(ratio(6, 3).run_with(&Pool::new(1)), Ok(2));
+/// # std::panic::set_hook(Box::new(|_| {})); // keep the doctest's output quiet
+/// let error = ratio(1, 0).run_with(&Pool::new(1)).unwrap_err();
+/// assert!(error.contains("divide by zero"), "{error}");
+/// ```
+///
+/// Only valid inside a [`#[yieldable]`](yieldable) function.
+pub use ythread_macros::try_offload;
+
 /// Runs a nested `#[yieldable]` handler inside the current one, the way
 /// Python's `yield from` runs a sub-generator: its `offload!` points suspend
 /// the current handler and go to the same strategy.
@@ -135,5 +165,8 @@ pub use ythread_macros::yield_from;
 /// Used by the code `#[yieldable]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{Context, HandlerFn, handler, offload, offload_call, yield_from};
+    pub use crate::handler::{
+        Context, HandlerFn, handler, offload, offload_call, try_offload, try_offload_call,
+        yield_from,
+    };
 }
