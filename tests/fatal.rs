@@ -5,7 +5,7 @@
 use std::panic;
 use std::process::{Command, Output};
 
-use ythread::{GeneratorState, Yieldable, offload, yieldable};
+use ythread::{GeneratorState, Pool, Yieldable, YieldableThread, offload, yieldable};
 
 /// In the parent, runs the test named `name` again in a child process and
 /// returns its output; in that child, runs `case`, which must end the
@@ -64,3 +64,119 @@ fn a_handler_that_keeps_catching_the_drop_and_offloading_is_aborted_with_a_messa
     );
     assert!(stderr.contains("try_offload!"), "says what to do: {stderr}");
 }
+
+/// Recurses through frames of about 512 bytes, forever unless the stack ends.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([1u8; 512]);
+    std::hint::black_box(recurse(depth + 1) + u64::from(frame[3]) + depth)
+}
+
+#[yieldable]
+fn recurses_forever() -> u64 {
+    let start = offload!(|| 0);
+    recurse(start)
+}
+
+fn assert_overflow_reported(output: &Output, bytes: usize) {
+    let (stderr, signal) = died(output);
+    assert_eq!(signal, Some(SIGABRT), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the handler `fatal::recurses_forever` has overflowed its coroutine stack of \
+             {bytes} bytes"
+        )),
+        "says what overflowed: {stderr}"
+    );
+    assert!(
+        stderr.contains("Yieldable::with_stack_size")
+            && stderr.contains("YieldableThread::coroutine_stack_size"),
+        "names the settings: {stderr}"
+    );
+}
+
+#[test]
+fn overflowing_a_handler_s_stack_run_here_is_reported() {
+    let output = in_child("overflowing_a_handler_s_stack_run_here_is_reported", || {
+        recurses_forever().run();
+    });
+    assert_overflow_reported(&output, 2 * 1024 * 1024);
+}
+
+#[test]
+fn overflowing_a_chosen_stack_size_on_a_yieldable_thread_is_reported() {
+    let output = in_child(
+        "overflowing_a_chosen_stack_size_on_a_yieldable_thread_is_reported",
+        || {
+            let thread = YieldableThread::new()
+                .apply(Pool::new(1))
+                .spawn(recurses_forever().with_stack_size(64 * 1024))
+                .unwrap();
+            let _ = thread.join();
+        },
+    );
+    assert_overflow_reported(&output, 64 * 1024);
+}
+
+#[test]
+fn overflowing_a_started_generator_is_reported() {
+    let output = in_child("overflowing_a_started_generator_is_reported", || {
+        let mut generator = recurses_forever().with_stack_size(128 * 1024).start();
+        loop {
+            match generator.resume() {
+                GeneratorState::Yielded(job) => job.run(),
+                GeneratorState::Complete(_) => return,
+            }
+        }
+    });
+    assert_overflow_reported(&output, 128 * 1024);
+}
+
+#[test]
+fn a_std_thread_s_overflow_is_still_reported_by_std() {
+    let output = in_child("a_std_thread_s_overflow_is_still_reported_by_std", || {
+        // A coroutine has run on this process (the handler is installed).
+        assert_eq!(recurses_forever_not().run(), 1);
+        let _ = std::thread::Builder::new()
+            .name("plain".into())
+            .spawn(|| recurse(0))
+            .unwrap()
+            .join();
+    });
+    let (stderr, signal) = died(&output);
+    assert_eq!(signal, Some(SIGABRT), "{stderr}");
+    assert!(
+        stderr.contains("thread 'plain'") && stderr.contains("has overflowed its stack"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ythread"), "{stderr}");
+}
+
+#[yieldable]
+fn recurses_forever_not() -> u64 {
+    offload!(|| 1)
+}
+
+#[test]
+fn other_faults_in_a_handler_keep_their_default_action() {
+    let output = in_child(
+        "other_faults_in_a_handler_keep_their_default_action",
+        || {
+            #[yieldable]
+            fn writes_to_null() -> u64 {
+                offload!(|| 0);
+                let null = std::hint::black_box(std::ptr::null_mut::<u64>());
+                // SAFETY: not safe at all: the point is the fault it causes.
+                unsafe { null.write_volatile(1) };
+                1
+            }
+            writes_to_null().run();
+        },
+    );
+    let (stderr, signal) = died(&output);
+    assert_eq!(signal, Some(SIGSEGV), "{stderr}");
+    assert!(!stderr.contains("overflow"), "{stderr}");
+}
+
+const SIGSEGV: i32 = 11;

@@ -35,12 +35,33 @@ type Outcome<T> = Result<T, Box<dyn Any + Send + 'static>>;
 /// that retries a bounded number of times still ends normally.
 const REOFFLOADS_WHILE_DROPPED: usize = 16;
 
-/// Coroutine stack size used unless
-/// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)
-/// says otherwise: 256 KiB. Only the pages a handler touches are ever
-/// committed; offloaded work runs on the driving thread's own stack (or a
-/// worker's), not on this one.
-pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+/// The size of a handler's coroutine stack unless it asks for another
+/// ([`Yieldable::with_stack_size`],
+/// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)):
+/// 2 MiB, std's default for a thread, so a handler fits what the plain
+/// function fits on a thread. As with std, the `RUST_MIN_STACK` environment
+/// variable (in bytes, read once) replaces it.
+///
+/// The size costs address space, not memory: only the pages a handler
+/// touches are committed (BENCHMARKS.md, "Coroutine stacks", measures both).
+/// Offloaded work runs on the driving thread's own stack (or a worker's),
+/// not on this one.
+///
+/// Overflowing a coroutine stack aborts the process with a message naming
+/// the handler and the settings to raise, as std does for a thread (on
+/// Linux; elsewhere the guard page still stops it, without the message).
+pub const DEFAULT_STACK_SIZE: usize = 2 * 1024 * 1024;
+
+/// [`DEFAULT_STACK_SIZE`], or `RUST_MIN_STACK` when it is set to a number.
+pub(crate) fn default_stack_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var("RUST_MIN_STACK")
+            .ok()
+            .and_then(|bytes| bytes.trim().parse().ok())
+            .unwrap_or(DEFAULT_STACK_SIZE)
+    })
+}
 
 /// A started handler, stepped by hand: the Rust face of the seed's generator.
 ///
@@ -138,6 +159,9 @@ pub struct Generator<T> {
     stack_size: usize,
     /// The handler's type, to name it in messages.
     handler: &'static str,
+    /// The stack's guard page, watched for overflows while the handler runs.
+    #[cfg(target_os = "linux")]
+    guard: crate::overflow::Guard,
 }
 
 /// What [`Generator::resume`] returns.
@@ -174,6 +198,12 @@ impl<T> Generator<T> {
         H: Yieldable<Output = T>,
     {
         let stack = stack::acquire(stack_size);
+        #[cfg(target_os = "linux")]
+        let guard = {
+            crate::overflow::install();
+            use corosensei::stack::Stack as _;
+            crate::overflow::Guard::below(stack.limit().get(), stack_size, handler_name::<H>())
+        };
         let body = move |yielder: &Yielder<Resume, ErasedJob>, _first: Resume| {
             // The first resume is always `Run`: a handler dropped before it
             // started is dropped without running (see `Drop`).
@@ -187,7 +217,9 @@ impl<T> Generator<T> {
         Generator {
             coroutine: ManuallyDrop::new(coroutine),
             stack_size,
-            handler: any::type_name::<H>(),
+            handler: handler_name::<H>(),
+            #[cfg(target_os = "linux")]
+            guard,
         }
     }
 
@@ -200,7 +232,7 @@ impl<T> Generator<T> {
     /// [`GeneratorState::Complete`] or after such a panic.
     #[inline]
     pub fn resume(&mut self) -> GeneratorState<'_, T> {
-        match self.coroutine.resume(Resume::Run) {
+        match self.resume_with(Resume::Run) {
             // SAFETY: the handler is now suspended inside `offload`, whose
             // work slot stays alive until the coroutine is resumed or dropped.
             // Both need `&mut self`, which the returned `Job<'_>` borrows.
@@ -209,6 +241,14 @@ impl<T> Generator<T> {
             // The panic hook already ran where the panic started.
             CoroutineResult::Return(Err(payload)) => panic::resume_unwind(payload),
         }
+    }
+
+    /// Resumes the coroutine, watching its guard page meanwhile.
+    #[inline]
+    fn resume_with(&mut self, input: Resume) -> CoroutineResult<ErasedJob, Outcome<T>> {
+        #[cfg(target_os = "linux")]
+        let _running = crate::overflow::Running::enter(&self.guard);
+        self.coroutine.resume(input)
     }
 
     /// Whether the handler has returned (or panicked).
@@ -229,7 +269,7 @@ impl<T> Generator<T> {
     #[cold]
     fn unwind_suspended(&mut self) {
         for _ in 0..=REOFFLOADS_WHILE_DROPPED {
-            match self.coroutine.resume(Resume::Drop) {
+            match self.resume_with(Resume::Drop) {
                 // Caught the unwind and offloaded again: its job is not run.
                 CoroutineResult::Yield(_) => continue,
                 CoroutineResult::Return(Ok(value)) => {
@@ -253,6 +293,20 @@ impl<T> Generator<T> {
         );
         std::process::abort();
     }
+}
+
+/// The name of a handler's type for messages: the path of the
+/// `#[yieldable]` function (`my_server::handle`) for the handlers it makes,
+/// the whole type name for any other.
+fn handler_name<H>() -> &'static str {
+    let name = any::type_name::<H>();
+    let Some(start) = name.find("HandlerFn<").map(|at| at + "HandlerFn<".len()) else {
+        return name;
+    };
+    let function = &name[start..];
+    function
+        .find("::{{closure}}")
+        .map_or(function, |end| &function[..end])
 }
 
 /// Drops the payload a dropped handler ended with. The payload's own

@@ -58,11 +58,20 @@ pub trait Yieldable: Sized {
     #[doc(hidden)]
     fn __run_in(self, cx: &Context<'_>) -> Self::Output;
 
+    /// The coroutine stack size this handler asked for with
+    /// [`with_stack_size`](Yieldable::with_stack_size), if it did.
+    #[doc(hidden)]
+    fn __stack_size(&self) -> Option<usize> {
+        None
+    }
+
     /// Runs the handler to completion on the current thread: on a coroutine
-    /// of `stack_size` bytes, handing its work to `apply`. A plain closure
-    /// has no `offload!` points and runs directly on the thread's own stack.
+    /// of the size it asked for, else of `stack_size` bytes, handing its work
+    /// to `apply`. A plain closure has no `offload!` points and runs directly
+    /// on the thread's own stack.
     #[doc(hidden)]
     fn __drive<A: Apply + ?Sized>(self, apply: &A, stack_size: usize) -> Self::Output {
+        let stack_size = self.__stack_size().unwrap_or(stack_size);
         driver::drive(self, apply, stack_size)
     }
 
@@ -81,7 +90,7 @@ pub trait Yieldable: Sized {
     /// caller; so does a panic of the strategy itself, after the suspended
     /// handler has been unwound (its locals dropped).
     fn run_with<A: Apply + ?Sized>(self, apply: &A) -> Self::Output {
-        self.__drive(apply, driver::DEFAULT_STACK_SIZE)
+        self.__drive(apply, driver::default_stack_size())
     }
 
     /// Starts the handler as a [`Generator`] that the caller steps by hand,
@@ -95,7 +104,77 @@ pub trait Yieldable: Sized {
         Self: 'static,
         Self::Output: 'static,
     {
-        Generator::new(self, driver::DEFAULT_STACK_SIZE)
+        let stack_size = self
+            .__stack_size()
+            .unwrap_or_else(driver::default_stack_size);
+        Generator::new(self, stack_size)
+    }
+
+    /// Runs this handler on a coroutine stack of `bytes` bytes (rounded up to
+    /// whole pages, at least one, plus a guard page) instead of the default
+    /// [`DEFAULT_STACK_SIZE`](crate::DEFAULT_STACK_SIZE), however it is run:
+    /// [`run`](Yieldable::run), [`run_with`](Yieldable::run_with),
+    /// [`start`](Yieldable::start) or a
+    /// [`YieldableThread`](crate::YieldableThread) (where it takes precedence
+    /// over the thread's
+    /// [`coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)).
+    ///
+    /// A handler run by `yield_from!` runs on the stack of the handler around
+    /// it, so its own size does not apply there. Closures given this size run
+    /// on a coroutine of that size too, rather than on the thread's stack.
+    ///
+    /// ```
+    /// use ythread::{Yieldable, offload, yieldable};
+    ///
+    /// #[yieldable]
+    /// fn deep(n: u32) -> u32 {
+    ///     fn depth(n: u32) -> u32 {
+    ///         let frame = std::hint::black_box([0u8; 1024]);
+    ///         if n == 0 { u32::from(frame[0]) } else { 1 + depth(n - 1) }
+    ///     }
+    ///     offload!(|| ()); // CPU work elsewhere; the recursion is the handler's own
+    ///     depth(n)
+    /// }
+    ///
+    /// // About 8 MiB of frames: more than the default 2 MiB.
+    /// assert_eq!(deep(8_000).with_stack_size(16 << 20).run(), 8_000);
+    /// ```
+    fn with_stack_size(self, bytes: usize) -> WithStackSize<Self> {
+        WithStackSize {
+            handler: self,
+            stack_size: bytes,
+        }
+    }
+}
+
+/// A handler that runs on a coroutine stack of a chosen size: see
+/// [`Yieldable::with_stack_size`].
+#[must_use = "a yieldable handler does nothing until it is run: call `.run()` or \
+              `.run_with(&strategy)`, or spawn it with `YieldableThread`"]
+pub struct WithStackSize<H> {
+    handler: H,
+    stack_size: usize,
+}
+
+impl<H> fmt::Debug for WithStackSize<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithStackSize")
+            .field("stack_size", &self.stack_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Yieldable> Yieldable for WithStackSize<H> {
+    type Output = H::Output;
+
+    #[inline]
+    fn __run_in(self, cx: &Context<'_>) -> H::Output {
+        self.handler.__run_in(cx)
+    }
+
+    #[inline]
+    fn __stack_size(&self) -> Option<usize> {
+        Some(self.stack_size)
     }
 }
 

@@ -68,13 +68,15 @@ mod driver;
 mod error;
 mod handler;
 mod job;
+#[cfg(target_os = "linux")]
+mod overflow;
 mod stack;
 mod thread;
 
 pub use apply::{Apply, Bounded, Exclusive, Inline, Pool};
 pub use driver::{DEFAULT_STACK_SIZE, Generator, GeneratorState};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
-pub use handler::Yieldable;
+pub use handler::{WithStackSize, Yieldable};
 pub use job::Job;
 pub use thread::{YieldableThread, spawn};
 

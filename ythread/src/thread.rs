@@ -5,7 +5,7 @@ use std::io;
 use std::thread::{self, JoinHandle};
 
 use crate::apply::{Apply, Inline};
-use crate::driver::DEFAULT_STACK_SIZE;
+use crate::driver::default_stack_size;
 use crate::handler::Yieldable;
 
 /// Builds and spawns an OS thread that runs a handler, handing each piece of
@@ -42,7 +42,8 @@ use crate::handler::Yieldable;
 #[derive(Debug)]
 pub struct YieldableThread<A = Inline> {
     thread: thread::Builder,
-    coroutine_stack_size: usize,
+    /// `None`: [`default_stack_size`], read on the new thread.
+    coroutine_stack_size: Option<usize>,
     apply: A,
 }
 
@@ -52,7 +53,7 @@ impl YieldableThread<Inline> {
     pub fn new() -> Self {
         YieldableThread {
             thread: thread::Builder::new(),
-            coroutine_stack_size: DEFAULT_STACK_SIZE,
+            coroutine_stack_size: None,
             apply: Inline,
         }
     }
@@ -83,9 +84,12 @@ where
     }
 
     /// Sets the size of the coroutine stack the handler itself runs on
-    /// (rounded up to whole pages, plus a guard page).
+    /// (rounded up to whole pages, plus a guard page), unless the handler
+    /// asked for its own with
+    /// [`Yieldable::with_stack_size`](crate::Yieldable::with_stack_size).
+    /// The default is [`DEFAULT_STACK_SIZE`](crate::DEFAULT_STACK_SIZE).
     pub fn coroutine_stack_size(mut self, bytes: usize) -> Self {
-        self.coroutine_stack_size = bytes;
+        self.coroutine_stack_size = Some(bytes);
         self
     }
 
@@ -121,7 +125,10 @@ where
             coroutine_stack_size,
             apply,
         } = self;
-        thread.spawn(move || handler.__drive(&apply, coroutine_stack_size))
+        thread.spawn(move || {
+            let stack_size = coroutine_stack_size.unwrap_or_else(default_stack_size);
+            handler.__drive(&apply, stack_size)
+        })
     }
 }
 
