@@ -194,7 +194,10 @@ fn a_strategy_that_drops_the_job_makes_the_handler_panic_at_the_offload_point() 
         holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).run_with(&dropping)
     }));
     let payload = result.expect_err("unrun work is an error");
-    let message = payload.downcast_ref::<&str>().copied().unwrap_or_default();
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
     assert!(
         message.contains("without running the offloaded work"),
         "{message}"
