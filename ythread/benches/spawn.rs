@@ -34,11 +34,25 @@ fn spawn_join(c: &mut Criterion) {
                 .unwrap()
         });
     });
+    // The default stack (2 MiB, std's) against the earlier default, 256 KiB.
+    group.bench_function("yieldable_thread_256k_stack", |b| {
+        b.iter(|| {
+            YieldableThread::new()
+                .coroutine_stack_size(256 << 10)
+                .spawn(one_offload(black_box(1)))
+                .unwrap()
+                .join()
+                .unwrap()
+        });
+    });
     group.finish();
 
     let mut group = c.benchmark_group("handler_on_current_thread");
     group.bench_function("trivial_handler_warm_stack", |b| {
         b.iter(|| trivial(black_box(1)).run());
+    });
+    group.bench_function("trivial_handler_warm_256k_stack", |b| {
+        b.iter(|| trivial(black_box(1)).with_stack_size(256 << 10).run());
     });
     group.bench_function("corosensei_fresh_stack", |b| {
         b.iter(|| {

@@ -14,17 +14,7 @@ use crate::apply::Apply;
 use crate::error::HandlerDropped;
 use crate::handler::{Context, Yieldable};
 use crate::job::{ErasedJob, Job};
-use crate::stack::{self, Stack};
-
-/// What the driver resumes a suspended handler with.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Resume {
-    /// The job has been dealt with: go on.
-    Run,
-    /// The handler is being dropped: unwind from the `offload!` point with
-    /// [`HandlerDropped`].
-    Drop,
-}
+use crate::stack::{self, Label, Stack};
 
 /// How a handler's body ended: its value, or the payload it panicked with
 /// (caught on the coroutine, so that the driver decides what to do with it).
@@ -154,14 +144,18 @@ pub struct Generator<T> {
     /// Taken only by `drop`, to recycle its stack. The body catches its own
     /// panics, so the coroutine always returns: the driver decides what to
     /// do with a panic, and a panic never ends a dropped handler abruptly.
-    coroutine: ManuallyDrop<Coroutine<Resume, ErasedJob, Outcome<T>, Stack>>,
+    coroutine: ManuallyDrop<Coroutine<(), ErasedJob, Outcome<T>, Stack>>,
+    /// The job the handler is suspended on, if it is suspended: marked by
+    /// `drop` to make the handler unwind.
+    suspended_on: Option<ErasedJob>,
     /// The stack size asked for, under which the stack is recycled.
     stack_size: usize,
-    /// The handler's type, to name it in messages.
-    handler: &'static str,
-    /// The stack's guard page, watched for overflows while the handler runs.
-    #[cfg(target_os = "linux")]
-    guard: crate::overflow::Guard,
+    /// Names the handler in messages (computed only then: it searches the
+    /// type name).
+    handler: fn() -> &'static str,
+    /// Travels with the stack; names this handler if it overflows it. Taken
+    /// only by `drop`, with the stack.
+    label: ManuallyDrop<Label>,
 }
 
 /// What [`Generator::resume`] returns.
@@ -197,16 +191,11 @@ impl<T> Generator<T> {
     where
         H: Yieldable<Output = T>,
     {
-        let stack = stack::acquire(stack_size);
         #[cfg(target_os = "linux")]
-        let guard = {
-            crate::overflow::install();
-            use corosensei::stack::Stack as _;
-            crate::overflow::Guard::below(stack.limit().get(), stack_size, handler_name::<H>())
-        };
-        let body = move |yielder: &Yielder<Resume, ErasedJob>, _first: Resume| {
-            // The first resume is always `Run`: a handler dropped before it
-            // started is dropped without running (see `Drop`).
+        crate::overflow::install();
+        let (stack, label) = stack::acquire(stack_size);
+        label.name(handler_name::<H>);
+        let body = move |yielder: &Yielder<(), ErasedJob>, ()| {
             panic::catch_unwind(AssertUnwindSafe(|| {
                 handler.__run_in(&Context::new(yielder))
             }))
@@ -216,10 +205,10 @@ impl<T> Generator<T> {
         let coroutine = unsafe { Coroutine::with_stack_unchecked(stack, body) };
         Generator {
             coroutine: ManuallyDrop::new(coroutine),
+            suspended_on: None,
             stack_size,
-            handler: handler_name::<H>(),
-            #[cfg(target_os = "linux")]
-            guard,
+            handler: handler_name::<H>,
+            label: ManuallyDrop::new(label),
         }
     }
 
@@ -232,7 +221,7 @@ impl<T> Generator<T> {
     /// [`GeneratorState::Complete`] or after such a panic.
     #[inline]
     pub fn resume(&mut self) -> GeneratorState<'_, T> {
-        match self.resume_with(Resume::Run) {
+        match self.resume_coroutine() {
             // SAFETY: the handler is now suspended inside `offload`, whose
             // work slot stays alive until the coroutine is resumed or dropped.
             // Both need `&mut self`, which the returned `Job<'_>` borrows.
@@ -243,12 +232,16 @@ impl<T> Generator<T> {
         }
     }
 
-    /// Resumes the coroutine, watching its guard page meanwhile.
+    /// Resumes the coroutine and notes the job it suspends on.
     #[inline]
-    fn resume_with(&mut self, input: Resume) -> CoroutineResult<ErasedJob, Outcome<T>> {
-        #[cfg(target_os = "linux")]
-        let _running = crate::overflow::Running::enter(&self.guard);
-        self.coroutine.resume(input)
+    fn resume_coroutine(&mut self) -> CoroutineResult<ErasedJob, Outcome<T>> {
+        let result = self.coroutine.resume(());
+        // Left stale once the handler has returned: only read while it is
+        // suspended.
+        if let CoroutineResult::Yield(job) = result {
+            self.suspended_on = Some(job);
+        }
+        result
     }
 
     /// Whether the handler has returned (or panicked).
@@ -256,9 +249,9 @@ impl<T> Generator<T> {
         self.coroutine.done()
     }
 
-    /// Unwinds a suspended handler: resumes it with [`Resume::Drop`], which
-    /// makes its `offload!` point unwind with [`HandlerDropped`], until it has
-    /// ended.
+    /// Unwinds a suspended handler: marks the job it waits on as dropped and
+    /// resumes it, which makes its `offload!` point unwind with
+    /// [`HandlerDropped`], until it has ended.
     ///
     /// A handler may catch that unwind. If it then ends, by returning or by
     /// panicking with a payload of its own, it has ended: its value or its
@@ -269,7 +262,13 @@ impl<T> Generator<T> {
     #[cold]
     fn unwind_suspended(&mut self) {
         for _ in 0..=REOFFLOADS_WHILE_DROPPED {
-            match self.resume_with(Resume::Drop) {
+            if let Some(job) = self.suspended_on {
+                // SAFETY: the coroutine is suspended on `job` (noted by the
+                // last resume), and no `Job` made from it is alive: making one
+                // borrows the generator, which `drop` now holds mutably.
+                unsafe { job.mark_dropped() };
+            }
+            match self.resume_coroutine() {
                 // Caught the unwind and offloaded again: its job is not run.
                 CoroutineResult::Yield(_) => continue,
                 CoroutineResult::Return(Ok(value)) => {
@@ -289,7 +288,7 @@ impl<T> Generator<T> {
              finish dropping, so the process is aborted. Recover from failed work with \
              `try_offload!`, or let a caught payload that `is::<ythread::HandlerDropped>()` \
              go on with `std::panic::resume_unwind`.",
-            self.handler,
+            (self.handler)(),
         );
         std::process::abort();
     }
@@ -327,9 +326,15 @@ impl<T> Drop for Generator<T> {
         }
         // Drops the handler if it never started; nothing else is left to do.
         self.coroutine.force_unwind();
-        // SAFETY: `coroutine` is not used again after being taken here.
-        let coroutine = unsafe { ManuallyDrop::take(&mut self.coroutine) };
-        stack::release(self.stack_size, coroutine.into_stack());
+        // SAFETY: `coroutine` and `label` are not used again after being
+        // taken here.
+        let (coroutine, label) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.coroutine),
+                ManuallyDrop::take(&mut self.label),
+            )
+        };
+        stack::release(self.stack_size, coroutine.into_stack(), label);
     }
 }
 

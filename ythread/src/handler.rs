@@ -7,8 +7,8 @@ use std::panic::{RefUnwindSafe, UnwindSafe};
 use corosensei::Yielder;
 
 use crate::apply::{Apply, Inline};
-use crate::driver::{self, Generator, Resume};
-use crate::error::{HandlerDropped, OffloadError};
+use crate::driver::{self, Generator};
+use crate::error::OffloadError;
 use crate::job::{ErasedJob, WorkSlot};
 
 /// A handler that has been called but not run yet.
@@ -245,7 +245,7 @@ where
 /// ```
 #[doc(hidden)]
 pub struct Context<'y> {
-    yielder: &'y Yielder<Resume, ErasedJob>,
+    yielder: &'y Yielder<(), ErasedJob>,
 }
 
 // A handler may catch a panic at its own `offload!` point; its context stays
@@ -260,26 +260,17 @@ impl fmt::Debug for Context<'_> {
 }
 
 impl<'y> Context<'y> {
-    pub(crate) fn new(yielder: &'y Yielder<Resume, ErasedJob>) -> Self {
+    pub(crate) fn new(yielder: &'y Yielder<(), ErasedJob>) -> Self {
         Context { yielder }
     }
 
-    /// Suspends the handler with `job` until the driver resumes it; unwinds
-    /// from here if the driver is dropping the handler instead.
+    /// Suspends the handler with `job` until the driver resumes it. If the
+    /// driver is dropping the handler instead, it has marked the job's slot,
+    /// and taking the result unwinds (see `WorkSlot::Dropped`).
     #[inline]
     fn suspend(&self, job: ErasedJob) {
-        if let Resume::Drop = self.yielder.suspend(job) {
-            unwind_dropped_handler();
-        }
+        self.yielder.suspend(job);
     }
-}
-
-/// Starts the unwind that drops a suspended handler. `resume_unwind` does
-/// not call the panic hook: dropping a handler is not a failure to report.
-#[cold]
-#[inline(never)]
-fn unwind_dropped_handler() -> ! {
-    std::panic::resume_unwind(Box::new(HandlerDropped))
 }
 
 /// The body of every `offload!` point: suspend the handler with `work` as a

