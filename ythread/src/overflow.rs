@@ -12,15 +12,13 @@
 //!
 //! # Recognising a guard page, at no cost per offload
 //!
-//! Each coroutine stack's guard page is made read-only instead of
-//! inaccessible, and holds a [`Record`]: a magic number, its own address,
-//! the stack's size and where to find the name of the handler using it. An
-//! overflow *writes* to the page, so it still faults. The signal handler
-//! reads the record of the faulting page, if that page is readable at all,
-//! through a pipe (a `write` of unreadable memory fails with `EFAULT`
-//! instead of faulting again). Nothing is done when a handler is resumed:
-//! the only costs are two `mprotect` calls when a stack is first mapped and
-//! one store when a handler takes a stack ([`Label::name`]).
+//! Every mapped coroutine stack registers its guard page in [`REGISTRY`], a
+//! lock-free table the signal handler can read, when it is mapped, and
+//! leaves it when it is unmapped; the handler using a stack writes its name
+//! into the stack's entry when it takes the stack ([`Label::name`]). Nothing
+//! is done when a handler is resumed, and the guard page is never touched,
+//! so it costs no memory. The fault handler looks the faulting page up in
+//! the table.
 //!
 //! The signal handler runs on the thread's alternate signal stack (the
 //! faulting stack has no room left); std gives its own threads one, and
@@ -30,67 +28,143 @@ use std::io::Write;
 use std::mem::{self, MaybeUninit};
 use std::ptr;
 use std::sync::Once;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use corosensei::stack::{DefaultStack, Stack as _};
 
-/// What a coroutine stack's guard page holds, at its start.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Record {
-    /// [`MAGIC`], so that another read-only page is not taken for a record.
-    magic: u64,
-    /// The page's own address.
-    page: usize,
+/// One mapped coroutine stack, as the signal handler sees it.
+struct Entry {
+    /// The address of the stack's guard page; 0 if the entry is free.
+    page: AtomicUsize,
     /// The stack size the handler asked for, in bytes.
-    size: usize,
-    /// The [`Label`] of the stack: names the handler using it.
-    label: *const AtomicPtr<()>,
+    size: AtomicUsize,
+    /// Names the handler using the stack: null or a `fn() -> &'static str`.
+    name: AtomicPtr<()>,
 }
 
-const MAGIC: u64 = 0x7974_6872_6561_6421; // "ythread!"
+const CHUNK: usize = 128;
 
-/// Where the handler using a stack writes its name, for the report. Owned
-/// beside the stack, for as long as the stack is mapped.
+/// A block of entries. Blocks are added when all are taken and never freed:
+/// their number follows the most stacks ever mapped at once.
+struct Chunk {
+    entries: [Entry; CHUNK],
+    next: AtomicPtr<Chunk>,
+}
+
+impl Chunk {
+    const fn new() -> Chunk {
+        Chunk {
+            entries: [const {
+                Entry {
+                    page: AtomicUsize::new(0),
+                    size: AtomicUsize::new(0),
+                    name: AtomicPtr::new(ptr::null_mut()),
+                }
+            }; CHUNK],
+            next: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    fn next(&self) -> Option<&'static Chunk> {
+        // SAFETY: `next` is null or a leaked `Box<Chunk>`, never freed.
+        unsafe { self.next.load(Ordering::Acquire).as_ref() }
+    }
+}
+
+/// Every mapped coroutine stack's guard page.
+static REGISTRY: Chunk = Chunk::new();
+
+/// A stack's entry in [`REGISTRY`], owned beside the stack for as long as it
+/// is mapped; dropping it frees the entry.
 #[derive(Debug)]
-pub(crate) struct Label(Box<AtomicPtr<()>>);
+pub(crate) struct Label(&'static Entry);
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("size", &self.size.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Label {
     /// Names the handler now using the stack.
     #[inline]
     pub(crate) fn name(&self, name: fn() -> &'static str) {
-        self.0.store(name as *mut (), Ordering::Relaxed);
+        self.0.name.store(name as *mut (), Ordering::Relaxed);
     }
 }
 
-/// Writes `stack`'s record into its guard page and makes the page read-only.
-/// If the page cannot be changed, the stack keeps an inaccessible guard page
-/// and an overflow is not reported (it still stops the handler).
+impl Drop for Label {
+    fn drop(&mut self) {
+        self.0.name.store(ptr::null_mut(), Ordering::Relaxed);
+        self.0.page.store(0, Ordering::Release);
+    }
+}
+
+/// Registers `stack`'s guard page, for a stack of `size` bytes.
 pub(crate) fn mark(stack: &DefaultStack, size: usize) -> Label {
     install();
-    let label = Label(Box::new(AtomicPtr::new(ptr::null_mut())));
     // corosensei's `DefaultStack` maps its guard page first: its `limit` is
     // the start of the mapping (the documented "maximum extent, including
     // guard pages").
     let page = stack.limit().get();
-    let page_len = page_size();
-    let record = Record {
-        magic: MAGIC,
-        page,
-        size,
-        label: &*label.0,
-    };
-    // SAFETY: `page` is the first page of the stack's own mapping, which no
-    // one else uses (it is the guard page). It is made writable only to
-    // store the record, then read-only.
-    unsafe {
-        let start = page as *mut libc::c_void;
-        if libc::mprotect(start, page_len, libc::PROT_READ | libc::PROT_WRITE) == 0 {
-            ptr::write(page as *mut Record, record);
-            libc::mprotect(start, page_len, libc::PROT_READ);
+    let mut chunk: &'static Chunk = &REGISTRY;
+    loop {
+        for entry in &chunk.entries {
+            if entry
+                .page
+                .compare_exchange(0, page, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                entry.size.store(size, Ordering::Relaxed);
+                return Label(entry);
+            }
         }
+        chunk = match chunk.next() {
+            Some(next) => next,
+            None => {
+                let fresh = Box::into_raw(Box::new(Chunk::new()));
+                match chunk.next.compare_exchange(
+                    ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    // SAFETY: just published, never freed.
+                    Ok(_) => unsafe { &*fresh },
+                    Err(theirs) => {
+                        // SAFETY: ours was never published; theirs is a
+                        // leaked chunk, never freed.
+                        unsafe {
+                            drop(Box::from_raw(fresh));
+                            &*theirs
+                        }
+                    }
+                }
+            }
+        };
     }
-    label
+}
+
+/// The entry of the stack whose guard page is `page`. Async-signal-safe:
+/// atomic loads only.
+fn lookup(page: usize) -> Option<&'static Entry> {
+    // 0 marks a free entry (and no stack is mapped at address 0).
+    if page == 0 {
+        return None;
+    }
+    let mut chunk: &'static Chunk = &REGISTRY;
+    loop {
+        if let Some(entry) = chunk
+            .entries
+            .iter()
+            .find(|entry| entry.page.load(Ordering::Acquire) == page)
+        {
+            return Some(entry);
+        }
+        chunk = chunk.next()?;
+    }
 }
 
 /// The signal actions that were installed before ours, indexed by
@@ -99,10 +173,6 @@ static PREVIOUS: [AtomicPtr<libc::sigaction>; 2] = [
     AtomicPtr::new(ptr::null_mut()),
     AtomicPtr::new(ptr::null_mut()),
 ];
-
-/// The pipe through which the signal handler reads memory that may not be
-/// readable: its write end and its read end, both non-blocking; -1 if none.
-static PROBE: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
 
 fn slot(signal: libc::c_int) -> usize {
     usize::from(signal != libc::SIGSEGV)
@@ -113,12 +183,6 @@ fn slot(signal: libc::c_int) -> usize {
 pub(crate) fn install() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        let mut fds = [-1; 2];
-        // SAFETY: `pipe2` writes two descriptors into `fds`.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == 0 {
-            PROBE[0].store(fds[1], Ordering::Release);
-            PROBE[1].store(fds[0], Ordering::Release);
-        }
         for signal in [libc::SIGSEGV, libc::SIGBUS] {
             // SAFETY: `sigaction` with a valid action and a valid place for
             // the old one. The old action is published before ours can run
@@ -148,8 +212,8 @@ extern "C" fn on_fault(
     // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO`
     // handler.
     let address = unsafe { (*info).si_addr() } as usize;
-    if let Some(record) = record_at(address & !(page_size() - 1)) {
-        report(&record);
+    if let Some(entry) = lookup(address & !(page_size() - 1)) {
+        report(entry);
         // SAFETY: `abort` is async-signal-safe.
         unsafe { libc::abort() };
     }
@@ -175,46 +239,14 @@ extern "C" fn on_fault(
     }
 }
 
-/// The record at the start of `page`, if `page` is a coroutine stack's guard
-/// page. Reads it through the probe pipe, so that an unreadable page is an
-/// error from `write`, not a second fault. Async-signal-safe.
-fn record_at(page: usize) -> Option<Record> {
-    let (write_end, read_end) = (
-        PROBE[0].load(Ordering::Acquire),
-        PROBE[1].load(Ordering::Acquire),
-    );
-    if write_end < 0 {
-        return None;
-    }
-    let len = mem::size_of::<Record>();
-    let mut copy = MaybeUninit::<Record>::uninit();
-    // SAFETY: `write` and `read` are async-signal-safe; `write` reads `len`
-    // bytes at `page` or fails with `EFAULT`; `read` fills `copy` (checked).
-    let complete = unsafe {
-        libc::write(write_end, page as *const libc::c_void, len) == len as isize
-            && libc::read(read_end, copy.as_mut_ptr().cast(), len) == len as isize
-    };
-    if !complete {
-        return None;
-    }
-    // SAFETY: all `len` bytes were written by `read`; every bit pattern is a
-    // valid `Record` (integers and a raw pointer).
-    let record = unsafe { copy.assume_init() };
-    (record.magic == MAGIC && record.page == page).then_some(record)
-}
-
 /// Writes the overflow message to stderr without allocating or locking.
-fn report(record: &Record) {
-    // SAFETY: the record is in the guard page of a mapped stack, so its
-    // label, owned beside the stack for as long as it is mapped, is alive.
-    // The stored pointer is null or a `fn() -> &'static str`.
-    let handler = unsafe {
-        let name = (*record.label).load(Ordering::Relaxed);
-        if name.is_null() {
-            "?"
-        } else {
-            mem::transmute::<*mut (), fn() -> &'static str>(name)()
-        }
+fn report(entry: &Entry) {
+    let name = entry.name.load(Ordering::Relaxed);
+    let handler = if name.is_null() {
+        "?"
+    } else {
+        // SAFETY: a non-null name is a `fn() -> &'static str` (`Label::name`).
+        unsafe { mem::transmute::<*mut (), fn() -> &'static str>(name)() }
     };
     const CAPACITY: usize = 1024;
     let mut buffer = [0u8; CAPACITY];
@@ -226,7 +258,7 @@ fn report(record: &Record) {
          ythread: give it a larger one with `Yieldable::with_stack_size`, \
          `YieldableThread::coroutine_stack_size`, or RUST_MIN_STACK (the default is \
          std's, 2 MiB)\nfatal runtime error: stack overflow, aborting\n",
-        record.size,
+        entry.size.load(Ordering::Relaxed),
     );
     let len = CAPACITY - out.len();
     // SAFETY: `write` is async-signal-safe; the buffer is valid for `len`.
@@ -317,5 +349,43 @@ impl Drop for AlternateStack {
             libc::sigaltstack(&disable, ptr::null_mut());
             libc::munmap(self.memory, self.len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named() -> &'static str {
+        "named"
+    }
+
+    #[test]
+    fn a_mapped_stack_is_found_by_its_guard_page_until_it_is_unmapped() {
+        // More than one chunk's worth, so that chunks are added and searched.
+        let stacks: Vec<(DefaultStack, Label)> = (0..CHUNK + 10)
+            .map(|_| {
+                let stack = DefaultStack::new(16 * 1024).unwrap();
+                let label = mark(&stack, 16 * 1024);
+                (stack, label)
+            })
+            .collect();
+        let (stack, label) = stacks.last().unwrap();
+        label.name(named);
+        let page = stack.limit().get();
+        let entry = lookup(page).expect("registered");
+        assert_eq!(entry.size.load(Ordering::Relaxed), 16 * 1024);
+        assert!(ptr::eq(entry, label.0));
+        // An address inside the stack but above its guard page is not one.
+        assert!(lookup(page + page_size()).is_none());
+        assert!(lookup(0).is_none());
+        drop(stacks);
+        // (Another test may map a stack at the same address meanwhile, but
+        // it would not get this entry while the address was in it.)
+        assert_ne!(
+            entry.page.load(Ordering::Relaxed),
+            page,
+            "freed with its stack"
+        );
     }
 }
