@@ -56,11 +56,18 @@
 //! - The work may borrow the handler's locals: the handler stays suspended
 //!   until the work is done. Work and its result must be `Send`.
 //! - A panic in offloaded work resumes in the handler at the `offload!` point,
-//!   with its original payload.
+//!   with its original payload; `try_offload!` returns it as an
+//!   [`OffloadError`] instead.
 //! - `yield_from!(helper(x))` runs another `#[yieldable]` function inside the
 //!   current handler, its `offload!` points going to the same strategy.
 //! - A handler's coroutine never moves to another thread; dropping a
-//!   suspended handler ([`Generator`]) unwinds it.
+//!   suspended handler ([`Generator`]) unwinds it from its `offload!` point
+//!   with [`HandlerDropped`], which a handler catching panics must let go on.
+//! - A handler behaves like the plain function it was written as: the same
+//!   parameters, drops, panics, and a stack as roomy as a std thread's (see
+//!   [`yieldable`]).
+//! - Work that itself runs a handler with the same `Exclusive`, `Bounded` or
+//!   `Pool` runs in place, as a nested `rayon::install` does.
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod apply;
@@ -82,13 +89,52 @@ pub use thread::{YieldableThread, spawn};
 
 /// Marks a function as a yieldable handler.
 ///
-/// The function's body may use `offload!` and `yield_from!`. Calling the
-/// function returns an `impl Yieldable<Output = T>` (where `T` is the
-/// declared return type) without running anything; see [`Yieldable`].
+/// The function's body may use `offload!`, `try_offload!` and `yield_from!`.
+/// Calling the function returns an `impl Yieldable<Output = T>` (where `T` is
+/// the declared return type) without running anything; see [`Yieldable`].
 ///
 /// Works on free functions, methods (`self`, `&self`, `&mut self`), generic
 /// functions, and functions returning `Result` that use `?` and `return`.
-/// It cannot be used on `async fn`.
+/// It cannot be used on `async fn`, `const fn` or a function returning
+/// `impl Trait`.
+///
+/// # The handler behaves like the plain function
+///
+/// - **Parameters**: every parameter list a plain function accepts compiles:
+///   patterns (`(a, _): (A, B)`, `Point { x, .. }: Point`, `[first, ..]`),
+///   `mut`, `ref` and `ref mut` bindings, `_`, attributes such as
+///   `#[allow(unused_variables)]`. Each argument is moved into the handler
+///   whole when it is called (nothing is dropped then) and its pattern is
+///   matched when the body starts, so the bindings are exactly the plain
+///   function's. (This is how rustc desugars `async fn` parameters.)
+/// - **Drops**: when the body ends, its locals drop, then the parameters,
+///   last to first, each one's bindings before the parts its pattern left
+///   unbound, and the temporaries of the tail expression before the
+///   parameters: the plain function's order, in every edition. A handler
+///   dropped while suspended drops the same values in the same order as the
+///   plain function would if it panicked at that `offload!` point.
+/// - **Panics** in the body or in offloaded work propagate from `run`,
+///   `run_with`, [`Generator::resume`] or the thread's `join`, with their
+///   payload. They happen when the body runs, not when the function is
+///   called (calling it only builds the handler).
+/// - **Stack**: the body runs on a coroutine stack of
+///   [`DEFAULT_STACK_SIZE`] (2 MiB, a std thread's), or what
+///   [`Yieldable::with_stack_size`] asks; an overflow aborts with a message
+///   naming the handler, like std's for a thread.
+/// - **Warnings**: an unused parameter warns, as in a plain function.
+///
+/// ```
+/// use ythread::{Yieldable, offload, yieldable};
+///
+/// #[yieldable]
+/// fn count_and_label((ref name, mut count): (String, u64), ref mut log: Vec<String>) -> String {
+///     count += offload!(|| name.len() as u64);
+///     log.push(format!("{name}: {count}"));
+///     log.join(", ")
+/// }
+///
+/// assert_eq!(count_and_label(("abc".into(), 1), vec!["x: 0".into()]).run(), "x: 0, abc: 4");
+/// ```
 pub use ythread_macros::yieldable;
 
 /// Hands a piece of work to the running handler's strategy and evaluates to
