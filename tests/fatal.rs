@@ -11,6 +11,11 @@ use ythread::{GeneratorState, Pool, Yieldable, YieldableThread, offload, yieldab
 /// returns its output; in that child, runs `case`, which must end the
 /// process.
 fn in_child(name: &str, case: fn()) -> Output {
+    in_child_with_env(name, case, &[])
+}
+
+/// [`in_child`], with more environment variables for the child.
+fn in_child_with_env(name: &str, case: fn(), env: &[(&str, &str)]) -> Output {
     if std::env::var_os("YTHREAD_FATAL_CASE").is_some_and(|case| case == name) {
         case();
         // The case must end the process; reaching here fails the child.
@@ -19,6 +24,7 @@ fn in_child(name: &str, case: fn()) -> Output {
     Command::new(std::env::current_exe().expect("the test binary's path"))
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("YTHREAD_FATAL_CASE", name)
+        .envs(env.iter().copied())
         .output()
         .expect("the test binary runs")
 }
@@ -131,6 +137,18 @@ fn overflowing_a_started_generator_is_reported() {
         }
     });
     assert_overflow_reported(&output, 128 * 1024);
+}
+
+#[test]
+fn the_default_size_follows_rust_min_stack_as_std_s_does() {
+    let output = in_child_with_env(
+        "the_default_size_follows_rust_min_stack_as_std_s_does",
+        || {
+            recurses_forever().run();
+        },
+        &[("RUST_MIN_STACK", "131072")],
+    );
+    assert_overflow_reported(&output, 131072);
 }
 
 #[test]

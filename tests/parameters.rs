@@ -446,6 +446,11 @@ mod methods {
             mark(&log, "body end");
             1
         }
+        pub(crate) fn boxed(self: Box<Self>, (a, _): (D, D), log: Log) -> usize {
+            let n = crate::run_now!(|| a.0.len());
+            mark(&log, "body end");
+            n
+        }
     }
 
     impl Handler {
@@ -461,6 +466,12 @@ mod methods {
             self.0 = offload!(|| d("replaced", &log));
             mark(&log, "body end");
             1
+        }
+        #[yieldable]
+        pub(crate) fn boxed(self: Box<Self>, (a, _): (D, D), log: Log) -> usize {
+            let n = offload!(|| a.0.len());
+            mark(&log, "body end");
+            n
         }
     }
 }
@@ -489,4 +500,18 @@ fn self_by_mutable_reference() {
     handler.by_mut(d("_", &log), Arc::clone(&log)).run();
     assert_eq!(*log.lock().unwrap(), expected);
     assert_eq!(expected, ["self", "body end", "_"]);
+}
+
+#[test]
+fn a_boxed_self_drops_last() {
+    same_drops(
+        |l| {
+            Box::new(methods::Plain(d("arg self", l)))
+                .boxed((d("arg a", l), d("arg a's _", l)), Arc::clone(l))
+        },
+        |l| {
+            Box::new(methods::Handler(d("arg self", l)))
+                .boxed((d("arg a", l), d("arg a's _", l)), Arc::clone(l))
+        },
+    );
 }
