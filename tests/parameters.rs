@@ -11,7 +11,11 @@
 
 // The signatures are the point, `ref` parameters included; the plain twins'
 // `offload!` calls its work where it is written, as a handler's `Inline` does.
-#![allow(clippy::toplevel_ref_arg, clippy::redundant_closure_call)]
+#![allow(
+    clippy::toplevel_ref_arg,
+    clippy::redundant_closure_call,
+    clippy::boxed_local
+)]
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
