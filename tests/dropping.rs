@@ -348,3 +348,103 @@ fn offload_error_can_cross_threads_and_be_boxed() {
         .into();
     assert!(boxed.to_string().contains("without running"));
 }
+
+/// A value whose destructor panics.
+struct PanicsOnDrop(&'static str);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("expected: {} panicked on drop", self.0);
+    }
+}
+
+#[yieldable]
+fn result_panics_on_drop(drops: Arc<AtomicUsize>) -> u64 {
+    let _local = DropCounter(drops);
+    let value = offload!(|| PanicsOnDrop("result"));
+    std::mem::forget(value);
+    1
+}
+
+#[yieldable]
+fn work_panics_on_drop(drops: Arc<AtomicUsize>) -> u64 {
+    let _local = DropCounter(drops);
+    let captured = PanicsOnDrop("work");
+    offload!(move || {
+        std::mem::forget(captured);
+        1
+    })
+}
+
+#[yieldable]
+fn argument_panics_on_drop(_argument: PanicsOnDrop) -> u64 {
+    offload!(|| 1)
+}
+
+#[test]
+fn destructors_that_panic_while_a_handler_is_dropped_do_not_make_drop_panic() {
+    count_hook_calls();
+    // The unread result of work that ran, then the generator dropped.
+    let drops = counter();
+    let mut generator = result_panics_on_drop(Arc::clone(&drops)).start();
+    match generator.resume() {
+        GeneratorState::Yielded(job) => job.run(),
+        GeneratorState::Complete(_) => panic!("finished early"),
+    }
+    assert!(panic::catch_unwind(AssertUnwindSafe(|| drop(generator))).is_ok());
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    // The unrun work.
+    let drops = counter();
+    let mut generator = work_panics_on_drop(Arc::clone(&drops)).start();
+    suspend_at_first_offload(&mut generator);
+    assert!(panic::catch_unwind(AssertUnwindSafe(|| drop(generator))).is_ok());
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    // The arguments of a handler that never started.
+    let generator = argument_panics_on_drop(PanicsOnDrop("argument")).start();
+    assert!(panic::catch_unwind(AssertUnwindSafe(|| drop(generator))).is_ok());
+}
+
+#[test]
+fn destructors_that_panic_while_a_failing_strategy_unwinds_the_handler_do_not_abort() {
+    count_hook_calls();
+    let drops = counter();
+    let runs_then_fails = |job: Job<'_>| {
+        job.run();
+        panic!("expected: strategy failed");
+    };
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        result_panics_on_drop(Arc::clone(&drops)).run_with(&runs_then_fails)
+    }));
+    let payload = result.expect_err("the strategy's panic propagates");
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"expected: strategy failed")
+    );
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+thread_local! {
+    /// Runs a handler from its destructor, when the thread exits.
+    static RUNS_A_HANDLER_ON_EXIT: RunsAHandlerOnDrop = const { RunsAHandlerOnDrop };
+}
+
+struct RunsAHandlerOnDrop;
+
+impl Drop for RunsAHandlerOnDrop {
+    fn drop(&mut self) {
+        assert_eq!(one_try().run().ok(), Some(5));
+    }
+}
+
+#[test]
+fn a_handler_can_run_from_a_thread_local_destructor() {
+    std::thread::spawn(|| {
+        // Thread-locals are destroyed in the reverse order of their first
+        // use: ythread's own, used by the handler after this one, are gone
+        // by the time this one runs a handler.
+        RUNS_A_HANDLER_ON_EXIT.with(|_| {});
+        assert_eq!(one_try().run().ok(), Some(5));
+    })
+    .join()
+    .expect("the handler ran during thread exit");
+}

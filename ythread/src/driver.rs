@@ -263,16 +263,21 @@ impl<T> Generator<T> {
     fn unwind_suspended(&mut self) {
         for _ in 0..=REOFFLOADS_WHILE_DROPPED {
             if let Some(job) = self.suspended_on {
-                // SAFETY: the coroutine is suspended on `job` (noted by the
-                // last resume), and no `Job` made from it is alive: making one
-                // borrows the generator, which `drop` now holds mutably.
-                unsafe { job.mark_dropped() };
+                // Drops the unrun work or its unread result, whose destructor
+                // may panic; the slot is marked all the same.
+                without_panicking(|| {
+                    // SAFETY: the coroutine is suspended on `job` (noted by
+                    // the last resume), and no `Job` made from it is alive:
+                    // making one borrows the generator, which `drop` now holds
+                    // mutably.
+                    unsafe { job.mark_dropped() }
+                });
             }
             match self.resume_coroutine() {
                 // Caught the unwind and offloaded again: its job is not run.
                 CoroutineResult::Yield(_) => continue,
                 CoroutineResult::Return(Ok(value)) => {
-                    drop(value);
+                    without_panicking(|| drop(value));
                     return;
                 }
                 CoroutineResult::Return(Err(payload)) => {
@@ -308,14 +313,25 @@ fn handler_name<H>() -> &'static str {
         .map_or(function, |end| &function[..end])
 }
 
-/// Drops the payload a dropped handler ended with. The payload's own
-/// destructor may panic; that panic is dropped too (once), never propagated.
+/// Drops the payload a dropped handler ended with.
 fn discard(payload: Box<dyn Any + Send + 'static>) {
-    if payload.is::<HandlerDropped>() {
-        return;
+    if !payload.is::<HandlerDropped>() {
+        without_panicking(move || drop(payload));
     }
-    if let Err(nested) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        mem::forget(nested);
+}
+
+/// Runs `f`, which drops the user's values while a generator is dropped:
+/// a destructor that panics there must not make `drop` panic (nor abort the
+/// process, when the generator is dropped during an unwind). The panic hook
+/// has reported the panic; its payload is forgotten (dropping it could panic
+/// again). Returns whether `f` completed.
+fn without_panicking(f: impl FnOnce()) -> bool {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(payload) => {
+            mem::forget(payload);
+            false
+        }
     }
 }
 
@@ -324,17 +340,27 @@ impl<T> Drop for Generator<T> {
         if self.coroutine.started() && !self.coroutine.done() {
             self.unwind_suspended();
         }
-        // Drops the handler if it never started; nothing else is left to do.
-        self.coroutine.force_unwind();
         // SAFETY: `coroutine` and `label` are not used again after being
         // taken here.
-        let (coroutine, label) = unsafe {
+        let (mut coroutine, label) = unsafe {
             (
                 ManuallyDrop::take(&mut self.coroutine),
                 ManuallyDrop::take(&mut self.label),
             )
         };
-        stack::release(self.stack_size, coroutine.into_stack(), label);
+        // The coroutine has now ended, or never started: then this drops the
+        // handler (its arguments) without running it. It is never called on
+        // a suspended coroutine, whose unwind the body's `catch_unwind` would
+        // catch.
+        if without_panicking(|| coroutine.force_unwind()) {
+            stack::release(self.stack_size, coroutine.into_stack(), label);
+        } else {
+            // An argument's destructor panicked half way: corosensei does
+            // not count the coroutine as ended, and would drop its arguments
+            // again. It never ran, so nothing on its stack borrows anything:
+            // leak it, stack included.
+            mem::forget(coroutine);
+        }
     }
 }
 

@@ -183,24 +183,27 @@ fn slot(signal: libc::c_int) -> usize {
 pub(crate) fn install() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
+        // `sysconf` is not async-signal-safe: ask before any fault.
+        page_size();
         for signal in [libc::SIGSEGV, libc::SIGBUS] {
-            // SAFETY: `sigaction` with a valid action and a valid place for
-            // the old one. The old action is published before ours can run
-            // (our handler reads it), and is leaked: it is needed for as long
-            // as the process lives.
+            // SAFETY: one `sigaction` call installs ours and stores the old
+            // action in a leaked, zeroed one, so that no handler installed
+            // meanwhile is lost. A fault between this call and the `store`
+            // finds `PREVIOUS` null and takes the default action.
             unsafe {
                 let previous = Box::into_raw(Box::new(mem::zeroed::<libc::sigaction>()));
                 let mut action: libc::sigaction = mem::zeroed();
                 action.sa_sigaction = on_fault as *const () as libc::sighandler_t;
                 action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut action.sa_mask);
-                libc::sigaction(signal, ptr::null(), previous);
+                libc::sigaction(signal, &action, previous);
                 PREVIOUS[slot(signal)].store(previous, Ordering::Release);
-                libc::sigaction(signal, &action, ptr::null_mut());
             }
         }
     });
-    ALTERNATE_STACK.with(|_| {});
+    // `try_with`: a handler may run from another thread-local's destructor,
+    // after this one is gone (the thread then keeps what it has).
+    let _ = ALTERNATE_STACK.try_with(|_| {});
 }
 
 /// Reports an overflow of a coroutine stack, or passes the fault on.
@@ -217,17 +220,29 @@ extern "C" fn on_fault(
         // SAFETY: `abort` is async-signal-safe.
         unsafe { libc::abort() };
     }
-    // SAFETY: `PREVIOUS` holds a valid action (published before ours was
-    // installed). Calling it with our arguments is what the kernel would
-    // have done; for the default action, restoring it and returning makes
-    // the faulting instruction fault again, this time with that action.
+    let previous = PREVIOUS[slot(signal)].load(Ordering::Acquire);
+    // SAFETY: `previous` is null or a valid, leaked action. Calling it with
+    // our arguments is what the kernel would have done.
     unsafe {
-        let previous = PREVIOUS[slot(signal)].load(Ordering::Acquire);
-        let handler = (*previous).sa_sigaction;
-        if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        let handler = if previous.is_null() {
+            libc::SIG_DFL
+        } else {
+            (*previous).sa_sigaction
+        };
+        // Sent by `kill` and the like rather than raised by a fault.
+        let sent = (*info).si_code <= 0;
+        if handler == libc::SIG_IGN && sent {
+            // Ignored, as before us.
+        } else if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+            // The default action: for a fault, returning runs the faulting
+            // instruction again, which faults again; a sent signal is sent
+            // again. (A fault cannot be ignored: the kernel would kill.)
             let mut default: libc::sigaction = mem::zeroed();
             default.sa_sigaction = libc::SIG_DFL;
             libc::sigaction(signal, &default, ptr::null_mut());
+            if sent {
+                libc::raise(signal);
+            }
         } else if (*previous).sa_flags & libc::SA_SIGINFO != 0 {
             let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 mem::transmute(handler);
@@ -287,10 +302,16 @@ thread_local! {
 /// An alternate signal stack that ythread installed, removed and freed when
 /// its thread exits.
 struct AlternateStack {
-    /// The mapping, or null when the thread already had one (std's threads).
+    /// The mapping (a guard page, then the stack), or null when the thread
+    /// already had an alternate stack (std's threads).
     memory: *mut libc::c_void,
+    /// The mapping's length, guard page included.
     len: usize,
 }
+
+/// The usable size of the alternate signal stacks ythread makes: std's is
+/// 8 KiB at least; the report takes 5-8 KiB.
+const ALTERNATE_STACK_SIZE: usize = 64 * 1024;
 
 impl AlternateStack {
     fn ensure() -> AlternateStack {
@@ -308,25 +329,31 @@ impl AlternateStack {
         if current.ss_flags & libc::SS_DISABLE == 0 {
             return none;
         }
-        let len = 64 * 1024;
-        // SAFETY: a fresh private anonymous mapping.
+        let page = page_size();
+        let len = ALTERNATE_STACK_SIZE + page;
+        // SAFETY: a fresh private anonymous mapping, whose first page becomes
+        // a guard page so that a signal handler running out of room faults
+        // instead of writing over a neighbouring mapping.
         let memory = unsafe {
-            libc::mmap(
+            let memory = libc::mmap(
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
-            )
+            );
+            if memory == libc::MAP_FAILED {
+                return none;
+            }
+            libc::mprotect(memory, page, libc::PROT_NONE);
+            memory
         };
-        if memory == libc::MAP_FAILED {
-            return none;
-        }
         let stack = libc::stack_t {
-            ss_sp: memory,
+            // SAFETY: within the mapping, just above the guard page.
+            ss_sp: unsafe { memory.cast::<u8>().add(page).cast() },
             ss_flags: 0,
-            ss_size: len,
+            ss_size: ALTERNATE_STACK_SIZE,
         };
         // SAFETY: the mapping stays until `drop` has disabled it again.
         unsafe { libc::sigaltstack(&stack, ptr::null_mut()) };
@@ -339,15 +366,29 @@ impl Drop for AlternateStack {
         if self.memory.is_null() {
             return;
         }
+        let mut current = MaybeUninit::<libc::stack_t>::uninit();
+        // SAFETY: queries the current alternate stack into valid memory.
+        let queried = unsafe { libc::sigaltstack(ptr::null(), current.as_mut_ptr()) } == 0;
+        let ours = queried && {
+            // SAFETY: initialised, since `queried`.
+            let current = unsafe { current.assume_init() };
+            let start = self.memory as usize + page_size();
+            current.ss_sp as usize == start && current.ss_flags & libc::SS_ONSTACK == 0
+        };
+        if !ours {
+            // Replaced since, or in use: leave (leak) it.
+            return;
+        }
         let disable = libc::stack_t {
             ss_sp: ptr::null_mut(),
             ss_flags: libc::SS_DISABLE,
             ss_size: 0,
         };
-        // SAFETY: disables the alternate stack before unmapping it.
+        // SAFETY: disables our alternate stack, not in use, then unmaps it.
         unsafe {
-            libc::sigaltstack(&disable, ptr::null_mut());
-            libc::munmap(self.memory, self.len);
+            if libc::sigaltstack(&disable, ptr::null_mut()) == 0 {
+                libc::munmap(self.memory, self.len);
+            }
         }
     }
 }
@@ -363,14 +404,15 @@ mod tests {
     #[test]
     fn a_mapped_stack_is_found_by_its_guard_page_until_it_is_unmapped() {
         // More than one chunk's worth, so that chunks are added and searched.
-        let stacks: Vec<(DefaultStack, Label)> = (0..CHUNK + 10)
+        // Labels first, so that each leaves the registry before its stack
+        // is unmapped, as in `stack.rs`.
+        let stacks: Vec<(Label, DefaultStack)> = (0..CHUNK + 10)
             .map(|_| {
                 let stack = DefaultStack::new(16 * 1024).unwrap();
-                let label = mark(&stack, 16 * 1024);
-                (stack, label)
+                (mark(&stack, 16 * 1024), stack)
             })
             .collect();
-        let (stack, label) = stacks.last().unwrap();
+        let (label, stack) = stacks.last().unwrap();
         label.name(named);
         let page = stack.limit().get();
         let entry = lookup(page).expect("registered");

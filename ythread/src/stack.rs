@@ -46,8 +46,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// same requested size), and its label.
 struct SizedStack {
     size: usize,
-    stack: Stack,
+    /// Dropped before `stack`: the guard page leaves the overflow registry
+    /// before it is unmapped, so no other mapping there is taken for it.
     label: Label,
+    stack: Stack,
 }
 
 /// A stack in the process-wide pool, and when it was put there.

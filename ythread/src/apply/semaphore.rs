@@ -10,7 +10,7 @@
 //! already has instead of waiting for a second one: see
 //! [`FairSemaphore::run`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ptr;
@@ -45,15 +45,16 @@ pub(crate) struct Permit<'a> {
 }
 
 thread_local! {
-    /// The semaphores whose permits work running on this thread holds.
+    /// The semaphores whose permits work running on this thread holds. No
+    /// destructor, so it stays usable while other thread-locals are being
+    /// destroyed (a handler may run from a thread-local's `Drop`).
     static HELD: HeldHere = const { HeldHere::new() };
-    /// `HELD`'s entries from index [`INLINE`] on: used only while work on
-    /// this thread holds permits of more than `INLINE` semaphores at once.
-    static SPILLED: RefCell<Vec<*const FairSemaphore>> = const { RefCell::new(Vec::new()) };
 }
 
-/// How many semaphores a thread tracks without allocating.
-const INLINE: usize = 4;
+/// How many semaphores a thread tracks at once. Work on one thread holding
+/// permits of more different semaphores at once than this is not tracked
+/// beyond it: nested work for those runs only after a permit of its own.
+const CAPACITY: usize = 16;
 
 /// A set of semaphores, by address, each entered by the `FairSemaphore::run`
 /// call that took its permit and left when that call returns or unwinds.
@@ -62,17 +63,17 @@ const INLINE: usize = 4;
 /// the calls nesting in order (a coroutine suspended inside work could break
 /// that): an entry is found and removed by value.
 struct HeldHere {
-    /// How many semaphores are in the set: the first [`INLINE`] in `inline`,
-    /// the rest in `SPILLED`.
+    /// How many semaphores are in the set, in `entries[..len]`.
     len: Cell<usize>,
-    /// The first entries; those from `len` on are stale.
-    inline: [Cell<*const FairSemaphore>; INLINE],
+    /// The entries; those from `len` on are stale.
+    entries: [Cell<*const FairSemaphore>; CAPACITY],
 }
 
 /// Keeps a semaphore in this thread's set of held ones until dropped.
 struct Held<'a> {
-    /// The semaphore whose permit the work running on this thread holds.
-    semaphore: &'a FairSemaphore,
+    /// The semaphore whose permit the work running on this thread holds, if
+    /// the set had room for it.
+    semaphore: Option<&'a FairSemaphore>,
 }
 
 impl FairSemaphore {
@@ -166,95 +167,63 @@ impl HeldHere {
     const fn new() -> Self {
         HeldHere {
             len: Cell::new(0),
-            inline: [const { Cell::new(ptr::null()) }; INLINE],
+            entries: [const { Cell::new(ptr::null()) }; CAPACITY],
         }
     }
 
     #[inline]
     fn contains(&self, semaphore: &FairSemaphore) -> bool {
-        let len = self.len.get();
         // Newest first: nested work most likely asks about the innermost.
-        self.inline[..len.min(INLINE)]
+        self.entries[..self.len.get()]
             .iter()
             .rev()
-            .any(|slot| ptr::eq(slot.get(), semaphore))
-            || (len > INLINE && self.spilled_contains(semaphore))
+            .any(|entry| ptr::eq(entry.get(), semaphore))
     }
 
+    /// Adds `semaphore`; false if the set is full.
     #[inline]
-    fn insert(&self, semaphore: &FairSemaphore) {
+    fn insert(&self, semaphore: &FairSemaphore) -> bool {
         let len = self.len.get();
-        match self.inline.get(len) {
-            Some(slot) => slot.set(semaphore),
-            None => self.spill(semaphore),
-        }
+        let Some(entry) = self.entries.get(len) else {
+            return false;
+        };
+        entry.set(semaphore);
         self.len.set(len + 1);
+        true
     }
 
+    /// Removes `semaphore` wherever it is; the last entry takes its place.
     #[inline]
     fn remove(&self, semaphore: &FairSemaphore) {
         let len = self.len.get();
         // Entered last, left first: what nested calls do.
-        if (1..=INLINE).contains(&len) && ptr::eq(self.inline[len - 1].get(), semaphore) {
-            self.len.set(len - 1);
-        } else {
-            self.remove_any(semaphore);
-        }
-    }
-
-    #[cold]
-    fn spilled_contains(&self, semaphore: &FairSemaphore) -> bool {
-        SPILLED.with(|spilled| spilled.borrow().contains(&ptr::from_ref(semaphore)))
-    }
-
-    #[cold]
-    fn spill(&self, semaphore: &FairSemaphore) {
-        SPILLED.with(|spilled| spilled.borrow_mut().push(semaphore));
-    }
-
-    /// Removes `semaphore` wherever it is; the last entry takes its place.
-    #[cold]
-    fn remove_any(&self, semaphore: &FairSemaphore) {
-        let Some(last) = self.len.get().checked_sub(1) else {
+        let Some(i) = (0..len)
+            .rev()
+            .find(|&i| ptr::eq(self.entries[i].get(), semaphore))
+        else {
             return;
         };
-        let Some(i) = (0..=last).rev().find(|&i| ptr::eq(self.get(i), semaphore)) else {
-            return;
-        };
-        self.set(i, self.get(last));
-        if last >= INLINE {
-            SPILLED.with(|spilled| spilled.borrow_mut().pop());
-        }
-        self.len.set(last);
-    }
-
-    fn get(&self, i: usize) -> *const FairSemaphore {
-        match self.inline.get(i) {
-            Some(slot) => slot.get(),
-            None => SPILLED.with(|spilled| spilled.borrow()[i - INLINE]),
-        }
-    }
-
-    fn set(&self, i: usize, semaphore: *const FairSemaphore) {
-        match self.inline.get(i) {
-            Some(slot) => slot.set(semaphore),
-            None => SPILLED.with(|spilled| spilled.borrow_mut()[i - INLINE] = semaphore),
-        }
+        self.entries[i].set(self.entries[len - 1].get());
+        self.len.set(len - 1);
     }
 }
 
 impl<'a> Held<'a> {
     #[inline]
     fn enter(semaphore: &'a FairSemaphore) -> Self {
-        HELD.with(|held| held.insert(semaphore));
-        Held { semaphore }
+        let recorded = HELD.with(|held| held.insert(semaphore));
+        Held {
+            semaphore: recorded.then_some(semaphore),
+        }
     }
 }
 
 impl Drop for Held<'_> {
     #[inline]
     fn drop(&mut self) {
-        HELD.with(|held| held.remove(self.semaphore));
+        if let Some(semaphore) = self.semaphore {
+            HELD.with(|held| held.remove(semaphore));
+        }
     }
 }
 
@@ -387,25 +356,28 @@ mod tests {
     }
 
     #[test]
-    fn more_semaphores_than_fit_inline_are_tracked_and_left_in_any_order() {
+    fn semaphores_are_tracked_up_to_the_capacity_and_left_in_any_order() {
         let semaphores: Vec<FairSemaphore> =
-            (0..INLINE + 3).map(|_| FairSemaphore::new(1)).collect();
+            (0..CAPACITY + 2).map(|_| FairSemaphore::new(1)).collect();
         let mut held: Vec<Option<Held<'_>>> =
             semaphores.iter().map(|s| Some(Held::enter(s))).collect();
-        assert!(semaphores.iter().all(FairSemaphore::held_here));
-        // Out of order, crossing between the inline and the spilled entries.
-        for i in [INLINE + 1, 0, INLINE + 2, 2, INLINE, 1, 3] {
+        // Beyond the capacity, not tracked (nested work would wait instead).
+        for (i, semaphore) in semaphores.iter().enumerate() {
+            assert_eq!(semaphore.held_here(), i < CAPACITY, "{i}");
+        }
+        // Out of order.
+        for i in [CAPACITY + 1, 0, CAPACITY - 1, 2, CAPACITY, 1, 3] {
             held[i] = None;
             for (j, semaphore) in semaphores.iter().enumerate() {
                 assert_eq!(
                     semaphore.held_here(),
-                    held[j].is_some(),
+                    held[j].is_some() && j < CAPACITY,
                     "after leaving {i}: {j}"
                 );
             }
         }
+        drop(held);
         assert_eq!(HELD.with(|held| held.len.get()), 0);
-        assert!(SPILLED.with(|spilled| spilled.borrow().is_empty()));
     }
 
     #[test]
