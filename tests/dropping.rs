@@ -12,8 +12,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
+use ythread::apply_fn;
 use ythread::{
-    Apply, Bounded, Exclusive, GeneratorState, HandlerDropped, Inline, Job, OffloadError,
+    Apply, Bounded, Exclusive, GeneratorState, HandlerDropped, Inline, OffloadError,
     OffloadErrorKind, Pool, Yieldable, offload, try_offload, yieldable,
 };
 
@@ -93,11 +94,11 @@ fn a_handler_retrying_with_try_offload_is_dropped_at_once() {
 fn a_handler_retrying_with_try_offload_recovers_from_unrun_work() {
     // A strategy that drops the first job it gets and runs the others.
     let seen = AtomicUsize::new(0);
-    let flaky = |job: Job<'_>| {
+    let flaky = apply_fn(|job| {
         if seen.fetch_add(1, Ordering::SeqCst) > 0 {
             job.run();
         }
-    };
+    });
     let (attempts, drops) = (counter(), counter());
     let value = retries_with_try_offload(Arc::clone(&attempts), drops).run_with(&flaky);
     assert_eq!((value, attempts.load(Ordering::SeqCst)), (42, 2));
@@ -158,10 +159,10 @@ fn a_handler_that_panics_while_dropped_by_hand_does_not_make_drop_panic() {
 fn a_handler_that_panics_while_dropped_by_a_panicking_strategy_does_not_abort() {
     count_hook_calls();
     let drops = counter();
-    let failing = |job: Job<'_>| {
+    let failing = apply_fn(|job| {
         let _unrun = job;
         panic!("expected: strategy failed");
-    };
+    });
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         turns_panics_into_its_own(Arc::clone(&drops)).run_with(&failing)
     }));
@@ -299,7 +300,7 @@ fn one_try() -> Result<u64, OffloadError> {
 
 #[test]
 fn try_offload_reports_work_the_strategy_did_not_run() {
-    let dropping = |_unrun: Job<'_>| {};
+    let dropping = apply_fn(|_unrun| {});
     let error = one_try().run_with(&dropping).expect_err("not run");
     assert_eq!(error.kind(), OffloadErrorKind::NotRun);
     assert!(!error.is_panic());
@@ -324,7 +325,7 @@ fn resume_unwind_is_what_offload_does() {
         payload.downcast_ref::<String>().map(String::as_str),
         Some("expected: work failed with 1")
     );
-    let not_run = one_try().run_with(&|_unrun: Job<'_>| {}).unwrap_err();
+    let not_run = one_try().run_with(&apply_fn(|_unrun| {})).unwrap_err();
     let payload = panic::catch_unwind(AssertUnwindSafe(|| not_run.resume_unwind()))
         .expect_err("panics with the message");
     let text = payload
@@ -343,7 +344,7 @@ fn offload_error_can_cross_threads_and_be_boxed() {
     is_send_sync_error::<OffloadError>();
     is_send_sync_error::<HandlerDropped>();
     let boxed: Box<dyn std::error::Error + Send + Sync> = one_try()
-        .run_with(&|_unrun: Job<'_>| {})
+        .run_with(&apply_fn(|_unrun| {}))
         .unwrap_err()
         .into();
     assert!(boxed.to_string().contains("without running"));
@@ -408,10 +409,10 @@ fn destructors_that_panic_while_a_handler_is_dropped_do_not_make_drop_panic() {
 fn destructors_that_panic_while_a_failing_strategy_unwinds_the_handler_do_not_abort() {
     count_hook_calls();
     let drops = counter();
-    let runs_then_fails = |job: Job<'_>| {
+    let runs_then_fails = apply_fn(|job| {
         job.run();
         panic!("expected: strategy failed");
-    };
+    });
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         result_panics_on_drop(Arc::clone(&drops)).run_with(&runs_then_fails)
     }));

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+use ythread::apply_fn;
 use ythread::{
-    Apply, Bounded, Exclusive, GeneratorState, Inline, Job, Pool, Yieldable, offload, yieldable,
+    Apply, Bounded, Exclusive, GeneratorState, Inline, Pool, Yieldable, offload, yieldable,
 };
 
 fn sumn(n: u64) -> u64 {
@@ -28,7 +29,7 @@ fn strategies() -> Vec<(&'static str, Box<dyn Apply>)> {
         ("exclusive", Box::new(Exclusive::new())),
         ("bounded", Box::new(Bounded::new(2))),
         ("pool", Box::new(Pool::new(2))),
-        ("closure", Box::new(|job: Job<'_>| job.run())),
+        ("closure", Box::new(apply_fn(|job| job.run()))),
     ]
 }
 
@@ -171,7 +172,7 @@ fn dropping_a_handler_that_never_started_drops_its_arguments() {
 #[test]
 fn a_panicking_strategy_unwinds_the_suspended_handler_then_propagates() {
     let drops = Arc::new(AtomicUsize::new(0));
-    let failing = |_job: Job<'_>| panic!("strategy failed");
+    let failing = apply_fn(|_job| panic!("strategy failed"));
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).run_with(&failing)
     }));
@@ -187,9 +188,9 @@ fn a_panicking_strategy_unwinds_the_suspended_handler_then_propagates() {
 #[test]
 fn a_strategy_that_drops_the_job_makes_the_handler_panic_at_the_offload_point() {
     let drops = Arc::new(AtomicUsize::new(0));
-    let dropping = |job: Job<'_>| {
+    let dropping = apply_fn(|job| {
         let _unrun = job;
-    };
+    });
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).run_with(&dropping)
     }));

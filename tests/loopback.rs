@@ -11,7 +11,8 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use ythread::{Bounded, Exclusive, Inline, Job, Pool};
+use ythread::apply_fn;
+use ythread::{Bounded, Exclusive, Inline, Pool};
 use ythread_demo::client::closed_loop;
 use ythread_demo::server::{self, Server};
 use ythread_demo::{SEED_N, expected_sum, request};
@@ -141,12 +142,12 @@ fn stop_answers_the_request_in_progress_and_leaves_no_thread() {
     let done = Arc::clone(&work_done);
     // A strategy that reports the work has started, then takes its time, so
     // that `stop` comes while the handler is suspended at `offload!`.
-    let slow = move |job: Job<'_>| {
+    let slow = apply_fn(move |job| {
         let _ = started_tx.send(());
         thread::sleep(Duration::from_millis(200));
         job.run();
         done.store(true, Ordering::SeqCst);
-    };
+    });
     let server = Server::start_yieldable(server::bind("127.0.0.1:0").unwrap(), slow).unwrap();
     let addr = server.addr();
     let client = thread::spawn(move || request(addr, 1000));

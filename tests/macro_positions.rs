@@ -12,18 +12,19 @@ use std::num::ParseIntError;
 use std::sync::Mutex;
 use std::thread::{self, ThreadId};
 
-use ythread::{Job, Yieldable, offload, yield_from, yieldable};
+use ythread::apply_fn;
+use ythread::{Yieldable, offload, yield_from, yieldable};
 
 /// Runs `handler` to completion, running each job on its own scoped thread;
 /// returns the handler's value and how many jobs it offloaded.
 fn counted<H: Yieldable>(handler: H) -> (H::Output, usize) {
     let jobs = Cell::new(0);
-    let on_another_thread = |job: Job<'_>| {
+    let on_another_thread = apply_fn(|job| {
         jobs.set(jobs.get() + 1);
         thread::scope(|s| {
             s.spawn(move || job.run());
         });
-    };
+    });
     let value = handler.run_with(&on_another_thread);
     (value, jobs.get())
 }

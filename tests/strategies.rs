@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ythread::apply_fn;
 use ythread::{
     Apply, Bounded, Exclusive, Inline, Pool, Yieldable, YieldableThread, offload, yieldable,
 };
@@ -118,7 +119,7 @@ fn the_handler_resumes_only_after_its_work_has_finished() {
     for apply in strategies {
         let handler = sees_the_work_finished(Duration::from_millis(20));
         let t = YieldableThread::new()
-            .apply(move |job: ythread::Job<'_>| apply.apply(job))
+            .apply(apply_fn(move |job| apply.apply(job)))
             .spawn(handler)
             .unwrap();
         assert!(t.join().unwrap());

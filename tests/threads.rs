@@ -3,7 +3,8 @@
 use std::panic;
 use std::thread;
 
-use ythread::{Job, Pool, YieldableThread, offload, yieldable};
+use ythread::apply_fn;
+use ythread::{Pool, YieldableThread, offload, yieldable};
 
 #[yieldable]
 fn reports_its_thread() -> Option<String> {
@@ -87,10 +88,10 @@ fn any_closure_taking_a_job_is_a_strategy() {
     let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&counted);
     let handle = YieldableThread::new()
-        .apply(move |job: Job<'_>| {
+        .apply(apply_fn(move |job| {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             job.run();
-        })
+        }))
         .spawn(reports_its_thread())
         .unwrap();
     handle.join().unwrap();

@@ -145,6 +145,105 @@ pub trait Yieldable: Sized {
             stack_size: bytes,
         }
     }
+
+    /// Boxes the handler, erasing its type: see [`BoxYieldable`].
+    fn boxed<'a>(self) -> BoxYieldable<'a, Self::Output>
+    where
+        Self: Send + 'a,
+    {
+        BoxYieldable {
+            handler: Box::new(self),
+        }
+    }
+}
+
+/// A handler of any type, boxed: what [`Yieldable::boxed`] returns, so that
+/// handlers of different types can be stored together (a `Vec`, a map of
+/// routes) and still be run, spawned, nested with `yield_from!` and given a
+/// stack size like any other. (`dyn Yieldable` itself cannot exist: its
+/// methods are generic over the strategy.)
+///
+/// It is `Send`, as the handlers it is made from must be; `'a` is what they
+/// borrow (`'static` for one to spawn).
+///
+/// ```
+/// use ythread::{BoxYieldable, Pool, Yieldable, YieldableThread, offload, yield_from, yieldable};
+///
+/// #[yieldable]
+/// fn square(x: u64) -> u64 { offload!(|| x * x) }
+///
+/// #[yieldable]
+/// fn sum_to(n: u64) -> u64 { offload!(|| (1..=n).sum()) }
+///
+/// #[yieldable]
+/// fn twice(inner: BoxYieldable<'static, u64>) -> u64 { 2 * yield_from!(inner) }
+///
+/// let handlers: Vec<BoxYieldable<'static, u64>> = vec![
+///     square(3).boxed(),
+///     sum_to(4).boxed(),
+///     twice(square(2).boxed()).boxed(),
+///     (|| 7).boxed(),
+/// ];
+/// let pool = Pool::new(2);
+/// let threads: Vec<_> = handlers
+///     .into_iter()
+///     .map(|h| YieldableThread::new().apply(pool.clone()).spawn(h).unwrap())
+///     .collect();
+/// let results: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+/// assert_eq!(results, [9, 10, 8, 7]);
+/// ```
+#[must_use = "a yieldable handler does nothing until it is run: call `.run()` or \
+              `.run_with(&strategy)`, or spawn it with `YieldableThread`"]
+pub struct BoxYieldable<'a, T> {
+    handler: Box<dyn ErasedYieldable<T> + Send + 'a>,
+}
+
+/// The object-safe face of [`Yieldable`] behind a [`BoxYieldable`].
+trait ErasedYieldable<T> {
+    fn run_in_boxed(self: Box<Self>, cx: &Context<'_>) -> T;
+    fn drive_boxed(self: Box<Self>, apply: &dyn Apply, stack_size: usize) -> T;
+    fn stack_size(&self) -> Option<usize>;
+}
+
+impl<H: Yieldable> ErasedYieldable<H::Output> for H {
+    fn run_in_boxed(self: Box<Self>, cx: &Context<'_>) -> H::Output {
+        (*self).__run_in(cx)
+    }
+
+    fn drive_boxed(self: Box<Self>, apply: &dyn Apply, stack_size: usize) -> H::Output {
+        // The handler's own way of being driven: a closure keeps running on
+        // the thread's stack.
+        (*self).__drive(apply, stack_size)
+    }
+
+    fn stack_size(&self) -> Option<usize> {
+        self.__stack_size()
+    }
+}
+
+impl<T> fmt::Debug for BoxYieldable<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxYieldable").finish_non_exhaustive()
+    }
+}
+
+impl<T> Yieldable for BoxYieldable<'_, T> {
+    type Output = T;
+
+    #[inline]
+    fn __run_in(self, cx: &Context<'_>) -> T {
+        self.handler.run_in_boxed(cx)
+    }
+
+    #[inline]
+    fn __stack_size(&self) -> Option<usize> {
+        self.handler.stack_size()
+    }
+
+    fn __drive<A: Apply + ?Sized>(self, apply: &A, stack_size: usize) -> T {
+        let apply: &dyn Apply = &apply;
+        self.handler.drive_boxed(apply, stack_size)
+    }
 }
 
 /// A handler that runs on a coroutine stack of a chosen size: see

@@ -32,7 +32,7 @@ use crate::error::{HandlerDropped, OffloadError};
 /// # Example
 ///
 /// ```
-/// use ythread::{Job, Yieldable, yieldable, offload};
+/// use ythread::{Yieldable, apply_fn, offload, yieldable};
 ///
 /// fn square(x: u64) -> u64 { x * x }
 ///
@@ -41,13 +41,13 @@ use crate::error::{HandlerDropped, OffloadError};
 ///     offload!(square, x) + 1
 /// }
 ///
-/// // A strategy can be any closure taking a `Job`; this one runs the work on
-/// // a scoped thread of its own.
-/// let on_a_scoped_thread = |job: Job<'_>| {
+/// // A strategy can be a closure taking a `Job` (through `apply_fn`); this
+/// // one runs the work on a scoped thread of its own.
+/// let on_a_scoped_thread = apply_fn(|job| {
 ///     std::thread::scope(|s| {
 ///         s.spawn(move || job.run());
 ///     });
-/// };
+/// });
 /// assert_eq!(handler(7).run_with(&on_a_scoped_thread), 50);
 /// ```
 ///
@@ -55,11 +55,11 @@ use crate::error::{HandlerDropped, OffloadError};
 /// joined before it returns:
 ///
 /// ```compile_fail,E0521
-/// use ythread::Job;
+/// use ythread::apply_fn;
 ///
-/// let detached = |job: Job<'_>| {
+/// let detached = apply_fn(|job| {
 ///     std::thread::spawn(move || job.run()); // error: borrowed data escapes
-/// };
+/// });
 /// # let _ = detached;
 /// ```
 pub struct Job<'a> {

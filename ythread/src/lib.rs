@@ -80,10 +80,10 @@ mod overflow;
 mod stack;
 mod thread;
 
-pub use apply::{Apply, Bounded, Exclusive, Inline, Pool};
+pub use apply::{Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, apply_fn};
 pub use driver::{DEFAULT_STACK_SIZE, Generator, GeneratorState};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
-pub use handler::{WithStackSize, Yieldable};
+pub use handler::{BoxYieldable, WithStackSize, Yieldable};
 pub use job::Job;
 pub use thread::{YieldableThread, spawn};
 

@@ -94,7 +94,9 @@ where
     }
 
     /// Picks the strategy that runs the handler's offloaded work: any
-    /// [`Apply`], including a closure taking a [`Job`](crate::Job).
+    /// [`Apply`]: a built-in strategy, a reference, `Box` or `Arc` of one
+    /// (`Arc<dyn Apply + Send + Sync>` for one picked at run time), or a
+    /// closure through [`apply_fn`](crate::apply_fn).
     pub fn apply<B>(self, apply: B) -> YieldableThread<B>
     where
         B: Apply + Send + 'static,
