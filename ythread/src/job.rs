@@ -79,6 +79,16 @@ impl<'a> Job<'a> {
     pub fn run(self) {
         self.work.run_once();
     }
+
+    /// Erases the job's lifetime, to send it where the borrow checker cannot
+    /// follow (a pool's queue); turning it back is `unsafe`
+    /// ([`ErasedJob::as_job`]).
+    #[inline]
+    pub(crate) fn erase(self) -> ErasedJob {
+        // SAFETY: `as_job`, the only way back, requires that the work is
+        // still alive and unaliased.
+        unsafe { ErasedJob::erase(self.work) }
+    }
 }
 
 impl fmt::Debug for Job<'_> {

@@ -1,6 +1,14 @@
 //! Yieldable threads: keep OS threads for blocking I/O, and let whoever
 //! starts the thread decide where its CPU-heavy steps run.
 //!
+//! This is a Rust take on *yieldable threads*, a thought experiment published
+//! in 2009 about Python: keep real threads for blocking I/O, and make the
+//! CPU-heavy step the thing a handler yields (a Python generator yielding
+//! `(function, args)`), so that the thread that runs it decides where that
+//! step runs. The post's `YieldableThread`, its default and exclusive apply
+//! functions, its `multiprocessing.Pool().apply` and its `sumn` benchmark
+//! server are all here; the docs call it "the 2009 post".
+//!
 //! A thread-per-connection server is simple: read, compute, write, in
 //! straight-line code. It scales badly when every one of many threads also
 //! does CPU work: the OS time-slices all of them, and every request finishes
@@ -69,22 +77,25 @@
 //! - Work that itself runs a handler with the same `Exclusive`, `Bounded` or
 //!   `Pool` runs in place, as a nested `rayon::install` does.
 #![warn(missing_docs, missing_debug_implementations)]
+#![doc(test(attr(deny(warnings))))]
 
 mod apply;
-mod driver;
 mod error;
+mod generator;
 mod handler;
 mod job;
 #[cfg(target_os = "linux")]
 mod overflow;
+mod private;
 mod stack;
 mod thread;
 
 pub use apply::{Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, apply_fn};
-pub use driver::{DEFAULT_STACK_SIZE, Generator, GeneratorState};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
+pub use generator::{Generator, GeneratorState};
 pub use handler::{BoxYieldable, WithStackSize, Yieldable};
 pub use job::Job;
+pub use stack::DEFAULT_STACK_SIZE;
 pub use thread::{YieldableThread, spawn};
 
 /// Marks a function as a yieldable handler.
@@ -213,7 +224,7 @@ pub use ythread_macros::yield_from;
 /// Used by the code `#[yieldable]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{
+    pub use crate::private::{
         Context, HandlerFn, handler, offload, offload_call, try_offload, try_offload_call,
         yield_from,
     };

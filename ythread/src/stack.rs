@@ -12,10 +12,38 @@
 //! touched, so a burst of handlers does not pin its stacks forever.
 
 use std::cell::Cell;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use corosensei::stack::DefaultStack;
+use parking_lot::{Mutex, MutexGuard};
+
+/// The size of a handler's coroutine stack unless it asks for another
+/// ([`Yieldable::with_stack_size`](crate::Yieldable::with_stack_size),
+/// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)):
+/// 2 MiB, std's default for a thread, so a handler fits what the plain
+/// function fits on a thread. As with std, the `RUST_MIN_STACK` environment
+/// variable (in bytes, read once) replaces it.
+///
+/// The size costs address space, not memory: only the pages a handler
+/// touches are committed (BENCHMARKS.md, "Coroutine stacks", measures both).
+/// Offloaded work runs on the driving thread's own stack (or a worker's),
+/// not on this one.
+///
+/// Overflowing a coroutine stack aborts the process with a message naming
+/// the handler and the settings to raise, as std does for a thread (on
+/// Linux; elsewhere the guard page still stops it, without the message).
+pub const DEFAULT_STACK_SIZE: usize = 2 * 1024 * 1024;
+
+/// [`DEFAULT_STACK_SIZE`], or `RUST_MIN_STACK` when it is set to a number.
+pub(crate) fn default_stack_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var("RUST_MIN_STACK")
+            .ok()
+            .and_then(|bytes| bytes.trim().parse().ok())
+            .unwrap_or(DEFAULT_STACK_SIZE)
+    })
+}
 
 /// The stack type every handler coroutine runs on.
 pub(crate) type Stack = DefaultStack;
@@ -169,11 +197,10 @@ fn expire(pool: &mut Vec<IdleStack>) -> Vec<IdleStack> {
     pool.drain(..stale).collect()
 }
 
-/// The pool's lock; a panic while holding it leaves the vector consistent
-/// (only push, remove, drain and iteration happen under it), so poisoning is
-/// ignored.
-fn lock_pool() -> std::sync::MutexGuard<'static, Vec<IdleStack>> {
-    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The pool's lock (parking_lot's: no poisoning to handle; only push,
+/// remove, drain and iteration happen under it).
+fn lock_pool() -> MutexGuard<'static, Vec<IdleStack>> {
+    POOL.lock()
 }
 
 /// How many stacks the process-wide pool holds now (for tests).

@@ -5,11 +5,12 @@ use std::io;
 use std::thread::{self, JoinHandle};
 
 use crate::apply::{Apply, Inline};
-use crate::driver::default_stack_size;
 use crate::handler::Yieldable;
+use crate::stack::default_stack_size;
 
 /// Builds and spawns an OS thread that runs a handler, handing each piece of
-/// its offloaded work to a strategy: the seed's `YieldableThread`.
+/// its offloaded work to a strategy: the `YieldableThread` of the 2009
+/// "yieldable threads" post this crate comes from (see the crate docs).
 ///
 /// Shaped like [`std::thread::Builder`]: configure, then
 /// [`spawn`](YieldableThread::spawn), which returns a standard
@@ -40,6 +41,7 @@ use crate::handler::Yieldable;
 /// assert_eq!(thread.join().unwrap(), 5050);
 /// ```
 #[derive(Debug)]
+#[must_use = "must eventually spawn the thread"]
 pub struct YieldableThread<A = Inline> {
     thread: thread::Builder,
     /// `None`: [`default_stack_size`], read on the new thread.

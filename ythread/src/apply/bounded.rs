@@ -96,7 +96,7 @@ impl Bounded {
 
     /// A limit equal to the number of cores the process may use.
     pub fn per_core() -> Self {
-        Bounded::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        Bounded::new(super::cores())
     }
 
     /// The most pieces of work that may run at once.
@@ -109,5 +109,12 @@ impl Apply for Bounded {
     #[inline]
     fn apply(&self, job: Job<'_>) {
         self.semaphore.run(|| job.run());
+    }
+}
+
+impl Default for Bounded {
+    /// [`Bounded::per_core`].
+    fn default() -> Self {
+        Bounded::per_core()
     }
 }

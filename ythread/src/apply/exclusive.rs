@@ -2,7 +2,7 @@ use super::{Apply, Bounded};
 use crate::Job;
 
 /// Runs offloaded work on the driving thread under one lock shared by every
-/// clone, so at most one thread at a time runs CPU work: the seed's
+/// clone, so at most one thread at a time runs CPU work: the 2009 post's
 /// `exclusive_apply`.
 ///
 /// The lock is fair: threads get it in the order they asked for it. With an

@@ -1,7 +1,7 @@
 use super::Apply;
 use crate::Job;
 
-/// Runs offloaded work right there, on the driving thread: the seed's
+/// Runs offloaded work right there, on the driving thread: the 2009 post's
 /// default apply. A handler driven with `Inline` behaves, and performs, like
 /// the plain threaded function it was written as.
 ///

@@ -171,6 +171,11 @@ impl<F: Fn(Job<'_>)> Apply for ApplyFn<F> {
     }
 }
 
+/// How many threads the process may run at once: what `per_core` means.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[cfg(feature = "rayon")]
 impl Apply for rayon::ThreadPool {
     /// Runs the job on this pool, with `install`: from one of the pool's

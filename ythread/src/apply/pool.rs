@@ -1,6 +1,5 @@
 use std::cell::Cell;
 use std::fmt;
-use std::mem::{self, ManuallyDrop};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,9 +11,11 @@ use crossbeam_utils::Backoff;
 
 use super::Apply;
 use crate::Job;
+use crate::job::ErasedJob;
 
 /// Runs offloaded work on a fixed set of worker threads; the driving thread
-/// waits for the result: the seed's `multiprocessing.Pool().apply`, with
+/// waits for the result: the `multiprocessing.Pool().apply` of the 2009
+/// "yieldable threads" post this crate comes from, with
 /// threads instead of processes because Rust has no interpreter lock.
 ///
 /// Work is taken first come, first served from one queue shared by all
@@ -101,11 +102,27 @@ struct Shared {
     /// `WORKER_OF`. Never 0; unique among the pools of a process (short of
     /// `usize::MAX` of them).
     id: usize,
-    /// The work queue. Dropped first in `Drop`, which tells the workers to
-    /// stop once the queue is empty.
-    queue: ManuallyDrop<Sender<Task>>,
-    /// Worker threads, joined on drop.
-    workers: Vec<JoinHandle<()>>,
+    /// The work queue. Dropped before `workers` (fields drop in declaration
+    /// order), which tells the workers to stop once the queue is empty.
+    queue: Sender<Task>,
+    /// Worker threads, joined when dropped, after the queue.
+    workers: Workers,
+}
+
+/// A pool's worker threads; dropping joins them.
+struct Workers(Vec<JoinHandle<()>>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let current = thread::current().id();
+        for worker in self.0.drain(..) {
+            // A job that owned the last clone of its own pool drops it on a
+            // worker; that worker cannot join itself, and exits by itself.
+            if worker.thread().id() != current {
+                let _ = worker.join();
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -120,18 +137,23 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// A job on its way to a worker, and the latch its driving thread waits on.
 struct Task {
-    /// Really borrowed for the duration of one `Pool::apply` call; see there.
-    job: Job<'static>,
+    /// Borrowed for the duration of one `Pool::apply` call; see there.
+    job: ErasedJob,
+    /// The driving thread's latch, in its `Pool::apply` frame.
     latch: NonNull<Latch>,
 }
 
-// SAFETY: `Job` is `Send`; `latch` points to a `Latch`, which is `Sync`, owned
-// by the `Pool::apply` frame that waits for this task and so outlives it.
+// SAFETY: `job` points to `Send` work (an erased `Job`, which is `Send`);
+// `latch` points to a `Latch`, which is `Sync`, owned by the `Pool::apply`
+// frame that waits for this task and so outlives it.
 unsafe impl Send for Task {}
 
 /// Lives on the driving thread's stack while its job is in the pool.
 struct Latch {
+    /// Set by the worker once the job has run; the driving thread may then
+    /// return (and the latch disappear).
     done: AtomicBool,
+    /// The driving thread, unparked after `done` is set.
     waiter: Thread,
 }
 
@@ -157,22 +179,31 @@ impl Pool {
         Pool {
             shared: Arc::new(Shared {
                 id,
-                queue: ManuallyDrop::new(queue),
-                workers,
+                queue,
+                workers: Workers(workers),
             }),
         }
     }
 
+    /// A pool with one worker per core the process may use.
+    ///
+    /// # Panics
+    ///
+    /// Panics if a worker thread cannot be spawned.
+    pub fn per_core() -> Self {
+        Pool::new(super::cores())
+    }
+
     /// The number of worker threads.
     pub fn threads(&self) -> usize {
-        self.shared.workers.len()
+        self.shared.workers.0.len()
     }
 }
 
 impl Default for Pool {
-    /// A pool with one worker per core the process may use.
+    /// [`Pool::per_core`].
     fn default() -> Self {
-        Pool::new(thread::available_parallelism().map_or(1, |n| n.get()))
+        Pool::per_core()
     }
 }
 
@@ -189,15 +220,13 @@ impl Apply for Pool {
             done: AtomicBool::new(false),
             waiter: thread::current(),
         };
-        // SAFETY: the job's borrows must outlive its use on the worker. This
-        // function does not return until the worker has set `latch.done`,
-        // which it does after `job.run()` has returned, and it cannot unwind
-        // in between: sending cannot panic and waiting does not panic. If the
-        // send fails, the task (and job) come back in the error and are
-        // dropped here, unrun.
-        let job = unsafe { mem::transmute::<Job<'_>, Job<'static>>(job) };
+        // The job's borrows must outlive its use on the worker: this function
+        // does not return until the worker has set `latch.done`, which it does
+        // after the job has run, and it cannot unwind in between (sending
+        // cannot panic, waiting does not panic). If the send fails, the task
+        // comes back in the error and the job is left unrun.
         let task = Task {
-            job,
+            job: job.erase(),
             latch: NonNull::from(&latch),
         };
         if self.shared.queue.send(task).is_err() {
@@ -223,8 +252,11 @@ fn worker(pool: usize, tasks: Receiver<Task>) {
                 Err(_) => return,
             },
         };
+        // SAFETY: the driving thread is blocked in `Pool::apply` until `done`
+        // is set below, so the job's slot is alive and no one else uses it.
+        let job = unsafe { task.job.as_job() };
         // `Job::run` catches panics, so a panicking job never kills a worker.
-        task.job.run();
+        job.run();
         // SAFETY: the driving thread is still blocked in `Pool::apply`, which
         // owns the latch, until `done` is set below.
         let latch = unsafe { task.latch.as_ref() };
@@ -273,21 +305,6 @@ fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>) -> Opti
         }
         if start.elapsed() > budget {
             return None;
-        }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // SAFETY: `queue` is not used after this.
-        unsafe { ManuallyDrop::drop(&mut self.queue) };
-        let current = thread::current().id();
-        for worker in self.workers.drain(..) {
-            // A job that owned the last clone of its own pool drops it on a
-            // worker; that worker cannot join itself, and exits by itself.
-            if worker.thread().id() != current {
-                let _ = worker.join();
-            }
         }
     }
 }

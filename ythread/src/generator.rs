@@ -1,6 +1,6 @@
-//! Driving a handler: the coroutine that runs its body, and the loop that
-//! hands each yielded job to the strategy and resumes the handler with the
-//! result.
+//! [`Generator`]: a handler running on its coroutine, stepped by hand or by
+//! [`drive`], the loop that hands each yielded job to the strategy and
+//! resumes the handler with the result.
 
 use std::any::{self, Any};
 use std::fmt;
@@ -12,8 +12,9 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::apply::Apply;
 use crate::error::HandlerDropped;
-use crate::handler::{Context, Yieldable};
+use crate::handler::Yieldable;
 use crate::job::{ErasedJob, Job};
+use crate::private::Context;
 use crate::stack::{self, Label, Stack};
 
 /// How a handler's body ended: its value, or the payload it panicked with
@@ -25,35 +26,8 @@ type Outcome<T> = Result<T, Box<dyn Any + Send + 'static>>;
 /// that retries a bounded number of times still ends normally.
 const REOFFLOADS_WHILE_DROPPED: usize = 16;
 
-/// The size of a handler's coroutine stack unless it asks for another
-/// ([`Yieldable::with_stack_size`],
-/// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)):
-/// 2 MiB, std's default for a thread, so a handler fits what the plain
-/// function fits on a thread. As with std, the `RUST_MIN_STACK` environment
-/// variable (in bytes, read once) replaces it.
-///
-/// The size costs address space, not memory: only the pages a handler
-/// touches are committed (BENCHMARKS.md, "Coroutine stacks", measures both).
-/// Offloaded work runs on the driving thread's own stack (or a worker's),
-/// not on this one.
-///
-/// Overflowing a coroutine stack aborts the process with a message naming
-/// the handler and the settings to raise, as std does for a thread (on
-/// Linux; elsewhere the guard page still stops it, without the message).
-pub const DEFAULT_STACK_SIZE: usize = 2 * 1024 * 1024;
-
-/// [`DEFAULT_STACK_SIZE`], or `RUST_MIN_STACK` when it is set to a number.
-pub(crate) fn default_stack_size() -> usize {
-    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SIZE.get_or_init(|| {
-        std::env::var("RUST_MIN_STACK")
-            .ok()
-            .and_then(|bytes| bytes.trim().parse().ok())
-            .unwrap_or(DEFAULT_STACK_SIZE)
-    })
-}
-
-/// A started handler, stepped by hand: the Rust face of the seed's generator.
+/// A started handler, stepped by hand: the Rust face of the Python generator
+/// the 2009 "yieldable threads" post drives.
 ///
 /// Each [`resume`](Generator::resume) runs the handler until its next
 /// `offload!` point, which arrives as [`GeneratorState::Yielded`] with the
@@ -374,7 +348,7 @@ impl<T> fmt::Debug for Generator<T> {
 }
 
 /// Runs `handler` to completion on the current thread, giving each job to
-/// `apply`. This is the loop of the seed's `YieldableThread.run`.
+/// `apply`. This is the loop of the 2009 post's `YieldableThread.run`.
 pub(crate) fn drive<H, A>(handler: H, apply: &A, stack_size: usize) -> H::Output
 where
     H: Yieldable,
