@@ -42,6 +42,13 @@ pub fn sumn(n: u64) -> u64 {
     total
 }
 
+/// The number of cores this process may use (1 if that is unknown): the
+/// size of `ythread::Bounded::per_core()` and `ythread::Pool::default()`, and
+/// of the benchmark's machine.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The value `sumn(n)` must return, computed in O(1) to check answers.
 pub fn expected_sum(n: u64) -> u64 {
     let n = u128::from(n);

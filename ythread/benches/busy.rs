@@ -53,7 +53,8 @@ fn cores_busy<A: Apply + Clone + Send + 'static>(apply: A, n: u64, cores: usize)
 }
 
 fn main() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The cores the process may use: the limit of `Bounded::per_core()`.
+    let cores = Bounded::per_core().limit();
     // Calibrate each piece of work to about 4 ms on this machine.
     let probe = 1_000_000;
     let start = Instant::now();
