@@ -10,8 +10,8 @@
 //! - std threads, one per connection like the seed, the CPU step in
 //!   `ThreadPool::install` on a rayon pool sized to the cores.
 //!
-//! They call the benchmark's [`sumn`](crate::sumn), the library's `sumn`
-//! through one shared copy of its loop (see there why that matters).
+//! They call [`ythread_demo::sumn`], which is never inlined: every row runs
+//! the same machine code for the work (see there why that matters).
 
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,9 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use ythread_demo::{MAX_REQUEST, parse_decimal, read_request, write_reply};
+use ythread_demo::{MAX_REQUEST, cores, parse_decimal, read_request, sumn, write_reply};
 
-use crate::sumn;
 use crate::variants::Running;
 
 /// Where the tokio server runs `sumn`.
@@ -149,7 +148,7 @@ impl RayonInstallServer {
         let addr = listener.local_addr()?;
         let pool = Arc::new(
             rayon::ThreadPoolBuilder::new()
-                .num_threads(crate::cores())
+                .num_threads(cores())
                 .thread_name(|i| format!("rayon-peer-{i}"))
                 .build()
                 .map_err(io::Error::other)?,

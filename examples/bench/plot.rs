@@ -5,8 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::model::{Load, Results};
 use crate::variants::Family;
-use crate::{Load, Results};
 
 /// Distinct on white and for the common colour-blindnesses (Okabe–Ito plus
 /// greys); cycled if there are more rows.
@@ -171,11 +171,4 @@ where
             .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-impl crate::Workload {
-    /// A short panel title.
-    fn key_title(&self) -> String {
-        format!("{} (n = {})", self.key, self.n)
-    }
 }

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::model::{Load, Results, ms};
 use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL};
-use crate::{Load, Results, ms};
 
 /// The Python seed's figures (Python 2.7, 4-core Mac Pro, n = 25000, 1000
 /// requests, seconds), from the blog post, for reference beside ours.

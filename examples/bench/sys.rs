@@ -27,7 +27,7 @@ impl Machine {
             .map(|k| k.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
         Machine {
-            cores: crate::cores(),
+            cores: ythread_demo::cores(),
             cpu_model,
             kernel,
         }
