@@ -12,7 +12,7 @@
 //! would pick instead; [`calibrate`] measures `sumn`'s speed; [`run`] runs
 //! every cell, [`openloop`] drives the open ones and [`sys`] reads the
 //! machine; [`model`] holds what was measured, which [`report`] turns into
-//! tables and [`plot`] into a chart.
+//! [`table`]s and [`plot`] into a chart.
 //!
 //! ```text
 //! cargo run --release --example bench            # quick, about two minutes on 2 cores
@@ -27,6 +27,7 @@ mod plot;
 mod report;
 mod run;
 mod sys;
+mod table;
 mod variants;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::model::{Load, Results, ms};
+use crate::table::Table;
 use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL};
 
 /// The Python seed's figures (Python 2.7, 4-core Mac Pro, n = 25000, 1000
@@ -142,8 +143,7 @@ fn seed_tables(out: &mut String, r: &Results) {
         }
         t.row(measured);
         t.row(computed);
-        out.push_str(&t.render());
-        out.push('\n');
+        t.write_to(out);
     }
     let _ = writeln!(
         out,
@@ -155,8 +155,7 @@ fn seed_tables(out: &mut String, r: &Results) {
         row.extend(secs.iter().map(|s| format!("{s:.2}")));
         t.row(row);
     }
-    out.push_str(&t.render());
-    out.push('\n');
+    t.write_to(out);
 }
 
 /// The targets, checked against this run.
@@ -344,10 +343,10 @@ fn same_work(out: &mut String, r: &Results) {
             ),
         ]);
     }
-    out.push_str(&t.render());
+    t.write_to(out);
     let _ = writeln!(
         out,
-        "\n(!) marks a row more than 25% off the median: its numbers measure its copy of the loop as much as its scheduling.\n"
+        "(!) marks a row more than 25% off the median: its numbers measure its copy of the loop as much as its scheduling.\n"
     );
 }
 
@@ -374,8 +373,7 @@ fn latency_tables(out: &mut String, r: &Results) {
             }
             t.row(row);
         }
-        out.push_str(&t.render());
-        out.push('\n');
+        t.write_to(out);
         for &load in &loads {
             let what = match load {
                 Load::Closed(c) => format!(
@@ -435,8 +433,7 @@ fn latency_tables(out: &mut String, r: &Results) {
                 }
                 t.row(row);
             }
-            out.push_str(&t.render());
-            out.push('\n');
+            t.write_to(out);
         }
     }
     let _ = writeln!(
@@ -510,65 +507,4 @@ pub(crate) fn csv(r: &Results) -> String {
         );
     }
     out
-}
-
-/// A Markdown table whose columns line up in a terminal too; the first
-/// column is left-aligned, the others (numbers) right-aligned.
-struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
-        Table {
-            headers: headers.into_iter().map(Into::into).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, row: Vec<String>) {
-        self.rows.push(row);
-    }
-
-    fn render(&self) -> String {
-        let width = |i: usize| {
-            self.rows
-                .iter()
-                .filter_map(|r| r.get(i))
-                .chain(std::iter::once(&self.headers[i]))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(3)
-        };
-        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
-        let line = |cells: &[String]| {
-            let mut s = String::from("|");
-            for (i, w) in widths.iter().enumerate() {
-                let cell = cells.get(i).map_or("", String::as_str);
-                if i == 0 {
-                    let _ = write!(s, " {cell:<w$} |");
-                } else {
-                    let _ = write!(s, " {cell:>w$} |");
-                }
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = line(&self.headers);
-        out.push('|');
-        for (i, w) in widths.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(out, "{}|", "-".repeat(w + 2));
-            } else {
-                let _ = write!(out, "{}:|", "-".repeat(w + 1));
-            }
-        }
-        out.push('\n');
-        for row in &self.rows {
-            out.push_str(&line(row));
-        }
-        out
-    }
 }
