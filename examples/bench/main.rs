@@ -8,11 +8,11 @@
 //! directory (the build's `target/bench/` unless `--out` says otherwise).
 //!
 //! This file holds the command line and the order of things. The rest, by
-//! file: [`variants`] lists the servers and [`peers`] writes the ones users
-//! would pick instead; [`calibrate`] measures `sumn`'s speed; [`run`] runs
-//! every cell, [`openloop`] drives the open ones and [`sys`] reads the
-//! machine; [`model`] holds what was measured, which [`report`] turns into
-//! [`table`]s and [`plot`] into a chart.
+//! file: `variants` lists the servers and `peers` writes the ones users would
+//! pick instead; `calibrate` measures `sumn`'s speed; `run` runs every cell,
+//! `openloop` drives the open ones and `sys` reads the machine; `model` holds
+//! what was measured, which `report` turns into `table`s and `plot` into a
+//! chart.
 //!
 //! ```text
 //! cargo run --release --example bench            # quick, about two minutes on 2 cores
