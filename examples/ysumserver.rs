@@ -45,16 +45,16 @@ enum Strategy {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
     let server = match args.apply {
         Strategy::Inline => Server::start_yieldable(listener, Inline)?,
         Strategy::Exclusive => Server::start_yieldable(listener, Exclusive::new())?,
-        Strategy::Bounded => {
-            Server::start_yieldable(listener, Bounded::new(args.limit.unwrap_or(cores)))?
-        }
+        Strategy::Bounded => Server::start_yieldable(
+            listener,
+            args.limit.map_or_else(Bounded::per_core, Bounded::new),
+        )?,
         Strategy::Pool => {
-            Server::start_yieldable(listener, Pool::new(args.threads.unwrap_or(cores)))?
+            Server::start_yieldable(listener, args.threads.map_or_else(Pool::default, Pool::new))?
         }
     };
     println!(

@@ -1,14 +1,14 @@
 //! The seed's client: a closed loop of requests, one fresh connection per
 //! request, split across client threads, every answer checked.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::{expected_sum, parse_decimal};
+use crate::{expected_sum, request_on};
 
 /// How many times a refused connection is retried before the request counts
 /// as an error. A loaded server's listen queue can overflow; the seed's
@@ -216,14 +216,7 @@ pub fn request_with_retries(addr: SocketAddr, n: u64) -> (io::Result<u64>, u32) 
             Err(e) => return (Err(e), retries),
         }
     };
-    let answer = (|| {
-        stream.set_nodelay(true)?;
-        stream.write_all(n.to_string().as_bytes())?;
-        let mut answer = Vec::with_capacity(24);
-        stream.read_to_end(&mut answer)?;
-        parse_decimal(&answer)
-    })();
-    (answer, retries)
+    (request_on(&mut stream, n), retries)
 }
 
 /// Whether a failed connect may succeed if tried again.
@@ -240,6 +233,7 @@ fn is_transient(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     use super::*;

@@ -42,6 +42,13 @@ pub fn sumn(n: u64) -> u64 {
     total
 }
 
+/// The number of cores this process may use (1 if that is unknown): the
+/// size of `ythread::Bounded::per_core()` and `ythread::Pool::default()`, and
+/// of the benchmark's machine.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The value `sumn(n)` must return, computed in O(1) to check answers.
 pub fn expected_sum(n: u64) -> u64 {
     let n = u128::from(n);
@@ -95,7 +102,12 @@ pub fn parse_decimal(bytes: &[u8]) -> io::Result<u64> {
 ///
 /// Any I/O error, or `InvalidData` if the answer is not a number.
 pub fn request(addr: SocketAddr, n: u64) -> io::Result<u64> {
-    let mut stream = TcpStream::connect(addr)?;
+    request_on(&mut TcpStream::connect(addr)?, n)
+}
+
+/// The rest of a request once connected: sends `n` on `stream` and reads
+/// the answer until the server closes the connection.
+fn request_on(stream: &mut TcpStream, n: u64) -> io::Result<u64> {
     stream.set_nodelay(true)?;
     stream.write_all(n.to_string().as_bytes())?;
     let mut answer = Vec::with_capacity(24);

@@ -3,7 +3,8 @@
 //!
 //! Two handlers do the same thing: [`handle_plain`] is the plain threaded
 //! function, [`handle`] the yieldable one whose CPU step is `offload!(sumn,
-//! n)`. A [`Server`] runs either one on a background accept thread, and stops
+//! n)`. A [`Server`] runs either one (or, on plain threads, any handler: see
+//! [`Server::start_threads`]) on a background accept thread, and stops
 //! cleanly: [`Server::stop`] returns once every thread it started has ended.
 
 use std::collections::HashMap;
@@ -127,11 +128,32 @@ impl Server {
     /// Fails if the listener's address cannot be read or the accept thread
     /// cannot be spawned.
     pub fn start_plain(listener: TcpListener) -> io::Result<Server> {
-        Server::start(listener, |stream, registration| {
+        Server::start_threads(listener, "sumserver-conn", handle_plain)
+    }
+
+    /// Serves with plain std threads named `thread_name`, one per
+    /// connection, each running a clone of `serve` on its stream: the plain
+    /// server with any handler (the benchmark's peers use it).
+    ///
+    /// # Errors
+    ///
+    /// Fails if the listener's address cannot be read or the accept thread
+    /// cannot be spawned.
+    pub fn start_threads<F>(
+        listener: TcpListener,
+        thread_name: &str,
+        serve: F,
+    ) -> io::Result<Server>
+    where
+        F: FnOnce(TcpStream) -> io::Result<()> + Clone + Send + 'static,
+    {
+        let thread_name = thread_name.to_owned();
+        Server::start(listener, move |stream, registration| {
+            let serve = serve.clone();
             thread::Builder::new()
-                .name("sumserver-conn".into())
+                .name(thread_name.clone())
                 .spawn(move || {
-                    let result = handle_plain(stream);
+                    let result = serve(stream);
                     drop(registration);
                     result
                 })

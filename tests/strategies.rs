@@ -2,6 +2,8 @@
 //! they run, that the handler resumes only after its work has finished, and
 //! that a pool survives panicking work.
 
+mod common;
+
 use std::panic;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -130,7 +132,8 @@ fn the_handler_resumes_only_after_its_work_has_finished() {
 fn panics_n_times(times: usize) -> usize {
     let mut caught = 0;
     for i in 0..times {
-        let result = panic::catch_unwind(|| offload!(|| panic!("work panic {i}")));
+        let result =
+            panic::catch_unwind(|| offload!(|| common::quietly(|| panic!("work panic {i}"))));
         caught += usize::from(result.is_err());
     }
     caught
@@ -157,8 +160,6 @@ fn meets(arrived: Arc<AtomicUsize>, expected: usize) -> bool {
 
 #[test]
 fn a_pool_keeps_all_its_workers_after_panicking_work() {
-    let previous_hook = panic::take_hook();
-    panic::set_hook(Box::new(|_| {}));
     let pool = Pool::new(3);
     let caught = YieldableThread::new()
         .apply(pool.clone())
@@ -166,7 +167,6 @@ fn a_pool_keeps_all_its_workers_after_panicking_work() {
         .unwrap()
         .join()
         .unwrap();
-    panic::set_hook(previous_hook);
     assert_eq!(caught, 30);
     assert_eq!(pool.threads(), 3);
 

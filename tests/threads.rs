@@ -1,6 +1,7 @@
 //! `YieldableThread`: the std-like builder and what `join` returns.
 
-use std::panic;
+mod common;
+
 use std::thread;
 
 use ythread::apply_fn;
@@ -26,7 +27,7 @@ fn the_thread_gets_its_name_and_join_returns_the_handlers_value() {
 
 #[yieldable]
 fn fails(message: &'static str) -> u32 {
-    offload!(|| -> u32 { panic!("{message}") })
+    offload!(|| -> u32 { common::quietly(|| panic!("{message}")) })
 }
 
 #[test]
@@ -42,18 +43,20 @@ fn join_returns_the_panic_of_the_handler_or_its_work() {
     );
 }
 
+/// Recurses `depth` times with a 512-byte frame each; returns `depth`.
+fn recurse_plainly(depth: u32) -> u32 {
+    let frame = std::hint::black_box([0u8; 512]);
+    if depth == 0 {
+        u32::from(frame[0])
+    } else {
+        recurse_plainly(depth - 1) + 1
+    }
+}
+
 #[yieldable]
 fn recurse(depth: u32) -> u32 {
-    fn deep(depth: u32) -> u32 {
-        let frame = std::hint::black_box([0u8; 512]);
-        if depth == 0 {
-            u32::from(frame[0])
-        } else {
-            deep(depth - 1) + 1
-        }
-    }
     // Recursion on the coroutine stack itself, then inside work.
-    deep(depth) + offload!(deep, depth)
+    recurse_plainly(depth) + offload!(recurse_plainly, depth)
 }
 
 #[test]
@@ -100,29 +103,17 @@ fn any_closure_taking_a_job_is_a_strategy() {
 
 #[test]
 fn a_panic_in_one_thread_leaves_the_shared_pool_serving_others() {
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(|_| {}));
     let pool = Pool::new(1);
     let failing = YieldableThread::new()
         .apply(pool.clone())
         .spawn(fails("boom"))
         .unwrap();
     assert!(failing.join().is_err());
-    panic::set_hook(previous);
     let ok = YieldableThread::new()
         .apply(pool)
         .spawn(reports_its_thread())
         .unwrap();
     assert_eq!(ok.join().unwrap(), None);
-}
-
-fn recurse_plainly(depth: u32) -> u32 {
-    let frame = std::hint::black_box([0u8; 512]);
-    if depth == 0 {
-        u32::from(frame[0])
-    } else {
-        recurse_plainly(depth - 1) + 1
-    }
 }
 
 #[test]

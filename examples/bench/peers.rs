@@ -7,26 +7,25 @@
 //!   documentation recommends for CPU-bound work;
 //! - the same, the CPU step on rayon's global pool (`rayon::spawn` plus a
 //!   oneshot channel), the other recommended pattern;
-//! - std threads, one per connection like the seed, the CPU step in
-//!   `ThreadPool::install` on a rayon pool sized to the cores.
+//! - std threads, one per connection like the seed (the demo's own
+//!   [`Server`], as in the plain row), the CPU step in `ThreadPool::install`
+//!   on a rayon pool sized to the cores.
 //!
-//! They call the benchmark's [`sumn`](crate::sumn), the library's `sumn`
-//! through one shared copy of its loop (see there why that matters).
+//! They call [`ythread_demo::sumn`], which is never inlined: every row runs
+//! the same machine code for the work (see there why that matters).
 
-use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use ythread_demo::{MAX_REQUEST, parse_decimal, read_request, write_reply};
+use ythread_demo::server::Server;
+use ythread_demo::{MAX_REQUEST, cores, parse_decimal, read_request, sumn, write_reply};
 
-use crate::sumn;
 use crate::variants::Running;
 
 /// Where the tokio server runs `sumn`.
@@ -136,87 +135,18 @@ async fn serve_async(mut stream: tokio::net::TcpStream, step: TokioStep) -> io::
 }
 
 /// The seed's thread-per-connection server, its CPU step in
-/// `rayon::ThreadPool::install`.
-pub(crate) struct RayonInstallServer {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    accept: JoinHandle<()>,
-}
-
-impl RayonInstallServer {
-    /// Starts the accept thread and a rayon pool with one thread per core.
-    pub(crate) fn start(listener: TcpListener) -> io::Result<RayonInstallServer> {
-        let addr = listener.local_addr()?;
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(crate::cores())
-                .thread_name(|i| format!("rayon-peer-{i}"))
-                .build()
-                .map_err(io::Error::other)?,
-        );
-        let stopping = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stopping);
-        let accept = thread::Builder::new()
-            .name("rayon-peer-accept".into())
-            .spawn(move || accept_threads(&listener, &flag, &pool))?;
-        Ok(RayonInstallServer {
-            addr,
-            stopping,
-            accept,
-        })
-    }
-}
-
-impl Running for RayonInstallServer {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn stop(self: Box<Self>) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // `accept` blocks until a connection comes: make one. If the connect
-        // fails, the accept thread has already ended.
-        drop(TcpStream::connect_timeout(
-            &self.addr,
-            Duration::from_secs(5),
-        ));
-        let _ = self.accept.join();
-    }
-}
-
-fn accept_threads(listener: &TcpListener, stopping: &AtomicBool, pool: &Arc<rayon::ThreadPool>) {
-    let mut threads: Vec<JoinHandle<io::Result<()>>> = Vec::new();
-    loop {
-        let accepted = listener.accept();
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == ErrorKind::ConnectionAborted => continue,
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let pool = Arc::clone(pool);
-        if let Ok(thread) = thread::Builder::new()
-            .name("rayon-peer-conn".into())
-            .spawn(move || serve_install(stream, &pool))
-        {
-            threads.push(thread);
-        }
-        if threads.len() >= 64 {
-            threads.retain(|t| !t.is_finished());
-        }
-    }
-    for thread in threads {
-        let _ = thread.join();
-    }
-}
-
-fn serve_install(mut stream: TcpStream, pool: &rayon::ThreadPool) -> io::Result<()> {
-    let n = read_request(&mut stream)?;
-    let sum = pool.install(|| sumn(n));
-    write_reply(&mut stream, sum)
+/// `rayon::ThreadPool::install` on a pool with one thread per core.
+pub(crate) fn start_rayon_install(listener: TcpListener) -> io::Result<Server> {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores())
+            .thread_name(|i| format!("rayon-peer-{i}"))
+            .build()
+            .map_err(io::Error::other)?,
+    );
+    Server::start_threads(listener, "rayon-peer-conn", move |mut stream| {
+        let n = read_request(&mut stream)?;
+        let sum = pool.install(|| sumn(n));
+        write_reply(&mut stream, sum)
+    })
 }

@@ -1,12 +1,16 @@
 //! The SVG plot: p99 latency against load, one line per server, one panel
 //! per workload and loop kind.
 
+use std::error::Error;
+use std::ops::Range;
 use std::path::Path;
 
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
+use crate::model::{Load, Results};
 use crate::variants::Family;
-use crate::{Load, Results};
 
 /// Distinct on white and for the common colour-blindnesses (Okabe–Ito plus
 /// greys); cycled if there are more rows.
@@ -28,7 +32,7 @@ pub(crate) fn draw(r: &Results, path: &Path) -> Result<(), String> {
     draw_inner(r, path).map_err(|e| e.to_string())
 }
 
-fn draw_inner(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn draw_inner(r: &Results, path: &Path) -> Result<(), Box<dyn Error>> {
     let rows = r.workloads.len();
     let root = SVGBackend::new(path, (1200, 460 * rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -51,45 +55,125 @@ fn draw_inner(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>
             .collect();
         let lo = p99s.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = p99s.iter().copied().fold(0.0, f64::max);
-        let (lo, hi) = if lo.is_finite() && hi > 0.0 {
-            (lo / 1.5, hi * 1.5)
+        let y = if lo.is_finite() && hi > 0.0 {
+            lo / 1.5..hi * 1.5
         } else {
-            (0.01, 1.0)
+            0.01..1.0
         };
         let closed: Vec<f64> = r.closed_clients.iter().map(|&c| c as f64).collect();
         let open: Vec<f64> = r.open_percents.iter().map(|&p| f64::from(p)).collect();
 
-        let area = &panels[2 * w];
         let x_max = closed.last().copied().unwrap_or(1.0).max(2.0);
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!("{}: closed loop", workload.key_title()),
-                ("sans-serif", 16),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(
-                (1.0..x_max).log_scale().with_key_points(closed.clone()),
-                (lo..hi).log_scale(),
-            )?;
-        chart
-            .configure_mesh()
-            .x_desc("client threads")
-            .y_desc("p99 latency (ms)")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y}"))
-            .draw()?;
-        series(r, &mut chart, |v| {
-            r.closed_clients
-                .iter()
-                .filter_map(|&c| {
-                    let cell = r.cell(w, Load::Closed(c), v)?;
-                    (cell.report.answered() > 0)
-                        .then(|| (c as f64, cell.report.p99_us() as f64 / 1000.0))
-                })
-                .collect()
-        })?;
+        panel(
+            r,
+            w,
+            &panels[2 * w],
+            y.clone(),
+            Panel {
+                caption: format!("{}: closed loop", workload.key_title()),
+                x: (1.0..x_max).log_scale().with_key_points(closed),
+                // plotters' default.
+                x_labels: 11,
+                x_desc: "client threads",
+                x_format: |x| format!("{x:.0}"),
+                loads: r
+                    .closed_clients
+                    .iter()
+                    .map(|&c| (c as f64, Load::Closed(c)))
+                    .collect(),
+                legend: true,
+            },
+        )?;
+
+        let (x_lo, x_hi) = (
+            open.first().copied().unwrap_or(50.0) - 10.0,
+            open.last().copied().unwrap_or(90.0) + 10.0,
+        );
+        panel(
+            r,
+            w,
+            &panels[2 * w + 1],
+            y,
+            Panel {
+                caption: format!(
+                    "{}: open loop, Poisson arrivals (100% = {:.0} req/s)",
+                    workload.key_title(),
+                    r.capacity.get(w).copied().unwrap_or(0.0)
+                ),
+                x: x_lo..x_hi,
+                x_labels: ((x_hi - x_lo) / 10.0) as usize + 1,
+                x_desc: "offered load (% of capacity)",
+                x_format: |x| format!("{x:.0}%"),
+                loads: r
+                    .open_percents
+                    .iter()
+                    .map(|&p| (f64::from(p), Load::Open(p)))
+                    .collect(),
+                legend: false,
+            },
+        )?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// What sets one panel apart from the others.
+struct Panel<X> {
+    /// The title above the chart.
+    caption: String,
+    /// The x axis: its range and scale.
+    x: X,
+    /// How many labels the x axis gets.
+    x_labels: usize,
+    /// The x axis's name.
+    x_desc: &'static str,
+    /// Writes an x label.
+    x_format: fn(&f64) -> String,
+    /// The loads of the panel, each at its x.
+    loads: Vec<(f64, Load)>,
+    /// Whether the panel shows the legend (the first of a row does).
+    legend: bool,
+}
+
+/// Draws one panel of workload `w` into `area`: the p99 latency of every
+/// server (the y axis, logarithmic over `y`, in ms) at each of the panel's
+/// loads.
+fn panel<X>(
+    r: &Results,
+    w: usize,
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    y: Range<f64>,
+    panel: Panel<X>,
+) -> Result<(), Box<dyn Error>>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(panel.x, y.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(panel.x_labels)
+        .x_desc(panel.x_desc)
+        .y_desc("p99 latency (ms)")
+        .x_label_formatter(&panel.x_format)
+        .y_label_formatter(&|y| format!("{y}"))
+        .draw()?;
+    series(r, &mut chart, |v| {
+        panel
+            .loads
+            .iter()
+            .filter_map(|&(x, load)| {
+                let cell = r.cell(w, load, v)?;
+                (cell.report.answered() > 0).then(|| (x, cell.report.p99_us() as f64 / 1000.0))
+            })
+            .collect()
+    })?;
+    if panel.legend {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
@@ -97,45 +181,7 @@ fn draw_inner(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>
             .background_style(WHITE.mix(0.85))
             .label_font(("sans-serif", 12))
             .draw()?;
-
-        let area = &panels[2 * w + 1];
-        let (x_lo, x_hi) = (
-            open.first().copied().unwrap_or(50.0) - 10.0,
-            open.last().copied().unwrap_or(90.0) + 10.0,
-        );
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!(
-                    "{}: open loop, Poisson arrivals (100% = {:.0} req/s)",
-                    workload.key_title(),
-                    r.capacity.get(w).copied().unwrap_or(0.0)
-                ),
-                ("sans-serif", 16),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x_lo..x_hi, (lo..hi).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_labels(((x_hi - x_lo) / 10.0) as usize + 1)
-            .x_desc("offered load (% of capacity)")
-            .y_desc("p99 latency (ms)")
-            .x_label_formatter(&|x| format!("{x:.0}%"))
-            .y_label_formatter(&|y| format!("{y}"))
-            .draw()?;
-        series(r, &mut chart, |v| {
-            r.open_percents
-                .iter()
-                .filter_map(|&p| {
-                    let cell = r.cell(w, Load::Open(p), v)?;
-                    (cell.report.answered() > 0)
-                        .then(|| (f64::from(p), cell.report.p99_us() as f64 / 1000.0))
-                })
-                .collect()
-        })?;
     }
-    root.present()?;
     Ok(())
 }
 
@@ -171,11 +217,4 @@ where
             .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-impl crate::Workload {
-    /// A short panel title.
-    fn key_title(&self) -> String {
-        format!("{} (n = {})", self.key, self.n)
-    }
 }

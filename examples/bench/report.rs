@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
+use crate::model::{Load, Results, ms};
+use crate::table::Table;
 use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL};
-use crate::{Load, Results, ms};
 
 /// The Python seed's figures (Python 2.7, 4-core Mac Pro, n = 25000, 1000
 /// requests, seconds), from the blog post, for reference beside ours.
@@ -142,8 +143,7 @@ fn seed_tables(out: &mut String, r: &Results) {
         }
         t.row(measured);
         t.row(computed);
-        out.push_str(&t.render());
-        out.push('\n');
+        t.write_to(out);
     }
     let _ = writeln!(
         out,
@@ -155,11 +155,17 @@ fn seed_tables(out: &mut String, r: &Results) {
         row.extend(secs.iter().map(|s| format!("{s:.2}")));
         t.row(row);
     }
-    out.push_str(&t.render());
-    out.push('\n');
+    t.write_to(out);
 }
 
-/// The targets, checked against this run.
+/// The targets ythread is held to, checked against this run:
+/// 1. work-dominated, closed loop, 4 clients or more: `Pool` and `Bounded`
+///    within 1.1x the measured floor, and no slower than the best peer;
+/// 2. work-dominated, 64 clients: their p99 at most 0.7x plain threads';
+/// 3. work-dominated, open loop at 90%: their p99 at most 0.5x plain
+///    threads' (and, for information, the same at n = 25000);
+/// 4. n = 25000: `Inline` costs nothing, plain threads' throughput over
+///    Inline's at most 1.05 across the seed's four columns.
 fn targets(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Targets\n");
     let Some(work) = r.workloads.iter().position(|w| w.key == "work") else {
@@ -284,9 +290,14 @@ fn targets(out: &mut String, r: &Results) {
 
 /// Whether every server's `sumn` costs the same: the CPU time of one
 /// request with one client, work-dominated minus n = 25000 (which is almost
-/// only the connection), divided by the iterations in between. A server
-/// whose copy of the loop runs slower (code placement matters for a loop
-/// this tight) shows here rather than being mistaken for a scheduling cost.
+/// only the connection), divided by the iterations in between.
+///
+/// Every row calls the one out-of-line `ythread_demo::sumn`, so the rows
+/// should agree within the machine's drift. A row far from the others
+/// burned CPU beside the loop while its work ran (a strategy that spins,
+/// say), or met a slower spell of the machine. (Before `sumn` was
+/// `#[inline(never)]`, each caller had its own copy, and where a copy landed
+/// in memory decided its speed, by up to 2x; this table is how that showed.)
 fn same_work(out: &mut String, r: &Results) {
     let (Some(seed), Some(work)) = (
         r.workloads.iter().position(|w| w.key == "seed"),
@@ -306,7 +317,7 @@ fn same_work(out: &mut String, r: &Results) {
     let calibrated = r.calibration.single.as_secs_f64() / r.workloads[work].n as f64 * 1e9;
     let _ = writeln!(
         out,
-        "## Does every server do the same work?\n\nCPU time of the whole process per request with one client (connection, server and client included), and what the work-dominated request costs beyond the n = 25000 one, per iteration of sumn. The calibration's typical speed was {calibrated:.2} ns per iteration; a row far from the others runs a slower copy of the loop, not a slower schedule.\n"
+        "## Does every server do the same work?\n\nCPU time of the whole process per request with one client (connection, server and client included), and what the work-dominated request costs beyond the n = 25000 one, per iteration of sumn. The calibration's typical speed was {calibrated:.2} ns per iteration. Every row runs the same copy of the loop, so the rows should agree within the machine's drift; a row far from the others burned CPU beside the loop while its work ran, or met a slower spell of the machine.\n"
     );
     let mut t = Table::new([
         "server",
@@ -344,10 +355,10 @@ fn same_work(out: &mut String, r: &Results) {
             ),
         ]);
     }
-    out.push_str(&t.render());
+    t.write_to(out);
     let _ = writeln!(
         out,
-        "\n(!) marks a row more than 25% off the median: its numbers measure its copy of the loop as much as its scheduling.\n"
+        "(!) marks a row more than 25% off the median: it burned CPU beside the loop, or the machine was slower while it ran.\n"
     );
 }
 
@@ -374,8 +385,7 @@ fn latency_tables(out: &mut String, r: &Results) {
             }
             t.row(row);
         }
-        out.push_str(&t.render());
-        out.push('\n');
+        t.write_to(out);
         for &load in &loads {
             let what = match load {
                 Load::Closed(c) => format!(
@@ -435,8 +445,7 @@ fn latency_tables(out: &mut String, r: &Results) {
                 }
                 t.row(row);
             }
-            out.push_str(&t.render());
-            out.push('\n');
+            t.write_to(out);
         }
     }
     let _ = writeln!(
@@ -510,65 +519,4 @@ pub(crate) fn csv(r: &Results) -> String {
         );
     }
     out
-}
-
-/// A Markdown table whose columns line up in a terminal too; the first
-/// column is left-aligned, the others (numbers) right-aligned.
-struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
-        Table {
-            headers: headers.into_iter().map(Into::into).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, row: Vec<String>) {
-        self.rows.push(row);
-    }
-
-    fn render(&self) -> String {
-        let width = |i: usize| {
-            self.rows
-                .iter()
-                .filter_map(|r| r.get(i))
-                .chain(std::iter::once(&self.headers[i]))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(3)
-        };
-        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
-        let line = |cells: &[String]| {
-            let mut s = String::from("|");
-            for (i, w) in widths.iter().enumerate() {
-                let cell = cells.get(i).map_or("", String::as_str);
-                if i == 0 {
-                    let _ = write!(s, " {cell:<w$} |");
-                } else {
-                    let _ = write!(s, " {cell:>w$} |");
-                }
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = line(&self.headers);
-        out.push('|');
-        for (i, w) in widths.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(out, "{}|", "-".repeat(w + 2));
-            } else {
-                let _ = write!(out, "{}:|", "-".repeat(w + 1));
-            }
-        }
-        out.push('\n');
-        for row in &self.rows {
-            out.push_str(&line(row));
-        }
-        out
-    }
 }

@@ -27,7 +27,7 @@ impl Machine {
             .map(|k| k.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
         Machine {
-            cores: crate::cores(),
+            cores: ythread_demo::cores(),
             cpu_model,
             kernel,
         }
@@ -69,38 +69,17 @@ pub(crate) struct CpuUse {
 }
 
 impl CpuTimes {
+    /// The times so far; `None` if `/proc` cannot be read.
     pub(crate) fn now() -> Option<CpuTimes> {
         let at = std::time::Instant::now();
-        let stat = fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<f64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect();
-        // user nice system idle iowait irq softirq steal (guest is already
-        // counted in user).
-        let busy: f64 = [0, 1, 2, 5, 6, 7]
-            .iter()
-            .filter_map(|&i| fields.get(i))
-            .sum();
-        let own = fs::read_to_string("/proc/self/stat").ok()?;
-        // The command name may hold spaces; fields are counted after it.
-        let after_name = &own[own.rfind(')')? + 2..];
-        let own: Vec<f64> = after_name
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0.0))
-            .collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-        let process = own.get(11)? + own.get(12)?;
         Some(CpuTimes {
-            machine_busy: busy / USER_HZ,
-            process: process / USER_HZ,
+            machine_busy: machine_busy_seconds()?,
+            process: process_cpu_seconds()?,
             at,
         })
     }
 
+    /// The use from `earlier` to `self`, on a machine of `cores` cores.
     pub(crate) fn since(&self, earlier: &CpuTimes, cores: usize) -> CpuUse {
         let process_secs = (self.process - earlier.process).max(0.0);
         let wall = (self.at - earlier.at).as_secs_f64();
@@ -115,6 +94,41 @@ impl CpuTimes {
             others_share,
         }
     }
+}
+
+/// CPU time the whole machine spent busy so far, in seconds: every core's,
+/// from the first line of `/proc/stat`.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is already
+    // counted in user).
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    Some(busy / USER_HZ)
+}
+
+/// User plus system CPU time of this process so far, in seconds, from
+/// `/proc/self/stat`. (ythread's `benches/busy.rs` has a copy: benches
+/// cannot use this package.)
+fn process_cpu_seconds() -> Option<f64> {
+    let own = fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; fields are counted after it.
+    let after_name = &own[own.rfind(')')? + 2..];
+    let own: Vec<f64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    Some((own.get(11)? + own.get(12)?) / USER_HZ)
 }
 
 /// Today's date, UTC, as `YYYY-MM-DD`.
@@ -140,16 +154,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
-    }
 }
 
 /// Connections the kernel dropped so far, machine-wide, because a listen
@@ -192,5 +196,15 @@ pub(crate) fn renice_this_thread(nice: i32) -> Result<(), String> {
             "renice: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
     }
 }

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use ythread::{Apply, Bounded, Exclusive, Inline, Pool};
 use ythread_demo::server::Server;
 
-use crate::peers::{RayonInstallServer, TokioServer, TokioStep};
+use crate::peers::{self, TokioServer, TokioStep};
 
 /// A server running on a loopback port.
 pub(crate) trait Running {
@@ -113,7 +113,7 @@ pub(crate) fn all() -> Vec<Variant> {
             Ok(Box::new(TokioServer::start(l, TokioStep::Rayon)?))
         }),
         Variant::peer("threads + rayon install", |l| {
-            Ok(Box::new(RayonInstallServer::start(l)?))
+            Ok(Box::new(peers::start_rayon_install(l)?))
         }),
     ]
 }

@@ -22,6 +22,10 @@ fn handler(n: u64, pieces: u32) -> u64 {
 }
 
 /// User plus system CPU time of the whole process, in seconds.
+///
+/// `examples/bench/sys.rs` (`process_cpu_seconds`) reads the same two fields
+/// of `/proc/self/stat`. It stays a copy: that file belongs to the demo
+/// package, which ythread's benches do not depend on.
 fn process_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
     // Fields after the command name, which is in parentheses.
@@ -53,7 +57,8 @@ fn cores_busy<A: Apply + Clone + Send + 'static>(apply: A, n: u64, cores: usize)
 }
 
 fn main() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The cores the process may use: the limit of `Bounded::per_core()`.
+    let cores = Bounded::per_core().limit();
     // Calibrate each piece of work to about 4 ms on this machine.
     let probe = 1_000_000;
     let start = Instant::now();

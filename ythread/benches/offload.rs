@@ -2,32 +2,15 @@
 //!
 //! Run with: `cargo bench -p ythread --bench offload`
 
+mod common;
+
 use std::hint::black_box;
 
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ythread::{GeneratorState, Inline, Yieldable, offload, yieldable};
+use ythread::{GeneratorState, Inline, Yieldable};
 
-fn add_one(x: u64) -> u64 {
-    x + 1
-}
-
-#[yieldable]
-fn offload_forever() {
-    let mut x = 0;
-    loop {
-        x = offload!(add_one, black_box(x));
-    }
-}
-
-#[yieldable]
-fn offload_times(times: u64) -> u64 {
-    let mut x = 0;
-    for _ in 0..times {
-        x = offload!(add_one, black_box(x));
-    }
-    x
-}
+use crate::common::{add_one, offload_forever, offload_times};
 
 fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("round_trip");

@@ -3,6 +3,8 @@
 //!
 //! Run with: `cargo bench -p ythread --bench pool`
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,11 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::{Sender, bounded, unbounded};
-use ythread::{GeneratorState, Pool, Yieldable, YieldableThread, offload, yieldable};
+use ythread::{GeneratorState, Pool, Yieldable, YieldableThread};
 
-fn add_one(x: u64) -> u64 {
-    x + 1
-}
+use crate::common::{add_one, offload_forever, offload_times};
 
 /// Baseline 1: a worker thread fed by a crossbeam channel, replying on
 /// another.
@@ -127,14 +127,6 @@ impl SpinPark {
     }
 }
 
-#[yieldable]
-fn offload_forever() {
-    let mut x = 0;
-    loop {
-        x = offload!(add_one, black_box(x));
-    }
-}
-
 fn one_caller(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_caller_round_trip");
     group.bench_function("raw_crossbeam_channel", |b| {
@@ -165,15 +157,6 @@ fn one_caller(c: &mut Criterion) {
 
 const CALLERS: u64 = 8;
 const CALLS_PER_CALLER: u64 = 5_000;
-
-#[yieldable]
-fn offload_times(times: u64) -> u64 {
-    let mut x = 0;
-    for _ in 0..times {
-        x = offload!(add_one, black_box(x));
-    }
-    x
-}
 
 /// Times `iterations` rounds; each round starts the callers and waits for
 /// all of them, checking that every caller made all its calls.

@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests that include this file with
+//! `mod common;`.
+
+use std::cell::Cell;
+use std::panic;
+use std::sync::Once;
+
+thread_local! {
+    /// Whether a panic on this thread is one a test causes on purpose.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, keeping the panics it causes on purpose out of the test output.
+///
+/// The panic hook is process-wide and tests run in parallel, so swapping it
+/// around one test would also silence (or un-silence) the others. Instead a
+/// hook is installed once that stays quiet only for a thread inside
+/// `quietly`, and otherwise calls the hook it replaced: every other panic
+/// still prints. The hook runs on the thread that panics, so call `quietly`
+/// there: for work that panics, inside the work (`offload!(||
+/// common::quietly(|| panic!(..)))`), which a `Pool` runs on its worker.
+pub(crate) fn quietly<R>(f: impl FnOnce() -> R) -> R {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !QUIET.get() {
+                default(info);
+            }
+        }));
+    });
+
+    /// Restores the flag when `f` returns or unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUIET.set(self.0);
+        }
+    }
+    let _restore = Restore(QUIET.replace(true));
+    f()
+}
