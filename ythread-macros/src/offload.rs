@@ -1,10 +1,11 @@
-//! `offload!` and `yield_from!`: parsing one call and writing the code that
-//! replaces it.
+//! `offload!`, `try_offload!` and `yield_from!`: parsing one call and writing
+//! the code that replaces it.
 //!
 //! `#[yieldable]` does not expand these calls itself: it keeps each call as
 //! the user wrote it (so the user's `use ythread::offload` stays used) and
 //! adds the handler's context in front of the arguments, as `@cx;`. A call
-//! without that prefix is outside any handler.
+//! without that prefix is outside any handler. That protocol lives here, in
+//! [`context_ident`], [`with_context`] and [`split_context`].
 
 use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
@@ -13,7 +14,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Token};
 
-/// The two kinds of call the attribute rewrites.
+/// The kinds of call the attribute rewrites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Point {
     Offload,
@@ -41,6 +42,13 @@ impl Point {
             Point::YieldFrom => "yield_from",
         }
     }
+}
+
+/// The name of the handler's context, `__ythread_cx`: the closure parameter
+/// that `#[yieldable]` declares and every rewritten call names. Its span is
+/// `mixed_site`, so the user's code can neither name it nor shadow it.
+pub(crate) fn context_ident() -> Ident {
+    Ident::new("__ythread_cx", Span::mixed_site())
 }
 
 /// Puts the handler's context `cx` in front of a call's arguments.

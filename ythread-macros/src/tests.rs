@@ -20,7 +20,7 @@ fn pretty(tokens: TokenStream) -> String {
 }
 
 fn check_yieldable(args: TokenStream, item: TokenStream, expected: Expect) {
-    expected.assert_eq(&pretty(crate::expand::yieldable(args, item)));
+    expected.assert_eq(&pretty(crate::yieldable::yieldable(args, item)));
 }
 
 /// Expands one `offload!`/`yield_from!` call, shown as the body of a
@@ -107,7 +107,7 @@ fn methods() {
     ];
     let expanded: Vec<String> = receivers
         .into_iter()
-        .map(|method| pretty(crate::expand::yieldable(quote!(), method)))
+        .map(|method| pretty(crate::yieldable::yieldable(quote!(), method)))
         .collect();
     expect![[r#"
         fn by_ref(&self, n: u64) -> impl ::ythread::Yieldable<Output = u64> {

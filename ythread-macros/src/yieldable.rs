@@ -4,9 +4,12 @@ use proc_macro2::{Ident, Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{ItemFn, ReturnType, Signature, Type};
+use syn::{ItemFn, ReturnType, Signature};
 
+use crate::fallback::{fallback, with_error};
+use crate::offload::context_ident;
 use crate::rewrite::Rewriter;
+use crate::valid::{check_args, check_signature, not_a_function};
 
 /// Expands `#[yieldable]` on `item` with attribute arguments `args`.
 ///
@@ -18,15 +21,16 @@ use crate::rewrite::Rewriter;
 ///     write_reply(&mut stream, offload!(sumn, n))
 /// }
 /// // Output:
-/// pub fn handle(
-///     mut stream: TcpStream,
-/// ) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
+/// pub fn handle(stream: TcpStream) -> impl ::ythread::Yieldable<Output = io::Result<()>> {
 ///     ::ythread::__private::handler(move |
 ///         __ythread_cx: &::ythread::__private::Context<'_>,
 ///     | -> io::Result<()> {
-///         let _ = (&stream,);
-///         let n = read_request(&mut stream)?;
-///         write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
+///         let mut stream = stream;
+///         let __ythread_ret: io::Result<()> = {
+///             let n = read_request(&mut stream)?;
+///             write_reply(&mut stream, offload!(@ __ythread_cx; sumn, n))
+///         };
+///         #[allow(unreachable_code)] return __ythread_ret;
 ///     })
 /// }
 /// ```
@@ -35,9 +39,10 @@ use crate::rewrite::Rewriter;
 /// `__ythread_cx` is hygienic: the user's code cannot name it. The snapshots
 /// in `tests.rs` show more cases.
 ///
-/// On an error in the signature, the function is emitted beside the error
-/// with its body still type-checked (see [`fallback`]), so the rest of the
-/// crate keeps compiling and IDEs keep working.
+/// The item is checked first (`valid.rs`). On an error in the signature, the
+/// function is emitted beside the error with its body still type-checked
+/// (see [`fallback`]), so the rest of the crate keeps compiling and IDEs keep
+/// working.
 pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
@@ -50,7 +55,7 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
         return fallback(function, error);
     }
 
-    let cx = Ident::new("__ythread_cx", Span::mixed_site());
+    let cx = context_ident();
     Rewriter { cx: &cx }.visit_block_mut(&mut function.block);
 
     let output = match &function.sig.output {
@@ -146,7 +151,8 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
 ///     ... move |cx| {
 ///         let _ = &self;
 ///         let mut stream = stream;
-///         let __ythread_arg2 = __ythread_arg2;
+///         #[allow(unused_mut)]
+///         let mut __ythread_arg2 = __ythread_arg2;
 ///         let (a, _) = __ythread_arg2;
 ///         #[allow(unused_mut)]
 ///         let mut __ythread_arg3 = __ythread_arg3;
@@ -205,152 +211,4 @@ fn plain_binding(pat: &syn::Pat) -> Option<(&Ident, Option<syn::Token![mut]>)> {
         && binding.subpat.is_none()
         && !binding.ident.to_string().starts_with(char::is_uppercase);
     plain.then_some((&binding.ident, binding.mutability))
-}
-
-/// The error for an item that is not a function with a body, pointing at the
-/// item rather than at the attribute.
-fn not_a_function(item: TokenStream) -> syn::Error {
-    const EXAMPLE: &str =
-        "such as `#[yieldable] fn handle(stream: TcpStream) -> io::Result<()> { ... }`";
-    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
-        if method.default.is_none() {
-            return syn::Error::new_spanned(
-                pair(&method.sig, &method.semi_token),
-                "`#[yieldable]` needs the function's body: in a trait, declare the method as \
-                 returning the handler, as in `fn handle(&self, n: u64) -> impl \
-                 ythread::Yieldable<Output = u64>;`, and put `#[yieldable]` on each \
-                 implementation, which returns the plain type (`-> u64`)",
-            );
-        }
-    }
-    let (tokens, what) = match syn::parse2::<syn::Item>(item) {
-        Ok(syn::Item::Struct(s)) => (pair(&s.struct_token, &s.ident), "a struct"),
-        Ok(syn::Item::Enum(e)) => (pair(&e.enum_token, &e.ident), "an enum"),
-        Ok(syn::Item::Union(u)) => (pair(&u.union_token, &u.ident), "a union"),
-        Ok(syn::Item::Trait(t)) => (
-            pair(&t.trait_token, &t.ident),
-            "a trait; put it on the methods that have a body",
-        ),
-        Ok(syn::Item::Impl(i)) => (
-            pair(&i.impl_token, &i.self_ty),
-            "an `impl` block; put it on the methods inside",
-        ),
-        Ok(syn::Item::Mod(m)) => (pair(&m.mod_token, &m.ident), "a module"),
-        Ok(syn::Item::Const(c)) => (pair(&c.const_token, &c.ident), "a constant"),
-        Ok(syn::Item::Static(s)) => (pair(&s.static_token, &s.ident), "a static"),
-        Ok(syn::Item::Type(t)) => (pair(&t.type_token, &t.ident), "a type alias"),
-        Ok(syn::Item::ForeignMod(f)) => (f.abi.to_token_stream(), "an `extern` block"),
-        _ => {
-            return syn::Error::new(
-                Span::call_site(),
-                format!("`#[yieldable]` applies to a function with a body, {EXAMPLE}"),
-            );
-        }
-    };
-    syn::Error::new_spanned(
-        tokens,
-        format!("`#[yieldable]` applies to a function with a body, {EXAMPLE}, not to {what}"),
-    )
-}
-
-/// Two parts of an item, as tokens an error can span from one to the other.
-fn pair(first: &impl ToTokens, second: &impl ToTokens) -> TokenStream {
-    quote!(#first #second)
-}
-
-fn check_args(args: &TokenStream) -> syn::Result<()> {
-    if args.is_empty() {
-        return Ok(());
-    }
-    Err(syn::Error::new_spanned(
-        args,
-        "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs \
-         the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`",
-    ))
-}
-
-fn check_signature(sig: &Signature) -> syn::Result<()> {
-    if let Some(asyncness) = &sig.asyncness {
-        return Err(syn::Error::new_spanned(
-            asyncness,
-            "`#[yieldable]` cannot be used on an `async fn`: a yieldable handler is a \
-             blocking function driven by an OS thread; remove `async`, do I/O with \
-             blocking calls and mark the CPU-heavy steps with `offload!`",
-        ));
-    }
-    if let Some(constness) = &sig.constness {
-        return Err(syn::Error::new_spanned(
-            constness,
-            "`#[yieldable]` cannot be used on a `const fn`: a handler suspends at run time",
-        ));
-    }
-    if let Some(variadic) = &sig.variadic {
-        return Err(syn::Error::new_spanned(
-            variadic,
-            "`#[yieldable]` cannot be used on a variadic function",
-        ));
-    }
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if let Some(span) = find_impl_trait(ty) {
-            return Err(syn::Error::new(
-                span,
-                "a `#[yieldable]` function cannot return `impl Trait`; name the type, \
-                 or return a `Box<dyn Trait>`",
-            ));
-        }
-        if let Type::Never(never) = &**ty {
-            return Err(syn::Error::new_spanned(
-                never,
-                "a `#[yieldable]` function cannot return `!`: a handler's output is a \
-                 value; let a serving loop return `()`, or its error as `io::Result<()>`",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Finds an `impl Trait` anywhere inside a return type.
-fn find_impl_trait(ty: &Type) -> Option<Span> {
-    struct Finder(Option<Span>);
-    impl<'ast> syn::visit::Visit<'ast> for Finder {
-        fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
-            self.0.get_or_insert(ty.impl_token.span);
-        }
-    }
-    let mut finder = Finder(None);
-    syn::visit::visit_type(&mut finder, ty);
-    finder.0
-}
-
-/// The function emitted beside an error in its signature: the user's own
-/// function, minus `const`, whose `offload!` calls get a context that is
-/// never created. The body keeps type-checking (its other mistakes are still
-/// reported) and the calls do not add one "outside a handler" error each.
-/// The context is `None.unwrap()` rather than `unreachable!()`: a diverging
-/// expression would make the body unreachable and its parameters "unused".
-/// The crate does not compile anyway, so the code never runs.
-fn fallback(mut function: ItemFn, error: syn::Error) -> TokenStream {
-    function.sig.constness = None;
-    let cx = Ident::new("__ythread_cx", Span::mixed_site());
-    Rewriter { cx: &cx }.visit_block_mut(&mut function.block);
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = function;
-    let error = error.into_compile_error();
-    quote! {
-        #(#attrs)*
-        #vis #sig {
-            let #cx = ::core::option::Option::<&::ythread::__private::Context<'_>>::None.unwrap();
-            #block
-        }
-        #error
-    }
-}
-
-fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
-    let error = error.to_compile_error();
-    quote!(#item #error)
 }
