@@ -431,6 +431,32 @@ fn yield_from_and_nested_handlers() {
     assert_eq!(counted(inner(5)), (67, 2));
 }
 
+/// A macro of the user's that shares `offload!`'s name.
+mod own {
+    macro_rules! offload {
+        ($x:expr) => {
+            $x * 2
+        };
+    }
+    pub(crate) use offload;
+}
+
+#[yieldable]
+fn users_own_offload(x: u64) -> (u64, String, u64) {
+    (
+        own::offload!(x),
+        format!("{}", own::offload!(x)),
+        offload!(square, own::offload!(x)),
+    )
+}
+
+#[test]
+fn a_users_macro_named_offload_is_left_alone() {
+    // Reached by another path than ythread's, in the syntax tree and in
+    // another macro's arguments alike.
+    assert_eq!(counted(users_own_offload(3)), ((6, "6".to_string(), 36), 1));
+}
+
 #[yieldable]
 fn returns_unit(out: &Mutex<u64>) {
     fn store(out: &Mutex<u64>, x: u64) {

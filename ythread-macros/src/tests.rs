@@ -315,12 +315,16 @@ fn nested_items_are_left_alone() {
 
 #[test]
 fn path_forms_of_the_macros() {
+    // ythread's calls are `name!`, `ythread::name!` and `::ythread::name!`;
+    // every other path reaches a macro of the user's that shares the name.
     check_yieldable(
         quote!(),
         quote! {
             fn paths(n: u64) -> u64 {
-                ythread::offload!(sumn, n) + ::ythread::offload!(|| n) + ythread::yield_from!(inner(n))
-                    + other::offload!(n)
+                offload!(sumn, n) + ythread::offload!(sumn, n) + ::ythread::offload!(|| n)
+                    + ythread::try_offload!(|| n).unwrap() + ::ythread::yield_from!(inner(n))
+                    + other::offload!(n) + crate::offload!(n) + self::offload!(n)
+                    + ::offload!(n) + a::ythread::offload!(n) + ythread::other!(n)
             }
         },
         expect![[r#"
@@ -330,14 +334,102 @@ fn path_forms_of_the_macros() {
                 | -> u64 {
                     let n = n;
                     let __ythread_ret: u64 = {
-                        ythread::offload!(@ __ythread_cx; sumn, n)
+                        offload!(@ __ythread_cx; sumn, n)
+                            + ythread::offload!(@ __ythread_cx; sumn, n)
                             + ::ythread::offload!(@ __ythread_cx; || n)
-                            + ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                            + ythread::try_offload!(@ __ythread_cx; || n).unwrap()
+                            + ::ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                            + crate::offload!(n) + self::offload!(n) + ::offload!(n)
+                            + a::ythread::offload!(n) + ythread::other!(n)
                     };
                     #[allow(unreachable_code)] return __ythread_ret;
                 })
             }
         "#]],
+    );
+}
+
+#[test]
+fn path_forms_inside_other_macros() {
+    // The same forms and the same rule as in `path_forms_of_the_macros`, in
+    // tokens; a `:` before the path (a field in a struct literal) is not
+    // part of it.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn paths(n: u64) -> String {
+                format!(
+                    "{:?}",
+                    (
+                        offload!(sumn, n), ythread::offload!(sumn, n), ::ythread::offload!(|| n),
+                        ythread::try_offload!(|| n), ::ythread::yield_from!(inner(n)),
+                        other::offload!(n), crate::offload!(n), self::offload!(n),
+                        ::offload!(n), a::ythread::offload!(n), ythread::other!(n),
+                        S { x: offload!(sumn, n), y: ::ythread::offload!(sumn, n) },
+                    )
+                )
+            }
+        },
+        expect![[r#"
+            fn paths(n: u64) -> impl ::ythread::Yieldable<Output = String> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> String {
+                    let n = n;
+                    let __ythread_ret: String = {
+                        format!(
+                            "{:?}", (offload!(@ __ythread_cx; sumn, n), ythread::offload!(@
+                            __ythread_cx; sumn, n), ::ythread::offload!(@ __ythread_cx; || n),
+                            ythread::try_offload!(@ __ythread_cx; || n), ::ythread::yield_from!(@
+                            __ythread_cx; inner(n)), other::offload!(n), crate ::offload!(n),
+                            self::offload!(n), ::offload!(n), a::ythread::offload!(n),
+                            ythread::other!(n), S { x : offload!(@ __ythread_cx; sumn, n), y :
+                            ::ythread::offload!(@ __ythread_cx; sumn, n) },)
+                        )
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn the_tree_and_the_tokens_agree_on_what_is_a_call() {
+    let forms = [
+        quote!(offload!(f)),
+        quote!(ythread::offload!(f)),
+        quote!(::ythread::try_offload!(f)),
+        quote!(ythread::yield_from!(h())),
+        quote!(other::offload!(f)),
+        quote!(crate::offload!(f)),
+        quote!(self::offload!(f)),
+        quote!(::offload!(f)),
+        quote!(a::ythread::offload!(f)),
+        quote!(ythread::other!(f)),
+    ];
+    let given_the_context = |body: TokenStream| {
+        crate::yieldable::yieldable(quote!(), quote!(fn h() { #body }))
+            .to_string()
+            .contains("! (@ __ythread_cx ;")
+    };
+    let mut points = Vec::new();
+    for form in forms {
+        let in_tree = given_the_context(form.clone());
+        let in_tokens = given_the_context(quote!(m!(#form)));
+        assert_eq!(in_tree, in_tokens, "`{form}` in the tree and in tokens");
+        if in_tree {
+            points.push(form.to_string());
+        }
+    }
+    assert_eq!(
+        points,
+        [
+            "offload ! (f)",
+            "ythread :: offload ! (f)",
+            ":: ythread :: try_offload ! (f)",
+            "ythread :: yield_from ! (h ())",
+        ]
     );
 }
 
