@@ -51,7 +51,8 @@ pub(crate) fn context_ident() -> Ident {
     Ident::new("__ythread_cx", Span::mixed_site())
 }
 
-/// Puts the handler's context `cx` in front of a call's arguments.
+/// Puts the handler's context `cx` in front of a call's arguments, in place
+/// of the context of an outer handler if the call has one.
 ///
 /// ```text
 /// // Input:
@@ -59,7 +60,18 @@ pub(crate) fn context_ident() -> Ident {
 /// // Output:
 /// offload!(@__ythread_cx; sumn, n)
 /// ```
+///
+/// A call can reach a handler already rewritten by an outer one. Handlers
+/// are rewritten from the outside in (an attribute in another's output
+/// expands after it), and the rewriter leaves nested items alone in the tree
+/// and in tokens; but an item it cannot see, because another macro builds it
+/// from its own syntax (`handlers! { h(x) => offload!(f, x) }` expanding to
+/// a `#[yieldable] fn h`), has its calls rewritten by the outer handler too.
+/// The last handler to rewrite a call is then the innermost one around it,
+/// whose context is the one in scope: its context replaces the outer one,
+/// where adding a second prefix would make the call unparseable.
 pub(crate) fn with_context(cx: &Ident, args: TokenStream) -> TokenStream {
+    let (_outer, args) = split_context(args);
     let mut tokens = TokenStream::new();
     tokens.extend([
         TokenTree::Punct(Punct::new('@', Spacing::Alone)),

@@ -3,12 +3,24 @@
 //!
 //! Calls are found in the syntax tree and, because other macros' arguments
 //! are opaque tokens to syn, inside the tokens of every other macro call
-//! (`format!("{}", offload!(f, x))`). Both walks tell a call by its path,
-//! with one rule ([`is_point`]). Nested items (`fn`, `impl`, ...) are left
-//! alone: they are not part of the running handler, so a call inside one
-//! stays an error.
+//! (`format!("{}", offload!(f, x))`). Both walks follow the same two rules:
+//! - a call is one of ythread's by its path alone ([`is_point`]);
+//! - nested items (`fn`, `impl`, `mod`, ...) are left alone: they are not
+//!   part of the running handler, so a call inside one stays an error, and a
+//!   `#[yieldable]` function among them gives its calls its own context.
+//!   In the tree, `visit_item_mut` skips them; in tokens, [`item_len`]
+//!   recognises them with syn's own grammar for an item.
+//!
+//! An item that another macro builds from syntax of its own cannot be
+//! recognised in tokens, and its calls get this handler's context. If it is
+//! a `#[yieldable]` function, its attribute then replaces that context with
+//! its own rather than adding a second (`offload::with_context`). Skipping
+//! items is still needed: without it, a plain `fn` nested in `format!(..)`
+//! would be given a context it cannot reach, and fail with a confusing
+//! error instead of "only inside a `#[yieldable]` function".
 
 use proc_macro2::{Group, Ident, Spacing, TokenStream, TokenTree};
+use syn::parse::{ParseStream, Parser};
 use syn::visit_mut::{self, VisitMut};
 use syn::{Item, Macro};
 
@@ -63,6 +75,45 @@ fn path_ending_at(trees: &[TokenTree], name_at: usize) -> (bool, Vec<&Ident>) {
     (leading_colon, segments)
 }
 
+/// The keywords that start an item once its attributes, visibility and
+/// qualifiers (`pub`, `unsafe`, `async`, `extern "C"`) are passed; those
+/// and the attributes (`#[yieldable]`) hold no calls and are walked as usual.
+/// Where one of these keywords appears in an expression or a type
+/// (`const { .. }`, `*const T`, `fn(u64)`, `'static`), it does not parse as
+/// an item.
+const ITEM_KEYWORDS: &[&str] = &[
+    "const",
+    "enum",
+    "fn",
+    "impl",
+    "macro_rules",
+    "mod",
+    "static",
+    "struct",
+    "trait",
+    "type",
+];
+
+/// How many of the leading `trees` form a nested item, if they start one.
+///
+/// The item is recognised by parsing one with syn, so that what counts as an
+/// item in tokens is what counts as one in the syntax tree; a keyword that
+/// does not start an item parses as none.
+fn item_len(trees: &[TokenTree]) -> Option<usize> {
+    let Some(TokenTree::Ident(keyword)) = trees.first() else {
+        return None;
+    };
+    if !ITEM_KEYWORDS.iter().any(|k| keyword == k) {
+        return None;
+    }
+    let rest = |input: ParseStream<'_>| {
+        input.parse::<Item>()?;
+        input.parse::<TokenStream>()
+    };
+    let rest = rest.parse2(trees.iter().cloned().collect()).ok()?;
+    Some(trees.len() - rest.into_iter().count())
+}
+
 /// Rewrites calls in a handler body whose context parameter is `cx`.
 pub(crate) struct Rewriter<'a> {
     pub(crate) cx: &'a Ident,
@@ -70,12 +121,18 @@ pub(crate) struct Rewriter<'a> {
 
 impl Rewriter<'_> {
     /// Rewrites calls inside the opaque tokens of another macro's call:
-    /// `name ! (args)` becomes `name ! (@cx; args)`.
+    /// `name ! (args)` becomes `name ! (@cx; args)`; nested items are copied
+    /// as they are.
     fn rewrite_tokens(&self, tokens: TokenStream) -> TokenStream {
         let trees: Vec<TokenTree> = tokens.into_iter().collect();
         let mut out: Vec<TokenTree> = Vec::with_capacity(trees.len());
         let mut at = 0;
         while at < trees.len() {
+            if let Some(len) = item_len(&trees[at..]) {
+                out.extend_from_slice(&trees[at..at + len]);
+                at += len;
+                continue;
+            }
             if let [
                 TokenTree::Ident(_),
                 TokenTree::Punct(bang),

@@ -281,6 +281,9 @@ fn nested_items_are_left_alone() {
                         offload!(sumn, 1)
                     }
                 }
+                macro_rules! m {
+                    () => { offload!(sumn, 2) };
+                }
                 offload!(helper, n) + yield_from!(nested(n))
             }
         },
@@ -303,6 +306,11 @@ fn nested_items_are_left_alone() {
                             fn method(&self) -> u64 {
                                 offload!(sumn, 1)
                             }
+                        }
+                        macro_rules! m {
+                            () => {
+                                offload!(sumn, 2)
+                            };
                         }
                         offload!(@ __ythread_cx; helper, n) + yield_from!(@ __ythread_cx; nested(n))
                     };
@@ -395,6 +403,87 @@ fn path_forms_inside_other_macros() {
 }
 
 #[test]
+fn nested_items_inside_other_macros_are_left_alone() {
+    // As in the tree (`nested_items_are_left_alone`): the items' calls keep
+    // no context, or get their own handler's; the calls around them get this
+    // one's. Keywords that start no item here (`const { .. }`, `fn(u64)`,
+    // `*const u64`, `'static`) do not stop the rewriting.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn outer(n: u64) -> u64 {
+                let in_work = offload!(|| {
+                    #[yieldable]
+                    fn nested(n: u64) -> u64 {
+                        offload!(sumn, n)
+                    }
+                    fn helper(n: u64) -> u64 {
+                        offload!(sumn, n)
+                    }
+                    nested(n).run() + helper(n)
+                });
+                let in_format = format!("{}", {
+                    pub(crate) const fn konst() -> u64 { offload!(sumn, 1) }
+                    const K: u64 = offload!(sumn, 2);
+                    static S: u64 = offload!(sumn, 3);
+                    struct Local([u8; offload!(sumn, 4)]);
+                    impl Local {
+                        fn method(&self) -> u64 {
+                            offload!(sumn, 5)
+                        }
+                    }
+                    mod m { fn f() -> u64 { offload!(sumn, 6) } }
+                    trait T { fn t() -> u64 { offload!(sumn, 7) } }
+                    macro_rules! m { () => { offload!(sumn, 8) } }
+                    offload!(sumn, n) + yield_from!(nested(n))
+                });
+                let not_items = vec![
+                    const { 1 },
+                    offload!(sumn, 9),
+                    (offload!(sumn, 10) as fn(u64) -> u64)(11),
+                    *(&offload!(sumn, 12) as *const u64),
+                    { let s: &'static str = "x"; offload!(sumn, s.len()) },
+                ];
+                in_work
+            }
+        },
+        expect![[r#"
+            fn outer(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    let n = n;
+                    let __ythread_ret: u64 = {
+                        let in_work = offload!(
+                            @ __ythread_cx; || { #[yieldable] fn nested(n : u64) -> u64 {
+                            offload!(sumn, n) } fn helper(n : u64) -> u64 { offload!(sumn, n) }
+                            nested(n).run() + helper(n) }
+                        );
+                        let in_format = format!(
+                            "{}", { pub (crate) const fn konst() -> u64 { offload!(sumn, 1) } const K
+                            : u64 = offload!(sumn, 2); static S : u64 = offload!(sumn, 3); struct
+                            Local([u8; offload!(sumn, 4)]); impl Local { fn method(& self) -> u64 {
+                            offload!(sumn, 5) } } mod m { fn f() -> u64 { offload!(sumn, 6) } } trait
+                            T { fn t() -> u64 { offload!(sumn, 7) } } macro_rules! m { () => {
+                            offload!(sumn, 8) } } offload!(@ __ythread_cx; sumn, n) + yield_from!(@
+                            __ythread_cx; nested(n)) }
+                        );
+                        let not_items = vec![
+                            const { 1 }, offload!(@ __ythread_cx; sumn, 9), (offload!(@ __ythread_cx;
+                            sumn, 10) as fn (u64) -> u64) (11), * (& offload!(@ __ythread_cx; sumn,
+                            12) as * const u64), { let s : & 'static str = "x"; offload!(@
+                            __ythread_cx; sumn, s.len()) },
+                        ];
+                        in_work
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
 fn the_tree_and_the_tokens_agree_on_what_is_a_call() {
     let forms = [
         quote!(offload!(f)),
@@ -430,6 +519,38 @@ fn the_tree_and_the_tokens_agree_on_what_is_a_call() {
             ":: ythread :: try_offload ! (f)",
             "ythread :: yield_from ! (h ())",
         ]
+    );
+}
+
+#[test]
+fn a_call_given_a_context_by_an_outer_handler_gets_this_ones() {
+    // The body of a `#[yieldable]` function that another macro built inside
+    // an outer handler's tokens, where the outer handler could not see that
+    // it is an item: the call has the outer context, which this handler's
+    // replaces.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn built(n: u64) -> u64 {
+                offload!(@__ythread_cx; sumn, format!("{}", offload!(@__ythread_cx; sumn, n)).len())
+            }
+        },
+        expect![[r#"
+            fn built(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    let n = n;
+                    let __ythread_ret: u64 = {
+                        offload!(
+                            @ __ythread_cx; sumn, format!("{}", offload!(@ __ythread_cx; sumn, n))
+                            .len()
+                        )
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
     );
 }
 
