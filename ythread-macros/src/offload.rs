@@ -292,16 +292,16 @@ fn expand_yield_from(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream
     })
 }
 
-/// A call that no handler rewrote.
+/// A call that no handler rewrote: the short cause and the fix, then the
+/// two ways a call inside a handler's source can still be outside it.
 fn outside_handler(point: Point) -> TokenStream {
     let name = point.name();
     syn::Error::new(
         Span::call_site(),
         format!(
-            "`{name}!` can only be used inside a function marked `#[yieldable]`; \
-             add `#[ythread::yieldable]` to the enclosing function (a nested `fn` \
-             item is not part of the handler around it, and the attribute finds \
-             calls by their name, `{name}!` or `ythread::{name}!`, not by an alias)"
+            "`{name}!` outside a `#[yieldable]` function; add `#[ythread::yieldable]` to \
+             the enclosing function. A nested `fn` is not part of the handler around it, \
+             and calls are found by name: an alias of `{name}!` is not recognised"
         ),
     )
     .to_compile_error()

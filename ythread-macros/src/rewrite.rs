@@ -17,7 +17,7 @@
 //! its own rather than adding a second (`offload::with_context`). Skipping
 //! items is still needed: without it, a plain `fn` nested in `format!(..)`
 //! would be given a context it cannot reach, and fail with a confusing
-//! error instead of "only inside a `#[yieldable]` function".
+//! error instead of "`offload!` outside a `#[yieldable]` function".
 
 use proc_macro2::{Group, Ident, Spacing, TokenStream, TokenTree};
 use syn::parse::{ParseStream, Parser};

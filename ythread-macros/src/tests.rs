@@ -699,7 +699,7 @@ fn offload_outside_a_handler() {
         expect![[r#"
             fn expansion() {
                 ::core::compile_error! {
-                    "`offload!` can only be used inside a function marked `#[yieldable]`; add `#[ythread::yieldable]` to the enclosing function (a nested `fn` item is not part of the handler around it, and the attribute finds calls by their name, `offload!` or `ythread::offload!`, not by an alias)"
+                    "`offload!` outside a `#[yieldable]` function; add `#[ythread::yieldable]` to the enclosing function. A nested `fn` is not part of the handler around it, and calls are found by name: an alias of `offload!` is not recognised"
                 }
             }
         "#]],
