@@ -432,6 +432,82 @@ fn yield_from_and_nested_handlers() {
     assert_eq!(counted(inner(5)), (67, 2));
 }
 
+/// A macro of the user's that shares `offload!`'s name.
+mod own {
+    macro_rules! offload {
+        ($x:expr) => {
+            $x * 2
+        };
+    }
+    pub(crate) use offload;
+}
+
+#[yieldable]
+fn users_own_offload(x: u64) -> (u64, String, u64) {
+    (
+        own::offload!(x),
+        format!("{}", own::offload!(x)),
+        offload!(square, own::offload!(x)),
+    )
+}
+
+#[test]
+fn a_users_macro_named_offload_is_left_alone() {
+    // Reached by another path than ythread's, in the syntax tree and in
+    // another macro's arguments alike.
+    assert_eq!(counted(users_own_offload(3)), ((6, "6".to_string(), 36), 1));
+}
+
+/// Declares a `#[yieldable]` function from syntax of its own, so that a
+/// handler around the call cannot see that it declares an item.
+macro_rules! handler_fn {
+    ($name:ident($x:ident) => $body:expr) => {
+        #[yieldable]
+        fn $name($x: u64) -> u64 {
+            $body
+        }
+    };
+}
+
+#[yieldable]
+fn declares_handlers_in_tokens(x: u64) -> (u64, String, u64) {
+    // In the work of an `offload!`: the nested handler is run there, on its
+    // own (inline), with its own context.
+    let in_work = offload!(|| {
+        #[yieldable]
+        fn nested(x: u64) -> u64 {
+            offload!(square, x) + 1
+        }
+        nested(x).run()
+    });
+    // In another macro's arguments, run from this handler.
+    let in_format = format!("{}", {
+        #[yieldable]
+        fn nested(x: u64) -> u64 {
+            offload!(add, x, format!("{}", offload!(answer)).len() as u64)
+        }
+        yield_from!(nested(x))
+    });
+    // Declared by another macro from its own syntax: this handler cannot see
+    // the item and gives the call its context, which the nested handler's
+    // own replaces.
+    let built = {
+        handler_fn!(built(x) => offload!(cpu::cube, x));
+        yield_from!(built(x))
+    };
+    (in_work, in_format, built)
+}
+
+#[test]
+fn handlers_declared_inside_macro_calls() {
+    // 3² + 1 = 10 (1 job: the nested handler's own work runs inline);
+    // 3 + "42".len() = 5 (2 jobs); 3³ = 27 (1 job).
+    assert_eq!(
+        counted(declares_handlers_in_tokens(3)),
+        ((10, "5".to_string(), 27), 1 + 2 + 1)
+    );
+}
+
 #[yieldable]
 fn returns_unit(out: &Mutex<u64>) {
     fn store(out: &Mutex<u64>, x: u64) {

@@ -1,13 +1,22 @@
 //! Procedural macros of [`ythread`](https://docs.rs/ythread): `#[yieldable]`,
-//! `offload!` and `yield_from!`. Use them through the `ythread` crate, which
-//! re-exports them with their documentation.
+//! `offload!`, `try_offload!` and `yield_from!`. Use them through the
+//! `ythread` crate, which re-exports them with their documentation.
+//!
+//! The files, in the order an expansion goes through them:
+//! - `yieldable.rs` expands `#[yieldable]`, after `valid.rs` has checked its
+//!   input; `fallback.rs` is what it emits beside an error.
+//! - `rewrite.rs` finds the `offload!`, `try_offload!` and `yield_from!`
+//!   calls in the handler's body and gives each the handler's context.
+//! - `offload.rs` expands each of those calls on its own.
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod expand;
+mod fallback;
 mod offload;
 mod rewrite;
+mod valid;
+mod yieldable;
 
-/// Expansion snapshots of `expand.rs` and `offload.rs`.
+/// Expansion snapshots of `yieldable.rs` and `offload.rs`.
 #[cfg(test)]
 mod tests;
 
@@ -93,7 +102,7 @@ use proc_macro::TokenStream;
 /// Turns a function into a yieldable handler. See `ythread::yieldable`.
 #[proc_macro_attribute]
 pub fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::yieldable(args.into(), item.into()).into()
+    yieldable::yieldable(args.into(), item.into()).into()
 }
 
 /// Offloads work from a yieldable handler. See `ythread::offload`.

@@ -1,10 +1,11 @@
-//! `offload!` and `yield_from!`: parsing one call and writing the code that
-//! replaces it.
+//! `offload!`, `try_offload!` and `yield_from!`: parsing one call and writing
+//! the code that replaces it.
 //!
 //! `#[yieldable]` does not expand these calls itself: it keeps each call as
 //! the user wrote it (so the user's `use ythread::offload` stays used) and
 //! adds the handler's context in front of the arguments, as `@cx;`. A call
-//! without that prefix is outside any handler.
+//! without that prefix is outside any handler. That protocol lives here, in
+//! [`context_ident`], [`with_context`] and [`split_context`].
 
 use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
@@ -13,7 +14,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Token};
 
-/// The two kinds of call the attribute rewrites.
+/// The kinds of call the attribute rewrites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Point {
     Offload,
@@ -43,7 +44,15 @@ impl Point {
     }
 }
 
-/// Puts the handler's context `cx` in front of a call's arguments.
+/// The name of the handler's context, `__ythread_cx`: the closure parameter
+/// that `#[yieldable]` declares and every rewritten call names. Its span is
+/// `mixed_site`, so the user's code can neither name it nor shadow it.
+pub(crate) fn context_ident() -> Ident {
+    Ident::new("__ythread_cx", Span::mixed_site())
+}
+
+/// Puts the handler's context `cx` in front of a call's arguments, in place
+/// of the context of an outer handler if the call has one.
 ///
 /// ```text
 /// // Input:
@@ -51,7 +60,18 @@ impl Point {
 /// // Output:
 /// offload!(@__ythread_cx; sumn, n)
 /// ```
+///
+/// A call can reach a handler already rewritten by an outer one. Handlers
+/// are rewritten from the outside in (an attribute in another's output
+/// expands after it), and the rewriter leaves nested items alone in the tree
+/// and in tokens; but an item it cannot see, because another macro builds it
+/// from its own syntax (`handlers! { h(x) => offload!(f, x) }` expanding to
+/// a `#[yieldable] fn h`), has its calls rewritten by the outer handler too.
+/// The last handler to rewrite a call is then the innermost one around it,
+/// whose context is the one in scope: its context replaces the outer one,
+/// where adding a second prefix would make the call unparseable.
 pub(crate) fn with_context(cx: &Ident, args: TokenStream) -> TokenStream {
+    let (_outer, args) = split_context(args);
     let mut tokens = TokenStream::new();
     tokens.extend([
         TokenTree::Punct(Punct::new('@', Spacing::Alone)),
@@ -272,16 +292,16 @@ fn expand_yield_from(tokens: TokenStream, cx: &Ident) -> syn::Result<TokenStream
     })
 }
 
-/// A call that no handler rewrote.
+/// A call that no handler rewrote: the short cause and the fix, then the
+/// two ways a call inside a handler's source can still be outside it.
 fn outside_handler(point: Point) -> TokenStream {
     let name = point.name();
     syn::Error::new(
         Span::call_site(),
         format!(
-            "`{name}!` can only be used inside a function marked `#[yieldable]`; \
-             add `#[ythread::yieldable]` to the enclosing function (a nested `fn` \
-             item is not part of the handler around it, and the attribute finds \
-             calls by their name, `{name}!` or `ythread::{name}!`, not by an alias)"
+            "`{name}!` outside a `#[yieldable]` function; add `#[ythread::yieldable]` to \
+             the enclosing function. A nested `fn` is not part of the handler around it, \
+             and calls are found by name: an alias of `{name}!` is not recognised"
         ),
     )
     .to_compile_error()

@@ -20,7 +20,7 @@ fn pretty(tokens: TokenStream) -> String {
 }
 
 fn check_yieldable(args: TokenStream, item: TokenStream, expected: Expect) {
-    expected.assert_eq(&pretty(crate::expand::yieldable(args, item)));
+    expected.assert_eq(&pretty(crate::yieldable::yieldable(args, item)));
 }
 
 /// Expands one `offload!`/`yield_from!` call, shown as the body of a
@@ -107,7 +107,7 @@ fn methods() {
     ];
     let expanded: Vec<String> = receivers
         .into_iter()
-        .map(|method| pretty(crate::expand::yieldable(quote!(), method)))
+        .map(|method| pretty(crate::yieldable::yieldable(quote!(), method)))
         .collect();
     expect![[r#"
         fn by_ref(&self, n: u64) -> impl ::ythread::Yieldable<Output = u64> {
@@ -281,6 +281,9 @@ fn nested_items_are_left_alone() {
                         offload!(sumn, 1)
                     }
                 }
+                macro_rules! m {
+                    () => { offload!(sumn, 2) };
+                }
                 offload!(helper, n) + yield_from!(nested(n))
             }
         },
@@ -304,6 +307,11 @@ fn nested_items_are_left_alone() {
                                 offload!(sumn, 1)
                             }
                         }
+                        macro_rules! m {
+                            () => {
+                                offload!(sumn, 2)
+                            };
+                        }
                         offload!(@ __ythread_cx; helper, n) + yield_from!(@ __ythread_cx; nested(n))
                     };
                     #[allow(unreachable_code)] return __ythread_ret;
@@ -315,12 +323,16 @@ fn nested_items_are_left_alone() {
 
 #[test]
 fn path_forms_of_the_macros() {
+    // ythread's calls are `name!`, `ythread::name!` and `::ythread::name!`;
+    // every other path reaches a macro of the user's that shares the name.
     check_yieldable(
         quote!(),
         quote! {
             fn paths(n: u64) -> u64 {
-                ythread::offload!(sumn, n) + ::ythread::offload!(|| n) + ythread::yield_from!(inner(n))
-                    + other::offload!(n)
+                offload!(sumn, n) + ythread::offload!(sumn, n) + ::ythread::offload!(|| n)
+                    + ythread::try_offload!(|| n).unwrap() + ::ythread::yield_from!(inner(n))
+                    + other::offload!(n) + crate::offload!(n) + self::offload!(n)
+                    + ::offload!(n) + a::ythread::offload!(n) + ythread::other!(n)
             }
         },
         expect![[r#"
@@ -330,9 +342,210 @@ fn path_forms_of_the_macros() {
                 | -> u64 {
                     let n = n;
                     let __ythread_ret: u64 = {
-                        ythread::offload!(@ __ythread_cx; sumn, n)
+                        offload!(@ __ythread_cx; sumn, n)
+                            + ythread::offload!(@ __ythread_cx; sumn, n)
                             + ::ythread::offload!(@ __ythread_cx; || n)
-                            + ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                            + ythread::try_offload!(@ __ythread_cx; || n).unwrap()
+                            + ::ythread::yield_from!(@ __ythread_cx; inner(n)) + other::offload!(n)
+                            + crate::offload!(n) + self::offload!(n) + ::offload!(n)
+                            + a::ythread::offload!(n) + ythread::other!(n)
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn path_forms_inside_other_macros() {
+    // The same forms and the same rule as in `path_forms_of_the_macros`, in
+    // tokens; a `:` before the path (a field in a struct literal) is not
+    // part of it.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn paths(n: u64) -> String {
+                format!(
+                    "{:?}",
+                    (
+                        offload!(sumn, n), ythread::offload!(sumn, n), ::ythread::offload!(|| n),
+                        ythread::try_offload!(|| n), ::ythread::yield_from!(inner(n)),
+                        other::offload!(n), crate::offload!(n), self::offload!(n),
+                        ::offload!(n), a::ythread::offload!(n), ythread::other!(n),
+                        S { x: offload!(sumn, n), y: ::ythread::offload!(sumn, n) },
+                    )
+                )
+            }
+        },
+        expect![[r#"
+            fn paths(n: u64) -> impl ::ythread::Yieldable<Output = String> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> String {
+                    let n = n;
+                    let __ythread_ret: String = {
+                        format!(
+                            "{:?}", (offload!(@ __ythread_cx; sumn, n), ythread::offload!(@
+                            __ythread_cx; sumn, n), ::ythread::offload!(@ __ythread_cx; || n),
+                            ythread::try_offload!(@ __ythread_cx; || n), ::ythread::yield_from!(@
+                            __ythread_cx; inner(n)), other::offload!(n), crate ::offload!(n),
+                            self::offload!(n), ::offload!(n), a::ythread::offload!(n),
+                            ythread::other!(n), S { x : offload!(@ __ythread_cx; sumn, n), y :
+                            ::ythread::offload!(@ __ythread_cx; sumn, n) },)
+                        )
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn nested_items_inside_other_macros_are_left_alone() {
+    // As in the tree (`nested_items_are_left_alone`): the items' calls keep
+    // no context, or get their own handler's; the calls around them get this
+    // one's. Keywords that start no item here (`const { .. }`, `fn(u64)`,
+    // `*const u64`, `'static`) do not stop the rewriting.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn outer(n: u64) -> u64 {
+                let in_work = offload!(|| {
+                    #[yieldable]
+                    fn nested(n: u64) -> u64 {
+                        offload!(sumn, n)
+                    }
+                    fn helper(n: u64) -> u64 {
+                        offload!(sumn, n)
+                    }
+                    nested(n).run() + helper(n)
+                });
+                let in_format = format!("{}", {
+                    pub(crate) const fn konst() -> u64 { offload!(sumn, 1) }
+                    const K: u64 = offload!(sumn, 2);
+                    static S: u64 = offload!(sumn, 3);
+                    struct Local([u8; offload!(sumn, 4)]);
+                    impl Local {
+                        fn method(&self) -> u64 {
+                            offload!(sumn, 5)
+                        }
+                    }
+                    mod m { fn f() -> u64 { offload!(sumn, 6) } }
+                    trait T { fn t() -> u64 { offload!(sumn, 7) } }
+                    macro_rules! m { () => { offload!(sumn, 8) } }
+                    offload!(sumn, n) + yield_from!(nested(n))
+                });
+                let not_items = vec![
+                    const { 1 },
+                    offload!(sumn, 9),
+                    (offload!(sumn, 10) as fn(u64) -> u64)(11),
+                    *(&offload!(sumn, 12) as *const u64),
+                    { let s: &'static str = "x"; offload!(sumn, s.len()) },
+                ];
+                in_work
+            }
+        },
+        expect![[r#"
+            fn outer(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    let n = n;
+                    let __ythread_ret: u64 = {
+                        let in_work = offload!(
+                            @ __ythread_cx; || { #[yieldable] fn nested(n : u64) -> u64 {
+                            offload!(sumn, n) } fn helper(n : u64) -> u64 { offload!(sumn, n) }
+                            nested(n).run() + helper(n) }
+                        );
+                        let in_format = format!(
+                            "{}", { pub (crate) const fn konst() -> u64 { offload!(sumn, 1) } const K
+                            : u64 = offload!(sumn, 2); static S : u64 = offload!(sumn, 3); struct
+                            Local([u8; offload!(sumn, 4)]); impl Local { fn method(& self) -> u64 {
+                            offload!(sumn, 5) } } mod m { fn f() -> u64 { offload!(sumn, 6) } } trait
+                            T { fn t() -> u64 { offload!(sumn, 7) } } macro_rules! m { () => {
+                            offload!(sumn, 8) } } offload!(@ __ythread_cx; sumn, n) + yield_from!(@
+                            __ythread_cx; nested(n)) }
+                        );
+                        let not_items = vec![
+                            const { 1 }, offload!(@ __ythread_cx; sumn, 9), (offload!(@ __ythread_cx;
+                            sumn, 10) as fn (u64) -> u64) (11), * (& offload!(@ __ythread_cx; sumn,
+                            12) as * const u64), { let s : & 'static str = "x"; offload!(@
+                            __ythread_cx; sumn, s.len()) },
+                        ];
+                        in_work
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn the_tree_and_the_tokens_agree_on_what_is_a_call() {
+    let forms = [
+        quote!(offload!(f)),
+        quote!(ythread::offload!(f)),
+        quote!(::ythread::try_offload!(f)),
+        quote!(ythread::yield_from!(h())),
+        quote!(other::offload!(f)),
+        quote!(crate::offload!(f)),
+        quote!(self::offload!(f)),
+        quote!(::offload!(f)),
+        quote!(a::ythread::offload!(f)),
+        quote!(ythread::other!(f)),
+    ];
+    let given_the_context = |body: TokenStream| {
+        crate::yieldable::yieldable(quote!(), quote!(fn h() { #body }))
+            .to_string()
+            .contains("! (@ __ythread_cx ;")
+    };
+    let mut points = Vec::new();
+    for form in forms {
+        let in_tree = given_the_context(form.clone());
+        let in_tokens = given_the_context(quote!(m!(#form)));
+        assert_eq!(in_tree, in_tokens, "`{form}` in the tree and in tokens");
+        if in_tree {
+            points.push(form.to_string());
+        }
+    }
+    assert_eq!(
+        points,
+        [
+            "offload ! (f)",
+            "ythread :: offload ! (f)",
+            ":: ythread :: try_offload ! (f)",
+            "ythread :: yield_from ! (h ())",
+        ]
+    );
+}
+
+#[test]
+fn a_call_given_a_context_by_an_outer_handler_gets_this_ones() {
+    // The body of a `#[yieldable]` function that another macro built inside
+    // an outer handler's tokens, where the outer handler could not see that
+    // it is an item: the call has the outer context, which this handler's
+    // replaces.
+    check_yieldable(
+        quote!(),
+        quote! {
+            fn built(n: u64) -> u64 {
+                offload!(@__ythread_cx; sumn, format!("{}", offload!(@__ythread_cx; sumn, n)).len())
+            }
+        },
+        expect![[r#"
+            fn built(n: u64) -> impl ::ythread::Yieldable<Output = u64> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> u64 {
+                    let n = n;
+                    let __ythread_ret: u64 = {
+                        offload!(
+                            @ __ythread_cx; sumn, format!("{}", offload!(@ __ythread_cx; sumn, n))
+                            .len()
+                        )
                     };
                     #[allow(unreachable_code)] return __ythread_ret;
                 })
@@ -486,7 +699,7 @@ fn offload_outside_a_handler() {
         expect![[r#"
             fn expansion() {
                 ::core::compile_error! {
-                    "`offload!` can only be used inside a function marked `#[yieldable]`; add `#[ythread::yieldable]` to the enclosing function (a nested `fn` item is not part of the handler around it, and the attribute finds calls by their name, `offload!` or `ythread::offload!`, not by an alias)"
+                    "`offload!` outside a `#[yieldable]` function; add `#[ythread::yieldable]` to the enclosing function. A nested `fn` is not part of the handler around it, and calls are found by name: an alias of `offload!` is not recognised"
                 }
             }
         "#]],

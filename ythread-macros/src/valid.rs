@@ -1,0 +1,126 @@
+//! Checks on what `#[yieldable]` is given: its arguments, the item, the
+//! function's signature. Each error points at the user's tokens and says what
+//! to write instead; `yieldable.rs` emits it beside the function (see
+//! `fallback.rs`).
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::{ReturnType, Signature, Type};
+
+/// The error for an item that is not a function with a body, pointing at the
+/// item rather than at the attribute.
+pub(crate) fn not_a_function(item: TokenStream) -> syn::Error {
+    const EXAMPLE: &str =
+        "such as `#[yieldable] fn handle(stream: TcpStream) -> io::Result<()> { ... }`";
+    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
+        if method.default.is_none() {
+            return syn::Error::new_spanned(
+                pair(&method.sig, &method.semi_token),
+                "`#[yieldable]` needs the function's body: in a trait, declare the method as \
+                 returning the handler, as in `fn handle(&self, n: u64) -> impl \
+                 ythread::Yieldable<Output = u64>;`, and put `#[yieldable]` on each \
+                 implementation, which returns the plain type (`-> u64`)",
+            );
+        }
+    }
+    let (tokens, what) = match syn::parse2::<syn::Item>(item) {
+        Ok(syn::Item::Struct(s)) => (pair(&s.struct_token, &s.ident), "a struct"),
+        Ok(syn::Item::Enum(e)) => (pair(&e.enum_token, &e.ident), "an enum"),
+        Ok(syn::Item::Union(u)) => (pair(&u.union_token, &u.ident), "a union"),
+        Ok(syn::Item::Trait(t)) => (
+            pair(&t.trait_token, &t.ident),
+            "a trait; put it on the methods that have a body",
+        ),
+        Ok(syn::Item::Impl(i)) => (
+            pair(&i.impl_token, &i.self_ty),
+            "an `impl` block; put it on the methods inside",
+        ),
+        Ok(syn::Item::Mod(m)) => (pair(&m.mod_token, &m.ident), "a module"),
+        Ok(syn::Item::Const(c)) => (pair(&c.const_token, &c.ident), "a constant"),
+        Ok(syn::Item::Static(s)) => (pair(&s.static_token, &s.ident), "a static"),
+        Ok(syn::Item::Type(t)) => (pair(&t.type_token, &t.ident), "a type alias"),
+        Ok(syn::Item::ForeignMod(f)) => (f.abi.to_token_stream(), "an `extern` block"),
+        _ => {
+            return syn::Error::new(
+                Span::call_site(),
+                format!("`#[yieldable]` applies to a function with a body, {EXAMPLE}"),
+            );
+        }
+    };
+    syn::Error::new_spanned(
+        tokens,
+        format!("`#[yieldable]` applies to a function with a body, {EXAMPLE}, not to {what}"),
+    )
+}
+
+/// Two parts of an item, as tokens an error can span from one to the other.
+fn pair(first: &impl ToTokens, second: &impl ToTokens) -> TokenStream {
+    quote!(#first #second)
+}
+
+/// Checks the attribute's arguments: there are none.
+pub(crate) fn check_args(args: &TokenStream) -> syn::Result<()> {
+    if args.is_empty() {
+        return Ok(());
+    }
+    Err(syn::Error::new_spanned(
+        args,
+        "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs \
+         the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`",
+    ))
+}
+
+/// Checks that the function can become a handler: not `async`, not
+/// `const`, not variadic, and returning a type the handler can name.
+pub(crate) fn check_signature(sig: &Signature) -> syn::Result<()> {
+    if let Some(asyncness) = &sig.asyncness {
+        return Err(syn::Error::new_spanned(
+            asyncness,
+            "`#[yieldable]` cannot be used on an `async fn`: a yieldable handler is a \
+             blocking function driven by an OS thread; remove `async`, do I/O with \
+             blocking calls and mark the CPU-heavy steps with `offload!`",
+        ));
+    }
+    if let Some(constness) = &sig.constness {
+        return Err(syn::Error::new_spanned(
+            constness,
+            "`#[yieldable]` cannot be used on a `const fn`: a handler suspends at run time",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        return Err(syn::Error::new_spanned(
+            variadic,
+            "`#[yieldable]` cannot be used on a variadic function",
+        ));
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(span) = find_impl_trait(ty) {
+            return Err(syn::Error::new(
+                span,
+                "a `#[yieldable]` function cannot return `impl Trait`; name the type, \
+                 or return a `Box<dyn Trait>`",
+            ));
+        }
+        if let Type::Never(never) = &**ty {
+            return Err(syn::Error::new_spanned(
+                never,
+                "a `#[yieldable]` function cannot return `!`: a handler's output is a \
+                 value; let a serving loop return `()`, or its error as `io::Result<()>`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Finds an `impl Trait` anywhere inside a return type.
+fn find_impl_trait(ty: &Type) -> Option<Span> {
+    struct Finder(Option<Span>);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
+            self.0.get_or_insert(ty.impl_token.span);
+        }
+    }
+    let mut finder = Finder(None);
+    syn::visit::visit_type(&mut finder, ty);
+    finder.0
+}
