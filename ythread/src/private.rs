@@ -102,16 +102,7 @@ where
     F: FnOnce() -> R + Send,
     R: Send,
 {
-    let mut slot = WorkSlot::Pending(work);
-    // SAFETY: `slot` lives in this frame, which stays on the suspended
-    // coroutine's stack until `suspend` returns. The driver only turns the
-    // erased job back into a `Job` while the coroutine is suspended here, and
-    // the `Job`'s lifetime is tied to a borrow that must end before the
-    // coroutine is resumed or dropped (see `driver.rs`). When `suspend`
-    // returns or unwinds, the job is gone and `slot` is ours again.
-    let job = unsafe { ErasedJob::erase(&mut slot) };
-    cx.suspend(job);
-    slot.into_result()
+    run_as_job(cx, work).into_result()
 }
 
 /// The body of every `try_offload!` point: as [`offload`], with the work's
@@ -123,11 +114,27 @@ where
     F: FnOnce() -> R + Send,
     R: Send,
 {
+    run_as_job(cx, work).into_outcome()
+}
+
+/// Suspends the handler with `work` as its job and returns the job's slot,
+/// done (or dropped, or left unrun) once the handler is resumed.
+#[inline(always)]
+fn run_as_job<F, R>(cx: &Context<'_>, work: F) -> WorkSlot<F, R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
     let mut slot = WorkSlot::Pending(work);
-    // SAFETY: as in `offload`.
+    // SAFETY: `slot` lives in this frame, which stays on the suspended
+    // coroutine's stack until `suspend` returns. The driver only turns the
+    // erased job back into a `Job` while the coroutine is suspended here, and
+    // the `Job`'s lifetime is tied to a borrow that must end before the
+    // coroutine is resumed or dropped (see `generator.rs`). When `suspend`
+    // returns or unwinds, the job is gone and `slot` is ours again.
     let job = unsafe { ErasedJob::erase(&mut slot) };
     cx.suspend(job);
-    slot.into_outcome()
+    slot
 }
 
 /// The body of every `offload!(f, args...)` point: `args` were evaluated in
