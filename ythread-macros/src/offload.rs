@@ -9,7 +9,7 @@
 
 use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
-use syn::parse::{Parse, ParseStream, Parser};
+use syn::parse::{ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Token};
@@ -107,17 +107,20 @@ enum OffloadInput {
     Closure(Expr),
 }
 
-const OFFLOAD_FORMS: &str = "write `offload!(function, arg, ...)` or `offload!(|| expression)`";
-
-impl Parse for OffloadInput {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+impl OffloadInput {
+    /// Parses the input of `offload!`, or of `try_offload!` when `macro_name`
+    /// says so: the forms are the same, the messages name the macro used.
+    fn parse_for(input: ParseStream<'_>, macro_name: &str) -> syn::Result<Self> {
+        // Written with `offload!`, shown with the macro's own name.
+        let say = |text: &str| text.replace("offload!", &format!("{macro_name}!"));
+        let forms = say("write `offload!(function, arg, ...)` or `offload!(|| expression)`");
         let exprs = Punctuated::<Expr, Token![,]>::parse_terminated(input)
-            .map_err(|err| syn::Error::new(err.span(), format!("{err}: {OFFLOAD_FORMS}")))?;
+            .map_err(|err| syn::Error::new(err.span(), format!("{err}: {forms}")))?;
         let mut exprs = exprs.into_iter();
         let Some(first) = exprs.next() else {
             return Err(syn::Error::new(
                 Span::call_site(),
-                format!("`offload!` needs the work to offload: {OFFLOAD_FORMS}"),
+                format!("{}: {forms}", say("`offload!` needs the work to offload")),
             ));
         };
         let args: Vec<Expr> = exprs.collect();
@@ -125,15 +128,15 @@ impl Parse for OffloadInput {
             if !args.is_empty() {
                 return Err(syn::Error::new_spanned(
                     &args[0],
-                    "`offload!(|| ...)` takes the closure alone; \
-                     write `offload!(|| f(a, b))` or `offload!(f, a, b)`",
+                    say("`offload!(|| ...)` takes the closure alone; \
+                         write `offload!(|| f(a, b))` or `offload!(f, a, b)`"),
                 ));
             }
             if !closure.inputs.is_empty() {
                 return Err(syn::Error::new_spanned(
                     &closure.inputs,
-                    "the closure given to `offload!` takes no arguments: \
-                     capture what it needs, as in `offload!(|| f(x))`",
+                    say("the closure given to `offload!` takes no arguments: \
+                         capture what it needs, as in `offload!(|| f(x))`"),
                 ));
             }
             return Ok(OffloadInput::Closure(first));
@@ -155,7 +158,7 @@ impl Parse for OffloadInput {
                 _ => None,
             };
             if let Some(message) = message {
-                return Err(syn::Error::new_spanned(&first, message));
+                return Err(syn::Error::new_spanned(&first, say(message)));
             }
         }
         Ok(OffloadInput::Call { func: first, args })
@@ -208,7 +211,10 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
     // so that an error about the value (`expected String, found u64`) points
     // at the macro call and suggests fixes after it, not inside it.
     let call_site = Span::call_site();
-    Ok(match OffloadInput::parse.parse2(tokens)? {
+    let macro_name = if fallible { "try_offload" } else { "offload" };
+    let input =
+        (|input: ParseStream<'_>| OffloadInput::parse_for(input, macro_name)).parse2(tokens)?;
+    Ok(match input {
         // The closure keeps its own spans: a capture that is not `Send`
         // points at it.
         OffloadInput::Closure(closure) => quote_spanned! {call_site=>

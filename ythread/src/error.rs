@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::error::Error;
 use std::fmt;
+use std::io;
 use std::panic;
 
 use parking_lot::Mutex;
@@ -168,6 +169,33 @@ impl fmt::Debug for OffloadError {
 }
 
 impl Error for OffloadError {}
+
+/// So that `?` works on `try_offload!` in a handler returning
+/// `io::Result`: the error becomes an [`io::ErrorKind::Other`] that holds
+/// this one (reach it with `get_ref()` and `downcast_ref::<OffloadError>()`).
+///
+/// ```
+/// use std::io;
+/// use ythread::{Yieldable, try_offload, yieldable};
+///
+/// fn parse(text: &str) -> u64 { text.parse().expect("a number") }
+///
+/// #[yieldable]
+/// fn handle(request: String) -> io::Result<u64> {
+///     let n = try_offload!(parse, &request)?;
+///     Ok(n + 1)
+/// }
+///
+/// assert_eq!(handle("41".into()).run().unwrap(), 42);
+/// # std::panic::set_hook(Box::new(|_| {})); // keep the doctest's output quiet
+/// let error = handle("forty-one".into()).run().unwrap_err();
+/// assert!(error.to_string().contains("a number"), "{error}");
+/// ```
+impl From<OffloadError> for io::Error {
+    fn from(error: OffloadError) -> io::Error {
+        io::Error::other(error)
+    }
+}
 
 /// The payload of the unwind that runs the destructors of a handler dropped
 /// while suspended at an `offload!` point.

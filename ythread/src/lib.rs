@@ -172,6 +172,12 @@ pub use ythread_macros::offload;
 /// or `Err(`[`OffloadError`]`)` when the work panicked (the error holds its
 /// payload) or did not run.
 ///
+/// A panic in the work is still a panic where it happens: the panic hook
+/// reports it (message and, if enabled, backtrace) on the thread that ran the
+/// work, before `try_offload!` returns it. Install a hook of your own to
+/// change that. `OffloadError` converts into `io::Error`, so `?` works in a
+/// handler returning `io::Result`.
+///
 /// This is how a handler recovers from failed work. Unlike a `catch_unwind`
 /// around `offload!`, it cannot swallow the unwind that drops a suspended
 /// handler: if the handler is dropped while waiting here, `try_offload!`
