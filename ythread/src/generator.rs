@@ -169,10 +169,15 @@ impl<T> Generator<T> {
         crate::overflow::install();
         let (stack, label) = stack::acquire(stack_size);
         label.name(handler_name::<H>);
+        #[cfg(target_os = "linux")]
+        let entry = label.entry();
         let body = move |yielder: &Yielder<(), ErasedJob>, ()| {
-            panic::catch_unwind(AssertUnwindSafe(|| {
-                handler.__run_in(&Context::new(yielder))
-            }))
+            let cx = Context::new(yielder);
+            // Lets `ythread::offload` and `run` find this handler from any
+            // call depth while its body runs (unwinding included).
+            #[cfg(target_os = "linux")]
+            let _running = crate::registry::Running::publish(entry, &cx);
+            panic::catch_unwind(AssertUnwindSafe(|| handler.__run_in(&cx)))
         };
         // SAFETY: forwarded to our caller, who guarantees the borrows outlive
         // the coroutine, which `Drop` always unwinds or finds finished.

@@ -74,8 +74,47 @@ pub trait Yieldable: Sized {
 
     /// Runs the handler to completion on the current thread, running each
     /// piece of offloaded work inline, exactly like the plain function would.
+    ///
+    /// Called inside a running handler (at any call depth of its body), it
+    /// joins that handler instead, as `yield_from!` does: it runs on the
+    /// running handler's coroutine and its work goes to the running handler's
+    /// strategy. (Work running *on* a strategy, such as a `Pool` worker, is
+    /// not inside the handler: there `run` runs work inline.) To choose a
+    /// strategy of its own, use [`run_with`](Yieldable::run_with).
+    ///
+    /// ```
+    /// use ythread::{Pool, Yieldable, offload, yieldable};
+    ///
+    /// #[yieldable]
+    /// fn inner() -> Option<String> {
+    ///     offload!(|| std::thread::current().name().map(str::to_owned))
+    /// }
+    ///
+    /// // A helper that knows nothing of strategies.
+    /// fn helper() -> Option<String> {
+    ///     inner().run()
+    /// }
+    ///
+    /// #[yieldable]
+    /// fn outer() -> Option<String> {
+    ///     let name = helper();
+    ///     offload!(|| ()); // the outer handler's own work
+    ///     name
+    /// }
+    ///
+    /// // The helper's handler used the outer handler's pool.
+    /// assert_eq!(outer().run_with(&Pool::new(1)).as_deref(), Some("ythread-pool-0"));
+    /// ```
     fn run(self) -> Self::Output {
-        self.run_with(&Inline)
+        // While unwinding (a destructor), joining the handler being unwound
+        // could not resume: run on a coroutine of its own.
+        if std::thread::panicking() {
+            return self.run_with(&Inline);
+        }
+        crate::current::with_running_context(move |cx| match cx {
+            Some(cx) => self.__run_in(cx),
+            None => self.run_with(&Inline),
+        })
     }
 
     /// Runs the handler to completion on the current thread, handing each

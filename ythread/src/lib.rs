@@ -80,6 +80,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod apply;
+mod current;
 mod error;
 mod generator;
 mod handler;
@@ -87,10 +88,13 @@ mod job;
 #[cfg(target_os = "linux")]
 mod overflow;
 mod private;
+#[cfg(target_os = "linux")]
+mod registry;
 mod stack;
 mod thread;
 
 pub use apply::{Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, apply_fn};
+pub use current::{in_handler, offload};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
 pub use generator::{Generator, GeneratorState};
 pub use handler::{BoxYieldable, WithStackSize, Yieldable};

@@ -12,13 +12,11 @@
 //!
 //! # Recognising a guard page, at no cost per offload
 //!
-//! Every mapped coroutine stack registers its guard page in [`REGISTRY`], a
-//! lock-free table the signal handler can read, when it is mapped, and
-//! leaves it when it is unmapped; the handler using a stack writes its name
-//! into the stack's entry when it takes the stack ([`Label::name`]). Nothing
-//! is done when a handler is resumed, and the guard page is never touched,
-//! so it costs no memory. The fault handler looks the faulting page up in
-//! the table.
+//! Every mapped coroutine stack is in the registry of `registry.rs`, a
+//! lock-free table the signal handler can read, with its guard page, its
+//! size and the name of the handler using it. Nothing is done when a handler
+//! is resumed, and the guard page is never touched, so it costs no memory.
+//! The fault handler looks the faulting page up in the table.
 //!
 //! The signal handler runs on the thread's alternate signal stack (the
 //! faulting stack has no room left); std gives its own threads one, and
@@ -30,142 +28,7 @@ use std::ptr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use corosensei::stack::{DefaultStack, Stack as _};
-
-/// One mapped coroutine stack, as the signal handler sees it.
-struct Entry {
-    /// The address of the stack's guard page; 0 if the entry is free.
-    page: AtomicUsize,
-    /// The stack size the handler asked for, in bytes.
-    size: AtomicUsize,
-    /// Names the handler using the stack: null or a `fn() -> &'static str`.
-    name: AtomicPtr<()>,
-}
-
-const CHUNK: usize = 128;
-
-/// A block of entries. Blocks are added when all are taken and never freed:
-/// their number follows the most stacks ever mapped at once.
-struct Chunk {
-    entries: [Entry; CHUNK],
-    next: AtomicPtr<Chunk>,
-}
-
-impl Chunk {
-    const fn new() -> Chunk {
-        Chunk {
-            entries: [const {
-                Entry {
-                    page: AtomicUsize::new(0),
-                    size: AtomicUsize::new(0),
-                    name: AtomicPtr::new(ptr::null_mut()),
-                }
-            }; CHUNK],
-            next: AtomicPtr::new(ptr::null_mut()),
-        }
-    }
-
-    fn next(&self) -> Option<&'static Chunk> {
-        // SAFETY: `next` is null or a leaked `Box<Chunk>`, never freed.
-        unsafe { self.next.load(Ordering::Acquire).as_ref() }
-    }
-}
-
-/// Every mapped coroutine stack's guard page.
-static REGISTRY: Chunk = Chunk::new();
-
-/// A stack's entry in [`REGISTRY`], owned beside the stack for as long as it
-/// is mapped; dropping it frees the entry.
-#[derive(Debug)]
-pub(crate) struct Label(&'static Entry);
-
-impl std::fmt::Debug for Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry")
-            .field("size", &self.size.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Label {
-    /// Names the handler now using the stack.
-    #[inline]
-    pub(crate) fn name(&self, name: fn() -> &'static str) {
-        self.0.name.store(name as *mut (), Ordering::Relaxed);
-    }
-}
-
-impl Drop for Label {
-    fn drop(&mut self) {
-        self.0.name.store(ptr::null_mut(), Ordering::Relaxed);
-        self.0.page.store(0, Ordering::Release);
-    }
-}
-
-/// Registers `stack`'s guard page, for a stack of `size` bytes.
-pub(crate) fn mark(stack: &DefaultStack, size: usize) -> Label {
-    install();
-    // corosensei's `DefaultStack` maps its guard page first: its `limit` is
-    // the start of the mapping (the documented "maximum extent, including
-    // guard pages").
-    let page = stack.limit().get();
-    let mut chunk: &'static Chunk = &REGISTRY;
-    loop {
-        for entry in &chunk.entries {
-            if entry
-                .page
-                .compare_exchange(0, page, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                entry.size.store(size, Ordering::Relaxed);
-                return Label(entry);
-            }
-        }
-        chunk = match chunk.next() {
-            Some(next) => next,
-            None => {
-                let fresh = Box::into_raw(Box::new(Chunk::new()));
-                match chunk.next.compare_exchange(
-                    ptr::null_mut(),
-                    fresh,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    // SAFETY: just published, never freed.
-                    Ok(_) => unsafe { &*fresh },
-                    Err(theirs) => {
-                        // SAFETY: ours was never published; theirs is a
-                        // leaked chunk, never freed.
-                        unsafe {
-                            drop(Box::from_raw(fresh));
-                            &*theirs
-                        }
-                    }
-                }
-            }
-        };
-    }
-}
-
-/// The entry of the stack whose guard page is `page`. Async-signal-safe:
-/// atomic loads only.
-fn lookup(page: usize) -> Option<&'static Entry> {
-    // 0 marks a free entry (and no stack is mapped at address 0).
-    if page == 0 {
-        return None;
-    }
-    let mut chunk: &'static Chunk = &REGISTRY;
-    loop {
-        if let Some(entry) = chunk
-            .entries
-            .iter()
-            .find(|entry| entry.page.load(Ordering::Acquire) == page)
-        {
-            return Some(entry);
-        }
-        chunk = chunk.next()?;
-    }
-}
+use crate::registry::{self, Entry};
 
 /// The signal actions that were installed before ours, indexed by
 /// [`slot`]; null until [`install`] has run.
@@ -215,7 +78,7 @@ extern "C" fn on_fault(
     // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO`
     // handler.
     let address = unsafe { (*info).si_addr() } as usize;
-    if let Some(entry) = lookup(address & !(page_size() - 1)) {
+    if let Some(entry) = registry::with_guard_page(address & !(page_size() - 1)) {
         report(entry);
         // SAFETY: `abort` is async-signal-safe.
         unsafe { libc::abort() };
@@ -256,13 +119,7 @@ extern "C" fn on_fault(
 
 /// Writes the overflow message to stderr without allocating or locking.
 fn report(entry: &Entry) {
-    let name = entry.name.load(Ordering::Relaxed);
-    let handler = if name.is_null() {
-        "?"
-    } else {
-        // SAFETY: a non-null name is a `fn() -> &'static str` (`Label::name`).
-        unsafe { mem::transmute::<*mut (), fn() -> &'static str>(name)() }
-    };
+    let handler = entry.handler_name().unwrap_or("?");
     const CAPACITY: usize = 1024;
     let mut buffer = [0u8; CAPACITY];
     let mut out = &mut buffer[..];
@@ -273,14 +130,14 @@ fn report(entry: &Entry) {
          ythread: give it a larger one with `Yieldable::with_stack_size`, \
          `YieldableThread::coroutine_stack_size`, or RUST_MIN_STACK (the default is \
          std's, 2 MiB)\nfatal runtime error: stack overflow, aborting\n",
-        entry.size.load(Ordering::Relaxed),
+        entry.size(),
     );
     let len = CAPACITY - out.len();
     // SAFETY: `write` is async-signal-safe; the buffer is valid for `len`.
     unsafe { libc::write(libc::STDERR_FILENO, buffer.as_ptr().cast(), len) };
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     static PAGE: AtomicUsize = AtomicUsize::new(0);
     match PAGE.load(Ordering::Relaxed) {
         0 => {
@@ -390,44 +247,5 @@ impl Drop for AlternateStack {
                 libc::munmap(self.memory, self.len);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn named() -> &'static str {
-        "named"
-    }
-
-    #[test]
-    fn a_mapped_stack_is_found_by_its_guard_page_until_it_is_unmapped() {
-        // More than one chunk's worth, so that chunks are added and searched.
-        // Labels first, so that each leaves the registry before its stack
-        // is unmapped, as in `stack.rs`.
-        let stacks: Vec<(Label, DefaultStack)> = (0..CHUNK + 10)
-            .map(|_| {
-                let stack = DefaultStack::new(16 * 1024).unwrap();
-                (mark(&stack, 16 * 1024), stack)
-            })
-            .collect();
-        let (label, stack) = stacks.last().unwrap();
-        label.name(named);
-        let page = stack.limit().get();
-        let entry = lookup(page).expect("registered");
-        assert_eq!(entry.size.load(Ordering::Relaxed), 16 * 1024);
-        assert!(ptr::eq(entry, label.0));
-        // An address inside the stack but above its guard page is not one.
-        assert!(lookup(page + page_size()).is_none());
-        assert!(lookup(0).is_none());
-        drop(stacks);
-        // (Another test may map a stack at the same address meanwhile, but
-        // it would not get this entry while the address was in it.)
-        assert_ne!(
-            entry.page.load(Ordering::Relaxed),
-            page,
-            "freed with its stack"
-        );
     }
 }

@@ -51,7 +51,7 @@ pub(crate) type Stack = DefaultStack;
 /// Names the handler using a stack, for the overflow report (see
 /// `overflow.rs`); travels with its stack.
 #[cfg(target_os = "linux")]
-pub(crate) use crate::overflow::Label;
+pub(crate) use crate::registry::Label;
 
 /// Names the handler using a stack; overflows are reported on Linux only.
 #[cfg(not(target_os = "linux"))]
@@ -147,7 +147,10 @@ fn fresh(size: usize) -> (Stack, Label) {
         panic!("ythread: cannot allocate a {size}-byte coroutine stack: {err}")
     });
     #[cfg(target_os = "linux")]
-    let label = crate::overflow::mark(&stack, size);
+    let label = {
+        crate::overflow::install();
+        crate::registry::register(&stack, size)
+    };
     #[cfg(not(target_os = "linux"))]
     let label = Label;
     (stack, label)

@@ -1,0 +1,358 @@
+//! Every mapped coroutine stack, in a lock-free table that a signal handler
+//! can read: where the stack is, its guard page and size, the name of the
+//! handler using it, and that handler's running [`Context`].
+//!
+//! Two things need to know which coroutine stack an address is on, and
+//! neither may cost anything per `offload!`:
+//!
+//! - the `SIGSEGV` handler (`overflow.rs`), to report a coroutine stack
+//!   overflow: it looks the faulting page up by guard page;
+//! - the function form [`ythread::offload`](crate::offload) and
+//!   [`Yieldable::run`](crate::Yieldable::run), to find the handler running
+//!   on this thread, from any call depth: they look the stack pointer up
+//!   (through a one-entry cache per thread).
+//!
+//! A stack is registered when it is mapped and leaves when it is unmapped
+//! ([`Label`] travels with it); a handler writes its name into the entry
+//! when it takes the stack, and its `Context` while its body runs.
+
+use std::cell::Cell;
+use std::mem;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use corosensei::stack::{DefaultStack, Stack as _};
+
+use crate::private::Context;
+
+/// One mapped coroutine stack.
+pub(crate) struct Entry {
+    /// The address of the stack's guard page, its lowest; 0 if the entry is
+    /// free.
+    page: AtomicUsize,
+    /// The stack's highest address (exclusive), where it starts.
+    base: AtomicUsize,
+    /// The stack size the handler asked for, in bytes.
+    size: AtomicUsize,
+    /// Names the handler using the stack: null or a `fn() -> &'static str`.
+    name: AtomicPtr<()>,
+    /// The `Context` of the handler whose body is running on the stack
+    /// (suspended or not); null when none is.
+    context: AtomicPtr<()>,
+}
+
+impl Entry {
+    /// The stack size the handler asked for, in bytes.
+    pub(crate) fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// The name of the handler using the stack. Async-signal-safe.
+    pub(crate) fn handler_name(&self) -> Option<&'static str> {
+        let name = self.name.load(Ordering::Relaxed);
+        // SAFETY: a non-null name is a `fn() -> &'static str` (`Label::name`).
+        (!name.is_null())
+            .then(|| unsafe { mem::transmute::<*mut (), fn() -> &'static str>(name)() })
+    }
+
+    /// Whether `address` is on this stack (guard page excluded).
+    fn holds(&self, address: usize) -> bool {
+        let page = self.page.load(Ordering::Acquire);
+        page != 0 && page < address && address < self.base.load(Ordering::Relaxed)
+    }
+}
+
+const CHUNK: usize = 128;
+
+/// A block of entries. Blocks are added when all are taken and never freed:
+/// their number follows the most stacks ever mapped at once.
+struct Chunk {
+    entries: [Entry; CHUNK],
+    next: AtomicPtr<Chunk>,
+}
+
+impl Chunk {
+    const fn new() -> Chunk {
+        Chunk {
+            entries: [const {
+                Entry {
+                    page: AtomicUsize::new(0),
+                    base: AtomicUsize::new(0),
+                    size: AtomicUsize::new(0),
+                    name: AtomicPtr::new(ptr::null_mut()),
+                    context: AtomicPtr::new(ptr::null_mut()),
+                }
+            }; CHUNK],
+            next: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    fn next(&self) -> Option<&'static Chunk> {
+        // SAFETY: `next` is null or a leaked `Box<Chunk>`, never freed.
+        unsafe { self.next.load(Ordering::Acquire).as_ref() }
+    }
+}
+
+/// Every mapped coroutine stack.
+static REGISTRY: Chunk = Chunk::new();
+
+/// A stack's entry in [`REGISTRY`], owned beside the stack for as long as it
+/// is mapped; dropping it frees the entry.
+#[derive(Debug)]
+pub(crate) struct Label(&'static Entry);
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("size", &self.size.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Label {
+    /// Names the handler now using the stack.
+    #[inline]
+    pub(crate) fn name(&self, name: fn() -> &'static str) {
+        self.0.name.store(name as *mut (), Ordering::Relaxed);
+    }
+
+    /// The stack's entry, for the handler's body to publish its `Context`
+    /// in ([`Running::publish`]).
+    pub(crate) fn entry(&self) -> &'static Entry {
+        self.0
+    }
+}
+
+impl Drop for Label {
+    fn drop(&mut self) {
+        self.0.name.store(ptr::null_mut(), Ordering::Relaxed);
+        self.0.context.store(ptr::null_mut(), Ordering::Relaxed);
+        self.0.page.store(0, Ordering::Release);
+    }
+}
+
+/// Registers `stack`, a stack of `size` bytes.
+pub(crate) fn register(stack: &DefaultStack, size: usize) -> Label {
+    // corosensei's `DefaultStack` maps its guard page first: its `limit` is
+    // the start of the mapping (the documented "maximum extent, including
+    // guard pages").
+    let page = stack.limit().get();
+    let mut chunk: &'static Chunk = &REGISTRY;
+    loop {
+        for entry in &chunk.entries {
+            if entry
+                .page
+                .compare_exchange(0, page, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                entry.base.store(stack.base().get(), Ordering::Relaxed);
+                entry.size.store(size, Ordering::Relaxed);
+                return Label(entry);
+            }
+        }
+        chunk = match chunk.next() {
+            Some(next) => next,
+            None => {
+                let fresh = Box::into_raw(Box::new(Chunk::new()));
+                match chunk.next.compare_exchange(
+                    ptr::null_mut(),
+                    fresh,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    // SAFETY: just published, never freed.
+                    Ok(_) => unsafe { &*fresh },
+                    Err(theirs) => {
+                        // SAFETY: ours was never published; theirs is a
+                        // leaked chunk, never freed.
+                        unsafe {
+                            drop(Box::from_raw(fresh));
+                            &*theirs
+                        }
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// The entry of the stack whose guard page is `page`. Async-signal-safe:
+/// atomic loads only.
+pub(crate) fn with_guard_page(page: usize) -> Option<&'static Entry> {
+    // 0 marks a free entry (and no stack is mapped at address 0).
+    if page == 0 {
+        return None;
+    }
+    let mut chunk: &'static Chunk = &REGISTRY;
+    loop {
+        if let Some(entry) = chunk
+            .entries
+            .iter()
+            .find(|entry| entry.page.load(Ordering::Acquire) == page)
+        {
+            return Some(entry);
+        }
+        chunk = chunk.next()?;
+    }
+}
+
+/// The entry of the stack holding `address`, if it is a coroutine stack.
+fn holding(address: usize) -> Option<&'static Entry> {
+    let mut chunk: &'static Chunk = &REGISTRY;
+    loop {
+        if let Some(entry) = chunk.entries.iter().find(|entry| entry.holds(address)) {
+            return Some(entry);
+        }
+        chunk = chunk.next()?;
+    }
+}
+
+thread_local! {
+    /// The entry of the coroutine stack this thread last found itself on.
+    static LAST_FOUND: Cell<*const Entry> = const { Cell::new(ptr::null()) };
+    /// This thread's own stack, `[low, high)`; `(0, 0)` until asked, `(1, 0)`
+    /// if it cannot be known.
+    static THREAD_STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Calls `f` with the `Context` of the handler whose body is running on the
+/// current stack, if the current code runs on a handler's coroutine stack
+/// (at any call depth inside the handler's body), or with `None`.
+///
+/// The answer comes from the stack pointer, not from a thread-local set at
+/// every resume: that would cost every `offload!` about a nanosecond.
+#[inline]
+pub(crate) fn with_running_context<T>(f: impl FnOnce(Option<&Context<'_>>) -> T) -> T {
+    let marker = 0u8;
+    let here = ptr::from_ref(&marker) as usize;
+    let entry = running_entry(here);
+    let context = entry
+        .map(|entry| entry.context.load(Ordering::Acquire))
+        .filter(|context| !context.is_null());
+    match context {
+        // SAFETY: the context is published by the body running on this very
+        // stack (we are on it, above its frames), from its `Running` guard,
+        // which clears it before the body's frame (which owns the context)
+        // ends. The borrow given to `f` cannot outlive this call.
+        Some(context) => f(Some(unsafe { &*context.cast::<Context<'_>>() })),
+        None => f(None),
+    }
+}
+
+/// The entry of the coroutine stack holding `here`, through the one-entry
+/// cache and this thread's own stack's bounds.
+#[inline]
+fn running_entry(here: usize) -> Option<&'static Entry> {
+    let last = LAST_FOUND.get();
+    // SAFETY: entries live in chunks that are never freed.
+    if let Some(last) = unsafe { last.as_ref() } {
+        if last.holds(here) {
+            return Some(last);
+        }
+    }
+    running_entry_slow(here)
+}
+
+#[cold]
+fn running_entry_slow(here: usize) -> Option<&'static Entry> {
+    let (low, high) = thread_stack();
+    if low <= here && here < high {
+        return None;
+    }
+    let found = holding(here)?;
+    LAST_FOUND.set(found);
+    Some(found)
+}
+
+/// This thread's own stack, asked of the C library once per thread.
+fn thread_stack() -> (usize, usize) {
+    let known = THREAD_STACK.get();
+    if known != (0, 0) {
+        return known;
+    }
+    let bounds = query_thread_stack().unwrap_or((1, 0));
+    THREAD_STACK.set(bounds);
+    bounds
+}
+
+fn query_thread_stack() -> Option<(usize, usize)> {
+    let mut attr = mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+    // SAFETY: `pthread_getattr_np` initialises `attr` on success; it is
+    // destroyed after use. `addr` and `size` are written by
+    // `pthread_attr_getstack` on success.
+    unsafe {
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return None;
+        }
+        let mut addr = ptr::null_mut();
+        let mut size = 0;
+        let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        ok.then(|| (addr as usize, addr as usize + size))
+    }
+}
+
+/// Publishes a handler's `Context` in its stack's entry while its body runs.
+pub(crate) struct Running {
+    entry: &'static Entry,
+}
+
+impl Running {
+    /// Publishes `context` until the returned guard is dropped, which must
+    /// happen before `context` goes away.
+    #[inline]
+    pub(crate) fn publish(entry: &'static Entry, context: &Context<'_>) -> Running {
+        entry
+            .context
+            .store(ptr::from_ref(context).cast_mut().cast(), Ordering::Release);
+        Running { entry }
+    }
+}
+
+impl Drop for Running {
+    #[inline]
+    fn drop(&mut self) {
+        self.entry.context.store(ptr::null_mut(), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named() -> &'static str {
+        "named"
+    }
+
+    #[test]
+    fn a_mapped_stack_is_found_by_its_guard_page_until_it_is_unmapped() {
+        // More than one chunk's worth, so that chunks are added and searched.
+        // Labels first, so that each leaves the registry before its stack
+        // is unmapped, as in `stack.rs`.
+        let stacks: Vec<(Label, DefaultStack)> = (0..CHUNK + 10)
+            .map(|_| {
+                let stack = DefaultStack::new(16 * 1024).unwrap();
+                (register(&stack, 16 * 1024), stack)
+            })
+            .collect();
+        let (label, stack) = stacks.last().unwrap();
+        label.name(named);
+        let page = stack.limit().get();
+        let entry = with_guard_page(page).expect("registered");
+        assert_eq!(entry.size.load(Ordering::Relaxed), 16 * 1024);
+        assert!(ptr::eq(entry, label.0));
+        // An address on the stack finds its entry.
+        assert!(ptr::eq(holding(stack.base().get() - 8).unwrap(), entry));
+        // An address inside the stack but above its guard page is not one.
+        assert!(with_guard_page(page + crate::overflow::page_size()).is_none());
+        assert!(with_guard_page(0).is_none());
+        drop(stacks);
+        // (Another test may map a stack at the same address meanwhile, but
+        // it would not get this entry while the address was in it.)
+        assert_ne!(
+            entry.page.load(Ordering::Relaxed),
+            page,
+            "freed with its stack"
+        );
+    }
+}
