@@ -68,6 +68,9 @@
 //!   [`OffloadError`] instead.
 //! - `yield_from!(helper(x))` runs another `#[yieldable]` function inside the
 //!   current handler, its `offload!` points going to the same strategy.
+//! - Code at any call depth inside a handler (helpers, callbacks, macros) can
+//!   offload with the function form [`offload()`], and `.run()` called there
+//!   joins the running handler (see [`Yieldable::run`]).
 //! - A handler's coroutine never moves to another thread; dropping a
 //!   suspended handler ([`Generator`]) unwinds it from its `offload!` point
 //!   with [`HandlerDropped`], which a handler catching panics must let go on.
@@ -163,7 +166,9 @@ pub use ythread_macros::yieldable;
 /// - `offload!(|| expr)`: runs the closure's body there.
 ///
 /// Only valid inside a [`#[yieldable]`](yieldable) function; anywhere else it
-/// is a compile error. The work and its result must be `Send`.
+/// is a compile error. The work and its result must be `Send`. From code that
+/// is not a handler's own body (a helper it calls), use the function form
+/// [`offload()`].
 ///
 /// ```compile_fail
 /// fn not_a_handler() -> u64 {
