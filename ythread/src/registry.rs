@@ -58,7 +58,7 @@ impl Entry {
     /// Whether `address` is on this stack (guard page excluded).
     fn holds(&self, address: usize) -> bool {
         let page = self.page.load(Ordering::Acquire);
-        page != 0 && page < address && address < self.base.load(Ordering::Relaxed)
+        page != 0 && page < address && address < self.base.load(Ordering::Acquire)
     }
 }
 
@@ -127,6 +127,10 @@ impl Drop for Label {
     fn drop(&mut self) {
         self.0.name.store(ptr::null_mut(), Ordering::Relaxed);
         self.0.context.store(ptr::null_mut(), Ordering::Relaxed);
+        // `base` first: between the next registration's claim of `page` and
+        // its store of `base`, the entry then holds no address (`holds`), so
+        // a lookup never takes a stale range for the new stack's.
+        self.0.base.store(0, Ordering::Release);
         self.0.page.store(0, Ordering::Release);
     }
 }
@@ -145,7 +149,7 @@ pub(crate) fn register(stack: &DefaultStack, size: usize) -> Label {
                 .compare_exchange(0, page, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                entry.base.store(stack.base().get(), Ordering::Relaxed);
+                entry.base.store(stack.base().get(), Ordering::Release);
                 entry.size.store(size, Ordering::Relaxed);
                 return Label(entry);
             }
