@@ -187,24 +187,20 @@ pub(crate) fn with_guard_page(page: usize) -> Option<&'static Entry> {
     if page == 0 {
         return None;
     }
-    let mut chunk: &'static Chunk = &REGISTRY;
-    loop {
-        if let Some(entry) = chunk
-            .entries
-            .iter()
-            .find(|entry| entry.page.load(Ordering::Acquire) == page)
-        {
-            return Some(entry);
-        }
-        chunk = chunk.next()?;
-    }
+    find(|entry| entry.page.load(Ordering::Acquire) == page)
 }
 
 /// The entry of the stack holding `address`, if it is a coroutine stack.
 fn holding(address: usize) -> Option<&'static Entry> {
+    find(|entry| entry.holds(address))
+}
+
+/// The first entry that `matches`. Atomic loads only (async-signal-safe if
+/// `matches` is).
+fn find(matches: impl Fn(&Entry) -> bool) -> Option<&'static Entry> {
     let mut chunk: &'static Chunk = &REGISTRY;
     loop {
-        if let Some(entry) = chunk.entries.iter().find(|entry| entry.holds(address)) {
+        if let Some(entry) = chunk.entries.iter().find(|entry| matches(entry)) {
             return Some(entry);
         }
         chunk = chunk.next()?;
