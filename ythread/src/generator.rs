@@ -174,7 +174,10 @@ impl<T> Generator<T> {
         let body = move |yielder: &Yielder<(), ErasedJob>, ()| {
             let cx = Context::new(yielder);
             // Lets `ythread::offload` and `run` find this handler from any
-            // call depth while its body runs (unwinding included).
+            // call depth while its body runs (unwinding included). Declared
+            // after `cx`, so it is dropped (and the context unpublished)
+            // before `cx`, and after the body, whose value and panic payload
+            // leave this stack: no user code runs here once it is dropped.
             #[cfg(target_os = "linux")]
             let _running = crate::registry::Running::publish(entry, &cx);
             panic::catch_unwind(AssertUnwindSafe(|| handler.__run_in(&cx)))

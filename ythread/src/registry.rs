@@ -19,7 +19,7 @@
 use std::cell::Cell;
 use std::mem;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
 
 use corosensei::stack::{DefaultStack, Stack as _};
 
@@ -27,6 +27,13 @@ use crate::private::Context;
 
 /// One mapped coroutine stack.
 pub(crate) struct Entry {
+    /// A seqlock over `page` and `base`: odd while the entry's owner changes
+    /// them, bumped again when done. A reader on another thread checks that
+    /// it is even and unchanged around its reads, so it never pairs one
+    /// stack's `page` with another's `base` (a range that could hold the
+    /// reader's own stack). Only the entry's owner writes: the thread that
+    /// claimed it, then the one that frees it, one after the other.
+    version: AtomicUsize,
     /// The address of the stack's guard page, its lowest; 0 if the entry is
     /// free.
     page: AtomicUsize,
@@ -57,8 +64,23 @@ impl Entry {
 
     /// Whether `address` is on this stack (guard page excluded).
     fn holds(&self, address: usize) -> bool {
-        let page = self.page.load(Ordering::Acquire);
-        page != 0 && page < address && address < self.base.load(Ordering::Acquire)
+        let before = self.version.load(Ordering::Acquire);
+        let page = self.page.load(Ordering::Relaxed);
+        // Tests widen the window a preemption could open here.
+        #[cfg(test)]
+        (0..200).for_each(|_| std::hint::spin_loop());
+        let base = self.base.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let after = self.version.load(Ordering::Relaxed);
+        before == after && before % 2 == 0 && page != 0 && page < address && address < base
+    }
+
+    /// Runs `change` on the entry's range inside the seqlock.
+    fn change(&self, change: impl FnOnce()) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        change();
+        self.version.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -76,6 +98,7 @@ impl Chunk {
         Chunk {
             entries: [const {
                 Entry {
+                    version: AtomicUsize::new(0),
                     page: AtomicUsize::new(0),
                     base: AtomicUsize::new(0),
                     size: AtomicUsize::new(0),
@@ -127,11 +150,12 @@ impl Drop for Label {
     fn drop(&mut self) {
         self.0.name.store(ptr::null_mut(), Ordering::Relaxed);
         self.0.context.store(ptr::null_mut(), Ordering::Relaxed);
-        // `base` first: between the next registration's claim of `page` and
-        // its store of `base`, the entry then holds no address (`holds`), so
-        // a lookup never takes a stale range for the new stack's.
-        self.0.base.store(0, Ordering::Release);
-        self.0.page.store(0, Ordering::Release);
+        // `base` is 0 from here until the next owner stores its own, inside
+        // the seqlock: the claim of `page` (outside it) never makes a range.
+        self.0.change(|| {
+            self.0.base.store(0, Ordering::Relaxed);
+            self.0.page.store(0, Ordering::Relaxed);
+        });
     }
 }
 
@@ -149,7 +173,7 @@ pub(crate) fn register(stack: &DefaultStack, size: usize) -> Label {
                 .compare_exchange(0, page, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                entry.base.store(stack.base().get(), Ordering::Release);
+                entry.change(|| entry.base.store(stack.base().get(), Ordering::Relaxed));
                 entry.size.store(size, Ordering::Relaxed);
                 return Label(entry);
             }
@@ -319,6 +343,40 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_never_pairs_one_stack_s_page_with_another_s_base() {
+        use std::sync::atomic::AtomicBool;
+        // One entry, freed and claimed again, alternately for two ranges, as
+        // `Label::drop` and `register` do; the address between them is on
+        // neither.
+        static ENTRY: Chunk = Chunk::new();
+        let entry = &ENTRY.entries[0];
+        let stop = AtomicBool::new(false);
+        let false_hits = std::thread::scope(|s| {
+            s.spawn(|| {
+                let ranges = [(0x1000, 0x2000), (0x9000, 0xA000)];
+                for (page, base) in ranges.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    entry
+                        .page
+                        .compare_exchange(0, *page, Ordering::AcqRel, Ordering::Relaxed)
+                        .unwrap();
+                    entry.change(|| entry.base.store(*base, Ordering::Relaxed));
+                    entry.change(|| {
+                        entry.base.store(0, Ordering::Relaxed);
+                        entry.page.store(0, Ordering::Relaxed);
+                    });
+                }
+            });
+            let hits = (0..300_000).filter(|_| entry.holds(0x5000)).count();
+            stop.store(true, Ordering::Relaxed);
+            hits
+        });
+        assert_eq!(false_hits, 0);
+    }
 
     fn named() -> &'static str {
         "named"
