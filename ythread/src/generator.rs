@@ -183,7 +183,10 @@ impl<T> Generator<T> {
             panic::catch_unwind(AssertUnwindSafe(|| handler.__run_in(&cx)))
         };
         // SAFETY: forwarded to our caller, who guarantees the borrows outlive
-        // the coroutine, which `Drop` always unwinds or finds finished.
+        // the coroutine, which `Drop` always unwinds or finds finished. (The
+        // one exception, a never-started handler whose argument's destructor
+        // panicked, is leaked with its stack: no frame on it borrows
+        // anything, and leaking the rest of its arguments is safe.)
         let coroutine = unsafe { Coroutine::with_stack_unchecked(stack, body) };
         Generator {
             coroutine: ManuallyDrop::new(coroutine),
