@@ -6,11 +6,13 @@
 //! `Pool(1)` deadlocks, so each one runs under a watchdog: a deadlock fails
 //! the test instead of hanging it.
 
+mod common;
+
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ythread::{
     Apply, Bounded, Exclusive, Inline, Pool, Yieldable, YieldableThread, offload, yieldable,
@@ -109,25 +111,6 @@ fn catches_at_the_outer_offload(apply: &(dyn Apply + Sync)) -> String {
     panic_message(&*caught.unwrap_err()).to_owned()
 }
 
-/// Work that returns only once `expected` pieces are running at once (or a
-/// deadline passes): proves that many permits or workers are free.
-fn rendezvous(arrived: &AtomicUsize, expected: usize) -> bool {
-    arrived.fetch_add(1, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while arrived.load(Ordering::SeqCst) < expected {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
-#[yieldable]
-fn meets(arrived: Arc<AtomicUsize>, expected: usize) -> bool {
-    offload!(rendezvous, &arrived, expected)
-}
-
 /// Checks that `capacity` handler threads sharing `apply` run their work all
 /// at once: no permit leaked, no worker lost.
 fn serves_its_full_capacity<A: Apply + Clone + Send + 'static>(apply: &A, capacity: usize) {
@@ -136,7 +119,7 @@ fn serves_its_full_capacity<A: Apply + Clone + Send + 'static>(apply: &A, capaci
         .map(|_| {
             YieldableThread::new()
                 .apply(apply.clone())
-                .spawn(meets(Arc::clone(&arrived), capacity))
+                .spawn(common::meets(Arc::clone(&arrived), capacity))
                 .unwrap()
         })
         .collect();

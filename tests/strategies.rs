@@ -8,7 +8,7 @@ use std::panic;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ythread::apply_fn;
 use ythread::{
@@ -139,25 +139,6 @@ fn panics_n_times(times: usize) -> usize {
     caught
 }
 
-/// Work that returns only once `expected` pieces are running at once (or a
-/// generous deadline passes): proves that many workers are alive.
-fn rendezvous(arrived: &AtomicUsize, expected: usize) -> bool {
-    arrived.fetch_add(1, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while arrived.load(Ordering::SeqCst) < expected {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
-#[yieldable]
-fn meets(arrived: Arc<AtomicUsize>, expected: usize) -> bool {
-    offload!(rendezvous, &arrived, expected)
-}
-
 #[test]
 fn a_pool_keeps_all_its_workers_after_panicking_work() {
     let pool = Pool::new(3);
@@ -172,7 +153,7 @@ fn a_pool_keeps_all_its_workers_after_panicking_work() {
 
     // All three workers must still be alive to hold three pieces of work at once.
     let arrived = Arc::new(AtomicUsize::new(0));
-    let met = run_together((0..3).map(|_| (pool.clone(), meets(Arc::clone(&arrived), 3))));
+    let met = run_together((0..3).map(|_| (pool.clone(), common::meets(Arc::clone(&arrived), 3))));
     for met in met {
         assert!(met, "a worker is missing");
     }

@@ -3,7 +3,12 @@
 
 use std::cell::Cell;
 use std::panic;
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ythread::{offload, yieldable};
 
 thread_local! {
     /// Whether a panic on this thread is one a test causes on purpose.
@@ -19,6 +24,7 @@ thread_local! {
 /// still prints. The hook runs on the thread that panics, so call `quietly`
 /// there: for work that panics, inside the work (`offload!(||
 /// common::quietly(|| panic!(..)))`), which a `Pool` runs on its worker.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
 pub(crate) fn quietly<R>(f: impl FnOnce() -> R) -> R {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
@@ -39,4 +45,26 @@ pub(crate) fn quietly<R>(f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(QUIET.replace(true));
     f()
+}
+
+/// Work that returns only once `expected` pieces are running at once (or a
+/// generous deadline passes): proves that many permits or workers are free.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn rendezvous(arrived: &AtomicUsize, expected: usize) -> bool {
+    arrived.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arrived.load(Ordering::SeqCst) < expected {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// A handler whose one piece of work is [`rendezvous`].
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+#[yieldable]
+pub(crate) fn meets(arrived: Arc<AtomicUsize>, expected: usize) -> bool {
+    offload!(rendezvous, &arrived, expected)
 }
