@@ -146,11 +146,10 @@ fn fresh(size: usize) -> (Stack, Label) {
     let stack = DefaultStack::new(size).unwrap_or_else(|err| {
         panic!("ythread: cannot allocate a {size}-byte coroutine stack: {err}")
     });
+    // The overflow handler is installed by `Generator::new_unchecked`, the
+    // only user of stacks, before it acquires one.
     #[cfg(target_os = "linux")]
-    let label = {
-        crate::overflow::install();
-        crate::registry::register(&stack, size)
-    };
+    let label = crate::registry::register(&stack, size);
     #[cfg(not(target_os = "linux"))]
     let label = Label;
     (stack, label)
