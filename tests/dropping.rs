@@ -6,6 +6,8 @@
 //! abort the process without saying why (the abort is tested in
 //! `fatal.rs`, in a child process).
 
+mod common;
+
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
@@ -328,10 +330,7 @@ fn resume_unwind_is_what_offload_does() {
     let not_run = one_try().run_with(&apply_fn(|_unrun| {})).unwrap_err();
     let payload = panic::catch_unwind(AssertUnwindSafe(|| not_run.resume_unwind()))
         .expect_err("panics with the message");
-    let text = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let text = common::panic_text(&*payload);
     assert!(
         text.contains("without running the offloaded work"),
         "{text}"

@@ -2,6 +2,8 @@
 //! at `offload!` points, unwinding of dropped handlers, and the coroutine
 //! staying on its thread.
 
+mod common;
+
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
@@ -195,10 +197,7 @@ fn a_strategy_that_drops_the_job_makes_the_handler_panic_at_the_offload_point() 
         holds_locals(DropCounter(Arc::clone(&drops)), Arc::clone(&drops)).run_with(&dropping)
     }));
     let payload = result.expect_err("unrun work is an error");
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let message = common::panic_text(&*payload);
     assert!(
         message.contains("without running the offloaded work"),
         "{message}"

@@ -74,14 +74,6 @@ fn nest(apply: &(dyn Apply + Sync), depth: usize) -> (u64, Vec<Thread>) {
     run_chain(&vec![apply; depth])
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("<not a string>")
-}
-
 #[yieldable]
 fn panics() -> u64 {
     offload!(|| -> u64 { panic!("nested work panicked") })
@@ -93,7 +85,7 @@ fn catches_its_work_s_panic() -> String {
     let caught = panic::catch_unwind(AssertUnwindSafe(|| {
         offload!(|| -> u64 { panic!("nested work panicked") })
     }));
-    panic_message(&*caught.unwrap_err()).to_owned()
+    common::panic_text(&*caught.unwrap_err()).to_owned()
 }
 
 /// Drives a nested handler whose work panics, and that catches the panic at
@@ -108,7 +100,7 @@ fn catches_at_the_inner_offload(apply: &(dyn Apply + Sync)) -> String {
 #[yieldable]
 fn catches_at_the_outer_offload(apply: &(dyn Apply + Sync)) -> String {
     let caught = panic::catch_unwind(AssertUnwindSafe(|| offload!(|| panics().run_with(apply))));
-    panic_message(&*caught.unwrap_err()).to_owned()
+    common::panic_text(&*caught.unwrap_err()).to_owned()
 }
 
 /// Checks that `capacity` handler threads sharing `apply` run their work all
@@ -269,7 +261,7 @@ macro_rules! nesting_tests {
                         outer(&apply).run_with(&apply)
                     }))
                     .unwrap_err();
-                    assert_eq!(panic_message(&*payload), "nested work panicked");
+                    assert_eq!(common::panic_text(&*payload), "nested work panicked");
                     // The permit was released, the workers are all alive.
                     assert_eq!(nest(&apply, 3).0, 321);
                     serves_its_full_capacity(&apply, $capacity);

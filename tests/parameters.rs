@@ -17,6 +17,8 @@
     clippy::boxed_local
 )]
 
+mod common;
+
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -173,11 +175,7 @@ fn logged_panic<T>(call: impl FnOnce(&Log) -> T) -> (Vec<&'static str>, String) 
     let payload = panic::catch_unwind(AssertUnwindSafe(|| call(&log)))
         .map(drop)
         .expect_err("the call panics");
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let text = common::panic_text(&*payload).to_owned();
     (log.lock().unwrap().clone(), text)
 }
 

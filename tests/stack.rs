@@ -2,6 +2,8 @@
 //! thread (2 MiB by default), and every way of running a handler can choose
 //! another size. Overflows are tested in `fatal.rs`, in a child process.
 
+mod common;
+
 use std::hint::black_box;
 
 use ythread::{DEFAULT_STACK_SIZE, Pool, Yieldable, YieldableThread, offload, yieldable};
@@ -49,13 +51,7 @@ fn what_fits_on_a_std_thread_fits_in_a_handler_however_it_is_run() {
         holds_512_kib_and_recurses(300).run_with(&Pool::new(1)),
         expected
     );
-    let mut generator = holds_512_kib_and_recurses(300).start();
-    let value = loop {
-        match generator.resume() {
-            ythread::GeneratorState::Yielded(job) => job.run(),
-            ythread::GeneratorState::Complete(value) => break value,
-        }
-    };
+    let value = common::run_by_hand(holds_512_kib_and_recurses(300).start());
     assert_eq!(value, expected);
     let thread = YieldableThread::new()
         .spawn(holds_512_kib_and_recurses(300))
@@ -81,13 +77,7 @@ fn every_way_of_running_a_handler_can_choose_its_stack_size() {
         deep(DEEP).with_stack_size(ROOMY).run_with(&Pool::new(1)),
         DEEP
     );
-    let mut generator = deep(DEEP).with_stack_size(ROOMY).start();
-    let value = loop {
-        match generator.resume() {
-            ythread::GeneratorState::Yielded(job) => job.run(),
-            ythread::GeneratorState::Complete(value) => break value,
-        }
-    };
+    let value = common::run_by_hand(deep(DEEP).with_stack_size(ROOMY).start());
     assert_eq!(value, DEEP);
     let thread = YieldableThread::new()
         .coroutine_stack_size(ROOMY)

@@ -2,6 +2,8 @@
 //! of strategies (`dyn` included), closures through `apply_fn`, a rayon
 //! pool, and boxed handlers of different types stored together.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -155,13 +157,7 @@ fn boxed_handlers_of_different_types_run_spawn_and_nest_like_any_other() {
     let ran: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(ran, expected);
     // Stepped by hand.
-    let mut generator = handle(5).boxed().start();
-    let value = loop {
-        match generator.resume() {
-            ythread::GeneratorState::Yielded(job) => job.run(),
-            ythread::GeneratorState::Complete(value) => break value,
-        }
-    };
+    let value = common::run_by_hand(handle(5).boxed().start());
     assert_eq!(value, 15);
     // Borrowing, for a shorter lifetime.
     let text = String::from("four");

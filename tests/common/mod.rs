@@ -8,7 +8,9 @@ use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ythread::{offload, yieldable};
+use std::any::Any;
+
+use ythread::{Generator, GeneratorState, offload, yieldable};
 
 thread_local! {
     /// Whether a panic on this thread is one a test causes on purpose.
@@ -67,4 +69,25 @@ pub(crate) fn rendezvous(arrived: &AtomicUsize, expected: usize) -> bool {
 #[yieldable]
 pub(crate) fn meets(arrived: Arc<AtomicUsize>, expected: usize) -> bool {
     offload!(rendezvous, &arrived, expected)
+}
+
+/// The text of a panic payload made by `panic!` (a `&str` or a `String`).
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<not a string>")
+}
+
+/// Steps `generator` to its end by hand, running each job right there.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn run_by_hand<T>(mut generator: Generator<T>) -> T {
+    loop {
+        match generator.resume() {
+            GeneratorState::Yielded(job) => job.run(),
+            GeneratorState::Complete(value) => return value,
+        }
+    }
 }
