@@ -16,8 +16,8 @@ use std::sync::{Arc, Once};
 
 use ythread::apply_fn;
 use ythread::{
-    Apply, Bounded, Exclusive, GeneratorState, HandlerDropped, Inline, OffloadError,
-    OffloadErrorKind, Pool, Yieldable, offload, try_offload, yieldable,
+    GeneratorState, HandlerDropped, OffloadError, OffloadErrorKind, Yieldable, offload,
+    try_offload, yieldable,
 };
 
 /// Counts drops, to observe unwinding.
@@ -240,16 +240,6 @@ fn dropping_a_suspended_handler_does_not_call_the_panic_hook() {
     assert_eq!(HOOK_CALLS.get(), before + 1);
 }
 
-/// Every strategy, boxed.
-fn strategies() -> Vec<(&'static str, Box<dyn Apply>)> {
-    vec![
-        ("inline", Box::new(Inline)),
-        ("exclusive", Box::new(Exclusive::new())),
-        ("bounded", Box::new(Bounded::new(2))),
-        ("pool", Box::new(Pool::new(2))),
-    ]
-}
-
 #[derive(Debug, PartialEq)]
 struct Custom(u32);
 
@@ -274,7 +264,7 @@ fn three_outcomes() -> (u64, OffloadError, OffloadError) {
 #[test]
 fn try_offload_returns_the_work_s_panic_with_its_payload_with_every_strategy() {
     count_hook_calls();
-    for (name, apply) in strategies() {
+    for (name, apply) in common::strategies() {
         let (ok, message, custom) = three_outcomes().run_with(&*apply);
         assert_eq!(ok, 1, "{name}");
         assert_eq!(message.kind(), OffloadErrorKind::Panicked, "{name}");

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use ythread::apply_fn;
-use ythread::{
-    Apply, Bounded, Exclusive, GeneratorState, Inline, Pool, Yieldable, offload, yieldable,
-};
+use ythread::{Apply, Exclusive, GeneratorState, Inline, Pool, Yieldable, offload, yieldable};
 
 fn sumn(n: u64) -> u64 {
     (1..=n).sum()
@@ -22,17 +20,6 @@ fn sumn(n: u64) -> u64 {
 
 fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
-}
-
-/// Every strategy, boxed, so each test can run against all of them.
-fn strategies() -> Vec<(&'static str, Box<dyn Apply>)> {
-    vec![
-        ("inline", Box::new(Inline)),
-        ("exclusive", Box::new(Exclusive::new())),
-        ("bounded", Box::new(Bounded::new(2))),
-        ("pool", Box::new(Pool::new(2))),
-        ("closure", Box::new(apply_fn(|job| job.run()))),
-    ]
 }
 
 #[yieldable]
@@ -45,7 +32,7 @@ fn typed(n: u64) -> (u64, String, Vec<u8>) {
 
 #[test]
 fn offload_returns_the_typed_value_of_the_call_with_every_strategy() {
-    for (name, apply) in strategies() {
+    for (name, apply) in common::strategies() {
         assert_eq!(
             typed(10).run_with(&*apply),
             (55, "n=10".to_owned(), vec![1, 2, 3]),
@@ -74,7 +61,7 @@ fn work_may_borrow_the_handlers_locals() {
         .take(3)
         .map(|i| (i % 251) as u8)
         .collect();
-    for (name, apply) in strategies() {
+    for (name, apply) in common::strategies() {
         let (sum, head) = borrows_locals(10_000).run_with(&*apply);
         assert_eq!(sum, expected_sum, "{name}");
         assert_eq!(head, expected_head, "{name}");
@@ -88,7 +75,7 @@ fn panics_in_work(message: String) -> u64 {
 
 #[test]
 fn a_panic_in_work_reappears_in_the_handler_with_its_payload() {
-    for (name, apply) in strategies() {
+    for (name, apply) in common::strategies() {
         let payload = panic::catch_unwind(AssertUnwindSafe(|| {
             panics_in_work(format!("boom from {name}")).run_with(&*apply)
         }))
@@ -118,7 +105,7 @@ fn catches_its_own_panic() -> (u32, u64) {
 
 #[test]
 fn the_handler_can_catch_a_work_panic_at_its_offload_point_and_continue() {
-    for (name, apply) in strategies() {
+    for (name, apply) in common::strategies() {
         assert_eq!(catches_its_own_panic().run_with(&*apply), (7, 10), "{name}");
     }
 }

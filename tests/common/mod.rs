@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use std::any::Any;
 
-use ythread::{Generator, GeneratorState, offload, yieldable};
+use ythread::{
+    Apply, Bounded, Exclusive, Generator, GeneratorState, Inline, Pool, apply_fn, offload,
+    yieldable,
+};
 
 thread_local! {
     /// Whether a panic on this thread is one a test causes on purpose.
@@ -90,4 +93,17 @@ pub(crate) fn run_by_hand<T>(mut generator: Generator<T>) -> T {
             GeneratorState::Complete(value) => return value,
         }
     }
+}
+
+/// Every built-in strategy and a closure, boxed, so that a test can run
+/// against all of them.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn strategies() -> Vec<(&'static str, Box<dyn Apply>)> {
+    vec![
+        ("inline", Box::new(Inline)),
+        ("exclusive", Box::new(Exclusive::new())),
+        ("bounded", Box::new(Bounded::new(2))),
+        ("pool", Box::new(Pool::new(2))),
+        ("closure", Box::new(apply_fn(|job| job.run()))),
+    ]
 }
