@@ -136,7 +136,7 @@ impl OffloadError {
 }
 
 /// The text of a panic payload made by `panic!`.
-pub(crate) fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
+fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
     payload
         .downcast_ref::<&'static str>()
         .copied()
