@@ -46,7 +46,9 @@ const REOFFLOADS_WHILE_DROPPED: usize = 16;
 /// never hangs:
 ///
 /// - a handler that catches that unwind and ends anyway (returns, or panics
-///   with a payload of its own) has ended: its value or payload is dropped;
+///   with a payload of its own) has ended: its value or payload is dropped
+///   (a panic of its own has been reported by the panic hook, as any panic
+///   is);
 /// - every `offload!` or `try_offload!` it reaches while being dropped
 ///   unwinds again at once, without running work;
 /// - a handler that catches the unwind and offloads again, over and over,
