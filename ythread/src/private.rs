@@ -137,6 +137,24 @@ where
     slot
 }
 
+/// `Send`, with an error that says why an offload point's result must be.
+///
+/// rustc's own message for a missing `Send` on a result points at the whole
+/// `offload!` without saying that it is the *result* that crosses threads.
+/// `do_not_recommend` makes rustc report this trait (and its message) in
+/// place of the leaf `Send` obligation. (Arguments keep rustc's message: it
+/// already points at the one argument that is not `Send`.)
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "the result of this offload point, `{Self}`, is not `Send`",
+    label = "`{Self}` is returned from the strategy's thread",
+    note = "the work may run on another thread and its result is sent back to the handler: return an owned `Send` type (for example `Arc` in place of `Rc`)"
+)]
+pub trait SendResult: Send {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Send> SendResult for T {}
+
 /// The body of every `offload!(f, args...)` point: `args` were evaluated in
 /// the handler; `call` applies `f` to them wherever the strategy runs it.
 #[doc(hidden)]
@@ -145,7 +163,7 @@ pub fn offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C) -> R
 where
     A: Send,
     C: FnOnce(A) -> R + Send,
-    R: Send,
+    R: SendResult,
 {
     offload(cx, move || call(args))
 }
@@ -157,7 +175,7 @@ pub fn try_offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C) -> Result<R
 where
     A: Send,
     C: FnOnce(A) -> R + Send,
-    R: Send,
+    R: SendResult,
 {
     try_offload(cx, move || call(args))
 }
