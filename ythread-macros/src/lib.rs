@@ -12,6 +12,7 @@
 
 mod fallback;
 mod offload;
+mod offloadable;
 mod rewrite;
 mod valid;
 mod yieldable;
@@ -103,6 +104,12 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     yieldable::yieldable(args.into(), item.into()).into()
+}
+
+/// Registers a function for worker processes. See `ythread::offloadable`.
+#[proc_macro_attribute]
+pub fn offloadable(args: TokenStream, item: TokenStream) -> TokenStream {
+    offloadable::offloadable(args.into(), item.into()).into()
 }
 
 /// Offloads work from a yieldable handler. See `ythread::offload`.

@@ -91,10 +91,10 @@ fn split_context(tokens: TokenStream) -> (Option<Ident>, TokenStream) {
         TokenTree::Punct(semi),
         rest @ ..,
     ] = trees.as_slice()
+        && at.as_char() == '@'
+        && semi.as_char() == ';'
     {
-        if at.as_char() == '@' && semi.as_char() == ';' {
-            return (Some(cx.clone()), rest.iter().cloned().collect());
-        }
+        return (Some(cx.clone()), rest.iter().cloned().collect());
     }
     (None, tokens)
 }
@@ -238,16 +238,79 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
                     )
                 })
                 .collect();
-            let tuple = spanning_arguments(&args);
             let func_span = func.span();
             let work = quote_spanned! {func_span=>
                 |(#(#names,)*)| #func(#(#names),*)
             };
+            let portable = matches!(func, Expr::Path(_)) && args.len() <= MAX_PORTABLE_ARITY;
+            if !portable {
+                let reason = if matches!(func, Expr::Path(_)) {
+                    "only calls of up to 8 arguments can be sent to another process"
+                } else {
+                    "only a function named by its path (`offload!(crate::f, x)`) can be \
+                     sent to another process"
+                };
+                let function = func.to_token_stream().to_string();
+                let tuple = spanning_arguments(&args);
+                return Ok(quote_spanned! {call_site=>
+                    ::ythread::__private::#call_fn(
+                        #cx,
+                        #tuple,
+                        #work,
+                        ::ythread::__private::never_portable(#function, #reason),
+                    )
+                });
+            }
+            // A path names a function: the work and the arguments become the
+            // fields of `ParamsN { work, a0, .., probe: probe(&f) }`, which
+            // coerces each argument to the function's parameter type (so
+            // that another process can decode them as such), and carries the
+            // function's `Probe`; autoref specialization on the probe says
+            // whether the call can cross to another process. A `match` keeps
+            // the arguments' temporaries alive to the end of the call, as in
+            // a plain call.
+            let params = format_ident!("Params{}", args.len());
+            let fields: Vec<Ident> = (0..args.len())
+                .map(|i| format_ident!("a{}", i, span = args[i].span()))
+                .collect();
+            // Located at the arguments, so that an error about all of them
+            // (one is not `Send`) points there.
+            let args_name = Ident::new(
+                "__ythread_args",
+                Span::mixed_site().located_at(spanning_span(&args)),
+            );
+            let work_name = Ident::new("__ythread_work", Span::mixed_site());
+            let probe = Ident::new("__ythread_probe", Span::mixed_site());
             quote_spanned! {call_site=>
-                ::ythread::__private::#call_fn(#cx, #tuple, #work)
+                match (::ythread::__private::#params {
+                    work: #work,
+                    #(#fields: #args,)*
+                    probe: ::ythread::__private::probe(&#func),
+                    result: ::core::marker::PhantomData,
+                }).split() {
+                    (#args_name, #work_name, #probe) => ::ythread::__private::#call_fn(
+                        #cx,
+                        #args_name,
+                        #work_name,
+                        {
+                            #[allow(unused_imports)]
+                            use ::ythread::__private::{NoSerde as _, ViaSerde as _};
+                            (&#probe).__ythread_portability()
+                        },
+                    ),
+                }
             }
         }
     })
+}
+
+/// The largest number of arguments of an `offload!` call that can be sent
+/// to another process (`ythread::__private::params0` to `params8`).
+const MAX_PORTABLE_ARITY: usize = 8;
+
+/// The span of the first argument, where an error about all of them points.
+fn spanning_span(args: &[Expr]) -> Span {
+    args.first().map_or_else(Span::call_site, Spanned::span)
 }
 
 /// The tuple of the arguments, as an expression whose span runs from the

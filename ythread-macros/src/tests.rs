@@ -625,11 +625,27 @@ fn offload_call_form() {
         quote!(@__ythread_cx; sumn, n + 1),
         expect![[r#"
             fn expansion() {
-                ::ythread::__private::offload_call(
-                    __ythread_cx,
-                    ::core::convert::identity((n + 1,)),
-                    |(__arg0,)| sumn(__arg0),
-                )
+                match (::ythread::__private::Params1 {
+                    work: |(__arg0,)| sumn(__arg0),
+                    a0: n + 1,
+                    probe: ::ythread::__private::probe(&sumn),
+                    result: ::core::marker::PhantomData,
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, __ythread_probe) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            {
+                                #[allow(unused_imports)]
+                                use ::ythread::__private::{NoSerde as _, ViaSerde as _};
+                                (&__ythread_probe).__ythread_portability()
+                            },
+                        )
+                    }
+                }
             }
         "#]],
     );
@@ -642,11 +658,29 @@ fn offload_call_form_with_paths_and_several_arguments() {
         quote!(@__ythread_cx; crate::cpu::mix::<u64>, a, &b[..], parse(x)?,),
         expect![[r#"
             fn expansion() {
-                ::ythread::__private::offload_call(
-                    __ythread_cx,
-                    ::core::convert::identity((a, &b[..], parse(x)?)),
-                    |(__arg0, __arg1, __arg2)| crate::cpu::mix::<u64>(__arg0, __arg1, __arg2),
-                )
+                match (::ythread::__private::Params3 {
+                    work: |(__arg0, __arg1, __arg2)| crate::cpu::mix::<u64>(__arg0, __arg1, __arg2),
+                    a0: a,
+                    a1: &b[..],
+                    a2: parse(x)?,
+                    probe: ::ythread::__private::probe(&crate::cpu::mix::<u64>),
+                    result: ::core::marker::PhantomData,
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, __ythread_probe) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            {
+                                #[allow(unused_imports)]
+                                use ::ythread::__private::{NoSerde as _, ViaSerde as _};
+                                (&__ythread_probe).__ythread_portability()
+                            },
+                        )
+                    }
+                }
             }
         "#]],
     );
@@ -659,7 +693,26 @@ fn offload_call_form_without_arguments() {
         quote!(@__ythread_cx; answer),
         expect![[r#"
             fn expansion() {
-                ::ythread::__private::offload_call(__ythread_cx, (), |()| answer())
+                match (::ythread::__private::Params0 {
+                    work: |()| answer(),
+                    probe: ::ythread::__private::probe(&answer),
+                    result: ::core::marker::PhantomData,
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, __ythread_probe) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            {
+                                #[allow(unused_imports)]
+                                use ::ythread::__private::{NoSerde as _, ViaSerde as _};
+                                (&__ythread_probe).__ythread_portability()
+                            },
+                        )
+                    }
+                }
             }
         "#]],
     );

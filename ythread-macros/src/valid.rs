@@ -12,16 +12,16 @@ use syn::{ReturnType, Signature, Type};
 pub(crate) fn not_a_function(item: TokenStream) -> syn::Error {
     const EXAMPLE: &str =
         "such as `#[yieldable] fn handle(stream: TcpStream) -> io::Result<()> { ... }`";
-    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
-        if method.default.is_none() {
-            return syn::Error::new_spanned(
-                pair(&method.sig, &method.semi_token),
-                "`#[yieldable]` needs the function's body: in a trait, declare the method as \
+    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone())
+        && method.default.is_none()
+    {
+        return syn::Error::new_spanned(
+            pair(&method.sig, &method.semi_token),
+            "`#[yieldable]` needs the function's body: in a trait, declare the method as \
                  returning the handler, as in `fn handle(&self, n: u64) -> impl \
                  ythread::Yieldable<Output = u64>;`, and put `#[yieldable]` on each \
                  implementation, which returns the plain type (`-> u64`)",
-            );
-        }
+        );
     }
     let (tokens, what) = match syn::parse2::<syn::Item>(item) {
         Ok(syn::Item::Struct(s)) => (pair(&s.struct_token, &s.ident), "a struct"),

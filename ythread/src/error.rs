@@ -6,7 +6,8 @@ use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::panic;
+use std::panic::{self, Location};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -60,6 +61,33 @@ enum Repr {
     },
     /// The strategy returned without running the work.
     NotRun,
+    /// The strategy runs work in other processes and this call cannot go
+    /// there.
+    NotPortable { function: String, reason: String },
+    /// The worker process running the call died.
+    WorkerDied { function: String, death: Death },
+    /// The call ran past its deadline; its worker was killed.
+    DeadlineExceeded {
+        function: String,
+        deadline: Duration,
+    },
+    /// A message to or from the worker could not be encoded or decoded.
+    Protocol { function: String, detail: String },
+    /// No worker could take the call (none could be started, or the
+    /// strategy is shutting down).
+    Unavailable { function: String, detail: String },
+}
+
+/// How a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Death {
+    /// The exit code, if it exited.
+    pub(crate) code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub(crate) signal: Option<i32>,
+    /// The memory limit the worker ran under, in bytes, if one was set: an
+    /// allocation beyond it fails, and Rust aborts (SIGABRT).
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// What kind of failure an [`OffloadError`] is.
@@ -71,6 +99,24 @@ pub enum OffloadErrorKind {
     /// The strategy's `apply` returned without running the work (it dropped
     /// the [`Job`](crate::Job)).
     NotRun,
+    /// The strategy runs work in other processes
+    /// ([`Processes`](crate::Processes)) and this call cannot go there: the
+    /// work is a closure, the function is not marked
+    /// [`#[offloadable]`](crate::offloadable), or its arguments or result are
+    /// not serde types.
+    NotPortable,
+    /// The worker process running the call died: it crashed (a signal, see
+    /// [`OffloadError::signal`]), aborted, ran out of memory, or exited.
+    WorkerDied,
+    /// The call ran past the strategy's deadline; its worker was killed and
+    /// replaced.
+    DeadlineExceeded,
+    /// The call or its result could not be carried between processes: an
+    /// encoding error, or a malformed, truncated or oversized frame.
+    Protocol,
+    /// No worker could take the call: none could be started, or the
+    /// strategy is shutting down.
+    Unavailable,
 }
 
 impl OffloadError {
@@ -88,11 +134,104 @@ impl OffloadError {
         OffloadError { repr: Repr::NotRun }
     }
 
+    /// The work panicked in another process; only its message came back.
+    pub(crate) fn remote_panic(message: String) -> Self {
+        OffloadError {
+            repr: Repr::Panicked {
+                payload: Mutex::new(Box::new(message.clone())),
+                message: Some(message),
+            },
+        }
+    }
+
+    pub(crate) fn not_portable(function: &str, reason: &str) -> Self {
+        OffloadError {
+            repr: Repr::NotPortable {
+                function: function.to_owned(),
+                reason: reason.to_owned(),
+            },
+        }
+    }
+
+    pub(crate) fn worker_died(function: &str, death: Death) -> Self {
+        OffloadError {
+            repr: Repr::WorkerDied {
+                function: function.to_owned(),
+                death,
+            },
+        }
+    }
+
+    pub(crate) fn deadline_exceeded(function: &str, deadline: Duration) -> Self {
+        OffloadError {
+            repr: Repr::DeadlineExceeded {
+                function: function.to_owned(),
+                deadline,
+            },
+        }
+    }
+
+    pub(crate) fn protocol(function: &str, detail: impl fmt::Display) -> Self {
+        OffloadError {
+            repr: Repr::Protocol {
+                function: function.to_owned(),
+                detail: detail.to_string(),
+            },
+        }
+    }
+
+    pub(crate) fn unavailable(function: &str, detail: impl fmt::Display) -> Self {
+        OffloadError {
+            repr: Repr::Unavailable {
+                function: function.to_owned(),
+                detail: detail.to_string(),
+            },
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> OffloadErrorKind {
         match self.repr {
             Repr::Panicked { .. } => OffloadErrorKind::Panicked,
             Repr::NotRun => OffloadErrorKind::NotRun,
+            Repr::NotPortable { .. } => OffloadErrorKind::NotPortable,
+            Repr::WorkerDied { .. } => OffloadErrorKind::WorkerDied,
+            Repr::DeadlineExceeded { .. } => OffloadErrorKind::DeadlineExceeded,
+            Repr::Protocol { .. } => OffloadErrorKind::Protocol,
+            Repr::Unavailable { .. } => OffloadErrorKind::Unavailable,
+        }
+    }
+
+    /// The function whose call failed, as its path (`crate::cpu::sumn`), for
+    /// the failures of a strategy that runs work in other processes.
+    pub fn function(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::Panicked { .. } | Repr::NotRun => None,
+            Repr::NotPortable { function, .. }
+            | Repr::WorkerDied { function, .. }
+            | Repr::DeadlineExceeded { function, .. }
+            | Repr::Protocol { function, .. }
+            | Repr::Unavailable { function, .. } => Some(function),
+        }
+    }
+
+    /// The signal that killed the worker process (`libc::SIGSEGV`, ...), when
+    /// the kind is [`WorkerDied`](OffloadErrorKind::WorkerDied) and a signal
+    /// killed it.
+    pub fn signal(&self) -> Option<i32> {
+        match &self.repr {
+            Repr::WorkerDied { death, .. } => death.signal,
+            _ => None,
+        }
+    }
+
+    /// The exit code of the worker process, when the kind is
+    /// [`WorkerDied`](OffloadErrorKind::WorkerDied) and it exited (rather
+    /// than being killed by a signal).
+    pub fn exit_code(&self) -> Option<i32> {
+        match &self.repr {
+            Repr::WorkerDied { death, .. } => death.code,
+            _ => None,
         }
     }
 
@@ -106,7 +245,7 @@ impl OffloadError {
     pub fn panic_message(&self) -> Option<&str> {
         match &self.repr {
             Repr::Panicked { message, .. } => message.as_deref(),
-            Repr::NotRun => None,
+            _ => None,
         }
     }
 
@@ -125,18 +264,96 @@ impl OffloadError {
     }
 
     /// Panics as `offload!` does: resumes the work's panic with its original
-    /// payload (without calling the panic hook again), or panics with this
-    /// error's message.
+    /// payload (without calling the panic hook again); a strategy's failure
+    /// (a dead worker, a deadline, ...) unwinds with this error as the
+    /// payload, after printing it as the panic hook would; a job the
+    /// strategy did not run panics with this error's message.
+    #[track_caller]
     pub fn resume_unwind(self) -> ! {
-        match self.try_into_panic() {
-            Ok(payload) => panic::resume_unwind(payload),
-            Err(error) => panic!("{error}"),
+        self.raise_at(Location::caller())
+    }
+
+    /// [`resume_unwind`](OffloadError::resume_unwind), for the `offload!`
+    /// point at `at`.
+    pub(crate) fn raise_at(self, at: &'static Location<'static>) -> ! {
+        match self.repr {
+            Repr::Panicked { payload, .. } => panic::resume_unwind(payload.into_inner()),
+            Repr::NotRun => panic!("{self}"),
+            _ => {
+                // The payload is the typed error, so that a `catch_unwind`
+                // (or `JoinHandle::join`) can downcast it. The panic hook
+                // would print it as "Box<dyn Any>", so it is printed here, in
+                // the hook's own format, and the unwind starts without it.
+                let thread = std::thread::current();
+                let name = thread.name().unwrap_or("<unnamed>");
+                eprintln!("\nthread '{name}' panicked at {at}:\n{self}");
+                panic::resume_unwind(Box::new(self))
+            }
         }
     }
 }
 
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.signal, self.code) {
+            (Some(signal), _) => {
+                write!(f, "killed by {}", signal_name(signal))?;
+                match signal {
+                    libc::SIGSEGV => f.write_str(" (segmentation fault)")?,
+                    libc::SIGBUS => f.write_str(" (bus error)")?,
+                    libc::SIGABRT => {
+                        f.write_str(" (aborted")?;
+                        if let Some(limit) = self.memory_limit {
+                            write!(
+                                f,
+                                "; with a memory limit of {} MiB, a failed allocation aborts too",
+                                limit >> 20
+                            )?;
+                        }
+                        f.write_str(")")?;
+                    }
+                    libc::SIGKILL => f.write_str(
+                        " (killed from outside: the kernel's out-of-memory killer, or another \
+                         process)",
+                    )?,
+                    _ => {}
+                }
+                Ok(())
+            }
+            (None, Some(code)) => write!(f, "exited with status {code}"),
+            (None, None) => f.write_str("ended without an exit status"),
+        }
+    }
+}
+
+/// `SIGSEGV` for 11, and so on: the names a Unix user knows signals by.
+pub(crate) fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
+
 /// The text of a panic payload made by `panic!`.
-fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
+pub(crate) fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
     payload
         .downcast_ref::<&'static str>()
         .copied()
@@ -155,6 +372,26 @@ impl fmt::Display for OffloadError {
                 "ythread: the apply strategy returned without running the offloaded work \
                  (an `Apply` implementation must call `Job::run` before `apply` returns)",
             ),
+            Repr::NotPortable { function, reason } => write!(
+                f,
+                "ythread: `{function}` cannot be offloaded to a worker process: {reason}"
+            ),
+            Repr::WorkerDied { function, death } => {
+                write!(f, "the worker process running `{function}` died: {death}")
+            }
+            Repr::DeadlineExceeded { function, deadline } => write!(
+                f,
+                "`{function}` ran past its deadline of {deadline:?}; its worker process was \
+                 killed and replaced"
+            ),
+            Repr::Protocol { function, detail } => write!(
+                f,
+                "the call of `{function}` could not be carried to or from its worker process: \
+                 {detail}"
+            ),
+            Repr::Unavailable { function, detail } => {
+                write!(f, "no worker process could run `{function}`: {detail}")
+            }
         }
     }
 }
@@ -163,7 +400,7 @@ impl fmt::Debug for OffloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OffloadError")
             .field("kind", &self.kind())
-            .field("message", &self.panic_message())
+            .field("message", &self.to_string())
             .finish()
     }
 }

@@ -4,10 +4,12 @@
 use std::any::Any;
 use std::fmt;
 use std::mem;
+use std::panic::Location;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use crate::error::{HandlerDropped, OffloadError};
+use crate::portable::{NotPortable, Portability, WireCall};
 
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
 ///
@@ -80,6 +82,17 @@ impl<'a> Job<'a> {
         self.work.run_once();
     }
 
+    /// Gives the work up with `error`: the handler's `offload!` point panics
+    /// with it, its `try_offload!` returns it.
+    pub(crate) fn fail(self, error: OffloadError) {
+        self.work.fail(error);
+    }
+
+    /// The job as a call that can be sent to another process.
+    pub(crate) fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
+        self.work.wire()
+    }
+
     /// Erases the job's lifetime, to send it where the borrow checker cannot
     /// follow (a pool's queue); turning it back is `unsafe`
     /// ([`ErasedJob::as_job`]).
@@ -97,24 +110,66 @@ impl fmt::Debug for Job<'_> {
     }
 }
 
-/// Object-safe face of [`WorkSlot`]: run the stored closure once.
+/// Object-safe face of a work slot ([`WorkSlot`], [`CallSlot`]): what a
+/// strategy can do with the job it was handed.
 pub(crate) trait RunOnce {
+    /// Runs the stored work here, once.
     fn run_once(&mut self);
     /// Marks the slot [`WorkSlot::Dropped`], dropping the work or its result.
     fn mark_dropped(&mut self);
+    /// Gives the work up with `error` (dropping it unrun), for a strategy
+    /// that could not run it where it runs work. A dropped or finished slot
+    /// is left as it is.
+    fn fail(&mut self, error: OffloadError);
+    /// The work as a call that can cross to another process, or why it
+    /// cannot.
+    fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable>;
+}
+
+/// Offloaded work that can be run by value: a closure, or a function and its
+/// arguments ([`Call`]).
+pub(crate) trait Work {
+    type Output;
+    fn call(self) -> Self::Output;
+}
+
+impl<F: FnOnce() -> R, R> Work for F {
+    type Output = R;
+    #[inline]
+    fn call(self) -> R {
+        self()
+    }
+}
+
+/// `offload!(f, a, b)`: the arguments, kept apart from the call so that a
+/// strategy can also send them to another process.
+pub(crate) struct Call<A, C> {
+    pub(crate) args: A,
+    pub(crate) call: C,
+}
+
+impl<A, C: FnOnce(A) -> R, R> Work for Call<A, C> {
+    type Output = R;
+    #[inline]
+    fn call(self) -> R {
+        (self.call)(self.args)
+    }
 }
 
 /// The result of a piece of work: its value, or the payload it panicked with.
 type Outcome<R> = Result<R, Box<dyn Any + Send + 'static>>;
 
 /// Lives on the handler's coroutine stack for the duration of one `offload!`.
-pub(crate) enum WorkSlot<F, R> {
+pub(crate) enum WorkSlot<W, R> {
     /// Not run yet.
-    Pending(F),
+    Pending(W),
     /// Run; holds the value or the panic payload.
     Done(Outcome<R>),
     /// Transient state while the closure runs.
     Running,
+    /// The strategy could not run the work (a worker process died, a
+    /// deadline passed, ...).
+    Failed(OffloadError),
     /// The handler is being dropped while suspended here: taking the result
     /// unwinds with [`HandlerDropped`]. The driver marks the slot instead of
     /// passing a value back through the coroutine, so that the common path
@@ -122,30 +177,48 @@ pub(crate) enum WorkSlot<F, R> {
     Dropped,
 }
 
-impl<F: FnOnce() -> R, R> RunOnce for WorkSlot<F, R> {
+impl<W: Work<Output = R>, R> RunOnce for WorkSlot<W, R> {
     #[inline]
     fn run_once(&mut self) {
         if let WorkSlot::Pending(work) = mem::replace(self, WorkSlot::Running) {
             // The payload is handed back to the handler, which resumes the
             // unwind; this is the same contract as `JoinHandle::join`.
-            *self = WorkSlot::Done(panic::catch_unwind(AssertUnwindSafe(work)));
+            *self = WorkSlot::Done(panic::catch_unwind(AssertUnwindSafe(|| work.call())));
         }
     }
 
     fn mark_dropped(&mut self) {
         *self = WorkSlot::Dropped;
     }
+
+    fn fail(&mut self, error: OffloadError) {
+        self.give_up(error);
+    }
+
+    fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
+        Err(NotPortable::closure(std::any::type_name::<W>()))
+    }
 }
 
-impl<F, R> WorkSlot<F, R> {
+impl<W, R> WorkSlot<W, R> {
+    /// Drops pending work and keeps `error` for the handler; a finished or
+    /// dropped slot is left as it is.
+    fn give_up(&mut self, error: OffloadError) {
+        if let WorkSlot::Pending(_) | WorkSlot::Running = self {
+            *self = WorkSlot::Failed(error);
+        }
+    }
+
     /// Returns the work's value, resumes its panic, or panics if the strategy
-    /// never ran it: what `offload!` evaluates to.
+    /// did not run it: what `offload!` evaluates to. `at` is the `offload!`
+    /// point, named when the failure is the strategy's.
     #[inline]
-    pub(crate) fn into_result(self) -> R {
+    pub(crate) fn into_result(self, at: &'static Location<'static>) -> R {
         match self {
             WorkSlot::Done(Ok(value)) => value,
             WorkSlot::Done(Err(payload)) => panic::resume_unwind(payload),
             WorkSlot::Pending(_) | WorkSlot::Running => OffloadError::not_run().resume_unwind(),
+            WorkSlot::Failed(error) => error.raise_at(at),
             WorkSlot::Dropped => unwind_dropped_handler(),
         }
     }
@@ -158,8 +231,83 @@ impl<F, R> WorkSlot<F, R> {
             WorkSlot::Done(Ok(value)) => Ok(value),
             WorkSlot::Done(Err(payload)) => Err(OffloadError::panicked(payload)),
             WorkSlot::Pending(_) | WorkSlot::Running => Err(OffloadError::not_run()),
+            WorkSlot::Failed(error) => Err(error),
             WorkSlot::Dropped => unwind_dropped_handler(),
         }
+    }
+}
+
+/// The slot of an `offload!(f, args...)` point: a [`WorkSlot`] plus, when
+/// `f` is a function whose arguments and result are serde types, how to send
+/// the call to another process.
+pub(crate) struct CallSlot<A, C, R> {
+    pub(crate) slot: WorkSlot<Call<A, C>, R>,
+    pub(crate) wire: Portability<A>,
+}
+
+impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
+    #[inline]
+    fn run_once(&mut self) {
+        self.slot.run_once();
+    }
+
+    fn mark_dropped(&mut self) {
+        self.slot.mark_dropped();
+    }
+
+    fn fail(&mut self, error: OffloadError) {
+        self.slot.fail(error);
+    }
+
+    fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
+        match (&self.wire, &self.slot) {
+            (Ok(_), WorkSlot::Pending(_)) => Ok(self),
+            (Err(not_portable), _) => Err(*not_portable),
+            // Already run, failed or dropped: nothing left to send.
+            (Ok(fns), _) => Err(NotPortable::new(
+                (fns.function)(),
+                "the work is no longer pending",
+            )),
+        }
+    }
+}
+
+impl<A, C, R> WireCall for CallSlot<A, C, R> {
+    fn function(&self) -> &'static str {
+        match &self.wire {
+            Ok(fns) => (fns.function)(),
+            Err(not_portable) => not_portable.function,
+        }
+    }
+
+    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+        match (&self.wire, &self.slot) {
+            (Ok(fns), WorkSlot::Pending(call)) => (fns.encode)(&call.args, out),
+            _ => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    fn complete(&mut self, result: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
+        if self.wire.is_err() || (*result).type_id() != typeid::of::<R>() {
+            return Err(result);
+        }
+        // SAFETY: the box holds a value whose type has the type id of `R`
+        // with lifetimes erased. It was made by the decoder of the function
+        // registered under the type name of this call's function, whose
+        // result type is `'static` (`#[offloadable]` requires it), and that
+        // function is the one called here (the registry refuses a name
+        // registered twice), so `R`, the type this call's function returns,
+        // is that type exactly. Casting the box's pointer from the trait
+        // object to `R` keeps its allocation and layout.
+        let value = unsafe { *Box::from_raw(Box::into_raw(result).cast::<R>()) };
+        // The arguments are dropped here, in the handler's frame: the call
+        // ran elsewhere on copies of them.
+        self.slot = WorkSlot::Done(Ok(value));
+        Ok(())
+    }
+
+    fn fail(&mut self, error: OffloadError) {
+        self.slot.give_up(error);
     }
 }
 

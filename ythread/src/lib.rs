@@ -89,8 +89,11 @@ mod generator;
 mod handler;
 mod job;
 #[cfg(target_os = "linux")]
+mod offloadable;
 mod overflow;
+mod portable;
 mod private;
+pub mod processes;
 #[cfg(target_os = "linux")]
 mod registry;
 mod stack;
@@ -102,6 +105,7 @@ pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
 pub use generator::{Generator, GeneratorState};
 pub use handler::{BoxYieldable, WithStackSize, Yieldable};
 pub use job::Job;
+pub use processes::{Processes, ProcessesBuilder};
 pub use stack::DEFAULT_STACK_SIZE;
 pub use thread::{YieldableThread, spawn};
 
@@ -154,6 +158,39 @@ pub use thread::{YieldableThread, spawn};
 /// assert_eq!(count_and_label(("abc".into(), 1), vec!["x: 0".into()]).run(), "x: 0, abc: 4");
 /// ```
 pub use ythread_macros::yieldable;
+
+/// Registers a function for worker processes: under the
+/// [`Processes`] strategy, `offload!(f, a, b)` of a function so marked runs
+/// in a worker process.
+///
+/// The function is left as it is (it still runs in place, or on threads,
+/// under every other strategy). Its parameters must implement serde's
+/// `Deserialize` and its result `Serialize + DeserializeOwned + Send +
+/// 'static` (a compile error at the type otherwise); it cannot be generic,
+/// `async`, `const`, or take `self`. It goes on free functions only.
+///
+/// It is registered under its path (`my_crate::cpu::sumn`) with a
+/// fingerprint of its signature: a worker running another build, where the
+/// function is missing or its signature differs, refuses the call with a
+/// clear error instead of misreading its arguments.
+///
+/// ```
+/// use ythread::{Yieldable, offload, offloadable, yieldable};
+///
+/// #[offloadable]
+/// fn checksum(data: &[u8]) -> u32 {
+///     data.iter().map(|&b| u32::from(b)).sum()
+/// }
+///
+/// #[yieldable]
+/// fn handle(data: Vec<u8>) -> u32 {
+///     offload!(checksum, &data) // borrowed arguments cross too
+/// }
+///
+/// assert_eq!(handle(vec![1, 2, 3]).run(), 6);
+/// assert_eq!(checksum(&[4]), 4); // still a plain function
+/// ```
+pub use ythread_macros::offloadable;
 
 /// Hands a piece of work to the running handler's strategy and evaluates to
 /// its result: `offload!(f, a, b)` has the value and type of `f(a, b)`.
@@ -239,8 +276,16 @@ pub use ythread_macros::yield_from;
 /// Used by the code `#[yieldable]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::offloadable::{
+        DecodeResult, Entry, OFFLOADABLE, decode_args, decode_result, encode_result, fingerprint,
+    };
+    pub use crate::portable::{
+        NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,
+        Params7, Params8, Portability, Probe, ViaSerde, WireFns, never_portable, probe,
+    };
     pub use crate::private::{
         Context, HandlerFn, handler, offload, offload_call, try_offload, try_offload_call,
         yield_from,
     };
+    pub use linkme;
 }

@@ -7,13 +7,15 @@
 //! the work as a job living in the suspended frame.
 
 use std::fmt;
+use std::panic::Location;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 
 use corosensei::Yielder;
 
 use crate::error::OffloadError;
 use crate::handler::Yieldable;
-use crate::job::{ErasedJob, WorkSlot};
+use crate::job::{Call, CallSlot, ErasedJob, RunOnce, WorkSlot};
+use crate::portable::Portability;
 
 /// The body of a `#[yieldable]` function, as a closure that receives the
 /// running handler's [`Context`].
@@ -97,12 +99,16 @@ impl<'y> Context<'y> {
 /// [`Job`](crate::Job), and return its result once the strategy has run it.
 #[doc(hidden)]
 #[inline]
+#[track_caller]
 pub fn offload<F, R>(cx: &Context<'_>, work: F) -> R
 where
     F: FnOnce() -> R + Send,
     R: Send,
 {
-    run_as_job(cx, work).into_result()
+    let at = Location::caller();
+    let mut slot = WorkSlot::Pending(work);
+    suspend_on(cx, &mut slot);
+    slot.into_result(at)
 }
 
 /// The body of every `try_offload!` point: as [`offload`], with the work's
@@ -114,27 +120,24 @@ where
     F: FnOnce() -> R + Send,
     R: Send,
 {
-    run_as_job(cx, work).into_outcome()
+    let mut slot = WorkSlot::Pending(work);
+    suspend_on(cx, &mut slot);
+    slot.into_outcome()
 }
 
-/// Suspends the handler with `work` as its job and returns the job's slot,
-/// done (or dropped, or left unrun) once the handler is resumed.
+/// Suspends the handler with `slot` as its job. When this returns, the slot
+/// is done (or failed, dropped, or left unrun).
 #[inline(always)]
-fn run_as_job<F, R>(cx: &Context<'_>, work: F) -> WorkSlot<F, R>
-where
-    F: FnOnce() -> R + Send,
-    R: Send,
-{
-    let mut slot = WorkSlot::Pending(work);
-    // SAFETY: `slot` lives in this frame, which stays on the suspended
-    // coroutine's stack until `suspend` returns. The driver only turns the
-    // erased job back into a `Job` while the coroutine is suspended here, and
-    // the `Job`'s lifetime is tied to a borrow that must end before the
-    // coroutine is resumed or dropped (see `generator.rs`). When `suspend`
-    // returns or unwinds, the job is gone and `slot` is ours again.
-    let job = unsafe { ErasedJob::erase(&mut slot) };
+fn suspend_on<'a>(cx: &Context<'_>, slot: &'a mut (dyn RunOnce + Send + 'a)) {
+    // SAFETY: `slot` lives in the caller's frame, which stays on the
+    // suspended coroutine's stack until `suspend` returns. The driver only
+    // turns the erased job back into a `Job` while the coroutine is suspended
+    // here, and the `Job`'s lifetime is tied to a borrow that must end before
+    // the coroutine is resumed or dropped (see `generator.rs`). When
+    // `suspend` returns or unwinds, the job is gone and `slot` is the
+    // caller's again.
+    let job = unsafe { ErasedJob::erase(slot) };
     cx.suspend(job);
-    slot
 }
 
 /// `Send`, with an error that says why an offload point's result must be.
@@ -156,28 +159,46 @@ pub trait SendResult: Send {}
 impl<T: Send> SendResult for T {}
 
 /// The body of every `offload!(f, args...)` point: `args` were evaluated in
-/// the handler; `call` applies `f` to them wherever the strategy runs it.
+/// the handler; `call` applies `f` to them wherever the strategy runs it;
+/// `wire` says how to send the call to another process, if it can go there.
 #[doc(hidden)]
 #[inline]
-pub fn offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C) -> R
+#[track_caller]
+pub fn offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C, wire: Portability<A>) -> R
 where
     A: Send,
     C: FnOnce(A) -> R + Send,
     R: SendResult,
 {
-    offload(cx, move || call(args))
+    let at = Location::caller();
+    let mut slot = CallSlot {
+        slot: WorkSlot::Pending(Call { args, call }),
+        wire,
+    };
+    suspend_on(cx, &mut slot);
+    slot.slot.into_result(at)
 }
 
 /// The body of every `try_offload!(f, args...)` point.
 #[doc(hidden)]
 #[inline]
-pub fn try_offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C) -> Result<R, OffloadError>
+pub fn try_offload_call<A, C, R>(
+    cx: &Context<'_>,
+    args: A,
+    call: C,
+    wire: Portability<A>,
+) -> Result<R, OffloadError>
 where
     A: Send,
     C: FnOnce(A) -> R + Send,
     R: SendResult,
 {
-    try_offload(cx, move || call(args))
+    let mut slot = CallSlot {
+        slot: WorkSlot::Pending(Call { args, call }),
+        wire,
+    };
+    suspend_on(cx, &mut slot);
+    slot.slot.into_outcome()
 }
 
 /// The body of every `yield_from!` point: run a nested handler on the current

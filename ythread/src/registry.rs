@@ -72,7 +72,7 @@ impl Entry {
         let base = self.base.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         let after = self.version.load(Ordering::Relaxed);
-        before == after && before % 2 == 0 && page != 0 && page < address && address < base
+        before == after && before.is_multiple_of(2) && page != 0 && page < address && address < base
     }
 
     /// Runs `change` on the entry's range inside the seqlock.
@@ -269,10 +269,10 @@ pub(crate) fn with_running_context<T>(f: impl FnOnce(Option<&Context<'_>>) -> T)
 fn running_entry(here: usize) -> Option<&'static Entry> {
     let last = LAST_FOUND.get();
     // SAFETY: entries live in chunks that are never freed.
-    if let Some(last) = unsafe { last.as_ref() } {
-        if last.holds(here) {
-            return Some(last);
-        }
+    if let Some(last) = unsafe { last.as_ref() }
+        && last.holds(here)
+    {
+        return Some(last);
     }
     running_entry_slow(here)
 }

@@ -172,7 +172,7 @@ impl<F: Fn(Job<'_>)> Apply for ApplyFn<F> {
 }
 
 /// How many threads the process may run at once: what `per_core` means.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

@@ -1,0 +1,150 @@
+//! `#[offloadable]`: registers a function for worker processes.
+//!
+//! The function is left as written. Beside it goes one `Entry` in ythread's
+//! linker-section registry: the function's path (its name on the wire), its
+//! signature and fingerprint, the worker's side (decode the arguments, call,
+//! encode the result) and the parent's (decode the result).
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, ReturnType, Type};
+
+pub(crate) fn offloadable(args: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(args, item.clone()) {
+        Ok(tokens) => tokens,
+        // Keep the function, so that its callers do not get errors of their
+        // own on top of this one.
+        Err(err) => {
+            let err = err.to_compile_error();
+            quote!(#err #item)
+        }
+    }
+}
+
+fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    if !args.is_empty() {
+        return Err(syn::Error::new_spanned(
+            args,
+            "`#[offloadable]` takes no arguments",
+        ));
+    }
+    let function: ItemFn = syn::parse2(item).map_err(|err| {
+        syn::Error::new(
+            err.span(),
+            "`#[offloadable]` goes on a free function, as in `#[offloadable] fn sumn(n: u64) -> u64`",
+        )
+    })?;
+    check(&function)?;
+    let name = &function.sig.ident;
+    let name_text = name.to_string();
+    let mut types = Vec::new();
+    for input in &function.sig.inputs {
+        match input {
+            FnArg::Typed(typed) => types.push(&*typed.ty),
+            FnArg::Receiver(receiver) => {
+                return Err(syn::Error::new_spanned(
+                    receiver,
+                    "an `#[offloadable]` function cannot take `self`: a worker process has \
+                     no `self` to call it on; make it a free function taking the data",
+                ));
+            }
+        }
+    }
+    let output: Type = match &function.sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let signature = format!(
+        "({}) -> {}",
+        types
+            .iter()
+            .map(|ty| quote!(#ty).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote!(#output)
+    );
+    let args: Vec<_> = (0..types.len())
+        .map(|i| syn::Ident::new(&format!("__arg{i}"), Span::mixed_site()))
+        .collect();
+    // Each type keeps the user's span, so that a parameter or result that
+    // serde cannot carry is an error at that type.
+    let decode_args = {
+        let types = types.iter().map(|ty| quote_spanned!(ty.span()=> #ty));
+        quote!((#(#types,)*))
+    };
+    let output_span = output.span();
+    let decode_result =
+        quote_spanned!(output_span=> ::ythread::__private::decode_result::<#output>);
+    Ok(quote! {
+        #function
+
+        const _: () = {
+            #[::ythread::__private::linkme::distributed_slice(::ythread::__private::OFFLOADABLE)]
+            #[linkme(crate = ::ythread::__private::linkme)]
+            static ENTRY: ::ythread::__private::Entry = ::ythread::__private::Entry {
+                name: ::core::concat!(::core::module_path!(), "::", #name_text),
+                signature: #signature,
+                fingerprint: ::ythread::__private::fingerprint(#signature),
+                key: || ::core::any::type_name_of_val(&#name),
+                invoke: |bytes, out| {
+                    let (#(#args,)*): #decode_args = ::ythread::__private::decode_args(bytes)?;
+                    ::ythread::__private::encode_result(&#name(#(#args),*), out)
+                },
+                decode_result: #decode_result,
+            };
+        };
+    })
+}
+
+/// What a function registered for other processes cannot be.
+fn check(function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    let refuse = |tokens: &dyn quote::ToTokens, why: &str| {
+        Err(syn::Error::new_spanned(
+            tokens,
+            format!("an `#[offloadable]` function cannot be {why}"),
+        ))
+    };
+    if let Some(asyncness) = &sig.asyncness {
+        return refuse(
+            asyncness,
+            "`async`: a worker process calls it to completion",
+        );
+    }
+    if let Some(constness) = &sig.constness {
+        return refuse(
+            constness,
+            "`const` (remove `const`, or wrap it in a plain fn)",
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        return refuse(
+            &sig.generics,
+            "generic: a worker process finds it by name, and a generic function has one \
+             instance per type; register a non-generic wrapper for each type you offload",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        return refuse(variadic, "variadic");
+    }
+    for input in &sig.inputs {
+        if let FnArg::Typed(typed) = input
+            && let Type::ImplTrait(_) = &*typed.ty
+        {
+            return refuse(
+                &typed.ty,
+                "generic (`impl Trait` parameter): its arguments must have one serde type",
+            );
+        }
+    }
+    if let ReturnType::Type(_, ty) = &sig.output
+        && let Type::ImplTrait(_) = &**ty
+    {
+        return refuse(
+            ty,
+            "`-> impl Trait`: its result must be a serde type the parent can name",
+        );
+    }
+    Ok(())
+}

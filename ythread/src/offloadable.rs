@@ -1,0 +1,157 @@
+//! The functions marked `#[offloadable]`: what a worker process can run.
+//!
+//! Each marked function adds an [`Entry`] to [`OFFLOADABLE`], a linker
+//! section (linkme): nothing runs before `main`, and the entries of every
+//! crate linked into the binary are there. The parent process finds a call's
+//! entry by the type name of the function offloaded; a worker finds it by the
+//! name the parent sends.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::collections::hash_map;
+use std::sync::OnceLock;
+
+/// One function marked `#[offloadable]`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Entry {
+    /// Its path, `crate::module::name`: the name calls carry between
+    /// processes.
+    pub name: &'static str,
+    /// Its parameter and result types as written, `(u64) -> u64`.
+    pub signature: &'static str,
+    /// A hash of `signature`, checked by the worker, so that a worker built
+    /// from other source refuses the call instead of misreading it.
+    pub fingerprint: u64,
+    /// `type_name` of the function item: how the parent finds this entry
+    /// from the call.
+    pub key: fn() -> &'static str,
+    /// In a worker: decodes the arguments from the first slice, calls the
+    /// function, and appends the encoded result to the buffer.
+    pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), postcard::Error>,
+    /// In the parent: decodes a result into the function's result type
+    /// (which is `'static`).
+    pub decode_result: DecodeResult,
+}
+
+/// Decodes a registered function's result, boxed.
+#[doc(hidden)]
+pub type DecodeResult = fn(&[u8]) -> Result<Box<dyn Any + Send>, postcard::Error>;
+
+/// Every `#[offloadable]` function linked into this binary.
+#[doc(hidden)]
+#[linkme::distributed_slice]
+pub static OFFLOADABLE: [Entry];
+
+/// The registry, indexed both ways. A name (or key) registered twice, as two
+/// versions of one crate in a build can do, maps to `None`: such a function
+/// is not portable, since a call could reach the wrong one.
+struct Index {
+    by_key: HashMap<&'static str, Option<&'static Entry>>,
+    by_name: HashMap<&'static str, Option<&'static Entry>>,
+}
+
+fn index() -> &'static Index {
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index = Index {
+            by_key: HashMap::new(),
+            by_name: HashMap::new(),
+        };
+        for entry in OFFLOADABLE.iter() {
+            insert_unique(&mut index.by_key, (entry.key)(), entry);
+            insert_unique(&mut index.by_name, entry.name, entry);
+        }
+        index
+    })
+}
+
+fn insert_unique(
+    map: &mut HashMap<&'static str, Option<&'static Entry>>,
+    key: &'static str,
+    entry: &'static Entry,
+) {
+    match map.entry(key) {
+        hash_map::Entry::Vacant(slot) => {
+            slot.insert(Some(entry));
+        }
+        hash_map::Entry::Occupied(mut slot) => {
+            slot.insert(None);
+        }
+    }
+}
+
+/// What the registry knows of a function.
+pub(crate) enum Lookup {
+    Found(&'static Entry),
+    Missing,
+    Ambiguous,
+}
+
+/// The entry of the function whose item type has this `type_name`.
+pub(crate) fn by_key(key: &str) -> Lookup {
+    lookup(&index().by_key, key)
+}
+
+/// The entry registered under this name.
+pub(crate) fn by_name(name: &str) -> Lookup {
+    lookup(&index().by_name, name)
+}
+
+fn lookup(map: &HashMap<&'static str, Option<&'static Entry>>, key: &str) -> Lookup {
+    match map.get(key) {
+        Some(Some(entry)) => Lookup::Found(entry),
+        Some(None) => Lookup::Ambiguous,
+        None => Lookup::Missing,
+    }
+}
+
+/// FNV-1a, 64 bits: the fingerprint of a signature's text. Stable across
+/// builds, compilers and machines (unlike `std`'s `DefaultHasher`).
+#[doc(hidden)]
+pub const fn fingerprint(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// Decodes a call's arguments, as the worker's side of [`Entry::invoke`];
+/// the whole input must be used.
+#[doc(hidden)]
+pub fn decode_args<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<T, postcard::Error> {
+    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
+/// Appends an encoded result to `out`.
+#[doc(hidden)]
+pub fn encode_result<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    let buffer = std::mem::take(out);
+    *out = postcard::to_extend(value, buffer)?;
+    Ok(())
+}
+
+/// Decodes a result in the parent, boxed for the call's slot.
+#[doc(hidden)]
+pub fn decode_result<T>(bytes: &[u8]) -> Result<Box<dyn Any + Send>, postcard::Error>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let value: T = decode_args(bytes)?;
+    Ok(Box::new(value))
+}

@@ -1,0 +1,189 @@
+//! Whether an `offload!(f, args...)` call can cross to another process, and
+//! how: its arguments and result as serde types, its function by name.
+//!
+//! The expansion of `offload!(f, a, b)` (for a path `f`) builds
+//! `Params2 { work: |(a0, a1)| f(a0, a1), a0: a, a1: b, probe: probe(&f) }`,
+//! which coerces the arguments to `f`'s declared parameter types (see
+//! [`Params2`]), so that the bytes the parent encodes are the bytes the
+//! worker decodes into `f`'s own parameters. It then asks the [`Probe`] for
+//! the call's [`Portability`]: autoref specialization picks [`ViaSerde`]
+//! when the parameters are `Serialize`, and [`NoSerde`] otherwise. Whether `f` is registered with `#[offloadable]` is
+//! looked up by the strategy that needs it (`Processes`), by the type name of
+//! `f`, when it runs the call.
+
+use std::any::{Any, type_name};
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Serialize;
+
+/// Why an offloaded call cannot be sent to another process.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct NotPortable {
+    /// The type name of the function (or closure) offloaded.
+    pub(crate) function: &'static str,
+    /// What is missing, as a sentence fragment.
+    pub(crate) reason: &'static str,
+}
+
+impl NotPortable {
+    pub(crate) fn new(function: &'static str, reason: &'static str) -> Self {
+        NotPortable { function, reason }
+    }
+
+    pub(crate) fn closure(function: &'static str) -> Self {
+        NotPortable::new(
+            function,
+            "a closure cannot be sent to another process: offload a function marked \
+             `#[ythread::offloadable]`, as `offload!(f, a, b)`",
+        )
+    }
+}
+
+impl fmt::Display for NotPortable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.function, self.reason)
+    }
+}
+
+/// How to send one kind of call to another process.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct WireFns<A> {
+    /// `type_name` of the function: the key of the `#[offloadable]`
+    /// registry in this process.
+    pub(crate) function: fn() -> &'static str,
+    pub(crate) encode: fn(&A, &mut Vec<u8>) -> Result<(), postcard::Error>,
+}
+
+/// The wire form of an `offload!` call's arguments, or why it has none.
+#[doc(hidden)]
+pub type Portability<A> = Result<WireFns<A>, NotPortable>;
+
+/// A call that a strategy can send to another process, as the job's slot
+/// shows it.
+pub(crate) trait WireCall {
+    /// The `type_name` of the function called.
+    fn function(&self) -> &'static str;
+    /// Appends the arguments, postcard-encoded, to `out`.
+    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error>;
+    /// Stores the result that the call produced elsewhere, decoded by the
+    /// registered function's own decoder. Hands it back if it is not of the
+    /// call's result type.
+    fn complete(&mut self, result: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>>;
+    /// Gives the work up with `error`.
+    fn fail(&mut self, error: crate::OffloadError);
+}
+
+/// The function `F` called with arguments `A` (its declared parameter
+/// types), for autoref specialization (see the module's documentation).
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct Probe<F, A = ()>(PhantomData<fn() -> (F, A)>);
+
+/// Picked when the call's parameters are serde types.
+///
+/// Only the parameters are tested here. Whether the result can be decoded
+/// (`DeserializeOwned`) cannot be asked this way: method resolution ignores
+/// lifetimes, so for a result that borrows (`&str`) it would pick this impl
+/// and then fail to compile. The result is decoded by the registered
+/// function's own decoder instead (see `offloadable.rs`).
+#[doc(hidden)]
+pub trait ViaSerde<A> {
+    fn __ythread_portability(&self) -> Portability<A>;
+}
+
+impl<F, A: Serialize> ViaSerde<A> for Probe<F, A> {
+    #[inline]
+    fn __ythread_portability(&self) -> Portability<A> {
+        Ok(WireFns {
+            function: type_name::<F>,
+            encode: |args, out| {
+                // `postcard::to_extend` appends to the frame buffer in place.
+                let buffer = std::mem::take(out);
+                *out = postcard::to_extend(args, buffer)?;
+                Ok(())
+            },
+        })
+    }
+}
+
+/// The fallback: parameters that serde cannot carry.
+#[doc(hidden)]
+pub trait NoSerde<A> {
+    fn __ythread_portability(&self) -> Portability<A>;
+}
+
+impl<F, A> NoSerde<A> for &Probe<F, A> {
+    #[inline]
+    fn __ythread_portability(&self) -> Portability<A> {
+        Err(NotPortable::new(
+            type_name::<F>(),
+            "its parameters must implement serde's `Serialize` (in a generic handler, \
+             its type parameters must be bounded by it)",
+        ))
+    }
+}
+
+/// For a call that can never be sent to another process (its function is
+/// an expression, not a path; it has too many arguments).
+#[doc(hidden)]
+#[inline]
+pub fn never_portable<A>(function: &'static str, reason: &'static str) -> Portability<A> {
+    Err(NotPortable::new(function, reason))
+}
+
+/// `f`'s [`Probe`], for the type name of `f`.
+#[doc(hidden)]
+#[inline(always)]
+pub fn probe<F>(_: &F) -> Probe<F> {
+    Probe(PhantomData)
+}
+
+macro_rules! params {
+    ($($params:ident($($arg:ident: $param:ident),*);)*) => {$(
+        /// The work and the arguments of `offload!(f, ...)`, each argument
+        /// coerced to `f`'s parameter type as a struct field is: rustc
+        /// types the work closure (`|(a0, ..)| f(a0, ..)`) first, which
+        /// fixes the parameter types, so `&String` becomes `&str` and
+        /// `&[u8; 4]` becomes `&[u8]` (the bytes a worker decodes into `f`'s
+        /// own parameters), and a wrong argument reads "expected `u64`, found
+        /// `&str`" at the argument.
+        #[doc(hidden)]
+        #[allow(missing_debug_implementations)]
+        pub struct $params<C, F, $($param,)* R>
+        where
+            C: FnOnce(($($param,)*)) -> R,
+        {
+            pub work: C,
+            $(pub $arg: $param,)*
+            pub probe: Probe<F>,
+            pub result: PhantomData<fn() -> R>,
+        }
+
+        impl<C, F, $($param,)* R> $params<C, F, $($param,)* R>
+        where
+            C: FnOnce(($($param,)*)) -> R,
+        {
+            #[doc(hidden)]
+            #[inline(always)]
+            #[allow(clippy::unused_unit)]
+            pub fn split(self) -> (($($param,)*), C, Probe<F, ($($param,)*)>) {
+                (($(self.$arg,)*), self.work, Probe(PhantomData))
+            }
+        }
+    )*};
+}
+
+params! {
+    Params0();
+    Params1(a0: P0);
+    Params2(a0: P0, a1: P1);
+    Params3(a0: P0, a1: P1, a2: P2);
+    Params4(a0: P0, a1: P1, a2: P2, a3: P3);
+    Params5(a0: P0, a1: P1, a2: P2, a3: P3, a4: P4);
+    Params6(a0: P0, a1: P1, a2: P2, a3: P3, a4: P4, a5: P5);
+    Params7(a0: P0, a1: P1, a2: P2, a3: P3, a4: P4, a5: P5, a6: P6);
+    Params8(a0: P0, a1: P1, a2: P2, a3: P3, a4: P4, a5: P5, a6: P6, a7: P7);
+}

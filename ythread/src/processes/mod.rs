@@ -1,0 +1,741 @@
+//! Worker processes: the [`Processes`] strategy, and [`init`], the line a
+//! program that uses it puts first in `main`.
+//!
+//! Threads already use every core, so the reason to run work in another
+//! process is **isolation**: work that may crash (native code, a decoder fed
+//! untrusted input), abort, leak, or run away must not take the server down.
+//! Under `Processes`, a worker that dies fails only the call it was running;
+//! it is reaped and replaced, and every other call goes on.
+//!
+//! # When to pick `Processes` over `Pool`
+//!
+//! | | [`Pool`](crate::Pool) | `Processes` |
+//! |---|---|---|
+//! | a crash (SIGSEGV, abort, out of memory) in work | kills the server | fails that call; the worker is replaced |
+//! | work that never ends | holds a thread forever | killed at the deadline |
+//! | what can be offloaded | any `Send` work | `#[offloadable]` functions with serde arguments and results |
+//! | round trip, this repository's 2-vCPU VM (BENCHMARKS.md) | ~0.4 µs | ~80 µs: two process wake-ups and the copies |
+//!
+//! Pick `Pool` for trusted work; pick `Processes` when one bad input must not
+//! cost more than its own request, and the work is long enough (the seed's
+//! is ~4.5 ms) that tens of microseconds do not matter.
+//!
+//! # Setting up
+//!
+//! ```no_run
+//! use ythread::{Processes, YieldableThread, offload, offloadable, yieldable};
+//!
+//! #[offloadable]
+//! fn sumn(n: u64) -> u64 {
+//!     (1..=n).sum()
+//! }
+//!
+//! #[yieldable]
+//! fn handle(n: u64) -> u64 {
+//!     offload!(sumn, n) // unchanged: the same handler runs under any strategy
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     // First thing in `main`: in a worker process, this serves calls and
+//!     // exits; in the program itself, it returns at once.
+//!     ythread::processes::init();
+//!
+//!     let cpu = std::sync::Arc::new(Processes::new(2)?);
+//!     let thread = YieldableThread::new().apply(cpu).spawn(handle(10))?;
+//!     assert_eq!(thread.join().unwrap(), 55);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A worker is this same program, started again (`/proc/self/exe`, never
+//! `fork` without `exec`: the server is multithreaded) with `YTHREAD_WORKER`
+//! set, so [`init`] turns it into a worker before `main` goes on. Code placed
+//! *before* `init()` runs again in every worker (as code before
+//! `if __name__ == '__main__'` does in Python's `multiprocessing`): keep it
+//! free of side effects. A program that forgets `init()` gets a clear error
+//! from [`Processes::new`] instead of copies of itself.
+//!
+//! # What can cross
+//!
+//! Functions marked [`#[offloadable]`](crate::offloadable), called as
+//! `offload!(f, a, b)` with `f` named by its path. Their parameters are
+//! encoded with serde (postcard) straight from the suspended handler's
+//! stack, borrowed ones (`&str`, `&[u8]`) included; their result must be an
+//! owned serde type. Anything else (a closure, an unmarked function, a
+//! function value, arguments that are not `Serialize`) is
+//! [`NotPortable`](crate::OffloadErrorKind::NotPortable) at its `offload!`
+//! point, naming the function. postcard does not support
+//! `deserialize_any`: `#[serde(flatten)]` and untagged enums cannot cross.
+//!
+//! # Failures
+//!
+//! Each surfaces at the `offload!` point, as a panic whose payload is an
+//! [`OffloadError`](crate::OffloadError) (or, for a panic in the work, the
+//! panic's message as a `String`, as a panic in a thread gives), and with
+//! `try_offload!` as `Err(OffloadError)`:
+//! [`Panicked`](crate::OffloadErrorKind::Panicked) (message kept; the
+//! worker lives on), [`WorkerDied`](crate::OffloadErrorKind::WorkerDied)
+//! (the signal or exit status named), [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded),
+//! [`NotPortable`](crate::OffloadErrorKind::NotPortable),
+//! [`Protocol`](crate::OffloadErrorKind::Protocol) (a frame over
+//! [`ProcessesBuilder::max_frame`], an encoding error), and
+//! [`Unavailable`](crate::OffloadErrorKind::Unavailable) (no worker can be
+//! started).
+
+mod child;
+mod frame;
+mod worker;
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use parking_lot::Mutex;
+
+use self::child::{Spec, WORKER_ENV, Worker};
+use self::frame::{CALL, DONE, PANICKED, REFUSED, ReadError};
+use crate::error::OffloadError;
+use crate::offloadable::{self, Entry, Lookup};
+use crate::portable::WireCall;
+use crate::{Apply, Job};
+
+/// Turns this process into a worker if a [`Processes`] strategy started it,
+/// and does nothing otherwise. Call it first thing in `main`.
+///
+/// In a worker, it serves calls until its parent closes the channel (or
+/// dies), then exits the process: it never returns. Code before it runs in
+/// every worker too.
+///
+/// ```
+/// fn main() {
+///     ythread::processes::init();
+///     // the program
+/// }
+/// # main();
+/// ```
+pub fn init() {
+    let Some(setting) = std::env::var_os(WORKER_ENV) else {
+        return;
+    };
+    let code = worker::serve(&setting.to_string_lossy());
+    std::process::exit(code);
+}
+
+/// Runs offloaded work in worker processes: crash isolation for work that
+/// may crash, abort, leak or run away. See the [module](self) for when to
+/// pick it, how to set a program up, and what can cross.
+///
+/// Each call goes to one idle worker (first come, first served when all are
+/// busy): the driving thread writes the call to the worker's channel and
+/// waits for the reply, so a call costs two process wake-ups and no thread
+/// hop. A worker runs one call at a time.
+///
+/// Dropping a `Processes` closes every worker's channel, gives the workers a
+/// second to exit, kills those that have not, and reaps them all: no zombie
+/// is left. Workers also die with the program (they are started with
+/// `PR_SET_PDEATHSIG`, and exit when their channel closes).
+///
+/// # Example
+///
+/// ```no_run
+/// use ythread::{OffloadErrorKind, Processes, Yieldable, try_offload, offloadable, yieldable};
+///
+/// #[offloadable]
+/// fn parse_untrusted(input: &[u8]) -> u64 {
+///     // imagine a C decoder here, which may crash on a bad input
+///     input.len() as u64
+/// }
+///
+/// #[yieldable]
+/// fn handle(input: Vec<u8>) -> Option<u64> {
+///     match try_offload!(parse_untrusted, &input) {
+///         Ok(value) => Some(value),
+///         Err(error) if error.kind() == OffloadErrorKind::WorkerDied => None,
+///         Err(error) => panic!("{error}"),
+///     }
+/// }
+///
+/// fn main() -> std::io::Result<()> {
+///     ythread::processes::init();
+///     let cpu = Processes::builder()
+///         .workers(2)
+///         .deadline(std::time::Duration::from_secs(1))
+///         .memory_limit(1 << 30)
+///         .build()?;
+///     assert_eq!(handle(b"abc".to_vec()).run_with(&cpu), Some(3));
+///     Ok(())
+/// }
+/// ```
+pub struct Processes {
+    shared: Arc<Shared>,
+    /// Starts workers; joined on drop.
+    supervisor: Option<JoinHandle<()>>,
+    /// Requests to the supervisor; dropped first on drop, which stops it.
+    requests: Option<Sender<Request>>,
+    deadline: Option<Duration>,
+    max_frame: usize,
+    workers: usize,
+}
+
+/// What the driving threads and the supervisor share.
+struct Shared {
+    /// Idle workers. The supervisor sends new ones; a driving thread takes
+    /// one for a call and sends it back after.
+    idle: (Sender<Worker>, Receiver<Worker>),
+    /// Workers started and not known dead.
+    live: AtomicUsize,
+    /// Why the last start failed, while the supervisor has not started one
+    /// since.
+    start_error: Mutex<Option<String>>,
+    /// Workers replaced after they died or were killed.
+    restarts: AtomicU64,
+}
+
+enum Request {
+    /// Start a worker (after the back-off its `died_young` warrants), and
+    /// report the outcome if asked.
+    Start {
+        died_young: bool,
+        reply: Option<Sender<Result<(), String>>>,
+    },
+}
+
+/// Builds a [`Processes`] strategy with settings of its own.
+#[derive(Debug, Clone)]
+pub struct ProcessesBuilder {
+    workers: usize,
+    deadline: Option<Duration>,
+    memory_limit: Option<u64>,
+    max_frame: usize,
+    program: Option<PathBuf>,
+    args: Vec<OsString>,
+    start_timeout: Duration,
+}
+
+/// The default maximum frame: 64 MiB.
+const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// The smallest maximum frame: replies that explain a failure must fit.
+const MIN_MAX_FRAME: usize = 4096;
+
+impl ProcessesBuilder {
+    /// The number of worker processes (default: the cores this process may
+    /// use).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is zero.
+    pub fn workers(mut self, workers: usize) -> Self {
+        assert!(workers > 0, "Processes: at least one worker is needed");
+        self.workers = workers;
+        self
+    }
+
+    /// How long one call may run. A worker still running a call at its
+    /// deadline is killed (SIGKILL) and replaced, and the call fails with
+    /// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded).
+    /// Default: none.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The address space each worker may use, in bytes (`RLIMIT_AS`). An
+    /// allocation past it fails, and Rust aborts the worker (SIGABRT): the
+    /// call fails with [`WorkerDied`](crate::OffloadErrorKind::WorkerDied),
+    /// the machine keeps its memory. Default: none. Leave room for the
+    /// program itself (its code, its thread stacks): a few hundred MiB at
+    /// least.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The largest message, in bytes, that a call's arguments or its result
+    /// may take (default 64 MiB; at least 4 KiB). A larger one fails that
+    /// call with [`Protocol`](crate::OffloadErrorKind::Protocol) before it is
+    /// sent (or, from the worker, before it is read).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes.max(MIN_MAX_FRAME);
+        self
+    }
+
+    /// The program to start as a worker (default: this program, through
+    /// `/proc/self/exe`). It must call [`init`] first thing in `main` and
+    /// register the same `#[offloadable]` functions: calls carry each
+    /// function's path and a fingerprint of its signature, and a worker
+    /// without them refuses the call.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Arguments for the worker program (default: none; a worker does not
+    /// see the parent's command line).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long a worker may take to start (default 10 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers and waits until each is ready.
+    ///
+    /// # Errors
+    ///
+    /// If a worker cannot be started or does not become ready: the program
+    /// cannot be executed, or it does not call [`init`] first in `main` (the
+    /// error says so), or it does not start within the start timeout.
+    /// Workers already started are stopped.
+    pub fn build(self) -> io::Result<Processes> {
+        let spec = Spec {
+            program: self
+                .program
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc/self/exe")),
+            args: self.args.clone(),
+            memory_limit: self.memory_limit,
+            max_frame: self.max_frame,
+            start_timeout: self.start_timeout,
+        };
+        let shared = Arc::new(Shared {
+            idle: crossbeam_channel::unbounded(),
+            live: AtomicUsize::new(0),
+            start_error: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+        });
+        let (requests, incoming) = crossbeam_channel::unbounded();
+        let supervisor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("ythread-processes".into())
+                .spawn(move || supervise(&spec, &shared, &incoming))?
+        };
+        let mut processes = Processes {
+            shared,
+            supervisor: Some(supervisor),
+            requests: Some(requests),
+            deadline: self.deadline,
+            max_frame: self.max_frame,
+            workers: self.workers,
+        };
+        let (reply, outcomes) = crossbeam_channel::unbounded();
+        for _ in 0..self.workers {
+            processes.request(Request::Start {
+                died_young: false,
+                reply: Some(reply.clone()),
+            });
+        }
+        for _ in 0..self.workers {
+            match outcomes.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    processes.shut_down();
+                    return Err(io::Error::other(why));
+                }
+                Err(_) => {
+                    processes.shut_down();
+                    return Err(io::Error::other("the supervisor thread stopped"));
+                }
+            }
+        }
+        Ok(processes)
+    }
+}
+
+impl Processes {
+    /// Starts `workers` worker processes with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ProcessesBuilder::build`].
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is zero.
+    pub fn new(workers: usize) -> io::Result<Processes> {
+        Processes::builder().workers(workers).build()
+    }
+
+    /// A builder, for a deadline, a memory limit, another program, ...
+    pub fn builder() -> ProcessesBuilder {
+        ProcessesBuilder {
+            workers: crate::apply::cores(),
+            deadline: None,
+            memory_limit: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            program: None,
+            args: Vec::new(),
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The number of worker processes it keeps.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// How many workers have been replaced after they died or were killed.
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The process ids of the workers idle right now (for tests and
+    /// diagnostics: a busy worker is not listed).
+    pub fn idle_pids(&self) -> Vec<u32> {
+        let mut workers = Vec::new();
+        while let Ok(worker) = self.shared.idle.1.try_recv() {
+            workers.push(worker);
+        }
+        let pids = workers.iter().map(Worker::pid).collect();
+        for worker in workers {
+            let _ = self.shared.idle.0.send(worker);
+        }
+        pids
+    }
+
+    fn request(&self, request: Request) {
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(request);
+        }
+    }
+
+    /// Takes an idle worker, waiting for one if all are busy.
+    fn checkout(&self) -> Result<Worker, String> {
+        let idle = &self.shared.idle.1;
+        match idle.try_recv() {
+            Ok(worker) => return Ok(worker),
+            Err(TryRecvError::Disconnected) => return Err("the strategy is shut down".into()),
+            Err(TryRecvError::Empty) => {}
+        }
+        loop {
+            match idle.recv_timeout(Duration::from_millis(20)) {
+                Ok(worker) => return Ok(worker),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the strategy is shut down".into());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    // With no worker alive and the last start failed, waiting
+                    // could be forever: fail the call, and let the supervisor
+                    // keep trying (with back-off) for later ones.
+                    if self.shared.live.load(Ordering::Acquire) == 0
+                        && let Some(why) = self.shared.start_error.lock().clone()
+                    {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one call on `worker`. Returns the worker if it can take more,
+    /// or, if it is gone, whether it died before answering any call.
+    fn call(
+        &self,
+        mut worker: Worker,
+        entry: &'static Entry,
+        call: &mut dyn WireCall,
+    ) -> Result<Worker, bool> {
+        let name = entry.name;
+        let mut buf = std::mem::take(&mut worker.buf);
+        frame::begin(&mut buf, CALL);
+        let encoded = frame::put(&mut buf, &(name, entry.fingerprint)).map(|()| {
+            // A `Serialize` impl of the user's may panic: that is the call's
+            // failure, not the driving thread's.
+            panic::catch_unwind(AssertUnwindSafe(|| call.encode_args(&mut buf)))
+        });
+        match encoded {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Err(payload)) => {
+                call.fail(OffloadError::panicked(payload));
+                worker.buf = buf;
+                return Ok(worker);
+            }
+            Err(error) | Ok(Ok(Err(error))) => {
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("its arguments could not be encoded: {error}"),
+                ));
+                worker.buf = buf;
+                return Ok(worker);
+            }
+        }
+        if let Err(size) = frame::finish(&mut buf, self.max_frame) {
+            call.fail(OffloadError::protocol(
+                name,
+                format_args!(
+                    "its arguments take {size} bytes, over the maximum frame of {} bytes \
+                     (`ProcessesBuilder::max_frame`)",
+                    self.max_frame
+                ),
+            ));
+            worker.buf = buf;
+            return Ok(worker);
+        }
+        let deadline = self.deadline.map(|d| Instant::now() + d);
+        if frame::write(&mut worker.stream, &buf).is_err() {
+            // The worker is gone: its channel is closed.
+            let death = worker.reap(Duration::from_millis(200));
+            call.fail(OffloadError::worker_died(name, death));
+            return Err(worker.served == 0);
+        }
+        let reply = frame::read(&mut worker.stream, &mut buf, self.max_frame, deadline);
+        let keep = match reply {
+            Ok((DONE, body)) => {
+                match (entry.decode_result)(body) {
+                    Ok(value) => {
+                        if call.complete(value).is_err() {
+                            call.fail(OffloadError::protocol(
+                                name,
+                                "its result is not of the type the call expects",
+                            ));
+                        }
+                    }
+                    Err(error) => call.fail(OffloadError::protocol(
+                        name,
+                        format_args!("its result could not be decoded: {error}"),
+                    )),
+                }
+                worker.served += 1;
+                true
+            }
+            Ok((PANICKED, body)) => {
+                let message = frame::parse_panicked(body)
+                    .unwrap_or_else(|_| "(the worker sent an unreadable panic message)".into());
+                call.fail(OffloadError::remote_panic(message));
+                worker.served += 1;
+                true
+            }
+            Ok((REFUSED, body)) => {
+                match frame::parse_refused(body) {
+                    Ok((frame::REFUSED_UNREGISTERED | frame::REFUSED_FINGERPRINT, detail)) => {
+                        call.fail(OffloadError::not_portable(name, &detail));
+                    }
+                    Ok((_, detail)) => call.fail(OffloadError::protocol(name, detail)),
+                    Err(error) => call.fail(OffloadError::protocol(
+                        name,
+                        format_args!("an unreadable refusal: {error}"),
+                    )),
+                }
+                true
+            }
+            Ok((kind, _)) => {
+                worker.kill();
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("the worker sent a frame of unknown kind {kind}"),
+                ));
+                false
+            }
+            Err(ReadError::TimedOut) => {
+                worker.kill();
+                call.fail(OffloadError::deadline_exceeded(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                false
+            }
+            Err(ReadError::Closed) => {
+                let death = worker.reap(Duration::from_millis(200));
+                call.fail(OffloadError::worker_died(name, death));
+                false
+            }
+            Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
+                // Out of step with the worker: it cannot be trusted with
+                // another call.
+                worker.kill();
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("its reply was malformed: {error}"),
+                ));
+                false
+            }
+        };
+        worker.buf = buf;
+        // A frame buffer grown for one large call is not kept.
+        if worker.buf.capacity() > 1 << 20 {
+            worker.buf = Vec::new();
+        }
+        if keep {
+            Ok(worker)
+        } else {
+            Err(worker.served == 0)
+        }
+    }
+
+    /// Stops the supervisor, then every worker; reaps them all.
+    fn shut_down(&mut self) {
+        self.requests = None;
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
+        }
+        let mut workers = Vec::new();
+        while let Ok(worker) = self.shared.idle.1.try_recv() {
+            workers.push(worker);
+        }
+        for worker in &workers {
+            worker.close();
+        }
+        let grace_end = Instant::now() + Duration::from_secs(1);
+        for mut worker in workers {
+            worker.reap(grace_end.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+impl Apply for Processes {
+    fn apply(&self, mut job: Job<'_>) {
+        let call = match job.wire() {
+            Ok(call) => call,
+            Err(not_portable) => {
+                job.fail(OffloadError::not_portable(
+                    not_portable.function,
+                    not_portable.reason,
+                ));
+                return;
+            }
+        };
+        let function = call.function();
+        let entry = match offloadable::by_key(function) {
+            Lookup::Found(entry) => entry,
+            Lookup::Missing => {
+                call.fail(OffloadError::not_portable(
+                    function,
+                    "it is not marked `#[ythread::offloadable]` (and only functions so \
+                     marked can run in a worker process)",
+                ));
+                return;
+            }
+            Lookup::Ambiguous => {
+                call.fail(OffloadError::not_portable(
+                    function,
+                    "two `#[offloadable]` functions of this program have this name (two \
+                     versions of one crate?)",
+                ));
+                return;
+            }
+        };
+        let worker = match self.checkout() {
+            Ok(worker) => worker,
+            Err(why) => {
+                call.fail(OffloadError::unavailable(entry.name, why));
+                return;
+            }
+        };
+        match self.call(worker, entry, call) {
+            Ok(worker) => {
+                let _ = self.shared.idle.0.send(worker);
+            }
+            Err(died_young) => {
+                self.shared.live.fetch_sub(1, Ordering::AcqRel);
+                self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                self.request(Request::Start {
+                    died_young,
+                    reply: None,
+                });
+            }
+        }
+    }
+}
+
+/// The supervisor thread: starts workers on request, backing off while they
+/// keep failing. It outlives the workers it starts, as `PR_SET_PDEATHSIG`
+/// requires.
+fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
+    // Starts asked for and not done yet.
+    let mut queue = VecDeque::new();
+    // Consecutive failures: starts that failed, workers that died before
+    // answering a call. A worker that dies at once, again and again, must
+    // not turn into a fork loop.
+    let mut failures: u32 = 0;
+    loop {
+        if queue.is_empty() {
+            match requests.recv() {
+                Ok(request) => queue.push_back(request),
+                Err(_) => return,
+            }
+        }
+        let Some(Request::Start { died_young, reply }) = queue.pop_front() else {
+            continue;
+        };
+        if died_young {
+            failures = failures.saturating_add(1);
+        } else if reply.is_none() {
+            failures = 0;
+        }
+        // `build` wants its answer at once; replacements wait 10 ms, 20 ms,
+        // ... up to 2 s while failures go on. Dropping the strategy ends
+        // the wait.
+        if failures > 0 && reply.is_none() {
+            let backoff = Duration::from_millis(10 << (failures - 1).min(8)).min(MAX_BACKOFF);
+            let until = Instant::now() + backoff;
+            loop {
+                match requests.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(request) => queue.push_back(request),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+        match Worker::start(spec) {
+            Ok(worker) => {
+                *shared.start_error.lock() = None;
+                shared.live.fetch_add(1, Ordering::AcqRel);
+                let _ = shared.idle.0.send(worker);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(why) => {
+                failures = failures.saturating_add(1);
+                *shared.start_error.lock() = Some(why.clone());
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(why));
+                    }
+                    // Try again, after the back-off.
+                    None => queue.push_front(Request::Start {
+                        died_young: false,
+                        reply: None,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The longest wait between two starts of a worker that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl fmt::Debug for Processes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Processes")
+            .field("workers", &self.workers)
+            .field("live", &self.shared.live.load(Ordering::Relaxed))
+            .field("restarts", &self.restarts())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
