@@ -6,9 +6,11 @@
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ythread::{Bounded, Exclusive, Inline, Pool};
+use ythread::{Bounded, Exclusive, Inline, Pool, Processes};
 use ythread_demo::server::{self, Server};
 
 /// The seed's yieldable sum server.
@@ -25,6 +27,17 @@ struct Args {
     /// of cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// With `--apply processes`: the number of worker processes [default:
+    /// the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// With `--apply processes`: kill and replace a worker whose call runs
+    /// longer than this, in milliseconds; the request gets an error.
+    #[arg(long, value_name = "MS")]
+    deadline_ms: Option<u64>,
+    /// With `--apply processes`: the address space of each worker, in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory_limit_mib: Option<u64>,
     /// The port to listen on (127.0.0.1).
     #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
     port: u16,
@@ -41,9 +54,15 @@ enum Strategy {
     Bounded,
     /// On `--threads` worker threads (the seed's `Pool().apply`).
     Pool,
+    /// In `--workers` worker processes: a crash or a runaway request costs
+    /// only itself (the seed's `multiprocessing.Pool().apply`).
+    Processes,
 }
 
 fn main() -> io::Result<()> {
+    // With `--apply processes`, the workers are this program started again:
+    // this line turns such a process into a worker before anything else.
+    ythread::processes::init();
     let args = Args::parse();
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
     let server = match args.apply {
@@ -55,6 +74,19 @@ fn main() -> io::Result<()> {
         )?,
         Strategy::Pool => {
             Server::start_yieldable(listener, args.threads.map_or_else(Pool::default, Pool::new))?
+        }
+        Strategy::Processes => {
+            let mut builder = Processes::builder();
+            if let Some(workers) = args.workers {
+                builder = builder.workers(workers);
+            }
+            if let Some(ms) = args.deadline_ms {
+                builder = builder.deadline(Duration::from_millis(ms));
+            }
+            if let Some(mib) = args.memory_limit_mib {
+                builder = builder.memory_limit(mib << 20);
+            }
+            Server::start_yieldable(listener, Arc::new(builder.build()?))?
         }
     };
     println!(

@@ -31,7 +31,11 @@ pub const MAX_REQUEST: usize = 16;
 /// the five-instruction loop was inlined into each caller, whether a copy
 /// straddled a 64-byte boundary decided its speed, and copies differed by 2x
 /// from one build to the next (see BENCHMARKS.md).
+///
+/// `#[offloadable]` registers it for worker processes (`--apply processes`);
+/// it stays a plain function.
 #[inline(never)]
+#[ythread::offloadable]
 pub fn sumn(n: u64) -> u64 {
     let mut total: u64 = 0;
     let mut i: u64 = 1;

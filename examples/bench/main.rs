@@ -74,6 +74,8 @@ struct Args {
 }
 
 fn main() {
+    // The `Processes` row's workers are this program, started again.
+    ythread::processes::init();
     let args = Args::parse();
     let began = Instant::now();
     let out = args.out.clone().unwrap_or_else(default_out_dir);

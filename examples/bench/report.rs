@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::model::{Load, Results, ms};
 use crate::table::Table;
-use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL};
+use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL, PROCESSES};
 
 /// The Python seed's figures (Python 2.7, 4-core Mac Pro, n = 25000, 1000
 /// requests, seconds), from the blog post, for reference beside ours.
@@ -165,7 +165,9 @@ fn seed_tables(out: &mut String, r: &Results) {
 /// 3. work-dominated, open loop at 90%: their p99 at most 0.5x plain
 ///    threads' (and, for information, the same at n = 25000);
 /// 4. n = 25000: `Inline` costs nothing, plain threads' throughput over
-///    Inline's at most 1.05 across the seed's four columns.
+///    Inline's at most 1.05 across the seed's four columns;
+/// 5. work-dominated, 64 clients: `Processes` within 1.1x of `Pool`'s
+///    throughput and 1.2x of its p99 (isolation costs little).
 fn targets(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Targets\n");
     let Some(work) = r.workloads.iter().position(|w| w.key == "work") else {
@@ -284,6 +286,29 @@ fn targets(out: &mut String, r: &Results) {
                 cells.join(", ")
             );
         }
+    }
+
+    // 5. Work-dominated, C = 64: worker processes against worker threads.
+    let load = Load::Closed(64);
+    if let (Some(pool), Some(processes)) = (pool, r.variant(PROCESSES))
+        && let (Some(pool_wall), Some(proc_wall), Some(pool_p99), Some(proc_p99)) = (
+            wall(work, load, pool),
+            wall(work, load, processes),
+            p99(work, load, pool),
+            p99(work, load, processes),
+        )
+    {
+        // Same requests, so the throughput ratio is the wall ratio.
+        let throughput = proc_wall / pool_wall;
+        let tail = proc_p99 / pool_p99;
+        let _ = writeln!(
+            out,
+            "- work-dominated C=64, {PROCESSES}: throughput 1/{throughput:.3} of {POOL}'s (target within 1.1x, {}); p99 {:.2} ms = {tail:.2}x {POOL}'s {:.2} ms (target <= 1.2x, {})",
+            verdict(throughput <= 1.1),
+            proc_p99 / 1000.0,
+            pool_p99 / 1000.0,
+            verdict(tail <= 1.2)
+        );
     }
     out.push('\n');
 }

@@ -3,8 +3,9 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
-use ythread::{Apply, Bounded, Exclusive, Inline, Pool};
+use ythread::{Apply, Bounded, Exclusive, Inline, Pool, Processes};
 use ythread_demo::server::Server;
 
 use crate::peers::{self, TokioServer, TokioStep};
@@ -97,6 +98,16 @@ pub(crate) const PLAIN: &str = "plain threads";
 pub(crate) const INLINE: &str = "ythread Inline";
 pub(crate) const POOL: &str = "ythread Pool";
 pub(crate) const BOUNDED: &str = "ythread Bounded(cores)";
+pub(crate) const PROCESSES: &str = "ythread Processes";
+
+/// One worker process per core (the seed's `multiprocessing.Pool().apply`).
+fn processes() -> Arc<Processes> {
+    Arc::new(
+        Processes::builder()
+            .build()
+            .expect("cannot start the worker processes"),
+    )
+}
 
 /// Every server the benchmark runs, in table order.
 pub(crate) fn all() -> Vec<Variant> {
@@ -105,6 +116,7 @@ pub(crate) fn all() -> Vec<Variant> {
         Variant::ythread(INLINE, Family::Seed, || Inline),
         Variant::ythread("ythread Exclusive", Family::Seed, Exclusive::new),
         Variant::ythread(POOL, Family::Seed, Pool::default),
+        Variant::ythread(PROCESSES, Family::Seed, processes),
         Variant::ythread(BOUNDED, Family::Ours, Bounded::per_core),
         Variant::peer("tokio + spawn_blocking", |l| {
             Ok(Box::new(TokioServer::start(l, TokioStep::SpawnBlocking)?))

@@ -2,9 +2,8 @@
 //! program in worker mode), its channel, and reaping it.
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, PipeReader, PipeWriter};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,8 +17,10 @@ use crate::error::Death;
 /// protocol version and maximum frame size: `1:67108864`.
 pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
 
-/// The descriptor on which a worker finds its channel to the parent.
-pub(crate) const CHANNEL_FD: i32 = 3;
+/// The descriptors on which a worker finds its channel: calls come in on
+/// the first, replies go out on the second.
+pub(crate) const CALLS_FD: i32 = 3;
+pub(crate) const REPLIES_FD: i32 = 4;
 
 /// How to start a worker.
 #[derive(Clone, Debug)]
@@ -36,7 +37,10 @@ pub(crate) struct Spec {
 #[derive(Debug)]
 pub(crate) struct Worker {
     child: Child,
-    pub(crate) stream: UnixStream,
+    /// Calls go out here; `None` once closed.
+    calls: Option<PipeWriter>,
+    /// Replies come in here.
+    pub(crate) replies: PipeReader,
     /// The frame buffer, kept between calls.
     pub(crate) buf: Vec<u8>,
     /// Calls it has answered.
@@ -51,7 +55,9 @@ impl Worker {
     /// killed when the thread that started it exits (`PR_SET_PDEATHSIG` is
     /// per thread on Linux), which is how workers die with their parent.
     pub(crate) fn start(spec: &Spec) -> Result<Worker, String> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
+        let (calls_in, calls_out) = pipe("calls")?;
+        let (replies_in, replies_out) = pipe("replies")?;
         let mut command = Command::new(&spec.program);
         command
             .args(&spec.args)
@@ -60,21 +66,27 @@ impl Worker {
             // A worker's own `println!` must not reach the channel (which is
             // not stdout anyway) nor be lost: it goes to the parent's stderr.
             .stdout(stderr_handle().map_err(|e| format!("dup stderr: {e}"))?);
-        let fd = theirs.as_raw_fd();
+        let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
         let parent = std::process::id();
         let memory_limit = spec.memory_limit;
         // SAFETY: the closure runs in the child between `fork` and `exec`,
-        // where only async-signal-safe calls are allowed: `dup2`, `fcntl`,
-        // `prctl`, `getppid` and `setrlimit` are system calls, and nothing
-        // here allocates or takes a lock.
+        // where only async-signal-safe calls are allowed: `dup`, `dup2`,
+        // `fcntl`, `prctl`, `getppid` and `setrlimit` are system calls, and
+        // nothing here allocates or takes a lock.
         unsafe {
             command.pre_exec(move || {
-                if fd == CHANNEL_FD {
-                    // Already in place: only clear close-on-exec.
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, CHANNEL_FD) == -1 {
+                // Both ends are close-on-exec; `dup2` gives copies that are
+                // not at the fixed numbers. The replies end first goes out of
+                // the way, in case it sits at `CALLS_FD` already.
+                let replies = libc::fcntl(replies_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let calls = if calls_fd == CALLS_FD {
+                    // In place already: `dup2` onto itself would keep
+                    // close-on-exec set.
+                    libc::fcntl(calls_fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(calls_fd, CALLS_FD)
+                };
+                if replies == -1 || calls == -1 || libc::dup2(replies, REPLIES_FD) == -1 {
                     return Err(io::Error::last_os_error());
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
@@ -100,10 +112,13 @@ impl Worker {
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
-        drop(theirs);
+        // The child's ends, which only the child must hold: a reader of its
+        // own replies would keep the parent from seeing the worker die.
+        drop((calls_in, replies_out));
         let mut worker = Worker {
             child,
-            stream: ours,
+            calls: Some(calls_out),
+            replies: replies_in,
             buf: Vec::new(),
             served: 0,
             memory_limit,
@@ -125,7 +140,7 @@ impl Worker {
     fn hello(&mut self, spec: &Spec) -> Result<(), String> {
         let deadline = Instant::now() + spec.start_timeout;
         let (kind, body) = frame::read(
-            &mut self.stream,
+            &mut self.replies,
             &mut self.buf,
             spec.max_frame,
             Some(deadline),
@@ -146,10 +161,6 @@ impl Worker {
                 "speaks protocol {protocol}, not {PROTOCOL} (is it another build?)"
             ));
         }
-        // No timeout on reads unless a call sets one.
-        self.stream
-            .set_read_timeout(None)
-            .map_err(|e| format!("socket: {e}"))?;
         Ok(())
     }
 
@@ -192,10 +203,18 @@ impl Worker {
         }
     }
 
+    /// Sends a finished frame; see [`frame::write`].
+    pub(crate) fn send(&mut self, frame: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        match &mut self.calls {
+            Some(calls) => frame::write(calls, frame, deadline),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
     /// Asks the worker to stop: it sees the end of its channel once it is
     /// done with what it runs.
-    pub(crate) fn close(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    pub(crate) fn close(&mut self) {
+        self.calls = None;
     }
 }
 

@@ -489,13 +489,21 @@ impl Processes {
             return Ok(worker);
         }
         let deadline = self.deadline.map(|d| Instant::now() + d);
-        if frame::write(&mut worker.stream, &buf).is_err() {
+        if let Err(error) = worker.send(&buf, deadline) {
+            if error.kind() == io::ErrorKind::TimedOut {
+                worker.kill();
+                call.fail(OffloadError::deadline_exceeded(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                return Err(worker.served == 0);
+            }
             // The worker is gone: its channel is closed.
             let death = worker.reap(Duration::from_millis(200));
             call.fail(OffloadError::worker_died(name, death));
             return Err(worker.served == 0);
         }
-        let reply = frame::read(&mut worker.stream, &mut buf, self.max_frame, deadline);
+        let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline);
         let keep = match reply {
             Ok((DONE, body)) => {
                 match (entry.decode_result)(body) {
@@ -589,7 +597,7 @@ impl Processes {
         while let Ok(worker) = self.shared.idle.1.try_recv() {
             workers.push(worker);
         }
-        for worker in &workers {
+        for worker in &mut workers {
             worker.close();
         }
         let grace_end = Instant::now() + Duration::from_secs(1);

@@ -1,10 +1,10 @@
 //! The worker side: what [`init`](super::init) runs in a worker process.
 
-use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
+use std::io::{PipeReader, PipeWriter};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use super::child::CHANNEL_FD;
+use super::child::{CALLS_FD, REPLIES_FD};
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
 use crate::offloadable::{self, Lookup};
 
@@ -18,39 +18,50 @@ pub(crate) fn serve(setting: &str) -> i32 {
         );
         return 2;
     };
-    // SAFETY: `fstat` only writes the `stat` it is given.
-    let is_socket = unsafe {
-        let mut stat: libc::stat = std::mem::zeroed();
-        libc::fstat(CHANNEL_FD, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-    };
-    if !is_socket {
+    if !is_fifo(CALLS_FD) || !is_fifo(REPLIES_FD) {
         eprintln!(
-            "ythread: YTHREAD_WORKER is set, but descriptor {CHANNEL_FD} is not a worker's \
-             channel (a worker's own child process inherits the variable: unset it there); \
-             exiting"
+            "ythread: YTHREAD_WORKER is set, but descriptors {CALLS_FD} and {REPLIES_FD} are \
+             not a worker's channel (a worker's own child process inherits the variable: \
+             unset it there); exiting"
         );
         return 2;
     }
-    // SAFETY: the parent placed its socket at `CHANNEL_FD` for this process
-    // (checked just above to be a socket), and nothing else in the process
-    // owns it: it is taken once, here, before any user code runs.
-    let mut stream = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
+    // SAFETY: the parent placed its pipes at these descriptors for this
+    // process (checked just above to be pipes), and nothing else in the
+    // process owns them: they are taken once, here, before any user code
+    // runs.
+    let (calls, replies) = unsafe {
+        (
+            OwnedFd::from_raw_fd(CALLS_FD),
+            OwnedFd::from_raw_fd(REPLIES_FD),
+        )
+    };
+    let (mut calls, mut replies) = (PipeReader::from(calls), PipeWriter::from(replies));
     // The worker's own child processes must not inherit the channel.
-    // SAFETY: `fcntl` on a descriptor this process owns.
+    for fd in [CALLS_FD, REPLIES_FD] {
+        // SAFETY: `fcntl` on a descriptor this process owns.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    // `ps` shows workers as such (the parent starts them as
+    // `/proc/self/exe`, which it would show as `exe`).
+    // SAFETY: `prctl(PR_SET_NAME)` reads a NUL-terminated string of at most
+    // 16 bytes, which this literal is.
     unsafe {
-        libc::fcntl(CHANNEL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::prctl(libc::PR_SET_NAME, c"ythread-worker".as_ptr());
     }
     let mut out = Vec::new();
     frame::begin(&mut out, HELLO);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
         || frame::finish(&mut out, max_frame).is_err()
-        || frame::write(&mut stream, &out).is_err()
+        || frame::write(&mut replies, &out, None).is_err()
     {
         return 0;
     }
     let mut input = Vec::new();
     loop {
-        let (kind, body) = match frame::read(&mut stream, &mut input, max_frame, None) {
+        let (kind, body) = match frame::read(&mut calls, &mut input, max_frame, None) {
             Ok(frame) => frame,
             // The parent closed the channel: it is done with this worker.
             Err(ReadError::Closed) => return 0,
@@ -67,9 +78,18 @@ pub(crate) fn serve(setting: &str) -> i32 {
             return 2;
         }
         answer(body, &mut out, max_frame);
-        if frame::write(&mut stream, &out).is_err() {
+        if frame::write(&mut replies, &out, None).is_err() {
             return 0;
         }
+    }
+}
+
+/// Whether `fd` is an open pipe.
+fn is_fifo(fd: i32) -> bool {
+    // SAFETY: `fstat` only writes the `stat` it is given.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFIFO
     }
 }
 
