@@ -257,7 +257,7 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
                         #cx,
                         #tuple,
                         #work,
-                        ::ythread::__private::never_portable(#function, #reason),
+                        || ::ythread::__private::never_portable(#function, #reason),
                     )
                 });
             }

@@ -168,8 +168,9 @@ pub(crate) enum WorkSlot<W, R> {
     /// Transient state while the closure runs.
     Running,
     /// The strategy could not run the work (a worker process died, a
-    /// deadline passed, ...).
-    Failed(OffloadError),
+    /// deadline passed, ...). Boxed: a slot is moved on every `offload!`,
+    /// and this rare variant would otherwise make it twice as large.
+    Failed(Box<OffloadError>),
     /// The handler is being dropped while suspended here: taking the result
     /// unwinds with [`HandlerDropped`]. The driver marks the slot instead of
     /// passing a value back through the coroutine, so that the common path
@@ -205,7 +206,7 @@ impl<W, R> WorkSlot<W, R> {
     /// dropped slot is left as it is.
     fn give_up(&mut self, error: OffloadError) {
         if let WorkSlot::Pending(_) | WorkSlot::Running = self {
-            *self = WorkSlot::Failed(error);
+            *self = WorkSlot::Failed(Box::new(error));
         }
     }
 
@@ -231,7 +232,7 @@ impl<W, R> WorkSlot<W, R> {
             WorkSlot::Done(Ok(value)) => Ok(value),
             WorkSlot::Done(Err(payload)) => Err(OffloadError::panicked(payload)),
             WorkSlot::Pending(_) | WorkSlot::Running => Err(OffloadError::not_run()),
-            WorkSlot::Failed(error) => Err(error),
+            WorkSlot::Failed(error) => Err(*error),
             WorkSlot::Dropped => unwind_dropped_handler(),
         }
     }
@@ -260,9 +261,9 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
     }
 
     fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
-        match (&self.wire, &self.slot) {
+        match ((self.wire)(), &self.slot) {
             (Ok(_), WorkSlot::Pending(_)) => Ok(self),
-            (Err(not_portable), _) => Err(*not_portable),
+            (Err(not_portable), _) => Err(not_portable),
             // Already run, failed or dropped: nothing left to send.
             (Ok(fns), _) => Err(NotPortable::new(
                 (fns.function)(),
@@ -274,21 +275,21 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
 
 impl<A, C, R> WireCall for CallSlot<A, C, R> {
     fn function(&self) -> &'static str {
-        match &self.wire {
+        match (self.wire)() {
             Ok(fns) => (fns.function)(),
             Err(not_portable) => not_portable.function,
         }
     }
 
     fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
-        match (&self.wire, &self.slot) {
+        match ((self.wire)(), &self.slot) {
             (Ok(fns), WorkSlot::Pending(call)) => (fns.encode)(&call.args, out),
             _ => Err(postcard::Error::SerializeBufferFull),
         }
     }
 
     fn complete(&mut self, result: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
-        if self.wire.is_err() || (*result).type_id() != typeid::of::<R>() {
+        if (self.wire)().is_err() || (*result).type_id() != typeid::of::<R>() {
             return Err(result);
         }
         // SAFETY: the box holds a value whose type has the type id of `R`

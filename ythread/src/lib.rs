@@ -281,7 +281,7 @@ pub mod __private {
     };
     pub use crate::portable::{
         NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,
-        Params7, Params8, Portability, Probe, ViaSerde, WireFns, never_portable, probe,
+        Params7, Params8, Portability, Probe, ViaSerde, Wire, WireFns, never_portable, probe,
     };
     pub use crate::private::{
         Context, HandlerFn, handler, offload, offload_call, try_offload, try_offload_call,

@@ -59,7 +59,13 @@ pub struct WireFns<A> {
 
 /// The wire form of an `offload!` call's arguments, or why it has none.
 #[doc(hidden)]
-pub type Portability<A> = Result<WireFns<A>, NotPortable>;
+pub type Wire<A> = Result<WireFns<A>, NotPortable>;
+
+/// How to get a call's [`Wire`], when a strategy asks: one function pointer
+/// in the `offload!` point's slot, which is built on every call and mostly
+/// never asked.
+#[doc(hidden)]
+pub type Portability<A> = fn() -> Wire<A>;
 
 /// A call that a strategy can send to another process, as the job's slot
 /// shows it.
@@ -97,15 +103,17 @@ pub trait ViaSerde<A> {
 impl<F, A: Serialize> ViaSerde<A> for Probe<F, A> {
     #[inline]
     fn __ythread_portability(&self) -> Portability<A> {
-        Ok(WireFns {
-            function: type_name::<F>,
-            encode: |args, out| {
-                // `postcard::to_extend` appends to the frame buffer in place.
-                let buffer = std::mem::take(out);
-                *out = postcard::to_extend(args, buffer)?;
-                Ok(())
-            },
-        })
+        || {
+            Ok(WireFns {
+                function: type_name::<F>,
+                encode: |args, out| {
+                    // `postcard::to_extend` appends to the frame buffer in place.
+                    let buffer = std::mem::take(out);
+                    *out = postcard::to_extend(args, buffer)?;
+                    Ok(())
+                },
+            })
+        }
     }
 }
 
@@ -118,11 +126,13 @@ pub trait NoSerde<A> {
 impl<F, A> NoSerde<A> for &Probe<F, A> {
     #[inline]
     fn __ythread_portability(&self) -> Portability<A> {
-        Err(NotPortable::new(
-            type_name::<F>(),
-            "its parameters must implement serde's `Serialize` (in a generic handler, \
-             its type parameters must be bounded by it)",
-        ))
+        || {
+            Err(NotPortable::new(
+                type_name::<F>(),
+                "its parameters must implement serde's `Serialize` (in a generic handler, \
+                 its type parameters must be bounded by it)",
+            ))
+        }
     }
 }
 
@@ -130,7 +140,7 @@ impl<F, A> NoSerde<A> for &Probe<F, A> {
 /// an expression, not a path; it has too many arguments).
 #[doc(hidden)]
 #[inline]
-pub fn never_portable<A>(function: &'static str, reason: &'static str) -> Portability<A> {
+pub fn never_portable<A>(function: &'static str, reason: &'static str) -> Wire<A> {
     Err(NotPortable::new(function, reason))
 }
 
