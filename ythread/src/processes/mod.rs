@@ -97,7 +97,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use self::child::{Spec, WORKER_ENV, Worker};
@@ -187,9 +187,8 @@ pub struct Processes {
 
 /// What the driving threads and the supervisor share.
 struct Shared {
-    /// Idle workers. The supervisor sends new ones; a driving thread takes
-    /// one for a call and sends it back after.
-    idle: (Sender<Worker>, Receiver<Worker>),
+    /// Idle workers, and the calls waiting for one.
+    idle: Mutex<Idle>,
     /// Workers started and not known dead.
     live: AtomicUsize,
     /// Why the last start failed, while the supervisor has not started one
@@ -197,6 +196,52 @@ struct Shared {
     start_error: Mutex<Option<String>>,
     /// Workers replaced after they died or were killed.
     restarts: AtomicU64,
+}
+
+/// Workers not running a call, and the calls that wait for a worker, first
+/// come, first served: a worker coming back goes straight to the call that
+/// has waited longest (a newly arrived call cannot take it first, which
+/// would leave the longest waits unbounded under load).
+#[derive(Default)]
+struct Idle {
+    workers: Vec<Worker>,
+    waiters: VecDeque<Sender<Worker>>,
+}
+
+impl Shared {
+    /// Takes an idle worker, or joins the queue of calls waiting for one.
+    fn take_or_wait(&self) -> Result<Worker, (Sender<Worker>, Receiver<Worker>)> {
+        let mut idle = self.idle.lock();
+        if idle.waiters.is_empty()
+            && let Some(worker) = idle.workers.pop()
+        {
+            return Ok(worker);
+        }
+        let (give, take) = crossbeam_channel::bounded(1);
+        idle.waiters.push_back(give.clone());
+        Err((give, take))
+    }
+
+    /// A worker is free: to the call that has waited longest, or idle.
+    fn give_back(&self, mut worker: Worker) {
+        let mut idle = self.idle.lock();
+        while let Some(waiter) = idle.waiters.pop_front() {
+            match waiter.try_send(worker) {
+                Ok(()) => return,
+                // A call that gave up waiting: the next one.
+                Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => worker = back,
+            }
+        }
+        idle.workers.push(worker);
+    }
+
+    /// Leaves the queue of waiting calls; returns a worker handed over in
+    /// the meantime, if any.
+    fn stop_waiting(&self, give: &Sender<Worker>, take: &Receiver<Worker>) -> Option<Worker> {
+        let mut idle = self.idle.lock();
+        idle.waiters.retain(|waiter| !waiter.same_channel(give));
+        take.try_recv().ok()
+    }
 }
 
 enum Request {
@@ -315,7 +360,7 @@ impl ProcessesBuilder {
             start_timeout: self.start_timeout,
         };
         let shared = Arc::new(Shared {
-            idle: crossbeam_channel::unbounded(),
+            idle: Mutex::new(Idle::default()),
             live: AtomicUsize::new(0),
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
@@ -399,15 +444,13 @@ impl Processes {
     /// The process ids of the workers idle right now (for tests and
     /// diagnostics: a busy worker is not listed).
     pub fn idle_pids(&self) -> Vec<u32> {
-        let mut workers = Vec::new();
-        while let Ok(worker) = self.shared.idle.1.try_recv() {
-            workers.push(worker);
-        }
-        let pids = workers.iter().map(Worker::pid).collect();
-        for worker in workers {
-            let _ = self.shared.idle.0.send(worker);
-        }
-        pids
+        self.shared
+            .idle
+            .lock()
+            .workers
+            .iter()
+            .map(Worker::pid)
+            .collect()
     }
 
     fn request(&self, request: Request) {
@@ -416,20 +459,17 @@ impl Processes {
         }
     }
 
-    /// Takes an idle worker, waiting for one if all are busy.
+    /// Takes an idle worker, waiting for one (first come, first served) if
+    /// all are busy.
     fn checkout(&self) -> Result<Worker, String> {
-        let idle = &self.shared.idle.1;
-        match idle.try_recv() {
+        let (give, take) = match self.shared.take_or_wait() {
             Ok(worker) => return Ok(worker),
-            Err(TryRecvError::Disconnected) => return Err("the strategy is shut down".into()),
-            Err(TryRecvError::Empty) => {}
-        }
+            Err(queued) => queued,
+        };
         loop {
-            match idle.recv_timeout(Duration::from_millis(20)) {
+            match take.recv_timeout(Duration::from_millis(20)) {
                 Ok(worker) => return Ok(worker),
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err("the strategy is shut down".into());
-                }
+                Err(RecvTimeoutError::Disconnected) => unreachable!("`give` is held here"),
                 Err(RecvTimeoutError::Timeout) => {
                     // With no worker alive and the last start failed, waiting
                     // could be forever: fail the call, and let the supervisor
@@ -437,7 +477,10 @@ impl Processes {
                     if self.shared.live.load(Ordering::Acquire) == 0
                         && let Some(why) = self.shared.start_error.lock().clone()
                     {
-                        return Err(why);
+                        return match self.shared.stop_waiting(&give, &take) {
+                            Some(worker) => Ok(worker),
+                            None => Err(why),
+                        };
                     }
                 }
             }
@@ -593,10 +636,7 @@ impl Processes {
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
-        let mut workers = Vec::new();
-        while let Ok(worker) = self.shared.idle.1.try_recv() {
-            workers.push(worker);
-        }
+        let mut workers = std::mem::take(&mut self.shared.idle.lock().workers);
         for worker in &mut workers {
             worker.close();
         }
@@ -647,9 +687,7 @@ impl Apply for Processes {
             }
         };
         match self.call(worker, entry, call) {
-            Ok(worker) => {
-                let _ = self.shared.idle.0.send(worker);
-            }
+            Ok(worker) => self.shared.give_back(worker),
             Err(died_young) => {
                 self.shared.live.fetch_sub(1, Ordering::AcqRel);
                 self.shared.restarts.fetch_add(1, Ordering::Relaxed);
@@ -705,7 +743,7 @@ fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
             Ok(worker) => {
                 *shared.start_error.lock() = None;
                 shared.live.fetch_add(1, Ordering::AcqRel);
-                let _ = shared.idle.0.send(worker);
+                shared.give_back(worker);
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
                 }
