@@ -475,7 +475,7 @@ fn latency_tables(out: &mut String, r: &Results) {
     }
     let _ = writeln!(
         out,
-        "CPU µs/req is the whole process's CPU time (server and client threads) per request, at the 10 ms resolution of /proc, and cores busy the same time over wall time × cores: a server that leaves cores idle while requests wait shows there; wrong counts wrong answers plus failed requests; SYN drops are connections the kernel dropped because the server's listen queue (1024 connections, `ythread_demo::server::bind`) was full, each costing its client a one-second retransmission. Latency runs from connect to close in the closed loop, and from the scheduled arrival time in the open loop (send lag is how late the client itself was).\n"
+        "CPU µs/req is the whole process's CPU time (server and client threads, and worker processes) per request, at the 10 ms resolution of /proc, and cores busy the same time over wall time × cores: a server that leaves cores idle while requests wait shows there; wrong counts wrong answers plus failed requests; SYN drops are connections the kernel dropped because the server's listen queue (1024 connections, `ythread_demo::server::bind`) was full, each costing its client a one-second retransmission. Latency runs from connect to close in the closed loop, and from the scheduled arrival time in the open loop (send lag is how late the client itself was).\n"
     );
 }
 

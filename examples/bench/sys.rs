@@ -61,7 +61,8 @@ pub(crate) struct CpuTimes {
 /// CPU use over an interval.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CpuUse {
-    /// Seconds of CPU this process (server and client threads) used.
+    /// Seconds of CPU this process (server and client threads) and its
+    /// child processes (worker processes) used.
     pub(crate) process_secs: f64,
     /// Share of the machine (all cores) that other processes and the
     /// hypervisor took, 0 to 1.
@@ -117,18 +118,51 @@ fn machine_busy_seconds() -> Option<f64> {
 }
 
 /// User plus system CPU time of this process so far, in seconds, from
-/// `/proc/self/stat`. (ythread's `benches/busy.rs` has a copy: benches
-/// cannot use this package.)
+/// `/proc/self/stat`, with that of its child processes (the `Processes`
+/// row's workers, where its work runs): those reaped, and those alive.
+/// (ythread's `benches/busy.rs` has a copy of the parsing: benches cannot
+/// use this package.)
 fn process_cpu_seconds() -> Option<f64> {
-    let own = fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces; fields are counted after it.
-    let after_name = &own[own.rfind(')')? + 2..];
-    let own: Vec<f64> = after_name
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    Some((own.get(11)? + own.get(12)?) / USER_HZ)
+    let own = stat_fields("/proc/self/stat")?;
+    // utime, stime, cutime, cstime are fields 14 to 17 of the line, 12 to 15
+    // here.
+    let mut ticks = own.get(11)? + own.get(12)? + own.get(13)? + own.get(14)?;
+    for child in live_children() {
+        if let Some(fields) = stat_fields(&format!("/proc/{child}/stat")) {
+            ticks += fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0);
+        }
+    }
+    Some(ticks / USER_HZ)
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the command name (which
+/// may hold spaces).
+fn stat_fields(path: &str) -> Option<Vec<f64>> {
+    let line = fs::read_to_string(path).ok()?;
+    let after_name = &line[line.rfind(')')? + 2..];
+    Some(
+        after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect(),
+    )
+}
+
+/// The process ids of this process's children, from every thread's
+/// `/proc/self/task/<tid>/children`.
+fn live_children() -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Today's date, UTC, as `YYYY-MM-DD`.
