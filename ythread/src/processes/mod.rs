@@ -70,7 +70,7 @@
 //! # Failures
 //!
 //! Each surfaces at the `offload!` point, as a panic whose payload is an
-//! [`OffloadError`](crate::OffloadError) (or, for a panic in the work, the
+//! [`OffloadError`] (or, for a panic in the work, the
 //! panic's message as a `String`, as a panic in a thread gives), and with
 //! `try_offload!` as `Err(OffloadError)`:
 //! [`Panicked`](crate::OffloadErrorKind::Panicked) (message kept; the
