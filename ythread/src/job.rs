@@ -9,6 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use crate::error::{HandlerDropped, OffloadError};
+use crate::offloadable::Entry;
 use crate::portable::{NotPortable, Portability, WireCall};
 
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
@@ -288,19 +289,26 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         }
     }
 
-    fn complete(&mut self, result: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
-        if (self.wire)().is_err() || (*result).type_id() != typeid::of::<R>() {
-            return Err(result);
+    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), String> {
+        let Ok(fns) = (self.wire)() else {
+            return Err("the call cannot cross processes".into());
+        };
+        if (entry.key)() != (fns.function)() {
+            return Err(format!("its result was decoded as `{}`'s", entry.name));
+        }
+        let value = (entry.decode_result)(result)
+            .map_err(|error| format!("its result could not be decoded: {error}"))?;
+        if (*value).type_id() != typeid::of::<R>() {
+            return Err("its result is not of the type the call expects".into());
         }
         // SAFETY: the box holds a value whose type has the type id of `R`
-        // with lifetimes erased. It was made by the decoder of the function
-        // registered under the type name of this call's function, whose
-        // result type is `'static` (`#[offloadable]` requires it), and that
-        // function is the one called here (the registry refuses a name
-        // registered twice), so `R`, the type this call's function returns,
-        // is that type exactly. Casting the box's pointer from the trait
+        // with lifetimes erased. It was made by the decoder of `entry`, the
+        // function registered under the type name of this call's function
+        // (checked above; the registry refuses a name registered twice), whose
+        // result type is `'static` (`#[offloadable]` requires it). So `R`,
+        // the type this call's function returns, is that type exactly. Casting the box's pointer from the trait
         // object to `R` keeps its allocation and layout.
-        let value = unsafe { *Box::from_raw(Box::into_raw(result).cast::<R>()) };
+        let value = unsafe { *Box::from_raw(Box::into_raw(value).cast::<R>()) };
         // The arguments are dropped here, in the handler's frame: the call
         // ran elsewhere on copies of them.
         self.slot = WorkSlot::Done(Ok(value));

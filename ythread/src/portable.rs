@@ -11,11 +11,13 @@
 //! looked up by the strategy that needs it (`Processes`), by the type name of
 //! `f`, when it runs the call.
 
-use std::any::{Any, type_name};
+use std::any::type_name;
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Serialize;
+
+use crate::offloadable::Entry;
 
 /// Why an offloaded call cannot be sent to another process.
 #[doc(hidden)]
@@ -74,10 +76,14 @@ pub(crate) trait WireCall {
     fn function(&self) -> &'static str;
     /// Appends the arguments, postcard-encoded, to `out`.
     fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error>;
-    /// Stores the result that the call produced elsewhere, decoded by the
-    /// registered function's own decoder. Hands it back if it is not of the
-    /// call's result type.
-    fn complete(&mut self, result: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>>;
+    /// Stores the result that the call produced elsewhere, as the worker
+    /// encoded it; `entry` is the function's registration, whose decoder
+    /// reads it.
+    ///
+    /// # Errors
+    ///
+    /// Why the result could not be read.
+    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), String>;
     /// Gives the work up with `error`.
     fn fail(&mut self, error: crate::OffloadError);
 }

@@ -549,19 +549,8 @@ impl Processes {
         let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline);
         let keep = match reply {
             Ok((DONE, body)) => {
-                match (entry.decode_result)(body) {
-                    Ok(value) => {
-                        if call.complete(value).is_err() {
-                            call.fail(OffloadError::protocol(
-                                name,
-                                "its result is not of the type the call expects",
-                            ));
-                        }
-                    }
-                    Err(error) => call.fail(OffloadError::protocol(
-                        name,
-                        format_args!("its result could not be decoded: {error}"),
-                    )),
+                if let Err(why) = call.finish(entry, body) {
+                    call.fail(OffloadError::protocol(name, why));
                 }
                 worker.served += 1;
                 true
@@ -679,6 +668,13 @@ impl Apply for Processes {
                 return;
             }
         };
+        self.run(entry, call);
+    }
+}
+
+impl Processes {
+    /// Runs `call` of the registered function `entry` on a worker.
+    pub(crate) fn run(&self, entry: &'static Entry, call: &mut dyn WireCall) {
         let worker = match self.checkout() {
             Ok(worker) => worker,
             Err(why) => {
