@@ -78,6 +78,76 @@ enum Repr {
     Unavailable { function: String, detail: String },
 }
 
+/// An [`OffloadError`] as a remote worker sends it back (postcard).
+#[cfg(feature = "remote")]
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub(crate) struct WireError {
+    kind: u8,
+    detail: String,
+    code: Option<i32>,
+    signal: Option<i32>,
+    memory_limit: Option<u64>,
+    deadline_ms: u64,
+}
+
+#[cfg(feature = "remote")]
+impl OffloadError {
+    /// The error, to send to another machine.
+    pub(crate) fn to_wire(&self) -> WireError {
+        let mut wire = WireError {
+            kind: 0,
+            detail: String::new(),
+            code: None,
+            signal: None,
+            memory_limit: None,
+            deadline_ms: 0,
+        };
+        match &self.repr {
+            Repr::Panicked { message, .. } => {
+                wire.detail = message.clone().unwrap_or_else(|| "Box<dyn Any>".into());
+            }
+            Repr::NotRun => wire.kind = 1,
+            Repr::NotPortable { reason, .. } => (wire.kind, wire.detail) = (2, reason.clone()),
+            Repr::WorkerDied { death, .. } => {
+                wire.kind = 3;
+                (wire.code, wire.signal, wire.memory_limit) =
+                    (death.code, death.signal, death.memory_limit);
+            }
+            Repr::DeadlineExceeded { deadline, .. } => {
+                wire.kind = 4;
+                wire.deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+            }
+            Repr::Protocol { detail, .. } => (wire.kind, wire.detail) = (5, detail.clone()),
+            Repr::Unavailable { detail, .. } => (wire.kind, wire.detail) = (6, detail.clone()),
+        }
+        wire
+    }
+
+    /// The error a remote worker sent back, for the call of `function`.
+    pub(crate) fn from_wire(function: &str, wire: WireError) -> OffloadError {
+        match wire.kind {
+            0 => OffloadError::remote_panic(wire.detail),
+            1 => OffloadError::not_run(),
+            2 => OffloadError::not_portable(function, &wire.detail),
+            3 => OffloadError::worker_died(
+                function,
+                Death {
+                    code: wire.code,
+                    signal: wire.signal,
+                    memory_limit: wire.memory_limit,
+                },
+            ),
+            4 => OffloadError::deadline_exceeded(function, Duration::from_millis(wire.deadline_ms)),
+            6 => OffloadError::unavailable(
+                function,
+                format_args!("on the remote worker: {}", wire.detail),
+            ),
+            5 => OffloadError::protocol(function, wire.detail),
+            kind => OffloadError::protocol(function, format_args!("an unknown failure ({kind})")),
+        }
+    }
+}
+
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Death {

@@ -85,7 +85,7 @@ impl<'a> Job<'a> {
 
     /// Gives the work up with `error`: the handler's `offload!` point panics
     /// with it, its `try_offload!` returns it.
-    pub(crate) fn fail(self, error: OffloadError) {
+    pub(crate) fn fail(&mut self, error: OffloadError) {
         self.work.fail(error);
     }
 

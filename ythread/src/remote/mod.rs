@@ -1,0 +1,373 @@
+//! Remote workers through NATS: the [`Remote`] strategy sends each
+//! `offload!(f, ..)` of an [`#[offloadable]`](crate::offloadable) function
+//! to a fleet of [`Worker`]s on any number of machines, and the handler does
+//! not change.
+//!
+//! The engine is core NATS request-reply with a queue group: a call is a
+//! request on `ythread.<namespace>.<function path>.<signature fingerprint>`,
+//! one member of the workers' queue group takes it, and the reply comes back
+//! on the requester's inbox. Delivery is at most once: a worker that dies
+//! fails its call instead of running the work twice. A call that no worker
+//! serves (none running, or only workers of another build, whose subject
+//! carries another fingerprint) fails at once ("no responders"), not at its
+//! deadline.
+//!
+//! A [`Worker`] runs each call in a local [`Processes`], so a crash on the
+//! worker machine comes back as "the worker process running `f` died:
+//! killed by SIGSEGV", for that call only.
+//!
+//! Registered functions become a network API: use NATS authentication and
+//! TLS ([`RemoteBuilder::connect_options`], [`WorkerBuilder::connect_options`]
+//! take [`async_nats::ConnectOptions`]), and cap payloads
+//! ([`RemoteBuilder::max_payload`]; the server's `max_payload`, 1 MiB by
+//! default, applies too).
+//!
+//! # Example
+//!
+//! ```no_run
+//! //! use ythread::remote::Remote;
+//! use ythread::{YieldableThread, offload, offloadable, yieldable};
+//!
+//! #[offloadable]
+//! fn sumn(n: u64) -> u64 { (1..=n).sum() }
+//!
+//! #[yieldable]
+//! fn handle(n: u64) -> u64 { offload!(sumn, n) }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     ythread::processes::init();
+//!     if std::env::args().any(|arg| arg == "--worker") {
+//!         // On each worker machine: serve `sumn` (and every other
+//!         // `#[offloadable]` function of this program) in local processes.
+//!         return ythread::remote::Worker::builder("nats://127.0.0.1:4222").serve();
+//!     }
+//!     let cpu = Arc::new(Remote::connect("nats://127.0.0.1:4222")?);
+//!     let thread = YieldableThread::new().apply(cpu).spawn(handle(10))?;
+//!     assert_eq!(thread.join().unwrap(), 55);
+//!     Ok(())
+//! }
+//! ```
+
+mod serve;
+mod wire;
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+pub use async_nats;
+pub use serve::{Worker, WorkerBuilder};
+
+use self::wire::Reply;
+use crate::apply::semaphore::FairSemaphore;
+use crate::error::OffloadError;
+use crate::offloadable::Entry;
+use crate::{Apply, Job};
+
+/// Sends offloaded calls to remote [`Worker`]s through NATS. See the
+/// [module](self).
+///
+/// Each call blocks its handler's thread (a plain OS thread: no async at the
+/// call site) while a small runtime inside the strategy (one tokio thread)
+/// does the I/O. At most [`RemoteBuilder::max_in_flight`] calls are in
+/// flight; more wait, first come, first served.
+///
+/// # Failures
+///
+/// At the `offload!` point, as for [`Processes`](crate::Processes):
+/// `Unavailable` when no worker serves the function (at once), when the
+/// connection is lost while the call is in flight, or when it cannot be
+/// re-established; `DeadlineExceeded` past [`RemoteBuilder::deadline`];
+/// `Panicked` (message kept) and `WorkerDied` (signal named) from the worker
+/// machine; `Protocol` for a payload over the cap or a malformed reply;
+/// `NotPortable` for work that cannot leave the process.
+///
+/// # Panics
+///
+/// `apply` panics if it is called from inside an async runtime (a handler
+/// run on a tokio worker thread): it blocks the thread it runs on.
+pub struct Remote {
+    runtime: Runtime,
+    client: async_nats::Client,
+    namespace: String,
+    deadline: Duration,
+    max_payload: usize,
+    in_flight: FairSemaphore,
+    /// Bumped each time the connection is lost; a call in flight across a
+    /// change fails at once instead of waiting for its deadline.
+    disconnects: watch::Receiver<u64>,
+    calls: AtomicU64,
+}
+
+/// Builds a [`Remote`].
+#[derive(Debug)]
+pub struct RemoteBuilder {
+    url: String,
+    namespace: String,
+    deadline: Duration,
+    max_payload: usize,
+    max_in_flight: usize,
+    options: Option<async_nats::ConnectOptions>,
+}
+
+impl Remote {
+    /// Connects to the NATS server at `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// If the server cannot be reached or refuses the connection (for
+    /// example, wrong credentials).
+    pub fn connect(url: &str) -> io::Result<Remote> {
+        Remote::builder(url).connect()
+    }
+
+    /// A builder, for a namespace, a deadline, credentials, TLS, ...
+    pub fn builder(url: &str) -> RemoteBuilder {
+        RemoteBuilder {
+            url: url.to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            deadline: Duration::from_secs(30),
+            max_payload: 1 << 20,
+            max_in_flight: 1024,
+            options: None,
+        }
+    }
+
+    /// Calls sent so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+/// The namespace of calls and workers unless one is set.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl RemoteBuilder {
+    /// The namespace that separates fleets on one NATS server (default
+    /// `"default"`): calls go to workers of the same namespace. A NATS
+    /// subject token: no `.`, `*`, `>` or whitespace.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// How long a call may take, from the request to the reply (default
+    /// 30 s). A worker that is lost (its machine gone) fails its call here.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The largest request, in bytes (default 1 MiB; the server's own
+    /// `max_payload` applies too, whichever is smaller).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// How many calls may be in flight at once (default 1024); more wait,
+    /// first come, first served.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `calls` is zero.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        assert!(
+            calls > 0,
+            "Remote: at least one call must be allowed in flight"
+        );
+        self.max_in_flight = calls;
+        self
+    }
+
+    /// NATS connection options: credentials (`user_and_password`, `token`,
+    /// `nkey`, `credentials_file`), TLS (`require_tls`,
+    /// `add_root_certificates`, `add_client_certificate`), reconnection.
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// If the runtime cannot start, the namespace is not a subject token, or
+    /// the server cannot be reached or refuses the connection.
+    pub fn connect(self) -> io::Result<Remote> {
+        check_token(&self.namespace)?;
+        let runtime = runtime("ythread-remote")?;
+        let (tell, disconnects) = watch::channel(0u64);
+        let options = self
+            .options
+            .unwrap_or_default()
+            .event_callback(move |event| {
+                let tell = tell.clone();
+                async move {
+                    if let async_nats::Event::Disconnected = event {
+                        tell.send_modify(|count| *count += 1);
+                    }
+                }
+            });
+        let client = runtime
+            .block_on(options.connect(self.url.as_str()))
+            .map_err(|error| io::Error::other(format!("NATS at {}: {error}", self.url)))?;
+        let max_payload = self.max_payload.min(client.server_info().max_payload);
+        Ok(Remote {
+            runtime,
+            client,
+            namespace: self.namespace,
+            deadline: self.deadline,
+            max_payload,
+            in_flight: FairSemaphore::new(self.max_in_flight),
+            disconnects,
+            calls: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The subject of `entry`'s calls in `namespace`.
+pub(crate) fn subject(namespace: &str, entry: &Entry) -> String {
+    format!(
+        "ythread.{namespace}.{}.{:016x}",
+        entry.name, entry.fingerprint
+    )
+}
+
+fn check_token(namespace: &str) -> io::Result<()> {
+    if namespace.is_empty()
+        || namespace
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the namespace {namespace:?} is not a NATS subject token"),
+        ));
+    }
+    Ok(())
+}
+
+/// One runtime thread for the connection's I/O.
+fn runtime(name: &str) -> io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+impl Apply for Remote {
+    fn apply(&self, mut job: Job<'_>) {
+        let Some((call, entry)) = crate::processes::portable_call(&mut job) else {
+            return;
+        };
+        let name = entry.name;
+        let mut payload = Vec::new();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            call.encode_args(&mut payload)
+        })) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("its arguments could not be encoded: {error}"),
+                ));
+                return;
+            }
+            Err(payload) => {
+                call.fail(OffloadError::panicked(payload));
+                return;
+            }
+        }
+        if payload.len() > self.max_payload {
+            call.fail(OffloadError::protocol(
+                name,
+                format_args!(
+                    "its arguments take {} bytes, over the maximum payload of {} bytes",
+                    payload.len(),
+                    self.max_payload
+                ),
+            ));
+            return;
+        }
+        let subject = subject(&self.namespace, entry);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.in_flight.run(|| {
+            let mut disconnects = self.disconnects.clone();
+            disconnects.mark_unchanged();
+            self.runtime.block_on(async {
+                tokio::select! {
+                    reply = tokio::time::timeout(
+                        self.deadline,
+                        self.client.request(subject, payload.into()),
+                    ) => Some(reply),
+                    _ = disconnects.changed() => None,
+                }
+            })
+        });
+        match outcome {
+            None => call.fail(OffloadError::unavailable(
+                name,
+                "the connection to NATS was lost while the call was in flight",
+            )),
+            Some(Err(_elapsed)) => call.fail(OffloadError::deadline_exceeded(name, self.deadline)),
+            Some(Ok(Err(error))) => call.fail(request_error(entry, &self.namespace, &error)),
+            Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
+                Ok(Reply::Done(result)) => {
+                    if let Err(why) = call.finish(entry, result) {
+                        call.fail(OffloadError::protocol(name, why));
+                    }
+                }
+                Ok(Reply::Failed(error)) => call.fail(OffloadError::from_wire(name, error)),
+                Err(error) => call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("a malformed reply: {error}"),
+                )),
+            },
+        }
+    }
+}
+
+fn request_error(entry: &Entry, namespace: &str, error: &async_nats::RequestError) -> OffloadError {
+    use async_nats::RequestErrorKind;
+    match error.kind() {
+        RequestErrorKind::NoResponders => OffloadError::unavailable(
+            entry.name,
+            format_args!(
+                "no worker serves it on NATS (namespace `{namespace}`, signature `{}`): none is \
+                 running, or they run another build of it",
+                entry.signature
+            ),
+        ),
+        RequestErrorKind::TimedOut => {
+            OffloadError::unavailable(entry.name, "the NATS request timed out")
+        }
+        RequestErrorKind::MaxPayloadExceeded => OffloadError::protocol(
+            entry.name,
+            format_args!("its arguments are over the NATS server's maximum payload: {error}"),
+        ),
+        RequestErrorKind::InvalidSubject => OffloadError::protocol(
+            entry.name,
+            format_args!("its subject is not a valid NATS subject: {error}"),
+        ),
+        RequestErrorKind::Other => {
+            OffloadError::unavailable(entry.name, format_args!("NATS: {error}"))
+        }
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("namespace", &self.namespace)
+            .field("deadline", &self.deadline)
+            .field("max_payload", &self.max_payload)
+            .field("calls", &self.calls())
+            .finish_non_exhaustive()
+    }
+}
