@@ -507,3 +507,106 @@ fn a_nats_restart_fails_calls_in_flight_then_recovers() {
         }
     });
 }
+
+#[offloadable]
+fn slow_pid(ms: u64) -> u32 {
+    thread::sleep(Duration::from_millis(ms));
+    // SAFETY: `getppid` has no preconditions.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// A free TCP port on 127.0.0.1, for a cluster route (`nats-server` writes
+/// only its client port to the ports file).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
+    #[yieldable]
+    fn call_slow_pid(ms: u64) -> Result<u32, OffloadError> {
+        try_offload!(slow_pid, ms)
+    }
+    watchdog(Duration::from_secs(180), || {
+        // Three machines, simulated: a node each, with the requester on the
+        // first and a worker on each of the others.
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes: Vec<NatsServer> = (0..3)
+            .map(|i| {
+                let cluster = format!("nats://127.0.0.1:{}", routes[i]);
+                let others: Vec<String> = (0..3)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                    .collect();
+                let others = others.join(",");
+                NatsServer::start(&[
+                    "--cluster_name",
+                    "ythread",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &others,
+                ])
+            })
+            .collect();
+        let mut nodes = nodes.into_iter();
+        let (a, b, mut c) = (
+            nodes.next().unwrap(),
+            nodes.next().unwrap(),
+            nodes.next().unwrap(),
+        );
+        let survivor = RemoteWorker::start(&b.url, "cluster");
+        let mut doomed = RemoteWorker::start(&c.url, "cluster");
+        let cpu = Arc::new(
+            Remote::builder(&a.url)
+                .namespace("cluster")
+                .deadline(Duration::from_secs(6))
+                .connect()
+                .unwrap(),
+        );
+        // Until the routes have carried both workers' interest to node A.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form: {seen:?}"
+            );
+            if let Ok(pid) = call_pid().run_with(&*cpu) {
+                seen.insert(pid);
+            }
+        }
+        let in_flight: Vec<_> = (0..8)
+            .map(|_| {
+                let cpu = Arc::clone(&cpu);
+                thread::spawn(move || call_slow_pid(1_500).run_with(&*cpu))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(500));
+        c.stop();
+        doomed.kill();
+        let (mut ok, mut failed) = (0, 0);
+        for call in in_flight {
+            match call.join().unwrap() {
+                Ok(pid) => {
+                    assert_eq!(pid, survivor.pid(), "a call answered by the killed worker");
+                    ok += 1;
+                }
+                Err(error) => {
+                    assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(ok + failed, 8);
+        // The rest of the cluster serves on.
+        for n in 0..10 {
+            assert_eq!(call_sumn(n).run_with(&*cpu).unwrap(), n * (n + 1) / 2);
+        }
+        drop((a, b));
+    });
+}
