@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ythread::remote::Remote;
 use ythread::{Bounded, Exclusive, Inline, Pool, Processes};
 use ythread_demo::server::{self, Server};
 
@@ -31,13 +32,21 @@ struct Args {
     /// the number of cores].
     #[arg(long)]
     workers: Option<usize>,
-    /// With `--apply processes`: kill and replace a worker whose call runs
-    /// longer than this, in milliseconds; the request gets an error.
+    /// With `--apply processes` or `remote`: a call that runs longer than
+    /// this, in milliseconds, fails (under `processes`, its worker is killed
+    /// and replaced); the request gets an error.
     #[arg(long, value_name = "MS")]
     deadline_ms: Option<u64>,
     /// With `--apply processes`: the address space of each worker, in MiB.
     #[arg(long, value_name = "MIB")]
     memory_limit_mib: Option<u64>,
+    /// With `--apply remote`: the NATS server the workers (`--example
+    /// worker`) listen on.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// With `--apply remote`: the namespace shared with the workers.
+    #[arg(long, default_value = ythread::remote::DEFAULT_NAMESPACE)]
+    namespace: String,
     /// The port to listen on (127.0.0.1).
     #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
     port: u16,
@@ -57,6 +66,9 @@ enum Strategy {
     /// In `--workers` worker processes: a crash or a runaway request costs
     /// only itself (the seed's `multiprocessing.Pool().apply`).
     Processes,
+    /// On remote workers (`--example worker`) through the NATS server
+    /// `--nats`: the seed's "send it out to the cloud".
+    Remote,
 }
 
 fn main() -> io::Result<()> {
@@ -87,6 +99,13 @@ fn main() -> io::Result<()> {
                 builder = builder.memory_limit(mib << 20);
             }
             Server::start_yieldable(listener, Arc::new(builder.build()?))?
+        }
+        Strategy::Remote => {
+            let mut builder = Remote::builder(&args.nats).namespace(&args.namespace);
+            if let Some(ms) = args.deadline_ms {
+                builder = builder.deadline(Duration::from_millis(ms));
+            }
+            Server::start_yieldable(listener, Arc::new(builder.connect()?))?
         }
     };
     println!(

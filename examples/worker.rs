@@ -1,0 +1,51 @@
+//! Run with: `cargo run --release --example worker -- --nats nats://127.0.0.1:4222`
+//!
+//! The worker of the seed's server under `ysumserver --apply remote`: it
+//! serves `ythread_demo::sumn` (every `#[offloadable]` function this program
+//! links) on NATS, and runs each call in a local worker process, so that a
+//! crash on this machine fails only its call. Start one or more on each
+//! machine that should take work; they share the calls (a NATS queue group).
+
+use std::io;
+
+use clap::Parser;
+use ythread::Processes;
+use ythread::remote::Worker;
+
+/// A remote worker for the seed's server.
+#[derive(Parser)]
+struct Args {
+    /// The NATS server (or any node of a NATS cluster).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The namespace shared with the servers that send the calls.
+    #[arg(long, default_value = ythread::remote::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Local worker processes [default: the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> io::Result<()> {
+    // The local worker processes are this program started again: this line
+    // turns such a process into a worker process before anything else.
+    ythread::processes::init();
+    // Keep the `#[offloadable]` functions of the demo library linked in.
+    let _ = ythread_demo::sumn;
+    let args = Args::parse();
+    let mut processes = Processes::builder();
+    if let Some(workers) = args.workers {
+        processes = processes.workers(workers);
+    }
+    let worker = Worker::builder(&args.nats)
+        .namespace(&args.namespace)
+        .processes(processes)
+        .start()?;
+    println!(
+        "worker serving namespace {:?} on {} with {} local worker processes",
+        args.namespace,
+        args.nats,
+        worker.processes().workers()
+    );
+    worker.wait()
+}
