@@ -24,6 +24,7 @@ mod model;
 mod openloop;
 mod peers;
 mod plot;
+mod remote;
 mod report;
 mod run;
 mod sys;
@@ -105,6 +106,12 @@ fn main() {
     } else {
         vec![50, 90]
     };
+    if remote::nats_server().is_none() {
+        eprintln!(
+            "bench: no nats-server, so no `Remote` row: {}",
+            remote::HOW_TO_GET_NATS
+        );
+    }
     let variants = selected_variants(&args.only);
     let measured = run::measure(
         &workloads,
@@ -133,6 +140,7 @@ fn main() {
         elapsed: began.elapsed(),
         warnings: measured.warnings,
     };
+    remote::stop();
     let text = report::render(&results);
     println!("{text}");
     if let Err(e) = write_outputs(&out, &results, &text) {

@@ -99,6 +99,7 @@ pub(crate) const INLINE: &str = "ythread Inline";
 pub(crate) const POOL: &str = "ythread Pool";
 pub(crate) const BOUNDED: &str = "ythread Bounded(cores)";
 pub(crate) const PROCESSES: &str = "ythread Processes";
+pub(crate) const REMOTE: &str = "ythread Remote (NATS, 2 workers)";
 
 /// One worker process per core (the seed's `multiprocessing.Pool().apply`).
 fn processes() -> Arc<Processes> {
@@ -109,15 +110,17 @@ fn processes() -> Arc<Processes> {
     )
 }
 
-/// Every server the benchmark runs, in table order.
+/// Every server the benchmark runs, in table order. The `Remote` row runs
+/// when `nats-server` is installed.
 pub(crate) fn all() -> Vec<Variant> {
-    vec![
+    let mut all = vec![
         Variant::plain(PLAIN),
         Variant::ythread(INLINE, Family::Seed, || Inline),
         Variant::ythread("ythread Exclusive", Family::Seed, Exclusive::new),
         Variant::ythread(POOL, Family::Seed, Pool::default),
         Variant::ythread(PROCESSES, Family::Seed, processes),
         Variant::ythread(BOUNDED, Family::Ours, Bounded::per_core),
+        Variant::ythread(REMOTE, Family::Ours, crate::remote::remote),
         Variant::peer("tokio + spawn_blocking", |l| {
             Ok(Box::new(TokioServer::start(l, TokioStep::SpawnBlocking)?))
         }),
@@ -127,5 +130,9 @@ pub(crate) fn all() -> Vec<Variant> {
         Variant::peer("threads + rayon install", |l| {
             Ok(Box::new(peers::start_rayon_install(l)?))
         }),
-    ]
+    ];
+    if crate::remote::nats_server().is_none() {
+        all.retain(|v| v.name != REMOTE);
+    }
+    all
 }

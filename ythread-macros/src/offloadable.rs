@@ -76,10 +76,21 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let output_span = output.span();
     let decode_result =
         quote_spanned!(output_span=> ::ythread::__private::decode_result::<#output>);
+    // The result must be owned, with no lifetime but `'static`: the parent
+    // hands a decoded result to the call as the function's exact result
+    // type, which a lifetime tied to an argument (`-> Slot<'_>`, `-> &str`)
+    // would make a lie. In a struct's where clause an elided lifetime is an
+    // error, where a static item's type would quietly take `'static`.
+    let owned_result = quote_spanned! {output_span=>
+        #[allow(dead_code)]
+        struct __YthreadResultMustBeOwned where #output: 'static;
+    };
     Ok(quote! {
         #function
 
         const _: () = {
+            #owned_result
+
             #[::ythread::__private::linkme::distributed_slice(::ythread::__private::OFFLOADABLE)]
             #[linkme(crate = ::ythread::__private::linkme)]
             static ENTRY: ::ythread::__private::Entry = ::ythread::__private::Entry {
@@ -139,6 +150,16 @@ fn check(function: &ItemFn) -> syn::Result<()> {
         }
     }
     if let ReturnType::Type(_, ty) = &sig.output
+        && let Some(borrow) = first_borrow(ty)
+    {
+        return Err(syn::Error::new(
+            borrow,
+            "the result of an `#[offloadable]` function must be owned, with no lifetime but \
+             `'static`: it is decoded in another process than the one that called it; return \
+             `String` for `&str`, `Vec<T>` for `&[T]`",
+        ));
+    }
+    if let ReturnType::Type(_, ty) = &sig.output
         && let Type::ImplTrait(_) = &**ty
     {
         return refuse(
@@ -147,4 +168,29 @@ fn check(function: &ItemFn) -> syn::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where a type borrows: a reference or a lifetime other than `'static`.
+fn first_borrow(ty: &Type) -> Option<Span> {
+    struct Finder(Option<Span>);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
+            match &reference.lifetime {
+                Some(lifetime) if lifetime.ident == "static" => {
+                    syn::visit::visit_type_reference(self, reference);
+                }
+                _ => {
+                    self.0.get_or_insert(reference.and_token.span);
+                }
+            }
+        }
+        fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+            if lifetime.ident != "static" {
+                self.0.get_or_insert(lifetime.span());
+            }
+        }
+    }
+    let mut finder = Finder(None);
+    syn::visit::Visit::visit_type(&mut finder, ty);
+    finder.0
 }

@@ -32,7 +32,11 @@ fn offload_times(times: u64) -> u64 {
 
 fn nats_server_binary() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("nats-server")).collect())
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("nats-server"))
+                .collect()
+        })
         .unwrap_or_default();
     candidates.push("/usr/sbin/nats-server".into());
     if let Some(home) = std::env::var_os("HOME") {

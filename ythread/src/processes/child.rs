@@ -43,8 +43,6 @@ pub(crate) struct Worker {
     pub(crate) replies: PipeReader,
     /// The frame buffer, kept between calls.
     pub(crate) buf: Vec<u8>,
-    /// Calls it has answered.
-    pub(crate) served: u64,
     memory_limit: Option<u64>,
 }
 
@@ -95,7 +93,8 @@ impl Worker {
                 // The parent may have died before `prctl`: then no signal
                 // will come.
                 if libc::getppid() as u32 != parent {
-                    return Err(io::Error::other("the parent process is gone"));
+                    // (No allocation here: `io::Error::other` would.)
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 if let Some(bytes) = memory_limit {
                     let limit = libc::rlimit {
@@ -120,15 +119,17 @@ impl Worker {
             calls: Some(calls_out),
             replies: replies_in,
             buf: Vec::new(),
-            served: 0,
             memory_limit,
         };
         match worker.hello(spec) {
             Ok(()) => Ok(worker),
             Err(why) => {
-                let death = worker.reap(Duration::from_millis(200));
+                let ended = match worker.reap_or_kill(Duration::from_millis(200)) {
+                    (_, true) => "it was still running its own code, and was killed".to_owned(),
+                    (death, false) => death.to_string(),
+                };
                 Err(format!(
-                    "the worker process {why} ({death}); a program that uses `Processes` must \
+                    "the worker process {why} ({ended}); a program that uses `Processes` must \
                      call `ythread::processes::init()` first thing in `main`, so that a worker \
                      starts serving before the program's own code runs"
                 ))
@@ -173,19 +174,24 @@ impl Worker {
     /// already, when its channel closed), then kills it, and returns how it
     /// ended. Never leaves a zombie.
     pub(crate) fn reap(&mut self, grace: Duration) -> Death {
+        self.reap_or_kill(grace).0
+    }
+
+    /// [`reap`](Worker::reap), and whether it had to be killed.
+    fn reap_or_kill(&mut self, grace: Duration) -> (Death, bool) {
         let end = Instant::now() + grace;
-        let status = loop {
+        let (status, killed) = loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
+                Ok(Some(status)) => break (Some(status), false),
                 Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(1)),
                 Ok(None) => {
                     let _ = self.child.kill();
-                    break self.child.wait().ok();
+                    break (self.child.wait().ok(), true);
                 }
-                Err(_) => break None,
+                Err(_) => break (None, false),
             }
         };
-        self.death(status)
+        (self.death(status), killed)
     }
 
     /// Kills the worker (SIGKILL) and reaps it.
@@ -215,6 +221,15 @@ impl Worker {
     /// done with what it runs.
     pub(crate) fn close(&mut self) {
         self.calls = None;
+    }
+}
+
+impl Drop for Worker {
+    /// Never leaves a process behind, whatever path dropped it: kills it (a
+    /// no-op once it is reaped) and reaps it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -229,7 +229,10 @@ pub(crate) fn write<W: Write + AsFd>(
     let mut rest = frame;
     while !rest.is_empty() {
         wait_until_ready(output.as_fd(), libc::POLLOUT, deadline)?;
-        match output.write(rest) {
+        // A ready pipe takes `PIPE_BUF` bytes without blocking, and no more
+        // for sure: a larger write could block past the deadline.
+        let chunk = rest.len().min(libc::PIPE_BUF);
+        match output.write(&rest[..chunk]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => rest = &rest[n..],
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}

@@ -93,7 +93,7 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,13 @@ pub fn init() {
     let Some(setting) = std::env::var_os(WORKER_ENV) else {
         return;
     };
+    // Once per process: the channel's descriptors have one owner. (A second
+    // caller, say another test of a test binary started as a worker,
+    // returns at once; the first serves and ends the process.)
+    static SERVING: AtomicBool = AtomicBool::new(false);
+    if SERVING.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let code = worker::serve(&setting.to_string_lossy());
     std::process::exit(code);
 }
@@ -196,6 +203,9 @@ struct Shared {
     start_error: Mutex<Option<String>>,
     /// Workers replaced after they died or were killed.
     restarts: AtomicU64,
+    /// Set when the strategy is dropped (or `build` fails): the supervisor
+    /// starts no more workers.
+    stopping: AtomicBool,
 }
 
 /// Workers not running a call, and the calls that wait for a worker, first
@@ -245,10 +255,9 @@ impl Shared {
 }
 
 enum Request {
-    /// Start a worker (after the back-off its `died_young` warrants), and
+    /// Start a worker (after a back-off while starts keep failing), and
     /// report the outcome if asked.
     Start {
-        died_young: bool,
         reply: Option<Sender<Result<(), String>>>,
     },
 }
@@ -349,6 +358,16 @@ impl ProcessesBuilder {
     /// error says so), or it does not start within the start timeout.
     /// Workers already started are stopped.
     pub fn build(self) -> io::Result<Processes> {
+        // A worker whose `main` did not call `init()` first reaches this
+        // line too: starting workers of its own would start copies of the
+        // program without end.
+        if std::env::var_os(WORKER_ENV).is_some() {
+            return Err(io::Error::other(
+                "this process was started as a ythread worker, but its `main` did not call \
+                 `ythread::processes::init()` before building a `Processes`: call it first \
+                 thing in `main`",
+            ));
+        }
         let spec = Spec {
             program: self
                 .program
@@ -364,6 +383,7 @@ impl ProcessesBuilder {
             live: AtomicUsize::new(0),
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         });
         let (requests, incoming) = crossbeam_channel::unbounded();
         let supervisor = {
@@ -383,7 +403,6 @@ impl ProcessesBuilder {
         let (reply, outcomes) = crossbeam_channel::unbounded();
         for _ in 0..self.workers {
             processes.request(Request::Start {
-                died_young: false,
                 reply: Some(reply.clone()),
             });
         }
@@ -487,14 +506,13 @@ impl Processes {
         }
     }
 
-    /// Runs one call on `worker`. Returns the worker if it can take more,
-    /// or, if it is gone, whether it died before answering any call.
+    /// Runs one call on `worker`. Returns the worker if it can take more.
     fn call(
         &self,
         mut worker: Worker,
         entry: &'static Entry,
         call: &mut dyn WireCall,
-    ) -> Result<Worker, bool> {
+    ) -> Result<Worker, ()> {
         let name = entry.name;
         let mut buf = std::mem::take(&mut worker.buf);
         frame::begin(&mut buf, CALL);
@@ -539,27 +557,35 @@ impl Processes {
                     name,
                     self.deadline.unwrap_or_default(),
                 ));
-                return Err(worker.served == 0);
+                return Err(());
             }
             // The worker is gone: its channel is closed.
             let death = worker.reap(Duration::from_millis(200));
             call.fail(OffloadError::worker_died(name, death));
-            return Err(worker.served == 0);
+            return Err(());
         }
         let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline);
         let keep = match reply {
             Ok((DONE, body)) => {
-                if let Err(why) = call.finish(entry, body) {
-                    call.fail(OffloadError::protocol(name, why));
+                // The result's `Deserialize` is the user's and may panic:
+                // that is this call's failure, not the driving thread's.
+                match panic::catch_unwind(AssertUnwindSafe(|| call.finish(entry, body))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => call.fail(OffloadError::protocol(name, why)),
+                    Err(payload) => call.fail(OffloadError::protocol(
+                        name,
+                        format_args!(
+                            "decoding its result panicked: {}",
+                            crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
+                        ),
+                    )),
                 }
-                worker.served += 1;
                 true
             }
             Ok((PANICKED, body)) => {
                 let message = frame::parse_panicked(body)
                     .unwrap_or_else(|_| "(the worker sent an unreadable panic message)".into());
                 call.fail(OffloadError::remote_panic(message));
-                worker.served += 1;
                 true
             }
             Ok((REFUSED, body)) => {
@@ -612,19 +638,24 @@ impl Processes {
         if worker.buf.capacity() > 1 << 20 {
             worker.buf = Vec::new();
         }
-        if keep {
-            Ok(worker)
-        } else {
-            Err(worker.served == 0)
-        }
+        if keep { Ok(worker) } else { Err(()) }
     }
 
-    /// Stops the supervisor, then every worker; reaps them all.
+    /// Stops every worker (a second's grace, then killed), then the
+    /// supervisor; reaps them all. Workers go first: they die with the
+    /// supervisor thread (`PR_SET_PDEATHSIG`), which would leave them no grace.
     fn shut_down(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.stop_idle_workers();
         self.requests = None;
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
+        // Any the supervisor started meanwhile.
+        self.stop_idle_workers();
+    }
+
+    fn stop_idle_workers(&self) {
         let mut workers = std::mem::take(&mut self.shared.idle.lock().workers);
         for worker in &mut workers {
             worker.close();
@@ -692,13 +723,10 @@ impl Processes {
         };
         match self.call(worker, entry, call) {
             Ok(worker) => self.shared.give_back(worker),
-            Err(died_young) => {
+            Err(()) => {
                 self.shared.live.fetch_sub(1, Ordering::AcqRel);
                 self.shared.restarts.fetch_add(1, Ordering::Relaxed);
-                self.request(Request::Start {
-                    died_young,
-                    reply: None,
-                });
+                self.request(Request::Start { reply: None });
             }
         }
     }
@@ -710,9 +738,10 @@ impl Processes {
 fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
     // Starts asked for and not done yet.
     let mut queue = VecDeque::new();
-    // Consecutive failures: starts that failed, workers that died before
-    // answering a call. A worker that dies at once, again and again, must
-    // not turn into a fork loop.
+    // Consecutive starts that failed. A program whose workers cannot start
+    // must not turn into a fork loop. (A worker killed by the call it runs
+    // is that call's failure: its replacement starts at once, so that one
+    // bad input costs no more than its own request.)
     let mut failures: u32 = 0;
     loop {
         if queue.is_empty() {
@@ -721,13 +750,14 @@ fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
                 Err(_) => return,
             }
         }
-        let Some(Request::Start { died_young, reply }) = queue.pop_front() else {
+        let Some(Request::Start { reply }) = queue.pop_front() else {
             continue;
         };
-        if died_young {
-            failures = failures.saturating_add(1);
-        } else if reply.is_none() {
-            failures = 0;
+        if shared.stopping.load(Ordering::Acquire) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err("the strategy is shutting down".into()));
+            }
+            continue;
         }
         // `build` wants its answer at once; replacements wait 10 ms, 20 ms,
         // ... up to 2 s while failures go on. Dropping the strategy ends
@@ -745,6 +775,7 @@ fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
         }
         match Worker::start(spec) {
             Ok(worker) => {
+                failures = 0;
                 *shared.start_error.lock() = None;
                 shared.live.fetch_add(1, Ordering::AcqRel);
                 shared.give_back(worker);
@@ -760,10 +791,7 @@ fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
                         let _ = reply.send(Err(why));
                     }
                     // Try again, after the back-off.
-                    None => queue.push_front(Request::Start {
-                        died_young: false,
-                        reply: None,
-                    }),
+                    None => queue.push_front(Request::Start { reply: None }),
                 }
             }
         }

@@ -51,6 +51,12 @@ pub(crate) fn serve(setting: &str) -> i32 {
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"ythread-worker".as_ptr());
     }
+    // A panic in work prints as the panic of "thread 'main'": say whose.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprint!("[ythread worker process {}] ", std::process::id());
+        hook(info);
+    }));
     let mut out = Vec::new();
     frame::begin(&mut out, HELLO);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
