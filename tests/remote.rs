@@ -95,12 +95,10 @@ fn remote_worker_entry() {
     let Ok(setting) = std::env::var(REMOTE_WORKER_ENV) else {
         return;
     };
-    let mut fields = setting.split(' ');
-    let (url, namespace) = (fields.next().unwrap(), fields.next().unwrap());
-    let local: usize = fields.next().map_or(2, |n| n.parse().unwrap());
+    let (url, namespace) = setting.split_once(' ').unwrap();
     let worker = Worker::builder(url)
         .namespace(namespace)
-        .processes(local_workers(local))
+        .processes(local_workers(2))
         .start()
         .unwrap();
     println!("ready {}", std::process::id());
@@ -122,12 +120,7 @@ struct RemoteWorker {
 }
 
 impl RemoteWorker {
-    /// A remote worker with two local worker processes.
     fn start(url: &str, namespace: &str) -> RemoteWorker {
-        RemoteWorker::start_with(url, namespace, 2)
-    }
-
-    fn start_with(url: &str, namespace: &str, local: usize) -> RemoteWorker {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "remote_worker_entry",
@@ -136,7 +129,7 @@ impl RemoteWorker {
                 "--test-threads=1",
                 "--nocapture",
             ])
-            .env(REMOTE_WORKER_ENV, format!("{url} {namespace} {local}"))
+            .env(REMOTE_WORKER_ENV, format!("{url} {namespace}"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -615,36 +608,5 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
             assert_eq!(call_sumn(n).run_with(&*cpu).unwrap(), n * (n + 1) / 2);
         }
         drop((a, b));
-    });
-}
-
-#[test]
-fn a_full_worker_answers_busy_and_the_call_finds_a_free_one() {
-    watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        // Two workers of one local process each: at most two calls run.
-        let _workers = [
-            RemoteWorker::start_with(&nats.url, "busy", 1),
-            RemoteWorker::start_with(&nats.url, "busy", 1),
-        ];
-        let cpu = Remote::builder(&nats.url)
-            .namespace("busy")
-            .connect()
-            .unwrap();
-        thread::scope(|s| {
-            for t in 0..6u64 {
-                let cpu = &cpu;
-                s.spawn(move || {
-                    for _ in 0..3 {
-                        let sum = call_slow_sum(t, 50).run_with(cpu).unwrap();
-                        assert_eq!(sum, t * (t + 1) / 2);
-                    }
-                });
-            }
-        });
-        // Six callers on two processes: calls found full workers, and were
-        // asked again until one was free; none failed.
-        assert!(cpu.busy_answers() > 0);
-        assert_eq!(cpu.calls(), 18);
     });
 }

@@ -101,14 +101,7 @@ pub struct Remote {
     /// change fails at once instead of waiting for its deadline.
     disconnects: watch::Receiver<u64>,
     calls: AtomicU64,
-    /// Busy answers received (each asked again).
-    busy: AtomicU64,
 }
-
-/// The first wait after a busy answer, doubled after each up to
-/// [`BUSY_MAX_PAUSE`].
-const BUSY_FIRST_PAUSE: Duration = Duration::from_micros(500);
-const BUSY_MAX_PAUSE: Duration = Duration::from_millis(4);
 
 /// Builds a [`Remote`].
 #[derive(Debug)]
@@ -147,13 +140,6 @@ impl Remote {
     /// Calls sent so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
-    }
-
-    /// How many times a worker answered that all its local processes were
-    /// taken, and the call was asked again (NATS picks a worker at random,
-    /// whatever its load; see [`Worker`]).
-    pub fn busy_answers(&self) -> u64 {
-        self.busy.load(Ordering::Relaxed)
     }
 }
 
@@ -240,7 +226,6 @@ impl RemoteBuilder {
             in_flight: FairSemaphore::new(self.max_in_flight),
             disconnects,
             calls: AtomicU64::new(0),
-            busy: AtomicU64::new(0),
         })
     }
 }
@@ -316,27 +301,12 @@ impl Apply for Remote {
             let mut disconnects = self.disconnects.clone();
             disconnects.mark_unchanged();
             self.runtime.block_on(async {
-                let until = tokio::time::Instant::now() + self.deadline;
-                let mut pause = BUSY_FIRST_PAUSE;
-                loop {
-                    let reply = tokio::select! {
-                        reply = tokio::time::timeout_at(
-                            until,
-                            self.client.request(subject.clone(), payload.clone().into()),
-                        ) => reply,
-                        _ = disconnects.changed() => return None,
-                    };
-                    // Every local process of the worker NATS picked is
-                    // taken: ask again, soon, and maybe another worker.
-                    if let Ok(Ok(message)) = &reply {
-                        if matches!(Reply::decode(&message.payload), Ok(Reply::Busy)) {
-                            self.busy.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(BUSY_MAX_PAUSE);
-                            continue;
-                        }
-                    }
-                    return Some(reply);
+                tokio::select! {
+                    reply = tokio::time::timeout(
+                        self.deadline,
+                        self.client.request(subject, payload.into()),
+                    ) => Some(reply),
+                    _ = disconnects.changed() => None,
                 }
             })
         });
@@ -354,7 +324,6 @@ impl Apply for Remote {
                     }
                 }
                 Ok(Reply::Failed(error)) => call.fail(OffloadError::from_wire(name, error)),
-                Ok(Reply::Busy) => unreachable!("a busy reply is asked again"),
                 Err(error) => call.fail(OffloadError::protocol(
                     name,
                     format_args!("a malformed reply: {error}"),

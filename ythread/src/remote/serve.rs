@@ -4,7 +4,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
@@ -119,9 +118,6 @@ impl WorkerBuilder {
             .block_on(self.options.unwrap_or_default().connect(self.url.as_str()))
             .map_err(|error| io::Error::other(format!("NATS at {}: {error}", self.url)))?;
         let queue = format!("ythread.{}", self.namespace);
-        // Calls admitted and not answered yet, across functions: at most one
-        // per local worker process; the others are answered `Busy`.
-        let taken = Arc::new(AtomicUsize::new(0));
         runtime.block_on(async {
             for entry in OFFLOADABLE.iter() {
                 // A name registered twice cannot be served: a call could
@@ -138,7 +134,6 @@ impl WorkerBuilder {
                     subscriber,
                     entry,
                     Arc::clone(&processes),
-                    Arc::clone(&taken),
                 ));
             }
             client
@@ -170,21 +165,13 @@ async fn serve_function(
     mut calls: async_nats::Subscriber,
     entry: &'static Entry,
     processes: Arc<Processes>,
-    taken: Arc<AtomicUsize>,
 ) {
-    let capacity = processes.workers();
     while let Some(message) = calls.next().await {
         let Some(reply_to) = message.reply else {
             continue;
         };
-        if taken.fetch_add(1, Ordering::AcqRel) >= capacity {
-            taken.fetch_sub(1, Ordering::AcqRel);
-            let _ = client.publish(reply_to, Reply::Busy.encode().into()).await;
-            continue;
-        }
         let client = client.clone();
         let processes = Arc::clone(&processes);
-        let taken = Arc::clone(&taken);
         tokio::spawn(async move {
             let args = message.payload;
             let answer = tokio::task::spawn_blocking(move || run(&processes, entry, &args)).await;
@@ -195,7 +182,6 @@ async fn serve_function(
                 )
                 .encode()
             });
-            taken.fetch_sub(1, Ordering::AcqRel);
             // A requester that is gone (its deadline passed) is no error.
             let _ = client.publish(reply_to, answer.into()).await;
         });

@@ -13,11 +13,6 @@ pub(crate) enum Reply<'a> {
     Done(#[serde(borrow)] &'a [u8]),
     /// The call failed on the worker's machine.
     Failed(WireError),
-    /// Every local worker process of this worker is taken: ask again (NATS
-    /// picks a queue-group member at random, whatever its load; a full
-    /// member answering at once lets the call find a free one instead of
-    /// queueing behind a busy one).
-    Busy,
 }
 
 impl<'a> Reply<'a> {
