@@ -61,7 +61,7 @@ fn start_fleet() -> Fleet {
     let binary = nats_server().unwrap_or_else(|| panic!("the Remote row: {HOW_TO_GET_NATS}"));
     let dir = std::env::temp_dir().join(format!("ythread-bench-nats-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let server = Command::new(binary)
+    let mut server = Command::new(binary)
         .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
         .arg(&dir)
         .stdout(Stdio::null())
@@ -71,13 +71,17 @@ fn start_fleet() -> Fleet {
     let ports = dir.join(format!("nats-server_{}.ports", server.id()));
     let deadline = Instant::now() + Duration::from_secs(10);
     let url = loop {
-        if let Ok(text) = std::fs::read_to_string(&ports) {
-            if let Some(start) = text.find("nats://") {
-                let end = text[start..].find('"').map_or(text.len(), |e| start + e);
-                break text[start..end].to_owned();
-            }
+        if let Ok(text) = std::fs::read_to_string(&ports)
+            && let Some(start) = text.find("nats://")
+        {
+            let end = text[start..].find('"').map_or(text.len(), |e| start + e);
+            break text[start..end].to_owned();
         }
-        assert!(Instant::now() < deadline, "nats-server did not start");
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!("nats-server did not start");
+        }
         std::thread::sleep(Duration::from_millis(10));
     };
     let workers = (0..2)

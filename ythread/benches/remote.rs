@@ -49,7 +49,7 @@ fn nats_server_binary() -> Option<PathBuf> {
 fn start_nats(binary: &Path) -> (Child, String) {
     let dir = std::env::temp_dir().join(format!("ythread-bench-nats-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
         .arg(&dir)
         .stdout(Stdio::null())
@@ -59,13 +59,17 @@ fn start_nats(binary: &Path) -> (Child, String) {
     let ports = dir.join(format!("nats-server_{}.ports", child.id()));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&ports) {
-            if let Some(start) = text.find("nats://") {
-                let end = text[start..].find('"').map_or(text.len(), |e| start + e);
-                return (child, text[start..end].to_owned());
-            }
+        if let Ok(text) = std::fs::read_to_string(&ports)
+            && let Some(start) = text.find("nats://")
+        {
+            let end = text[start..].find('"').map_or(text.len(), |e| start + e);
+            return (child, text[start..end].to_owned());
         }
-        assert!(Instant::now() < deadline, "nats-server did not start");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not start");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
