@@ -45,7 +45,9 @@ fn nats_server_binary() -> Option<PathBuf> {
     candidates.into_iter().find(|path| path.is_file())
 }
 
-/// A `nats-server` on a free loopback port, and its URL.
+/// A `nats-server` on a free loopback port, and its URL. (`main` kills and
+/// reaps it; clippy cannot see that across the return.)
+#[allow(clippy::zombie_processes)]
 fn start_nats(binary: &Path) -> (Child, String) {
     let dir = std::env::temp_dir().join(format!("ythread-bench-nats-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
