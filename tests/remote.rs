@@ -610,3 +610,53 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
         drop((a, b));
     });
 }
+
+#[test]
+fn a_token_is_checked_too() {
+    watchdog(Duration::from_secs(60), || {
+        let nats = NatsServer::start(&["--auth", "t0ken"]);
+        let wrong = Remote::builder(&nats.url)
+            .connect_options(async_nats::ConnectOptions::with_token("guess".into()))
+            .connect()
+            .unwrap_err();
+        assert!(
+            wrong.to_string().to_lowercase().contains("authorization"),
+            "{wrong}"
+        );
+        Remote::builder(&nats.url)
+            .connect_options(async_nats::ConnectOptions::with_token("t0ken".into()))
+            .connect()
+            .unwrap();
+    });
+}
+
+#[test]
+fn calls_in_flight_are_bounded() {
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let _worker = RemoteWorker::start(&nats.url, "bounded");
+        let cpu = Remote::builder(&nats.url)
+            .namespace("bounded")
+            .max_in_flight(1)
+            .connect()
+            .unwrap();
+        let started = Instant::now();
+        thread::scope(|s| {
+            for t in 0..4u64 {
+                let cpu = &cpu;
+                s.spawn(move || {
+                    assert_eq!(
+                        call_slow_sum(t, 200).run_with(cpu).unwrap(),
+                        t * (t + 1) / 2
+                    )
+                });
+            }
+        });
+        // The worker could run two at once; one at a time was let through.
+        assert!(
+            started.elapsed() >= Duration::from_millis(800),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
