@@ -14,7 +14,7 @@
 //! | a crash (SIGSEGV, abort, out of memory) in work | kills the server | fails that call; the worker is replaced |
 //! | work that never ends | holds a thread forever | killed at the deadline |
 //! | what can be offloaded | any `Send` work | `#[offloadable]` functions with serde arguments and results |
-//! | round trip, this repository's 2-vCPU VM (BENCHMARKS.md) | ~0.4 µs | ~80 µs: two process wake-ups and the copies |
+//! | round trip, this repository's 2-vCPU VM (BENCHMARKS.md) | ~0.4 µs | 46-48 µs: a raw pipe round trip (two process wake-ups) and 1-4% more |
 //!
 //! Pick `Pool` for trusted work; pick `Processes` when one bad input must not
 //! cost more than its own request, and the work is long enough (the seed's
@@ -55,6 +55,33 @@
 //! free of side effects. A program that forgets `init()` gets a clear error
 //! from [`Processes::new`] instead of copies of itself.
 //!
+//! # In tests
+//!
+//! A test binary has no `main` of yours: its harness runs every test in
+//! every process. Start workers as the test binary running one test that
+//! calls [`init`], and nothing else (this repository's `tests/processes.rs`
+//! does):
+//!
+//! ```no_run
+//! # use ythread::{Processes, ProcessesBuilder};
+//! #[test]
+//! fn worker_process_entry() {
+//!     ythread::processes::init(); // serves in a worker; a no-op in the test run
+//! }
+//!
+//! fn workers(n: usize) -> ProcessesBuilder {
+//!     Processes::builder()
+//!         .workers(n)
+//!         .args(["worker_process_entry", "--exact", "--quiet", "--test-threads=1"])
+//! }
+//! # fn main() { let _ = workers(1); }
+//! ```
+//!
+//! A worker that reaches `Processes::build` without having called `init`
+//! (the harness ran another test first) fails at once instead of starting
+//! workers of its own, and the parent's `build` reports that the worker
+//! ended before it was ready.
+//!
 //! # What can cross
 //!
 //! Functions marked [`#[offloadable]`](crate::offloadable), called as
@@ -66,6 +93,9 @@
 //! [`NotPortable`](crate::OffloadErrorKind::NotPortable) at its `offload!`
 //! point, naming the function. postcard does not support
 //! `deserialize_any`: `#[serde(flatten)]` and untagged enums cannot cross.
+//! A function is registered under its module's path and its name: two
+//! `#[offloadable]` functions nested in different functions of one module
+//! share a name, and neither can cross (the error says so); name them apart.
 //!
 //! # Failures
 //!
