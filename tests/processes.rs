@@ -969,3 +969,40 @@ fn the_deadline_bounds_a_large_send_to_a_stuck_worker() {
         assert_eq!(send(vec![1; 10]).run_with(&cpu).unwrap(), 10);
     });
 }
+
+/// Native code gone wrong: writes a well-formed reply (to another call,
+/// with another value) on the worker's channel, descriptor 4, then returns.
+#[offloadable]
+fn scribble() -> u64 {
+    // length | kind DONE (3) | call 999 | postcard 66u64
+    let mut frame = vec![0u8; 4];
+    frame.push(3);
+    frame.extend_from_slice(&999u32.to_le_bytes());
+    frame.push(66);
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    // SAFETY: writes a buffer of ours to a descriptor; the point is to
+    // corrupt this worker's channel.
+    unsafe { libc::write(4, frame.as_ptr().cast(), frame.len()) };
+    // So that the parent reads the forged reply alone (with the real one
+    // behind it, "more bytes than one frame" would catch it first).
+    thread::sleep(Duration::from_millis(300));
+    7
+}
+
+#[test]
+fn a_reply_out_of_step_with_its_call_is_never_a_result() {
+    #[yieldable]
+    fn handle() -> Result<u64, OffloadError> {
+        try_offload!(scribble)
+    }
+    watchdog(Duration::from_secs(60), || {
+        let cpu = workers(1).build().unwrap();
+        let error = handle().run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(error.to_string().contains("a reply to call 999"), "{error}");
+        // The worker that wrote it cannot be trusted: it was replaced.
+        assert_eq!(cpu.restarts(), 1);
+        assert_eq!(try_call_add(3, 4).run_with(&cpu).unwrap(), 7);
+    });
+}

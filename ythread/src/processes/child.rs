@@ -37,6 +37,8 @@ pub(crate) struct Spec {
 #[derive(Debug)]
 pub(crate) struct Worker {
     child: Child,
+    /// The number of the next call (replies carry it back).
+    pub(crate) next_call: u32,
     /// Calls go out here; `None` once closed.
     calls: Option<PipeWriter>,
     /// Replies come in here.
@@ -116,6 +118,7 @@ impl Worker {
         drop((calls_in, replies_out));
         let mut worker = Worker {
             child,
+            next_call: 1,
             calls: Some(calls_out),
             replies: replies_in,
             buf: Vec::new(),
@@ -140,7 +143,7 @@ impl Worker {
     /// Waits for the worker's hello.
     fn hello(&mut self, spec: &Spec) -> Result<(), String> {
         let deadline = Instant::now() + spec.start_timeout;
-        let (kind, body) = frame::read(
+        let (kind, _call, body) = frame::read(
             &mut self.replies,
             &mut self.buf,
             spec.max_frame,

@@ -3,7 +3,9 @@
 //! a kind byte and a body.
 //!
 //! ```text
-//! frame = length: u32 LE (of kind + body) | kind: u8 | body
+//! frame = length: u32 LE (of the rest) | kind: u8 | call: u32 LE | body
+//!         (a reply carries its call's number: a reply out of step with
+//!         the call it answers is an error, never a result)
 //! HELLO    worker -> parent  postcard (protocol: u32, pid: u32)
 //! CALL     parent -> worker  postcard (name: &str, fingerprint: u64), then the arguments
 //! DONE     worker -> parent  the result (postcard)
@@ -38,6 +40,10 @@ pub(crate) const REFUSED_RESULT: u8 = 3;
 /// The bytes of the length prefix.
 const LENGTH: usize = 4;
 
+/// The bytes after the length that every frame has: its kind and call
+/// number.
+const KIND_AND_CALL: usize = 1 + 4;
+
 /// Why a frame could not be read.
 #[derive(Debug)]
 pub(crate) enum ReadError {
@@ -63,12 +69,13 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-/// Starts a frame of `kind` in `buf` (cleared first); append the body, then
-/// call [`finish`].
-pub(crate) fn begin(buf: &mut Vec<u8>, kind: u8) {
+/// Starts a frame of `kind` for call number `call` in `buf` (cleared
+/// first); append the body, then call [`finish`].
+pub(crate) fn begin(buf: &mut Vec<u8>, kind: u8, call: u32) {
     buf.clear();
     buf.extend_from_slice(&[0; LENGTH]);
     buf.push(kind);
+    buf.extend_from_slice(&call.to_le_bytes());
 }
 
 /// Writes the length of the frame in `buf`.
@@ -93,7 +100,7 @@ pub(crate) fn read<'b, R: Read + AsFd>(
     buf: &'b mut Vec<u8>,
     max: usize,
     deadline: Option<Instant>,
-) -> Result<(u8, &'b [u8]), ReadError> {
+) -> Result<(u8, u32, &'b [u8]), ReadError> {
     let mut reader = Timed { input, deadline };
     decode(&mut reader, buf, max)
 }
@@ -111,7 +118,7 @@ pub(crate) fn decode<'b>(
     reader: &mut impl Read,
     buf: &'b mut Vec<u8>,
     max: usize,
-) -> Result<(u8, &'b [u8]), ReadError> {
+) -> Result<(u8, u32, &'b [u8]), ReadError> {
     buf.clear();
     buf.resize(FIRST_READ.min(max.saturating_add(LENGTH)).max(LENGTH), 0);
     let mut filled = 0;
@@ -119,8 +126,10 @@ pub(crate) fn decode<'b>(
         filled += read_some(reader, &mut buf[filled..])?;
     }
     let length = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if length == 0 {
-        return Err(ReadError::Malformed("an empty frame".into()));
+    if length < KIND_AND_CALL {
+        return Err(ReadError::Malformed(format!(
+            "a frame of {length} bytes, too short"
+        )));
     }
     if length > max {
         return Err(ReadError::Malformed(format!(
@@ -136,7 +145,13 @@ pub(crate) fn decode<'b>(
     // Bounded by `max` (checked above), whatever the peer claims.
     buf.resize(total, 0);
     read_exact(reader, &mut buf[filled..])?;
-    Ok((buf[LENGTH], &buf[LENGTH + 1..]))
+    let call = u32::from_le_bytes([
+        buf[LENGTH + 1],
+        buf[LENGTH + 2],
+        buf[LENGTH + 3],
+        buf[LENGTH + 4],
+    ]);
+    Ok((buf[LENGTH], call, &buf[LENGTH + KIND_AND_CALL..]))
 }
 
 /// One read of at least one byte.
@@ -288,7 +303,7 @@ mod tests {
 
     fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
-        begin(&mut buf, kind);
+        begin(&mut buf, kind, 7);
         buf.extend_from_slice(body);
         finish(&mut buf, 1 << 20).unwrap();
         buf
@@ -298,8 +313,8 @@ mod tests {
     fn a_frame_reads_back() {
         let bytes = frame(DONE, b"abc");
         let mut buf = Vec::new();
-        let (kind, body) = decode(&mut &bytes[..], &mut buf, 16).unwrap();
-        assert_eq!((kind, body), (DONE, &b"abc"[..]));
+        let (kind, call, body) = decode(&mut &bytes[..], &mut buf, 16).unwrap();
+        assert_eq!((kind, call, body), (DONE, 7, &b"abc"[..]));
     }
 
     #[test]
@@ -335,8 +350,8 @@ mod tests {
         ) {
             let mut reader = &bytes[..];
             let mut buf = Vec::new();
-            while let Ok((kind, body)) = decode(&mut reader, &mut buf, max) {
-                let _ = kind;
+            while let Ok((kind, call, body)) = decode(&mut reader, &mut buf, max) {
+                let _ = (kind, call);
                 let _ = parse_hello(body);
                 let _ = parse_call(body);
                 let _ = parse_panicked(body);
@@ -354,8 +369,8 @@ mod tests {
         ) {
             let bytes = frame(DONE, &body);
             let mut buf = Vec::new();
-            let (kind, read) = decode(&mut &bytes[..], &mut buf, 1024).unwrap();
-            proptest::prop_assert_eq!(kind, DONE);
+            let (kind, call, read) = decode(&mut &bytes[..], &mut buf, 1024).unwrap();
+            proptest::prop_assert_eq!((kind, call), (DONE, 7));
             proptest::prop_assert_eq!(read, &body[..]);
             let mut more = bytes.clone();
             more.extend(&extra);
@@ -367,8 +382,8 @@ mod tests {
     #[test]
     fn a_frame_over_the_maximum_is_not_finished() {
         let mut buf = Vec::new();
-        begin(&mut buf, CALL);
+        begin(&mut buf, CALL, 1);
         buf.extend_from_slice(&[7; 100]);
-        assert_eq!(finish(&mut buf, 50), Err(101));
+        assert_eq!(finish(&mut buf, 50), Err(105));
     }
 }

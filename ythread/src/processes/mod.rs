@@ -545,7 +545,9 @@ impl Processes {
     ) -> Result<Worker, ()> {
         let name = entry.name;
         let mut buf = std::mem::take(&mut worker.buf);
-        frame::begin(&mut buf, CALL);
+        let number = worker.next_call;
+        worker.next_call = number.wrapping_add(1);
+        frame::begin(&mut buf, CALL, number);
         let encoded = frame::put(&mut buf, &(name, entry.fingerprint)).map(|()| {
             // A `Serialize` impl of the user's may panic: that is the call's
             // failure, not the driving thread's.
@@ -594,7 +596,17 @@ impl Processes {
             call.fail(OffloadError::worker_died(name, death));
             return Err(());
         }
-        let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline);
+        let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline).and_then(
+            |(kind, answered, body)| {
+                if answered == number {
+                    Ok((kind, body))
+                } else {
+                    Err(ReadError::Malformed(format!(
+                        "a reply to call {answered}, where call {number} was asked"
+                    )))
+                }
+            },
+        );
         let keep = match reply {
             Ok((DONE, body)) => {
                 // The result's `Deserialize` is the user's and may panic:

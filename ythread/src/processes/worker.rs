@@ -58,7 +58,7 @@ pub(crate) fn serve(setting: &str) -> i32 {
         hook(info);
     }));
     let mut out = Vec::new();
-    frame::begin(&mut out, HELLO);
+    frame::begin(&mut out, HELLO, 0);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
         || frame::finish(&mut out, max_frame).is_err()
         || frame::write(&mut replies, &out, None).is_err()
@@ -67,7 +67,7 @@ pub(crate) fn serve(setting: &str) -> i32 {
     }
     let mut input = Vec::new();
     loop {
-        let (kind, body) = match frame::read(&mut calls, &mut input, max_frame, None) {
+        let (kind, call, body) = match frame::read(&mut calls, &mut input, max_frame, None) {
             Ok(frame) => frame,
             // The parent closed the channel: it is done with this worker.
             Err(ReadError::Closed) => return 0,
@@ -83,7 +83,7 @@ pub(crate) fn serve(setting: &str) -> i32 {
             );
             return 2;
         }
-        answer(body, &mut out, max_frame);
+        answer(call, body, &mut out, max_frame);
         if frame::write(&mut replies, &out, None).is_err() {
             return 0;
         }
@@ -109,12 +109,13 @@ fn parse_setting(setting: &str) -> Option<usize> {
 }
 
 /// Runs one call and writes the reply frame into `out`.
-fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
+fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
     let (name, fingerprint, args) = match frame::parse_call(body) {
         Ok(call) => call,
         Err(error) => {
             return refuse(
                 out,
+                call,
                 max_frame,
                 frame::REFUSED_ARGUMENTS,
                 format!("a malformed call: {error}"),
@@ -126,6 +127,7 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
         Lookup::Missing => {
             return refuse(
                 out,
+                call,
                 max_frame,
                 frame::REFUSED_UNREGISTERED,
                 format!(
@@ -137,6 +139,7 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
         Lookup::Ambiguous => {
             return refuse(
                 out,
+                call,
                 max_frame,
                 frame::REFUSED_UNREGISTERED,
                 format!("the worker program registers `{name}` twice"),
@@ -146,6 +149,7 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
     if entry.fingerprint != fingerprint {
         return refuse(
             out,
+            call,
             max_frame,
             frame::REFUSED_FINGERPRINT,
             format!(
@@ -154,12 +158,13 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
             ),
         );
     }
-    frame::begin(out, DONE);
+    frame::begin(out, DONE, call);
     match panic::catch_unwind(AssertUnwindSafe(|| (entry.invoke)(args, out))) {
         Ok(Ok(())) => {
             if let Err(size) = frame::finish(out, max_frame) {
                 refuse(
                     out,
+                    call,
                     max_frame,
                     frame::REFUSED_RESULT,
                     format!(
@@ -170,6 +175,7 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
         }
         Ok(Err(error)) => refuse(
             out,
+            call,
             max_frame,
             frame::REFUSED_ARGUMENTS,
             format!("its arguments could not be decoded, or its result encoded: {error}"),
@@ -182,11 +188,11 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
                 .to_owned();
             // Dropping the payload could panic again: keep it.
             std::mem::forget(payload);
-            frame::begin(out, PANICKED);
+            frame::begin(out, PANICKED, call);
             let _ = frame::put(out, &message);
             if frame::finish(out, max_frame).is_err() {
                 let short: String = message.chars().take(4096).collect();
-                frame::begin(out, PANICKED);
+                frame::begin(out, PANICKED, call);
                 let _ = frame::put(out, &short);
                 let _ = frame::finish(out, max_frame);
             }
@@ -194,11 +200,11 @@ fn answer(body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
     }
 }
 
-fn refuse(out: &mut Vec<u8>, max_frame: usize, reason: u8, detail: String) {
-    frame::begin(out, REFUSED);
+fn refuse(out: &mut Vec<u8>, call: u32, max_frame: usize, reason: u8, detail: String) {
+    frame::begin(out, REFUSED, call);
     let _ = frame::put(out, &(reason, &detail));
     if frame::finish(out, max_frame).is_err() {
-        frame::begin(out, REFUSED);
+        frame::begin(out, REFUSED, call);
         let _ = frame::put(out, &(reason, "(detail too long)"));
         let _ = frame::finish(out, max_frame);
     }
