@@ -69,11 +69,17 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         .collect();
     // Each type keeps the user's span, so that a parameter or result that
     // serde cannot carry is an error at that type.
-    let decode_args = {
-        let types = types.iter().map(|ty| quote_spanned!(ty.span()=> #ty));
-        quote!((#(#types,)*))
-    };
+    // The arguments are decoded one by one (postcard encodes a tuple as its
+    // elements in a row), each call located at its parameter's type, so
+    // that a parameter serde cannot decode is an error at that type.
+    let decode_each = types.iter().zip(&args).map(|(ty, arg)| {
+        quote_spanned! {ty.span()=>
+            let (#arg, bytes): (#ty, &[u8]) = ::ythread::__private::take_arg(bytes)?;
+        }
+    });
     let output_span = output.span();
+    let encode_result =
+        quote_spanned!(output_span=> ::ythread::__private::encode_result(&result, out));
     let decode_result =
         quote_spanned!(output_span=> ::ythread::__private::decode_result::<#output>);
     // The result must be owned, with no lifetime but `'static`: the parent
@@ -99,8 +105,10 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 fingerprint: ::ythread::__private::fingerprint(#signature),
                 key: || ::core::any::type_name_of_val(&#name),
                 invoke: |bytes, out| {
-                    let (#(#args,)*): #decode_args = ::ythread::__private::decode_args(bytes)?;
-                    ::ythread::__private::encode_result(&#name(#(#args),*), out)
+                    #(#decode_each)*
+                    ::ythread::__private::end_of_args(bytes)?;
+                    let result = #name(#(#args),*);
+                    #encode_result
                 },
                 decode_result: #decode_result,
             };

@@ -279,7 +279,8 @@ pub use ythread_macros::yield_from;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::offloadable::{
-        DecodeResult, Entry, OFFLOADABLE, decode_args, decode_result, encode_result, fingerprint,
+        DecodeResult, Entry, OFFLOADABLE, decode_result, encode_result, end_of_args, fingerprint,
+        take_arg,
     };
     pub use crate::portable::{
         NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,

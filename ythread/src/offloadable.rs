@@ -121,15 +121,30 @@ pub const fn fingerprint(text: &str) -> u64 {
     hash
 }
 
-/// Decodes a call's arguments, as the worker's side of [`Entry::invoke`];
-/// the whole input must be used.
-#[doc(hidden)]
-pub fn decode_args<'de, T: serde::Deserialize<'de>>(
-    bytes: &'de [u8],
-) -> Result<T, postcard::Error> {
+/// Decodes one value that must use the whole input.
+fn decode_whole<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, postcard::Error> {
     let (value, rest) = postcard::take_from_bytes(bytes)?;
     if rest.is_empty() {
         Ok(value)
+    } else {
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
+/// Decodes one argument of a call from the front of `bytes`; returns it and
+/// the rest.
+#[doc(hidden)]
+pub fn take_arg<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<(T, &'de [u8]), postcard::Error> {
+    postcard::take_from_bytes(bytes)
+}
+
+/// Checks that a call's arguments used all its bytes.
+#[doc(hidden)]
+pub fn end_of_args(rest: &[u8]) -> Result<(), postcard::Error> {
+    if rest.is_empty() {
+        Ok(())
     } else {
         Err(postcard::Error::DeserializeBadEncoding)
     }
@@ -152,6 +167,6 @@ pub fn decode_result<T>(bytes: &[u8]) -> Result<Box<dyn Any + Send>, postcard::E
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
-    let value: T = decode_args(bytes)?;
+    let value: T = decode_whole(bytes)?;
     Ok(Box::new(value))
 }

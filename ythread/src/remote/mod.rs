@@ -25,7 +25,8 @@
 //! # Example
 //!
 //! ```no_run
-//! //! use ythread::remote::Remote;
+//! use std::sync::Arc;
+//! use ythread::remote::Remote;
 //! use ythread::{YieldableThread, offload, offloadable, yieldable};
 //!
 //! #[offloadable]
