@@ -41,10 +41,15 @@ fn main() -> io::Result<()> {
         .namespace(&args.namespace)
         .processes(processes)
         .start()?;
+    // The URL may carry credentials (`nats://user:password@host`): not
+    // printed.
+    let server = args
+        .nats
+        .rsplit_once('@')
+        .map_or(args.nats.as_str(), |(_, host)| host);
     println!(
-        "worker serving namespace {:?} on {} with {} local worker processes",
+        "worker serving namespace {:?} on {server} with {} local worker processes",
         args.namespace,
-        args.nats,
         worker.processes().workers()
     );
     worker.wait()

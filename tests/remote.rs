@@ -432,6 +432,59 @@ fn credentials_are_checked() {
             ))
             .connect()
             .unwrap();
+        // In the URL too (the README's scale-out commands), and an error
+        // never shows the password.
+        let with = nats.url.replace("nats://", "nats://ythread:s3cret@");
+        Remote::connect(&with).unwrap();
+        let bad = nats.url.replace("nats://", "nats://ythread:hunter2@");
+        let error = Remote::connect(&bad).unwrap_err().to_string();
+        assert!(
+            error.contains("authorization") && !error.contains("hunter2"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
+fn a_long_call_runs_to_its_own_deadline() {
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let _worker = RemoteWorker::start(&nats.url, "long");
+        let cpu = Remote::builder(&nats.url)
+            .namespace("long")
+            .deadline(Duration::from_secs(30))
+            .connect()
+            .unwrap();
+        // Longer than async-nats's own request timeout (10 s).
+        assert_eq!(call_slow_sum(4, 11_000).run_with(&cpu).unwrap(), 10);
+    });
+}
+
+#[test]
+fn stopping_a_worker_lets_its_calls_under_way_answer() {
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let worker = Worker::builder(&nats.url)
+            .namespace("stop")
+            .processes(local_workers(1))
+            .start()
+            .unwrap();
+        let cpu = Arc::new(
+            Remote::builder(&nats.url)
+                .namespace("stop")
+                .connect()
+                .unwrap(),
+        );
+        let in_flight = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || call_slow_sum(5, 1_000).run_with(&*cpu))
+        };
+        thread::sleep(Duration::from_millis(300));
+        worker.stop(Duration::from_secs(10));
+        assert_eq!(in_flight.join().unwrap().unwrap(), 15);
+        // Stopped: no one serves now.
+        let error = call_sumn(1).run_with(&*cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
     });
 }
 

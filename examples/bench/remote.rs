@@ -108,7 +108,7 @@ pub(crate) fn stop() {
             ..
         } = fleet;
         for worker in workers {
-            worker.stop();
+            worker.stop(Duration::from_secs(5));
         }
         let _ = server.kill();
         let _ = server.wait();

@@ -134,7 +134,7 @@ fn round_trip(c: &mut Criterion, url: &str) {
     });
     group.finish();
     drop(remote);
-    worker.stop();
+    worker.stop(Duration::from_secs(5));
 }
 
 fn main() {

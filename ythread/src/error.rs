@@ -66,10 +66,12 @@ enum Repr {
     NotPortable { function: String, reason: String },
     /// The worker process running the call died.
     WorkerDied { function: String, death: Death },
-    /// The call ran past its deadline; its worker was killed.
+    /// The call ran past its deadline; `killed`: its worker process was
+    /// killed (and replaced) for it.
     DeadlineExceeded {
         function: String,
         deadline: Duration,
+        killed: bool,
     },
     /// A message to or from the worker could not be encoded or decoded.
     Protocol { function: String, detail: String },
@@ -127,7 +129,9 @@ impl OffloadError {
     pub(crate) fn from_wire(function: &str, wire: WireError) -> OffloadError {
         match wire.kind {
             0 => OffloadError::remote_panic(wire.detail),
-            1 => OffloadError::not_run(),
+            // A worker never sends "not run" (a strategy's bug in this
+            // process): someone else's bytes.
+            1 => OffloadError::protocol(function, "a reply no ythread worker sends"),
             2 => OffloadError::not_portable(function, &wire.detail),
             3 => OffloadError::worker_died(
                 function,
@@ -232,11 +236,27 @@ impl OffloadError {
         }
     }
 
+    /// The call ran past its deadline, and its worker process was killed
+    /// and replaced for it.
     pub(crate) fn deadline_exceeded(function: &str, deadline: Duration) -> Self {
         OffloadError {
             repr: Repr::DeadlineExceeded {
                 function: function.to_owned(),
                 deadline,
+                killed: true,
+            },
+        }
+    }
+
+    /// The call's answer did not come before its deadline (a remote call:
+    /// nothing was killed here).
+    #[cfg(feature = "remote")]
+    pub(crate) fn no_answer_by(function: &str, deadline: Duration) -> Self {
+        OffloadError {
+            repr: Repr::DeadlineExceeded {
+                function: function.to_owned(),
+                deadline,
+                killed: false,
             },
         }
     }
@@ -449,18 +469,29 @@ impl fmt::Display for OffloadError {
             Repr::WorkerDied { function, death } => {
                 write!(f, "the worker process running `{function}` died: {death}")
             }
-            Repr::DeadlineExceeded { function, deadline } => write!(
+            Repr::DeadlineExceeded {
+                function,
+                deadline,
+                killed: true,
+            } => write!(
                 f,
                 "`{function}` ran past its deadline of {deadline:?}; its worker process was \
                  killed and replaced"
             ),
+            Repr::DeadlineExceeded {
+                function,
+                deadline,
+                killed: false,
+            } => write!(
+                f,
+                "`{function}` got no answer within its deadline of {deadline:?}"
+            ),
             Repr::Protocol { function, detail } => write!(
                 f,
-                "the call of `{function}` could not be carried to or from its worker process: \
-                 {detail}"
+                "the call of `{function}` could not be carried to or from its worker: {detail}"
             ),
             Repr::Unavailable { function, detail } => {
-                write!(f, "no worker process could run `{function}`: {detail}")
+                write!(f, "no worker could run `{function}`: {detail}")
             }
         }
     }

@@ -203,20 +203,18 @@ impl RemoteBuilder {
         check_token(&self.namespace)?;
         let runtime = runtime("ythread-remote")?;
         let (tell, disconnects) = watch::channel(0u64);
-        let options = self
-            .options
-            .unwrap_or_default()
-            .event_callback(move |event| {
-                let tell = tell.clone();
-                async move {
-                    if let async_nats::Event::Disconnected = event {
-                        tell.send_modify(|count| *count += 1);
-                    }
+        let (url, options) = credentials_from_url(&self.url, self.options)?;
+        let options = options.event_callback(move |event| {
+            let tell = tell.clone();
+            async move {
+                if let async_nats::Event::Disconnected = event {
+                    tell.send_modify(|count| *count += 1);
                 }
-            });
+            }
+        });
         let client = runtime
-            .block_on(options.connect(self.url.as_str()))
-            .map_err(|error| io::Error::other(format!("NATS at {}: {error}", self.url)))?;
+            .block_on(options.connect(url.as_str()))
+            .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
         let max_payload = self.max_payload.min(client.server_info().max_payload);
         Ok(Remote {
             runtime,
@@ -229,6 +227,40 @@ impl RemoteBuilder {
             calls: AtomicU64::new(0),
         })
     }
+}
+
+/// The header that carries a call's deadline, in milliseconds from when the
+/// worker receives it.
+pub(crate) const DEADLINE_HEADER: &str = "Ythread-Deadline-Ms";
+
+fn deadline_header(deadline: Duration) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DEADLINE_HEADER, deadline.as_millis().to_string().as_str());
+    headers
+}
+
+/// `nats://user:password@host:port`: async-nats ignores credentials in a
+/// URL, so they go to the connection options (unless those have their own),
+/// and the URL without them is what errors show.
+pub(crate) fn credentials_from_url(
+    url: &str,
+    options: Option<async_nats::ConnectOptions>,
+) -> io::Result<(String, async_nats::ConnectOptions)> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return Ok((url.to_owned(), options.unwrap_or_default()));
+    };
+    let bare = format!("{scheme}://{host}");
+    if let Some(options) = options {
+        return Ok((bare, options));
+    }
+    let options = match credentials.split_once(':') {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        }
+        None => async_nats::ConnectOptions::with_token(credentials.into()),
+    };
+    Ok((bare, options))
 }
 
 /// The subject of `entry`'s calls in `namespace`.
@@ -264,6 +296,12 @@ fn runtime(name: &str) -> io::Result<Runtime> {
 
 impl Apply for Remote {
     fn apply(&self, mut job: Job<'_>) {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "ythread::remote::Remote blocks the thread that drives the handler while its call \
+             is in flight, and this thread runs an async runtime: drive handlers on plain \
+             threads (`YieldableThread`), or from `spawn_blocking`"
+        );
         let Some((call, entry)) = crate::processes::portable_call(&mut job) else {
             return;
         };
@@ -305,7 +343,16 @@ impl Apply for Remote {
                 tokio::select! {
                     reply = tokio::time::timeout(
                         self.deadline,
-                        self.client.request(subject, payload.into()),
+                        // Without async-nats's own timeout (10 s): the
+                        // deadline above is the only one. The worker gets it
+                        // too, and drops a call whose requester is gone.
+                        self.client.send_request(
+                            subject,
+                            async_nats::Request::new()
+                                .payload(payload.into())
+                                .headers(deadline_header(self.deadline))
+                                .timeout(None),
+                        ),
                     ) => Some(reply),
                     _ = disconnects.changed() => None,
                 }
@@ -316,12 +363,25 @@ impl Apply for Remote {
                 name,
                 "the connection to NATS was lost while the call was in flight",
             )),
-            Some(Err(_elapsed)) => call.fail(OffloadError::deadline_exceeded(name, self.deadline)),
+            Some(Err(_elapsed)) => call.fail(OffloadError::no_answer_by(name, self.deadline)),
             Some(Ok(Err(error))) => call.fail(request_error(entry, &self.namespace, &error)),
             Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
                 Ok(Reply::Done(result)) => {
-                    if let Err(why) = call.finish(entry, result) {
-                        call.fail(OffloadError::protocol(name, why));
+                    // The result's `Deserialize` is the user's, and the
+                    // bytes come from the network: a panic there is this
+                    // call's failure.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        call.finish(entry, result)
+                    })) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(why)) => call.fail(OffloadError::protocol(name, why)),
+                        Err(payload) => call.fail(OffloadError::protocol(
+                            name,
+                            format_args!(
+                                "decoding its result panicked: {}",
+                                crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
+                            ),
+                        )),
                     }
                 }
                 Ok(Reply::Failed(error)) => call.fail(OffloadError::from_wire(name, error)),

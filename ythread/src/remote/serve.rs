@@ -5,11 +5,16 @@
 use std::io;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
+use tokio::sync::{Semaphore, watch};
 
 use super::wire::Reply;
-use super::{DEFAULT_NAMESPACE, check_token, runtime, subject};
+use super::{
+    DEADLINE_HEADER, DEFAULT_NAMESPACE, check_token, credentials_from_url, runtime, subject,
+};
 use crate::error::OffloadError;
 use crate::offloadable::{self, Entry, Lookup, OFFLOADABLE};
 use crate::portable::WireCall;
@@ -38,6 +43,11 @@ pub struct Worker {
     runtime: Runtime,
     client: async_nats::Client,
     processes: Arc<Processes>,
+    /// Calls admitted and not answered: one permit each.
+    admitted: Arc<Semaphore>,
+    capacity: u32,
+    /// Tells the subscriptions to stop taking calls.
+    stop: watch::Sender<bool>,
 }
 
 /// Builds a [`Worker`].
@@ -73,10 +83,14 @@ impl Worker {
         unreachable!("a pending future never completes")
     }
 
-    /// Stops taking calls: unsubscribes, lets the calls under way answer,
-    /// then closes the connection.
-    pub fn stop(self) {
-        let _ = self.runtime.block_on(self.client.drain());
+    /// Stops taking calls: unsubscribes, lets the calls under way answer
+    /// (waiting up to `grace` for them), then closes the connection.
+    pub fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        self.runtime.block_on(async {
+            let _ = tokio::time::timeout(grace, self.admitted.acquire_many(self.capacity)).await;
+            let _ = self.client.flush().await;
+        });
     }
 }
 
@@ -114,10 +128,19 @@ impl WorkerBuilder {
         check_token(&self.namespace)?;
         let processes = Arc::new(self.processes.unwrap_or_else(Processes::builder).build()?);
         let runtime = runtime("ythread-remote-worker")?;
+        let (url, options) = credentials_from_url(&self.url, self.options)?;
         let client = runtime
-            .block_on(self.options.unwrap_or_default().connect(self.url.as_str()))
-            .map_err(|error| io::Error::other(format!("NATS at {}: {error}", self.url)))?;
+            .block_on(options.connect(url.as_str()))
+            .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
         let queue = format!("ythread.{}", self.namespace);
+        // Calls admitted at once: two per local worker process (one running,
+        // one ready), so that the processes never wait for the network.
+        // While all are taken, the subscriptions are not read: NATS holds
+        // the rest, and a flood cannot grow threads or memory here.
+        let capacity = u32::try_from(processes.workers() * 2).unwrap_or(u32::MAX);
+        let admitted = Arc::new(Semaphore::new(capacity as usize));
+        let (stop, stopping) = watch::channel(false);
+        let max_payload = client.server_info().max_payload;
         runtime.block_on(async {
             for entry in OFFLOADABLE.iter() {
                 // A name registered twice cannot be served: a call could
@@ -130,10 +153,15 @@ impl WorkerBuilder {
                     .await
                     .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
                 tokio::spawn(serve_function(
-                    client.clone(),
+                    Serving {
+                        client: client.clone(),
+                        entry,
+                        processes: Arc::clone(&processes),
+                        admitted: Arc::clone(&admitted),
+                        max_payload,
+                    },
                     subscriber,
-                    entry,
-                    Arc::clone(&processes),
+                    stopping.clone(),
                 ));
             }
             client
@@ -145,6 +173,9 @@ impl WorkerBuilder {
             runtime,
             client,
             processes,
+            admitted,
+            capacity,
+            stop,
         })
     }
 
@@ -158,27 +189,66 @@ impl WorkerBuilder {
     }
 }
 
-/// Answers the calls of one function, each on a blocking thread of its own
-/// that waits for a local worker process.
-async fn serve_function(
+/// What serving one function needs.
+struct Serving {
     client: async_nats::Client,
-    mut calls: async_nats::Subscriber,
     entry: &'static Entry,
     processes: Arc<Processes>,
+    admitted: Arc<Semaphore>,
+    max_payload: usize,
+}
+
+/// Answers the calls of one function, each on a blocking thread that waits
+/// for a local worker process and sends the reply (handing it back to an
+/// async task first would cost one more thread wake-up per call).
+async fn serve_function(
+    serving: Serving,
+    mut calls: async_nats::Subscriber,
+    mut stopping: watch::Receiver<bool>,
 ) {
-    while let Some(message) = calls.next().await {
-        let Some(reply_to) = message.reply else {
+    let Serving {
+        client,
+        entry,
+        processes,
+        admitted,
+        max_payload,
+    } = serving;
+    loop {
+        let message = tokio::select! {
+            message = calls.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = stopping.changed() => {
+                let _ = calls.unsubscribe().await;
+                return;
+            }
+        };
+        let Some(reply_to) = message.reply.clone() else {
             continue;
+        };
+        let received = Instant::now();
+        // The requester's deadline: a call still waiting here after it has
+        // passed has no one to answer, and is dropped unrun.
+        let deadline = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(DEADLINE_HEADER))
+            .and_then(|value| value.as_str().parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let Ok(permit) = Arc::clone(&admitted).acquire_owned().await else {
+            return;
         };
         let client = client.clone();
         let processes = Arc::clone(&processes);
-        // The call runs on a blocking thread, which also sends the reply:
-        // handing it back to an async task first would cost one more
-        // thread wake-up per call.
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
+                return;
+            }
             let args = message.payload;
-            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run(&processes, entry, &args)
             }))
             .unwrap_or_else(|_| {
@@ -188,6 +258,20 @@ async fn serve_function(
                 )
                 .encode()
             });
+            if answer.len() > max_payload {
+                answer = Reply::Failed(
+                    OffloadError::protocol(
+                        entry.name,
+                        format_args!(
+                            "its result takes {} bytes, over the NATS server's maximum payload \
+                             of {max_payload} bytes",
+                            answer.len()
+                        ),
+                    )
+                    .to_wire(),
+                )
+                .encode();
+            }
             // A requester that is gone (its deadline passed) is no error.
             let _ = runtime.block_on(client.publish(reply_to, answer.into()));
         });
