@@ -12,7 +12,7 @@
 //! carries another fingerprint) fails at once ("no responders"), not at its
 //! deadline.
 //!
-//! A [`Worker`] runs each call in a local [`Processes`], so a crash on the
+//! A [`Worker`] runs each call in a local [`Processes`](crate::Processes), so a crash on the
 //! worker machine comes back as "the worker process running `f` died:
 //! killed by SIGSEGV", for that call only.
 //!
