@@ -77,7 +77,7 @@
 //! # fn main() { let _ = workers(1); }
 //! ```
 //!
-//! A worker that reaches `Processes::build` without having called `init`
+//! A worker that reaches [`ProcessesBuilder::build`] without having called `init`
 //! (the harness ran another test first) fails at once instead of starting
 //! workers of its own, and the parent's `build` reports that the worker
 //! ended before it was ready.
