@@ -713,3 +713,34 @@ fn calls_in_flight_are_bounded() {
         );
     });
 }
+
+#[test]
+fn waiting_for_a_call_slot_counts_toward_the_deadline() {
+    watchdog(Duration::from_secs(120), || {
+        let nats = NatsServer::start(&[]);
+        let _worker = RemoteWorker::start(&nats.url, "slots");
+        let cpu = Arc::new(
+            Remote::builder(&nats.url)
+                .namespace("slots")
+                .max_in_flight(1)
+                .deadline(Duration::from_secs(1))
+                .connect()
+                .unwrap(),
+        );
+        let first = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || call_slow_sum(3, 800).run_with(&*cpu))
+        };
+        thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        // Waits ~0.7 s for the only slot, then has ~0.3 s for an 0.8 s call.
+        let error = call_slow_sum(3, 800).run_with(&*cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(first.join().unwrap().unwrap(), 6);
+    });
+}

@@ -110,6 +110,65 @@ impl FairSemaphore {
         work()
     }
 
+    /// [`run`](FairSemaphore::run), if a permit comes before `deadline`;
+    /// `None` (and `work` not run) if it does not.
+    #[cfg(feature = "remote")]
+    pub(crate) fn run_until<R>(
+        &self,
+        deadline: std::time::Instant,
+        work: impl FnOnce() -> R,
+    ) -> Option<R> {
+        if self.held_here() {
+            return Some(work());
+        }
+        let _permit = self.acquire_until(deadline)?;
+        let _held = Held::enter(self);
+        Some(work())
+    }
+
+    /// [`acquire`](FairSemaphore::acquire), giving up at `deadline`.
+    #[cfg(feature = "remote")]
+    fn acquire_until(&self, deadline: std::time::Instant) -> Option<Permit<'_>> {
+        let waiter = {
+            let mut state = self.state.lock();
+            if state.available > 0 {
+                state.available -= 1;
+                return Some(Permit { semaphore: self });
+            }
+            let waiter = Arc::new(Waiter {
+                granted: AtomicBool::new(false),
+                thread: thread::current(),
+            });
+            state.waiters.push_back(Arc::clone(&waiter));
+            waiter
+        };
+        loop {
+            if waiter.granted.load(Ordering::Acquire) {
+                return Some(Permit { semaphore: self });
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                // Leave the queue, unless the permit came meanwhile: it is
+                // granted under the lock, so looking under it decides.
+                let mut state = self.state.lock();
+                let queued = state.waiters.len();
+                state.waiters.retain(|queued| !Arc::ptr_eq(queued, &waiter));
+                if state.waiters.len() < queued {
+                    return None;
+                }
+                // No longer queued: a release took this waiter off the queue
+                // and is about to grant it the permit (after the lock): take
+                // it, or it would be lost.
+                drop(state);
+                while !waiter.granted.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                return Some(Permit { semaphore: self });
+            }
+            thread::park_timeout(deadline - now);
+        }
+    }
+
     /// Whether work running on this thread holds a permit of this semaphore.
     #[inline]
     fn held_here(&self) -> bool {
@@ -426,5 +485,38 @@ mod tests {
         release_waiter.send(()).unwrap();
         waiter.join().unwrap();
         assert_eq!(semaphore.state.lock().available, 1);
+    }
+
+    /// Waiters that give up at their deadline while permits are released
+    /// around them: no permit is lost (a waiter a release had already taken
+    /// off the queue takes its permit), none is made up.
+    #[cfg(feature = "remote")]
+    #[test]
+    fn giving_up_at_a_deadline_loses_no_permit() {
+        use std::sync::atomic::AtomicUsize;
+        use std::time::Instant;
+        let semaphore = Arc::new(FairSemaphore::new(2));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (semaphore, inside) = (Arc::clone(&semaphore), Arc::clone(&inside));
+                thread::spawn(move || {
+                    for i in 0..300u64 {
+                        let deadline =
+                            Instant::now() + Duration::from_micros((t * 37 + i * 13) % 200);
+                        semaphore.run_until(deadline, || {
+                            assert!(inside.fetch_add(1, Ordering::SeqCst) < 2, "over the limit");
+                            std::hint::spin_loop();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let state = semaphore.state.lock();
+        assert_eq!((state.available, state.waiters.len()), (2, 0));
     }
 }

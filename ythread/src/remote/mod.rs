@@ -75,7 +75,8 @@ use crate::{Apply, Job};
 /// Each call blocks its handler's thread (a plain OS thread: no async at the
 /// call site) while a small runtime inside the strategy (one tokio thread)
 /// does the I/O. At most [`RemoteBuilder::max_in_flight`] calls are in
-/// flight; more wait, first come, first served.
+/// flight; more wait, first come, first served, and the wait counts toward
+/// their deadline.
 ///
 /// # Failures
 ///
@@ -336,13 +337,17 @@ impl Apply for Remote {
         }
         let subject = subject(&self.namespace, entry);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.in_flight.run(|| {
+        // The deadline counts from here: waiting for one of the
+        // `max_in_flight` calls is part of the call's time.
+        let until = std::time::Instant::now() + self.deadline;
+        let outcome = self.in_flight.run_until(until, || {
             let mut disconnects = self.disconnects.clone();
             disconnects.mark_unchanged();
+            let left = until.saturating_duration_since(std::time::Instant::now());
             self.runtime.block_on(async {
                 tokio::select! {
                     reply = tokio::time::timeout(
-                        self.deadline,
+                        left,
                         // Without async-nats's own timeout (10 s): the
                         // deadline above is the only one. The worker gets it
                         // too, and drops a call whose requester is gone.
@@ -350,7 +355,7 @@ impl Apply for Remote {
                             subject,
                             async_nats::Request::new()
                                 .payload(payload.into())
-                                .headers(deadline_header(self.deadline))
+                                .headers(deadline_header(left))
                                 .timeout(None),
                         ),
                     ) => Some(reply),
@@ -358,6 +363,10 @@ impl Apply for Remote {
                 }
             })
         });
+        let Some(outcome) = outcome else {
+            call.fail(OffloadError::no_answer_by(name, self.deadline));
+            return;
+        };
         match outcome {
             None => call.fail(OffloadError::unavailable(
                 name,
