@@ -156,13 +156,10 @@ impl FairSemaphore {
                 if state.waiters.len() < queued {
                     return None;
                 }
-                // No longer queued: a release took this waiter off the queue
-                // and is about to grant it the permit (after the lock): take
-                // it, or it would be lost.
-                drop(state);
-                while !waiter.granted.load(Ordering::Acquire) {
-                    std::hint::spin_loop();
-                }
+                // No longer queued: a release took this waiter off the queue,
+                // and granted it the permit under the lock. Take it, or it
+                // would be lost.
+                debug_assert!(waiter.granted.load(Ordering::Acquire));
                 return Some(Permit { semaphore: self });
             }
             thread::park_timeout(deadline - now);
@@ -202,16 +199,20 @@ impl FairSemaphore {
         let next = {
             let mut state = self.state.lock();
             match state.waiters.pop_front() {
-                Some(next) => next,
+                Some(next) => {
+                    // The permit goes straight to the next waiter; it is
+                    // never "free" for a newcomer to grab. Granted under the
+                    // lock: a waiter that is no longer queued has its permit
+                    // (see `acquire_until`).
+                    next.granted.store(true, Ordering::Release);
+                    next
+                }
                 None => {
                     state.available += 1;
                     return;
                 }
             }
         };
-        // The permit goes straight to the next waiter; it is never "free"
-        // for a newcomer to grab.
-        next.granted.store(true, Ordering::Release);
         next.thread.unpark();
     }
 }

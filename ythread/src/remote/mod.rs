@@ -106,7 +106,6 @@ pub struct Remote {
 }
 
 /// Builds a [`Remote`].
-#[derive(Debug)]
 pub struct RemoteBuilder {
     url: String,
     namespace: String,
@@ -142,6 +141,18 @@ impl Remote {
     /// Calls sent so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for RemoteBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteBuilder")
+            .field("url", &redacted(&self.url))
+            .field("namespace", &self.namespace)
+            .field("deadline", &self.deadline)
+            .field("max_payload", &self.max_payload)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
     }
 }
 
@@ -247,7 +258,17 @@ pub(crate) fn credentials_from_url(
     url: &str,
     options: Option<async_nats::ConnectOptions>,
 ) -> io::Result<(String, async_nats::ConnectOptions)> {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
+    if url.contains(',') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "one NATS URL, please: the client learns the other servers of a cluster from the \
+             one it reaches",
+        ));
+    }
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if ["nats", "tls", "ws", "wss"].contains(&scheme) => (scheme, rest),
+        _ => ("nats", url),
+    };
     let Some((credentials, host)) = rest.rsplit_once('@') else {
         return Ok((url.to_owned(), options.unwrap_or_default()));
     };
@@ -256,12 +277,43 @@ pub(crate) fn credentials_from_url(
         return Ok((bare, options));
     }
     let options = match credentials.split_once(':') {
-        Some((user, password)) => {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        }
-        None => async_nats::ConnectOptions::with_token(credentials.into()),
+        Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(
+            percent_decoded(user),
+            percent_decoded(password),
+        ),
+        None => async_nats::ConnectOptions::with_token(percent_decoded(credentials)),
     };
     Ok((bare, options))
+}
+
+/// `p%40ss` is `p@ss`, as in any URL.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL without its credentials, to show.
+pub(crate) fn redacted(url: &str) -> &str {
+    url.rsplit_once('@').map_or(url, |(_, host)| host)
 }
 
 /// The subject of `entry`'s calls in `namespace`.
@@ -339,7 +391,11 @@ impl Apply for Remote {
         self.calls.fetch_add(1, Ordering::Relaxed);
         // The deadline counts from here: waiting for one of the
         // `max_in_flight` calls is part of the call's time.
-        let until = std::time::Instant::now() + self.deadline;
+        // (A deadline too far to add, `Duration::MAX`, is none.)
+        let now = std::time::Instant::now();
+        let until = now
+            .checked_add(self.deadline)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let outcome = self.in_flight.run_until(until, || {
             let mut disconnects = self.disconnects.clone();
             disconnects.mark_unchanged();
@@ -439,5 +495,30 @@ impl fmt::Debug for Remote {
             .field("max_payload", &self.max_payload)
             .field("calls", &self.calls())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_out_of_the_url_and_never_show() {
+        let (url, _) = credentials_from_url("nats://alice:p%40ss:w@d@h:4222", None).unwrap();
+        assert_eq!(url, "nats://h:4222");
+        let (url, _) = credentials_from_url("tls://t0ken@[::1]:4222", None).unwrap();
+        assert_eq!(url, "tls://[::1]:4222");
+        let (url, _) = credentials_from_url("127.0.0.1:4222", None).unwrap();
+        assert_eq!(url, "127.0.0.1:4222");
+        assert_eq!(percent_decoded("p%40ss%3a%zz"), "p@ss:%zz");
+        let error = credentials_from_url("nats://a:b@h1,nats://a:b@h2", None).unwrap_err();
+        assert!(!error.to_string().contains("a:b"), "{error}");
+        let debug = format!("{:?}", Remote::builder("nats://alice:s3cret@h:4222"));
+        assert!(
+            debug.contains("h:4222") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+        let debug = format!("{:?}", Worker::builder("nats://alice:s3cret@h:4222"));
+        assert!(!debug.contains("s3cret"), "{debug}");
     }
 }

@@ -51,12 +51,21 @@ pub struct Worker {
 }
 
 /// Builds a [`Worker`].
-#[derive(Debug)]
 pub struct WorkerBuilder {
     url: String,
     namespace: String,
     processes: Option<ProcessesBuilder>,
     options: Option<async_nats::ConnectOptions>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("url", &super::redacted(&self.url))
+            .field("namespace", &self.namespace)
+            .field("processes", &self.processes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Worker {
@@ -91,6 +100,9 @@ impl Worker {
             let _ = tokio::time::timeout(grace, self.admitted.acquire_many(self.capacity)).await;
             let _ = self.client.flush().await;
         });
+        // Calls still running after `grace` cannot answer; do not wait for
+        // them beyond it.
+        self.runtime.shutdown_timeout(Duration::from_millis(100));
     }
 }
 
@@ -135,8 +147,10 @@ impl WorkerBuilder {
         let queue = format!("ythread.{}", self.namespace);
         // Calls admitted at once: two per local worker process (one running,
         // one ready), so that the processes never wait for the network.
-        // While all are taken, the subscriptions are not read: NATS holds
-        // the rest, and a flood cannot grow threads or memory here.
+        // While all are taken, the subscriptions are not read, so a flood
+        // cannot grow threads here; async-nats buffers up to 65,536 messages
+        // per subscription meanwhile, and drops more (a slow consumer), and
+        // a call whose requester is gone by its turn is dropped unrun.
         let capacity = u32::try_from(processes.workers() * 2).unwrap_or(u32::MAX);
         let admitted = Arc::new(Semaphore::new(capacity as usize));
         let (stop, stopping) = watch::channel(false);
@@ -213,16 +227,21 @@ async fn serve_function(
         admitted,
         max_payload,
     } = serving;
+    let mut draining = false;
     loop {
         let message = tokio::select! {
+            biased;
+            _ = stopping.changed(), if !draining => {
+                // No more calls from NATS; those already received are
+                // answered, then `next` ends.
+                draining = true;
+                let _ = calls.drain().await;
+                continue;
+            }
             message = calls.next() => match message {
                 Some(message) => message,
                 None => return,
             },
-            _ = stopping.changed() => {
-                let _ = calls.unsubscribe().await;
-                return;
-            }
         };
         let Some(reply_to) = message.reply.clone() else {
             continue;
