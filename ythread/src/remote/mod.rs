@@ -200,6 +200,12 @@ impl RemoteBuilder {
     /// NATS connection options: credentials (`user_and_password`, `token`,
     /// `nkey`, `credentials_file`), TLS (`require_tls`,
     /// `add_root_certificates`, `add_client_certificate`), reconnection.
+    /// Credentials in the URL (`nats://user:password@host:4222`) are used
+    /// when these options are not given.
+    ///
+    /// `Remote` sets the options' `event_callback` (it watches for lost
+    /// connections, to fail the calls in flight at once): one set here is
+    /// replaced.
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
         self
