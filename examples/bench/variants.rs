@@ -131,7 +131,7 @@ pub(crate) fn all() -> Vec<Variant> {
             Ok(Box::new(peers::start_rayon_install(l)?))
         }),
     ];
-    if crate::remote::nats_server().is_none() {
+    if ythread_demo::nats::binary().is_none() {
         all.retain(|v| v.name != REMOTE);
     }
     all

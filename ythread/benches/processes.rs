@@ -4,6 +4,8 @@
 //!
 //! Run with: `cargo bench -p ythread --bench processes`
 
+mod common;
+
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -13,25 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use ythread::{Processes, Yieldable, offload, offloadable, yieldable};
+use ythread::{Processes, Yieldable};
+
+use crate::common::offload_times;
 
 /// Set in the echo child.
 const ECHO_ENV: &str = "YTHREAD_BENCH_ECHO";
-
-#[offloadable]
-fn add_one(x: u64) -> u64 {
-    x + 1
-}
-
-/// Offloads `add_one` `times` times in a row.
-#[yieldable]
-fn offload_times(times: u64) -> u64 {
-    let mut x = 0;
-    for _ in 0..times {
-        x = offload!(add_one, black_box(x));
-    }
-    x
-}
 
 /// The echo child: 8 bytes in, the same 8 bytes out, until its input ends;
 /// on stdin/stdout, or on a socket at descriptor 3.

