@@ -239,6 +239,33 @@ impl<W, R> WorkSlot<W, R> {
     }
 }
 
+impl<A, C, R> CallSlot<A, C, R> {
+    /// Decodes the call's result with `entry`'s decoder, which must be its
+    /// function's.
+    fn decode(&self, entry: &Entry, result: &[u8]) -> Result<R, String> {
+        let Ok(fns) = (self.wire)() else {
+            return Err("the call cannot cross processes".into());
+        };
+        if (entry.key)() != (fns.function)() {
+            return Err(format!("its result was decoded as `{}`'s", entry.name));
+        }
+        let value = (entry.decode_result)(result)
+            .map_err(|error| format!("its result could not be decoded: {error}"))?;
+        if (*value).type_id() != typeid::of::<R>() {
+            return Err("its result is not of the type the call expects".into());
+        }
+        // SAFETY: the box holds a value whose type has the type id of `R`
+        // with lifetimes erased. It was made by the decoder of `entry`, the
+        // function registered under the type name of this call's function
+        // (checked above; the registry refuses a name registered twice),
+        // whose result type is `'static` (`#[offloadable]` requires it). So
+        // `R`, the type this call's function returns, is that type exactly.
+        // Casting the box's pointer from the trait object to `R` keeps its
+        // allocation and layout.
+        Ok(unsafe { *Box::from_raw(Box::into_raw(value).cast::<R>()) })
+    }
+}
+
 /// The slot of an `offload!(f, args...)` point: a [`WorkSlot`] plus, when
 /// `f` is a function whose arguments and result are serde types, how to send
 /// the call to another process.
@@ -282,33 +309,38 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         }
     }
 
-    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
-        match ((self.wire)(), &self.slot) {
-            (Ok(fns), WorkSlot::Pending(call)) => (fns.encode)(&call.args, out),
-            _ => Err(postcard::Error::SerializeBufferFull),
+    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), OffloadError> {
+        let function = self.function();
+        let (Ok(fns), WorkSlot::Pending(call)) = ((self.wire)(), &self.slot) else {
+            return Err(OffloadError::protocol(
+                function,
+                "the call is no longer pending",
+            ));
+        };
+        // The arguments' `Serialize` is the user's and may panic: that is
+        // this call's failure, not the driving thread's.
+        match panic::catch_unwind(AssertUnwindSafe(|| (fns.encode)(&call.args, out))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(OffloadError::protocol(
+                function,
+                format_args!("its arguments could not be encoded: {error}"),
+            )),
+            Err(payload) => Err(OffloadError::panicked(payload)),
         }
     }
 
-    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), String> {
-        let Ok(fns) = (self.wire)() else {
-            return Err("the call cannot cross processes".into());
-        };
-        if (entry.key)() != (fns.function)() {
-            return Err(format!("its result was decoded as `{}`'s", entry.name));
-        }
-        let value = (entry.decode_result)(result)
-            .map_err(|error| format!("its result could not be decoded: {error}"))?;
-        if (*value).type_id() != typeid::of::<R>() {
-            return Err("its result is not of the type the call expects".into());
-        }
-        // SAFETY: the box holds a value whose type has the type id of `R`
-        // with lifetimes erased. It was made by the decoder of `entry`, the
-        // function registered under the type name of this call's function
-        // (checked above; the registry refuses a name registered twice), whose
-        // result type is `'static` (`#[offloadable]` requires it). So `R`,
-        // the type this call's function returns, is that type exactly. Casting the box's pointer from the trait
-        // object to `R` keeps its allocation and layout.
-        let value = unsafe { *Box::from_raw(Box::into_raw(value).cast::<R>()) };
+    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), OffloadError> {
+        // The result's `Deserialize` is the user's, and the bytes come from
+        // another process or the network: a panic there is this call's
+        // failure.
+        let value = panic::catch_unwind(AssertUnwindSafe(|| self.decode(entry, result)))
+            .unwrap_or_else(|payload| {
+                Err(format!(
+                    "decoding its result panicked: {}",
+                    crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
+                ))
+            })
+            .map_err(|why| OffloadError::protocol(entry.name, why))?;
         // The arguments are dropped here, in the handler's frame: the call
         // ran elsewhere on copies of them.
         self.slot = WorkSlot::Done(Ok(value));

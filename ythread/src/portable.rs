@@ -75,15 +75,21 @@ pub(crate) trait WireCall {
     /// The `type_name` of the function called.
     fn function(&self) -> &'static str;
     /// Appends the arguments, postcard-encoded, to `out`.
-    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error>;
+    ///
+    /// # Errors
+    ///
+    /// The call's failure if they cannot be encoded (their `Serialize`
+    /// failed, or panicked).
+    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), crate::OffloadError>;
     /// Stores the result that the call produced elsewhere, as the worker
     /// encoded it; `entry` is the function's registration, whose decoder
     /// reads it.
     ///
     /// # Errors
     ///
-    /// Why the result could not be read.
-    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), String>;
+    /// The call's failure (`Protocol`) if the result cannot be read: it does
+    /// not decode, its decoder panicked, or it is not the call's type.
+    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), crate::OffloadError>;
     /// Gives the work up with `error`.
     fn fail(&mut self, error: crate::OffloadError);
 }

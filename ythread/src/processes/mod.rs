@@ -120,7 +120,6 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -548,26 +547,13 @@ impl Processes {
         let number = worker.next_call;
         worker.next_call = number.wrapping_add(1);
         frame::begin(&mut buf, CALL, number);
-        let encoded = frame::put(&mut buf, &(name, entry.fingerprint)).map(|()| {
-            // A `Serialize` impl of the user's may panic: that is the call's
-            // failure, not the driving thread's.
-            panic::catch_unwind(AssertUnwindSafe(|| call.encode_args(&mut buf)))
-        });
-        match encoded {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Err(payload)) => {
-                call.fail(OffloadError::panicked(payload));
-                worker.buf = buf;
-                return Ok(worker);
-            }
-            Err(error) | Ok(Ok(Err(error))) => {
-                call.fail(OffloadError::protocol(
-                    name,
-                    format_args!("its arguments could not be encoded: {error}"),
-                ));
-                worker.buf = buf;
-                return Ok(worker);
-            }
+        let encoded = frame::put(&mut buf, &(name, entry.fingerprint))
+            .map_err(|error| OffloadError::protocol(name, error))
+            .and_then(|()| call.encode_args(&mut buf));
+        if let Err(error) = encoded {
+            call.fail(error);
+            worker.buf = buf;
+            return Ok(worker);
         }
         if let Err(size) = frame::finish(&mut buf, self.max_frame) {
             call.fail(OffloadError::protocol(
@@ -609,18 +595,8 @@ impl Processes {
         );
         let keep = match reply {
             Ok((DONE, body)) => {
-                // The result's `Deserialize` is the user's and may panic:
-                // that is this call's failure, not the driving thread's.
-                match panic::catch_unwind(AssertUnwindSafe(|| call.finish(entry, body))) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(why)) => call.fail(OffloadError::protocol(name, why)),
-                    Err(payload) => call.fail(OffloadError::protocol(
-                        name,
-                        format_args!(
-                            "decoding its result panicked: {}",
-                            crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
-                        ),
-                    )),
+                if let Err(error) = call.finish(entry, body) {
+                    call.fail(error);
                 }
                 true
             }

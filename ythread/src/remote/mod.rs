@@ -366,21 +366,9 @@ impl Apply for Remote {
         };
         let name = entry.name;
         let mut payload = Vec::new();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            call.encode_args(&mut payload)
-        })) {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                call.fail(OffloadError::protocol(
-                    name,
-                    format_args!("its arguments could not be encoded: {error}"),
-                ));
-                return;
-            }
-            Err(payload) => {
-                call.fail(OffloadError::panicked(payload));
-                return;
-            }
+        if let Err(error) = call.encode_args(&mut payload) {
+            call.fail(error);
+            return;
         }
         if payload.len() > self.max_payload {
             call.fail(OffloadError::protocol(
@@ -438,21 +426,8 @@ impl Apply for Remote {
             Some(Ok(Err(error))) => call.fail(request_error(entry, &self.namespace, &error)),
             Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
                 Ok(Reply::Done(result)) => {
-                    // The result's `Deserialize` is the user's, and the
-                    // bytes come from the network: a panic there is this
-                    // call's failure.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        call.finish(entry, result)
-                    })) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(why)) => call.fail(OffloadError::protocol(name, why)),
-                        Err(payload) => call.fail(OffloadError::protocol(
-                            name,
-                            format_args!(
-                                "decoding its result panicked: {}",
-                                crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
-                            ),
-                        )),
+                    if let Err(error) = call.finish(entry, result) {
+                        call.fail(error);
                     }
                 }
                 Ok(Reply::Failed(error)) => call.fail(OffloadError::from_wire(name, error)),

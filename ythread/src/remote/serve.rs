@@ -324,12 +324,12 @@ impl WireCall for RawCall<'_> {
         (self.entry.key)()
     }
 
-    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), OffloadError> {
         out.extend_from_slice(self.args);
         Ok(())
     }
 
-    fn finish(&mut self, _entry: &Entry, result: &[u8]) -> Result<(), String> {
+    fn finish(&mut self, _entry: &Entry, result: &[u8]) -> Result<(), OffloadError> {
         self.outcome = Some(Ok(result.to_vec()));
         Ok(())
     }
