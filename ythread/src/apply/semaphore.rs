@@ -129,18 +129,9 @@ impl FairSemaphore {
     /// [`acquire`](FairSemaphore::acquire), giving up at `deadline`.
     #[cfg(feature = "remote")]
     fn acquire_until(&self, deadline: std::time::Instant) -> Option<Permit<'_>> {
-        let waiter = {
-            let mut state = self.state.lock();
-            if state.available > 0 {
-                state.available -= 1;
-                return Some(Permit { semaphore: self });
-            }
-            let waiter = Arc::new(Waiter {
-                granted: AtomicBool::new(false),
-                thread: thread::current(),
-            });
-            state.waiters.push_back(Arc::clone(&waiter));
-            waiter
+        let waiter = match self.take_or_queue() {
+            Ok(permit) => return Some(permit),
+            Err(waiter) => waiter,
         };
         loop {
             if waiter.granted.load(Ordering::Acquire) {
@@ -174,18 +165,9 @@ impl FairSemaphore {
 
     /// Waits, in arrival order, for a permit.
     fn acquire(&self) -> Permit<'_> {
-        let waiter = {
-            let mut state = self.state.lock();
-            if state.available > 0 {
-                state.available -= 1;
-                return Permit { semaphore: self };
-            }
-            let waiter = Arc::new(Waiter {
-                granted: AtomicBool::new(false),
-                thread: thread::current(),
-            });
-            state.waiters.push_back(Arc::clone(&waiter));
-            waiter
+        let waiter = match self.take_or_queue() {
+            Ok(permit) => return permit,
+            Err(waiter) => waiter,
         };
         // `park` may wake spuriously, and other code on this thread may have
         // left an unpark token behind: only `granted` counts.
@@ -193,6 +175,21 @@ impl FairSemaphore {
             thread::park();
         }
         Permit { semaphore: self }
+    }
+
+    /// A permit if one is free and no one waits; else this thread, queued.
+    fn take_or_queue(&self) -> Result<Permit<'_>, Arc<Waiter>> {
+        let mut state = self.state.lock();
+        if state.available > 0 {
+            state.available -= 1;
+            return Ok(Permit { semaphore: self });
+        }
+        let waiter = Arc::new(Waiter {
+            granted: AtomicBool::new(false),
+            thread: thread::current(),
+        });
+        state.waiters.push_back(Arc::clone(&waiter));
+        Err(waiter)
     }
 
     fn release(&self) {
