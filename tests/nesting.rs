@@ -9,8 +9,8 @@
 mod common;
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
@@ -21,24 +21,9 @@ use ythread::{
 /// How long a test body may take before it counts as deadlocked.
 const DEADLOCK_AFTER: Duration = Duration::from_secs(20);
 
-/// Runs `body` on a thread of its own and returns its value, or resumes its
-/// panic; panics if it has not finished within [`DEADLOCK_AFTER`]. The
-/// deadlocked thread is left behind: nothing can free it.
+/// [`common::watchdog`] with [`DEADLOCK_AFTER`].
 fn watchdog<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let test = thread::current().name().unwrap_or("test").to_owned();
-    let (done, outcome) = mpsc::channel();
-    thread::Builder::new()
-        .name(format!("{test} (watched)"))
-        .spawn(move || {
-            // The receiver is gone only if the watchdog already gave up.
-            let _ = done.send(panic::catch_unwind(AssertUnwindSafe(body)));
-        })
-        .expect("cannot spawn the test body's thread");
-    match outcome.recv_timeout(DEADLOCK_AFTER) {
-        Ok(Ok(value)) => value,
-        Ok(Err(payload)) => panic::resume_unwind(payload),
-        Err(_) => panic!("{test}: deadlock, the body has not finished after {DEADLOCK_AFTER:?}"),
-    }
+    common::watchdog(DEADLOCK_AFTER, body)
 }
 
 /// A strategy, as the level of a [`chain`] sees it.

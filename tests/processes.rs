@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::worker_processes as workers;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::panic::{self, AssertUnwindSafe};
@@ -18,40 +20,17 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use ythread::{
-    Inline, OffloadError, OffloadErrorKind, Processes, ProcessesBuilder, Yieldable, offload,
-    offloadable, try_offload, yieldable,
+    Inline, OffloadError, OffloadErrorKind, Processes, Yieldable, offload, offloadable,
+    try_offload, yieldable,
 };
 
 /// In a worker, this test is what the harness runs first (the parent starts
 /// workers with `worker_process_entry --exact`): it serves calls and exits.
 /// In the test run itself, `init` returns at once.
 #[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
 fn worker_process_entry() {
     ythread::processes::init();
-}
-
-/// Workers for these tests: this binary, running only `worker_process_entry`.
-fn workers(n: usize) -> ProcessesBuilder {
-    Processes::builder().workers(n).args([
-        "worker_process_entry",
-        "--exact",
-        "--quiet",
-        "--test-threads=1",
-    ])
-}
-
-/// Runs `test` on another thread and fails if it takes longer than `limit`.
-fn watchdog<T: Send + 'static>(limit: Duration, test: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(test));
-        let _ = done.send(outcome);
-    });
-    match result.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(payload)) => panic::resume_unwind(payload),
-        Err(_) => panic!("the test did not finish within {limit:?}: a hang"),
-    }
 }
 
 // --- the work -------------------------------------------------------------
@@ -191,7 +170,7 @@ fn try_call_add(a: u64, b: u64) -> Result<u64, OffloadError> {
 
 #[test]
 fn a_handler_runs_unchanged_under_processes() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         #[yieldable]
         fn handle(n: u64) -> u64 {
             offload!(add, n, 1) * 2
@@ -212,7 +191,7 @@ fn a_handler_runs_unchanged_under_processes() {
 
 #[test]
 fn every_supported_argument_and_result_type_round_trips() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let record = Record {
             id: u128::MAX - 5,
             name: "ünïcödé ✓".into(),
@@ -333,7 +312,7 @@ fn try_segfault() -> Result<u64, OffloadError> {
 
 #[test]
 fn a_segfault_fails_only_its_call() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         crash_while_busy(
             workers(2).build().unwrap(),
             |cpu| try_segfault().run_with(cpu),
@@ -356,7 +335,7 @@ fn an_abort_fails_only_its_call() {
     fn handle() -> Result<u64, OffloadError> {
         try_offload!(abort)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         crash_while_busy(
             workers(2).build().unwrap(),
             |cpu| handle().run_with(cpu),
@@ -375,7 +354,7 @@ fn a_sigkill_fails_only_its_call() {
     fn handle() -> Result<u64, OffloadError> {
         try_offload!(sigkill_self)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         crash_while_busy(
             workers(2).build().unwrap(),
             |cpu| handle().run_with(cpu),
@@ -397,7 +376,7 @@ fn an_exit_fails_only_its_call_with_its_status() {
     fn handle() -> Result<u64, OffloadError> {
         try_offload!(exit_with, 7)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         crash_while_busy(
             workers(2).build().unwrap(),
             |cpu| handle().run_with(cpu),
@@ -420,7 +399,7 @@ fn running_out_of_memory_under_a_limit_fails_only_its_call() {
         // 8 GiB, far past the limit.
         try_offload!(allocate, 8 << 30)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(2).memory_limit(1 << 30).build().unwrap();
         crash_while_busy(
             cpu,
@@ -443,7 +422,7 @@ fn a_call_past_the_deadline_is_killed_and_fails_alone() {
     fn handle(ms: u64) -> Result<u64, OffloadError> {
         try_offload!(sleep_ms, ms)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(2)
             .deadline(Duration::from_millis(500))
             .build()
@@ -473,7 +452,7 @@ fn a_panic_in_a_worker_keeps_its_message_and_its_worker() {
     fn fail(message: String) -> u64 {
         offload!(fails, message)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         let before = cpu.idle_pids();
         let error = try_fail("bad input 42".into()).run_with(&cpu).unwrap_err();
@@ -497,7 +476,7 @@ fn a_dead_worker_surfaces_at_offload_as_a_typed_panic() {
     fn handle() -> u64 {
         offload!(segfault)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         let payload =
             common::quietly(|| panic::catch_unwind(AssertUnwindSafe(|| handle().run_with(&cpu))))
@@ -533,7 +512,7 @@ fn what_cannot_cross_is_not_portable_and_named() {
     fn function_form() -> u64 {
         ythread::offload(|| 5)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         for (error, names, says) in [
             (
@@ -578,7 +557,7 @@ fn oversized_arguments_and_results_fail_their_call_only() {
     fn receive(n: usize) -> Result<Vec<u8>, OffloadError> {
         try_offload!(bytes_of, n)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).max_frame(4096).build().unwrap();
         let error = send(vec![1; 10_000]).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Protocol);
@@ -605,7 +584,7 @@ fn a_workers_stdout_does_not_corrupt_the_channel() {
     fn handle(n: u64) -> u64 {
         offload!(chatty, n)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         for n in 0..20 {
             assert_eq!(handle(n).run_with(&cpu), n * 2);
@@ -624,7 +603,7 @@ fn process_state(pid: u32) -> Option<char> {
 
 #[test]
 fn dropping_the_strategy_reaps_every_worker() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(3).build().unwrap();
         let pids = cpu.idle_pids();
         assert_eq!(pids.len(), 3);
@@ -641,7 +620,7 @@ fn dropping_the_strategy_reaps_every_worker() {
 
 #[test]
 fn dropping_the_strategy_kills_a_worker_that_does_not_stop() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = Arc::new(workers(1).build().unwrap());
         let pid = cpu.idle_pids()[0];
         // A worker busy in a 60 s call when the strategy is dropped: the
@@ -660,17 +639,12 @@ fn dropping_the_strategy_kills_a_worker_that_does_not_stop() {
 
 #[test]
 fn workers_die_with_their_parent() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         // A parent process of our own: this binary, running
         // `parent_process_entry`.
         let mut parent = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "parent_process_entry",
-                "--exact",
-                "--quiet",
-                "--test-threads=1",
-                "--nocapture",
-            ])
+            .args(common::entry_args("parent_process_entry"))
+            .arg("--nocapture")
             .env(PARENT_ENV, "1")
             .stdout(Stdio::piped())
             .spawn()
@@ -708,6 +682,7 @@ const PARENT_ENV: &str = "YTHREAD_TEST_PARENT";
 /// In `workers_die_with_their_parent`'s parent process: start workers,
 /// print their pids, wait to be killed. A no-op in the test run itself.
 #[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
 fn parent_process_entry() {
     if std::env::var_os(PARENT_ENV).is_none() {
         return;
@@ -720,7 +695,7 @@ fn parent_process_entry() {
 
 #[test]
 fn a_program_without_init_is_a_clear_error() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let error = Processes::builder()
             .workers(1)
             .program("/bin/true")
@@ -738,7 +713,7 @@ fn a_program_without_init_is_a_clear_error() {
 
 #[test]
 fn a_crashing_input_costs_only_its_own_request() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         // Ten calls in a row that each crash their worker: each is replaced
         // at once (no back-off: the input, not the program, is bad).
@@ -785,7 +760,7 @@ fn scratch_dir(name: &str) -> PathBuf {
 
 #[test]
 fn workers_that_cannot_start_are_retried_with_back_off() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let dir = scratch_dir("backoff");
         let (flag, log) = (dir.join("refuse"), dir.join("starts"));
         let script = refusing_worker_script(&dir, &flag, &log);
@@ -809,7 +784,7 @@ fn workers_that_cannot_start_are_retried_with_back_off() {
 
 #[test]
 fn when_no_worker_can_start_calls_fail_at_once_then_recover() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         // The worker program: a script that refuses to start while a flag
         // file exists, and otherwise runs this binary as a worker.
         let dir = scratch_dir("flag");
@@ -851,7 +826,7 @@ fn when_no_worker_can_start_calls_fail_at_once_then_recover() {
 
 #[test]
 fn many_threads_share_the_workers() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(2).build().unwrap();
         thread::scope(|s| {
             for t in 0..16u64 {
@@ -871,6 +846,7 @@ fn many_threads_share_the_workers() {
 /// `main` that builds a `Processes` without calling `init()` first. A no-op
 /// in the test run itself.
 #[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
 fn forgot_init_entry() {
     if std::env::var_os("YTHREAD_WORKER").is_none() {
         return;
@@ -883,16 +859,11 @@ fn forgot_init_entry() {
 
 #[test]
 fn forgetting_init_is_a_quick_clear_error() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let started = Instant::now();
         let error = Processes::builder()
             .workers(2)
-            .args([
-                "forgot_init_entry",
-                "--exact",
-                "--quiet",
-                "--test-threads=1",
-            ])
+            .args(common::entry_args("forgot_init_entry"))
             .build()
             .unwrap_err();
         let text = error.to_string();
@@ -936,7 +907,7 @@ fn a_panicking_result_decoder_fails_its_call_and_keeps_the_worker() {
     fn handle() -> Result<Grumpy, OffloadError> {
         try_offload!(grumpy)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         let error = common::quietly(|| handle().run_with(&cpu)).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Protocol);
@@ -952,7 +923,7 @@ fn the_deadline_bounds_a_large_send_to_a_stuck_worker() {
     fn send(data: Vec<u8>) -> Result<u64, OffloadError> {
         try_offload!(checksum, &data)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).deadline(Duration::from_secs(1)).build().unwrap();
         let pid = cpu.idle_pids()[0];
         // SAFETY: sends a signal to our own worker.
@@ -996,7 +967,7 @@ fn a_reply_out_of_step_with_its_call_is_never_a_result() {
     fn handle() -> Result<u64, OffloadError> {
         try_offload!(scribble)
     }
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let cpu = workers(1).build().unwrap();
         let error = handle().run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::worker_processes as local_workers;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,9 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ythread::remote::{Remote, Worker, async_nats};
-use ythread::{
-    OffloadError, OffloadErrorKind, Processes, Yieldable, offloadable, try_offload, yieldable,
-};
+use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
 use ythread_demo::nats::NatsServer;
 
 // --- the work -------------------------------------------------------------
@@ -80,6 +80,7 @@ fn call_pid() -> Result<u32, OffloadError> {
 
 /// In a local worker process: serve calls and exit. A no-op in the test run.
 #[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
 fn worker_process_entry() {
     ythread::processes::init();
 }
@@ -90,6 +91,7 @@ const REMOTE_WORKER_ENV: &str = "YTHREAD_TEST_REMOTE_WORKER";
 /// (`URL NAMESPACE`), print "ready", and serve until killed. A no-op in the
 /// test run.
 #[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
 fn remote_worker_entry() {
     let Ok(setting) = std::env::var(REMOTE_WORKER_ENV) else {
         return;
@@ -104,15 +106,6 @@ fn remote_worker_entry() {
     worker.wait();
 }
 
-fn local_workers(n: usize) -> ythread::ProcessesBuilder {
-    Processes::builder().workers(n).args([
-        "worker_process_entry",
-        "--exact",
-        "--quiet",
-        "--test-threads=1",
-    ])
-}
-
 /// A remote worker process; killed (and reaped) when dropped.
 struct RemoteWorker {
     child: Child,
@@ -121,13 +114,8 @@ struct RemoteWorker {
 impl RemoteWorker {
     fn start(url: &str, namespace: &str) -> RemoteWorker {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "remote_worker_entry",
-                "--exact",
-                "--quiet",
-                "--test-threads=1",
-                "--nocapture",
-            ])
+            .args(common::entry_args("remote_worker_entry"))
+            .arg("--nocapture")
             .env(REMOTE_WORKER_ENV, format!("{url} {namespace}"))
             .stdout(Stdio::piped())
             .spawn()
@@ -166,25 +154,11 @@ fn nats(extra: &[&str]) -> NatsServer {
     NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
 }
 
-/// Runs `test` on another thread and fails if it takes longer than `limit`.
-fn watchdog<T: Send + 'static>(limit: Duration, test: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(test));
-        let _ = done.send(outcome);
-    });
-    match result.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(payload)) => std::panic::resume_unwind(payload),
-        Err(_) => panic!("the test did not finish within {limit:?}: a hang"),
-    }
-}
-
 // --- tests ----------------------------------------------------------------
 
 #[test]
 fn the_seed_handler_answers_through_two_workers() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let workers = [
             RemoteWorker::start(nats.url(), "seed"),
@@ -226,7 +200,7 @@ fn failures_on_the_worker_machine_come_back_typed() {
     fn call_boom() -> Result<u64, OffloadError> {
         try_offload!(boom, "remote trouble".to_owned())
     }
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let _worker = RemoteWorker::start(nats.url(), "fail");
         let cpu = Remote::builder(nats.url())
@@ -246,7 +220,7 @@ fn failures_on_the_worker_machine_come_back_typed() {
 
 #[test]
 fn no_workers_fails_at_once() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let nats = nats(&[]);
         let cpu = Remote::builder(nats.url())
             .namespace("nobody")
@@ -266,7 +240,7 @@ fn no_workers_fails_at_once() {
 
 #[test]
 fn a_worker_of_another_build_is_no_worker() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let nats = nats(&[]);
         // A "worker" of another build: it serves `sumn` under another
         // signature fingerprint.
@@ -299,7 +273,7 @@ fn an_oversized_payload_fails_its_call_only() {
     fn call_length(data: Vec<u8>) -> Result<usize, OffloadError> {
         try_offload!(length, data)
     }
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let _worker = RemoteWorker::start(nats.url(), "big");
         let cpu = Remote::builder(nats.url())
@@ -319,7 +293,7 @@ fn an_oversized_payload_fails_its_call_only() {
 
 #[test]
 fn credentials_are_checked() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let nats = nats(&["--user", "ythread", "--pass", "s3cret"]);
         let wrong = Remote::builder(nats.url())
             .connect_options(async_nats::ConnectOptions::with_user_and_password(
@@ -359,7 +333,7 @@ fn credentials_are_checked() {
 
 #[test]
 fn a_long_call_runs_to_its_own_deadline() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let _worker = RemoteWorker::start(nats.url(), "long");
         let cpu = Remote::builder(nats.url())
@@ -374,7 +348,7 @@ fn a_long_call_runs_to_its_own_deadline() {
 
 #[test]
 fn stopping_a_worker_lets_its_calls_under_way_answer() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let worker = Worker::builder(nats.url())
             .namespace("stop")
@@ -402,7 +376,7 @@ fn stopping_a_worker_lets_its_calls_under_way_answer() {
 
 #[test]
 fn a_worker_killed_mid_call_fails_only_its_call() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let mut doomed = RemoteWorker::start(nats.url(), "kill");
         let cpu = Arc::new(
@@ -433,7 +407,7 @@ fn a_worker_killed_mid_call_fails_only_its_call() {
 
 #[test]
 fn a_nats_restart_fails_calls_in_flight_then_recovers() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let mut nats = nats(&[]);
         let port = nats.port().to_owned();
         let _worker = RemoteWorker::start(nats.url(), "restart");
@@ -496,7 +470,7 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
     fn call_slow_pid(ms: u64) -> Result<u32, OffloadError> {
         try_offload!(slow_pid, ms)
     }
-    watchdog(Duration::from_secs(180), || {
+    common::watchdog(Duration::from_secs(180), || {
         // Three machines, simulated: a node each, with the requester on the
         // first and a worker on each of the others.
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -578,7 +552,7 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
 
 #[test]
 fn a_token_is_checked_too() {
-    watchdog(Duration::from_secs(60), || {
+    common::watchdog(Duration::from_secs(60), || {
         let nats = nats(&["--auth", "t0ken"]);
         let wrong = Remote::builder(nats.url())
             .connect_options(async_nats::ConnectOptions::with_token("guess".into()))
@@ -597,7 +571,7 @@ fn a_token_is_checked_too() {
 
 #[test]
 fn calls_in_flight_are_bounded() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let _worker = RemoteWorker::start(nats.url(), "bounded");
         let cpu = Remote::builder(nats.url())
@@ -628,7 +602,7 @@ fn calls_in_flight_are_bounded() {
 
 #[test]
 fn waiting_for_a_call_slot_counts_toward_the_deadline() {
-    watchdog(Duration::from_secs(120), || {
+    common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let _worker = RemoteWorker::start(nats.url(), "slots");
         let cpu = Arc::new(

@@ -107,3 +107,45 @@ pub(crate) fn strategies() -> Vec<(&'static str, Box<dyn Apply>)> {
         ("closure", Box::new(apply_fn(|job| job.run()))),
     ]
 }
+
+/// Runs `body` on a thread of its own and returns its value, or resumes its
+/// panic; fails the test if it has not finished within `limit`, so that a
+/// hang fails instead of stalling the suite. A hung thread is left behind:
+/// nothing can free it.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn watchdog<T: Send + 'static>(
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let test = thread::current().name().unwrap_or("test").to_owned();
+    let (done, outcome) = std::sync::mpsc::channel();
+    thread::Builder::new()
+        .name(format!("{test} (watched)"))
+        .spawn(move || {
+            // The receiver is gone only if the watchdog already gave up.
+            let _ = done.send(panic::catch_unwind(panic::AssertUnwindSafe(body)));
+        })
+        .expect("cannot spawn the test body's thread");
+    match outcome.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(payload)) => panic::resume_unwind(payload),
+        Err(_) => panic!("{test}: did not finish within {limit:?}, a hang"),
+    }
+}
+
+/// The arguments that make this test binary run only `entry`, one of its
+/// ignored tests that are entry points of the processes the other tests
+/// start (worker processes, a parent of workers, a remote worker).
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn entry_args(entry: &str) -> [&str; 5] {
+    [entry, "--exact", "--ignored", "--quiet", "--test-threads=1"]
+}
+
+/// Worker processes for the tests: this test binary, running only its
+/// `worker_process_entry`.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn worker_processes(n: usize) -> ythread::ProcessesBuilder {
+    ythread::Processes::builder()
+        .workers(n)
+        .args(entry_args("worker_process_entry"))
+}

@@ -58,21 +58,22 @@
 //! # In tests
 //!
 //! A test binary has no `main` of yours: its harness runs every test in
-//! every process. Start workers as the test binary running one test that
-//! calls [`init`], and nothing else (this repository's `tests/processes.rs`
-//! does):
+//! every process. Start workers as the test binary running one ignored
+//! test that calls [`init`], and nothing else (this repository's
+//! `tests/processes.rs` does):
 //!
 //! ```no_run
 //! # use ythread::{Processes, ProcessesBuilder};
 //! #[test]
+//! #[ignore = "the entry point of worker processes, not a test"]
 //! fn worker_process_entry() {
-//!     ythread::processes::init(); // serves in a worker; a no-op in the test run
+//!     ythread::processes::init(); // serves, then ends the process
 //! }
 //!
 //! fn workers(n: usize) -> ProcessesBuilder {
-//!     Processes::builder()
-//!         .workers(n)
-//!         .args(["worker_process_entry", "--exact", "--quiet", "--test-threads=1"])
+//!     Processes::builder().workers(n).args([
+//!         "worker_process_entry", "--exact", "--ignored", "--quiet", "--test-threads=1",
+//!     ])
 //! }
 //! # fn main() { let _ = workers(1); }
 //! ```
