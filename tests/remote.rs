@@ -434,6 +434,19 @@ fn a_nats_restart_fails_calls_in_flight_then_recovers() {
                 "{error}"
             );
         }
+        // While it is down, a new call fails at once, not at its deadline.
+        let started = Instant::now();
+        let error = call_sumn(4).run_with(&*cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
+        assert!(
+            error.to_string().contains("not connected to NATS"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         let _nats = NatsServer::start_on(&port, &[]).unwrap();
         // Both sides reconnect by themselves; then calls succeed again.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -77,6 +77,11 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             let (#arg, bytes): (#ty, &[u8]) = ::ythread::__private::take_arg(bytes)?;
         }
     });
+    // The caller encodes the arguments: each parameter must be `Serialize`
+    // too, checked here, at its type, rather than at run time at the call.
+    let serialize_each = types.iter().map(|ty| {
+        quote_spanned! {ty.span()=> ::ythread::__private::serialize_arg::<#ty>();}
+    });
     let output_span = output.span();
     let encode_result =
         quote_spanned!(output_span=> ::ythread::__private::encode_result(&result, out));
@@ -96,6 +101,11 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
 
         const _: () = {
             #owned_result
+
+            #[allow(dead_code)]
+            fn __ythread_parameters_are_serialize() {
+                #(#serialize_each)*
+            }
 
             #[::ythread::__private::linkme::distributed_slice(::ythread::__private::OFFLOADABLE)]
             #[linkme(crate = ::ythread::__private::linkme)]
@@ -162,9 +172,9 @@ fn check(function: &ItemFn) -> syn::Result<()> {
     {
         return Err(syn::Error::new(
             borrow,
-            "the result of an `#[offloadable]` function must be owned, with no lifetime but \
-             `'static`: it is decoded in another process than the one that called it; return \
-             `String` for `&str`, `Vec<T>` for `&[T]`",
+            "the result of an `#[offloadable]` function must be owned (no reference, and no \
+             lifetime but `'static`): it is decoded in another process than the one that called \
+             it; return `String` for `&str`, `Vec<T>` for `&[T]`",
         ));
     }
     if let ReturnType::Type(_, ty) = &sig.output
@@ -178,19 +188,14 @@ fn check(function: &ItemFn) -> syn::Result<()> {
     Ok(())
 }
 
-/// Where a type borrows: a reference or a lifetime other than `'static`.
+/// Where a type borrows: a reference, or a lifetime other than `'static`.
 fn first_borrow(ty: &Type) -> Option<Span> {
     struct Finder(Option<Span>);
     impl<'ast> syn::visit::Visit<'ast> for Finder {
         fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
-            match &reference.lifetime {
-                Some(lifetime) if lifetime.ident == "static" => {
-                    syn::visit::visit_type_reference(self, reference);
-                }
-                _ => {
-                    self.0.get_or_insert(reference.and_token.span);
-                }
-            }
+            // `&'static str` too: a reference cannot be decoded into (serde
+            // would need the bytes to live for ever).
+            self.0.get_or_insert(reference.and_token.span);
         }
         fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
             if lifetime.ident != "static" {

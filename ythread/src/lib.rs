@@ -167,9 +167,17 @@ pub use ythread_macros::yieldable;
 ///
 /// The function is left as it is (it still runs in place, or on threads,
 /// under every other strategy). Its parameters must implement serde's
-/// `Deserialize` and its result `Serialize + DeserializeOwned + Send +
-/// 'static` (a compile error at the type otherwise); it cannot be generic,
-/// `async`, `const`, or take `self`. It goes on free functions only.
+/// `Serialize` and `Deserialize`, and its result must be an owned
+/// `Serialize + DeserializeOwned + Send` type with no reference (a compile
+/// error at the type otherwise); it cannot be generic, `async`, `const`, or
+/// take `self`. It goes on free functions only.
+///
+/// Registrations live in a linker section of the binary: a function in a
+/// library crate is registered only if the binary links that crate, which
+/// it does when it uses anything of it. A worker binary that names nothing
+/// of the library (only serves its functions) must name one item, for
+/// example `let _ = my_lib::my_function;`, or the functions are missing
+/// ("no worker serves it").
 ///
 /// It is registered under its path (`my_crate::cpu::sumn`) with a
 /// fingerprint of its signature: a worker running another build, where the
@@ -280,7 +288,7 @@ pub use ythread_macros::yield_from;
 pub mod __private {
     pub use crate::offloadable::{
         DecodeResult, Entry, OFFLOADABLE, decode_result, encode_result, end_of_args, fingerprint,
-        take_arg,
+        serialize_arg, take_arg,
     };
     pub use crate::portable::{
         NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,

@@ -140,6 +140,10 @@ pub fn take_arg<'de, T: serde::Deserialize<'de>>(
     postcard::take_from_bytes(bytes)
 }
 
+/// Compiles only for a parameter type the caller can encode.
+#[doc(hidden)]
+pub fn serialize_arg<T: serde::Serialize + ?Sized>() {}
+
 /// Checks that a call's arguments used all its bytes.
 #[doc(hidden)]
 pub fn end_of_args(rest: &[u8]) -> Result<(), postcard::Error> {

@@ -149,7 +149,6 @@ use crate::{Apply, Job};
 ///     ythread::processes::init();
 ///     // the program
 /// }
-/// # main();
 /// ```
 pub fn init() {
     let Some(setting) = std::env::var_os(WORKER_ENV) else {

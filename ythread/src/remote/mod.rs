@@ -381,6 +381,15 @@ impl Apply for Remote {
             ));
             return;
         }
+        // While the connection is down (async-nats is reconnecting), a
+        // request would wait out its whole deadline: fail at once.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            call.fail(OffloadError::unavailable(
+                name,
+                "not connected to NATS (the connection was lost; reconnecting)",
+            ));
+            return;
+        }
         let subject = subject(&self.namespace, entry);
         self.calls.fetch_add(1, Ordering::Relaxed);
         // The deadline counts from here: waiting for one of the
