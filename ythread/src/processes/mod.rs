@@ -145,10 +145,9 @@ use crate::{Apply, Job};
 /// every worker too.
 ///
 /// ```
-/// fn main() {
-///     ythread::processes::init();
-///     // the program
-/// }
+/// // The first line of `main`:
+/// ythread::processes::init();
+/// // then the program
 /// ```
 pub fn init() {
     let Some(setting) = std::env::var_os(WORKER_ENV) else {
