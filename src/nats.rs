@@ -72,10 +72,23 @@ impl NatsServer {
             SERVERS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["-a", "127.0.0.1", "-p", port, "--ports_file_dir"])
             .arg(&dir)
-            .args(extra)
+            .args(extra);
+        // JetStream's store: a directory of this server's own (by default
+        // every server on the machine would share one).
+        if extra
+            .iter()
+            .any(|flag| ["-js", "--jetstream"].contains(flag))
+            && !extra
+                .iter()
+                .any(|flag| ["-sd", "--store_dir"].contains(flag))
+        {
+            command.arg("-sd").arg(dir.join("jetstream"));
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

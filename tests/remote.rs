@@ -148,9 +148,14 @@ impl Drop for RemoteWorker {
     }
 }
 
-/// A `nats-server` for one test; the test fails, saying how to install it,
-/// when it is missing.
+/// A `nats-server` for one test, with JetStream (for the workers' shared
+/// queue), as the README starts it; the test fails, saying how to install
+/// it, when it is missing.
 fn nats(extra: &[&str]) -> NatsServer {
+    nats_without_jetstream(&[&["-js"], extra].concat())
+}
+
+fn nats_without_jetstream(extra: &[&str]) -> NatsServer {
     NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
 }
 
@@ -447,7 +452,7 @@ fn a_nats_restart_fails_calls_in_flight_then_recovers() {
             "{:?}",
             started.elapsed()
         );
-        let _nats = NatsServer::start_on(&port, &[]).unwrap();
+        let _nats = NatsServer::start_on(&port, &["-js"]).unwrap();
         // Both sides reconnect by themselves; then calls succeed again.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -495,7 +500,9 @@ fn a_three_node_cluster_loses_only_the_calls_of_a_killed_node() {
                     .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
                     .collect();
                 let others = others.join(",");
-                nats(&[
+                // (Without JetStream, whose clustering needs more set-up
+                // than this test is about.)
+                nats_without_jetstream(&[
                     "--cluster_name",
                     "ythread",
                     "--cluster",
@@ -641,5 +648,201 @@ fn waiting_for_a_call_slot_counts_toward_the_deadline() {
             started.elapsed()
         );
         assert_eq!(first.join().unwrap().unwrap(), 6);
+    });
+}
+
+// --- the workers' shared queue (JetStream) --------------------------------
+
+/// The local worker process that ran the call.
+#[offloadable]
+fn slow_own_pid(ms: u64) -> u32 {
+    thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[yieldable]
+fn call_slow_own_pid(ms: u64) -> Result<u32, OffloadError> {
+    try_offload!(slow_own_pid, ms)
+}
+
+/// Two workers of one local process each, in this process.
+fn two_workers(url: &str, namespace: &str) -> Vec<Worker> {
+    (0..2)
+        .map(|_| {
+            Worker::builder(url)
+                .namespace(namespace)
+                .processes(local_workers(1))
+                .start()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits (up to 10 s) until `done` holds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_call_that_finds_its_worker_busy_goes_to_an_idle_one() {
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats(&[]);
+        let workers = two_workers(nats.url(), "share");
+        for worker in &workers {
+            assert_eq!(worker.shared_queue(), Ok(()));
+        }
+        let cpu = Arc::new(
+            Remote::builder(nats.url())
+                .namespace("share")
+                .connect()
+                .unwrap(),
+        );
+        // One worker's only process is taken for 3 s.
+        let long = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || call_slow_own_pid(3_000).run_with(&*cpu).unwrap())
+        };
+        thread::sleep(Duration::from_millis(300));
+        // NATS gives each of these to either worker at random; those that
+        // reach the busy one go through the queue to the idle one, instead
+        // of waiting behind the long call. (Without the queue, this fails
+        // but once in 2^12 runs.)
+        let short: std::collections::HashSet<u32> = (0..12)
+            .map(|_| call_slow_own_pid(0).run_with(&*cpu).unwrap())
+            .collect();
+        let long = long.join().unwrap();
+        assert_eq!(short.len(), 1, "one process ran them all: {short:?}");
+        assert!(!short.contains(&long), "not the busy one");
+        // Every call put in the queue was taken from it, once.
+        let moved = |count: fn(&Worker) -> u64| workers.iter().map(count).sum::<u64>();
+        eventually("the queue's counts agree", || {
+            moved(Worker::forwarded) == moved(Worker::dequeued)
+        });
+    });
+}
+
+#[test]
+fn calls_waiting_for_two_busy_workers_are_all_answered() {
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats(&[]);
+        let workers = two_workers(nats.url(), "busy");
+        let cpu = Remote::builder(nats.url())
+            .namespace("busy")
+            .connect()
+            .unwrap();
+        thread::scope(|s| {
+            for t in 0..16u64 {
+                let cpu = &cpu;
+                s.spawn(move || {
+                    for i in 0..4 {
+                        let n = t * 100 + i;
+                        assert_eq!(call_slow_sum(n, 20).run_with(cpu).unwrap(), n * (n + 1) / 2);
+                    }
+                });
+            }
+        });
+        // 16 callers on two processes: most calls waited in the queue.
+        let moved = |count: fn(&Worker) -> u64| workers.iter().map(count).sum::<u64>();
+        eventually("the queue's counts agree", || {
+            moved(Worker::forwarded) == moved(Worker::dequeued)
+        });
+        assert!(moved(Worker::forwarded) > 0);
+    });
+}
+
+#[offloadable]
+fn touch(path: String) -> bool {
+    std::fs::write(path, b"ran").is_ok()
+}
+
+#[test]
+fn a_queued_call_past_its_deadline_is_dropped_unrun() {
+    #[yieldable]
+    fn call_touch(path: String) -> Result<bool, OffloadError> {
+        try_offload!(touch, path)
+    }
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats(&[]);
+        let worker = Worker::builder(nats.url())
+            .namespace("expire")
+            .processes(local_workers(1))
+            .start()
+            .unwrap();
+        let patient = Arc::new(
+            Remote::builder(nats.url())
+                .namespace("expire")
+                .connect()
+                .unwrap(),
+        );
+        let hasty = Remote::builder(nats.url())
+            .namespace("expire")
+            .deadline(Duration::from_millis(500))
+            .connect()
+            .unwrap();
+        let long = {
+            let patient = Arc::clone(&patient);
+            thread::spawn(move || call_slow_sum(3, 1_500).run_with(&*patient))
+        };
+        thread::sleep(Duration::from_millis(200));
+        let path = std::env::temp_dir().join(format!("ythread-touch-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let error = call_touch(path.display().to_string())
+            .run_with(&hasty)
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        assert_eq!(worker.forwarded(), 1, "it waited in the queue");
+        assert_eq!(long.join().unwrap().unwrap(), 6);
+        // Once the process is free, the worker takes the call from the
+        // queue, sees that its requester gave up, and does not run it.
+        eventually("the call is taken from the queue", || {
+            worker.dequeued() == 1
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert!(!path.exists(), "the expired call ran");
+        // The worker serves on.
+        assert!(
+            call_touch(path.display().to_string())
+                .run_with(&hasty)
+                .unwrap()
+        );
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn without_jetstream_a_busy_worker_keeps_its_calls() {
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats_without_jetstream(&[]);
+        let worker = Worker::builder(nats.url())
+            .namespace("plain")
+            .processes(local_workers(1))
+            .start()
+            .unwrap();
+        let reason = worker.shared_queue().unwrap_err();
+        assert!(reason.contains("JetStream"), "{reason}");
+        let cpu = Remote::builder(nats.url())
+            .namespace("plain")
+            .connect()
+            .unwrap();
+        thread::scope(|s| {
+            for t in 0..4u64 {
+                let cpu = &cpu;
+                s.spawn(move || {
+                    assert_eq!(call_slow_sum(t, 50).run_with(cpu).unwrap(), t * (t + 1) / 2)
+                });
+            }
+        });
+        assert_eq!(worker.forwarded(), 0);
+        let off = Worker::builder(nats.url())
+            .namespace("plain")
+            .processes(local_workers(1))
+            .shared_queue(false)
+            .start()
+            .unwrap();
+        assert!(off.shared_queue().unwrap_err().contains("turned off"));
     });
 }

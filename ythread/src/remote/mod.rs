@@ -49,6 +49,7 @@
 //! }
 //! ```
 
+mod queue;
 mod serve;
 mod wire;
 

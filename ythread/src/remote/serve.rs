@@ -4,13 +4,15 @@
 
 use std::io;
 use std::sync::Arc;
-
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::queue::{self, Backlog, Queue};
 use super::wire::Reply;
 use super::{
     DEADLINE_HEADER, DEFAULT_NAMESPACE, check_token, credentials_from_url, runtime, subject,
@@ -30,6 +32,19 @@ use crate::{Processes, ProcessesBuilder};
 /// default): a call that crashes its process comes back to the requester as
 /// `WorkerDied` with the signal named, and this worker goes on.
 ///
+/// # The fleet's shared queue
+///
+/// NATS gives each call to a member of the queue group at random, however
+/// busy it is. A call that finds all of this worker's processes busy is put
+/// in the fleet's shared queue, a JetStream work-queue stream (in memory,
+/// `ythread-<namespace>`), from which every worker takes one call each time
+/// one of its processes is free: calls that must wait, wait in one
+/// first-come-first-served line for the whole fleet, not behind one
+/// worker's. Delivery stays at most once. It needs a server with JetStream
+/// (`nats-server -js`); without it (see [`Worker::shared_queue`]) such a
+/// call waits for this worker's processes, and the fleet's tail latency
+/// under load suffers (see `BENCHMARKS.md`).
+///
 /// ```no_run
 /// fn main() -> std::io::Result<()> {
 ///     ythread::processes::init(); // the local worker processes start here
@@ -38,16 +53,26 @@ use crate::{Processes, ProcessesBuilder};
 ///         .serve() // until the process is stopped
 /// }
 /// ```
-#[derive(Debug)]
 pub struct Worker {
     runtime: Runtime,
-    client: async_nats::Client,
-    processes: Arc<Processes>,
-    /// Calls admitted and not answered: one permit each.
-    admitted: Arc<Semaphore>,
-    capacity: u32,
-    /// Tells the subscriptions to stop taking calls.
+    serving: Arc<Serving>,
+    /// Why there is no shared queue, if there is none.
+    queue_error: Option<String>,
+    /// The tasks that take calls: NATS subscriptions and queue pulls.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells them to stop taking calls.
     stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("processes", &self.serving.processes)
+            .field("shared_queue", &self.shared_queue())
+            .field("forwarded", &self.forwarded())
+            .field("dequeued", &self.dequeued())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds a [`Worker`].
@@ -56,6 +81,7 @@ pub struct WorkerBuilder {
     namespace: String,
     processes: Option<ProcessesBuilder>,
     options: Option<async_nats::ConnectOptions>,
+    shared_queue: bool,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -64,6 +90,7 @@ impl std::fmt::Debug for WorkerBuilder {
             .field("url", &super::redacted(&self.url))
             .field("namespace", &self.namespace)
             .field("processes", &self.processes)
+            .field("shared_queue", &self.shared_queue)
             .finish_non_exhaustive()
     }
 }
@@ -76,12 +103,38 @@ impl Worker {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             processes: None,
             options: None,
+            shared_queue: true,
         }
     }
 
     /// The local worker processes that run the calls.
     pub fn processes(&self) -> &Processes {
-        &self.processes
+        &self.serving.processes
+    }
+
+    /// Whether calls that find this worker's processes busy go to the
+    /// fleet's shared queue; if not, why (for example, "JetStream not
+    /// enabled" from a server started without `-js`).
+    ///
+    /// # Errors
+    ///
+    /// The reason there is no shared queue.
+    pub fn shared_queue(&self) -> Result<(), &str> {
+        match &self.queue_error {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+
+    /// Calls this worker received while its processes were busy, and put in
+    /// the shared queue.
+    pub fn forwarded(&self) -> u64 {
+        self.serving.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Calls this worker took from the shared queue.
+    pub fn dequeued(&self) -> u64 {
+        self.serving.dequeued.load(Ordering::Relaxed)
     }
 
     /// Serves until the process ends. (Dropping a `Worker` returned by
@@ -92,13 +145,22 @@ impl Worker {
         unreachable!("a pending future never completes")
     }
 
-    /// Stops taking calls: unsubscribes, lets the calls under way answer
-    /// (waiting up to `grace` for them), then closes the connection.
+    /// Stops taking calls: unsubscribes, ends its pulls from the shared
+    /// queue, lets the calls under way answer (waiting up to `grace` for all
+    /// of this), then closes the connection.
     pub fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
+        let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
         self.runtime.block_on(async {
-            let _ = tokio::time::timeout(grace, self.admitted.acquire_many(self.capacity)).await;
-            let _ = self.client.flush().await;
+            let _ = tokio::time::timeout(grace, async {
+                // A pull under way ends within 2 s, and its call runs.
+                for task in self.tasks {
+                    let _ = task.await;
+                }
+                let _ = self.serving.slots.permits.acquire_many(capacity).await;
+            })
+            .await;
+            let _ = self.serving.client.flush().await;
         });
         // Calls still running after `grace` cannot answer; do not wait for
         // them beyond it.
@@ -127,15 +189,25 @@ impl WorkerBuilder {
         self
     }
 
-    /// Starts the local worker processes, connects, subscribes every
-    /// `#[offloadable]` function, and returns once the server has the
-    /// subscriptions: a call made after this returns reaches this worker.
+    /// Whether to use the fleet's shared queue when the server has
+    /// JetStream (default `true`; see [`Worker`]). With `false`, a call that
+    /// finds this worker's processes busy waits for them.
+    pub fn shared_queue(mut self, use_it: bool) -> Self {
+        self.shared_queue = use_it;
+        self
+    }
+
+    /// Starts the local worker processes, connects, opens the shared queue,
+    /// subscribes every `#[offloadable]` function, and returns once the
+    /// server has the subscriptions: a call made after this returns reaches
+    /// this worker.
     ///
     /// # Errors
     ///
     /// If the worker processes cannot start (see
     /// [`ProcessesBuilder::build`]), the namespace is not a subject token, or
-    /// NATS cannot be reached or refuses the connection.
+    /// NATS cannot be reached or refuses the connection. (A server without
+    /// JetStream is no error: see [`Worker::shared_queue`].)
     pub fn start(self) -> io::Result<Worker> {
         check_token(&self.namespace)?;
         let processes = Arc::new(self.processes.unwrap_or_else(Processes::builder).build()?);
@@ -144,51 +216,69 @@ impl WorkerBuilder {
         let client = runtime
             .block_on(options.connect(url.as_str()))
             .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
-        let queue = format!("ythread.{}", self.namespace);
-        // Calls admitted at once: two per local worker process (one running,
-        // one ready), so that the processes never wait for the network.
-        // While all are taken, the subscriptions are not read, so a flood
-        // cannot grow threads here; async-nats buffers up to 65,536 messages
-        // per subscription meanwhile, and drops more (a slow consumer), and
-        // a call whose requester is gone by its turn is dropped unrun.
-        let capacity = u32::try_from(processes.workers() * 2).unwrap_or(u32::MAX);
-        let admitted = Arc::new(Semaphore::new(capacity as usize));
+        let (queue, queue_error) = if self.shared_queue {
+            match runtime.block_on(Queue::open(&client, &self.namespace)) {
+                Ok(queue) => (Some(Arc::new(queue)), None),
+                Err(error) => (None, Some(format!("JetStream: {error}"))),
+            }
+        } else {
+            (None, Some("turned off by the builder".to_owned()))
+        };
+        let group = format!("ythread.{}", self.namespace);
         let (stop, stopping) = watch::channel(false);
-        let max_payload = client.server_info().max_payload;
-        runtime.block_on(async {
+        let serving = Arc::new(Serving {
+            max_payload: client.server_info().max_payload,
+            client,
+            slots: Slots::new(processes.workers()),
+            processes,
+            queue,
+            forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
+            forwarded: AtomicU64::new(0),
+            dequeued: AtomicU64::new(0),
+        });
+        let tasks = runtime.block_on(async {
+            let mut tasks = Vec::new();
             for entry in OFFLOADABLE.iter() {
                 // A name registered twice cannot be served: a call could
                 // reach the wrong function.
                 if !matches!(offloadable::by_name(entry.name), Lookup::Found(_)) {
                     continue;
                 }
-                let subscriber = client
-                    .queue_subscribe(subject(&self.namespace, entry), queue.clone())
+                let calls = serving
+                    .client
+                    .queue_subscribe(subject(&self.namespace, entry), group.clone())
                     .await
                     .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
-                tokio::spawn(serve_function(
-                    Serving {
-                        client: client.clone(),
-                        entry,
-                        processes: Arc::clone(&processes),
-                        admitted: Arc::clone(&admitted),
-                        max_payload,
-                    },
-                    subscriber,
+                let backlog = Arc::new(Backlog::default());
+                tasks.push(tokio::spawn(serve_function(
+                    Arc::clone(&serving),
+                    entry,
+                    Arc::clone(&backlog),
+                    calls,
                     stopping.clone(),
-                ));
+                )));
+                if let Some(queue) = &serving.queue {
+                    tasks.push(tokio::spawn(pull_calls(
+                        Arc::clone(&serving),
+                        Arc::clone(queue),
+                        entry,
+                        backlog,
+                        stopping.clone(),
+                    )));
+                }
             }
-            client
+            serving
+                .client
                 .flush()
                 .await
-                .map_err(|error| io::Error::other(format!("NATS flush: {error}")))
+                .map_err(|error| io::Error::other(format!("NATS flush: {error}")))?;
+            io::Result::Ok(tasks)
         })?;
         Ok(Worker {
             runtime,
-            client,
-            processes,
-            admitted,
-            capacity,
+            serving,
+            queue_error,
+            tasks,
             stop,
         })
     }
@@ -203,30 +293,98 @@ impl WorkerBuilder {
     }
 }
 
-/// What serving one function needs.
+/// Calls being put in the shared queue at once, at most.
+const MAX_FORWARDING: usize = 256;
+
+/// What serving calls needs, shared by every function's tasks.
 struct Serving {
     client: async_nats::Client,
-    entry: &'static Entry,
     processes: Arc<Processes>,
-    admitted: Arc<Semaphore>,
+    slots: Arc<Slots>,
     max_payload: usize,
+    /// The fleet's shared queue, if the server has JetStream.
+    queue: Option<Arc<Queue>>,
+    /// Calls in flight to the queue at once, at most: while all are taken,
+    /// the subscriptions are not read.
+    forwarding: Arc<Semaphore>,
+    forwarded: AtomicU64,
+    dequeued: AtomicU64,
 }
 
-/// Answers the calls of one function, each on a blocking thread that waits
-/// for a local worker process and sends the reply (handing it back to an
-/// async task first would cost one more thread wake-up per call).
+/// Free local worker processes: a call runs once it holds a [`Slot`].
+struct Slots {
+    permits: Arc<Semaphore>,
+    /// How many are free, for the tasks that pull from the shared queue
+    /// only while one is.
+    free: watch::Sender<usize>,
+}
+
+/// A local worker process, taken for one call.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<Slots>,
+}
+
+impl Slots {
+    fn new(count: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            permits: Arc::new(Semaphore::new(count)),
+            free: watch::Sender::new(count),
+        })
+    }
+
+    fn slot(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
+        self.free.send_replace(self.permits.available_permits());
+        Slot {
+            permit: Some(permit),
+            slots: Arc::clone(self),
+        }
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(self.slot(permit))
+    }
+
+    /// Waits for a free process, first come, first served; `None` once the
+    /// worker stops.
+    async fn take(self: &Arc<Self>) -> Option<Slot> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        Some(self.slot(permit))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        // Released to a waiting call, it is still taken.
+        self.slots
+            .free
+            .send_replace(self.slots.permits.available_permits());
+    }
+}
+
+/// A call as it arrived, directly or from the queue.
+struct Call {
+    entry: &'static Entry,
+    args: Bytes,
+    reply_to: async_nats::Subject,
+    received: Instant,
+    /// The requester's deadline, from `received`.
+    deadline: Option<Duration>,
+}
+
+/// Answers the calls of one function that NATS gives this worker: runs each
+/// at once if a local process is free, and otherwise puts it in the shared
+/// queue, behind the calls that waited first (without a shared queue, it
+/// waits here for a process).
 async fn serve_function(
-    serving: Serving,
+    serving: Arc<Serving>,
+    entry: &'static Entry,
+    backlog: Arc<Backlog>,
     mut calls: async_nats::Subscriber,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let Serving {
-        client,
-        entry,
-        processes,
-        admitted,
-        max_payload,
-    } = serving;
     let mut draining = false;
     loop {
         let message = tokio::select! {
@@ -246,59 +404,187 @@ async fn serve_function(
         let Some(reply_to) = message.reply.clone() else {
             continue;
         };
-        let received = Instant::now();
-        // The requester's deadline: a call still waiting here after it has
-        // passed has no one to answer, and is dropped unrun.
-        let deadline = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(DEADLINE_HEADER))
-            .and_then(|value| value.as_str().parse::<u64>().ok())
-            .map(Duration::from_millis);
-        let Ok(permit) = Arc::clone(&admitted).acquire_owned().await else {
+        let call = Call {
+            entry,
+            args: message.payload,
+            reply_to,
+            received: Instant::now(),
+            // The requester's deadline: a call still waiting after it has
+            // passed has no one to answer, and is dropped unrun.
+            deadline: message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(DEADLINE_HEADER))
+                .and_then(|value| value.as_str().parse::<u64>().ok())
+                .map(Duration::from_millis),
+        };
+        if !backlog.any()
+            && let Some(slot) = serving.slots.try_take()
+        {
+            run(&serving, slot, call);
+            continue;
+        }
+        let Some(queue) = serving.queue.clone() else {
+            // While this waits, the subscription is not read: a flood
+            // cannot grow threads here; async-nats buffers up to 65,536
+            // messages per subscription meanwhile, and drops more (a slow
+            // consumer).
+            let Some(slot) = serving.slots.take().await else {
+                return;
+            };
+            run(&serving, slot, call);
+            continue;
+        };
+        let Ok(forwarding) = Arc::clone(&serving.forwarding).acquire_owned().await else {
             return;
         };
-        let client = client.clone();
-        let processes = Arc::clone(&processes);
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
-                return;
+        let serving = Arc::clone(&serving);
+        let backlog = Arc::clone(&backlog);
+        tokio::spawn(async move {
+            let _forwarding = forwarding;
+            let left = call
+                .deadline
+                .map(|deadline| deadline.saturating_sub(call.received.elapsed()));
+            match queue
+                .forward(entry, &call.reply_to, left, call.args.clone())
+                .await
+            {
+                Ok(()) => {
+                    backlog.note_forwarded();
+                    serving.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                // The queue is full or gone: the call waits here.
+                Err(_) => {
+                    if let Some(slot) = serving.slots.take().await {
+                        run(&serving, slot, call);
+                    }
+                }
             }
-            let args = message.payload;
-            let mut answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&processes, entry, &args)
-            }))
-            .unwrap_or_else(|_| {
-                Reply::Failed(
-                    OffloadError::unavailable(entry.name, "the worker's call thread panicked")
-                        .to_wire(),
-                )
-                .encode()
-            });
-            if answer.len() > max_payload {
-                answer = Reply::Failed(
-                    OffloadError::protocol(
-                        entry.name,
-                        format_args!(
-                            "its result takes {} bytes, over the NATS server's maximum payload \
-                             of {max_payload} bytes",
-                            answer.len()
-                        ),
-                    )
-                    .to_wire(),
-                )
-                .encode();
-            }
-            // A requester that is gone (its deadline passed) is no error.
-            let _ = runtime.block_on(client.publish(reply_to, answer.into()));
         });
     }
 }
 
+/// Takes calls of one function from the shared queue, one each time a local
+/// process is free, until the worker stops.
+async fn pull_calls(
+    serving: Arc<Serving>,
+    queue: Arc<Queue>,
+    entry: &'static Entry,
+    backlog: Arc<Backlog>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut free = serving.slots.free.subscribe();
+    let mut consumer = None;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return,
+            free = free.wait_for(|free| *free > 0) => if free.is_err() {
+                return;
+            },
+        }
+        let pulled = match &consumer {
+            Some(consumer) => queue::pull(consumer, &backlog).await,
+            None => queue.consumer(entry).await.map(|opened| {
+                consumer = Some(opened);
+                None
+            }),
+        };
+        // (A pull under way when the worker stops ends within
+        // `PULL_EXPIRES`, and the call it brings is run: it was taken from
+        // the queue.)
+        match pulled {
+            Ok(None) => pause = Duration::from_millis(10),
+            Ok(Some(pulled)) => {
+                pause = Duration::from_millis(10);
+                // A direct call may have taken the process meanwhile: then
+                // the call goes back to the head of the line, for a worker
+                // that is free. (This one pulls again only once it is.)
+                let Some(slot) = serving.slots.try_take() else {
+                    pulled.put_back().await;
+                    continue;
+                };
+                let Some(queued) = pulled.take().await else {
+                    continue;
+                };
+                serving.dequeued.fetch_add(1, Ordering::Relaxed);
+                run(
+                    &serving,
+                    slot,
+                    Call {
+                        entry,
+                        args: queued.args,
+                        reply_to: queued.reply_to,
+                        received: Instant::now(),
+                        deadline: queued.left,
+                    },
+                );
+            }
+            Err(_) => {
+                // The consumer, the stream or the connection is gone: open
+                // them again, backing off while that fails.
+                consumer = None;
+                tokio::select! {
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Runs `call` in a local worker process and sends the reply, on a blocking
+/// thread (handing the reply back to an async task first would cost one
+/// more thread wake-up per call).
+fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
+    let serving = Arc::clone(serving);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let Call {
+            entry,
+            args,
+            reply_to,
+            received,
+            deadline,
+        } = call;
+        if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
+            return;
+        }
+        let mut answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_locally(&serving.processes, entry, &args)
+        }))
+        .unwrap_or_else(|_| {
+            Reply::Failed(
+                OffloadError::unavailable(entry.name, "the worker's call thread panicked")
+                    .to_wire(),
+            )
+            .encode()
+        });
+        if answer.len() > serving.max_payload {
+            answer = Reply::Failed(
+                OffloadError::protocol(
+                    entry.name,
+                    format_args!(
+                        "its result takes {} bytes, over the NATS server's maximum payload of \
+                         {} bytes",
+                        answer.len(),
+                        serving.max_payload
+                    ),
+                )
+                .to_wire(),
+            )
+            .encode();
+        }
+        // A requester that is gone (its deadline passed) is no error.
+        let _ = runtime.block_on(serving.client.publish(reply_to, answer.into()));
+    });
+}
+
 /// Runs one call in a local worker process; returns the encoded reply.
-fn run(processes: &Processes, entry: &'static Entry, args: &[u8]) -> Vec<u8> {
+fn run_locally(processes: &Processes, entry: &'static Entry, args: &[u8]) -> Vec<u8> {
     let mut call = RawCall {
         entry,
         args,

@@ -1,0 +1,275 @@
+//! The fleet's shared queue of calls: a JetStream work-queue stream.
+//!
+//! NATS gives a queue group's request to a member at random, however busy
+//! it is; a worker whose local processes are all taken would make its call
+//! wait behind its own while another worker sits idle. So such a worker
+//! forwards the call to this queue (the requester's reply subject and the
+//! time left travel in headers), and every worker pulls one call from it
+//! each time one of its processes is free: calls that must wait, wait in one
+//! first-come-first-served line for the whole fleet.
+//!
+//! The stream keeps calls in memory, one subject per function and
+//! signature; each function has one durable pull consumer that all workers
+//! share. A worker acknowledges a call as it takes it to run (the stream
+//! then forgets it), so delivery stays at most once: a worker that dies
+//! running a call fails that call at its requester's deadline, never runs it
+//! twice.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::offloadable::Entry;
+
+/// The header that carries a forwarded call's reply subject (the
+/// requester's inbox).
+const REPLY_HEADER: &str = "Ythread-Reply-To";
+
+/// Calls queued at most, for the whole fleet of a namespace; past it, a busy
+/// worker keeps the call in its own line.
+const MAX_QUEUED_BYTES: i64 = 256 << 20;
+
+/// How long a worker's pull waits for a call before it asks again.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// A namespace's queue on the NATS server.
+pub(super) struct Queue {
+    jetstream: jetstream::Context,
+    config: stream::Config,
+    namespace: String,
+}
+
+/// A call taken from the queue.
+pub(super) struct Queued {
+    pub(super) reply_to: async_nats::Subject,
+    /// Time left to the requester's deadline, counted from when the call
+    /// entered the queue; `None` if it has none.
+    pub(super) left: Option<Duration>,
+    pub(super) args: Bytes,
+}
+
+impl Queue {
+    /// Opens (creating if need be) the queue of `namespace`.
+    ///
+    /// # Errors
+    ///
+    /// The reason, if the server has no JetStream or refuses the stream.
+    pub(super) async fn open(
+        client: &async_nats::Client,
+        namespace: &str,
+    ) -> Result<Queue, String> {
+        let jetstream = jetstream::new(client.clone());
+        let config = stream::Config {
+            name: stream_name(namespace),
+            subjects: vec![format!("ythread-queue.{namespace}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::Memory,
+            max_bytes: MAX_QUEUED_BYTES,
+            discard: stream::DiscardPolicy::New,
+            // A call is dropped once its deadline has passed; this only
+            // bounds what a call without a deadline can leave behind.
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        };
+        jetstream
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(Queue {
+            jetstream,
+            config,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    fn subject(&self, entry: &Entry) -> String {
+        format!(
+            "ythread-queue.{}.{}.{:016x}",
+            self.namespace, entry.name, entry.fingerprint
+        )
+    }
+
+    /// Puts a call in the queue; returns once the server has stored it.
+    ///
+    /// # Errors
+    ///
+    /// If the server does not store it (the queue is full, or JetStream is
+    /// gone): the caller keeps the call.
+    pub(super) async fn forward(
+        &self,
+        entry: &Entry,
+        reply_to: &str,
+        left: Option<Duration>,
+        args: Bytes,
+    ) -> Result<(), String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(REPLY_HEADER, reply_to);
+        if let Some(left) = left {
+            headers.insert(
+                super::DEADLINE_HEADER,
+                left.as_millis().to_string().as_str(),
+            );
+        }
+        let ack = self
+            .jetstream
+            .publish_with_headers(self.subject(entry), headers, args)
+            .await
+            .map_err(|error| error.to_string())?;
+        ack.await.map(drop).map_err(|error| error.to_string())
+    }
+
+    /// The pull consumer of `entry`'s calls, shared by every worker; the
+    /// stream too is made again if it is gone (a server restarted loses its
+    /// in-memory streams).
+    ///
+    /// # Errors
+    ///
+    /// If the server refuses them (or JetStream is gone).
+    pub(super) async fn consumer(&self, entry: &Entry) -> Result<Consumer, String> {
+        let name = consumer_name(entry);
+        self.jetstream
+            .get_or_create_stream(self.config.clone())
+            .await
+            .map_err(|error| error.to_string())?
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: self.subject(entry),
+                    // A worker acks a call as it takes it to run, or nacks
+                    // it (puts it back at the head of the line) if it finds
+                    // its processes taken; one that dies between the pull
+                    // and either has the call delivered again after
+                    // `ack_wait`: it never ran.
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(10),
+                    // Idle for a day (no worker of this build left): gone.
+                    inactive_threshold: Duration::from_secs(24 * 3600),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// A function's pull consumer.
+pub(super) type Consumer = consumer::Consumer<consumer::pull::Config>;
+
+/// Takes `consumer`'s next call, waiting up to [`PULL_EXPIRES`]; `Ok(None)`
+/// if none came. The call is not yet taken from the queue: [`Pulled::take`]
+/// or [`Pulled::put_back`] it.
+///
+/// # Errors
+///
+/// If the pull fails (the consumer or the stream is gone, the connection
+/// was lost): open the consumer again.
+pub(super) async fn pull(consumer: &Consumer, backlog: &Backlog) -> Result<Option<Pulled>, String> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .map_err(|error| error.to_string())?;
+    let Some(message) = batch.next().await else {
+        backlog.0.store(0, Ordering::Relaxed);
+        return Ok(None);
+    };
+    let message = message.map_err(|error| error.to_string())?;
+    if let Ok(info) = message.info() {
+        backlog.0.store(info.pending, Ordering::Relaxed);
+    }
+    Ok(Some(Pulled(message)))
+}
+
+/// A call pulled from the queue, still in it.
+pub(super) struct Pulled(jetstream::Message);
+
+impl Pulled {
+    /// Takes the call out of the queue (acknowledges it), to run now; `None`
+    /// if it is not a call of ours (someone else published on the subject).
+    ///
+    /// It is acknowledged before it runs: a worker that dies running it
+    /// fails it, and it never runs twice.
+    pub(super) async fn take(self) -> Option<Queued> {
+        let message = self.0;
+        // No need to wait for the server to confirm: a call it did not hear
+        // of is delivered again only if no worker has run it.
+        let _ = message.ack().await;
+        let waited = message.info().map_or(Duration::ZERO, |info| {
+            since(info.published.unix_timestamp_nanos())
+        });
+        let headers = message.headers.as_ref();
+        let reply_to = headers?.get(REPLY_HEADER)?.as_str().into();
+        let left = headers
+            .and_then(|headers| headers.get(super::DEADLINE_HEADER))
+            .and_then(|value| value.as_str().parse::<u64>().ok())
+            .map(|ms| Duration::from_millis(ms).saturating_sub(waited));
+        Some(Queued {
+            reply_to,
+            left,
+            args: message.payload.clone(),
+        })
+    }
+
+    /// Puts the call back at the head of the line, for another worker (this
+    /// one pulled it and then found its processes taken).
+    pub(super) async fn put_back(self) {
+        let _ = self.0.ack_with(jetstream::AckKind::Nak(None)).await;
+    }
+}
+
+/// Whether the queue holds calls of one function, as this worker last saw
+/// it: while it does, a call that reaches the worker directly goes to the
+/// back of the line instead of ahead of them.
+#[derive(Default)]
+pub(super) struct Backlog(AtomicU64);
+
+impl Backlog {
+    pub(super) fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+
+    /// Notes that a call was just put in the queue.
+    pub(super) fn note_forwarded(&self) {
+        self.0.fetch_max(1, Ordering::Relaxed);
+    }
+}
+
+/// Time since `published` (nanoseconds since the epoch, by the NATS
+/// server's clock; machines' clocks are assumed to agree, as NTP keeps
+/// them, to well within a deadline).
+fn since(published: i128) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |now| now.as_nanos() as i128);
+    u64::try_from(now - published).map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// A stream name: no `.`, `*`, `>`, whitespace or path separators.
+fn stream_name(namespace: &str) -> String {
+    if namespace
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        format!("ythread-{namespace}")
+    } else {
+        format!(
+            "ythread-{:016x}",
+            crate::offloadable::fingerprint(namespace)
+        )
+    }
+}
+
+/// A consumer name for `entry`: its path can hold `::`, so a hash of it.
+fn consumer_name(entry: &Entry) -> String {
+    format!(
+        "ythread-{:016x}-{:016x}",
+        crate::offloadable::fingerprint(entry.name),
+        entry.fingerprint
+    )
+}
