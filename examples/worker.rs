@@ -52,5 +52,11 @@ fn main() -> io::Result<()> {
         args.namespace,
         worker.processes().workers()
     );
+    if let Err(why) = worker.shared_queue() {
+        eprintln!(
+            "worker: no shared queue ({why}): a call that finds this worker busy waits here, \
+             even while another worker is idle; start nats-server with -js"
+        );
+    }
     worker.wait()
 }

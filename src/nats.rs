@@ -103,9 +103,9 @@ impl NatsServer {
             .join(format!("nats-server_{}.ports", server.child.id()));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            // {"nats":["nats://127.0.0.1:42973"], ...}
+            // {"nats":["nats://127.0.0.1:42973"], ...}, or "tls://" with TLS.
             if let Ok(text) = std::fs::read_to_string(&ports)
-                && let Some(start) = text.find("nats://")
+                && let Some(start) = text.find("nats://").or_else(|| text.find("tls://"))
             {
                 let end = text[start..].find('"').map_or(text.len(), |e| start + e);
                 server.url = text[start..end].to_owned();
@@ -121,7 +121,7 @@ impl NatsServer {
         }
     }
 
-    /// Its client URL, `nats://127.0.0.1:<port>`.
+    /// Its client URL, `nats://127.0.0.1:<port>` (`tls://` with `--tls`).
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -337,6 +337,91 @@ fn credentials_are_checked() {
 }
 
 #[test]
+fn an_nkey_is_checked() {
+    common::watchdog(Duration::from_secs(60), || {
+        let user = nkeys::KeyPair::new_user();
+        let stranger = nkeys::KeyPair::new_user();
+        let config = std::env::temp_dir().join(format!("ythread-nkey-{}.conf", std::process::id()));
+        std::fs::write(
+            &config,
+            format!(
+                "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+                user.public_key()
+            ),
+        )
+        .unwrap();
+        let nats = nats(&["-c", config.to_str().unwrap()]);
+        let signed_by =
+            |keys: &nkeys::KeyPair| async_nats::ConnectOptions::with_nkey(keys.seed().unwrap());
+        let _worker = Worker::builder(nats.url())
+            .namespace("nkey")
+            .processes(local_workers(1))
+            .connect_options(signed_by(&user))
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(nats.url())
+            .namespace("nkey")
+            .connect_options(signed_by(&user))
+            .connect()
+            .unwrap();
+        assert_eq!(call_sumn(10).run_with(&cpu).unwrap(), 55);
+        for refused in [
+            Remote::builder(nats.url()).connect_options(signed_by(&stranger)),
+            Remote::builder(nats.url()),
+        ] {
+            let error = refused.connect().unwrap_err();
+            assert!(
+                error.to_string().to_lowercase().contains("authorization"),
+                "{error}"
+            );
+        }
+        let _ = std::fs::remove_file(&config);
+    });
+}
+
+#[test]
+fn tls_is_used_and_the_server_is_checked() {
+    common::watchdog(Duration::from_secs(60), || {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+        let file = |name: &str| dir.join(name).display().to_string();
+        let nats = nats(&[
+            "--tls",
+            "--tlscert",
+            &file("server.pem"),
+            "--tlskey",
+            &file("server-key.pem"),
+        ]);
+        let trusting = || {
+            async_nats::ConnectOptions::new()
+                .require_tls(true)
+                .add_root_certificates(dir.join("ca.pem"))
+        };
+        let _worker = Worker::builder(nats.url())
+            .namespace("tls")
+            .processes(local_workers(1))
+            .connect_options(trusting())
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(nats.url())
+            .namespace("tls")
+            .connect_options(trusting())
+            .connect()
+            .unwrap();
+        assert_eq!(call_sumn(10).run_with(&cpu).unwrap(), 55);
+        // A server whose certificate no trusted authority signed is refused
+        // (here: without the test CA among the roots).
+        let error = Remote::builder(nats.url())
+            .connect_options(async_nats::ConnectOptions::new().require_tls(true))
+            .connect()
+            .unwrap_err();
+        assert!(
+            error.to_string().to_lowercase().contains("certificate"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
 fn a_long_call_runs_to_its_own_deadline() {
     common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);

@@ -100,6 +100,7 @@ pub(crate) const POOL: &str = "ythread Pool";
 pub(crate) const BOUNDED: &str = "ythread Bounded(cores)";
 pub(crate) const PROCESSES: &str = "ythread Processes";
 pub(crate) const REMOTE: &str = "ythread Remote (NATS, 2 workers)";
+pub(crate) const REMOTE_RANDOM: &str = "ythread Remote, no shared queue";
 
 /// One worker process per core (the seed's `multiprocessing.Pool().apply`).
 fn processes() -> Arc<Processes> {
@@ -110,7 +111,7 @@ fn processes() -> Arc<Processes> {
     )
 }
 
-/// Every server the benchmark runs, in table order. The `Remote` row runs
+/// Every server the benchmark runs, in table order. The `Remote` rows run
 /// when `nats-server` is installed.
 pub(crate) fn all() -> Vec<Variant> {
     let mut all = vec![
@@ -121,6 +122,7 @@ pub(crate) fn all() -> Vec<Variant> {
         Variant::ythread(PROCESSES, Family::Seed, processes),
         Variant::ythread(BOUNDED, Family::Ours, Bounded::per_core),
         Variant::ythread(REMOTE, Family::Ours, crate::remote::remote),
+        Variant::ythread(REMOTE_RANDOM, Family::Ours, crate::remote::remote_random),
         Variant::peer("tokio + spawn_blocking", |l| {
             Ok(Box::new(TokioServer::start(l, TokioStep::SpawnBlocking)?))
         }),
@@ -132,7 +134,7 @@ pub(crate) fn all() -> Vec<Variant> {
         }),
     ];
     if ythread_demo::nats::binary().is_none() {
-        all.retain(|v| v.name != REMOTE);
+        all.retain(|v| v.name != REMOTE && v.name != REMOTE_RANDOM);
     }
     all
 }

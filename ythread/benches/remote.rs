@@ -87,7 +87,7 @@ fn round_trip(c: &mut Criterion, url: &str) {
 fn main() {
     // The worker's local processes are this program started again.
     ythread::processes::init();
-    let server = NatsServer::start(&[]).unwrap_or_else(|error| {
+    let server = NatsServer::start(&["-js"]).unwrap_or_else(|error| {
         eprintln!("the remote bench needs nats-server: {error}");
         std::process::exit(2);
     });

@@ -12,6 +12,11 @@
 //! carries another fingerprint) fails at once ("no responders"), not at its
 //! deadline.
 //!
+//! NATS gives a request to a member of the queue group at random, however
+//! busy it is; a worker whose processes are all taken puts the call in the
+//! fleet's shared queue (a JetStream work-queue stream) from which every
+//! worker takes a call when one of its processes is free: see [`Worker`].
+//!
 //! A [`Worker`] runs each call in a local [`Processes`](crate::Processes), so a crash on the
 //! worker machine comes back as "the worker process running `f` died:
 //! killed by SIGSEGV", for that call only.

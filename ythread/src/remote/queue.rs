@@ -32,7 +32,7 @@ const REPLY_HEADER: &str = "Ythread-Reply-To";
 /// worker keeps the call in its own line.
 const MAX_QUEUED_BYTES: i64 = 256 << 20;
 
-/// How long a worker's pull waits for a call before it asks again.
+/// How long a worker's pull request waits for a call before it asks again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// A namespace's queue on the NATS server.
@@ -159,31 +159,46 @@ impl Queue {
 /// A function's pull consumer.
 pub(super) type Consumer = consumer::Consumer<consumer::pull::Config>;
 
-/// Takes `consumer`'s next call, waiting up to [`PULL_EXPIRES`]; `Ok(None)`
-/// if none came. The call is not yet taken from the queue: [`Pulled::take`]
-/// or [`Pulled::put_back`] it.
-///
-/// # Errors
-///
-/// If the pull fails (the consumer or the stream is gone, the connection
-/// was lost): open the consumer again.
-pub(super) async fn pull(consumer: &Consumer, backlog: &Backlog) -> Result<Option<Pulled>, String> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await
-        .map_err(|error| error.to_string())?;
-    let Some(message) = batch.next().await else {
-        backlog.0.store(0, Ordering::Relaxed);
-        return Ok(None);
-    };
-    let message = message.map_err(|error| error.to_string())?;
-    if let Ok(info) = message.info() {
-        backlog.0.store(info.pending, Ordering::Relaxed);
+/// A worker's pulls of one function's calls: one pull request at a time,
+/// of one call, made when the worker polls [`Pulls::next`] (which it does
+/// only while it has a free process), on one subscription for good.
+pub(super) struct Pulls(consumer::pull::Stream);
+
+impl Pulls {
+    /// # Errors
+    ///
+    /// If the subscription cannot be made.
+    pub(super) async fn new(consumer: &Consumer) -> Result<Pulls, String> {
+        consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map(Pulls)
+            .map_err(|error| error.to_string())
     }
-    Ok(Some(Pulled(message)))
+
+    /// The next call, once one comes. It is not yet taken from the queue:
+    /// [`Pulled::take`] or [`Pulled::put_back`] it.
+    ///
+    /// # Errors
+    ///
+    /// If the pull fails (the consumer or the stream is gone, the
+    /// connection was lost): open the consumer again.
+    pub(super) async fn next(&mut self, backlog: &Backlog) -> Result<Pulled, String> {
+        let message = self
+            .0
+            .next()
+            .await
+            .ok_or("the pulls ended")?
+            .map_err(|error| error.to_string())?;
+        backlog.0.store(
+            message.info().map_or(0, |info| info.pending),
+            Ordering::Relaxed,
+        );
+        Ok(Pulled(message))
+    }
 }
 
 /// A call pulled from the queue, still in it.

@@ -40,10 +40,12 @@ use crate::{Processes, ProcessesBuilder};
 /// `ythread-<namespace>`), from which every worker takes one call each time
 /// one of its processes is free: calls that must wait, wait in one
 /// first-come-first-served line for the whole fleet, not behind one
-/// worker's. Delivery stays at most once. It needs a server with JetStream
-/// (`nats-server -js`); without it (see [`Worker::shared_queue`]) such a
-/// call waits for this worker's processes, and the fleet's tail latency
-/// under load suffers (see `BENCHMARKS.md`).
+/// worker's. Delivery stays at most once. Short calls (under 1 ms, as this
+/// worker has measured them) wait here instead: for them, the queue's round
+/// trip through the server would cost more than the wait. The queue needs a
+/// server with JetStream (`nats-server -js`); without it (see
+/// [`Worker::shared_queue`]) a call waits for this worker's processes, and
+/// the fleet's tail latency under load suffers (see `BENCHMARKS.md`).
 ///
 /// ```no_run
 /// fn main() -> std::io::Result<()> {
@@ -153,7 +155,6 @@ impl Worker {
         let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
         self.runtime.block_on(async {
             let _ = tokio::time::timeout(grace, async {
-                // A pull under way ends within 2 s, and its call runs.
                 for task in self.tasks {
                     let _ = task.await;
                 }
@@ -235,6 +236,7 @@ impl WorkerBuilder {
             forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
             forwarded: AtomicU64::new(0),
             dequeued: AtomicU64::new(0),
+            load: Load::default(),
         });
         let tasks = runtime.block_on(async {
             let mut tasks = Vec::new();
@@ -309,6 +311,67 @@ struct Serving {
     forwarding: Arc<Semaphore>,
     forwarded: AtomicU64,
     dequeued: AtomicU64,
+    load: Load,
+}
+
+/// How long calls take here. A call that finds every local process busy
+/// goes to the shared queue, unless calls here are short: then it waits for
+/// a process here, since the queue's round trip through the server would
+/// cost more than the wait (and more of the server's CPU).
+#[derive(Default)]
+struct Load {
+    /// The mean run time of recent calls, in ns (a moving average); 0 until
+    /// one has run.
+    mean_ns: AtomicU64,
+    /// When each call under way started.
+    running: std::sync::Mutex<Vec<Instant>>,
+}
+
+/// Calls are short when they run for less than this.
+const SHORT: Duration = Duration::from_millis(1);
+
+impl Load {
+    fn short(&self) -> bool {
+        let mean = self.mean_ns.load(Ordering::Relaxed);
+        mean != 0
+            && mean < SHORT.as_nanos() as u64
+            && self
+                .running()
+                .iter()
+                .all(|started| started.elapsed() < SHORT)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
+        // A push or a remove cannot leave the list half-done.
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn started(&self) -> Instant {
+        let now = Instant::now();
+        self.running().push(now);
+        now
+    }
+
+    fn finished(&self, started: Instant) {
+        let mut running = self.running();
+        if let Some(at) = running.iter().position(|&s| s == started) {
+            running.swap_remove(at);
+        }
+        drop(running);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Weight 1/8 to the newest call.
+        let _ = self
+            .mean_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
+                Some(if mean == 0 {
+                    took.max(1)
+                } else {
+                    (mean - mean / 8).saturating_add(took / 8).max(1)
+                })
+            });
+    }
 }
 
 /// Free local worker processes: a call runs once it holds a [`Slot`].
@@ -376,8 +439,8 @@ struct Call {
 
 /// Answers the calls of one function that NATS gives this worker: runs each
 /// at once if a local process is free, and otherwise puts it in the shared
-/// queue, behind the calls that waited first (without a shared queue, it
-/// waits here for a process).
+/// queue, behind the calls that waited first (without a shared queue, or
+/// when calls here are short, it waits here for a process).
 async fn serve_function(
     serving: Arc<Serving>,
     entry: &'static Entry,
@@ -424,7 +487,7 @@ async fn serve_function(
             run(&serving, slot, call);
             continue;
         }
-        let Some(queue) = serving.queue.clone() else {
+        let Some(queue) = serving.queue.clone().filter(|_| !serving.load.short()) else {
             // While this waits, the subscription is not read: a flood
             // cannot grow threads here; async-nats buffers up to 65,536
             // messages per subscription meanwhile, and drops more (a slow
@@ -474,7 +537,7 @@ async fn pull_calls(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut free = serving.slots.free.subscribe();
-    let mut consumer = None;
+    let mut pulls = None;
     let mut pause = Duration::from_millis(10);
     loop {
         tokio::select! {
@@ -484,16 +547,23 @@ async fn pull_calls(
                 return;
             },
         }
-        let pulled = match &consumer {
-            Some(consumer) => queue::pull(consumer, &backlog).await,
-            None => queue.consumer(entry).await.map(|opened| {
-                consumer = Some(opened);
-                None
-            }),
+        let pulled = match &mut pulls {
+            // (Stopping drops a pull under way: a call that reaches it is
+            // never acknowledged, and the queue gives it to another worker
+            // after `ack_wait`.)
+            Some(pulls) => tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stop| *stop) => return,
+                pulled = queue::Pulls::next(pulls, &backlog) => pulled.map(Some),
+            },
+            None => match queue.consumer(entry).await {
+                Ok(consumer) => queue::Pulls::new(&consumer).await.map(|opened| {
+                    pulls = Some(opened);
+                    None
+                }),
+                Err(error) => Err(error),
+            },
         };
-        // (A pull under way when the worker stops ends within
-        // `PULL_EXPIRES`, and the call it brings is run: it was taken from
-        // the queue.)
         match pulled {
             Ok(None) => pause = Duration::from_millis(10),
             Ok(Some(pulled)) => {
@@ -524,7 +594,7 @@ async fn pull_calls(
             Err(_) => {
                 // The consumer, the stream or the connection is gone: open
                 // them again, backing off while that fails.
-                consumer = None;
+                pulls = None;
                 tokio::select! {
                     _ = stopping.wait_for(|stop| *stop) => return,
                     () = tokio::time::sleep(pause) => {}
@@ -553,10 +623,12 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
         if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
             return;
         }
-        let mut answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let started = serving.load.started();
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_locally(&serving.processes, entry, &args)
-        }))
-        .unwrap_or_else(|_| {
+        }));
+        serving.load.finished(started);
+        let mut answer = answer.unwrap_or_else(|_| {
             Reply::Failed(
                 OffloadError::unavailable(entry.name, "the worker's call thread panicked")
                     .to_wire(),
