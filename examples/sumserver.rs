@@ -16,11 +16,14 @@ struct Args {
     /// The port to listen on (127.0.0.1).
     #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
     port: u16,
+    #[command(flatten)]
+    limits: ythread_demo::server::LimitArgs,
 }
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let server = Server::start_plain(server::bind((Ipv4Addr::LOCALHOST, args.port))?)?;
+    let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
+    let server = Server::start_plain(listener, args.limits.into())?;
     println!("sumserver (plain threads) listening on {}", server.addr());
     // Serve until killed.
     loop {

@@ -24,6 +24,10 @@ struct Args {
     /// Local worker processes [default: the number of cores].
     #[arg(long)]
     workers: Option<usize>,
+    /// A call that runs longer than this, in milliseconds, fails, and its
+    /// local worker process is killed and replaced.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    deadline_ms: u64,
 }
 
 fn main() -> io::Result<()> {
@@ -33,7 +37,8 @@ fn main() -> io::Result<()> {
     // Keep the `#[offloadable]` functions of the demo library linked in.
     let _ = ythread_demo::sumn;
     let args = Args::parse();
-    let mut processes = Processes::builder();
+    let mut processes =
+        Processes::builder().deadline(std::time::Duration::from_millis(args.deadline_ms));
     if let Some(workers) = args.workers {
         processes = processes.workers(workers);
     }

@@ -34,9 +34,9 @@ struct Args {
     workers: Option<usize>,
     /// With `--apply processes` or `remote`: a call that runs longer than
     /// this, in milliseconds, fails (under `processes`, its worker is killed
-    /// and replaced); the request gets an error.
-    #[arg(long, value_name = "MS")]
-    deadline_ms: Option<u64>,
+    /// and replaced); the request gets an error line.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    deadline_ms: u64,
     /// With `--apply processes`: the address space of each worker, in MiB.
     #[arg(long, value_name = "MIB")]
     memory_limit_mib: Option<u64>,
@@ -50,6 +50,8 @@ struct Args {
     /// The port to listen on (127.0.0.1).
     #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
     port: u16,
+    #[command(flatten)]
+    limits: server::LimitArgs,
 }
 
 /// The seed's `cpu_apply` choices.
@@ -77,35 +79,36 @@ fn main() -> io::Result<()> {
     ythread::processes::init();
     let args = Args::parse();
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
+    let limits = args.limits.into();
     let server = match args.apply {
-        Strategy::Inline => Server::start_yieldable(listener, Inline)?,
-        Strategy::Exclusive => Server::start_yieldable(listener, Exclusive::new())?,
+        Strategy::Inline => Server::start_yieldable(listener, limits, Inline)?,
+        Strategy::Exclusive => Server::start_yieldable(listener, limits, Exclusive::new())?,
         Strategy::Bounded => Server::start_yieldable(
             listener,
+            limits,
             args.limit.map_or_else(Bounded::per_core, Bounded::new),
         )?,
-        Strategy::Pool => {
-            Server::start_yieldable(listener, args.threads.map_or_else(Pool::default, Pool::new))?
-        }
+        Strategy::Pool => Server::start_yieldable(
+            listener,
+            limits,
+            args.threads.map_or_else(Pool::default, Pool::new),
+        )?,
         Strategy::Processes => {
             let mut builder = Processes::builder();
             if let Some(workers) = args.workers {
                 builder = builder.workers(workers);
             }
-            if let Some(ms) = args.deadline_ms {
-                builder = builder.deadline(Duration::from_millis(ms));
-            }
+            builder = builder.deadline(Duration::from_millis(args.deadline_ms));
             if let Some(mib) = args.memory_limit_mib {
                 builder = builder.memory_limit(mib << 20);
             }
-            Server::start_yieldable(listener, Arc::new(builder.build()?))?
+            Server::start_yieldable(listener, limits, Arc::new(builder.build()?))?
         }
         Strategy::Remote => {
-            let mut builder = Remote::builder(&args.nats).namespace(&args.namespace);
-            if let Some(ms) = args.deadline_ms {
-                builder = builder.deadline(Duration::from_millis(ms));
-            }
-            Server::start_yieldable(listener, Arc::new(builder.connect()?))?
+            let builder = Remote::builder(&args.nats)
+                .namespace(&args.namespace)
+                .deadline(Duration::from_millis(args.deadline_ms));
+            Server::start_yieldable(listener, limits, Arc::new(builder.connect()?))?
         }
     };
     println!(

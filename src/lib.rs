@@ -60,16 +60,54 @@ pub fn expected_sum(n: u64) -> u64 {
     (n * (n + 1) / 2) as u64
 }
 
+/// The largest `n` whose sum `1 + 2 + ... + n` fits in 64 bits.
+pub const MAX_SUMMABLE_N: u64 = 6_074_000_999;
+
 /// Reads one request: up to [`MAX_REQUEST`] bytes of ASCII decimal, in one
 /// read like the seed's `recv(16)`.
 ///
 /// # Errors
 ///
-/// An I/O error, or `InvalidData` if the bytes are not a decimal number.
+/// An I/O error (`WouldBlock` or `TimedOut` once a read time-out passes),
+/// `UnexpectedEof` if the client sent nothing, `InvalidData` if it sent
+/// more than [`MAX_REQUEST`] bytes or not a decimal number.
 pub fn read_request(stream: &mut impl Read) -> io::Result<u64> {
-    let mut buf = [0u8; MAX_REQUEST];
+    let mut buf = [0u8; MAX_REQUEST + 1];
     let len = stream.read(&mut buf)?;
+    if len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no request: the connection closed before any byte came",
+        ));
+    }
+    if len > MAX_REQUEST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a request is at most {MAX_REQUEST} bytes"),
+        ));
+    }
     parse_decimal(&buf[..len])
+}
+
+/// Checks that the server will compute the sum of `n`: at most `max_n` (its
+/// cost is O(n)), and a sum that fits in 64 bits.
+///
+/// # Errors
+///
+/// `InvalidInput`, saying which bound `n` is over.
+pub fn check_n(n: u64, max_n: u64) -> io::Result<u64> {
+    if n > max_n.min(MAX_SUMMABLE_N) {
+        let why = if n > MAX_SUMMABLE_N {
+            format!("its sum does not fit in 64 bits (n is at most {MAX_SUMMABLE_N})")
+        } else {
+            format!("this server takes n up to {max_n}")
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("n = {n} is too large: {why}"),
+        ));
+    }
+    Ok(n)
 }
 
 /// Writes one reply: `sum` as ASCII decimal.
@@ -136,7 +174,28 @@ mod tests {
         assert_eq!(read_request(&mut &b"25000"[..]).unwrap(), 25_000);
         assert_eq!(read_request(&mut &b" 42\n"[..]).unwrap(), 42);
         assert!(read_request(&mut &b"x"[..]).is_err());
-        assert!(read_request(&mut &b""[..]).is_err());
+        assert!(read_request(&mut &b"-5"[..]).is_err());
+        assert_eq!(
+            read_request(&mut &b""[..]).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(read_request(&mut &b"0000000000000042"[..]).unwrap(), 42);
+        let long = read_request(&mut &b"00000000000000042"[..]).unwrap_err();
+        assert!(long.to_string().contains("at most 16 bytes"), "{long}");
+    }
+
+    #[test]
+    fn n_is_bounded_by_the_server_and_by_64_bits() {
+        assert_eq!(check_n(10, 10).unwrap(), 10);
+        let over = check_n(11, 10).unwrap_err();
+        assert!(over.to_string().contains("takes n up to 10"), "{over}");
+        assert_eq!(check_n(MAX_SUMMABLE_N, u64::MAX).unwrap(), MAX_SUMMABLE_N);
+        let huge = check_n(MAX_SUMMABLE_N + 1, u64::MAX).unwrap_err();
+        assert!(huge.to_string().contains("64 bits"), "{huge}");
+        // The bound is exact: the sum of MAX_SUMMABLE_N fits, the next does not.
+        let sum = |n: u64| u128::from(n) * (u128::from(n) + 1) / 2;
+        assert!(sum(MAX_SUMMABLE_N) <= u128::from(u64::MAX));
+        assert!(sum(MAX_SUMMABLE_N + 1) > u128::from(u64::MAX));
     }
 }
 

@@ -8,19 +8,19 @@
 //! cleanly: [`Server::stop`] returns once every thread it started has ended.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use ythread::{Apply, YieldableThread, offload};
+use ythread::{Apply, YieldableThread, try_offload};
 
-use crate::{read_request, sumn, write_reply};
+use crate::{check_n, read_request, sumn, write_reply};
 
 /// The listen backlog [`bind`] asks for: room for a burst of connections far
 /// larger than the benchmark's clients. The kernel caps it (Linux:
@@ -55,33 +55,110 @@ pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
 }
 
 /// The seed's handler on plain threads: reads `n`, computes `sumn(n)`, writes
-/// it; the connection closes when `stream` is dropped.
+/// it; the connection closes when `stream` is dropped. A request it refuses
+/// (not a number, `n` over `max_n`: see [`check_n`]) gets an error line
+/// (`error: ...`) instead, before any CPU is spent.
 ///
 /// # Errors
 ///
-/// Any I/O error, or `InvalidData` if the request is not a decimal number
-/// (the connection then closes without an answer).
-pub fn handle_plain(mut stream: TcpStream) -> io::Result<()> {
-    let n = read_request(&mut stream)?;
+/// Any I/O error, or why the request was refused.
+pub fn handle_plain(mut stream: TcpStream, max_n: u64) -> io::Result<()> {
+    let n = match read_request(&mut stream).and_then(|n| check_n(n, max_n)) {
+        Ok(n) => n,
+        Err(error) => return refuse(&mut stream, error),
+    };
     let sum = sumn(n);
     write_reply(&mut stream, sum)
 }
 
 /// The same handler, yieldable: the CPU step is `offload!(sumn, n)` and runs
 /// wherever the strategy of the thread driving it says. The handler names no
-/// strategy.
+/// strategy. (It is `try_offload!`, so that work the strategy fails, past
+/// its deadline for example, is an error line for the client.)
 ///
 /// Calling it returns the handler without running it; see
 /// [`ythread::Yieldable`].
 ///
 /// # Errors
 ///
-/// As [`handle_plain`].
+/// As [`handle_plain`], and the strategy's [`ythread::OffloadError`].
 #[ythread::yieldable]
-pub fn handle(mut stream: TcpStream) -> io::Result<()> {
-    let n = read_request(&mut stream)?;
-    let sum = offload!(sumn, n);
-    write_reply(&mut stream, sum)
+pub fn handle(mut stream: TcpStream, max_n: u64) -> io::Result<()> {
+    let n = match read_request(&mut stream).and_then(|n| check_n(n, max_n)) {
+        Ok(n) => n,
+        Err(error) => return refuse(&mut stream, error),
+    };
+    match try_offload!(sumn, n) {
+        Ok(sum) => write_reply(&mut stream, sum),
+        Err(error) => refuse(&mut stream, io::Error::other(error)),
+    }
+}
+
+/// Tells the client why its request gets no answer (`error: <why>` and a
+/// newline), then closes the connection. Returns `error`.
+///
+/// If the client sent more than its request, what is left is read and
+/// dropped first (what arrives within 100 ms, at most 64 KiB): closing with
+/// unread bytes would reset the connection, and the client could lose the
+/// error line.
+fn refuse(stream: &mut TcpStream, error: io::Error) -> io::Result<()> {
+    let timed_out = matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    );
+    let why = if timed_out {
+        "no request in time (the server's read time-out)".to_owned()
+    } else {
+        error.to_string().replace(['\n', '\r'], " ")
+    };
+    // The client may be gone: nothing more to do then.
+    let told = stream
+        .write_all(format!("error: {why}\n").as_bytes())
+        .and_then(|()| stream.shutdown(Shutdown::Write));
+    let sent_something = matches!(
+        error.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+    );
+    if told.is_ok() && sent_something {
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut rest = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < 64 << 10 {
+            match stream.read(&mut rest) {
+                Ok(0) | Err(_) => break,
+                Ok(len) => dropped += len,
+            }
+        }
+    }
+    Err(error)
+}
+
+/// What a [`Server`] accepts: bounds on the cost of one request and on the
+/// connections it holds, so that no client can take the server's cores or
+/// threads for good.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest `n` a request may ask for (its cost is O(n)); larger ones
+    /// get an error line. Default 100,000,000: at most about 50 ms of CPU.
+    /// (Whatever this says, `n` is at most [`MAX_SUMMABLE_N`](crate::MAX_SUMMABLE_N).)
+    pub max_n: u64,
+    /// How long a connection may take to send its request; then it gets an
+    /// error line and is closed. Default 10 s.
+    pub read_timeout: Duration,
+    /// How many connections are served at once, at most; more wait in the
+    /// listen backlog (the accept thread stops accepting meanwhile).
+    /// Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_n: 100_000_000,
+            read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// A thread-per-connection server: a background thread accepts connections
@@ -96,7 +173,8 @@ pub fn handle(mut stream: TcpStream) -> io::Result<()> {
 /// ```
 /// use ythread_demo::server::{self, Server};
 ///
-/// let server = Server::start_yieldable(server::bind("127.0.0.1:0")?, ythread::Pool::new(2))?;
+/// let listener = server::bind("127.0.0.1:0")?;
+/// let server = Server::start_yieldable(listener, server::Limits::default(), ythread::Pool::new(2))?;
 /// assert_eq!(ythread_demo::request(server.addr(), 100)?, 5050);
 /// server.stop();
 /// # Ok::<(), std::io::Error>(())
@@ -111,6 +189,7 @@ pub struct Server {
     /// The accept thread; `None` once stopped. It joins every connection
     /// thread before it ends, so joining it joins them all.
     accept_thread: Option<JoinHandle<()>>,
+    connections: Arc<Connections>,
 }
 
 /// How often, in accepted connections, the accept thread forgets the
@@ -127,13 +206,17 @@ impl Server {
     ///
     /// Fails if the listener's address cannot be read or the accept thread
     /// cannot be spawned.
-    pub fn start_plain(listener: TcpListener) -> io::Result<Server> {
-        Server::start_threads(listener, "sumserver-conn", handle_plain)
+    pub fn start_plain(listener: TcpListener, limits: Limits) -> io::Result<Server> {
+        Server::start_threads(listener, "sumserver-conn", limits, move |stream| {
+            handle_plain(stream, limits.max_n)
+        })
     }
 
     /// Serves with plain std threads named `thread_name`, one per
     /// connection, each running a clone of `serve` on its stream: the plain
-    /// server with any handler (the benchmark's peers use it).
+    /// server with any handler (the benchmark's peers use it). Of `limits`,
+    /// the read time-out and the bound on connections apply; `max_n` is the
+    /// handler's to check.
     ///
     /// # Errors
     ///
@@ -142,13 +225,14 @@ impl Server {
     pub fn start_threads<F>(
         listener: TcpListener,
         thread_name: &str,
+        limits: Limits,
         serve: F,
     ) -> io::Result<Server>
     where
         F: FnOnce(TcpStream) -> io::Result<()> + Clone + Send + 'static,
     {
         let thread_name = thread_name.to_owned();
-        Server::start(listener, move |stream, registration| {
+        Server::start(listener, limits, move |stream, registration| {
             let serve = serve.clone();
             thread::Builder::new()
                 .name(thread_name.clone())
@@ -168,22 +252,22 @@ impl Server {
     ///
     /// Fails if the listener's address cannot be read or the accept thread
     /// cannot be spawned.
-    pub fn start_yieldable<A>(listener: TcpListener, apply: A) -> io::Result<Server>
+    pub fn start_yieldable<A>(listener: TcpListener, limits: Limits, apply: A) -> io::Result<Server>
     where
         A: Apply + Clone + Send + 'static,
     {
-        Server::start(listener, move |stream, registration| {
+        Server::start(listener, limits, move |stream, registration| {
             YieldableThread::new()
                 .name("ysumserver-conn")
                 .apply(apply.clone())
-                .spawn(handle_registered(stream, registration))
+                .spawn(handle_registered(stream, limits.max_n, registration))
         })
     }
 
     /// Starts the accept thread; `spawn` starts the thread serving one
     /// connection, which must drop the [`Registration`] once the connection
     /// is closed.
-    fn start<S>(listener: TcpListener, spawn: S) -> io::Result<Server>
+    fn start<S>(listener: TcpListener, limits: Limits, spawn: S) -> io::Result<Server>
     where
         S: FnMut(TcpStream, Registration) -> io::Result<JoinHandle<io::Result<()>>>
             + Send
@@ -192,14 +276,23 @@ impl Server {
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stopping);
+        let connections = Arc::new(Connections::default());
+        let open = Arc::clone(&connections);
         let accept_thread = thread::Builder::new()
             .name("sumserver-accept".into())
-            .spawn(move || accept_loop(listener, &flag, spawn))?;
+            .spawn(move || accept_loop(listener, limits, &flag, &open, spawn))?;
         Ok(Server {
             addr,
             stopping,
             accept_thread: Some(accept_thread),
+            connections,
         })
+    }
+
+    /// How many connections are open now (accepted, not yet closed): at
+    /// most [`Limits::max_connections`].
+    pub fn connections(&self) -> usize {
+        self.connections.lock().count
     }
 
     /// The address the server listens on.
@@ -245,34 +338,53 @@ impl Drop for Server {
 /// [`handle`], plus the connection's [`Registration`], dropped once
 /// `handle` has closed the stream.
 #[ythread::yieldable]
-fn handle_registered(stream: TcpStream, registration: Registration) -> io::Result<()> {
-    let result = ythread::yield_from!(handle(stream));
+fn handle_registered(stream: TcpStream, max_n: u64, registration: Registration) -> io::Result<()> {
+    let result = ythread::yield_from!(handle(stream, max_n));
     drop(registration);
     result
 }
 
-/// The connections being served, by id: clones of their streams, so that
-/// stopping can shut down connections still waiting for their request.
-type Open = Arc<Mutex<HashMap<u64, TcpStream>>>;
+/// The connections being served: how many, and clones of their streams by
+/// id, so that stopping can shut down connections still waiting for their
+/// request.
+#[derive(Debug, Default)]
+struct Connections {
+    state: Mutex<Open>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+}
 
-/// One entry of [`Open`]; dropping it removes the clone, which closes the
-/// socket for good (the client waits for that close to read its answer).
+#[derive(Debug, Default)]
+struct Open {
+    count: usize,
+    streams: HashMap<u64, TcpStream>,
+}
+
+impl Connections {
+    /// Locks the state, ignoring poisoning: each change is a single call,
+    /// so the state is consistent whatever panicked while holding the lock.
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One open connection; dropping it removes the stream's clone, which
+/// closes the socket for good (the client waits for that close to read its
+/// answer), and makes room for another connection.
 #[derive(Debug)]
 struct Registration {
-    open: Open,
+    connections: Arc<Connections>,
     id: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        lock(&self.open).remove(&self.id);
+        let mut open = self.connections.lock();
+        open.streams.remove(&self.id);
+        open.count -= 1;
+        drop(open);
+        self.connections.ended.notify_one();
     }
-}
-
-/// Locks `open`, ignoring poisoning: each insert or remove is a single call,
-/// so the map is consistent whatever panicked while holding the lock.
-fn lock(open: &Open) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-    open.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Where to connect to reach a listener bound to `addr`: an unspecified
@@ -285,16 +397,34 @@ fn wake_up_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Accepts connections until `stopping` is set, then closes the listener,
-/// shuts down the read side of open connections and joins every connection
+/// Accepts connections until `stopping` is set, at most
+/// `limits.max_connections` open at once, then closes the listener, shuts
+/// down the read side of open connections and joins every connection
 /// thread.
-fn accept_loop<S>(listener: TcpListener, stopping: &AtomicBool, mut spawn: S)
-where
+fn accept_loop<S>(
+    listener: TcpListener,
+    limits: Limits,
+    stopping: &AtomicBool,
+    connections: &Arc<Connections>,
+    mut spawn: S,
+) where
     S: FnMut(TcpStream, Registration) -> io::Result<JoinHandle<io::Result<()>>>,
 {
-    let open: Open = Arc::default();
     let mut threads: Vec<JoinHandle<io::Result<()>>> = Vec::new();
     for id in 0u64.. {
+        // Back-pressure: while the server holds as many connections as it
+        // may, it accepts no more; new ones wait in the listen backlog.
+        {
+            let mut open = connections.lock();
+            while open.count >= limits.max_connections.max(1) && !stopping.load(Ordering::SeqCst) {
+                // (A timeout, so that stopping is seen without a signal.)
+                open = connections
+                    .ended
+                    .wait_timeout(open, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(_) if stopping.load(Ordering::SeqCst) => break,
@@ -313,13 +443,19 @@ where
         if stopping.load(Ordering::SeqCst) {
             break;
         }
-        // Without a clone the connection cannot be ended from outside; serve
-        // it anyway, stopping then waits for the client.
-        if let Ok(clone) = stream.try_clone() {
-            lock(&open).insert(id, clone);
+        // A client that never sends must not hold its thread for good.
+        let _ = stream.set_read_timeout(Some(limits.read_timeout));
+        {
+            let mut open = connections.lock();
+            open.count += 1;
+            // Without a clone the connection cannot be ended from outside;
+            // serve it anyway, stopping then waits for the client.
+            if let Ok(clone) = stream.try_clone() {
+                open.streams.insert(id, clone);
+            }
         }
         let registration = Registration {
-            open: Arc::clone(&open),
+            connections: Arc::clone(connections),
             id,
         };
         // If no thread can be started, the stream and the registration are
@@ -334,12 +470,37 @@ where
     // Close the port first, so that clients are refused rather than queued
     // while the last connections finish.
     drop(listener);
-    for stream in lock(&open).values() {
+    for stream in connections.lock().streams.values() {
         // The peer may have closed already; nothing to do then.
         let _ = stream.shutdown(Shutdown::Read);
     }
     for thread in threads {
         // A connection's error or panic ends only that connection.
         let _ = thread.join();
+    }
+}
+
+/// The command-line flags of [`Limits`], shared by the example servers.
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// The largest `n` a request may ask for: its work is O(n) (about
+    /// 0.3 ns per unit here); larger ones get an error line.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_n)]
+    pub max_n: u64,
+    /// How long a client may take to send its request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().read_timeout.as_millis() as u64)]
+    pub read_timeout_ms: u64,
+    /// How many connections are served at once; more wait to be accepted.
+    #[arg(long, value_name = "COUNT", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(args: LimitArgs) -> Limits {
+        Limits {
+            max_n: args.max_n,
+            read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
+            max_connections: args.max_connections.max(1),
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The seed's server and clients, end to end over loopback: every strategy
-//! answers every request right, the seed's Python client agrees, bad clients
-//! do not hurt the server, and stopping the server leaves nothing behind.
+//! answers every request right, the seed's Python client agrees, and
+//! stopping the server leaves nothing behind. (Bad clients: `hostile.rs`.)
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use std::time::Duration;
 use ythread::apply_fn;
 use ythread::{Bounded, Exclusive, Inline, Pool};
 use ythread_demo::client::closed_loop;
-use ythread_demo::server::{self, Server};
+use ythread_demo::server::{self, Limits, Server};
 use ythread_demo::{SEED_N, expected_sum, request};
 
 /// The servers under test: the plain threaded one, and the yieldable one
@@ -25,11 +25,11 @@ const KINDS: [&str; 5] = ["plain", "inline", "exclusive", "bounded(2)", "pool(2)
 fn start(kind: &str) -> Server {
     let listener = server::bind("127.0.0.1:0").expect("bind a free port");
     match kind {
-        "plain" => Server::start_plain(listener),
-        "inline" => Server::start_yieldable(listener, Inline),
-        "exclusive" => Server::start_yieldable(listener, Exclusive::new()),
-        "bounded(2)" => Server::start_yieldable(listener, Bounded::new(2)),
-        "pool(2)" => Server::start_yieldable(listener, Pool::new(2)),
+        "plain" => Server::start_plain(listener, Limits::default()),
+        "inline" => Server::start_yieldable(listener, Limits::default(), Inline),
+        "exclusive" => Server::start_yieldable(listener, Limits::default(), Exclusive::new()),
+        "bounded(2)" => Server::start_yieldable(listener, Limits::default(), Bounded::new(2)),
+        "pool(2)" => Server::start_yieldable(listener, Limits::default(), Pool::new(2)),
         _ => unreachable!("unknown server kind {kind}"),
     }
     .expect("start the server")
@@ -45,17 +45,6 @@ fn stop(server: Server) {
     done_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("Server::stop did not return");
-}
-
-/// Sends `bytes`, closes the write side, and returns what the server sent
-/// back before closing.
-fn exchange(addr: SocketAddr, bytes: &[u8]) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.write_all(bytes)?;
-    stream.shutdown(Shutdown::Write)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    Ok(answer)
 }
 
 #[test]
@@ -96,46 +85,6 @@ fn many_clients_at_once_are_all_served() {
 }
 
 #[test]
-fn bad_clients_do_not_stop_the_server() {
-    for kind in KINDS {
-        let server = start(kind);
-        let addr = server.addr();
-
-        // Not a number: the connection closes without an answer.
-        assert_eq!(exchange(addr, b"hello").unwrap(), b"", "{kind}");
-        assert_eq!(exchange(addr, b"\xff\xfe").unwrap(), b"", "{kind}");
-        // Nothing at all.
-        assert_eq!(exchange(addr, b"").unwrap(), b"", "{kind}");
-        // More garbage than one read takes: the server closes with unread
-        // bytes, which resets the connection. Depending on when the reset
-        // arrives, the client's shutdown, write or read reports it; either
-        // way, no answer.
-        match exchange(addr, b"garbage garbage garbage garbage") {
-            Ok(answer) => assert_eq!(answer, b"", "{kind}"),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::NotConnected
-                        | io::ErrorKind::BrokenPipe
-                ),
-                "{kind}: {e}"
-            ),
-        }
-        // Connect and leave at once.
-        drop(TcpStream::connect(addr).unwrap());
-        // Ask, then leave before the answer.
-        let mut impatient = TcpStream::connect(addr).unwrap();
-        impatient.write_all(b"25000").unwrap();
-        drop(impatient);
-
-        let report = closed_loop(addr, SEED_N, 20, 2);
-        assert!(report.all_ok(), "{kind}: {report:?}");
-        stop(server);
-    }
-}
-
-#[test]
 fn stop_answers_the_request_in_progress_and_leaves_no_thread() {
     let (started_tx, started_rx) = mpsc::channel();
     let work_done = Arc::new(AtomicBool::new(false));
@@ -148,7 +97,12 @@ fn stop_answers_the_request_in_progress_and_leaves_no_thread() {
         job.run();
         done.store(true, Ordering::SeqCst);
     });
-    let server = Server::start_yieldable(server::bind("127.0.0.1:0").unwrap(), slow).unwrap();
+    let server = Server::start_yieldable(
+        server::bind("127.0.0.1:0").unwrap(),
+        Limits::default(),
+        slow,
+    )
+    .unwrap();
     let addr = server.addr();
     let client = thread::spawn(move || request(addr, 1000));
     started_rx.recv().expect("the handler reached offload!");
@@ -185,8 +139,13 @@ fn stop_frees_the_port_and_ends_idle_connections() {
 
         stop(server);
 
-        let mut answer = Vec::new();
-        assert_eq!(idle.read_to_end(&mut answer).unwrap(), 0, "{kind}");
+        // It is closed, with an error line at most.
+        let mut answer = String::new();
+        idle.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.is_empty() || answer.starts_with("error: no request"),
+            "{kind}: {answer:?}"
+        );
         let refused = TcpStream::connect(addr).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused, "{kind}");
         drop(TcpListener::bind(addr).expect("the port is free again"));

@@ -144,9 +144,14 @@ pub(crate) fn start_rayon_install(listener: TcpListener) -> io::Result<Server> {
             .build()
             .map_err(io::Error::other)?,
     );
-    Server::start_threads(listener, "rayon-peer-conn", move |mut stream| {
-        let n = read_request(&mut stream)?;
-        let sum = pool.install(|| sumn(n));
-        write_reply(&mut stream, sum)
-    })
+    Server::start_threads(
+        listener,
+        "rayon-peer-conn",
+        crate::variants::limits(),
+        move |mut stream| {
+            let n = read_request(&mut stream)?;
+            let sum = pool.install(|| sumn(n));
+            write_reply(&mut stream, sum)
+        },
+    )
 }

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use ythread::{Apply, Bounded, Exclusive, Inline, Pool, Processes};
-use ythread_demo::server::Server;
+use ythread_demo::server::{self, Server};
 
 use crate::peers::{self, TokioServer, TokioStep};
 
@@ -50,13 +50,22 @@ pub(crate) struct Variant {
     start: Start,
 }
 
+/// The servers' limits: any `n` the benchmark may ask for (`--work-ms` sets
+/// it) is taken.
+pub(crate) fn limits() -> server::Limits {
+    server::Limits {
+        max_n: ythread_demo::MAX_SUMMABLE_N,
+        ..server::Limits::default()
+    }
+}
+
 impl Variant {
     /// The seed's plain threaded server, no ythread involved.
     fn plain(name: &'static str) -> Variant {
         Variant {
             name,
             family: Family::Seed,
-            start: Box::new(|listener| Ok(Box::new(Server::start_plain(listener)?))),
+            start: Box::new(|listener| Ok(Box::new(Server::start_plain(listener, limits())?))),
         }
     }
 
@@ -70,7 +79,11 @@ impl Variant {
             name,
             family,
             start: Box::new(move |listener| {
-                Ok(Box::new(Server::start_yieldable(listener, make())?))
+                Ok(Box::new(Server::start_yieldable(
+                    listener,
+                    limits(),
+                    make(),
+                )?))
             }),
         }
     }

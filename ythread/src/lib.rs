@@ -79,6 +79,25 @@
 //!   [`yieldable`]).
 //! - Work that itself runs a handler with the same `Exclusive`, `Bounded` or
 //!   `Pool` runs in place, as a nested `rayon::install` does.
+//!
+//! # Work that never ends
+//!
+//! A thread cannot be stopped from outside, so what work that never returns
+//! (a bug, or a request whose cost nobody bounded) does depends on where it
+//! runs:
+//!
+//! | strategy | work that never ends | what to do |
+//! |---|---|---|
+//! | [`Inline`] | holds its handler's thread | bound the work's cost before `offload!` |
+//! | [`Bounded`] | holds its thread and one of the `n` permits: after `n` such calls, every offload waits forever | the same |
+//! | [`Exclusive`] | holds the lock: every later offload waits forever | the same |
+//! | [`Pool`] | holds a worker thread: after as many calls as threads, the queue never moves | the same |
+//! | [`Processes`] | with [`ProcessesBuilder::deadline`], its worker process is killed at the deadline and replaced; the call fails with [`OffloadErrorKind::DeadlineExceeded`] | set a deadline |
+//! | `remote::Remote` | the call fails at `RemoteBuilder::deadline`; on the worker machine, its process runs on unless the worker's `Processes` has a deadline too | set both |
+//!
+//! So: check a request's cost before offloading it (the example servers
+//! refuse an `n` over `--max-n`), and run work that may run away despite
+//! that under `Processes` with a deadline (`--deadline-ms`).
 #![warn(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
