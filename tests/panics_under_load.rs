@@ -1,0 +1,254 @@
+//! Panics under load: on each strategy, 8 driving threads interleave 10,000
+//! panicking and 10,000 normal offloads. Every normal result is right, every
+//! panic surfaces at its `offload!` point with its own payload, and the
+//! strategy then serves new work with all its workers.
+
+mod common;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::thread;
+use std::time::Duration;
+
+use ythread::remote::{Remote, Worker};
+use ythread::{
+    Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, Processes, Yieldable, apply_fn,
+    offload, offloadable, try_offload, yieldable,
+};
+use ythread_demo::nats::NatsServer;
+
+const THREADS: u64 = 8;
+/// Offloads per driving thread: half panic, half do not.
+const PER_THREAD: u64 = 2_500;
+
+/// A payload of our own type, so that a test can tell it is the very one.
+#[derive(Debug, PartialEq)]
+struct Code(u64);
+
+fn triple(id: u64) -> u64 {
+    id * 3
+}
+
+/// Offloads `first..first + PER_THREAD` in turn: odd ids return, even ids
+/// panic with `Code(id)`, caught half through `offload!` (the panic resumes
+/// at the point) and half through `try_offload!`. Returns the panics seen.
+#[yieldable]
+fn drive(first: u64) -> u64 {
+    let mut panics = 0;
+    for id in first..first + PER_THREAD {
+        if id % 2 == 1 {
+            assert_eq!(offload!(triple, id), id * 3);
+        } else if id % 4 == 0 {
+            let payload = panic::catch_unwind(AssertUnwindSafe(|| {
+                offload!(|| -> u64 { common::quietly(|| panic::panic_any(Code(id))) })
+            }))
+            .expect_err("the work panicked");
+            assert_eq!(payload.downcast_ref::<Code>(), Some(&Code(id)));
+            panics += 1;
+        } else {
+            let error = try_offload!(|| -> u64 { common::quietly(|| panic::panic_any(Code(id))) })
+                .expect_err("the work panicked");
+            assert_eq!(error.kind(), OffloadErrorKind::Panicked);
+            let payload = error.try_into_panic().expect("a panic's payload");
+            assert_eq!(payload.downcast_ref::<Code>(), Some(&Code(id)));
+            panics += 1;
+        }
+    }
+    panics
+}
+
+/// `n` handlers that each hold a piece of work until all `n` run at once:
+/// the strategy still has `n` workers.
+fn all_workers_serve<A: Apply + Clone + Send + 'static>(apply: &A, n: usize) {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let met: Vec<_> = (0..n)
+        .map(|_| {
+            let (apply, arrived) = (apply.clone(), Arc::clone(&arrived));
+            thread::spawn(move || common::meets(arrived, n).run_with(&apply))
+        })
+        .collect();
+    for met in met {
+        assert!(met.join().unwrap(), "a worker is missing");
+    }
+}
+
+/// The thread strategies: `drive` run by `YieldableThread`s on `apply`.
+fn threads_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let apply = apply.clone();
+            thread::spawn(move || drive(t * PER_THREAD).run_with(&apply))
+        })
+        .collect();
+    let panics: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(panics, THREADS * PER_THREAD / 2);
+}
+
+#[test]
+fn inline() {
+    common::watchdog(Duration::from_secs(300), || {
+        threads_under_load(Inline);
+        all_workers_serve(&Inline, 2);
+    });
+}
+
+#[test]
+fn exclusive() {
+    common::watchdog(Duration::from_secs(300), || {
+        let exclusive = Exclusive::new();
+        threads_under_load(exclusive.clone());
+        all_workers_serve(&exclusive, 1);
+    });
+}
+
+#[test]
+fn bounded() {
+    common::watchdog(Duration::from_secs(300), || {
+        let bounded = Bounded::new(2);
+        threads_under_load(bounded.clone());
+        all_workers_serve(&bounded, 2);
+    });
+}
+
+#[test]
+fn pool() {
+    common::watchdog(Duration::from_secs(300), || {
+        let pool = Pool::new(2);
+        threads_under_load(pool.clone());
+        assert_eq!(pool.threads(), 2);
+        all_workers_serve(&pool, 2);
+    });
+}
+
+#[test]
+fn a_closure() {
+    common::watchdog(Duration::from_secs(300), || {
+        let closure = Arc::new(apply_fn(|job| job.run()));
+        threads_under_load(Arc::clone(&closure));
+        all_workers_serve(&closure, 2);
+    });
+}
+
+#[test]
+fn a_rayon_pool() {
+    common::watchdog(Duration::from_secs(300), || {
+        let rayon = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap(),
+        );
+        threads_under_load(Arc::clone(&rayon));
+        all_workers_serve(&rayon, 2);
+    });
+}
+
+// --- worker processes, local and remote -----------------------------------
+
+/// In a worker process: serve calls and exit. A no-op in the test run.
+#[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
+fn worker_process_entry() {
+    ythread::processes::init();
+}
+
+#[offloadable]
+fn triple_or_panic(id: u64) -> u64 {
+    if id % 2 == 0 {
+        // (Quietly: the worker process would print each panic.)
+        common::quietly(|| panic!("panic {id}"))
+    } else {
+        id * 3
+    }
+}
+
+/// As `drive`, for work that leaves the process: the payload that crosses
+/// is the panic's message.
+#[yieldable]
+fn drive_portable(first: u64) -> u64 {
+    let mut panics = 0;
+    for id in first..first + PER_THREAD {
+        if id % 2 == 1 {
+            assert_eq!(offload!(triple_or_panic, id), id * 3);
+        } else if id % 4 == 0 {
+            let payload = panic::catch_unwind(AssertUnwindSafe(|| offload!(triple_or_panic, id)))
+                .expect_err("the work panicked");
+            assert_eq!(common::panic_text(&*payload), format!("panic {id}"));
+            panics += 1;
+        } else {
+            let error = try_offload!(triple_or_panic, id).expect_err("the work panicked");
+            assert_eq!(error.kind(), OffloadErrorKind::Panicked, "{error}");
+            assert_eq!(error.panic_message(), Some(format!("panic {id}").as_str()));
+            panics += 1;
+        }
+    }
+    panics
+}
+
+fn portable_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let apply = apply.clone();
+            thread::spawn(move || drive_portable(t * PER_THREAD).run_with(&apply))
+        })
+        .collect();
+    let panics: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(panics, THREADS * PER_THREAD / 2);
+}
+
+#[offloadable]
+fn own_pid_after(ms: u64) -> u32 {
+    thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[yieldable]
+fn pid_after(ms: u64) -> u32 {
+    offload!(own_pid_after, ms)
+}
+
+/// Both worker processes of `processes` are alive, none was replaced, and
+/// both take work at once.
+fn both_processes_serve<A: Apply + Clone + Send + 'static>(apply: &A, processes: &Processes) {
+    assert_eq!(processes.restarts(), 0, "a panic cost a worker process");
+    let pids: std::collections::HashSet<u32> = (0..2)
+        .map(|_| {
+            let apply = apply.clone();
+            thread::spawn(move || pid_after(300).run_with(&apply))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "two processes took the two calls");
+}
+
+#[test]
+fn processes() {
+    common::watchdog(Duration::from_secs(600), || {
+        let processes = Arc::new(common::worker_processes(2).build().unwrap());
+        portable_under_load(Arc::clone(&processes));
+        both_processes_serve(&processes, &processes);
+    });
+}
+
+#[test]
+fn remote() {
+    common::watchdog(Duration::from_secs(600), || {
+        let nats = NatsServer::start(&["-js"]).unwrap_or_else(|error| panic!("{error}"));
+        let worker = Worker::builder(nats.url())
+            .namespace("panics")
+            .processes(common::worker_processes(2))
+            .start()
+            .unwrap();
+        let remote = Arc::new(
+            Remote::builder(nats.url())
+                .namespace("panics")
+                .connect()
+                .unwrap(),
+        );
+        portable_under_load(Arc::clone(&remote));
+        both_processes_serve(&remote, worker.processes());
+    });
+}
