@@ -155,7 +155,7 @@ fn worker_process_entry() {
 
 #[offloadable]
 fn triple_or_panic(id: u64) -> u64 {
-    if id % 2 == 0 {
+    if id.is_multiple_of(2) {
         // (Quietly: the worker process would print each panic.)
         common::quietly(|| panic!("panic {id}"))
     } else {
