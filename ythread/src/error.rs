@@ -78,6 +78,13 @@ enum Repr {
     /// No worker could take the call (none could be started, or the
     /// strategy is shutting down).
     Unavailable { function: String, detail: String },
+    /// The strategy was shut down before the call reached it.
+    ShutDown { strategy: &'static str },
+    /// The strategy's queue was full, and it refuses work then.
+    QueueFull {
+        strategy: &'static str,
+        capacity: usize,
+    },
 }
 
 /// An [`OffloadError`] as a remote worker sends it back (postcard).
@@ -121,6 +128,10 @@ impl OffloadError {
             }
             Repr::Protocol { detail, .. } => (wire.kind, wire.detail) = (5, detail.clone()),
             Repr::Unavailable { detail, .. } => (wire.kind, wire.detail) = (6, detail.clone()),
+            // Not made by `Processes`, the strategy of a remote worker.
+            Repr::ShutDown { .. } | Repr::QueueFull { .. } => {
+                (wire.kind, wire.detail) = (6, self.to_string());
+            }
         }
         wire
     }
@@ -189,8 +200,12 @@ pub enum OffloadErrorKind {
     /// encoding error, or a malformed, truncated or oversized frame.
     Protocol,
     /// No worker could take the call: none could be started, or the
-    /// strategy is shutting down.
+    /// strategy is shut down.
     Unavailable,
+    /// The strategy's queue was full, and it was built to refuse work then
+    /// instead of waiting ([`PoolBuilder::when_full`](crate::PoolBuilder::when_full)):
+    /// shed the load (answer "busy") or try again later.
+    QueueFull,
 }
 
 impl OffloadError {
@@ -270,6 +285,18 @@ impl OffloadError {
         }
     }
 
+    pub(crate) fn shut_down(strategy: &'static str) -> Self {
+        OffloadError {
+            repr: Repr::ShutDown { strategy },
+        }
+    }
+
+    pub(crate) fn queue_full(strategy: &'static str, capacity: usize) -> Self {
+        OffloadError {
+            repr: Repr::QueueFull { strategy, capacity },
+        }
+    }
+
     pub(crate) fn unavailable(function: &str, detail: impl fmt::Display) -> Self {
         OffloadError {
             repr: Repr::Unavailable {
@@ -288,7 +315,8 @@ impl OffloadError {
             Repr::WorkerDied { .. } => OffloadErrorKind::WorkerDied,
             Repr::DeadlineExceeded { .. } => OffloadErrorKind::DeadlineExceeded,
             Repr::Protocol { .. } => OffloadErrorKind::Protocol,
-            Repr::Unavailable { .. } => OffloadErrorKind::Unavailable,
+            Repr::Unavailable { .. } | Repr::ShutDown { .. } => OffloadErrorKind::Unavailable,
+            Repr::QueueFull { .. } => OffloadErrorKind::QueueFull,
         }
     }
 
@@ -296,7 +324,10 @@ impl OffloadError {
     /// the failures of a strategy that runs work in other processes.
     pub fn function(&self) -> Option<&str> {
         match &self.repr {
-            Repr::Panicked { .. } | Repr::NotRun => None,
+            Repr::Panicked { .. }
+            | Repr::NotRun
+            | Repr::ShutDown { .. }
+            | Repr::QueueFull { .. } => None,
             Repr::NotPortable { function, .. }
             | Repr::WorkerDied { function, .. }
             | Repr::DeadlineExceeded { function, .. }
@@ -493,6 +524,14 @@ impl fmt::Display for OffloadError {
             Repr::Unavailable { function, detail } => {
                 write!(f, "no worker could run `{function}`: {detail}")
             }
+            Repr::ShutDown { strategy } => {
+                write!(f, "the {strategy} was shut down: it takes no new work")
+            }
+            Repr::QueueFull { strategy, capacity } => write!(
+                f,
+                "the {strategy}'s queue is full ({capacity} calls wait already), and it was built \
+                 to refuse work then"
+            ),
         }
     }
 }

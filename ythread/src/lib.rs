@@ -120,7 +120,9 @@ pub mod remote;
 mod stack;
 mod thread;
 
-pub use apply::{Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, apply_fn};
+pub use apply::{
+    Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, PoolBuilder, WhenFull, apply_fn,
+};
 pub use current::{in_handler, offload};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
 pub use generator::{Generator, GeneratorState};

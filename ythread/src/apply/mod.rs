@@ -10,7 +10,7 @@ pub(crate) mod semaphore;
 pub use bounded::Bounded;
 pub use exclusive::Exclusive;
 pub use inline::Inline;
-pub use pool::Pool;
+pub use pool::{Pool, PoolBuilder, WhenFull};
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,16 +1,18 @@
 use std::cell::Cell;
 use std::fmt;
+use std::io;
 use std::ptr::NonNull;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crossbeam_utils::Backoff;
 
 use super::Apply;
 use crate::Job;
+use crate::error::OffloadError;
 use crate::job::ErasedJob;
 
 /// Runs offloaded work on a fixed set of worker threads; the driving thread
@@ -25,7 +27,13 @@ use crate::job::ErasedJob;
 /// ran it keeps serving.
 ///
 /// Clones share the same workers. The workers stop, and are joined, when the
-/// last clone is dropped.
+/// last clone is dropped or at [`shutdown`](Pool::shutdown); work queued by
+/// then runs first.
+///
+/// The queue is unbounded unless built with [`PoolBuilder::queue_capacity`]:
+/// then a driving thread that finds it full waits for room (back-pressure),
+/// or, with [`WhenFull::Fail`], gets [`OffloadErrorKind::QueueFull`](crate::OffloadErrorKind::QueueFull) at
+/// once.
 ///
 /// # Example
 ///
@@ -102,26 +110,85 @@ struct Shared {
     /// `WORKER_OF`. Never 0; unique among the pools of a process (short of
     /// `usize::MAX` of them).
     id: usize,
-    /// The work queue. Dropped before `workers` (fields drop in declaration
-    /// order), which tells the workers to stop once the queue is empty.
-    queue: Sender<Task>,
-    /// Worker threads, joined when dropped, after the queue.
-    workers: Workers,
+    /// The work queue, and after it, one `Stop` per worker at shutdown.
+    queue: Sender<Message>,
+    /// What a full queue does to a driving thread; `None`: unbounded.
+    bound: Option<(usize, WhenFull)>,
+    /// Set once, at shutdown: no new work.
+    closed: AtomicBool,
+    /// Driving threads between their look at `closed` and the end of their
+    /// send: shutdown waits for them, so that no work lands behind the
+    /// workers' `Stop`s.
+    sending: AtomicUsize,
+    threads: usize,
+    /// Worker threads, joined at shutdown.
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A pool's worker threads; dropping joins them.
-struct Workers(Vec<JoinHandle<()>>);
+/// What the queue carries.
+enum Message {
+    Run(Task),
+    /// The worker that takes it exits: every message before it has been
+    /// taken already (the queue is first in, first out).
+    Stop,
+}
 
-impl Drop for Workers {
-    fn drop(&mut self) {
+impl Shared {
+    /// Takes no new work, lets the workers run what is queued, then stops
+    /// and joins them. Idempotent.
+    fn shutdown(self: &Arc<Self>) {
+        if WORKER_OF.get() == self.id {
+            // On one of our own workers, whose work may be what the queue
+            // (or a driving thread blocked on a full one) waits for: stop
+            // from another thread, and let this work return.
+            let shared = Arc::clone(self);
+            if thread::Builder::new()
+                .name("ythread-pool-shutdown".into())
+                .spawn(move || shared.stop())
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return self.join();
+        }
+        // A driving thread that saw `closed` unset is sending: its work
+        // must be in the queue before the `Stop`s.
+        let backoff = Backoff::new();
+        while self.sending.load(Ordering::SeqCst) != 0 {
+            backoff.snooze();
+        }
+        for _ in 0..self.threads {
+            // Fails only if every worker is gone already.
+            let _ = self.queue.send(Message::Stop);
+        }
+        self.join();
+    }
+
+    fn join(&self) {
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         let current = thread::current().id();
-        for worker in self.0.drain(..) {
-            // A job that owned the last clone of its own pool drops it on a
-            // worker; that worker cannot join itself, and exits by itself.
+        for worker in workers {
+            // Shut down from work running on one of its own workers (or the
+            // last clone dropped there): that worker cannot join itself, and
+            // exits by itself once the work returns.
             if worker.thread().id() != current {
                 let _ = worker.join();
             }
         }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last clone is gone: no one can be sending.
+        self.stop();
     }
 }
 
@@ -157,32 +224,144 @@ struct Latch {
     waiter: Thread,
 }
 
+/// What a [`Pool`] with a bounded queue does when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// The driving thread waits for room: the callers slow down to the
+    /// pool's pace (back-pressure).
+    #[default]
+    Wait,
+    /// The call fails at once with
+    /// [`OffloadErrorKind::QueueFull`](crate::OffloadErrorKind::QueueFull):
+    /// `try_offload!` returns it, `offload!` panics with it. For servers
+    /// that would rather answer "busy" than make a client wait.
+    Fail,
+}
+
+/// Builds a [`Pool`]: the number of threads, a bound on its queue.
+///
+/// ```
+/// use ythread::{Pool, WhenFull};
+///
+/// // Two workers; at most 64 calls wait for them, more fail at once.
+/// let pool = Pool::builder()
+///     .threads(2)
+///     .queue_capacity(64)
+///     .when_full(WhenFull::Fail)
+///     .build()?;
+/// # let _ = pool;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    threads: usize,
+    capacity: Option<usize>,
+    when_full: WhenFull,
+}
+
+impl PoolBuilder {
+    /// The number of worker threads (default: one per core).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// At most `calls` calls wait in the queue for a worker (calls being
+    /// run do not count); default: no bound.
+    pub fn queue_capacity(mut self, calls: usize) -> Self {
+        self.capacity = Some(calls);
+        self
+    }
+
+    /// What a call that finds the queue full does (default
+    /// [`WhenFull::Wait`]); only with a [`queue_capacity`](Self::queue_capacity).
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// Starts the workers, named `ythread-pool-<i>`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if there are no threads or the queue's capacity is
+    /// zero; the error of spawning a thread (the threads spawned are
+    /// stopped).
+    pub fn build(self) -> io::Result<Pool> {
+        if self.threads == 0 || self.capacity == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a pool needs at least one thread, and a bounded queue room for one call",
+            ));
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (queue, tasks) = match self.capacity {
+            Some(capacity) => crossbeam_channel::bounded(capacity),
+            None => crossbeam_channel::unbounded(),
+        };
+        let shared = Arc::new(Shared {
+            id,
+            queue,
+            bound: self.capacity.map(|capacity| (capacity, self.when_full)),
+            closed: AtomicBool::new(false),
+            sending: AtomicUsize::new(0),
+            threads: self.threads,
+            workers: Mutex::new(Vec::with_capacity(self.threads)),
+        });
+        for i in 0..self.threads {
+            let tasks = tasks.clone();
+            let worker = thread::Builder::new()
+                .name(format!("ythread-pool-{i}"))
+                .spawn(move || worker(id, tasks))?;
+            shared
+                .workers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(worker);
+        }
+        Ok(Pool { shared })
+    }
+}
+
 impl Pool {
-    /// Starts a pool of `threads` workers, named `ythread-pool-<i>`.
+    /// Starts a pool of `threads` workers, named `ythread-pool-<i>`, with
+    /// an unbounded queue.
     ///
     /// # Panics
     ///
     /// Panics if `threads` is zero or a worker thread cannot be spawned.
     pub fn new(threads: usize) -> Self {
         assert!(threads > 0, "Pool::new: a pool needs at least one thread");
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let (queue, tasks) = crossbeam_channel::unbounded();
-        let workers = (0..threads)
-            .map(|i| {
-                let tasks = tasks.clone();
-                thread::Builder::new()
-                    .name(format!("ythread-pool-{i}"))
-                    .spawn(move || worker(id, tasks))
-                    .expect("Pool::new: cannot spawn a worker thread")
-            })
-            .collect();
-        Pool {
-            shared: Arc::new(Shared {
-                id,
-                queue,
-                workers: Workers(workers),
-            }),
+        Pool::builder()
+            .threads(threads)
+            .build()
+            .expect("Pool::new: cannot spawn a worker thread")
+    }
+
+    /// A builder, for a bounded queue.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            threads: super::cores(),
+            capacity: None,
+            when_full: WhenFull::Wait,
         }
+    }
+
+    /// Stops the pool: it takes no new work (a call offloaded to it from
+    /// now on fails with [`OffloadErrorKind::Unavailable`](crate::OffloadErrorKind::Unavailable)), runs the work
+    /// already queued, then stops its workers and joins them. Every clone
+    /// sees it. Returns once the workers have ended (called from work on one
+    /// of them, that one ends when the work returns).
+    ///
+    /// Work that never returns keeps its worker, and this call, waiting:
+    /// see the crate's "Work that never ends".
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
+    /// Calls waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.len()
     }
 
     /// A pool with one worker per core the process may use.
@@ -196,7 +375,7 @@ impl Pool {
 
     /// The number of worker threads.
     pub fn threads(&self) -> usize {
-        self.shared.workers.0.len()
+        self.shared.threads
     }
 }
 
@@ -216,6 +395,17 @@ impl Apply for Pool {
             job.run();
             return;
         }
+        let shared = &*self.shared;
+        // Announce the send before looking at `closed` (both `SeqCst`, as
+        // `shutdown` sets `closed` before reading `sending`): either this
+        // sees the pool closed, or shutdown waits for this send.
+        shared.sending.fetch_add(1, Ordering::SeqCst);
+        if shared.closed.load(Ordering::SeqCst) {
+            shared.sending.fetch_sub(1, Ordering::SeqCst);
+            let mut job = job;
+            job.fail(OffloadError::shut_down("pool"));
+            return;
+        }
         let latch = Latch {
             done: AtomicBool::new(false),
             waiter: thread::current(),
@@ -224,33 +414,56 @@ impl Apply for Pool {
         // does not return until the worker has set `latch.done`, which it does
         // after the job has run, and it cannot unwind in between (sending
         // cannot panic, waiting does not panic). If the send fails, the task
-        // comes back in the error and the job is left unrun.
-        let task = Task {
+        // comes back in the error and the job is left to fail here.
+        let task = Message::Run(Task {
             job: job.erase(),
             latch: NonNull::from(&latch),
+        });
+        let refused = match shared.bound {
+            Some((capacity, WhenFull::Fail)) => match shared.queue.try_send(task) {
+                Ok(()) => None,
+                Err(TrySendError::Full(task)) => {
+                    Some((task, OffloadError::queue_full("pool", capacity)))
+                }
+                Err(TrySendError::Disconnected(task)) => {
+                    Some((task, OffloadError::shut_down("pool")))
+                }
+            },
+            _ => shared
+                .queue
+                .send(task)
+                .err()
+                .map(|error| (error.0, OffloadError::shut_down("pool"))),
         };
-        if self.shared.queue.send(task).is_err() {
-            // Unreachable while `self` keeps the workers alive; the handler
-            // then panics at its `offload!` point because the job did not run.
+        shared.sending.fetch_sub(1, Ordering::SeqCst);
+        if let Some((Message::Run(task), error)) = refused {
+            // SAFETY: the task never reached a worker: its job slot, in the
+            // handler suspended on this call, is alive and used by no one
+            // else.
+            let mut job = unsafe { task.job.as_job() };
+            job.fail(error);
             return;
         }
         latch.wait();
     }
 }
 
-fn worker(pool: usize, tasks: Receiver<Task>) {
+fn worker(pool: usize, tasks: Receiver<Message>) {
     WORKER_OF.set(pool);
     loop {
         // Parking costs the next task a wake-up of tens of microseconds on a
         // virtual machine, so look for more work for a little while first;
         // an idle pool still goes to sleep within `WORKER_SPIN`.
-        let task = match spin_until(WORKER_SPIN, || tasks.try_recv().ok()) {
-            Some(task) => task,
+        let message = match spin_until(WORKER_SPIN, || tasks.try_recv().ok()) {
+            Some(message) => message,
             None => match tasks.recv() {
-                Ok(task) => task,
-                // The pool was dropped and the queue is drained.
+                Ok(message) => message,
+                // Cannot happen while the pool's `Shared` holds the sender.
                 Err(_) => return,
             },
+        };
+        let Message::Run(task) = message else {
+            return;
         };
         // SAFETY: the driving thread is blocked in `Pool::apply` until `done`
         // is set below, so the job's slot is alive and no one else uses it.
@@ -313,7 +526,9 @@ impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("threads", &self.threads())
-            .field("queued", &self.shared.queue.len())
+            .field("queued", &self.queued())
+            .field("bound", &self.shared.bound)
+            .field("shut_down", &self.shared.closed.load(Ordering::Relaxed))
             .finish()
     }
 }
