@@ -977,3 +977,50 @@ fn a_reply_out_of_step_with_its_call_is_never_a_result() {
         assert_eq!(try_call_add(3, 4).run_with(&cpu).unwrap(), 7);
     });
 }
+
+#[offloadable]
+fn add_after(a: u64, b: u64, ms: u64) -> u64 {
+    thread::sleep(Duration::from_millis(ms));
+    a + b
+}
+
+#[yieldable]
+fn call_add_after(a: u64, b: u64, ms: u64) -> Result<u64, OffloadError> {
+    try_offload!(add_after, a, b, ms)
+}
+
+#[test]
+fn shutdown_lets_the_calls_under_way_and_waiting_run_then_reaps_the_workers() {
+    common::watchdog(Duration::from_secs(60), || {
+        let cpu = Arc::new(workers(1).build().unwrap());
+        let pid = cpu.idle_pids()[0];
+        // One call runs for 300 ms; four wait for the only worker.
+        let calls: Vec<_> = (0..5u64)
+            .map(|i| {
+                let cpu = Arc::clone(&cpu);
+                let handle = thread::spawn(move || call_add_after(i, 1, 300).run_with(&*cpu));
+                thread::sleep(Duration::from_millis(20));
+                handle
+            })
+            .collect();
+        let shutdown = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || cpu.shutdown())
+        };
+        thread::sleep(Duration::from_millis(50));
+        // New calls are refused, clearly, while those taken run on.
+        let error = call_add_after(1, 1, 0).run_with(&*cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
+        assert!(error.to_string().contains("shut down"), "{error}");
+        assert!(!shutdown.is_finished(), "shutdown waits for the calls");
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.join().unwrap().unwrap(), i as u64 + 1);
+        }
+        shutdown.join().unwrap();
+        assert_eq!(process_state(pid), None, "the worker is reaped");
+        assert!(cpu.idle_pids().is_empty());
+        // Again, and dropping it afterwards, are no-ops.
+        cpu.shutdown();
+        drop(cpu);
+    });
+}

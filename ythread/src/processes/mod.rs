@@ -231,9 +231,14 @@ struct Shared {
     start_error: Mutex<Option<String>>,
     /// Workers replaced after they died or were killed.
     restarts: AtomicU64,
-    /// Set when the strategy is dropped (or `build` fails): the supervisor
-    /// starts no more workers.
+    /// Set when the strategy is dropped or shut down (or `build` fails):
+    /// the supervisor starts no more workers.
     stopping: AtomicBool,
+    /// Set by `shutdown`: no new calls.
+    closed: AtomicBool,
+    /// Calls between their look at `closed` and their end: `shutdown` waits
+    /// for them.
+    calls: AtomicUsize,
 }
 
 /// Workers not running a call, and the calls that wait for a worker, first
@@ -412,6 +417,8 @@ impl ProcessesBuilder {
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
         });
         let (requests, incoming) = crossbeam_channel::unbounded();
         let supervisor = {
@@ -658,6 +665,24 @@ impl Processes {
         if keep { Ok(worker) } else { Err(()) }
     }
 
+    /// Shuts the strategy down: it takes no new calls (one made from now on
+    /// fails with [`OffloadErrorKind::Unavailable`](crate::OffloadErrorKind::Unavailable)), lets the calls under
+    /// way and those waiting for a worker run (a worker that dies meanwhile
+    /// is still replaced for them), then stops every worker and reaps it.
+    /// Returns once they are all gone. Dropping the strategy does the same
+    /// without the wait (no call can be under way then).
+    ///
+    /// A call that never ends keeps this waiting, unless the strategy has a
+    /// [`deadline`](ProcessesBuilder::deadline).
+    pub fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        while self.shared.calls.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.shared.stopping.store(true, Ordering::Release);
+        self.stop_idle_workers();
+    }
+
     /// Stops every worker (a second's grace, then killed), then the
     /// supervisor; reaps them all. Workers go first: they die with the
     /// supervisor thread (`PR_SET_PDEATHSIG`), which would leave them no grace.
@@ -731,6 +756,22 @@ pub(crate) fn portable_call<'j>(
 impl Processes {
     /// Runs `call` of the registered function `entry` on a worker.
     pub(crate) fn run(&self, entry: &'static Entry, call: &mut dyn WireCall) {
+        /// Counts the call out, however it ends.
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        // Counted in before the look at `closed` (both `SeqCst`, as
+        // `shutdown` sets `closed` before reading `calls`): either this
+        // call sees the strategy closed, or `shutdown` waits for it.
+        self.shared.calls.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.shared.calls);
+        if self.shared.closed.load(Ordering::SeqCst) {
+            call.fail(OffloadError::shut_down("set of worker processes"));
+            return;
+        }
         let worker = match self.checkout() {
             Ok(worker) => worker,
             Err(why) => {
@@ -791,6 +832,14 @@ fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
             }
         }
         match Worker::start(spec) {
+            // Shut down while it started: not wanted any more.
+            Ok(mut worker) if shared.stopping.load(Ordering::Acquire) => {
+                worker.close();
+                worker.reap(Duration::from_secs(1));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err("the strategy is shutting down".into()));
+                }
+            }
             Ok(worker) => {
                 failures = 0;
                 *shared.start_error.lock() = None;
