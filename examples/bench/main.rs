@@ -27,6 +27,7 @@ mod plot;
 mod remote;
 mod report;
 mod run;
+mod soak;
 mod sys;
 mod table;
 mod variants;
@@ -72,6 +73,12 @@ struct Args {
     /// values need root; without it the client runs at normal priority.
     #[arg(long, default_value_t = -10, allow_hyphen_values = true, value_name = "NICE")]
     client_nice: i32,
+    /// Instead of the benchmark: send this many requests through each of
+    /// our servers (plain threads and every strategy; `--only` selects),
+    /// checking every answer and the memory before and after; writes
+    /// soak.md. Exits with 1 on a wrong answer, an error or 5% growth.
+    #[arg(long, value_name = "REQUESTS")]
+    soak: Option<u64>,
 }
 
 fn main() {
@@ -82,6 +89,16 @@ fn main() {
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     let machine = Machine::detect();
     let load_before = sys::load_average();
+    if let Some(requests) = args.soak {
+        soak::run(
+            &selected_variants(&args.only),
+            requests,
+            &out,
+            &command_line(),
+        );
+        remote::stop();
+        return;
+    }
 
     eprintln!(
         "bench: {} mode, {} cores, calibrating sumn to {} ms...",

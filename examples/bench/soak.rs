@@ -1,0 +1,145 @@
+//! `--soak N`: N requests through each server of ours (the plain one and
+//! every ythread strategy; not the peers), checking every answer, and the
+//! process's resident memory after a warm-up and at the end: a leak per
+//! request, or a queue that grows, shows as growth.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use ythread_demo::SEED_N;
+use ythread_demo::client::closed_loop;
+
+use crate::variants::{Family, Variant};
+
+/// Requests that warm a server up (thread stacks, the allocator's arenas,
+/// the workers' buffers) before the first memory reading, in two rounds.
+const WARM_UP: u64 = 20_000;
+
+/// Client threads: enough to keep both cores busy and every strategy's
+/// queue non-empty.
+const CLIENTS: usize = 16;
+
+/// One server's soak.
+struct Soak {
+    name: &'static str,
+    requests: u64,
+    wrong: u64,
+    errors: u64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    seconds: f64,
+}
+
+impl Soak {
+    fn growth(&self) -> f64 {
+        (self.rss_after_kib as f64 / self.rss_before_kib.max(1) as f64 - 1.0) * 100.0
+    }
+}
+
+/// Runs the soak on `variants` and writes `soak.md` in `out`.
+///
+/// # Panics
+///
+/// If a server cannot start, or the report cannot be written.
+pub(crate) fn run(variants: &[Variant], requests: u64, out: &Path, command: &str) {
+    let mut soaks = Vec::new();
+    for variant in variants.iter().filter(|v| v.family != Family::Peer) {
+        let server = variant
+            .start()
+            .unwrap_or_else(|error| panic!("{}: {error}", variant.name));
+        let addr = server.addr();
+        // Two rounds: the second generation of client and connection
+        // threads still grew the process by about 2 MiB once (glibc's cache
+        // of thread stacks and its arenas), the third and later did not.
+        let mut warm = closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS);
+        warm.merge(&closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS));
+        let rss_before_kib = settled_rss_kib();
+        let began = Instant::now();
+        let report = closed_loop(addr, SEED_N, requests, CLIENTS);
+        let seconds = began.elapsed().as_secs_f64();
+        let rss_after_kib = settled_rss_kib();
+        server.stop();
+        let soak = Soak {
+            name: variant.name,
+            requests: report.requests,
+            wrong: report.wrong + warm.wrong,
+            errors: report.errors + warm.errors,
+            rss_before_kib,
+            rss_after_kib,
+            seconds,
+        };
+        eprintln!(
+            "soak: {}: {} requests in {:.0} s, {} wrong, {} errors, RSS {} -> {} KiB ({:+.1}%)",
+            soak.name,
+            soak.requests,
+            soak.seconds,
+            soak.wrong,
+            soak.errors,
+            soak.rss_before_kib,
+            soak.rss_after_kib,
+            soak.growth()
+        );
+        soaks.push(soak);
+    }
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# ythread soak\n\n- date: {} (UTC)\n- command: `{command}`\n- {requests} requests \
+         per server after {WARM_UP} to warm it up, n = {SEED_N}, {CLIENTS} client threads, \
+         one connection per request\n- RSS: this process's resident memory (servers and \
+         clients), after the warm-up and at the end; growth must stay under 5%\n",
+        crate::sys::today()
+    );
+    let _ = writeln!(
+        text,
+        "| server | requests | wrong | errors | seconds | RSS before (KiB) | RSS after (KiB) | growth |"
+    );
+    let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for soak in &soaks {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {:+.1}%{} |",
+            soak.name,
+            soak.requests,
+            soak.wrong,
+            soak.errors,
+            soak.seconds,
+            soak.rss_before_kib,
+            soak.rss_after_kib,
+            soak.growth(),
+            if soak.growth() >= 5.0 { " (!)" } else { "" }
+        );
+    }
+    std::fs::create_dir_all(out).expect("cannot create the output directory");
+    let path = out.join("soak.md");
+    std::fs::write(&path, text).expect("cannot write soak.md");
+    eprintln!("soak: wrote {}", path.display());
+    if soaks
+        .iter()
+        .any(|s| s.wrong > 0 || s.errors > 0 || s.growth() >= 5.0)
+    {
+        eprintln!("soak: FAILED (wrong answers, errors, or memory growth of 5% or more)");
+        std::process::exit(1);
+    }
+}
+
+/// The resident set once the last connections' threads have ended (the
+/// clients have their answers before the server's threads are gone).
+fn settled_rss_kib() -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    rss_kib()
+}
+
+/// This process's resident set, in KiB (`VmRSS` of `/proc/self/status`).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
