@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::process::ExitCode;
 
 use clap::Parser;
 use ythread_demo::server::{self, Server};
@@ -20,8 +21,19 @@ struct Args {
     limits: ythread_demo::server::LimitArgs,
 }
 
-fn main() -> io::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    match serve(&args) {
+        Ok(never) => match never {},
+        Err(error) => {
+            eprintln!("sumserver: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the server, then serves until the process is killed.
+fn serve(args: &Args) -> io::Result<std::convert::Infallible> {
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
     let server = Server::start_plain(listener, args.limits.into())?;
     println!("sumserver (plain threads) listening on {}", server.addr());

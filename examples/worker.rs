@@ -7,6 +7,8 @@
 //! machine that should take work; they share the calls (a NATS queue group).
 
 use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use ythread::Processes;
@@ -22,7 +24,7 @@ struct Args {
     #[arg(long, default_value = ythread::remote::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Local worker processes [default: the number of cores].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     workers: Option<usize>,
     /// A call that runs longer than this, in milliseconds, fails, and its
     /// local worker process is killed and replaced.
@@ -30,15 +32,30 @@ struct Args {
     deadline_ms: u64,
 }
 
-fn main() -> io::Result<()> {
+fn main() -> ExitCode {
     // The local worker processes are this program started again: this line
     // turns such a process into a worker process before anything else.
     ythread::processes::init();
     // Keep the `#[offloadable]` functions of the demo library linked in.
     let _ = ythread_demo::sumn;
     let args = Args::parse();
-    let mut processes =
-        Processes::builder().deadline(std::time::Duration::from_millis(args.deadline_ms));
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("worker: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then stops taking calls and lets those
+/// under way answer (a rolling restart loses no call).
+fn serve(args: &Args) -> io::Result<()> {
+    // Blocked here, so in every thread started from now on (the local
+    // worker processes get a clean mask: std resets it before `exec`), and
+    // taken below by `sigwait`.
+    let stop_signals = StopSignals::block()?;
+    let mut processes = Processes::builder().deadline(Duration::from_millis(args.deadline_ms));
     if let Some(workers) = args.workers {
         processes = processes.workers(workers);
     }
@@ -63,5 +80,50 @@ fn main() -> io::Result<()> {
              even while another worker is idle; start nats-server with -js"
         );
     }
-    worker.wait()
+    let signal = stop_signals.wait();
+    eprintln!(
+        "worker: {signal}: stopping; the calls under way have {}s to answer",
+        GRACE.as_secs()
+    );
+    let (forwarded, dequeued) = (worker.forwarded(), worker.dequeued());
+    worker.stop(GRACE);
+    eprintln!(
+        "worker: stopped ({forwarded} calls put in the shared queue, {dequeued} taken from it)"
+    );
+    Ok(())
+}
+
+/// How long the calls under way may take to answer once a stop signal came.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// SIGTERM and SIGINT, blocked, to be taken by [`StopSignals::wait`].
+struct StopSignals(libc::sigset_t);
+
+impl StopSignals {
+    fn block() -> io::Result<StopSignals> {
+        // SAFETY: `sigset_t` is plain data, initialised by `sigemptyset`
+        // before any other use; the calls get valid pointers to it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+                0 => Ok(StopSignals(set)),
+                error => Err(io::Error::from_raw_os_error(error)),
+            }
+        }
+    }
+
+    /// Waits for one of them; returns its name.
+    fn wait(&self) -> &'static str {
+        let mut signal = 0;
+        // SAFETY: `self.0` is an initialised set, `signal` a valid place.
+        while unsafe { libc::sigwait(&self.0, &mut signal) } != 0 {}
+        if signal == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        }
+    }
 }

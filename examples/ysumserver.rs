@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,15 +23,15 @@ struct Args {
     apply: Strategy,
     /// With `--apply bounded`: how many pieces of work may run at once
     /// [default: the number of cores].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     limit: Option<usize>,
     /// With `--apply pool`: the number of worker threads [default: the number
     /// of cores].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     threads: Option<usize>,
     /// With `--apply processes`: the number of worker processes [default:
     /// the number of cores].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     workers: Option<usize>,
     /// With `--apply processes` or `remote`: a call that runs longer than
     /// this, in milliseconds, fails (under `processes`, its worker is killed
@@ -73,11 +74,22 @@ enum Strategy {
     Remote,
 }
 
-fn main() -> io::Result<()> {
+fn main() -> ExitCode {
     // With `--apply processes`, the workers are this program started again:
     // this line turns such a process into a worker before anything else.
     ythread::processes::init();
     let args = Args::parse();
+    match serve(&args) {
+        Ok(never) => match never {},
+        Err(error) => {
+            eprintln!("ysumserver: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the server, then serves until the process is killed.
+fn serve(args: &Args) -> io::Result<std::convert::Infallible> {
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
     let limits = args.limits.into();
     let server = match args.apply {

@@ -97,10 +97,11 @@ pub fn read_request(stream: &mut impl Read) -> io::Result<u64> {
 /// `InvalidInput`, saying which bound `n` is over.
 pub fn check_n(n: u64, max_n: u64) -> io::Result<u64> {
     if n > max_n.min(MAX_SUMMABLE_N) {
-        let why = if n > MAX_SUMMABLE_N {
-            format!("its sum does not fit in 64 bits (n is at most {MAX_SUMMABLE_N})")
-        } else {
+        // The bound that applies: the server's, unless the sum's is lower.
+        let why = if max_n < MAX_SUMMABLE_N {
             format!("this server takes n up to {max_n}")
+        } else {
+            format!("its sum does not fit in 64 bits (n is at most {MAX_SUMMABLE_N})")
         };
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -133,7 +134,7 @@ pub fn parse_decimal(bytes: &[u8]) -> io::Result<u64> {
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("not a decimal number: {:?}", String::from_utf8_lossy(bytes)),
+                format!("not a decimal number: \"{}\"", bytes.escape_ascii()),
             )
         })
 }
@@ -190,6 +191,9 @@ mod tests {
         let over = check_n(11, 10).unwrap_err();
         assert!(over.to_string().contains("takes n up to 10"), "{over}");
         assert_eq!(check_n(MAX_SUMMABLE_N, u64::MAX).unwrap(), MAX_SUMMABLE_N);
+        // Over both bounds: the server's, the lower, is the one to say.
+        let both = check_n(u64::MAX, 10).unwrap_err();
+        assert!(both.to_string().contains("takes n up to 10"), "{both}");
         let huge = check_n(MAX_SUMMABLE_N + 1, u64::MAX).unwrap_err();
         assert!(huge.to_string().contains("64 bits"), "{huge}");
         // The bound is exact: the sum of MAX_SUMMABLE_N fits, the next does not.

@@ -481,17 +481,24 @@ fn accept_loop<S>(
 }
 
 /// The command-line flags of [`Limits`], shared by the example servers.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct LimitArgs {
     /// The largest `n` a request may ask for: its work is O(n) (about
-    /// 0.3 ns per unit here); larger ones get an error line.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_n)]
+    /// 0.3 ns per unit here); larger ones get an error line. At most
+    /// 6074000999, the largest whose sum fits in 64 bits.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_n,
+          value_parser = clap::value_parser!(u64).range(0..=crate::MAX_SUMMABLE_N))]
     pub max_n: u64,
-    /// How long a client may take to send its request, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = Limits::default().read_timeout.as_millis() as u64)]
+    /// How long a client may take to send its request, in milliseconds,
+    /// counted from when the server accepts the connection.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().read_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub read_timeout_ms: u64,
-    /// How many connections are served at once; more wait to be accepted.
-    #[arg(long, value_name = "COUNT", default_value_t = Limits::default().max_connections)]
+    /// How many connections are served at once; more wait in the listen
+    /// backlog, not yet accepted (behind idle clients, up to a read
+    /// time-out per `--max-connections` of them).
+    #[arg(long, value_name = "COUNT", default_value_t = Limits::default().max_connections,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 }
 
@@ -499,8 +506,8 @@ impl From<LimitArgs> for Limits {
     fn from(args: LimitArgs) -> Limits {
         Limits {
             max_n: args.max_n,
-            read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
-            max_connections: args.max_connections.max(1),
+            read_timeout: Duration::from_millis(args.read_timeout_ms),
+            max_connections: args.max_connections,
         }
     }
 }

@@ -90,7 +90,7 @@ fn bad_requests_get_an_error_line_and_cost_no_cpu() {
                 (b"1000001", "this server takes n up to 1000000"),
                 // Sixteen digits: the seed's protocol takes them; days of
                 // work for `sumn`, refused before any.
-                (b"9999999999999999", "too large"),
+                (b"9999999999999999", "this server takes n up to 1000000"),
                 (b"12345678901234567890", "at most 16 bytes"),
                 (&[b'7'; 4096], "at most 16 bytes"),
             ] {

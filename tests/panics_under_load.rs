@@ -19,8 +19,17 @@ use ythread::{
 use ythread_demo::nats::NatsServer;
 
 const THREADS: u64 = 8;
-/// Offloads per driving thread: half panic, half do not.
-const PER_THREAD: u64 = 2_500;
+
+/// Offloads per driving thread: half panic, half do not. 2,500, or that
+/// divided by `YTHREAD_TEST_SCALE` (`scripts/valgrind` runs a tenth).
+fn per_thread() -> u64 {
+    let scale = std::env::var("YTHREAD_TEST_SCALE")
+        .ok()
+        .and_then(|scale| scale.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    (2_500 / scale).max(4) / 4 * 4
+}
 
 /// A payload of our own type, so that a test can tell it is the very one.
 #[derive(Debug, PartialEq)]
@@ -30,13 +39,13 @@ fn triple(id: u64) -> u64 {
     id * 3
 }
 
-/// Offloads `first..first + PER_THREAD` in turn: odd ids return, even ids
+/// Offloads `first..first + per_thread()` in turn: odd ids return, even ids
 /// panic with `Code(id)`, caught half through `offload!` (the panic resumes
 /// at the point) and half through `try_offload!`. Returns the panics seen.
 #[yieldable]
 fn drive(first: u64) -> u64 {
     let mut panics = 0;
-    for id in first..first + PER_THREAD {
+    for id in first..first + per_thread() {
         if id % 2 == 1 {
             assert_eq!(offload!(triple, id), id * 3);
         } else if id % 4 == 0 {
@@ -78,11 +87,11 @@ fn threads_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let apply = apply.clone();
-            thread::spawn(move || drive(t * PER_THREAD).run_with(&apply))
+            thread::spawn(move || drive(t * per_thread()).run_with(&apply))
         })
         .collect();
     let panics: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert_eq!(panics, THREADS * PER_THREAD / 2);
+    assert_eq!(panics, THREADS * per_thread() / 2);
 }
 
 #[test]
@@ -168,7 +177,7 @@ fn triple_or_panic(id: u64) -> u64 {
 #[yieldable]
 fn drive_portable(first: u64) -> u64 {
     let mut panics = 0;
-    for id in first..first + PER_THREAD {
+    for id in first..first + per_thread() {
         if id % 2 == 1 {
             assert_eq!(offload!(triple_or_panic, id), id * 3);
         } else if id % 4 == 0 {
@@ -190,11 +199,11 @@ fn portable_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let apply = apply.clone();
-            thread::spawn(move || drive_portable(t * PER_THREAD).run_with(&apply))
+            thread::spawn(move || drive_portable(t * per_thread()).run_with(&apply))
         })
         .collect();
     let panics: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert_eq!(panics, THREADS * PER_THREAD / 2);
+    assert_eq!(panics, THREADS * per_thread() / 2);
 }
 
 #[offloadable]

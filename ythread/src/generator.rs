@@ -310,13 +310,16 @@ fn discard(payload: Box<dyn Any + Send + 'static>) {
 /// Runs `f`, which drops the user's values while a generator is dropped:
 /// a destructor that panics there must not make `drop` panic (nor abort the
 /// process, when the generator is dropped during an unwind). The panic hook
-/// has reported the panic; its payload is forgotten (dropping it could panic
-/// again). Returns whether `f` completed.
+/// has reported the panic; its payload is dropped, and forgotten only if
+/// dropping it panics too (a payload whose own destructor panics).
+/// Returns whether `f` completed.
 fn without_panicking(f: impl FnOnce()) -> bool {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(()) => true,
         Err(payload) => {
-            mem::forget(payload);
+            if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                mem::forget(again);
+            }
             false
         }
     }

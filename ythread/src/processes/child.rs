@@ -26,6 +26,8 @@ pub(crate) const REPLIES_FD: i32 = 4;
 #[derive(Clone, Debug)]
 pub(crate) struct Spec {
     pub(crate) program: PathBuf,
+    /// The worker's `argv[0]`, if not `program`.
+    pub(crate) arg0: Option<OsString>,
     pub(crate) args: Vec<OsString>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) max_frame: usize,
@@ -59,6 +61,9 @@ impl Worker {
         let (calls_in, calls_out) = pipe("calls")?;
         let (replies_in, replies_out) = pipe("replies")?;
         let mut command = Command::new(&spec.program);
+        if let Some(arg0) = &spec.arg0 {
+            command.arg0(arg0);
+        }
         command
             .args(&spec.args)
             .env(WORKER_ENV, format!("{PROTOCOL}:{}", spec.max_frame))

@@ -402,6 +402,12 @@ impl ProcessesBuilder {
             ));
         }
         let spec = Spec {
+            // This program's own name, so that `ps` shows the workers as
+            // what they are rather than as `/proc/self/exe`.
+            arg0: match self.program {
+                None => std::env::args_os().next(),
+                Some(_) => None,
+            },
             program: self
                 .program
                 .clone()

@@ -10,13 +10,14 @@
 //!
 //! The stream keeps calls in memory, one subject per function and
 //! signature; each function has one durable pull consumer that all workers
-//! share. A worker acknowledges a call as it takes it to run (the stream
-//! then forgets it), so delivery stays at most once: a worker that dies
-//! running a call fails that call at its requester's deadline, never runs it
-//! twice.
+//! share. A worker runs a call only once the server has confirmed its
+//! acknowledgement (the stream then forgets the call), so delivery stays at
+//! most once: a worker that dies running a call fails that call at its
+//! requester's deadline, never runs it twice (see `Pulled::take`, and
+//! `Forwarded::Unknown` for the sending side).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
@@ -28,9 +29,10 @@ use crate::offloadable::Entry;
 /// requester's inbox).
 const REPLY_HEADER: &str = "Ythread-Reply-To";
 
-/// Calls queued at most, for the whole fleet of a namespace; past it, a busy
-/// worker keeps the call in its own line.
-const MAX_QUEUED_BYTES: i64 = 256 << 20;
+/// Calls queued at most, in bytes, for the whole fleet of a namespace; past
+/// it, a busy worker keeps the call in its own line. The server reserves it
+/// from its JetStream memory (`max_memory_store`) for each namespace.
+const MAX_QUEUED_BYTES: i64 = 64 << 20;
 
 /// How long a worker's pull request waits for a call before it asks again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -40,6 +42,18 @@ pub(super) struct Queue {
     jetstream: jetstream::Context,
     config: stream::Config,
     namespace: String,
+}
+
+/// Whether a call sent to the queue is in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forwarded {
+    /// The server stored it: a worker will take it.
+    Stored,
+    /// The server did not: the sender still has the call.
+    NotStored,
+    /// No answer: it may be stored, so the sender must not run it too; if
+    /// it is not, the call fails at its requester's deadline.
+    Unknown,
 }
 
 /// A call taken from the queue.
@@ -92,19 +106,16 @@ impl Queue {
         )
     }
 
-    /// Puts a call in the queue; returns once the server has stored it.
-    ///
-    /// # Errors
-    ///
-    /// If the server does not store it (the queue is full, or JetStream is
-    /// gone): the caller keeps the call.
+    /// Puts a call in the queue; returns once the server has said whether
+    /// it stored it.
     pub(super) async fn forward(
         &self,
         entry: &Entry,
         reply_to: &str,
         left: Option<Duration>,
         args: Bytes,
-    ) -> Result<(), String> {
+    ) -> Forwarded {
+        use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(REPLY_HEADER, reply_to);
         if let Some(left) = left {
@@ -113,12 +124,29 @@ impl Queue {
                 left.as_millis().to_string().as_str(),
             );
         }
-        let ack = self
+        let ack = match self
             .jetstream
             .publish_with_headers(self.subject(entry), headers, args)
             .await
-            .map_err(|error| error.to_string())?;
-        ack.await.map(drop).map_err(|error| error.to_string())
+        {
+            Ok(ack) => ack,
+            // Not sent.
+            Err(_) => return Forwarded::NotStored,
+        };
+        match ack.await {
+            Ok(_) => Forwarded::Stored,
+            // Sent, and no answer: it may be stored.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                ) =>
+            {
+                Forwarded::Unknown
+            }
+            // The server's answer: not stored (no stream, the queue full).
+            Err(_) => Forwarded::NotStored,
+        }
     }
 
     /// The pull consumer of `entry`'s calls, shared by every worker; the
@@ -139,13 +167,14 @@ impl Queue {
                 consumer::pull::Config {
                     durable_name: Some(name.clone()),
                     filter_subject: self.subject(entry),
-                    // A worker acks a call as it takes it to run, or nacks
-                    // it (puts it back at the head of the line) if it finds
-                    // its processes taken; one that dies between the pull
-                    // and either has the call delivered again after
-                    // `ack_wait`: it never ran.
+                    // A worker acks a call (and waits for the server to
+                    // confirm) before it runs it, or nacks it (puts it back
+                    // at the head of the line) if it finds its processes
+                    // taken; one that dies between the pull and either has
+                    // the call delivered again after `ack_wait`: it never
+                    // ran. See `Pulled::take`.
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(10),
+                    ack_wait: ACK_WAIT,
                     // Idle for a day (no worker of this build left): gone.
                     inactive_threshold: Duration::from_secs(24 * 3600),
                     ..Default::default()
@@ -159,62 +188,64 @@ impl Queue {
 /// A function's pull consumer.
 pub(super) type Consumer = consumer::Consumer<consumer::pull::Config>;
 
-/// A worker's pulls of one function's calls: one pull request at a time,
-/// of one call, made when the worker polls [`Pulls::next`] (which it does
-/// only while it has a free process), on one subscription for good.
-pub(super) struct Pulls(consumer::pull::Stream);
-
-impl Pulls {
-    /// # Errors
-    ///
-    /// If the subscription cannot be made.
-    pub(super) async fn new(consumer: &Consumer) -> Result<Pulls, String> {
-        consumer
-            .stream()
-            .max_messages_per_batch(1)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-            .map(Pulls)
-            .map_err(|error| error.to_string())
-    }
-
-    /// The next call, once one comes. It is not yet taken from the queue:
-    /// [`Pulled::take`] or [`Pulled::put_back`] it.
-    ///
-    /// # Errors
-    ///
-    /// If the pull fails (the consumer or the stream is gone, the
-    /// connection was lost): open the consumer again.
-    pub(super) async fn next(&mut self, backlog: &Backlog) -> Result<Pulled, String> {
-        let message = self
-            .0
-            .next()
-            .await
-            .ok_or("the pulls ended")?
-            .map_err(|error| error.to_string())?;
-        backlog.0.store(
-            message.info().map_or(0, |info| info.pending),
-            Ordering::Relaxed,
-        );
-        Ok(Pulled(message))
-    }
+/// Asks for one call of `consumer`'s function, waiting up to
+/// [`PULL_EXPIRES`]; `Ok(None)` if none came. Each pull is a request of its
+/// own, made only when the worker asks (it does while it has a free
+/// process): nothing is pulled behind its back while it is busy.
+///
+/// # Errors
+///
+/// If the pull fails (the consumer or the stream is gone, the connection
+/// was lost): open the consumer again.
+pub(super) async fn pull(consumer: &Consumer, backlog: &Backlog) -> Result<Option<Pulled>, String> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .map_err(|error| error.to_string())?;
+    let Some(message) = batch.next().await else {
+        backlog.0.store(0, Ordering::Relaxed);
+        return Ok(None);
+    };
+    let message = message.map_err(|error| error.to_string())?;
+    backlog.0.store(
+        message.info().map_or(0, |info| info.pending),
+        Ordering::Relaxed,
+    );
+    Ok(Some(Pulled {
+        message,
+        received: Instant::now(),
+    }))
 }
 
-/// A call pulled from the queue, still in it.
-pub(super) struct Pulled(jetstream::Message);
+/// A call pulled from the queue, still in it: [`take`](Pulled::take) it or
+/// [`put_back`](Pulled::put_back) it at once (holding it would keep it from
+/// the other workers).
+pub(super) struct Pulled {
+    message: jetstream::Message,
+    received: Instant,
+}
 
 impl Pulled {
-    /// Takes the call out of the queue (acknowledges it), to run now; `None`
-    /// if it is not a call of ours (someone else published on the subject).
+    /// Takes the call out of the queue, to run it now; `None` if it must
+    /// not run here.
     ///
-    /// It is acknowledged before it runs: a worker that dies running it
-    /// fails it, and it never runs twice.
+    /// It runs here only if the server confirmed the acknowledgement within
+    /// half of `ack_wait` of the delivery: before then the server gives it
+    /// to no one else, and once acknowledged, never again. Without that
+    /// confirmation (a lost connection, a stall) it does not run here: the
+    /// server gives it to another worker if the acknowledgement was lost,
+    /// and if it was not, the call fails at its requester's deadline. Either
+    /// way it never runs twice. `None` too for a message that is not a call
+    /// of ours (someone else published on the subject).
     pub(super) async fn take(self) -> Option<Queued> {
-        let message = self.0;
-        // No need to wait for the server to confirm: a call it did not hear
-        // of is delivered again only if no worker has run it.
-        let _ = message.ack().await;
+        let Pulled { message, received } = self;
+        let confirmed = message.double_ack().await.is_ok();
+        if !confirmed || received.elapsed() >= ACK_WAIT / 2 {
+            return None;
+        }
         let waited = message.info().map_or(Duration::ZERO, |info| {
             since(info.published.unix_timestamp_nanos())
         });
@@ -223,7 +254,9 @@ impl Pulled {
         let left = headers
             .and_then(|headers| headers.get(super::DEADLINE_HEADER))
             .and_then(|value| value.as_str().parse::<u64>().ok())
-            .map(|ms| Duration::from_millis(ms).saturating_sub(waited));
+            // A second of slack for the clocks of the server and of this
+            // machine, which measure `waited` between them.
+            .map(|ms| (Duration::from_millis(ms) + CLOCK_SLACK).saturating_sub(waited));
         Some(Queued {
             reply_to,
             left,
@@ -232,11 +265,21 @@ impl Pulled {
     }
 
     /// Puts the call back at the head of the line, for another worker (this
-    /// one pulled it and then found its processes taken).
+    /// one pulled it and then found its processes taken). If the server
+    /// does not hear of it, it gives the call to another worker after
+    /// `ack_wait`.
     pub(super) async fn put_back(self) {
-        let _ = self.0.ack_with(jetstream::AckKind::Nak(None)).await;
+        let _ = self.message.ack_with(jetstream::AckKind::Nak(None)).await;
     }
 }
+
+/// How long the server waits for a worker's acknowledgement before giving a
+/// call it delivered to another worker.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// The slack allowed to the clocks of the NATS server and of a worker when a
+/// worker decides that a queued call's deadline has passed.
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
 /// Whether the queue holds calls of one function, as this worker last saw
 /// it: while it does, a call that reaches the worker directly goes to the

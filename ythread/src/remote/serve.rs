@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::queue::{self, Backlog, Queue};
+use super::queue::{self, Backlog, Forwarded, Queue};
 use super::wire::Reply;
 use super::{
     DEADLINE_HEADER, DEFAULT_NAMESPACE, check_token, credentials_from_url, runtime, subject,
@@ -37,15 +37,24 @@ use crate::{Processes, ProcessesBuilder};
 /// NATS gives each call to a member of the queue group at random, however
 /// busy it is. A call that finds all of this worker's processes busy is put
 /// in the fleet's shared queue, a JetStream work-queue stream (in memory,
-/// `ythread-<namespace>`), from which every worker takes one call each time
-/// one of its processes is free: calls that must wait, wait in one
-/// first-come-first-served line for the whole fleet, not behind one
-/// worker's. Delivery stays at most once. Short calls (under 1 ms, as this
-/// worker has measured them) wait here instead: for them, the queue's round
-/// trip through the server would cost more than the wait. The queue needs a
-/// server with JetStream (`nats-server -js`); without it (see
-/// [`Worker::shared_queue`]) a call waits for this worker's processes, and
-/// the fleet's tail latency under load suffers (see `BENCHMARKS.md`).
+/// `ythread-<namespace>`, or a hash of the namespace if it has other
+/// characters than letters, digits, `-` and `_`; the server reserves 64 MiB
+/// of its JetStream memory for each), from which every worker asks for one
+/// call each time one of its processes is free: calls that must wait, wait
+/// in one first-come-first-served line for the whole fleet, not behind one
+/// worker's. Calls of a function that take under 1 ms here wait here
+/// instead: for them, the queue's round trip through the server would cost
+/// more than the wait. The queue needs a server with JetStream
+/// (`nats-server -js`); without it (see [`Worker::shared_queue`]) a call
+/// waits for this worker's processes, and the fleet's tail latency under
+/// load suffers (see `BENCHMARKS.md`).
+///
+/// Delivery stays at most once: a worker runs a queued call only after the
+/// server has confirmed that the worker took it, and a call whose fate is
+/// unknown (a lost connection at the wrong moment) is not run rather than
+/// risk running it twice: it fails at its requester's deadline. A queued
+/// call's deadline is checked against the server's clock with a second of
+/// slack: keep the machines' clocks in step (NTP).
 ///
 /// ```no_run
 /// fn main() -> std::io::Result<()> {
@@ -115,8 +124,9 @@ impl Worker {
     }
 
     /// Whether calls that find this worker's processes busy go to the
-    /// fleet's shared queue; if not, why (for example, "JetStream not
-    /// enabled" from a server started without `-js`).
+    /// fleet's shared queue; if not, why (for example, "JetStream:
+    /// jetstream unavailable" from a server started without `-js`). It is
+    /// looked at when the worker starts.
     ///
     /// # Errors
     ///
@@ -128,13 +138,14 @@ impl Worker {
         }
     }
 
-    /// Calls this worker received while its processes were busy, and put in
-    /// the shared queue.
+    /// Calls this worker received and put in the shared queue (its processes
+    /// were busy, or calls of the same function were queued already).
     pub fn forwarded(&self) -> u64 {
         self.serving.forwarded.load(Ordering::Relaxed)
     }
 
-    /// Calls this worker took from the shared queue.
+    /// Calls this worker took from the shared queue (including those whose
+    /// deadline had passed by then, dropped unrun).
     pub fn dequeued(&self) -> u64 {
         self.serving.dequeued.load(Ordering::Relaxed)
     }
@@ -148,8 +159,10 @@ impl Worker {
     }
 
     /// Stops taking calls: unsubscribes, ends its pulls from the shared
-    /// queue, lets the calls under way answer (waiting up to `grace` for all
-    /// of this), then closes the connection.
+    /// queue (within 2 s), lets the calls under way and those it received
+    /// answer (waiting up to `grace` for all of this), then closes the
+    /// connection. Calls it put in the shared queue before are left to the
+    /// other workers (with none, they fail at their deadline).
     pub fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
         let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
@@ -236,7 +249,6 @@ impl WorkerBuilder {
             forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
             forwarded: AtomicU64::new(0),
             dequeued: AtomicU64::new(0),
-            load: Load::default(),
         });
         let tasks = runtime.block_on(async {
             let mut tasks = Vec::new();
@@ -251,11 +263,14 @@ impl WorkerBuilder {
                     .queue_subscribe(subject(&self.namespace, entry), group.clone())
                     .await
                     .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
-                let backlog = Arc::new(Backlog::default());
+                let function = Arc::new(Function {
+                    entry,
+                    backlog: Backlog::default(),
+                    load: Load::default(),
+                });
                 tasks.push(tokio::spawn(serve_function(
                     Arc::clone(&serving),
-                    entry,
-                    Arc::clone(&backlog),
+                    Arc::clone(&function),
                     calls,
                     stopping.clone(),
                 )));
@@ -263,8 +278,7 @@ impl WorkerBuilder {
                     tasks.push(tokio::spawn(pull_calls(
                         Arc::clone(&serving),
                         Arc::clone(queue),
-                        entry,
-                        backlog,
+                        function,
                         stopping.clone(),
                     )));
                 }
@@ -311,10 +325,16 @@ struct Serving {
     forwarding: Arc<Semaphore>,
     forwarded: AtomicU64,
     dequeued: AtomicU64,
+}
+
+/// One function, as this worker serves it.
+struct Function {
+    entry: &'static Entry,
+    backlog: Backlog,
     load: Load,
 }
 
-/// How long calls take here. A call that finds every local process busy
+/// How long calls of a function take here. A call that finds every local process busy
 /// goes to the shared queue, unless calls here are short: then it waits for
 /// a process here, since the queue's round trip through the server would
 /// cost more than the wait (and more of the server's CPU).
@@ -396,8 +416,15 @@ impl Slots {
         })
     }
 
+    /// Sets `free` from the permits, under the watch's lock, so that two
+    /// changes at once cannot leave it with the older count.
+    fn update_free(&self) {
+        self.free
+            .send_modify(|free| *free = self.permits.available_permits());
+    }
+
     fn slot(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
-        self.free.send_replace(self.permits.available_permits());
+        self.update_free();
         Slot {
             permit: Some(permit),
             slots: Arc::clone(self),
@@ -409,11 +436,14 @@ impl Slots {
         Some(self.slot(permit))
     }
 
-    /// Waits for a free process, first come, first served; `None` once the
-    /// worker stops.
-    async fn take(self: &Arc<Self>) -> Option<Slot> {
-        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
-        Some(self.slot(permit))
+    /// Waits for a free process, first come, first served.
+    async fn take(self: &Arc<Self>) -> Slot {
+        // The semaphore is never closed.
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the slots' semaphore is never closed");
+        self.slot(permit)
     }
 }
 
@@ -421,15 +451,13 @@ impl Drop for Slot {
     fn drop(&mut self) {
         drop(self.permit.take());
         // Released to a waiting call, it is still taken.
-        self.slots
-            .free
-            .send_replace(self.slots.permits.available_permits());
+        self.slots.update_free();
     }
 }
 
 /// A call as it arrived, directly or from the queue.
 struct Call {
-    entry: &'static Entry,
+    function: Arc<Function>,
     args: Bytes,
     reply_to: async_nats::Subject,
     received: Instant,
@@ -439,12 +467,12 @@ struct Call {
 
 /// Answers the calls of one function that NATS gives this worker: runs each
 /// at once if a local process is free, and otherwise puts it in the shared
-/// queue, behind the calls that waited first (without a shared queue, or
-/// when calls here are short, it waits here for a process).
+/// queue, behind the calls that waited first. It waits here for a process
+/// instead without a shared queue, when calls of the function are short
+/// here, and once the worker is stopping (it would not take them back).
 async fn serve_function(
     serving: Arc<Serving>,
-    entry: &'static Entry,
-    backlog: Arc<Backlog>,
+    function: Arc<Function>,
     mut calls: async_nats::Subscriber,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -468,7 +496,7 @@ async fn serve_function(
             continue;
         };
         let call = Call {
-            entry,
+            function: Arc::clone(&function),
             args: message.payload,
             reply_to,
             received: Instant::now(),
@@ -481,20 +509,22 @@ async fn serve_function(
                 .and_then(|value| value.as_str().parse::<u64>().ok())
                 .map(Duration::from_millis),
         };
-        if !backlog.any()
+        if !function.backlog.any()
             && let Some(slot) = serving.slots.try_take()
         {
             run(&serving, slot, call);
             continue;
         }
-        let Some(queue) = serving.queue.clone().filter(|_| !serving.load.short()) else {
+        let queue = serving
+            .queue
+            .clone()
+            .filter(|_| !draining && !function.load.short());
+        let Some(queue) = queue else {
             // While this waits, the subscription is not read: a flood
             // cannot grow threads here; async-nats buffers up to 65,536
             // messages per subscription meanwhile, and drops more (a slow
             // consumer).
-            let Some(slot) = serving.slots.take().await else {
-                return;
-            };
+            let slot = serving.slots.take().await;
             run(&serving, slot, call);
             continue;
         };
@@ -502,26 +532,28 @@ async fn serve_function(
             return;
         };
         let serving = Arc::clone(&serving);
-        let backlog = Arc::clone(&backlog);
         tokio::spawn(async move {
             let _forwarding = forwarding;
             let left = call
                 .deadline
                 .map(|deadline| deadline.saturating_sub(call.received.elapsed()));
+            let entry = call.function.entry;
             match queue
                 .forward(entry, &call.reply_to, left, call.args.clone())
                 .await
             {
-                Ok(()) => {
-                    backlog.note_forwarded();
+                Forwarded::Stored => {
+                    call.function.backlog.note_forwarded();
                     serving.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
                 // The queue is full or gone: the call waits here.
-                Err(_) => {
-                    if let Some(slot) = serving.slots.take().await {
-                        run(&serving, slot, call);
-                    }
+                Forwarded::NotStored => {
+                    let slot = serving.slots.take().await;
+                    run(&serving, slot, call);
                 }
+                // It may be in the queue: running it here too could run it
+                // twice. (If it is not, its requester's deadline fails it.)
+                Forwarded::Unknown => {}
             }
         });
     }
@@ -532,12 +564,11 @@ async fn serve_function(
 async fn pull_calls(
     serving: Arc<Serving>,
     queue: Arc<Queue>,
-    entry: &'static Entry,
-    backlog: Arc<Backlog>,
+    function: Arc<Function>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut free = serving.slots.free.subscribe();
-    let mut pulls = None;
+    let mut consumer = None;
     let mut pause = Duration::from_millis(10);
     loop {
         tokio::select! {
@@ -547,22 +578,14 @@ async fn pull_calls(
                 return;
             },
         }
-        let pulled = match &mut pulls {
-            // (Stopping drops a pull under way: a call that reaches it is
-            // never acknowledged, and the queue gives it to another worker
-            // after `ack_wait`.)
-            Some(pulls) => tokio::select! {
-                biased;
-                _ = stopping.wait_for(|stop| *stop) => return,
-                pulled = queue::Pulls::next(pulls, &backlog) => pulled.map(Some),
-            },
-            None => match queue.consumer(entry).await {
-                Ok(consumer) => queue::Pulls::new(&consumer).await.map(|opened| {
-                    pulls = Some(opened);
-                    None
-                }),
-                Err(error) => Err(error),
-            },
+        // (A pull under way when the worker stops ends within
+        // `PULL_EXPIRES`, and what it brings is run or put back.)
+        let pulled = match &consumer {
+            Some(consumer) => queue::pull(consumer, &function.backlog).await,
+            None => queue.consumer(function.entry).await.map(|opened| {
+                consumer = Some(opened);
+                None
+            }),
         };
         match pulled {
             Ok(None) => pause = Duration::from_millis(10),
@@ -583,7 +606,7 @@ async fn pull_calls(
                     &serving,
                     slot,
                     Call {
-                        entry,
+                        function: Arc::clone(&function),
                         args: queued.args,
                         reply_to: queued.reply_to,
                         received: Instant::now(),
@@ -594,7 +617,7 @@ async fn pull_calls(
             Err(_) => {
                 // The consumer, the stream or the connection is gone: open
                 // them again, backing off while that fails.
-                pulls = None;
+                consumer = None;
                 tokio::select! {
                     _ = stopping.wait_for(|stop| *stop) => return,
                     () = tokio::time::sleep(pause) => {}
@@ -614,20 +637,21 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let Call {
-            entry,
+            function,
             args,
             reply_to,
             received,
             deadline,
         } = call;
+        let entry = function.entry;
         if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
             return;
         }
-        let started = serving.load.started();
+        let started = function.load.started();
         let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_locally(&serving.processes, entry, &args)
         }));
-        serving.load.finished(started);
+        function.load.finished(started);
         let mut answer = answer.unwrap_or_else(|_| {
             Reply::Failed(
                 OffloadError::unavailable(entry.name, "the worker's call thread panicked")
