@@ -90,14 +90,15 @@ fn main() {
     let machine = Machine::detect();
     let load_before = sys::load_average();
     if let Some(requests) = args.soak {
-        soak::run(
+        let passed = soak::run(
             &selected_variants(&args.only),
             requests,
             &out,
             &command_line(),
         );
+        // (The `Remote` rows' nats-server stops with the fleet.)
         remote::stop();
-        return;
+        std::process::exit(if passed { 0 } else { 1 });
     }
 
     eprintln!(

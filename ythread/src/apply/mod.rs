@@ -4,6 +4,7 @@
 mod bounded;
 mod exclusive;
 mod inline;
+mod latch;
 mod pool;
 pub(crate) mod semaphore;
 

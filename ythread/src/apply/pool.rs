@@ -4,13 +4,14 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crossbeam_utils::Backoff;
 
 use super::Apply;
+use super::latch::Latch;
 use crate::Job;
 use crate::error::OffloadError;
 use crate::job::ErasedJob;
@@ -215,15 +216,6 @@ struct Task {
 // frame that waits for this task and so outlives it.
 unsafe impl Send for Task {}
 
-/// Lives on the driving thread's stack while its job is in the pool.
-struct Latch {
-    /// Set by the worker once the job has run; the driving thread may then
-    /// return (and the latch disappear).
-    done: AtomicBool,
-    /// The driving thread, unparked after `done` is set.
-    waiter: Thread,
-}
-
 /// What a [`Pool`] with a bounded queue does when the queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WhenFull {
@@ -406,10 +398,7 @@ impl Apply for Pool {
             job.fail(OffloadError::shut_down("pool"));
             return;
         }
-        let latch = Latch {
-            done: AtomicBool::new(false),
-            waiter: thread::current(),
-        };
+        let latch = Latch::new();
         // The job's borrows must outlive its use on the worker: this function
         // does not return until the worker has set `latch.done`, which it does
         // after the job has run, and it cannot unwind in between (sending
@@ -473,31 +462,7 @@ fn worker(pool: usize, tasks: Receiver<Message>) {
         // SAFETY: the driving thread is still blocked in `Pool::apply`, which
         // owns the latch, until `done` is set below.
         let latch = unsafe { task.latch.as_ref() };
-        // Clone the handle first: once `done` is set, the latch may be gone.
-        let waiter = latch.waiter.clone();
-        latch.done.store(true, Ordering::Release);
-        waiter.unpark();
-    }
-}
-
-impl Latch {
-    /// Waits for the worker to set `done`: spins, then yields, then parks.
-    ///
-    /// Tiny work comes back within a microsecond, and a wake-up from `park`
-    /// costs tens of microseconds on a virtual machine, so the caller first
-    /// polls. It yields early (crossbeam's `Backoff`), because when callers
-    /// outnumber cores a spinning caller takes a core from the workers.
-    fn wait(&self) {
-        let backoff = Backoff::new();
-        while !backoff.is_completed() {
-            if self.done.load(Ordering::Acquire) {
-                return;
-            }
-            backoff.snooze();
-        }
-        while !self.done.load(Ordering::Acquire) {
-            thread::park();
-        }
+        latch.open();
     }
 }
 

@@ -14,11 +14,40 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ptr;
+
+// Under `--cfg loom` (`scripts/loom`), loom's models of the primitives, so
+// that the model checker explores every interleaving of the admission.
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicBool, Ordering};
+#[cfg(loom)]
+use loom::sync::{Arc, Mutex as LoomMutex};
+#[cfg(loom)]
+use loom::thread::{self, Thread};
+#[cfg(not(loom))]
+use parking_lot::Mutex;
+#[cfg(not(loom))]
 use std::sync::Arc;
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(not(loom))]
 use std::thread::{self, Thread};
 
-use parking_lot::Mutex;
+/// loom's mutex, with `parking_lot`'s `lock` (no poisoning).
+#[cfg(loom)]
+struct Mutex<T>(LoomMutex<T>);
+
+#[cfg(loom)]
+impl<T> Mutex<T> {
+    fn new(value: T) -> Self {
+        Mutex(LoomMutex::new(value))
+    }
+
+    fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 pub(crate) struct FairSemaphore {
     /// Permits not held by anyone, and the queue of threads waiting for one.
@@ -44,11 +73,17 @@ pub(crate) struct Permit<'a> {
     semaphore: &'a FairSemaphore,
 }
 
+#[cfg(not(loom))]
 thread_local! {
     /// The semaphores whose permits work running on this thread holds. No
     /// destructor, so it stays usable while other thread-locals are being
     /// destroyed (a handler may run from a thread-local's `Drop`).
     static HELD: HeldHere = const { HeldHere::new() };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    static HELD: HeldHere = HeldHere::new();
 }
 
 /// How many semaphores a thread tracks at once. Work on one thread holding
@@ -295,7 +330,7 @@ impl fmt::Debug for FairSemaphore {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::panic::{self, AssertUnwindSafe};
@@ -516,5 +551,89 @@ mod tests {
         }
         let state = semaphore.state.lock();
         assert_eq!((state.available, state.waiters.len()), (2, 0));
+    }
+}
+
+/// The admission of `Bounded` and `Exclusive`, model-checked: every
+/// interleaving of the threads (with up to three preemptions) admits at
+/// most `limit` at once, hands every released permit on, and leaves no
+/// thread parked for good (loom fails a run that deadlocks). Run by
+/// `scripts/loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+
+    /// Explores the interleavings with at most three preemptions each (a
+    /// bound loom recommends: bugs almost always show within two or three;
+    /// without it, three threads take hours).
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    /// `threads` threads each run one piece of work under a semaphore of
+    /// `limit`; the work checks how many are inside.
+    fn admits_at_most(limit: usize, threads: usize) {
+        model(move || {
+            let semaphore = Arc::new(FairSemaphore::new(limit));
+            let inside = Arc::new(AtomicUsize::new(0));
+            let ran = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (semaphore, inside, ran) = (
+                        Arc::clone(&semaphore),
+                        Arc::clone(&inside),
+                        Arc::clone(&ran),
+                    );
+                    thread::spawn(move || {
+                        semaphore.run(|| {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= limit, "{now} inside a semaphore of {limit}");
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            ran.fetch_add(1, Ordering::SeqCst);
+                        });
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().unwrap();
+            }
+            assert_eq!(ran.load(Ordering::SeqCst), threads);
+            // Every permit is back.
+            assert_eq!(semaphore.state.lock().available, limit);
+            assert!(semaphore.state.lock().waiters.is_empty());
+        });
+    }
+
+    #[test]
+    fn exclusive_two_threads() {
+        admits_at_most(1, 2);
+    }
+
+    #[test]
+    fn exclusive_three_threads() {
+        admits_at_most(1, 3);
+    }
+
+    #[test]
+    fn bounded_two_of_three() {
+        admits_at_most(2, 3);
+    }
+
+    /// Work nested under a held permit runs in place, on the same thread,
+    /// while another thread waits for the only permit.
+    #[test]
+    fn nested_work_runs_under_the_held_permit() {
+        model(|| {
+            let semaphore = Arc::new(FairSemaphore::new(1));
+            let other = {
+                let semaphore = Arc::clone(&semaphore);
+                thread::spawn(move || semaphore.run(|| 1))
+            };
+            let nested = semaphore.run(|| semaphore.run(|| 2));
+            assert_eq!(nested + other.join().unwrap(), 3);
+        });
     }
 }
