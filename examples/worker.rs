@@ -28,7 +28,8 @@ struct Args {
     workers: Option<usize>,
     /// A call that runs longer than this, in milliseconds, fails, and its
     /// local worker process is killed and replaced.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: u64,
 }
 

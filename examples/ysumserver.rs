@@ -36,7 +36,8 @@ struct Args {
     /// With `--apply processes` or `remote`: a call that runs longer than
     /// this, in milliseconds, fails (under `processes`, its worker is killed
     /// and replaced); the request gets an error line.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: u64,
     /// With `--apply processes`: the address space of each worker, in MiB.
     #[arg(long, value_name = "MIB")]

@@ -2,8 +2,10 @@
 //! benchmark and the integration tests.
 //!
 //! The protocol is the one the seed's Python client and server speak: the
-//! client connects, sends `n` as ASCII decimal (at most 16 bytes), the server
-//! answers `sumn(n)` as ASCII decimal and closes the connection.
+//! client connects, sends `n` as ASCII decimal (at most 16 bytes, read in
+//! one read), the server answers `sumn(n)` as ASCII decimal and closes the
+//! connection. A request the server refuses gets `error: <why>` and a
+//! newline instead (an answer has no newline).
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod client;

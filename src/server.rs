@@ -98,7 +98,7 @@ pub fn handle(mut stream: TcpStream, max_n: u64) -> io::Result<()> {
 /// newline), then closes the connection. Returns `error`.
 ///
 /// If the client sent more than its request, what is left is read and
-/// dropped first (what arrives within 100 ms, at most 64 KiB): closing with
+/// dropped first (what arrives within 100 ms in all, at most 64 KiB): closing with
 /// unread bytes would reset the connection, and the client could lose the
 /// error line.
 fn refuse(stream: &mut TcpStream, error: io::Error) -> io::Result<()> {
@@ -120,10 +120,16 @@ fn refuse(stream: &mut TcpStream, error: io::Error) -> io::Result<()> {
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
     );
     if told.is_ok() && sent_something {
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+        // 100 ms for the whole drain, not for each read: a client that
+        // trickles bytes must not hold its connection.
+        let until = std::time::Instant::now() + Duration::from_millis(100);
         let mut rest = [0u8; 4096];
         let mut dropped = 0;
         while dropped < 64 << 10 {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
             match stream.read(&mut rest) {
                 Ok(0) | Err(_) => break,
                 Ok(len) => dropped += len,

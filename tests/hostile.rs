@@ -108,6 +108,40 @@ fn bad_requests_get_an_error_line_and_cost_no_cpu() {
 }
 
 #[test]
+fn a_client_that_trickles_bytes_after_a_refused_request_is_closed() {
+    common::watchdog(Duration::from_secs(60), || {
+        for kind in KINDS {
+            let server = start(kind, LIMITS);
+            let mut trickler = TcpStream::connect(server.addr()).unwrap();
+            trickler.write_all(b"x").unwrap();
+            let writer = {
+                let mut trickler = trickler.try_clone().unwrap();
+                thread::spawn(move || {
+                    // A byte every 50 ms, until the server closes (at most
+                    // 30 s): each read of its drain would come in time.
+                    let until = Instant::now() + Duration::from_secs(30);
+                    while Instant::now() < until && trickler.write_all(b"7").is_ok() {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                })
+            };
+            trickler
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut answer = String::new();
+            let _ = trickler.read_to_string(&mut answer);
+            assert!(answer.starts_with("error: "), "{kind}: {answer:?}");
+            // Closed by the server: its slot is free for others.
+            ends_every_connection(&server, kind);
+            serves(server.addr(), kind);
+            drop(trickler);
+            writer.join().unwrap();
+            server.stop();
+        }
+    });
+}
+
+#[test]
 fn a_sum_that_does_not_fit_64_bits_is_refused_whatever_the_limit() {
     common::watchdog(Duration::from_secs(60), || {
         let limits = Limits {

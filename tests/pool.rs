@@ -169,17 +169,36 @@ fn shutdown_from_work_on_the_pool_does_not_hang() {
                 })
             }
             assert_eq!(stop_from_inside(pool.clone()).run_with(&pool), 42);
-            // The shutdown completes on its own; then new work is refused.
-            let mut refused = triple(1).run_with(&pool);
-            for _ in 0..100 {
-                if refused.is_err() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-                refused = triple(1).run_with(&pool);
-            }
-            assert_eq!(refused.unwrap_err().kind(), OffloadErrorKind::Unavailable);
+            // Closed by the time `shutdown` returned there.
+            assert_eq!(
+                triple(1).run_with(&pool).unwrap_err().kind(),
+                OffloadErrorKind::Unavailable
+            );
         }
+    });
+}
+
+#[test]
+fn every_shutdown_returns_only_once_the_workers_have_ended() {
+    common::watchdog(Duration::from_secs(60), || {
+        let pool = Pool::new(1);
+        let (release, holder) = busy_pool(&pool);
+        let shutdowns: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || pool.shutdown())
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(200));
+        assert!(
+            shutdowns.iter().all(|s| !s.is_finished()),
+            "a shutdown returned while the worker still ran"
+        );
+        release.send(()).unwrap();
+        for shutdown in shutdowns {
+            shutdown.join().unwrap();
+        }
+        assert_eq!(holder.join().unwrap(), 7);
     });
 }
 

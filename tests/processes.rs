@@ -1024,3 +1024,18 @@ fn shutdown_lets_the_calls_under_way_and_waiting_run_then_reaps_the_workers() {
         drop(cpu);
     });
 }
+
+#[test]
+fn a_deadline_too_far_to_add_is_none() {
+    common::watchdog(Duration::from_secs(60), || {
+        let cpu = workers(1)
+            .deadline(Duration::MAX)
+            .start_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        for i in 0..3 {
+            assert_eq!(call_add_after(i, 1, 0).run_with(&cpu).unwrap(), i + 1);
+        }
+        assert_eq!(cpu.restarts(), 0);
+    });
+}

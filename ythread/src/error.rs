@@ -529,8 +529,8 @@ impl fmt::Display for OffloadError {
             }
             Repr::QueueFull { strategy, capacity } => write!(
                 f,
-                "the {strategy}'s queue is full ({capacity} calls wait already), and it was built \
-                 to refuse work then"
+                "the {strategy}'s queue is full (it holds {capacity} waiting calls at most), and it \
+                 was built to refuse work then"
             ),
         }
     }

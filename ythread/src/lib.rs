@@ -91,8 +91,8 @@
 //! | [`Inline`] | holds its handler's thread | bound the work's cost before `offload!` |
 //! | [`Bounded`] | holds its thread and one of the `n` permits: after `n` such calls, every offload waits forever | the same |
 //! | [`Exclusive`] | holds the lock: every later offload waits forever | the same |
-//! | [`Pool`] | holds a worker thread: after as many calls as threads, the queue never moves | the same |
-//! | [`Processes`] | with [`ProcessesBuilder::deadline`], its worker process is killed at the deadline and replaced; the call fails with [`OffloadErrorKind::DeadlineExceeded`] | set a deadline |
+//! | [`Pool`] | holds a worker thread: after as many calls as threads, the queue never moves (callers waiting for room in a full queue, and [`Pool::shutdown`], wait forever) | the same |
+//! | [`Processes`] | without a deadline, holds a worker process forever; with [`ProcessesBuilder::deadline`], the process is killed at the deadline and replaced, and the call fails with [`OffloadErrorKind::DeadlineExceeded`] | set a deadline |
 //! | `remote::Remote` | the call fails at `RemoteBuilder::deadline`; on the worker machine, its process runs on unless the worker's `Processes` has a deadline too | set both |
 //!
 //! So: check a request's cost before offloading it (the example servers

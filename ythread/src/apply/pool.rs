@@ -136,33 +136,44 @@ enum Message {
 
 impl Shared {
     /// Takes no new work, lets the workers run what is queued, then stops
-    /// and joins them. Idempotent.
+    /// and joins them. Idempotent; every caller returns once the workers
+    /// have ended (but see below).
     fn shutdown(self: &Arc<Self>) {
+        let first = !self.closed.swap(true, Ordering::SeqCst);
         if WORKER_OF.get() == self.id {
             // On one of our own workers, whose work may be what the queue
-            // (or a driving thread blocked on a full one) waits for: stop
-            // from another thread, and let this work return.
+            // (or a driving thread blocked on a full one) waits for: closed
+            // now, stopped from another thread, and this work returns.
             let shared = Arc::clone(self);
-            if thread::Builder::new()
-                .name("ythread-pool-shutdown".into())
-                .spawn(move || shared.stop())
-                .is_ok()
+            if !first
+                || thread::Builder::new()
+                    .name("ythread-pool-shutdown".into())
+                    .spawn(move || shared.stop_workers())
+                    .is_ok()
             {
                 return;
             }
         }
-        self.stop();
+        if first {
+            self.stop_workers();
+        } else {
+            self.join();
+        }
     }
 
-    fn stop(&self) {
-        if self.closed.swap(true, Ordering::SeqCst) {
-            return self.join();
-        }
+    /// Once `closed` is set: lets the senders under way finish, sends one
+    /// `Stop` per worker behind the queued work, joins the workers.
+    fn stop_workers(&self) {
         // A driving thread that saw `closed` unset is sending: its work
-        // must be in the queue before the `Stop`s.
+        // must be in the queue before the `Stop`s. (It may wait for room in
+        // a full queue, for as long as the work ahead of it takes.)
         let backoff = Backoff::new();
         while self.sending.load(Ordering::SeqCst) != 0 {
-            backoff.snooze();
+            if backoff.is_completed() {
+                thread::sleep(Duration::from_millis(1));
+            } else {
+                backoff.snooze();
+            }
         }
         for _ in 0..self.threads {
             // Fails only if every worker is gone already.
@@ -171,11 +182,11 @@ impl Shared {
         self.join();
     }
 
+    /// Joins the workers; a second caller waits for the first to finish.
     fn join(&self) {
-        let workers =
-            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         let current = thread::current().id();
-        for worker in workers {
+        for worker in workers.drain(..) {
             // Shut down from work running on one of its own workers (or the
             // last clone dropped there): that worker cannot join itself, and
             // exits by itself once the work returns.
@@ -189,7 +200,11 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // The last clone is gone: no one can be sending.
-        self.stop();
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.stop_workers();
+        } else {
+            self.join();
+        }
     }
 }
 
@@ -291,27 +306,35 @@ impl PoolBuilder {
             Some(capacity) => crossbeam_channel::bounded(capacity),
             None => crossbeam_channel::unbounded(),
         };
-        let shared = Arc::new(Shared {
-            id,
-            queue,
-            bound: self.capacity.map(|capacity| (capacity, self.when_full)),
-            closed: AtomicBool::new(false),
-            sending: AtomicUsize::new(0),
-            threads: self.threads,
-            workers: Mutex::new(Vec::with_capacity(self.threads)),
-        });
+        let mut workers = Vec::with_capacity(self.threads);
         for i in 0..self.threads {
-            let tasks = tasks.clone();
-            let worker = thread::Builder::new()
+            let receiver = tasks.clone();
+            match thread::Builder::new()
                 .name(format!("ythread-pool-{i}"))
-                .spawn(move || worker(id, tasks))?;
-            shared
-                .workers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(worker);
+                .spawn(move || worker(id, receiver))
+            {
+                Ok(worker) => workers.push(worker),
+                Err(error) => {
+                    // Disconnected, the queue ends the workers started.
+                    drop((queue, tasks));
+                    for worker in workers {
+                        let _ = worker.join();
+                    }
+                    return Err(error);
+                }
+            }
         }
-        Ok(Pool { shared })
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                id,
+                queue,
+                bound: self.capacity.map(|capacity| (capacity, self.when_full)),
+                closed: AtomicBool::new(false),
+                sending: AtomicUsize::new(0),
+                threads: self.threads,
+                workers: Mutex::new(workers),
+            }),
+        })
     }
 }
 
@@ -341,9 +364,12 @@ impl Pool {
 
     /// Stops the pool: it takes no new work (a call offloaded to it from
     /// now on fails with [`OffloadErrorKind::Unavailable`](crate::OffloadErrorKind::Unavailable)), runs the work
-    /// already queued, then stops its workers and joins them. Every clone
-    /// sees it. Returns once the workers have ended (called from work on one
-    /// of them, that one ends when the work returns).
+    /// already queued, and that of callers already waiting for room in a
+    /// full queue, then stops its workers and joins them. Every clone sees
+    /// it. Returns once the workers have ended; called from work on one of
+    /// them, it returns at once (the pool is closed by then) and the workers
+    /// are joined from another thread once that work returns. Work nested
+    /// in work on a worker still runs in place.
     ///
     /// Work that never returns keeps its worker, and this call, waiting:
     /// see the crate's "Work that never ends".
@@ -447,7 +473,7 @@ fn worker(pool: usize, tasks: Receiver<Message>) {
             Some(message) => message,
             None => match tasks.recv() {
                 Ok(message) => message,
-                // Cannot happen while the pool's `Shared` holds the sender.
+                // The queue is gone: `build` failed to start every worker.
                 Err(_) => return,
             },
         };

@@ -147,20 +147,18 @@ impl Worker {
 
     /// Waits for the worker's hello.
     fn hello(&mut self, spec: &Spec) -> Result<(), String> {
-        let deadline = Instant::now() + spec.start_timeout;
-        let (kind, _call, body) = frame::read(
-            &mut self.replies,
-            &mut self.buf,
-            spec.max_frame,
-            Some(deadline),
-        )
-        .map_err(|error| match error {
-            ReadError::Closed => "ended before it was ready".to_owned(),
-            ReadError::TimedOut => {
-                format!("did not say it was ready within {:?}", spec.start_timeout)
-            }
-            other => format!("sent a malformed hello: {other}"),
-        })?;
+        // (A time-out too far to add, `Duration::MAX`, is none.)
+        let deadline = Instant::now().checked_add(spec.start_timeout);
+        let (kind, _call, body) =
+            frame::read(&mut self.replies, &mut self.buf, spec.max_frame, deadline).map_err(
+                |error| match error {
+                    ReadError::Closed => "ended before it was ready".to_owned(),
+                    ReadError::TimedOut => {
+                        format!("did not say it was ready within {:?}", spec.start_timeout)
+                    }
+                    other => format!("sent a malformed hello: {other}"),
+                },
+            )?;
         let (protocol, _pid) = match (kind, frame::parse_hello(body)) {
             (HELLO, Ok(hello)) => hello,
             _ => return Err("sent a malformed hello".to_owned()),

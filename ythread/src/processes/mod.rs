@@ -218,6 +218,7 @@ pub struct Processes {
     deadline: Option<Duration>,
     max_frame: usize,
     workers: usize,
+    start_timeout: Duration,
 }
 
 /// What the driving threads and the supervisor share.
@@ -440,6 +441,7 @@ impl ProcessesBuilder {
             deadline: self.deadline,
             max_frame: self.max_frame,
             workers: self.workers,
+            start_timeout: self.start_timeout,
         };
         let (reply, outcomes) = crossbeam_channel::unbounded();
         for _ in 0..self.workers {
@@ -579,7 +581,8 @@ impl Processes {
             worker.buf = buf;
             return Ok(worker);
         }
-        let deadline = self.deadline.map(|d| Instant::now() + d);
+        // (A deadline too far to add, `Duration::MAX`, is none.)
+        let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
         if let Err(error) = worker.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut {
                 worker.kill();
@@ -686,6 +689,16 @@ impl Processes {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.shared.stopping.store(true, Ordering::Release);
+        // The supervisor may be starting a replacement: once it answers a
+        // request made now (it takes them in order, and refuses this one),
+        // every start it had under way has ended, its worker closed or idle.
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.request(Request::Start { reply: Some(reply) });
+        let _ = answer.recv_timeout(
+            self.start_timeout
+                .saturating_add(MAX_BACKOFF)
+                .saturating_add(Duration::from_secs(1)),
+        );
         self.stop_idle_workers();
     }
 
