@@ -61,17 +61,24 @@ pub(crate) fn run(variants: &[Variant], requests: u64, out: &Path, command: &str
         let mut warm = closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS);
         warm.merge(&closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS));
         let rss_before_kib = settled_rss_kib();
+        let heap_before_kib = heap_in_use_kib();
         let began = Instant::now();
         // In quarters, with a reading after each: a leak grows from one to
         // the next, a one-time step does not.
         let mut report = closed_loop(addr, SEED_N, requests / 4, CLIENTS);
         let mut quarters = vec![settled_rss_kib()];
+        let mut heaps = vec![heap_in_use_kib()];
         for _ in 1..4 {
             report.merge(&closed_loop(addr, SEED_N, requests / 4, CLIENTS));
             quarters.push(settled_rss_kib());
+            heaps.push(heap_in_use_kib());
         }
         let seconds = began.elapsed().as_secs_f64();
         let rss_after_kib = *quarters.last().unwrap_or(&0);
+        eprintln!(
+            "soak: {}: heap in use {} -> {:?} KiB",
+            variant.name, heap_before_kib, heaps
+        );
         server.stop();
         let soak = Soak {
             name: variant.name,
@@ -157,6 +164,15 @@ fn settled_rss_kib() -> u64 {
         libc::malloc_trim(0);
     }
     rss_kib()
+}
+
+/// The bytes glibc's allocator has handed out and not had back, in KiB: the
+/// heap in use, which a leak grows, unlike the allocator's and the threads'
+/// reserves that RSS also counts.
+fn heap_in_use_kib() -> u64 {
+    // SAFETY: `mallinfo2` only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    ((info.uordblks + info.hblkhd) / 1024) as u64
 }
 
 /// This process's resident set, in KiB (`VmRSS` of `/proc/self/status`).
