@@ -3,6 +3,7 @@
 
 mod bounded;
 mod exclusive;
+pub(crate) mod gate;
 mod inline;
 mod latch;
 mod pool;

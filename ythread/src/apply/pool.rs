@@ -2,15 +2,15 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use crossbeam_utils::Backoff;
 
 use super::Apply;
+use super::gate::Gate;
 use super::latch::Latch;
 use crate::Job;
 use crate::error::OffloadError;
@@ -115,12 +115,9 @@ struct Shared {
     queue: Sender<Message>,
     /// What a full queue does to a driving thread; `None`: unbounded.
     bound: Option<(usize, WhenFull)>,
-    /// Set once, at shutdown: no new work.
-    closed: AtomicBool,
-    /// Driving threads between their look at `closed` and the end of their
-    /// send: shutdown waits for them, so that no work lands behind the
-    /// workers' `Stop`s.
-    sending: AtomicUsize,
+    /// Closed at shutdown; driving threads are inside while they send, so
+    /// that no work lands behind the workers' `Stop`s.
+    gate: Gate,
     threads: usize,
     /// Worker threads, joined at shutdown.
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -139,7 +136,7 @@ impl Shared {
     /// and joins them. Idempotent; every caller returns once the workers
     /// have ended (but see below).
     fn shutdown(self: &Arc<Self>) {
-        let first = !self.closed.swap(true, Ordering::SeqCst);
+        let first = self.gate.close();
         if WORKER_OF.get() == self.id {
             // On one of our own workers, whose work may be what the queue
             // (or a driving thread blocked on a full one) waits for: closed
@@ -154,6 +151,12 @@ impl Shared {
                 return;
             }
         }
+        self.finish(first);
+    }
+
+    /// After closing the gate: the first closer stops the workers, any
+    /// other waits for them to end.
+    fn finish(&self, first: bool) {
         if first {
             self.stop_workers();
         } else {
@@ -161,20 +164,11 @@ impl Shared {
         }
     }
 
-    /// Once `closed` is set: lets the senders under way finish, sends one
-    /// `Stop` per worker behind the queued work, joins the workers.
+    /// Once the gate is closed: lets the senders inside finish (one may
+    /// wait for room in a full queue), sends one `Stop` per worker behind
+    /// the queued work, joins the workers.
     fn stop_workers(&self) {
-        // A driving thread that saw `closed` unset is sending: its work
-        // must be in the queue before the `Stop`s. (It may wait for room in
-        // a full queue, for as long as the work ahead of it takes.)
-        let backoff = Backoff::new();
-        while self.sending.load(Ordering::SeqCst) != 0 {
-            if backoff.is_completed() {
-                thread::sleep(Duration::from_millis(1));
-            } else {
-                backoff.snooze();
-            }
-        }
+        self.gate.wait_empty();
         for _ in 0..self.threads {
             // Fails only if every worker is gone already.
             let _ = self.queue.send(Message::Stop);
@@ -200,11 +194,8 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // The last clone is gone: no one can be sending.
-        if !self.closed.swap(true, Ordering::SeqCst) {
-            self.stop_workers();
-        } else {
-            self.join();
-        }
+        let first = self.gate.close();
+        self.finish(first);
     }
 }
 
@@ -329,8 +320,7 @@ impl PoolBuilder {
                 id,
                 queue,
                 bound: self.capacity.map(|capacity| (capacity, self.when_full)),
-                closed: AtomicBool::new(false),
-                sending: AtomicUsize::new(0),
+                gate: Gate::default(),
                 threads: self.threads,
                 workers: Mutex::new(workers),
             }),
@@ -414,16 +404,11 @@ impl Apply for Pool {
             return;
         }
         let shared = &*self.shared;
-        // Announce the send before looking at `closed` (both `SeqCst`, as
-        // `shutdown` sets `closed` before reading `sending`): either this
-        // sees the pool closed, or shutdown waits for this send.
-        shared.sending.fetch_add(1, Ordering::SeqCst);
-        if shared.closed.load(Ordering::SeqCst) {
-            shared.sending.fetch_sub(1, Ordering::SeqCst);
+        let Some(pass) = shared.gate.enter() else {
             let mut job = job;
             job.fail(OffloadError::shut_down("pool"));
             return;
-        }
+        };
         let latch = Latch::new();
         // The job's borrows must outlive its use on the worker: this function
         // does not return until the worker has set `latch.done`, which it does
@@ -450,7 +435,7 @@ impl Apply for Pool {
                 .err()
                 .map(|error| (error.0, OffloadError::shut_down("pool"))),
         };
-        shared.sending.fetch_sub(1, Ordering::SeqCst);
+        drop(pass);
         if let Some((Message::Run(task), error)) = refused {
             // SAFETY: the task never reached a worker: its job slot, in the
             // handler suspended on this call, is alive and used by no one
@@ -519,7 +504,7 @@ impl fmt::Debug for Pool {
             .field("threads", &self.threads())
             .field("queued", &self.queued())
             .field("bound", &self.shared.bound)
-            .field("shut_down", &self.shared.closed.load(Ordering::Relaxed))
+            .field("shut_down", &self.shared.gate.is_closed())
             .finish()
     }
 }

@@ -132,6 +132,7 @@ use parking_lot::Mutex;
 
 use self::child::{Spec, WORKER_ENV, Worker};
 use self::frame::{CALL, DONE, PANICKED, REFUSED, ReadError};
+use crate::apply::gate::Gate;
 use crate::error::OffloadError;
 use crate::offloadable::{self, Entry, Lookup};
 use crate::portable::WireCall;
@@ -235,11 +236,8 @@ struct Shared {
     /// Set when the strategy is dropped or shut down (or `build` fails):
     /// the supervisor starts no more workers.
     stopping: AtomicBool,
-    /// Set by `shutdown`: no new calls.
-    closed: AtomicBool,
-    /// Calls between their look at `closed` and their end: `shutdown` waits
-    /// for them.
-    calls: AtomicUsize,
+    /// Closed by `shutdown`, which waits for the calls inside.
+    gate: Gate,
 }
 
 /// Workers not running a call, and the calls that wait for a worker, first
@@ -424,8 +422,7 @@ impl ProcessesBuilder {
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            calls: AtomicUsize::new(0),
+            gate: Gate::default(),
         });
         let (requests, incoming) = crossbeam_channel::unbounded();
         let supervisor = {
@@ -684,10 +681,8 @@ impl Processes {
     /// A call that never ends keeps this waiting, unless the strategy has a
     /// [`deadline`](ProcessesBuilder::deadline).
     pub fn shutdown(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        while self.shared.calls.load(Ordering::SeqCst) != 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.shared.gate.close();
+        self.shared.gate.wait_empty();
         self.shared.stopping.store(true, Ordering::Release);
         // The supervisor may be starting a replacement: once it answers a
         // request made now (it takes them in order, and refuses this one),
@@ -775,22 +770,10 @@ pub(crate) fn portable_call<'j>(
 impl Processes {
     /// Runs `call` of the registered function `entry` on a worker.
     pub(crate) fn run(&self, entry: &'static Entry, call: &mut dyn WireCall) {
-        /// Counts the call out, however it ends.
-        struct Counted<'a>(&'a AtomicUsize);
-        impl Drop for Counted<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        // Counted in before the look at `closed` (both `SeqCst`, as
-        // `shutdown` sets `closed` before reading `calls`): either this
-        // call sees the strategy closed, or `shutdown` waits for it.
-        self.shared.calls.fetch_add(1, Ordering::SeqCst);
-        let _counted = Counted(&self.shared.calls);
-        if self.shared.closed.load(Ordering::SeqCst) {
+        let Some(_inside) = self.shared.gate.enter() else {
             call.fail(OffloadError::shut_down("set of worker processes"));
             return;
-        }
+        };
         let worker = match self.checkout() {
             Ok(worker) => worker,
             Err(why) => {
