@@ -67,8 +67,6 @@ use crate::{Processes, ProcessesBuilder};
 pub struct Worker {
     runtime: Runtime,
     serving: Arc<Serving>,
-    /// Why there is no shared queue, if there is none.
-    queue_error: Option<String>,
     /// The tasks that take calls: NATS subscriptions and queue pulls.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Tells them to stop taking calls.
@@ -132,9 +130,9 @@ impl Worker {
     ///
     /// The reason there is no shared queue.
     pub fn shared_queue(&self) -> Result<(), &str> {
-        match &self.queue_error {
-            None => Ok(()),
-            Some(error) => Err(error),
+        match &self.serving.queue {
+            Ok(_) => Ok(()),
+            Err(why) => Err(why),
         }
     }
 
@@ -230,13 +228,13 @@ impl WorkerBuilder {
         let client = runtime
             .block_on(options.connect(url.as_str()))
             .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
-        let (queue, queue_error) = if self.shared_queue {
-            match runtime.block_on(Queue::open(&client, &self.namespace)) {
-                Ok(queue) => (Some(Arc::new(queue)), None),
-                Err(error) => (None, Some(format!("JetStream: {error}"))),
-            }
+        let queue = if self.shared_queue {
+            runtime
+                .block_on(Queue::open(&client, &self.namespace))
+                .map(Arc::new)
+                .map_err(|error| format!("JetStream: {error}"))
         } else {
-            (None, Some("turned off by the builder".to_owned()))
+            Err("turned off by the builder".to_owned())
         };
         let group = format!("ythread.{}", self.namespace);
         let (stop, stopping) = watch::channel(false);
@@ -274,7 +272,7 @@ impl WorkerBuilder {
                     calls,
                     stopping.clone(),
                 )));
-                if let Some(queue) = &serving.queue {
+                if let Ok(queue) = &serving.queue {
                     tasks.push(tokio::spawn(pull_calls(
                         Arc::clone(&serving),
                         Arc::clone(queue),
@@ -293,7 +291,6 @@ impl WorkerBuilder {
         Ok(Worker {
             runtime,
             serving,
-            queue_error,
             tasks,
             stop,
         })
@@ -318,8 +315,9 @@ struct Serving {
     processes: Arc<Processes>,
     slots: Arc<Slots>,
     max_payload: usize,
-    /// The fleet's shared queue, if the server has JetStream.
-    queue: Option<Arc<Queue>>,
+    /// The fleet's shared queue; or why there is none (no JetStream on the
+    /// server, or turned off).
+    queue: Result<Arc<Queue>, String>,
     /// Calls in flight to the queue at once, at most: while all are taken,
     /// the subscriptions are not read.
     forwarding: Arc<Semaphore>,
@@ -517,8 +515,10 @@ async fn serve_function(
         }
         let queue = serving
             .queue
-            .clone()
-            .filter(|_| !draining && !function.load.short());
+            .as_ref()
+            .ok()
+            .filter(|_| !draining && !function.load.short())
+            .cloned();
         let Some(queue) = queue else {
             // While this waits, the subscription is not read: a flood
             // cannot grow threads here; async-nats buffers up to 65,536
