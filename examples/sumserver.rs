@@ -23,17 +23,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match serve(&args) {
-        Ok(never) => match never {},
-        Err(error) => {
-            eprintln!("sumserver: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    ythread_demo::exit_code("sumserver", serve(&args))
 }
 
 /// Starts the server, then serves until the process is killed.
-fn serve(args: &Args) -> io::Result<std::convert::Infallible> {
+fn serve(args: &Args) -> io::Result<()> {
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
     let server = Server::start_plain(listener, args.limits.into())?;
     println!("sumserver (plain threads) listening on {}", server.addr());

@@ -40,13 +40,7 @@ fn main() -> ExitCode {
     // Keep the `#[offloadable]` functions of the demo library linked in.
     let _ = ythread_demo::sumn;
     let args = Args::parse();
-    match serve(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("worker: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    ythread_demo::exit_code("worker", serve(&args))
 }
 
 /// Serves until SIGTERM or SIGINT, then stops taking calls and lets those

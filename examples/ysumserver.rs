@@ -80,17 +80,11 @@ fn main() -> ExitCode {
     // this line turns such a process into a worker before anything else.
     ythread::processes::init();
     let args = Args::parse();
-    match serve(&args) {
-        Ok(never) => match never {},
-        Err(error) => {
-            eprintln!("ysumserver: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    ythread_demo::exit_code("ysumserver", serve(&args))
 }
 
 /// Starts the server, then serves until the process is killed.
-fn serve(args: &Args) -> io::Result<std::convert::Infallible> {
+fn serve(args: &Args) -> io::Result<()> {
     let listener = server::bind((Ipv4Addr::LOCALHOST, args.port))?;
     let limits = args.limits.into();
     let server = match args.apply {

@@ -141,6 +141,19 @@ pub fn parse_decimal(bytes: &[u8]) -> io::Result<u64> {
         })
 }
 
+/// How an example program ends: success, or `<program>: <error>` on stderr
+/// and a failure status (not the `Error: Custom { .. }` that returning the
+/// error from `main` prints).
+pub fn exit_code(program: &str, result: io::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// One request of the seed's client: connects to `addr`, sends `n`, reads
 /// the answer until the server closes the connection.
 ///
