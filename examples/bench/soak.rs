@@ -29,16 +29,44 @@ struct Soak {
     requests: u64,
     wrong: u64,
     errors: u64,
-    rss_before_kib: u64,
-    /// After each quarter of the requests.
-    quarters: Vec<u64>,
-    rss_after_kib: u64,
+    /// After the warm-up.
+    before: Memory,
+    /// After each quarter of the requests: a leak grows from one to the
+    /// next, a one-time step does not.
+    quarters: Vec<Memory>,
     seconds: f64,
 }
 
+/// One reading of this process's memory, in KiB.
+#[derive(Clone, Copy)]
+struct Memory {
+    /// Resident, after the allocator gave its free pages back.
+    rss: u64,
+    /// Handed out by the allocator and not freed.
+    heap: u64,
+}
+
+impl Memory {
+    /// Once the last connections' threads have ended (the clients have
+    /// their answers before the server's threads are gone).
+    fn settled() -> Memory {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Memory {
+            rss: trimmed_rss_kib(),
+            heap: heap_in_use_kib(),
+        }
+    }
+}
+
 impl Soak {
+    /// Resident memory at the end against after the warm-up, in percent.
     fn growth(&self) -> f64 {
-        (self.rss_after_kib as f64 / self.rss_before_kib.max(1) as f64 - 1.0) * 100.0
+        let after = self.quarters.last().map_or(0, |m| m.rss);
+        (after as f64 / self.before.rss.max(1) as f64 - 1.0) * 100.0
+    }
+
+    fn passed(&self) -> bool {
+        self.wrong == 0 && self.errors == 0 && self.growth() < 5.0
     }
 }
 
@@ -58,48 +86,41 @@ pub(crate) fn run(variants: &[Variant], requests: u64, out: &Path, command: &str
         // Two rounds: the second generation of client and connection
         // threads still grew the process by about 2 MiB once (glibc's cache
         // of thread stacks and its arenas), the third and later did not.
-        let mut warm = closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS);
-        warm.merge(&closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS));
-        let rss_before_kib = settled_rss_kib();
-        let heap_before_kib = heap_in_use_kib();
+        let mut report = closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS);
+        report.merge(&closed_loop(addr, SEED_N, WARM_UP / 2, CLIENTS));
+        let warm_up = report.requests;
+        let before = Memory::settled();
         let began = Instant::now();
-        // In quarters, with a reading after each: a leak grows from one to
-        // the next, a one-time step does not.
-        let mut report = closed_loop(addr, SEED_N, requests / 4, CLIENTS);
-        let mut quarters = vec![settled_rss_kib()];
-        let mut heaps = vec![heap_in_use_kib()];
-        for _ in 1..4 {
-            report.merge(&closed_loop(addr, SEED_N, requests / 4, CLIENTS));
-            quarters.push(settled_rss_kib());
-            heaps.push(heap_in_use_kib());
+        let mut quarters = Vec::new();
+        for quarter in 0..4 {
+            // The last quarter takes what division left over.
+            let share = requests / 4 + if quarter == 3 { requests % 4 } else { 0 };
+            report.merge(&closed_loop(addr, SEED_N, share, CLIENTS));
+            quarters.push(Memory::settled());
         }
-        let seconds = began.elapsed().as_secs_f64();
-        let rss_after_kib = *quarters.last().unwrap_or(&0);
-        eprintln!(
-            "soak: {}: heap in use {} -> {:?} KiB",
-            variant.name, heap_before_kib, heaps
-        );
         server.stop();
         let soak = Soak {
             name: variant.name,
-            requests: report.requests,
-            wrong: report.wrong + warm.wrong,
-            errors: report.errors + warm.errors,
-            rss_before_kib,
+            requests: report.requests - warm_up,
+            wrong: report.wrong,
+            errors: report.errors,
+            before,
             quarters,
-            rss_after_kib,
-            seconds,
+            seconds: began.elapsed().as_secs_f64(),
         };
         eprintln!(
-            "soak: {}: {} requests in {:.0} s, {} wrong, {} errors, RSS {} -> {:?} KiB ({:+.1}%)",
+            "soak: {}: {} requests in {:.0} s, {} wrong, {} errors, RSS {} -> {} KiB ({:+.1}%), \
+             heap in use {} -> {} KiB",
             soak.name,
             soak.requests,
             soak.seconds,
             soak.wrong,
             soak.errors,
-            soak.rss_before_kib,
-            soak.quarters,
-            soak.growth()
+            soak.before.rss,
+            listed(&soak.quarters, |m| m.rss),
+            soak.growth(),
+            soak.before.heap,
+            listed(&soak.quarters, |m| m.heap),
         );
         soaks.push(soak);
     }
@@ -108,56 +129,60 @@ pub(crate) fn run(variants: &[Variant], requests: u64, out: &Path, command: &str
         text,
         "# ythread soak\n\n- date: {} (UTC)\n- command: `{command}`\n- {requests} requests \
          per server after {WARM_UP} to warm it up, n = {SEED_N}, {CLIENTS} client threads, \
-         one connection per request\n- RSS: this process's resident memory (servers and \
-         clients), after `malloc_trim`, after the warm-up and after each quarter; growth \
-         must stay under 5%\n",
+         one connection per request (every answer checked; the warm-up's too)\n- memory: \
+         this process's (servers and clients), after the warm-up and after each quarter: \
+         resident (after `malloc_trim`), whose growth must stay under 5%, and the heap in \
+         use (glibc's `mallinfo2`), which a leak grows quarter after quarter\n",
         crate::sys::today()
     );
     let _ = writeln!(
         text,
-        "| server | requests | wrong | errors | seconds | RSS before (KiB) | after each quarter (KiB) | growth |"
+        "| server | requests | wrong | errors | seconds | RSS before (KiB) | after each quarter \
+         (KiB) | growth | heap before (KiB) | after each quarter (KiB) |"
     );
-    let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for soak in &soaks {
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {:+.1}%{} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {:+.1}%{} | {} | {} |",
             soak.name,
             soak.requests,
             soak.wrong,
             soak.errors,
             soak.seconds,
-            soak.rss_before_kib,
-            soak.quarters
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            soak.before.rss,
+            listed(&soak.quarters, |m| m.rss),
             soak.growth(),
-            if soak.growth() >= 5.0 { " (!)" } else { "" }
+            if soak.passed() { "" } else { " (!)" },
+            soak.before.heap,
+            listed(&soak.quarters, |m| m.heap),
         );
     }
     std::fs::create_dir_all(out).expect("cannot create the output directory");
     let path = out.join("soak.md");
     std::fs::write(&path, text).expect("cannot write soak.md");
     eprintln!("soak: wrote {}", path.display());
-    let failed = soaks
-        .iter()
-        .any(|s| s.wrong > 0 || s.errors > 0 || s.growth() >= 5.0);
-    if failed {
+    let passed = soaks.iter().all(Soak::passed);
+    if !passed {
         eprintln!("soak: FAILED (wrong answers, errors, or memory growth of 5% or more)");
     }
-    !failed
+    passed
 }
 
-/// The resident set once the last connections' threads have ended (the
-/// clients have their answers before the server's threads are gone), and
-/// once the allocator has given its free pages back: what is left is
-/// memory in use. (Without the trim, glibc's per-thread arenas keep freed
-/// memory in an amount that swung by up to 1 MiB, 8% of the `Remote` rows'
-/// process, from one reading to the next.)
-fn settled_rss_kib() -> u64 {
-    std::thread::sleep(std::time::Duration::from_millis(500));
+/// The readings' `field`s, comma-separated.
+fn listed(readings: &[Memory], field: fn(&Memory) -> u64) -> String {
+    readings
+        .iter()
+        .map(|m| field(m).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The resident set once the allocator has given its free pages back.
+/// (Without the trim, glibc's per-thread arenas keep freed memory in an
+/// amount that swung by up to 1 MiB, 8% of the `Remote` rows' process, from
+/// one reading to the next.)
+fn trimmed_rss_kib() -> u64 {
     // SAFETY: `malloc_trim` only returns free memory to the system; it has
     // no preconditions.
     unsafe {
