@@ -82,8 +82,13 @@ fn all_workers_serve<A: Apply + Clone + Send + 'static>(apply: &A, n: usize) {
     }
 }
 
-/// The thread strategies: `drive` run by `YieldableThread`s on `apply`.
-fn threads_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
+/// `drive` (or `drive_portable`) on `THREADS` threads at once, against
+/// `apply`: half of all the offloads panicked, and each was seen.
+fn under_load<A, H>(apply: A, drive: fn(u64) -> H)
+where
+    A: Apply + Clone + Send + 'static,
+    H: Yieldable<Output = u64> + 'static,
+{
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let apply = apply.clone();
@@ -97,7 +102,7 @@ fn threads_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
 #[test]
 fn inline() {
     common::watchdog(Duration::from_secs(300), || {
-        threads_under_load(Inline);
+        under_load(Inline, drive);
         all_workers_serve(&Inline, 2);
     });
 }
@@ -106,7 +111,7 @@ fn inline() {
 fn exclusive() {
     common::watchdog(Duration::from_secs(300), || {
         let exclusive = Exclusive::new();
-        threads_under_load(exclusive.clone());
+        under_load(exclusive.clone(), drive);
         all_workers_serve(&exclusive, 1);
     });
 }
@@ -115,7 +120,7 @@ fn exclusive() {
 fn bounded() {
     common::watchdog(Duration::from_secs(300), || {
         let bounded = Bounded::new(2);
-        threads_under_load(bounded.clone());
+        under_load(bounded.clone(), drive);
         all_workers_serve(&bounded, 2);
     });
 }
@@ -124,7 +129,7 @@ fn bounded() {
 fn pool() {
     common::watchdog(Duration::from_secs(300), || {
         let pool = Pool::new(2);
-        threads_under_load(pool.clone());
+        under_load(pool.clone(), drive);
         assert_eq!(pool.threads(), 2);
         all_workers_serve(&pool, 2);
     });
@@ -134,7 +139,7 @@ fn pool() {
 fn a_closure() {
     common::watchdog(Duration::from_secs(300), || {
         let closure = Arc::new(apply_fn(|job| job.run()));
-        threads_under_load(Arc::clone(&closure));
+        under_load(Arc::clone(&closure), drive);
         all_workers_serve(&closure, 2);
     });
 }
@@ -148,7 +153,7 @@ fn a_rayon_pool() {
                 .build()
                 .unwrap(),
         );
-        threads_under_load(Arc::clone(&rayon));
+        under_load(Arc::clone(&rayon), drive);
         all_workers_serve(&rayon, 2);
     });
 }
@@ -195,17 +200,6 @@ fn drive_portable(first: u64) -> u64 {
     panics
 }
 
-fn portable_under_load<A: Apply + Clone + Send + 'static>(apply: A) {
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let apply = apply.clone();
-            thread::spawn(move || drive_portable(t * per_thread()).run_with(&apply))
-        })
-        .collect();
-    let panics: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert_eq!(panics, THREADS * per_thread() / 2);
-}
-
 #[offloadable]
 fn own_pid_after(ms: u64) -> u32 {
     thread::sleep(Duration::from_millis(ms));
@@ -237,7 +231,7 @@ fn both_processes_serve<A: Apply + Clone + Send + 'static>(apply: &A, processes:
 fn processes() {
     common::watchdog(Duration::from_secs(600), || {
         let processes = Arc::new(common::worker_processes(2).build().unwrap());
-        portable_under_load(Arc::clone(&processes));
+        under_load(Arc::clone(&processes), drive_portable);
         both_processes_serve(&processes, &processes);
     });
 }
@@ -257,7 +251,7 @@ fn remote() {
                 .connect()
                 .unwrap(),
         );
-        portable_under_load(Arc::clone(&remote));
+        under_load(Arc::clone(&remote), drive_portable);
         both_processes_serve(&remote, worker.processes());
     });
 }

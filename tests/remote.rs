@@ -169,10 +169,7 @@ fn the_seed_handler_answers_through_two_workers() {
             RemoteWorker::start(nats.url(), "seed"),
             RemoteWorker::start(nats.url(), "seed"),
         ];
-        let cpu = Remote::builder(nats.url())
-            .namespace("seed")
-            .connect()
-            .unwrap();
+        let cpu = requester(nats.url(), "seed");
         let served = std::sync::Mutex::new(std::collections::HashSet::new());
         thread::scope(|s| {
             for t in 0..8u64 {
@@ -208,10 +205,7 @@ fn failures_on_the_worker_machine_come_back_typed() {
     common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let _worker = RemoteWorker::start(nats.url(), "fail");
-        let cpu = Remote::builder(nats.url())
-            .namespace("fail")
-            .connect()
-            .unwrap();
+        let cpu = requester(nats.url(), "fail");
         let error = call_crash().run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
         assert_eq!(error.signal(), Some(libc::SIGSEGV));
@@ -258,10 +252,7 @@ fn a_worker_of_another_build_is_no_worker() {
             )
             .unwrap();
         runtime.block_on(client.flush()).unwrap();
-        let cpu = Remote::builder(nats.url())
-            .namespace("v2")
-            .connect()
-            .unwrap();
+        let cpu = requester(nats.url(), "v2");
         let error = call_sumn(3).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Unavailable);
         let text = error.to_string();
@@ -440,17 +431,8 @@ fn a_long_call_runs_to_its_own_deadline() {
 fn stopping_a_worker_lets_its_calls_under_way_answer() {
     common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
-        let worker = Worker::builder(nats.url())
-            .namespace("stop")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
-        let cpu = Arc::new(
-            Remote::builder(nats.url())
-                .namespace("stop")
-                .connect()
-                .unwrap(),
-        );
+        let worker = worker(nats.url(), "stop");
+        let cpu = Arc::new(requester(nats.url(), "stop"));
         let in_flight = {
             let cpu = Arc::clone(&cpu);
             thread::spawn(move || call_slow_sum(5, 1_000).run_with(&*cpu))
@@ -750,17 +732,23 @@ fn call_slow_own_pid(ms: u64) -> Result<u32, OffloadError> {
     try_offload!(slow_own_pid, ms)
 }
 
+/// A worker of one local process, in this process.
+fn worker(url: &str, namespace: &str) -> Worker {
+    Worker::builder(url)
+        .namespace(namespace)
+        .processes(local_workers(1))
+        .start()
+        .unwrap()
+}
+
+/// A requester of `namespace`, with the default settings.
+fn requester(url: &str, namespace: &str) -> Remote {
+    Remote::builder(url).namespace(namespace).connect().unwrap()
+}
+
 /// Two workers of one local process each, in this process.
 fn two_workers(url: &str, namespace: &str) -> Vec<Worker> {
-    (0..2)
-        .map(|_| {
-            Worker::builder(url)
-                .namespace(namespace)
-                .processes(local_workers(1))
-                .start()
-                .unwrap()
-        })
-        .collect()
+    (0..2).map(|_| worker(url, namespace)).collect()
 }
 
 /// Waits (up to 10 s) until `done` holds.
@@ -780,12 +768,7 @@ fn a_call_that_finds_its_worker_busy_goes_to_an_idle_one() {
         for worker in &workers {
             assert_eq!(worker.shared_queue(), Ok(()));
         }
-        let cpu = Arc::new(
-            Remote::builder(nats.url())
-                .namespace("share")
-                .connect()
-                .unwrap(),
-        );
+        let cpu = Arc::new(requester(nats.url(), "share"));
         // One worker's only process is taken for 3 s.
         let long = {
             let cpu = Arc::clone(&cpu);
@@ -815,10 +798,7 @@ fn calls_waiting_for_two_busy_workers_are_all_answered() {
     common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let workers = two_workers(nats.url(), "busy");
-        let cpu = Remote::builder(nats.url())
-            .namespace("busy")
-            .connect()
-            .unwrap();
+        let cpu = requester(nats.url(), "busy");
         thread::scope(|s| {
             for t in 0..16u64 {
                 let cpu = &cpu;
@@ -838,103 +818,6 @@ fn calls_waiting_for_two_busy_workers_are_all_answered() {
         assert!(moved(Worker::forwarded) > 0);
     });
 }
-
-#[offloadable]
-fn touch(path: String) -> bool {
-    std::fs::write(path, b"ran").is_ok()
-}
-
-#[test]
-fn a_queued_call_past_its_deadline_is_dropped_unrun() {
-    #[yieldable]
-    fn call_touch(path: String) -> Result<bool, OffloadError> {
-        try_offload!(touch, path)
-    }
-    common::watchdog(Duration::from_secs(120), || {
-        let nats = nats(&[]);
-        let worker = Worker::builder(nats.url())
-            .namespace("expire")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
-        let patient = Arc::new(
-            Remote::builder(nats.url())
-                .namespace("expire")
-                .connect()
-                .unwrap(),
-        );
-        let hasty = Remote::builder(nats.url())
-            .namespace("expire")
-            .deadline(Duration::from_millis(500))
-            .connect()
-            .unwrap();
-        let long = {
-            let patient = Arc::clone(&patient);
-            thread::spawn(move || call_slow_sum(3, 3_000).run_with(&*patient))
-        };
-        thread::sleep(Duration::from_millis(200));
-        let path = std::env::temp_dir().join(format!("ythread-touch-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let error = call_touch(path.display().to_string())
-            .run_with(&hasty)
-            .unwrap_err();
-        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
-        assert_eq!(worker.forwarded(), 1, "it waited in the queue");
-        assert_eq!(long.join().unwrap().unwrap(), 6);
-        // Once the process is free (after 3 s: more than the deadline and
-        // the second of slack allowed to clocks), the worker takes the call
-        // from the queue, sees that its requester gave up, and does not run
-        // it.
-        eventually("the call is taken from the queue", || {
-            worker.dequeued() == 1
-        });
-        thread::sleep(Duration::from_millis(300));
-        assert!(!path.exists(), "the expired call ran");
-        // The worker serves on.
-        assert!(
-            call_touch(path.display().to_string())
-                .run_with(&hasty)
-                .unwrap()
-        );
-        let _ = std::fs::remove_file(&path);
-    });
-}
-
-#[test]
-fn without_jetstream_a_busy_worker_keeps_its_calls() {
-    common::watchdog(Duration::from_secs(120), || {
-        let nats = nats_without_jetstream(&[]);
-        let worker = Worker::builder(nats.url())
-            .namespace("plain")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
-        let reason = worker.shared_queue().unwrap_err();
-        assert!(reason.contains("JetStream"), "{reason}");
-        let cpu = Remote::builder(nats.url())
-            .namespace("plain")
-            .connect()
-            .unwrap();
-        thread::scope(|s| {
-            for t in 0..4u64 {
-                let cpu = &cpu;
-                s.spawn(move || {
-                    assert_eq!(call_slow_sum(t, 50).run_with(cpu).unwrap(), t * (t + 1) / 2)
-                });
-            }
-        });
-        assert_eq!(worker.forwarded(), 0);
-        let off = Worker::builder(nats.url())
-            .namespace("plain")
-            .processes(local_workers(1))
-            .shared_queue(false)
-            .start()
-            .unwrap();
-        assert!(off.shared_queue().unwrap_err().contains("turned off"));
-    });
-}
-
-// --- at most once through the shared queue ---------------------------------
 
 /// Appends one line to `path`: how many times a call ran.
 #[offloadable]
@@ -957,6 +840,79 @@ fn runs(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
 }
 
+#[test]
+fn a_queued_call_past_its_deadline_is_dropped_unrun() {
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats(&[]);
+        let worker = worker(nats.url(), "expire");
+        let patient = Arc::new(requester(nats.url(), "expire"));
+        let hasty = Remote::builder(nats.url())
+            .namespace("expire")
+            .deadline(Duration::from_millis(500))
+            .connect()
+            .unwrap();
+        let long = {
+            let patient = Arc::clone(&patient);
+            thread::spawn(move || call_slow_sum(3, 3_000).run_with(&*patient))
+        };
+        thread::sleep(Duration::from_millis(200));
+        let path = std::env::temp_dir().join(format!("ythread-touch-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let error = call_append_line(path.display().to_string())
+            .run_with(&hasty)
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        assert_eq!(worker.forwarded(), 1, "it waited in the queue");
+        assert_eq!(long.join().unwrap().unwrap(), 6);
+        // Once the process is free (after 3 s: more than the deadline and
+        // the second of slack allowed to clocks), the worker takes the call
+        // from the queue, sees that its requester gave up, and does not run
+        // it.
+        eventually("the call is taken from the queue", || {
+            worker.dequeued() == 1
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(runs(&path), 0, "the expired call ran");
+        // The worker serves on.
+        assert!(
+            call_append_line(path.display().to_string())
+                .run_with(&hasty)
+                .unwrap()
+        );
+        assert_eq!(runs(&path), 1);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn without_jetstream_a_busy_worker_keeps_its_calls() {
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats_without_jetstream(&[]);
+        let worker = worker(nats.url(), "plain");
+        let reason = worker.shared_queue().unwrap_err();
+        assert!(reason.contains("JetStream"), "{reason}");
+        let cpu = requester(nats.url(), "plain");
+        thread::scope(|s| {
+            for t in 0..4u64 {
+                let cpu = &cpu;
+                s.spawn(move || {
+                    assert_eq!(call_slow_sum(t, 50).run_with(cpu).unwrap(), t * (t + 1) / 2)
+                });
+            }
+        });
+        assert_eq!(worker.forwarded(), 0);
+        let off = Worker::builder(nats.url())
+            .namespace("plain")
+            .processes(local_workers(1))
+            .shared_queue(false)
+            .start()
+            .unwrap();
+        assert!(off.shared_queue().unwrap_err().contains("turned off"));
+    });
+}
+
+// --- at most once through the shared queue ---------------------------------
+
 /// A worker busy for long pulls nothing (a pull under way when it became
 /// busy brings a call it puts back at once): a queued call waits for the
 /// first free worker, here one started at 10 s, and runs once. (Found in
@@ -966,11 +922,7 @@ fn runs(path: &std::path::Path) -> usize {
 fn a_busy_worker_never_holds_a_queued_call_and_it_runs_once() {
     common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
-        let busy = Worker::builder(nats.url())
-            .namespace("steal")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
+        let busy = worker(nats.url(), "steal");
         let cpu = Arc::new(
             Remote::builder(nats.url())
                 .namespace("steal")
@@ -999,11 +951,7 @@ fn a_busy_worker_never_holds_a_queued_call_and_it_runs_once() {
         };
         // Another worker, idle, from t = 10 s.
         thread::sleep(Duration::from_secs(10) - t0.elapsed());
-        let idle = Worker::builder(nats.url())
-            .namespace("steal")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
+        let idle = worker(nats.url(), "steal");
         let (answer, answered_at) = queued.join().unwrap();
         eprintln!("queued call answered {answer:?} at {answered_at:?} (idle worker since 10 s)");
         assert_eq!(long.join().unwrap(), 6);
@@ -1071,17 +1019,8 @@ fn a_publish_ack_that_comes_late_does_not_run_the_call_twice() {
     common::watchdog(Duration::from_secs(120), || {
         let nats = nats(&[]);
         let proxied = ack_delaying_proxy(nats.url(), Duration::from_secs(6));
-        let slow_link = Worker::builder(&proxied)
-            .namespace("lateack")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
-        let cpu = Arc::new(
-            Remote::builder(nats.url())
-                .namespace("lateack")
-                .connect()
-                .unwrap(),
-        );
+        let slow_link = worker(&proxied, "lateack");
+        let cpu = Arc::new(requester(nats.url(), "lateack"));
         thread::sleep(Duration::from_secs(1));
         let long = {
             let cpu = Arc::clone(&cpu);
@@ -1096,11 +1035,7 @@ fn a_publish_ack_that_comes_late_does_not_run_the_call_twice() {
             thread::spawn(move || call_append_line(path).run_with(&*cpu))
         };
         thread::sleep(Duration::from_secs(1));
-        let other = Worker::builder(nats.url())
-            .namespace("lateack")
-            .processes(local_workers(1))
-            .start()
-            .unwrap();
+        let other = worker(nats.url(), "lateack");
         eprintln!("queued call: {:?}", queued.join().unwrap());
         assert_eq!(long.join().unwrap(), 6);
         thread::sleep(Duration::from_secs(8));
