@@ -255,11 +255,26 @@ impl RemoteBuilder {
 
 /// The header that carries a call's deadline, in milliseconds from when the
 /// worker receives it.
-pub(crate) const DEADLINE_HEADER: &str = "Ythread-Deadline-Ms";
+const DEADLINE_HEADER: &str = "Ythread-Deadline-Ms";
+
+/// Puts `deadline` in `headers`.
+pub(crate) fn set_deadline(headers: &mut async_nats::HeaderMap, deadline: Duration) {
+    headers.insert(DEADLINE_HEADER, deadline.as_millis().to_string().as_str());
+}
+
+/// The deadline `headers` carry, if any.
+pub(crate) fn deadline_of(headers: Option<&async_nats::HeaderMap>) -> Option<Duration> {
+    headers?
+        .get(DEADLINE_HEADER)?
+        .as_str()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
 
 fn deadline_header(deadline: Duration) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(DEADLINE_HEADER, deadline.as_millis().to_string().as_str());
+    set_deadline(&mut headers, deadline);
     headers
 }
 

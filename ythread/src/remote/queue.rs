@@ -119,10 +119,7 @@ impl Queue {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(REPLY_HEADER, reply_to);
         if let Some(left) = left {
-            headers.insert(
-                super::DEADLINE_HEADER,
-                left.as_millis().to_string().as_str(),
-            );
+            super::set_deadline(&mut headers, left);
         }
         let ack = match self
             .jetstream
@@ -251,12 +248,10 @@ impl Pulled {
         });
         let headers = message.headers.as_ref();
         let reply_to = headers?.get(REPLY_HEADER)?.as_str().into();
-        let left = headers
-            .and_then(|headers| headers.get(super::DEADLINE_HEADER))
-            .and_then(|value| value.as_str().parse::<u64>().ok())
-            // A second of slack for the clocks of the server and of this
-            // machine, which measure `waited` between them.
-            .map(|ms| (Duration::from_millis(ms) + CLOCK_SLACK).saturating_sub(waited));
+        // A second of slack for the clocks of the server and of this
+        // machine, which measure `waited` between them.
+        let left = super::deadline_of(headers)
+            .map(|deadline| (deadline + CLOCK_SLACK).saturating_sub(waited));
         Some(Queued {
             reply_to,
             left,

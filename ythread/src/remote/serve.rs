@@ -14,9 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::queue::{self, Backlog, Forwarded, Queue};
 use super::wire::Reply;
-use super::{
-    DEADLINE_HEADER, DEFAULT_NAMESPACE, check_token, credentials_from_url, runtime, subject,
-};
+use super::{DEFAULT_NAMESPACE, check_token, credentials_from_url, runtime, subject};
 use crate::error::OffloadError;
 use crate::offloadable::{self, Entry, Lookup, OFFLOADABLE};
 use crate::portable::WireCall;
@@ -500,12 +498,7 @@ async fn serve_function(
             received: Instant::now(),
             // The requester's deadline: a call still waiting after it has
             // passed has no one to answer, and is dropped unrun.
-            deadline: message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(DEADLINE_HEADER))
-                .and_then(|value| value.as_str().parse::<u64>().ok())
-                .map(Duration::from_millis),
+            deadline: super::deadline_of(message.headers.as_ref()),
         };
         if !function.backlog.any()
             && let Some(slot) = serving.slots.try_take()
