@@ -124,11 +124,8 @@ pub const fn fingerprint(text: &str) -> u64 {
 /// Decodes one value that must use the whole input.
 fn decode_whole<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, postcard::Error> {
     let (value, rest) = postcard::take_from_bytes(bytes)?;
-    if rest.is_empty() {
-        Ok(value)
-    } else {
-        Err(postcard::Error::DeserializeBadEncoding)
-    }
+    end_of_args(rest)?;
+    Ok(value)
 }
 
 /// Decodes one argument of a call from the front of `bytes`; returns it and
