@@ -44,7 +44,8 @@ fn main() -> ExitCode {
 }
 
 /// Serves until SIGTERM or SIGINT, then stops taking calls and lets those
-/// under way answer (a rolling restart loses no call).
+/// under way answer (a rolling restart loses no call while another worker is
+/// up: calls this one put in the shared queue are left to the others).
 fn serve(args: &Args) -> io::Result<()> {
     // Blocked here, so in every thread started from now on (the local
     // worker processes get a clean mask: std resets it before `exec`), and

@@ -33,9 +33,11 @@ struct Args {
     /// the number of cores].
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     workers: Option<usize>,
-    /// With `--apply processes` or `remote`: a call that runs longer than
-    /// this, in milliseconds, fails (under `processes`, its worker is killed
-    /// and replaced); the request gets an error line.
+    /// With `--apply processes` or `remote`, in milliseconds: under
+    /// `processes`, a call that runs longer fails and its worker is killed
+    /// and replaced (the time it waits for a worker does not count); under
+    /// `remote`, a call not answered within it, waiting included, fails.
+    /// The request gets an error line.
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: u64,

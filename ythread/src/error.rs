@@ -529,7 +529,7 @@ impl fmt::Display for OffloadError {
             }
             Repr::QueueFull { strategy, capacity } => write!(
                 f,
-                "the {strategy}'s queue is full (it holds {capacity} waiting calls at most), and it \
+                "the {strategy}'s queue is full (room for {capacity} waiting call(s)), and it \
                  was built to refuse work then"
             ),
         }

@@ -286,11 +286,12 @@ impl PoolBuilder {
     /// zero; the error of spawning a thread (the threads spawned are
     /// stopped).
     pub fn build(self) -> io::Result<Pool> {
-        if self.threads == 0 || self.capacity == Some(0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a pool needs at least one thread, and a bounded queue room for one call",
-            ));
+        let invalid = |why| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        if self.threads == 0 {
+            return invalid("a pool needs at least one thread");
+        }
+        if self.capacity == Some(0) {
+            return invalid("a bounded queue needs room for at least one call");
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (queue, tasks) = match self.capacity {
@@ -367,7 +368,9 @@ impl Pool {
         self.shared.shutdown();
     }
 
-    /// Calls waiting in the queue now.
+    /// Calls waiting in the queue now. (Once a shutdown has begun, the
+    /// workers' stop messages, one per worker, count too, until each worker
+    /// takes its own.)
     pub fn queued(&self) -> usize {
         self.shared.queue.len()
     }

@@ -295,6 +295,10 @@ impl WorkerBuilder {
     }
 
     /// [`start`](WorkerBuilder::start), then serve until the process ends.
+    /// There is no graceful stop here: a process killed while serving
+    /// leaves its calls under way to fail at their requesters' deadline.
+    /// To drain on a signal, `start`, wait for the signal, then
+    /// [`Worker::stop`] (as `examples/worker.rs` does).
     ///
     /// # Errors
     ///
