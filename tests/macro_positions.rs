@@ -12,7 +12,7 @@ use std::num::ParseIntError;
 use std::sync::Mutex;
 use std::thread::{self, ThreadId};
 
-use ythread::apply_fn;
+use ythread::{Apply, Bounded, Exclusive, Inline, Pool, apply_fn};
 use ythread::{Yieldable, offload, yield_from, yieldable};
 
 /// Runs `handler` to completion, running each job on its own scoped thread;
@@ -560,5 +560,250 @@ mod hygiene {
     #[test]
     fn user_names_do_not_capture_or_break_the_expansion() {
         assert_eq!(counted(shadowing(1, 2)), ((101, 1002, 1103), 3));
+    }
+}
+
+// --- `offload!(f, args..)` type-checks as `f(args..)` does ----------------
+//
+// Each call below beside its plain twin: generic functions whose type
+// parameters the arguments or the expected result infer, trait methods
+// through a type, turbofish or not, tuple-struct constructors, and callees
+// that are values (closures called by reference, by `&mut` or once, function
+// pointers, boxed and shared `dyn Fn`).
+
+fn total<T: Copy + Into<u64>>(xs: &[T]) -> u64 {
+    xs.iter().map(|&x| x.into()).sum()
+}
+
+trait Scale {
+    fn scale(x: u64) -> u64;
+}
+
+struct Triple;
+
+impl Scale for Triple {
+    fn scale(x: u64) -> u64 {
+        3 * x
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Wrapped<T>(T);
+
+/// One row per call: what `offload!` returned, what the plain call returned.
+type Rows = Vec<(&'static str, String, String)>;
+
+macro_rules! row {
+    ($rows:ident, $name:literal, $offloaded:expr, $plain:expr) => {
+        $rows.push(($name, format!("{:?}", $offloaded), format!("{:?}", $plain)))
+    };
+}
+
+#[yieldable]
+fn generic_calls<T: Copy + Into<u64> + Sync>(xs: Vec<T>) -> Rows {
+    let mut rows = Rows::new();
+    row!(
+        rows,
+        "inferred from a generic handler's argument",
+        offload!(total, &xs),
+        total(&xs)
+    );
+    row!(
+        rows,
+        "turbofish",
+        offload!(total::<u8>, &[1u8, 2]),
+        total::<u8>(&[1u8, 2])
+    );
+    row!(
+        rows,
+        "std generic fn",
+        offload!(std::cmp::max, 3u64, 9),
+        std::cmp::max(3u64, 9)
+    );
+    row!(
+        rows,
+        "trait method through a type",
+        offload!(u64::from, 7u32),
+        u64::from(7u32)
+    );
+    row!(
+        rows,
+        "qualified trait method",
+        offload!(<u64 as From<u8>>::from, 5u8),
+        <u64 as From<u8>>::from(5u8)
+    );
+    let into: u64 = offload!(Into::into, 7u32);
+    let plain_into: u64 = Into::into(7u32);
+    row!(rows, "inferred from the expected result", into, plain_into);
+    let default: u64 = offload!(Default::default);
+    let plain_default: u64 = Default::default();
+    row!(
+        rows,
+        "no arguments, inferred from the result",
+        default,
+        plain_default
+    );
+    let sum: u64 = offload!(Iterator::sum, vec![1u64, 2, 3].into_iter());
+    let plain_sum: u64 = Iterator::sum(vec![1u64, 2, 3].into_iter());
+    row!(rows, "trait method generic over its result", sum, plain_sum);
+    row!(
+        rows,
+        "method of a generic type",
+        offload!(Vec::len, &xs),
+        Vec::len(&xs)
+    );
+    row!(
+        rows,
+        "inherent method, literal inferred",
+        offload!(u64::pow, 2, 10),
+        u64::pow(2, 10)
+    );
+    row!(
+        rows,
+        "borrowing method",
+        offload!(str::trim, "  x "),
+        str::trim("  x ")
+    );
+    row!(
+        rows,
+        "generic method with two parameters",
+        offload!(Option::unwrap_or, None, 4u64),
+        Option::unwrap_or(None, 4u64)
+    );
+    row!(
+        rows,
+        "trait method through its type",
+        offload!(Triple::scale, 4),
+        Triple::scale(4)
+    );
+    row!(
+        rows,
+        "trait method through `as`",
+        offload!(<Triple as Scale>::scale, 4),
+        <Triple as Scale>::scale(4)
+    );
+    row!(rows, "tuple variant", offload!(Some, 3u64), Some(3u64));
+    row!(
+        rows,
+        "generic tuple struct",
+        offload!(Wrapped, 5u8),
+        Wrapped(5u8)
+    );
+    row!(
+        rows,
+        "String::from",
+        offload!(String::from, "abc"),
+        String::from("abc")
+    );
+
+    // Callees that are values.
+    let pointer: fn(u64) -> u64 = square;
+    row!(rows, "function pointer", offload!(pointer, 3), pointer(3));
+    let owned = String::from("four");
+    let by_ref = move |n: u64| n + owned.len() as u64;
+    row!(
+        rows,
+        "closure called by reference",
+        offload!(by_ref, 1),
+        by_ref(1)
+    );
+    let mut count = 0;
+    let mut by_mut = |n: u64| {
+        count += n;
+        count
+    };
+    let first = offload!(by_mut, 2);
+    row!(
+        rows,
+        "closure called by `&mut`",
+        (first, offload!(by_mut, 3)),
+        (2, by_mut(0))
+    );
+    let suffix = String::from("once");
+    let once = move |s: &str| suffix + s;
+    let plain_once = {
+        let suffix = String::from("once");
+        move |s: &str| suffix + s
+    };
+    row!(
+        rows,
+        "closure called once",
+        offload!(once, "!"),
+        plain_once("!")
+    );
+    let boxed: Box<dyn Fn(u64) -> u64 + Send + Sync> = Box::new(|n| n + 100);
+    row!(rows, "boxed `dyn Fn`", offload!(boxed, 2), boxed(2));
+    let shared: std::sync::Arc<dyn Fn(u64) -> u64 + Send + Sync> = std::sync::Arc::new(|n| n + 200);
+    row!(
+        rows,
+        "`Arc<dyn Fn>`, called through `Deref`",
+        offload!(shared, 2),
+        shared(2)
+    );
+    rows
+}
+
+#[yieldable]
+fn generic_callee<F: Fn(u64) -> u64 + Sync>(f: F) -> u64 {
+    offload!(f, 20) + f(1)
+}
+
+#[test]
+fn offload_type_checks_as_the_plain_call() {
+    let (rows, jobs) = counted(generic_calls(vec![1u32, 2, 3]));
+    for (name, offloaded, plain) in &rows {
+        assert_eq!(offloaded, plain, "{name}");
+    }
+    let values: Vec<&str> = rows.iter().map(|(_, value, _)| value.as_str()).collect();
+    assert_eq!(
+        values,
+        [
+            "6",
+            "3",
+            "9",
+            "7",
+            "5",
+            "7",
+            "0",
+            "6",
+            "3",
+            "1024",
+            "\"x\"",
+            "4",
+            "12",
+            "12",
+            "Some(3)",
+            "Wrapped(5)",
+            "\"abc\"",
+            "9",
+            "5",
+            "(2, 5)",
+            "\"once!\"",
+            "102",
+            "202"
+        ]
+    );
+    assert_eq!(jobs, 24);
+    // The closure called by reference is still usable after its `offload!`
+    // (it was borrowed, as a plain call borrows it), which `generic_calls`
+    // shows by calling it again for the plain twin.
+    assert_eq!(counted(generic_callee(|n| n * 2)), (42, 1));
+
+    // The same under every in-process strategy.
+    let rayon = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let strategies: [(&str, &dyn Apply); 5] = [
+        ("Inline", &Inline),
+        ("Exclusive", &Exclusive::new()),
+        ("Bounded", &Bounded::new(2)),
+        ("Pool", &Pool::new(2)),
+        ("rayon", &rayon),
+    ];
+    for (name, strategy) in strategies {
+        let run = generic_calls(vec![1u32, 2, 3]).run_with(strategy);
+        assert_eq!(run, rows, "{name}");
+        assert_eq!(generic_callee(|n| n * 2).run_with(strategy), 42, "{name}");
     }
 }

@@ -509,6 +509,16 @@ fn what_cannot_cross_is_not_portable_and_named() {
         try_offload!(take_opaque, Opaque(3))
     }
     #[yieldable]
+    fn generic_fn() -> Result<u64, OffloadError> {
+        try_offload!(std::cmp::max, 3u64, 9)
+    }
+    #[yieldable]
+    fn shared_closure(
+        f: std::sync::Arc<dyn Fn(u64) -> u64 + Send + Sync>,
+    ) -> Result<u64, OffloadError> {
+        try_offload!(f, 2)
+    }
+    #[yieldable]
     fn function_form() -> u64 {
         ythread::offload(|| 5)
     }
@@ -530,6 +540,18 @@ fn what_cannot_cross_is_not_portable_and_named() {
                 "take_opaque",
                 "Serialize",
             ),
+            (
+                generic_fn().run_with(&cpu).unwrap_err(),
+                "max<u64>",
+                "offloadable",
+            ),
+            (
+                shared_closure(std::sync::Arc::new(|n| n + 1))
+                    .run_with(&cpu)
+                    .unwrap_err(),
+                "Arc<dyn",
+                "offloadable",
+            ),
         ] {
             assert_eq!(error.kind(), OffloadErrorKind::NotPortable, "{error}");
             let text = error.to_string();
@@ -544,6 +566,13 @@ fn what_cannot_cross_is_not_portable_and_named() {
         // The same handlers run under threads.
         assert_eq!(plain_fn().run().unwrap(), 1);
         assert_eq!(not_serde().run().unwrap(), 3);
+        assert_eq!(generic_fn().run().unwrap(), 9);
+        assert_eq!(
+            shared_closure(std::sync::Arc::new(|n| n + 1))
+                .run()
+                .unwrap(),
+            3
+        );
     });
 }
 

@@ -9,9 +9,10 @@ use syn::visit_mut::VisitMut;
 
 use crate::offload::context_ident;
 use crate::rewrite::Rewriter;
+use crate::valid::refused;
 
 /// The function emitted beside an error in its signature: the user's own
-/// function, minus `const`, whose `offload!` calls get a context that is
+/// function, minus `const` and the attributes `#[yieldable]` refuses, whose `offload!` calls get a context that is
 /// never created. The body keeps type-checking (its other mistakes are still
 /// reported) and the calls do not add one "outside a handler" error each.
 /// The context is `None.unwrap()` rather than `unreachable!()`: a diverging
@@ -36,6 +37,7 @@ use crate::rewrite::Rewriter;
 /// ```
 pub(crate) fn fallback(mut function: ItemFn, error: syn::Error) -> TokenStream {
     function.sig.constness = None;
+    function.attrs.retain(|attr| refused(attr).is_none());
     let cx = context_ident();
     Rewriter { cx: &cx }.visit_block_mut(&mut function.block);
     let ItemFn {

@@ -171,10 +171,27 @@ impl OffloadInput {
 /// // Input:
 /// offload!(@__ythread_cx; sumn, n + 1)
 /// // Output:
+/// match (::ythread::__private::Params1 {
+///     probe: (&Callee(&sumn, PhantomData::<(_,)>)).__ythread_probe(),
+///     work: |(__arg0,)| sumn(__arg0),
+///     a0: n + 1,
+/// }).split() {
+///     (__ythread_args, __ythread_work, __ythread_probe) => ::ythread::__private::offload_call(
+///         __ythread_cx,
+///         __ythread_args,
+///         __ythread_work,
+///         (&__ythread_probe).__ythread_portability(),
+///     ),
+/// }
+///
+/// // Input (a callee that is not a path):
+/// offload!(@__ythread_cx; table[i], n + 1)
+/// // Output:
 /// ::ythread::__private::offload_call(
 ///     __ythread_cx,
 ///     ::core::convert::identity((n + 1,)),
-///     |(__arg0,)| sumn(__arg0),
+///     |(__arg0,)| table[i](__arg0),
+///     || ::ythread::__private::never_portable("table[i]", "only a function named ..."),
 /// )
 ///
 /// // Input:
@@ -261,14 +278,16 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
                     )
                 });
             }
-            // A path names a function: the work and the arguments become the
-            // fields of `ParamsN { work, a0, .., probe: probe(&f) }`, which
+            // A path names a function: the probe, the work and the arguments
+            // become the fields of `ParamsN { probe, work, a0, .. }`, which
             // coerces each argument to the function's parameter type (so
-            // that another process can decode them as such), and carries the
-            // function's `Probe`; autoref specialization on the probe says
-            // whether the call can cross to another process. A `match` keeps
-            // the arguments' temporaries alive to the end of the call, as in
-            // a plain call.
+            // that another process can decode them as such). The probe names
+            // the function's type, tied to the work's call so that a generic
+            // function's type parameters are those the call infers (see
+            // `ythread::__private::Callee`); autoref specialization on it
+            // says whether the call can cross to another process. A `match`
+            // keeps the arguments' temporaries alive to the end of the call,
+            // as in a plain call.
             let params = format_ident!("Params{}", args.len());
             let fields: Vec<Ident> = (0..args.len())
                 .map(|i| format_ident!("a{}", i, span = args[i].span()))
@@ -281,12 +300,20 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
             );
             let work_name = Ident::new("__ythread_work", Span::mixed_site());
             let probe = Ident::new("__ythread_probe", Span::mixed_site());
+            let arity = args.iter().map(|_| quote!(_));
             quote_spanned! {call_site=>
                 match (::ythread::__private::#params {
+                    probe: {
+                        #[allow(unused_imports)]
+                        use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
+                        (&::ythread::__private::Callee(
+                            &#func,
+                            ::core::marker::PhantomData::<(#(#arity,)*)>,
+                        ))
+                        .__ythread_probe()
+                    },
                     work: #work,
                     #(#fields: #args,)*
-                    probe: ::ythread::__private::probe(&#func),
-                    result: ::core::marker::PhantomData,
                 }).split() {
                     (#args_name, #work_name, #probe) => ::ythread::__private::#call_fn(
                         #cx,

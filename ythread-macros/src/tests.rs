@@ -626,10 +626,14 @@ fn offload_call_form() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params1 {
+                    probe: {
+                        #[allow(unused_imports)]
+                        use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
+                        (&::ythread::__private::Callee(&sumn, ::core::marker::PhantomData::<(_,)>))
+                            .__ythread_probe()
+                    },
                     work: |(__arg0,)| sumn(__arg0),
                     a0: n + 1,
-                    probe: ::ythread::__private::probe(&sumn),
-                    result: ::core::marker::PhantomData,
                 })
                     .split()
                 {
@@ -659,12 +663,19 @@ fn offload_call_form_with_paths_and_several_arguments() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params3 {
+                    probe: {
+                        #[allow(unused_imports)]
+                        use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
+                        (&::ythread::__private::Callee(
+                            &crate::cpu::mix::<u64>,
+                            ::core::marker::PhantomData::<(_, _, _)>,
+                        ))
+                            .__ythread_probe()
+                    },
                     work: |(__arg0, __arg1, __arg2)| crate::cpu::mix::<u64>(__arg0, __arg1, __arg2),
                     a0: a,
                     a1: &b[..],
                     a2: parse(x)?,
-                    probe: ::ythread::__private::probe(&crate::cpu::mix::<u64>),
-                    result: ::core::marker::PhantomData,
                 })
                     .split()
                 {
@@ -694,9 +705,13 @@ fn offload_call_form_without_arguments() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params0 {
+                    probe: {
+                        #[allow(unused_imports)]
+                        use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
+                        (&::ythread::__private::Callee(&answer, ::core::marker::PhantomData::<()>))
+                            .__ythread_probe()
+                    },
                     work: |()| answer(),
-                    probe: ::ythread::__private::probe(&answer),
-                    result: ::core::marker::PhantomData,
                 })
                     .split()
                 {

@@ -5,7 +5,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
-use syn::{ReturnType, Signature, Type};
+use syn::{Attribute, Meta, ReturnType, Signature, Type};
 
 /// The error for an item that is not a function with a body, pointing at the
 /// item rather than at the attribute.
@@ -70,8 +70,94 @@ pub(crate) fn check_args(args: &TokenStream) -> syn::Result<()> {
     ))
 }
 
+/// Attributes whose meaning a handler cannot keep: they describe the code
+/// of the function's body or its symbol, and a handler's body runs later, in
+/// a closure on a coroutine, while the function itself only builds the
+/// handler. Each with what to write instead.
+///
+/// Hints about the function's own calls (`inline`, `cold`) keep their
+/// meaning (they apply to the function that builds the handler), and the
+/// attributes that describe the item (`doc`, `must_use`, `deprecated`, lint
+/// levels, `cfg`) are kept as written.
+const REFUSED_ATTRIBUTES: &[(&str, &str)] = &[
+    (
+        "track_caller",
+        "a panic in a handler's body is reported where the body runs, not at its caller; \
+         put `#[track_caller]` on a helper the handler calls",
+    ),
+    (
+        "target_feature",
+        "the handler's body runs later, on a coroutine, not as this function; put \
+         `#[target_feature]` on the function you offload, or on a helper the handler calls",
+    ),
+    (
+        "instruction_set",
+        "the handler's body runs later, on a coroutine, not as this function; put \
+         `#[instruction_set]` on a helper the handler calls",
+    ),
+    (
+        "naked",
+        "a naked function is its assembly alone, and a handler is Rust code that suspends",
+    ),
+    (
+        "no_mangle",
+        "the exported symbol would return a handler, not what the function declares; \
+         export a plain function that runs the handler",
+    ),
+    (
+        "export_name",
+        "the exported symbol would return a handler, not what the function declares; \
+         export a plain function that runs the handler",
+    ),
+    (
+        "link_section",
+        "the section would hold the code that builds the handler, not the handler's body",
+    ),
+];
+
+/// The name of an attribute, and the reason `#[yieldable]` refuses it, for
+/// the attributes of [`REFUSED_ATTRIBUTES`] (also in their `#[unsafe(..)]`
+/// form).
+pub(crate) fn refused(attr: &Attribute) -> Option<(&'static str, &'static str)> {
+    let path = attr.path();
+    let name = if path.is_ident("unsafe") {
+        // `#[unsafe(no_mangle)]`: the attribute is the first token inside.
+        let Meta::List(list) = &attr.meta else {
+            return None;
+        };
+        match list.tokens.clone().into_iter().next() {
+            Some(proc_macro2::TokenTree::Ident(ident)) => ident.to_string(),
+            _ => return None,
+        }
+    } else {
+        path.get_ident()?.to_string()
+    };
+    REFUSED_ATTRIBUTES
+        .iter()
+        .find(|(refused, _)| *refused == name)
+        .copied()
+}
+
+/// Checks the function's attributes: none that a handler would keep with
+/// another meaning (see [`REFUSED_ATTRIBUTES`]).
+pub(crate) fn check_attributes(attrs: &[Attribute]) -> syn::Result<()> {
+    let mut errors = attrs.iter().filter_map(|attr| {
+        let (name, why) = refused(attr)?;
+        Some(syn::Error::new_spanned(
+            attr,
+            format!("`#[yieldable]` cannot keep `#[{name}]`: {why}"),
+        ))
+    });
+    let Some(mut first) = errors.next() else {
+        return Ok(());
+    };
+    errors.for_each(|error| first.combine(error));
+    Err(first)
+}
+
 /// Checks that the function can become a handler: not `async`, not
-/// `const`, not variadic, and returning a type the handler can name.
+/// `const`, of the Rust ABI, not variadic, and returning a type the handler
+/// can name.
 pub(crate) fn check_signature(sig: &Signature) -> syn::Result<()> {
     if let Some(asyncness) = &sig.asyncness {
         return Err(syn::Error::new_spanned(
@@ -85,6 +171,16 @@ pub(crate) fn check_signature(sig: &Signature) -> syn::Result<()> {
         return Err(syn::Error::new_spanned(
             constness,
             "`#[yieldable]` cannot be used on a `const fn`: a handler suspends at run time",
+        ));
+    }
+    if let Some(abi) = &sig.abi
+        && abi.name.as_ref().is_none_or(|name| name.value() != "Rust")
+    {
+        return Err(syn::Error::new_spanned(
+            abi,
+            "`#[yieldable]` cannot be used on a function of a foreign ABI: a handler is \
+             called from Rust and returns a handler, not what the function declares; \
+             export a plain `extern` function that runs the handler",
         ));
     }
     if let Some(variadic) = &sig.variadic {

@@ -9,7 +9,7 @@ use syn::{ItemFn, ReturnType, Signature};
 use crate::fallback::{fallback, with_error};
 use crate::offload::context_ident;
 use crate::rewrite::Rewriter;
-use crate::valid::{check_args, check_signature, not_a_function};
+use crate::valid::{check_args, check_attributes, check_signature, not_a_function};
 
 /// Expands `#[yieldable]` on `item` with attribute arguments `args`.
 ///
@@ -51,7 +51,17 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     // Arguments are a mistake that does not stop the expansion: expanding
     // anyway keeps the callers' `.run()` and `spawn(..)` free of errors.
     let args_error = check_args(&args).err();
-    if let Err(error) = check_signature(&function.sig) {
+    let error = [
+        check_attributes(&function.attrs),
+        check_signature(&function.sig),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .reduce(|mut first, next| {
+        first.combine(next);
+        first
+    });
+    if let Some(error) = error {
         return fallback(function, error);
     }
 

@@ -312,8 +312,9 @@ pub mod __private {
         serialize_arg, take_arg,
     };
     pub use crate::portable::{
-        NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,
-        Params7, Params8, Portability, Probe, ViaSerde, Wire, WireFns, never_portable, probe,
+        Callee, NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5,
+        Params6, Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, ViaSerde, Wire,
+        WireFns, never_portable,
     };
     pub use crate::private::{
         Context, HandlerFn, handler, offload, offload_call, try_offload, try_offload_call,

@@ -2,14 +2,15 @@
 //! how: its arguments and result as serde types, its function by name.
 //!
 //! The expansion of `offload!(f, a, b)` (for a path `f`) builds
-//! `Params2 { work: |(a0, a1)| f(a0, a1), a0: a, a1: b, probe: probe(&f) }`,
-//! which coerces the arguments to `f`'s declared parameter types (see
+//! `Params2 { probe, work: |(a0, a1)| f(a0, a1), a0: a, a1: b }`, which
+//! coerces the arguments to `f`'s declared parameter types (see
 //! [`Params2`]), so that the bytes the parent encodes are the bytes the
-//! worker decodes into `f`'s own parameters. It then asks the [`Probe`] for
-//! the call's [`Portability`]: autoref specialization picks [`ViaSerde`]
-//! when the parameters are `Serialize`, and [`NoSerde`] otherwise. Whether `f` is registered with `#[offloadable]` is
-//! looked up by the strategy that needs it (`Processes`), by the type name of
-//! `f`, when it runs the call.
+//! worker decodes into `f`'s own parameters; the probe names the type of `f`
+//! (see [`Callee`]). It then asks the [`Probe`] for the call's
+//! [`Portability`]: autoref specialization picks [`ViaSerde`] when the
+//! parameters are `Serialize`, and [`NoSerde`] otherwise. Whether `f` is
+//! registered with `#[offloadable]` is looked up by the strategy that needs
+//! it (`Processes`), by the type name of `f`, when it runs the call.
 
 use std::any::type_name;
 use std::fmt;
@@ -95,10 +96,11 @@ pub(crate) trait WireCall {
 }
 
 /// The function `F` called with arguments `A` (its declared parameter
-/// types), for autoref specialization (see the module's documentation).
+/// types) and returning `R`, for autoref specialization (see the module's
+/// documentation).
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
-pub struct Probe<F, A = ()>(PhantomData<fn() -> (F, A)>);
+pub struct Probe<F: ?Sized, A, R>(PhantomData<fn(&F)>, PhantomData<fn() -> (A, R)>);
 
 /// Picked when the call's parameters are serde types.
 ///
@@ -112,7 +114,7 @@ pub trait ViaSerde<A> {
     fn __ythread_portability(&self) -> Portability<A>;
 }
 
-impl<F, A: Serialize> ViaSerde<A> for Probe<F, A> {
+impl<F: ?Sized, A: Serialize, R> ViaSerde<A> for Probe<F, A, R> {
     #[inline]
     fn __ythread_portability(&self) -> Portability<A> {
         || {
@@ -135,7 +137,7 @@ pub trait NoSerde<A> {
     fn __ythread_portability(&self) -> Portability<A>;
 }
 
-impl<F, A> NoSerde<A> for &Probe<F, A> {
+impl<F: ?Sized, A, R> NoSerde<A> for &Probe<F, A, R> {
     #[inline]
     fn __ythread_portability(&self) -> Portability<A> {
         || {
@@ -156,43 +158,92 @@ pub fn never_portable<A>(function: &'static str, reason: &'static str) -> Wire<A
     Err(NotPortable::new(function, reason))
 }
 
-/// `f`'s [`Probe`], for the type name of `f`.
+/// The function of an `offload!(f, ...)` call, borrowed to find its
+/// [`Probe`]: `(&Callee(&f, PhantomData::<(_, _)>)).__ythread_probe()`, with
+/// one `_` per argument.
+///
+/// The probe names `f` a second time, and a second mention of a generic
+/// function (`max`, `u64::from`, `Into::into`) has type parameters of its
+/// own, which nothing but its call could infer. [`ProbeCall`] ties them to
+/// the work's call: it holds when `F` takes as many arguments as the call
+/// has, and then makes them the work's declared parameter types `A` and its
+/// result `R`, so `F` is the very instance the work calls. A callee that a
+/// call reaches only through a dereference (an `Arc<dyn Fn(..)>`), an
+/// `unsafe fn`, and a call with the wrong number of arguments (whose error
+/// the work's call reports) do not match it: autoref specialization then
+/// picks [`ProbeAny`], which takes `F` as it is (such a callee is never
+/// registered, so its name only goes into a "not portable" error).
 #[doc(hidden)]
-#[inline(always)]
-pub fn probe<F>(_: &F) -> Probe<F> {
-    Probe(PhantomData)
+#[allow(missing_debug_implementations)]
+pub struct Callee<'a, F: ?Sized, A>(pub &'a F, pub PhantomData<A>);
+
+/// Picked when `F` is called with `A` and returns `R` (see [`Callee`]).
+#[doc(hidden)]
+pub trait ProbeCall<R> {
+    type Function: ?Sized;
+    type Args;
+    fn __ythread_probe(&self) -> Probe<Self::Function, Self::Args, R>;
+}
+
+/// The fallback: a callee reached through a dereference (see [`Callee`]).
+#[doc(hidden)]
+pub trait ProbeAny {
+    type Function: ?Sized;
+    type Args;
+    fn __ythread_probe<R>(&self) -> Probe<Self::Function, Self::Args, R>;
+}
+
+impl<F: ?Sized, A> ProbeAny for &Callee<'_, F, A> {
+    type Function = F;
+    type Args = A;
+    #[inline(always)]
+    fn __ythread_probe<R>(&self) -> Probe<F, A, R> {
+        Probe(PhantomData, PhantomData)
+    }
 }
 
 macro_rules! params {
     ($($params:ident($($arg:ident: $param:ident),*);)*) => {$(
-        /// The work and the arguments of `offload!(f, ...)`, each argument
-        /// coerced to `f`'s parameter type as a struct field is: rustc
-        /// types the work closure (`|(a0, ..)| f(a0, ..)`) first, which
-        /// fixes the parameter types, so `&String` becomes `&str` and
-        /// `&[u8; 4]` becomes `&[u8]` (the bytes a worker decodes into `f`'s
-        /// own parameters), and a wrong argument reads "expected `u64`, found
-        /// `&str`" at the argument.
+        impl<F: ?Sized + FnOnce($($param),*) -> R, $($param,)* R> ProbeCall<R>
+            for Callee<'_, F, ($($param,)*)>
+        {
+            type Function = F;
+            type Args = ($($param,)*);
+            #[inline(always)]
+            fn __ythread_probe(&self) -> Probe<F, ($($param,)*), R> {
+                Probe(PhantomData, PhantomData)
+            }
+        }
+
+        /// The probe, the work and the arguments of `offload!(f, ...)`,
+        /// each argument coerced to `f`'s parameter type as a struct field
+        /// is: rustc types the work closure (`|(a0, ..)| f(a0, ..)`) before
+        /// the arguments, which fixes the parameter types, so `&String`
+        /// becomes `&str` and `&[u8; 4]` becomes `&[u8]` (the bytes a worker
+        /// decodes into `f`'s own parameters), and a wrong argument reads
+        /// "expected `u64`, found `&str`" at the argument. The probe comes
+        /// first: it only borrows `f`, and that borrow ends before the work
+        /// captures `f` (by value, if `f` is a closure called once).
         #[doc(hidden)]
         #[allow(missing_debug_implementations)]
-        pub struct $params<C, F, $($param,)* R>
+        pub struct $params<F: ?Sized, C, $($param,)* R>
         where
             C: FnOnce(($($param,)*)) -> R,
         {
+            pub probe: Probe<F, ($($param,)*), R>,
             pub work: C,
             $(pub $arg: $param,)*
-            pub probe: Probe<F>,
-            pub result: PhantomData<fn() -> R>,
         }
 
-        impl<C, F, $($param,)* R> $params<C, F, $($param,)* R>
+        impl<F: ?Sized, C, $($param,)* R> $params<F, C, $($param,)* R>
         where
             C: FnOnce(($($param,)*)) -> R,
         {
             #[doc(hidden)]
             #[inline(always)]
             #[allow(clippy::unused_unit)]
-            pub fn split(self) -> (($($param,)*), C, Probe<F, ($($param,)*)>) {
-                (($(self.$arg,)*), self.work, Probe(PhantomData))
+            pub fn split(self) -> (($($param,)*), C, Probe<F, ($($param,)*), R>) {
+                (($(self.$arg,)*), self.work, self.probe)
             }
         }
     )*};
