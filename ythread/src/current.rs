@@ -1,20 +1,7 @@
 //! The handler running on this thread, found from any call depth: the
 //! function form [`offload()`] and [`in_handler`].
 
-use crate::private::{self, Context};
-
-/// Calls `f` with the running handler's context, if code runs inside one.
-#[inline]
-pub(crate) fn with_running_context<T>(f: impl FnOnce(Option<&Context<'_>>) -> T) -> T {
-    #[cfg(target_os = "linux")]
-    {
-        crate::registry::with_running_context(f)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        f(None)
-    }
-}
+use crate::coroutine::with_running_context;
 
 /// Offloads `work` from any call depth: the function form of `offload!`.
 ///
@@ -31,8 +18,6 @@ pub(crate) fn with_running_context<T>(f: impl FnOnce(Option<&Context<'_>>) -> T)
 /// unwinding (a destructor running because of a panic, or because a
 /// suspended handler is being dropped), the work runs in place: suspending
 /// there could not resume.
-///
-/// Supported on Linux; elsewhere the work always runs in place.
 ///
 /// # Panics
 ///
@@ -83,7 +68,7 @@ where
         return work();
     }
     with_running_context(|cx| match cx {
-        Some(cx) => private::offload(cx, work),
+        Some(cx) => cx.offload(work),
         None => work(),
     })
 }

@@ -3,10 +3,10 @@
 
 use std::fmt;
 
+use std::any;
+
 use crate::apply::{Apply, Inline};
-use crate::generator::{self, Generator};
-use crate::private::Context;
-use crate::stack::default_stack_size;
+use crate::coroutine::{Context, Generator, GeneratorState, default_stack_size};
 
 /// A handler that has been called but not run yet.
 ///
@@ -69,7 +69,7 @@ pub trait Yieldable: Sized {
     #[doc(hidden)]
     fn __drive<A: Apply + ?Sized>(self, apply: &A, stack_size: usize) -> Self::Output {
         let stack_size = self.__stack_size().unwrap_or(stack_size);
-        generator::drive(self, apply, stack_size)
+        drive(self, apply, stack_size)
     }
 
     /// Runs the handler to completion on the current thread, running each
@@ -111,7 +111,7 @@ pub trait Yieldable: Sized {
         if std::thread::panicking() {
             return self.run_with(&Inline);
         }
-        crate::current::with_running_context(move |cx| match cx {
+        crate::coroutine::with_running_context(move |cx| match cx {
             Some(cx) => self.__run_in(cx),
             None => self.run_with(&Inline),
         })
@@ -141,7 +141,11 @@ pub trait Yieldable: Sized {
         Self::Output: 'static,
     {
         let stack_size = self.__stack_size().unwrap_or_else(default_stack_size);
-        Generator::new(self, stack_size)
+        Generator::new(
+            move |cx| self.__run_in(cx),
+            stack_size,
+            handler_name::<Self>,
+        )
     }
 
     /// Runs this handler on a coroutine stack of `bytes` bytes (rounded up to
@@ -326,4 +330,46 @@ where
     fn __drive<A: Apply + ?Sized>(self, _apply: &A, _stack_size: usize) -> T {
         self()
     }
+}
+
+/// Runs `handler` to completion on the current thread, giving each job to
+/// `apply`. This is the loop of the 2009 post's `YieldableThread.run`.
+fn drive<H, A>(handler: H, apply: &A, stack_size: usize) -> H::Output
+where
+    H: Yieldable,
+    A: Apply + ?Sized,
+{
+    // SAFETY: the generator lives in this frame only and is dropped (on
+    // return or while unwinding) before this function returns, so it never
+    // outlives what the handler borrows.
+    let mut generator = unsafe {
+        Generator::new_unchecked(
+            move |cx| handler.__run_in(cx),
+            stack_size,
+            handler_name::<H>,
+        )
+    };
+    loop {
+        match generator.resume() {
+            // The borrow invariant every strategy relies on: `apply` returns
+            // only after the job has run (or was dropped unrun), and only then
+            // is the handler resumed.
+            GeneratorState::Yielded(job) => apply.apply(job),
+            GeneratorState::Complete(value) => return value,
+        }
+    }
+}
+
+/// The name of a handler's type for messages: the path of the
+/// `#[yieldable]` function (`my_server::handle`) for the handlers it makes,
+/// the whole type name for any other.
+fn handler_name<H>() -> &'static str {
+    let name = any::type_name::<H>();
+    let Some(start) = name.find("HandlerFn<").map(|at| at + "HandlerFn<".len()) else {
+        return name;
+    };
+    let function = &name[start..];
+    function
+        .find("::{{closure}}")
+        .map_or(function, |end| &function[..end])
 }

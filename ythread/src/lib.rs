@@ -101,35 +101,35 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "ythread supports Linux only: it reports coroutine stack overflows with a \
+     signal handler, and its worker processes rely on `prctl` and `/proc`"
+);
+
 mod apply;
+mod coroutine;
 mod current;
 mod error;
-mod generator;
 mod handler;
 mod job;
-#[cfg(target_os = "linux")]
 mod offloadable;
-mod overflow;
 mod portable;
 mod private;
 pub mod processes;
-#[cfg(target_os = "linux")]
-mod registry;
 #[cfg(feature = "remote")]
 pub mod remote;
-mod stack;
 mod thread;
 
 pub use apply::{
     Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, PoolBuilder, WhenFull, apply_fn,
 };
+pub use coroutine::{DEFAULT_STACK_SIZE, Generator, GeneratorState};
 pub use current::{in_handler, offload};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
-pub use generator::{Generator, GeneratorState};
 pub use handler::{BoxYieldable, WithStackSize, Yieldable};
 pub use job::Job;
 pub use processes::{Processes, ProcessesBuilder};
-pub use stack::DEFAULT_STACK_SIZE;
 pub use thread::{YieldableThread, spawn};
 
 /// Marks a function as a yieldable handler.
@@ -307,6 +307,7 @@ pub use ythread_macros::yield_from;
 /// Used by the code `#[yieldable]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::coroutine::Context;
     pub use crate::offloadable::{
         DecodeResult, Entry, OFFLOADABLE, decode_result, encode_result, end_of_args, fingerprint,
         serialize_arg, take_arg,
@@ -317,7 +318,7 @@ pub mod __private {
         WireFns, never_portable,
     };
     pub use crate::private::{
-        Context, HandlerFn, handler, offload, offload_call, try_offload, try_offload_call,
+        HandlerFn, SendResult, handler, offload, offload_call, try_offload, try_offload_call,
         yield_from,
     };
     pub use linkme;

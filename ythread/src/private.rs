@@ -1,20 +1,14 @@
 //! What the code `#[yieldable]`, `offload!`, `try_offload!` and
 //! `yield_from!` generate calls at run time, re-exported as
-//! `ythread::__private`. Not public API.
-//!
-//! A handler's body is a closure that receives the running handler's
-//! [`Context`]; each `offload!` point suspends the coroutine through it with
-//! the work as a job living in the suspended frame.
+//! `ythread::__private`. Not public API, and nothing else in the crate
+//! imports it: each function here stands on the runtime's own
+//! ([`Context`]'s methods, [`Yieldable`]).
 
 use std::fmt;
-use std::panic::Location;
-use std::panic::{RefUnwindSafe, UnwindSafe};
 
-use corosensei::Yielder;
-
+use crate::coroutine::Context;
 use crate::error::OffloadError;
 use crate::handler::Yieldable;
-use crate::job::{Call, CallSlot, ErasedJob, RunOnce, WorkSlot};
 use crate::portable::Portability;
 
 /// The body of a `#[yieldable]` function, as a closure that receives the
@@ -50,53 +44,7 @@ where
     HandlerFn(body)
 }
 
-/// The running handler's side of the coroutine. `#[yieldable]` passes it to
-/// the body as a hidden, hygienic parameter, so `offload!` can only be used
-/// where a handler is running: the compiler checks it, not a thread-local.
-///
-/// It is neither `Send` nor `Sync`: work offloaded from another thread than
-/// the handler's own would be unsound, and is a compile error:
-///
-/// ```compile_fail,E0277
-/// use ythread::{offload, yieldable};
-///
-/// #[yieldable]
-/// fn from_another_thread() -> u32 {
-///     std::thread::scope(|s| s.spawn(|| offload!(|| 1)).join().unwrap())
-/// }
-/// ```
-#[doc(hidden)]
-pub struct Context<'y> {
-    yielder: &'y Yielder<(), ErasedJob>,
-}
-
-// A handler may catch a panic at its own `offload!` point; its context stays
-// fully usable afterwards (the coroutine is intact), so it is unwind-safe.
-impl UnwindSafe for Context<'_> {}
-impl RefUnwindSafe for Context<'_> {}
-
-impl fmt::Debug for Context<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Context")
-    }
-}
-
-impl<'y> Context<'y> {
-    pub(crate) fn new(yielder: &'y Yielder<(), ErasedJob>) -> Self {
-        Context { yielder }
-    }
-
-    /// Suspends the handler with `job` until the driver resumes it. If the
-    /// driver is dropping the handler instead, it has marked the job's slot,
-    /// and taking the result unwinds (see `WorkSlot::Dropped`).
-    #[inline]
-    fn suspend(&self, job: ErasedJob) {
-        self.yielder.suspend(job);
-    }
-}
-
-/// The body of every `offload!` point: suspend the handler with `work` as a
-/// [`Job`](crate::Job), and return its result once the strategy has run it.
+/// The body of every `offload!(|| ..)` point (see [`Context::offload`]).
 #[doc(hidden)]
 #[inline]
 #[track_caller]
@@ -105,14 +53,10 @@ where
     F: FnOnce() -> R + Send,
     R: Send,
 {
-    let at = Location::caller();
-    let mut slot = WorkSlot::Pending(work);
-    suspend_on(cx, &mut slot);
-    slot.into_result(at)
+    cx.offload(work)
 }
 
-/// The body of every `try_offload!` point: as [`offload`], with the work's
-/// failure returned instead of resumed.
+/// The body of every `try_offload!(|| ..)` point.
 #[doc(hidden)]
 #[inline]
 pub fn try_offload<F, R>(cx: &Context<'_>, work: F) -> Result<R, OffloadError>
@@ -120,24 +64,7 @@ where
     F: FnOnce() -> R + Send,
     R: Send,
 {
-    let mut slot = WorkSlot::Pending(work);
-    suspend_on(cx, &mut slot);
-    slot.into_outcome()
-}
-
-/// Suspends the handler with `slot` as its job. When this returns, the slot
-/// is done (or failed, dropped, or left unrun).
-#[inline(always)]
-fn suspend_on<'a>(cx: &Context<'_>, slot: &'a mut (dyn RunOnce + Send + 'a)) {
-    // SAFETY: `slot` lives in the caller's frame, which stays on the
-    // suspended coroutine's stack until `suspend` returns. The driver only
-    // turns the erased job back into a `Job` while the coroutine is suspended
-    // here, and the `Job`'s lifetime is tied to a borrow that must end before
-    // the coroutine is resumed or dropped (see `generator.rs`). When
-    // `suspend` returns or unwinds, the job is gone and `slot` is the
-    // caller's again.
-    let job = unsafe { ErasedJob::erase(slot) };
-    cx.suspend(job);
+    cx.try_offload(work)
 }
 
 /// `Send`, with an error that says why an offload point's result must be.
@@ -158,9 +85,8 @@ pub trait SendResult: Send {}
 #[diagnostic::do_not_recommend]
 impl<T: Send> SendResult for T {}
 
-/// The body of every `offload!(f, args...)` point: `args` were evaluated in
-/// the handler; `call` applies `f` to them wherever the strategy runs it;
-/// `wire` says how to send the call to another process, if it can go there.
+/// The body of every `offload!(f, args...)` point (see
+/// [`Context::offload_call`]).
 #[doc(hidden)]
 #[inline]
 #[track_caller]
@@ -170,13 +96,7 @@ where
     C: FnOnce(A) -> R + Send,
     R: SendResult,
 {
-    let at = Location::caller();
-    let mut slot = CallSlot {
-        slot: WorkSlot::Pending(Call { args, call }),
-        wire,
-    };
-    suspend_on(cx, &mut slot);
-    slot.slot.into_result(at)
+    cx.offload_call(args, call, wire)
 }
 
 /// The body of every `try_offload!(f, args...)` point.
@@ -193,12 +113,7 @@ where
     C: FnOnce(A) -> R + Send,
     R: SendResult,
 {
-    let mut slot = CallSlot {
-        slot: WorkSlot::Pending(Call { args, call }),
-        wire,
-    };
-    suspend_on(cx, &mut slot);
-    slot.slot.into_outcome()
+    cx.try_offload_call(args, call, wire)
 }
 
 /// The body of every `yield_from!` point: run a nested handler on the current

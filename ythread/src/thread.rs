@@ -5,8 +5,8 @@ use std::io;
 use std::thread::{self, JoinHandle};
 
 use crate::apply::{Apply, Inline};
+use crate::coroutine::default_stack_size;
 use crate::handler::Yieldable;
-use crate::stack::default_stack_size;
 
 /// Builds and spawns an OS thread that runs a handler, handing each piece of
 /// its offloaded work to a strategy: the `YieldableThread` of the 2009

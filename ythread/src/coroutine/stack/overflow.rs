@@ -12,7 +12,7 @@
 //!
 //! # Recognising a guard page, at no cost per offload
 //!
-//! Every mapped coroutine stack is in the registry of `registry.rs`, a
+//! Every mapped coroutine stack is in the table of `table.rs`, a
 //! lock-free table the signal handler can read, with its guard page, its
 //! size and the name of the handler using it. Nothing is done when a handler
 //! is resumed, and the guard page is never touched, so it costs no memory.
@@ -26,9 +26,9 @@ use std::io::Write;
 use std::mem::{self, MaybeUninit};
 use std::ptr;
 use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::registry::{self, Entry};
+use super::table::{self, Row, page_size};
 
 /// The signal actions that were installed before ours, indexed by
 /// [`slot`]; null until [`install`] has run.
@@ -78,8 +78,8 @@ extern "C" fn on_fault(
     // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO`
     // handler.
     let address = unsafe { (*info).si_addr() } as usize;
-    if let Some(entry) = registry::with_guard_page(address & !(page_size() - 1)) {
-        report(entry);
+    if let Some(row) = table::with_guard_page(address & !(page_size() - 1)) {
+        report(row);
         // SAFETY: `abort` is async-signal-safe.
         unsafe { libc::abort() };
     }
@@ -118,8 +118,8 @@ extern "C" fn on_fault(
 }
 
 /// Writes the overflow message to stderr without allocating or locking.
-fn report(entry: &Entry) {
-    let handler = entry.handler_name().unwrap_or("?");
+fn report(row: &Row) {
+    let handler = row.handler_name().unwrap_or("?");
     const CAPACITY: usize = 1024;
     let mut buffer = [0u8; CAPACITY];
     let mut out = &mut buffer[..];
@@ -130,25 +130,11 @@ fn report(entry: &Entry) {
          ythread: give it a larger one with `Yieldable::with_stack_size`, \
          `YieldableThread::coroutine_stack_size`, or RUST_MIN_STACK (the default is \
          std's, 2 MiB)\nfatal runtime error: stack overflow, aborting\n",
-        entry.size(),
+        row.size(),
     );
     let len = CAPACITY - out.len();
     // SAFETY: `write` is async-signal-safe; the buffer is valid for `len`.
     unsafe { libc::write(libc::STDERR_FILENO, buffer.as_ptr().cast(), len) };
-}
-
-pub(crate) fn page_size() -> usize {
-    static PAGE: AtomicUsize = AtomicUsize::new(0);
-    match PAGE.load(Ordering::Relaxed) {
-        0 => {
-            // SAFETY: `sysconf` has no preconditions.
-            let page =
-                usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-            PAGE.store(page, Ordering::Relaxed);
-            page
-        }
-        page => page,
-    }
 }
 
 thread_local! {

@@ -10,10 +10,10 @@
 //! - the function form [`ythread::offload`](crate::offload) and
 //!   [`Yieldable::run`](crate::Yieldable::run), to find the handler running
 //!   on this thread, from any call depth: they look the stack pointer up
-//!   (through a one-entry cache per thread).
+//!   (through a one-row cache per thread).
 //!
 //! A stack is registered when it is mapped and leaves when it is unmapped
-//! ([`Label`] travels with it); a handler writes its name into the entry
+//! ([`Label`] travels with it); a handler writes its name into the row
 //! when it takes the stack, and its `Context` while its body runs.
 
 use std::cell::Cell;
@@ -23,18 +23,18 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
 
 use corosensei::stack::{DefaultStack, Stack as _};
 
-use crate::private::Context;
+use crate::coroutine::Context;
 
 /// One mapped coroutine stack.
-pub(crate) struct Entry {
-    /// A seqlock over `page` and `base`: odd while the entry's owner changes
+pub(crate) struct Row {
+    /// A seqlock over `page` and `base`: odd while the row's owner changes
     /// them, bumped again when done. A reader on another thread checks that
     /// it is even and unchanged around its reads, so it never pairs one
     /// stack's `page` with another's `base` (a range that could hold the
-    /// reader's own stack). Only the entry's owner writes: the thread that
+    /// reader's own stack). Only the row's owner writes: the thread that
     /// claimed it, then the one that frees it, one after the other.
     version: AtomicUsize,
-    /// The address of the stack's guard page, its lowest; 0 if the entry is
+    /// The address of the stack's guard page, its lowest; 0 if the row is
     /// free.
     page: AtomicUsize,
     /// The stack's highest address (exclusive), where it starts.
@@ -48,7 +48,7 @@ pub(crate) struct Entry {
     context: AtomicPtr<()>,
 }
 
-impl Entry {
+impl Row {
     /// The stack size the handler asked for, in bytes.
     pub(crate) fn size(&self) -> usize {
         self.size.load(Ordering::Relaxed)
@@ -75,7 +75,7 @@ impl Entry {
         before == after && before.is_multiple_of(2) && page != 0 && page < address && address < base
     }
 
-    /// Runs `change` on the entry's range inside the seqlock.
+    /// Runs `change` on the row's range inside the seqlock.
     fn change(&self, change: impl FnOnce()) {
         self.version.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -86,18 +86,18 @@ impl Entry {
 
 const CHUNK: usize = 128;
 
-/// A block of entries. Blocks are added when all are taken and never freed:
+/// A block of rows. Blocks are added when all are taken and never freed:
 /// their number follows the most stacks ever mapped at once.
 struct Chunk {
-    entries: [Entry; CHUNK],
+    rows: [Row; CHUNK],
     next: AtomicPtr<Chunk>,
 }
 
 impl Chunk {
     const fn new() -> Chunk {
         Chunk {
-            entries: [const {
-                Entry {
+            rows: [const {
+                Row {
                     version: AtomicUsize::new(0),
                     page: AtomicUsize::new(0),
                     base: AtomicUsize::new(0),
@@ -117,16 +117,16 @@ impl Chunk {
 }
 
 /// Every mapped coroutine stack.
-static REGISTRY: Chunk = Chunk::new();
+static TABLE: Chunk = Chunk::new();
 
-/// A stack's entry in [`REGISTRY`], owned beside the stack for as long as it
-/// is mapped; dropping it frees the entry.
+/// A stack's row in [`TABLE`], owned beside the stack for as long as it
+/// is mapped; dropping it frees the row.
 #[derive(Debug)]
-pub(crate) struct Label(&'static Entry);
+pub(crate) struct Label(&'static Row);
 
-impl std::fmt::Debug for Entry {
+impl std::fmt::Debug for Row {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry")
+        f.debug_struct("Row")
             .field("size", &self.size.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -139,9 +139,9 @@ impl Label {
         self.0.name.store(name as *mut (), Ordering::Relaxed);
     }
 
-    /// The stack's entry, for the handler's body to publish its `Context`
+    /// The stack's row, for the handler's body to publish its `Context`
     /// in ([`Running::publish`]).
-    pub(crate) fn entry(&self) -> &'static Entry {
+    pub(crate) fn row(&self) -> &'static Row {
         self.0
     }
 }
@@ -165,17 +165,17 @@ pub(crate) fn register(stack: &DefaultStack, size: usize) -> Label {
     // the start of the mapping (the documented "maximum extent, including
     // guard pages").
     let page = stack.limit().get();
-    let mut chunk: &'static Chunk = &REGISTRY;
+    let mut chunk: &'static Chunk = &TABLE;
     loop {
-        for entry in &chunk.entries {
-            if entry
+        for row in &chunk.rows {
+            if row
                 .page
                 .compare_exchange(0, page, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                entry.change(|| entry.base.store(stack.base().get(), Ordering::Relaxed));
-                entry.size.store(size, Ordering::Relaxed);
-                return Label(entry);
+                row.change(|| row.base.store(stack.base().get(), Ordering::Relaxed));
+                row.size.store(size, Ordering::Relaxed);
+                return Label(row);
             }
         }
         chunk = match chunk.next() {
@@ -204,36 +204,52 @@ pub(crate) fn register(stack: &DefaultStack, size: usize) -> Label {
     }
 }
 
-/// The entry of the stack whose guard page is `page`. Async-signal-safe:
+/// The row of the stack whose guard page is `page`. Async-signal-safe:
 /// atomic loads only.
-pub(crate) fn with_guard_page(page: usize) -> Option<&'static Entry> {
-    // 0 marks a free entry (and no stack is mapped at address 0).
+pub(crate) fn with_guard_page(page: usize) -> Option<&'static Row> {
+    // 0 marks a free row (and no stack is mapped at address 0).
     if page == 0 {
         return None;
     }
-    find(|entry| entry.page.load(Ordering::Acquire) == page)
+    find(|row| row.page.load(Ordering::Acquire) == page)
 }
 
-/// The entry of the stack holding `address`, if it is a coroutine stack.
-fn holding(address: usize) -> Option<&'static Entry> {
-    find(|entry| entry.holds(address))
+/// The row of the stack holding `address`, if it is a coroutine stack.
+fn holding(address: usize) -> Option<&'static Row> {
+    find(|row| row.holds(address))
 }
 
-/// The first entry that `matches`. Atomic loads only (async-signal-safe if
+/// The first row that `matches`. Atomic loads only (async-signal-safe if
 /// `matches` is).
-fn find(matches: impl Fn(&Entry) -> bool) -> Option<&'static Entry> {
-    let mut chunk: &'static Chunk = &REGISTRY;
+fn find(matches: impl Fn(&Row) -> bool) -> Option<&'static Row> {
+    let mut chunk: &'static Chunk = &TABLE;
     loop {
-        if let Some(entry) = chunk.entries.iter().find(|entry| matches(entry)) {
-            return Some(entry);
+        if let Some(row) = chunk.rows.iter().find(|row| matches(row)) {
+            return Some(row);
         }
         chunk = chunk.next()?;
     }
 }
 
+/// The size of a memory page, in bytes; asked once (`sysconf` is not
+/// async-signal-safe, so `overflow::install` asks before any fault).
+pub(super) fn page_size() -> usize {
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    match PAGE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: `sysconf` has no preconditions.
+            let page =
+                usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+            PAGE.store(page, Ordering::Relaxed);
+            page
+        }
+        page => page,
+    }
+}
+
 thread_local! {
-    /// The entry of the coroutine stack this thread last found itself on.
-    static LAST_FOUND: Cell<*const Entry> = const { Cell::new(ptr::null()) };
+    /// The row of the coroutine stack this thread last found itself on.
+    static LAST_FOUND: Cell<*const Row> = const { Cell::new(ptr::null()) };
     /// This thread's own stack, `[low, high)`; `(0, 0)` until asked, `(1, 0)`
     /// if it cannot be known.
     static THREAD_STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
@@ -249,9 +265,9 @@ thread_local! {
 pub(crate) fn with_running_context<T>(f: impl FnOnce(Option<&Context<'_>>) -> T) -> T {
     let marker = 0u8;
     let here = ptr::from_ref(&marker) as usize;
-    let entry = running_entry(here);
-    let context = entry
-        .map(|entry| entry.context.load(Ordering::Acquire))
+    let row = running_row(here);
+    let context = row
+        .map(|row| row.context.load(Ordering::Acquire))
         .filter(|context| !context.is_null());
     match context {
         // SAFETY: the context is published by the body running on this very
@@ -263,22 +279,22 @@ pub(crate) fn with_running_context<T>(f: impl FnOnce(Option<&Context<'_>>) -> T)
     }
 }
 
-/// The entry of the coroutine stack holding `here`, through the one-entry
+/// The row of the coroutine stack holding `here`, through the one-row
 /// cache and this thread's own stack's bounds.
 #[inline]
-fn running_entry(here: usize) -> Option<&'static Entry> {
+fn running_row(here: usize) -> Option<&'static Row> {
     let last = LAST_FOUND.get();
-    // SAFETY: entries live in chunks that are never freed.
+    // SAFETY: rows live in chunks that are never freed.
     if let Some(last) = unsafe { last.as_ref() }
         && last.holds(here)
     {
         return Some(last);
     }
-    running_entry_slow(here)
+    running_row_slow(here)
 }
 
 #[cold]
-fn running_entry_slow(here: usize) -> Option<&'static Entry> {
+fn running_row_slow(here: usize) -> Option<&'static Row> {
     let (low, high) = thread_stack();
     if low <= here && here < high {
         return None;
@@ -316,27 +332,26 @@ fn query_thread_stack() -> Option<(usize, usize)> {
     }
 }
 
-/// Publishes a handler's `Context` in its stack's entry while its body runs.
+/// Publishes a handler's `Context` in its stack's row while its body runs.
 pub(crate) struct Running {
-    entry: &'static Entry,
+    row: &'static Row,
 }
 
 impl Running {
     /// Publishes `context` until the returned guard is dropped, which must
     /// happen before `context` goes away.
     #[inline]
-    pub(crate) fn publish(entry: &'static Entry, context: &Context<'_>) -> Running {
-        entry
-            .context
+    pub(crate) fn publish(row: &'static Row, context: &Context<'_>) -> Running {
+        row.context
             .store(ptr::from_ref(context).cast_mut().cast(), Ordering::Release);
-        Running { entry }
+        Running { row }
     }
 }
 
 impl Drop for Running {
     #[inline]
     fn drop(&mut self) {
-        self.entry.context.store(ptr::null_mut(), Ordering::Release);
+        self.row.context.store(ptr::null_mut(), Ordering::Release);
     }
 }
 
@@ -347,11 +362,11 @@ mod tests {
     #[test]
     fn a_lookup_never_pairs_one_stack_s_page_with_another_s_base() {
         use std::sync::atomic::AtomicBool;
-        // One entry, freed and claimed again, alternately for two ranges, as
+        // One row, freed and claimed again, alternately for two ranges, as
         // `Label::drop` and `register` do; the address between them is on
         // neither.
-        static ENTRY: Chunk = Chunk::new();
-        let entry = &ENTRY.entries[0];
+        static ROW: Chunk = Chunk::new();
+        let row = &ROW.rows[0];
         let stop = AtomicBool::new(false);
         let false_hits = std::thread::scope(|s| {
             s.spawn(|| {
@@ -360,18 +375,17 @@ mod tests {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    entry
-                        .page
+                    row.page
                         .compare_exchange(0, *page, Ordering::AcqRel, Ordering::Relaxed)
                         .unwrap();
-                    entry.change(|| entry.base.store(*base, Ordering::Relaxed));
-                    entry.change(|| {
-                        entry.base.store(0, Ordering::Relaxed);
-                        entry.page.store(0, Ordering::Relaxed);
+                    row.change(|| row.base.store(*base, Ordering::Relaxed));
+                    row.change(|| {
+                        row.base.store(0, Ordering::Relaxed);
+                        row.page.store(0, Ordering::Relaxed);
                     });
                 }
             });
-            let hits = (0..300_000).filter(|_| entry.holds(0x5000)).count();
+            let hits = (0..300_000).filter(|_| row.holds(0x5000)).count();
             stop.store(true, Ordering::Relaxed);
             hits
         });
@@ -396,19 +410,19 @@ mod tests {
         let (label, stack) = stacks.last().unwrap();
         label.name(named);
         let page = stack.limit().get();
-        let entry = with_guard_page(page).expect("registered");
-        assert_eq!(entry.size.load(Ordering::Relaxed), 16 * 1024);
-        assert!(ptr::eq(entry, label.0));
-        // An address on the stack finds its entry.
-        assert!(ptr::eq(holding(stack.base().get() - 8).unwrap(), entry));
+        let row = with_guard_page(page).expect("registered");
+        assert_eq!(row.size.load(Ordering::Relaxed), 16 * 1024);
+        assert!(ptr::eq(row, label.0));
+        // An address on the stack finds its row.
+        assert!(ptr::eq(holding(stack.base().get() - 8).unwrap(), row));
         // An address inside the stack but above its guard page is not one.
-        assert!(with_guard_page(page + crate::overflow::page_size()).is_none());
+        assert!(with_guard_page(page + page_size()).is_none());
         assert!(with_guard_page(0).is_none());
         drop(stacks);
         // (Another test may map a stack at the same address meanwhile, but
-        // it would not get this entry while the address was in it.)
+        // it would not get this row while the address was in it.)
         assert_ne!(
-            entry.page.load(Ordering::Relaxed),
+            row.page.load(Ordering::Relaxed),
             page,
             "freed with its stack"
         );

@@ -1,8 +1,12 @@
-//! [`Generator`]: a handler running on its coroutine, stepped by hand or by
-//! [`drive`], the loop that hands each yielded job to the strategy and
-//! resumes the handler with the result.
+//! [`Generator`]: a handler's body running on its coroutine, stepped by
+//! hand or by the driving loop (`handler.rs`'s `drive`), which hands each
+//! yielded job to the strategy and resumes the body with the result.
+//!
+//! The generator knows nothing of handlers or strategies: it runs a closure
+//! that receives the [`Context`] it suspends through, as corosensei's
+//! `Coroutine::with_stack` runs one that receives its `Yielder`.
 
-use std::any::{self, Any};
+use std::any::Any;
 use std::fmt;
 use std::io::{self, Write};
 use std::mem::{self, ManuallyDrop};
@@ -10,12 +14,10 @@ use std::panic::{self, AssertUnwindSafe};
 
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
-use crate::apply::Apply;
+use super::context::Context;
+use super::stack::{self, Label, Running, Stack, overflow};
 use crate::error::HandlerDropped;
-use crate::handler::Yieldable;
 use crate::job::{ErasedJob, Job};
-use crate::private::Context;
-use crate::stack::{self, Label, Stack};
 
 /// How a handler's body ended: its value, or the payload it panicked with
 /// (caught on the coroutine, so that the driver decides what to do with it).
@@ -145,34 +147,38 @@ pub enum GeneratorState<'g, T> {
 }
 
 impl<T> Generator<T> {
-    pub(crate) fn new<H>(handler: H, stack_size: usize) -> Self
+    /// Starts `body` on a coroutine of `stack_size` bytes; `name` names the
+    /// handler in messages (an overflow, an endless drop).
+    pub(crate) fn new<F>(body: F, stack_size: usize, name: fn() -> &'static str) -> Self
     where
-        H: Yieldable<Output = T> + 'static,
+        F: FnOnce(&Context<'_>) -> T + 'static,
         T: 'static,
     {
-        // SAFETY: the handler borrows nothing (`'static`), so no borrow can end
+        // SAFETY: the body borrows nothing (`'static`), so no borrow can end
         // while the coroutine is alive, even if the generator is leaked.
-        unsafe { Self::new_unchecked(handler, stack_size) }
+        unsafe { Self::new_unchecked(body, stack_size, name) }
     }
 
-    /// Starts `handler` on a coroutine without requiring `'static`.
+    /// Starts `body` on a coroutine without requiring `'static`.
     ///
     /// # Safety
     ///
-    /// Whatever `handler` borrows must outlive the generator, and the
-    /// generator must be dropped (not leaked with `mem::forget`) before those
-    /// borrows end: a leaked, suspended handler could otherwise hold, for
-    /// example, a scoped thread that keeps using the borrowed data.
-    pub(crate) unsafe fn new_unchecked<H>(handler: H, stack_size: usize) -> Self
+    /// Whatever `body` borrows must outlive the generator, and the generator
+    /// must be dropped (not leaked with `mem::forget`) before those borrows
+    /// end: a leaked, suspended body could otherwise hold, for example, a
+    /// scoped thread that keeps using the borrowed data.
+    pub(crate) unsafe fn new_unchecked<F>(
+        body: F,
+        stack_size: usize,
+        name: fn() -> &'static str,
+    ) -> Self
     where
-        H: Yieldable<Output = T>,
+        F: FnOnce(&Context<'_>) -> T,
     {
-        #[cfg(target_os = "linux")]
-        crate::overflow::install();
+        overflow::install();
         let (stack, label) = stack::acquire(stack_size);
-        label.name(handler_name::<H>);
-        #[cfg(target_os = "linux")]
-        let entry = label.entry();
+        label.name(name);
+        let row = label.row();
         let body = move |yielder: &Yielder<(), ErasedJob>, ()| {
             let cx = Context::new(yielder);
             // Lets `ythread::offload` and `run` find this handler from any
@@ -180,9 +186,8 @@ impl<T> Generator<T> {
             // after `cx`, so it is dropped (and the context unpublished)
             // before `cx`, and after the body, whose value and panic payload
             // leave this stack: no user code runs here once it is dropped.
-            #[cfg(target_os = "linux")]
-            let _running = crate::registry::Running::publish(entry, &cx);
-            panic::catch_unwind(AssertUnwindSafe(|| handler.__run_in(&cx)))
+            let _running = Running::publish(row, &cx);
+            panic::catch_unwind(AssertUnwindSafe(|| body(&cx)))
         };
         // SAFETY: forwarded to our caller, who guarantees the borrows outlive
         // the coroutine, which `Drop` always unwinds or finds finished. (The
@@ -194,7 +199,7 @@ impl<T> Generator<T> {
             coroutine: ManuallyDrop::new(coroutine),
             suspended_on: None,
             stack_size,
-            handler: handler_name::<H>,
+            handler: name,
             label: ManuallyDrop::new(label),
         }
     }
@@ -286,20 +291,6 @@ impl<T> Generator<T> {
     }
 }
 
-/// The name of a handler's type for messages: the path of the
-/// `#[yieldable]` function (`my_server::handle`) for the handlers it makes,
-/// the whole type name for any other.
-fn handler_name<H>() -> &'static str {
-    let name = any::type_name::<H>();
-    let Some(start) = name.find("HandlerFn<").map(|at| at + "HandlerFn<".len()) else {
-        return name;
-    };
-    let function = &name[start..];
-    function
-        .find("::{{closure}}")
-        .map_or(function, |end| &function[..end])
-}
-
 /// Drops the payload a dropped handler ended with.
 fn discard(payload: Box<dyn Any + Send + 'static>) {
     if !payload.is::<HandlerDropped>() {
@@ -360,27 +351,5 @@ impl<T> fmt::Debug for Generator<T> {
             .field("started", &self.coroutine.started())
             .field("complete", &self.coroutine.done())
             .finish()
-    }
-}
-
-/// Runs `handler` to completion on the current thread, giving each job to
-/// `apply`. This is the loop of the 2009 post's `YieldableThread.run`.
-pub(crate) fn drive<H, A>(handler: H, apply: &A, stack_size: usize) -> H::Output
-where
-    H: Yieldable,
-    A: Apply + ?Sized,
-{
-    // SAFETY: the generator lives in this frame only and is dropped (on
-    // return or while unwinding) before this function returns, so it never
-    // outlives what the handler borrows.
-    let mut generator = unsafe { Generator::new_unchecked(handler, stack_size) };
-    loop {
-        match generator.resume() {
-            // The borrow invariant every strategy relies on: `apply` returns
-            // only after the job has run (or was dropped unrun), and only then
-            // is the handler resumed.
-            GeneratorState::Yielded(job) => apply.apply(job),
-            GeneratorState::Complete(value) => return value,
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! Coroutine stacks, recycled.
+//! Coroutine stacks, recycled; with the table of every mapped stack
+//! (`table.rs`) and the report of an overflow (`overflow.rs`).
 //!
 //! Mapping a fresh stack (mmap plus a guard page) costs about 11 µs, far
 //! more than running a short handler; re-using one costs a few nanoseconds.
@@ -17,6 +18,12 @@ use std::time::{Duration, Instant};
 use corosensei::stack::DefaultStack;
 use parking_lot::{Mutex, MutexGuard};
 
+pub(super) mod overflow;
+mod table;
+
+pub(crate) use table::with_running_context;
+pub(super) use table::{Label, Running};
+
 /// The size of a handler's coroutine stack unless it asks for another
 /// ([`Yieldable::with_stack_size`](crate::Yieldable::with_stack_size),
 /// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)):
@@ -30,8 +37,7 @@ use parking_lot::{Mutex, MutexGuard};
 /// not on this one.
 ///
 /// Overflowing a coroutine stack aborts the process with a message naming
-/// the handler and the settings to raise, as std does for a thread (on
-/// Linux; elsewhere the guard page still stops it, without the message).
+/// the handler and the settings to raise, as std does for a thread.
 pub const DEFAULT_STACK_SIZE: usize = 2 * 1024 * 1024;
 
 /// [`DEFAULT_STACK_SIZE`], or `RUST_MIN_STACK` when it is set to a number.
@@ -47,22 +53,6 @@ pub(crate) fn default_stack_size() -> usize {
 
 /// The stack type every handler coroutine runs on.
 pub(crate) type Stack = DefaultStack;
-
-/// Names the handler using a stack, for the overflow report (see
-/// `overflow.rs`); travels with its stack.
-#[cfg(target_os = "linux")]
-pub(crate) use crate::registry::Label;
-
-/// Names the handler using a stack; overflows are reported on Linux only.
-#[cfg(not(target_os = "linux"))]
-#[derive(Debug)]
-pub(crate) struct Label;
-
-#[cfg(not(target_os = "linux"))]
-impl Label {
-    #[inline]
-    pub(crate) fn name(&self, _name: fn() -> &'static str) {}
-}
 
 /// Most stacks the process-wide pool keeps.
 const POOL_CAPACITY: usize = 64;
@@ -148,10 +138,7 @@ fn fresh(size: usize) -> (Stack, Label) {
     });
     // The overflow handler is installed by `Generator::new_unchecked`, the
     // only user of stacks, before it acquires one.
-    #[cfg(target_os = "linux")]
-    let label = crate::registry::register(&stack, size);
-    #[cfg(not(target_os = "linux"))]
-    let label = Label;
+    let label = table::register(&stack, size);
     (stack, label)
 }
 
