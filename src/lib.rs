@@ -9,6 +9,9 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod client;
+// The `nats-server` launcher of ythread's `Remote` tests, which the
+// benchmark's `Remote` row uses too: one file, kept with those tests.
+#[path = "../ythread/tests/common/nats.rs"]
 pub mod nats;
 pub mod server;
 

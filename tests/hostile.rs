@@ -5,6 +5,8 @@
 //! `Server::start_yieldable` with its strategy: the very code the examples
 //! run.
 
+// The helpers of ythread's own tests (the watchdog, the worker processes).
+#[path = "../ythread/tests/common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};

@@ -6,9 +6,8 @@
 //! `cargo bench -p ythread --features remote --bench remote`
 
 mod common;
-// The demo package's `nats-server` launcher (std only; a bench of `ythread`
-// cannot depend on that package).
-#[path = "../../src/nats.rs"]
+// The `nats-server` launcher of the `Remote` tests (std only).
+#[path = "../tests/common/nats.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod nats;
 

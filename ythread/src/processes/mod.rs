@@ -60,7 +60,7 @@
 //! A test binary has no `main` of yours: its harness runs every test in
 //! every process. Start workers as the test binary running one ignored
 //! test that calls [`init`], and nothing else (this repository's
-//! `tests/processes.rs` does):
+//! `ythread/tests/processes.rs` does):
 //!
 //! ```no_run
 //! # use ythread::{Processes, ProcessesBuilder};

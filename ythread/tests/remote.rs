@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::nats::NatsServer;
 use common::worker_processes as local_workers;
 
 use std::io::{BufRead, BufReader};
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use ythread::remote::{Remote, Worker, async_nats};
 use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
-use ythread_demo::nats::NatsServer;
 
 // --- the work -------------------------------------------------------------
 

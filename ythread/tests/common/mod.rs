@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests that include this file with
-//! `mod common;`.
+//! `mod common;` (the demo package's `tests/hostile.rs` includes it by path).
 
 use std::cell::Cell;
 use std::panic;
@@ -14,6 +14,12 @@ use ythread::{
     Apply, Bounded, Exclusive, Generator, GeneratorState, Inline, Pool, apply_fn, offload,
     yieldable,
 };
+
+/// A `nats-server` of one's own, for the `Remote` tests.
+// Its items are `pub`: the demo package includes the file by path as a
+// public module of its library, for the benchmark's `Remote` row.
+#[allow(dead_code, unreachable_pub)] // Not every test file uses it.
+pub(crate) mod nats;
 
 thread_local! {
     /// Whether a panic on this thread is one a test causes on purpose.

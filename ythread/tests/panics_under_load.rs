@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::nats::NatsServer;
+
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -16,7 +18,6 @@ use ythread::{
     Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, Processes, Yieldable, apply_fn,
     offload, offloadable, try_offload, yieldable,
 };
-use ythread_demo::nats::NatsServer;
 
 const THREADS: u64 = 8;
 

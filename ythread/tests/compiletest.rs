@@ -2,8 +2,10 @@
 //! at the user's tokens and says what to do; correct use compiles without
 //! warnings. The cases are in `tests/ui/pass/` and `tests/ui/fail/`, the
 //! expected messages in the `.stderr` files beside the failing ones;
-//! regenerate them with `TRYBUILD=overwrite cargo test --test compiletest`
-//! and read the diff.
+//! regenerate them with
+//! `TRYBUILD=overwrite cargo test -p ythread --all-features --test compiletest`
+//! and read the diff (rustc's messages depend on the crates in the build, so
+//! this target needs every feature: see `Cargo.toml`).
 
 #[test]
 fn ui() {

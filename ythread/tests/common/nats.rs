@@ -1,6 +1,8 @@
-//! A `nats-server` of one's own on 127.0.0.1, for the `Remote` tests, the
-//! benchmark's `Remote` row and its criterion bench (which includes this
-//! file by path: a bench of `ythread` cannot depend on this package).
+//! A `nats-server` of one's own on 127.0.0.1, for ythread's `Remote` tests
+//! (`tests/common/mod.rs` declares it), its criterion bench
+//! (`benches/remote.rs` includes this file by path) and the demo
+//! benchmark's `Remote` row (the demo package's library includes it by path
+//! as `ythread_demo::nats`).
 //!
 //! Uses only `std`, so that it can be included anywhere.
 
