@@ -790,17 +790,21 @@ fn offload_type_checks_as_the_plain_call() {
     assert_eq!(counted(generic_callee(|n| n * 2)), (42, 1));
 
     // The same under every in-process strategy.
+    let (exclusive, bounded, pool) = (Exclusive::new(), Bounded::new(2), Pool::new(2));
+    #[cfg_attr(not(feature = "rayon"), allow(unused_mut))]
+    let mut strategies: Vec<(&str, &dyn Apply)> = vec![
+        ("Inline", &Inline),
+        ("Exclusive", &exclusive),
+        ("Bounded", &bounded),
+        ("Pool", &pool),
+    ];
+    #[cfg(feature = "rayon")]
     let rayon = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
-    let strategies: [(&str, &dyn Apply); 5] = [
-        ("Inline", &Inline),
-        ("Exclusive", &Exclusive::new()),
-        ("Bounded", &Bounded::new(2)),
-        ("Pool", &Pool::new(2)),
-        ("rayon", &rayon),
-    ];
+    #[cfg(feature = "rayon")]
+    strategies.push(("rayon", &rayon));
     for (name, strategy) in strategies {
         let run = generic_calls(vec![1u32, 2, 3]).run_with(strategy);
         assert_eq!(run, rows, "{name}");

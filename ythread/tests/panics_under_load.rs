@@ -5,6 +5,7 @@
 
 mod common;
 
+#[cfg(feature = "remote")]
 use common::nats::NatsServer;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -13,6 +14,7 @@ use std::sync::atomic::AtomicUsize;
 use std::thread;
 use std::time::Duration;
 
+#[cfg(feature = "remote")]
 use ythread::remote::{Remote, Worker};
 use ythread::{
     Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, Processes, Yieldable, apply_fn,
@@ -145,6 +147,7 @@ fn a_closure() {
     });
 }
 
+#[cfg(feature = "rayon")]
 #[test]
 fn a_rayon_pool() {
     common::watchdog(Duration::from_secs(300), || {
@@ -237,6 +240,7 @@ fn processes() {
     });
 }
 
+#[cfg(feature = "remote")]
 #[test]
 fn remote() {
     common::watchdog(Duration::from_secs(600), || {

@@ -93,6 +93,7 @@ fn closures_are_strategies_through_apply_fn_without_annotations() {
     assert_eq!(spawn_with(on_scoped_threads), 55);
 }
 
+#[cfg(feature = "rayon")]
 #[test]
 fn a_rayon_pool_is_a_strategy() {
     let pool = rayon::ThreadPoolBuilder::new()
