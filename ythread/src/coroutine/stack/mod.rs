@@ -64,7 +64,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// same requested size), and its label.
 struct SizedStack {
     size: usize,
-    /// Dropped before `stack`: the guard page leaves the overflow registry
+    /// Dropped before `stack`: the guard page leaves the stack table
     /// before it is unmapped, so no other mapping there is taken for it.
     label: Label,
     stack: Stack,

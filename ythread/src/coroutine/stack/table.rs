@@ -399,8 +399,8 @@ mod tests {
     #[test]
     fn a_mapped_stack_is_found_by_its_guard_page_until_it_is_unmapped() {
         // More than one chunk's worth, so that chunks are added and searched.
-        // Labels first, so that each leaves the registry before its stack
-        // is unmapped, as in `stack.rs`.
+        // Labels first, so that each leaves the table before its stack
+        // is unmapped, as in the stack pool (`mod.rs`).
         let stacks: Vec<(Label, DefaultStack)> = (0..CHUNK + 10)
             .map(|_| {
                 let stack = DefaultStack::new(16 * 1024).unwrap();
