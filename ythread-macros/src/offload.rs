@@ -237,98 +237,231 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
         OffloadInput::Closure(closure) => quote_spanned! {call_site=>
             ::ythread::__private::#closure_fn(#cx, #closure)
         },
-        OffloadInput::Call { func, args } => {
-            // The arguments are evaluated here, in the handler, in order, so
-            // that `?`, `return` and borrows in them mean what they mean in a
-            // call; only the call itself is the work. Each one is passed on
-            // through a hygienic name located at the user's argument, so a
-            // type error in it points at that argument. The tuple of the
-            // arguments spans them all (see `spanning_arguments`).
-            let names: Vec<Ident> = args
-                .iter()
-                .enumerate()
-                .map(|(i, arg)| {
-                    format_ident!(
-                        "__arg{}",
-                        i,
-                        span = Span::mixed_site().located_at(arg.span())
-                    )
-                })
-                .collect();
-            let func_span = func.span();
-            let work = quote_spanned! {func_span=>
-                |(#(#names,)*)| #func(#(#names),*)
-            };
-            let portable = matches!(func, Expr::Path(_)) && args.len() <= MAX_PORTABLE_ARITY;
-            if !portable {
-                let reason = if matches!(func, Expr::Path(_)) {
-                    "only calls of up to 8 arguments can be sent to another process"
-                } else {
-                    "only a function named by its path (`offload!(crate::f, x)`) can be \
-                     sent to another process"
-                };
-                let function = func.to_token_stream().to_string();
-                let tuple = spanning_arguments(&args);
-                return Ok(quote_spanned! {call_site=>
-                    ::ythread::__private::#call_fn(
-                        #cx,
-                        #tuple,
-                        #work,
-                        || ::ythread::__private::never_portable(#function, #reason),
-                    )
-                });
-            }
-            // A path names a function: the probe, the work and the arguments
-            // become the fields of `ParamsN { probe, work, a0, .. }`, which
-            // coerces each argument to the function's parameter type (so
-            // that another process can decode them as such). The probe names
-            // the function's type, tied to the work's call so that a generic
-            // function's type parameters are those the call infers (see
-            // `ythread::__private::Callee`); autoref specialization on it
-            // says whether the call can cross to another process. A `match`
-            // keeps the arguments' temporaries alive to the end of the call,
-            // as in a plain call.
-            let params = format_ident!("Params{}", args.len());
-            let fields: Vec<Ident> = (0..args.len())
-                .map(|i| format_ident!("a{}", i, span = args[i].span()))
-                .collect();
-            // Located at the arguments, so that an error about all of them
-            // (one is not `Send`) points there.
-            let args_name = Ident::new(
-                "__ythread_args",
-                Span::mixed_site().located_at(spanning_span(&args)),
-            );
-            let work_name = Ident::new("__ythread_work", Span::mixed_site());
-            let probe = Ident::new("__ythread_probe", Span::mixed_site());
-            let arity = args.iter().map(|_| quote!(_));
-            quote_spanned! {call_site=>
-                match (::ythread::__private::#params {
-                    probe: {
-                        #[allow(unused_imports)]
-                        use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
-                        (&::ythread::__private::Callee(
-                            &#func,
-                            ::core::marker::PhantomData::<(#(#arity,)*)>,
-                        ))
-                        .__ythread_probe()
-                    },
-                    work: #work,
-                    #(#fields: #args,)*
-                }).split() {
-                    (#args_name, #work_name, #probe) => ::ythread::__private::#call_fn(
-                        #cx,
-                        #args_name,
-                        #work_name,
-                        {
-                            #[allow(unused_imports)]
-                            use ::ythread::__private::{NoSerde as _, ViaSerde as _};
-                            (&#probe).__ythread_portability()
-                        },
-                    ),
-                }
+        OffloadInput::Call { func, args } => expand_call(&func, &args, cx, &call_fn, call_site),
+    })
+}
+
+/// What an `offload!(f, ..)` callee is, for where and how it is evaluated.
+enum Callee {
+    /// A path (`sumn`, `u64::from`, a local `f`): named again by the probe,
+    /// which makes the call portable.
+    Path,
+    /// A place (`self.f`, `table[i]`, `*f`): called in the work, as a
+    /// place, so that the call borrows it as a plain call would.
+    Place,
+    /// A value computed by an expression (`make(x)`, `if b { f } else { g }`,
+    /// `&f`, `f as fn(u64) -> u64`): evaluated first, in the handler, as a
+    /// plain call evaluates its callee before its arguments, so that its
+    /// side effects, `?` and `return` happen there.
+    Value,
+}
+
+impl Callee {
+    fn of(func: &Expr) -> Callee {
+        match func {
+            Expr::Path(_) => Callee::Path,
+            Expr::Paren(inner) => match Callee::of(&inner.expr) {
+                Callee::Path => Callee::Place,
+                other => other,
+            },
+            Expr::Field(_) | Expr::Index(_) => Callee::Place,
+            Expr::Unary(unary) if matches!(unary.op, syn::UnOp::Deref(_)) => Callee::Place,
+            _ => Callee::Value,
+        }
+    }
+}
+
+/// Expands `offload!(f, args..)` (or `try_offload!`, whose runtime function
+/// is `call_fn`).
+///
+/// ```text
+/// // Input:
+/// offload!(@__ythread_cx; sumn, n + 1)
+/// // Output:
+/// match (::ythread::__private::Params1 {
+///     probe: (&Callee(&sumn, PhantomData::<(_,)>)).__ythread_probe(),
+///     work: |(__arg0,)| sumn(__arg0),
+///     a0: n + 1,
+/// }).split() {
+///     (__ythread_args, __ythread_work, __ythread_probe) => ::ythread::__private::offload_call(
+///         __ythread_cx,
+///         __ythread_args,
+///         __ythread_work,
+///         (&__ythread_probe).__ythread_portability(),
+///     ),
+/// }
+///
+/// // Input (a callee that is a value, and a closure argument):
+/// offload!(@__ythread_cx; pick(k), xs, |x| x + 1)
+/// // Output:
+/// match pick(k) {
+///     __ythread_f => match (::ythread::__private::Params1 {
+///         probe: ::ythread::__private::Probe::none(),
+///         work: |(__arg0,)| __ythread_f(__arg0, |x| x + 1),
+///         a0: xs,
+///     }).split() {
+///         (__ythread_args, __ythread_work, _) => ::ythread::__private::offload_call(
+///             __ythread_cx,
+///             __ythread_args,
+///             __ythread_work,
+///             || ::ythread::__private::never_portable("pick(k)", "only a function ..."),
+///         ),
+///     },
+/// }
+/// ```
+///
+/// A closure written as an argument stays in the work's call, so that it is
+/// typed as a plain call types it (its parameters from the callee's `Fn`
+/// bound); creating a closure has no effect to evaluate early.
+fn expand_call(
+    func: &Expr,
+    args: &[Expr],
+    cx: &Ident,
+    call_fn: &TokenStream,
+    call_site: Span,
+) -> TokenStream {
+    let callee = Callee::of(func);
+    // The arguments are evaluated here, in the handler, in order, so that
+    // `?`, `return` and borrows in them mean what they mean in a call; only
+    // the call itself is the work. Each one is passed on through a hygienic
+    // name located at the user's argument, so a type error in it points at
+    // that argument.
+    let mut evaluated: Vec<&Expr> = Vec::new();
+    let mut names: Vec<Ident> = Vec::new();
+    let mut call_args: Vec<TokenStream> = Vec::new();
+    for arg in args {
+        if matches!(arg, Expr::Closure(_)) {
+            call_args.push(arg.to_token_stream());
+            continue;
+        }
+        let name = format_ident!(
+            "__arg{}",
+            names.len(),
+            span = Span::mixed_site().located_at(arg.span())
+        );
+        call_args.push(name.to_token_stream());
+        names.push(name);
+        evaluated.push(arg);
+    }
+    let func_span = func.span();
+    let value = Ident::new("__ythread_f", Span::mixed_site().located_at(func_span));
+    let called = match callee {
+        Callee::Path => func.to_token_stream(),
+        Callee::Place => quote_spanned!(func_span=> (#func)),
+        Callee::Value => value.to_token_stream(),
+    };
+    let work = quote_spanned! {func_span=>
+        |(#(#names,)*)| #called(#(#call_args),*)
+    };
+    let not_portable = if !matches!(callee, Callee::Path) {
+        Some(
+            "only a function named by its path (`offload!(crate::f, x)`) can be sent to \
+             another process",
+        )
+    } else if evaluated.len() < args.len() {
+        Some(
+            "a closure argument cannot be sent to another process: pass data, and name \
+             the function that uses it",
+        )
+    } else if evaluated.len() > MAX_PORTABLE_ARITY {
+        Some("only calls of up to 8 arguments can be sent to another process")
+    } else {
+        None
+    };
+    let function = func.to_token_stream().to_string();
+    let wire = match not_portable {
+        Some(reason) => quote!(|| ::ythread::__private::never_portable(#function, #reason)),
+        None => quote!(),
+    };
+    let body = if evaluated.len() <= MAX_PORTABLE_ARITY {
+        // The probe, the work and the arguments become the fields of
+        // `ParamsN { probe, work, a0, .. }`, which coerces each argument to
+        // the function's parameter type as a struct field is (so that another
+        // process can decode them as such, and a `&mut` is reborrowed, not
+        // moved). For a path, the probe names the function's type, tied to
+        // the work's call so that a generic function's type parameters are
+        // those the call infers (see `ythread::__private::Callee`); autoref
+        // specialization on it says whether the call can cross to another
+        // process. A `match` keeps the arguments' temporaries alive to the
+        // end of the call, as in a plain call.
+        let params = format_ident!("Params{}", evaluated.len());
+        let fields: Vec<Ident> = (0..evaluated.len())
+            .map(|i| format_ident!("a{}", i, span = evaluated[i].span()))
+            .collect();
+        // Located at the arguments, so that an error about all of them (one
+        // is not `Send`) points there.
+        let args_name = Ident::new(
+            "__ythread_args",
+            Span::mixed_site().located_at(spanning_span(&evaluated)),
+        );
+        let work_name = Ident::new("__ythread_work", Span::mixed_site());
+        let probe_name = Ident::new("__ythread_probe", Span::mixed_site());
+        let (probe, wire) = if not_portable.is_none() {
+            let arity = evaluated.iter().map(|_| quote!(_));
+            (
+                quote! {{
+                    #[allow(unused_imports)]
+                    use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
+                    (&::ythread::__private::Callee(
+                        &#func,
+                        ::core::marker::PhantomData::<(#(#arity,)*)>,
+                    ))
+                    .__ythread_probe()
+                }},
+                quote! {{
+                    #[allow(unused_imports)]
+                    use ::ythread::__private::{NoSerde as _, ViaSerde as _};
+                    (&#probe_name).__ythread_portability()
+                }},
+            )
+        } else {
+            (quote!(::ythread::__private::Probe::none()), wire)
+        };
+        let probe_pattern = if not_portable.is_none() {
+            probe_name.to_token_stream()
+        } else {
+            quote!(_)
+        };
+        // The work is typed first, so that it gives the arguments' fields
+        // their types; but a closure argument in it is typed by its callee's
+        // parameter types, which the arguments before it decide: then the
+        // arguments come first, as in a plain call.
+        let fields = quote!(#(#fields: #evaluated,)*);
+        let (before, after) = if evaluated.len() == args.len() {
+            (quote!(work: #work,), fields)
+        } else {
+            (fields, quote!(work: #work,))
+        };
+        quote_spanned! {call_site=>
+            match (::ythread::__private::#params {
+                probe: #probe,
+                #before
+                #after
+            }).split() {
+                (#args_name, #work_name, #probe_pattern) => ::ythread::__private::#call_fn(
+                    #cx,
+                    #args_name,
+                    #work_name,
+                    #wire,
+                ),
             }
         }
-    })
+    } else {
+        // More arguments than a `ParamsN` holds: their tuple, spanning them
+        // all (see `spanning_arguments`).
+        let tuple = spanning_arguments(&evaluated);
+        quote_spanned! {call_site=>
+            ::ythread::__private::#call_fn(#cx, #tuple, #work, #wire)
+        }
+    };
+    match callee {
+        Callee::Value => quote_spanned! {call_site=>
+            match #func {
+                #value => #body,
+            }
+        },
+        Callee::Path | Callee::Place => body,
+    }
 }
 
 /// The largest number of arguments of an `offload!` call that can be sent
@@ -336,8 +469,8 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
 const MAX_PORTABLE_ARITY: usize = 8;
 
 /// The span of the first argument, where an error about all of them points.
-fn spanning_span(args: &[Expr]) -> Span {
-    args.first().map_or_else(Span::call_site, Spanned::span)
+fn spanning_span(args: &[&Expr]) -> Span {
+    args.first().map_or_else(Span::call_site, |arg| arg.span())
 }
 
 /// The tuple of the arguments, as an expression whose span runs from the
@@ -350,7 +483,7 @@ fn spanning_span(args: &[Expr]) -> Span {
 /// first token and the parentheses at the last argument's last token (the
 /// technique of `syn::Error::new_spanned`; stable proc macros cannot join
 /// spans).
-fn spanning_arguments(args: &[Expr]) -> TokenStream {
+fn spanning_arguments(args: &[&Expr]) -> TokenStream {
     let tuple = quote!((#(#args,)*));
     let (Some(first), Some(last)) = (args.first(), args.last()) else {
         return tuple;

@@ -857,3 +857,100 @@ fn parameter_patterns_are_matched_in_the_body() {
         "#]],
     );
 }
+
+#[test]
+fn offload_of_a_computed_callee_evaluates_it_first() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; pick(k), n),
+        expect![[r#"
+            fn expansion() {
+                match pick(k) {
+                    __ythread_f => {
+                        match (::ythread::__private::Params1 {
+                            probe: ::ythread::__private::Probe::none(),
+                            work: |(__arg0,)| __ythread_f(__arg0),
+                            a0: n,
+                        })
+                            .split()
+                        {
+                            (__ythread_args, __ythread_work, _) => {
+                                ::ythread::__private::offload_call(
+                                    __ythread_cx,
+                                    __ythread_args,
+                                    __ythread_work,
+                                    || ::ythread::__private::never_portable(
+                                        "pick (k)",
+                                        "only a function named by its path (`offload!(crate::f, x)`) can be sent to another process",
+                                    ),
+                                )
+                            }
+                        }
+                    }
+                }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_of_a_field_calls_it_as_a_field() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; self.f, n),
+        expect![[r#"
+            fn expansion() {
+                match (::ythread::__private::Params1 {
+                    probe: ::ythread::__private::Probe::none(),
+                    work: |(__arg0,)| (self.f)(__arg0),
+                    a0: n,
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, _) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            || ::ythread::__private::never_portable(
+                                "self . f",
+                                "only a function named by its path (`offload!(crate::f, x)`) can be sent to another process",
+                            ),
+                        )
+                    }
+                }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn offload_with_a_closure_argument_keeps_it_in_the_call() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx; Option::map, value, |s| s.len()),
+        expect![[r#"
+            fn expansion() {
+                match (::ythread::__private::Params1 {
+                    probe: ::ythread::__private::Probe::none(),
+                    a0: value,
+                    work: |(__arg0,)| Option::map(__arg0, |s| s.len()),
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, _) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            || ::ythread::__private::never_portable(
+                                "Option :: map",
+                                "a closure argument cannot be sent to another process: pass data, and name the function that uses it",
+                            ),
+                        )
+                    }
+                }
+            }
+        "#]],
+    );
+}

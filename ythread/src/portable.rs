@@ -102,6 +102,17 @@ pub(crate) trait WireCall {
 #[allow(missing_debug_implementations)]
 pub struct Probe<F: ?Sized, A, R>(PhantomData<fn(&F)>, PhantomData<fn() -> (A, R)>);
 
+impl<A, R> Probe<(), A, R> {
+    /// The probe of a call that names no function (its callee is not a
+    /// path, or it has a closure argument): it only carries the argument
+    /// and result types, and the call is never portable.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn none() -> Self {
+        Probe(PhantomData, PhantomData)
+    }
+}
+
 /// Picked when the call's parameters are serde types.
 ///
 /// Only the parameters are tested here. Whether the result can be decoded

@@ -743,6 +743,127 @@ fn generic_calls<T: Copy + Into<u64> + Sync>(xs: Vec<T>) -> Rows {
     rows
 }
 
+fn apply_ref<F: for<'a> Fn(&'a str) -> &'a str>(f: F, s: &str) -> String {
+    f(s).to_string()
+}
+
+struct Table {
+    f: fn(u64) -> u64,
+}
+
+impl Table {
+    /// A method named as the field: `offload!(self.f, x)` calls the field,
+    /// as `(self.f)(x)` does.
+    fn f(&self, x: u64) -> u64 {
+        1000 + x
+    }
+
+    #[yieldable]
+    fn field_callee(&self, x: u64) -> (u64, u64) {
+        (offload!(self.f, x), self.f(x))
+    }
+}
+
+fn make_adder(calls: &std::sync::atomic::AtomicU64) -> fn(u64) -> u64 {
+    calls.fetch_add(10, std::sync::atomic::Ordering::SeqCst);
+    |x| x + 1
+}
+
+fn pick(found: bool) -> Option<fn(u64) -> u64> {
+    found.then_some(square as fn(u64) -> u64)
+}
+
+#[yieldable]
+fn callee_forms(early: bool) -> Rows {
+    let mut rows = Rows::new();
+    // Closure arguments, typed by the callee's `Fn` bound.
+    row!(
+        rows,
+        "closure argument of a generic method",
+        offload!(Option::map, Some("ab"), |s| s.len()),
+        Option::map(Some("ab"), |s| s.len())
+    );
+    let mut sorted = vec![3u64, 1, 2];
+    offload!(<[u64]>::sort_by_key, &mut sorted, |x| std::cmp::Reverse(*x));
+    offload!(Vec::retain, &mut sorted, |x| *x > 1);
+    row!(
+        rows,
+        "closure arguments beside `&mut`",
+        sorted,
+        vec![3u64, 2]
+    );
+    row!(
+        rows,
+        "higher-ranked closure argument",
+        offload!(apply_ref, |s: &str| s.trim(), " a "),
+        apply_ref(|s: &str| s.trim(), " a ")
+    );
+    // Callees that are not paths.
+    let table = Table { f: square };
+    row!(
+        rows,
+        "a field, not the method of the same name",
+        offload!(table.f, 3),
+        (table.f)(3)
+    );
+    let f: &fn(u64) -> u64 = &table.f;
+    row!(rows, "a dereference", offload!(*f, 4), (*f)(4));
+    row!(rows, "a reference", offload!(&square, 5), (&square)(5));
+    row!(
+        rows,
+        "a cast",
+        offload!(square as fn(u64) -> u64, 6),
+        (square as fn(u64) -> u64)(6)
+    );
+    // A callee computed by an expression runs first, in the handler.
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let order = |calls: &std::sync::atomic::AtomicU64| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    };
+    let offloaded = offload!(make_adder(&calls), order(&calls));
+    let after_offload = calls.swap(0, std::sync::atomic::Ordering::SeqCst);
+    let plain = make_adder(&calls)(order(&calls));
+    let after_plain = calls.load(std::sync::atomic::Ordering::SeqCst);
+    row!(
+        rows,
+        "a computed callee, evaluated before the arguments",
+        (offloaded, after_offload),
+        (plain, after_plain)
+    );
+    let square_or_return = offload!(if early { return rows } else { square }, 7);
+    row!(rows, "`return` in a computed callee", square_or_return, 49);
+    rows
+}
+
+#[yieldable]
+fn callee_with_question_mark(found: bool) -> Option<u64> {
+    Some(offload!(pick(found)?, 8) + 1)
+}
+
+#[test]
+fn offload_of_closure_arguments_and_computed_callees_is_the_plain_call() {
+    let (rows, _) = counted(callee_forms(false));
+    for (name, offloaded, plain) in &rows {
+        assert_eq!(offloaded, plain, "{name}");
+    }
+    let values: Vec<&str> = rows.iter().map(|(_, value, _)| value.as_str()).collect();
+    assert_eq!(
+        values,
+        [
+            "Some(2)", "[3, 2]", "\"a\"", "9", "16", "25", "36", "(11, 11)", "49"
+        ]
+    );
+    // `return` in the callee returns from the handler, before any work.
+    let (rows, jobs) = counted(callee_forms(true));
+    assert_eq!((rows.len(), jobs), (8, 9));
+    // `?` in the callee too.
+    assert_eq!(counted(callee_with_question_mark(true)), (Some(65), 1));
+    assert_eq!(counted(callee_with_question_mark(false)), (None, 0));
+    // A field is called as a field even where a method has its name.
+    let table = Table { f: square };
+    assert_eq!(counted(table.field_callee(3)), ((9, 1003), 1));
+}
+
 #[yieldable]
 fn generic_callee<F: Fn(u64) -> u64 + Sync>(f: F) -> u64 {
     offload!(f, 20) + f(1)

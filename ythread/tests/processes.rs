@@ -519,6 +519,10 @@ fn what_cannot_cross_is_not_portable_and_named() {
         try_offload!(f, 2)
     }
     #[yieldable]
+    fn closure_argument() -> Result<Option<usize>, OffloadError> {
+        try_offload!(Option::map, Some("ab"), |s| s.len())
+    }
+    #[yieldable]
     fn function_form() -> u64 {
         ythread::offload(|| 5)
     }
@@ -552,6 +556,11 @@ fn what_cannot_cross_is_not_portable_and_named() {
                 "Arc<dyn",
                 "offloadable",
             ),
+            (
+                closure_argument().run_with(&cpu).unwrap_err(),
+                "Option :: map",
+                "closure argument",
+            ),
         ] {
             assert_eq!(error.kind(), OffloadErrorKind::NotPortable, "{error}");
             let text = error.to_string();
@@ -573,6 +582,7 @@ fn what_cannot_cross_is_not_portable_and_named() {
                 .unwrap(),
             3
         );
+        assert_eq!(closure_argument().run().unwrap(), Some(2));
     });
 }
 
