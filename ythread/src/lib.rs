@@ -118,6 +118,7 @@ mod registry;
 #[cfg(feature = "remote")]
 pub mod remote;
 mod stack;
+mod sync;
 mod thread;
 
 pub use apply::{

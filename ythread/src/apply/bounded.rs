@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use super::Apply;
-use super::semaphore::FairSemaphore;
 use crate::Job;
+use crate::sync::semaphore::FairSemaphore;
 
 /// Runs offloaded work on the driving thread, at most `limit` pieces at
 /// once across every thread sharing it; the others wait their turn, first

@@ -2,19 +2,20 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::Apply;
-use super::gate::Gate;
-use super::latch::Latch;
 use crate::Job;
 use crate::error::OffloadError;
 use crate::job::ErasedJob;
+use crate::sync::Mutex;
+use crate::sync::gate::Gate;
+use crate::sync::latch::Latch;
 
 /// Runs offloaded work on a fixed set of worker threads; the driving thread
 /// waits for the result: the `multiprocessing.Pool().apply` of the 2009
@@ -123,6 +124,11 @@ struct Shared {
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
+// A panic cannot leave a `Shared` half-changed: its one lock holds the
+// threads' handles, which `join` takes out one at a time. So a `Pool` is
+// `UnwindSafe` and `RefUnwindSafe`, as it was with std's (poisoning) lock.
+impl std::panic::RefUnwindSafe for Shared {}
+
 /// What the queue carries.
 enum Message {
     Run(Task),
@@ -178,7 +184,7 @@ impl Shared {
 
     /// Joins the workers; a second caller waits for the first to finish.
     fn join(&self) {
-        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut workers = self.workers.lock();
         let current = thread::current().id();
         for worker in workers.drain(..) {
             // Shut down from work running on one of its own workers (or the

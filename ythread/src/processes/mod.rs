@@ -128,14 +128,14 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use parking_lot::Mutex;
 
 use self::child::{Spec, WORKER_ENV, Worker};
 use self::frame::{CALL, DONE, PANICKED, REFUSED, ReadError};
-use crate::apply::gate::Gate;
 use crate::error::OffloadError;
 use crate::offloadable::{self, Entry, Lookup};
 use crate::portable::WireCall;
+use crate::sync::Mutex;
+use crate::sync::gate::Gate;
 use crate::{Apply, Job};
 
 /// Turns this process into a worker if a [`Processes`] strategy started it,

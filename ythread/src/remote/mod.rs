@@ -70,9 +70,9 @@ pub use async_nats;
 pub use serve::{Worker, WorkerBuilder};
 
 use self::wire::Reply;
-use crate::apply::semaphore::FairSemaphore;
 use crate::error::OffloadError;
 use crate::offloadable::Entry;
+use crate::sync::semaphore::FairSemaphore;
 use crate::{Apply, Job};
 
 /// Sends offloaded calls to remote [`Worker`]s through NATS. See the

@@ -18,6 +18,7 @@ use super::{DEFAULT_NAMESPACE, check_token, credentials_from_url, runtime, subje
 use crate::error::OffloadError;
 use crate::offloadable::{self, Entry, Lookup, OFFLOADABLE};
 use crate::portable::WireCall;
+use crate::sync::{Mutex, MutexGuard};
 use crate::{Processes, ProcessesBuilder};
 
 /// Serves this program's [`#[offloadable]`](crate::offloadable) functions to
@@ -344,7 +345,7 @@ struct Load {
     /// one has run.
     mean_ns: AtomicU64,
     /// When each call under way started.
-    running: std::sync::Mutex<Vec<Instant>>,
+    running: Mutex<Vec<Instant>>,
 }
 
 /// Calls are short when they run for less than this.
@@ -361,11 +362,10 @@ impl Load {
                 .all(|started| started.elapsed() < SHORT)
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
-        // A push or a remove cannot leave the list half-done.
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn running(&self) -> MutexGuard<'_, Vec<Instant>> {
+        // (No poisoning to handle: a push or a remove cannot leave the list
+        // half-done.)
+        self.running.lock()
     }
 
     fn started(&self) -> Instant {

@@ -1,17 +1,11 @@
 //! How a `Pool`'s driving thread waits for its job: a flag the worker sets
 //! once the job has run, and a wake-up.
 
-#[cfg(loom)]
-use loom::sync::atomic::{AtomicBool, Ordering};
-#[cfg(loom)]
-use loom::thread::{self, Thread};
-#[cfg(not(loom))]
-use std::sync::atomic::{AtomicBool, Ordering};
-#[cfg(not(loom))]
-use std::thread::{self, Thread};
+use super::loom::thread::{self, Thread};
+use super::loom::{AtomicBool, Ordering};
 
 /// Lives on the driving thread's stack while its job is in the pool.
-pub(super) struct Latch {
+pub(crate) struct Latch {
     /// Set by the worker once the job has run; the driving thread may then
     /// return (and the latch disappear).
     done: AtomicBool,
@@ -21,7 +15,7 @@ pub(super) struct Latch {
 
 impl Latch {
     /// A latch for the current thread to wait on.
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Latch {
             done: AtomicBool::new(false),
             waiter: thread::current(),
@@ -30,7 +24,7 @@ impl Latch {
 
     /// The worker's side: the job has run. The latch may be gone as soon as
     /// `done` is set, so the waiter's handle is cloned first.
-    pub(super) fn open(&self) {
+    pub(crate) fn open(&self) {
         let waiter = self.waiter.clone();
         self.done.store(true, Ordering::Release);
         waiter.unpark();
@@ -42,7 +36,7 @@ impl Latch {
     /// costs tens of microseconds on a virtual machine, so the caller first
     /// polls. It yields early (crossbeam's `Backoff`), because when callers
     /// outnumber cores a spinning caller takes a core from the workers.
-    pub(super) fn wait(&self) {
+    pub(crate) fn wait(&self) {
         #[cfg(not(loom))]
         {
             let backoff = crossbeam_utils::Backoff::new();

@@ -1,0 +1,29 @@
+//! The synchronisation primitives the strategies are built of, and the one
+//! lock the crate uses.
+//!
+//! - [`semaphore`]: the first-come, first-served semaphore of `Bounded` and
+//!   `Exclusive` (and of `Remote`'s calls in flight);
+//! - [`gate`]: what lets `Pool` and `Processes` shut down while calls race
+//!   to enter them;
+//! - [`latch`]: how a `Pool`'s driving thread waits for its job;
+//! - [`loom`]: the shim that swaps the real primitives for loom's models
+//!   under `--cfg loom` (`scripts/loom`), the one place that says which is
+//!   which.
+//!
+//! # The mutex policy
+//!
+//! One lock everywhere: [`Mutex`], parking_lot's (no poisoning: a panic
+//! while it is held leaves the data as it is, and every critical section
+//! here keeps its data consistent at each step, so there is nothing to
+//! recover), or loom's model of it under `--cfg loom`. (`stack.rs` names
+//! parking_lot's directly, which is the same lock.)
+
+pub(crate) mod gate;
+pub(crate) mod latch;
+pub(crate) mod loom;
+pub(crate) mod semaphore;
+
+pub(crate) use self::loom::Mutex;
+/// (Only `remote/` names a guard's type.)
+#[cfg(feature = "remote")]
+pub(crate) use self::loom::MutexGuard;
