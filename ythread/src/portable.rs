@@ -18,7 +18,8 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 
-use crate::offloadable::Entry;
+use crate::error::OffloadError;
+use crate::offloadable::{self, Entry, Lookup};
 
 /// Why an offloaded call cannot be sent to another process.
 #[doc(hidden)]
@@ -93,6 +94,36 @@ pub(crate) trait WireCall {
     fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), crate::OffloadError>;
     /// Gives the work up with `error`.
     fn fail(&mut self, error: crate::OffloadError);
+}
+
+/// The call of a job (as [`Job::wire`](crate::Job) gives it) that a
+/// strategy running work in another process sends (`Processes`, `Remote`),
+/// with the registration of its function.
+///
+/// # Errors
+///
+/// Why the call cannot cross (`NotPortable`): the strategy fails the job
+/// with it.
+pub(crate) fn portable_call(
+    wire: Result<&mut dyn WireCall, NotPortable>,
+) -> Result<(&mut dyn WireCall, &'static Entry), OffloadError> {
+    let call = wire.map_err(|not_portable| {
+        OffloadError::not_portable(not_portable.function, not_portable.reason)
+    })?;
+    let function = call.function();
+    match offloadable::by_key(function) {
+        Lookup::Found(entry) => Ok((call, entry)),
+        Lookup::Missing => Err(OffloadError::not_portable(
+            function,
+            "it is not marked `#[ythread::offloadable]` (and only functions so \
+             marked can run in another process)",
+        )),
+        Lookup::Ambiguous => Err(OffloadError::not_portable(
+            function,
+            "two `#[offloadable]` functions of this program have this name (two \
+             versions of one crate?)",
+        )),
+    }
 }
 
 /// The function `F` called with arguments `A` (its declared parameter

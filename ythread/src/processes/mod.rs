@@ -132,8 +132,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use self::child::{Spec, WORKER_ENV, Worker};
 use self::frame::{CALL, DONE, PANICKED, REFUSED, ReadError};
 use crate::error::OffloadError;
-use crate::offloadable::{self, Entry, Lookup};
-use crate::portable::WireCall;
+use crate::offloadable::Entry;
+use crate::portable::{WireCall, portable_call};
 use crate::sync::Mutex;
 use crate::sync::gate::Gate;
 use crate::{Apply, Job};
@@ -725,44 +725,9 @@ impl Processes {
 
 impl Apply for Processes {
     fn apply(&self, mut job: Job<'_>) {
-        let Some((call, entry)) = portable_call(&mut job) else {
-            return;
-        };
-        self.run(entry, call);
-    }
-}
-
-/// The job as a call that can cross to another process, with its function's
-/// registration; or `None`, the job failed with why it cannot.
-pub(crate) fn portable_call<'j>(
-    job: &'j mut Job<'_>,
-) -> Option<(&'j mut dyn WireCall, &'static Entry)> {
-    if let Err(not_portable) = job.wire().map(|_| ()) {
-        job.fail(OffloadError::not_portable(
-            not_portable.function,
-            not_portable.reason,
-        ));
-        return None;
-    }
-    let call = job.wire().ok()?;
-    let function = call.function();
-    match offloadable::by_key(function) {
-        Lookup::Found(entry) => Some((call, entry)),
-        Lookup::Missing => {
-            call.fail(OffloadError::not_portable(
-                function,
-                "it is not marked `#[ythread::offloadable]` (and only functions so \
-                 marked can run in another process)",
-            ));
-            None
-        }
-        Lookup::Ambiguous => {
-            call.fail(OffloadError::not_portable(
-                function,
-                "two `#[offloadable]` functions of this program have this name (two \
-                 versions of one crate?)",
-            ));
-            None
+        match portable_call(job.wire()) {
+            Ok((call, entry)) => self.run(entry, call),
+            Err(error) => job.fail(error),
         }
     }
 }

@@ -72,6 +72,7 @@ pub use serve::{Worker, WorkerBuilder};
 use self::wire::Reply;
 use crate::error::OffloadError;
 use crate::offloadable::Entry;
+use crate::portable::portable_call;
 use crate::sync::semaphore::FairSemaphore;
 use crate::{Apply, Job};
 
@@ -382,8 +383,9 @@ impl Apply for Remote {
              is in flight, and this thread runs an async runtime: drive handlers on plain \
              threads (`YieldableThread`), or from `spawn_blocking`"
         );
-        let Some((call, entry)) = crate::processes::portable_call(&mut job) else {
-            return;
+        let (call, entry) = match portable_call(job.wire()) {
+            Ok(call) => call,
+            Err(error) => return job.fail(error),
         };
         let name = entry.name;
         let mut payload = Vec::new();
