@@ -115,7 +115,7 @@
 
 mod child;
 mod frame;
-mod worker;
+mod process;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -129,7 +129,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use self::child::{Spec, WORKER_ENV, Worker};
+use self::process::{Spec, WORKER_ENV, Worker};
 use self::frame::{CALL, DONE, PANICKED, REFUSED, ReadError};
 use crate::error::OffloadError;
 use crate::offloadable::Entry;
@@ -161,7 +161,7 @@ pub fn init() {
     if SERVING.swap(true, Ordering::AcqRel) {
         return;
     }
-    let code = worker::serve(&setting.to_string_lossy());
+    let code = child::serve(&setting.to_string_lossy());
     std::process::exit(code);
 }
 
