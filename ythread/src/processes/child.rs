@@ -7,8 +7,8 @@ use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use super::process::{CALLS_FD, REPLIES_FD};
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
+use super::process::{CALLS_FD, REPLIES_FD};
 use crate::offloadable::{self, Lookup};
 
 /// Serves calls on the channel the parent set up, until the parent closes

@@ -1,0 +1,177 @@
+//! The parent side of a call: a call enters the strategy, takes a worker
+//! process, goes out as a `CALL` frame and comes back as a `DONE`,
+//! `PANICKED` or `REFUSED` one (`frame.rs`); a worker process that dies,
+//! runs past the deadline or goes out of step is replaced. The child side
+//! of the exchange is `child.rs`.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::Processes;
+use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
+use super::process::Worker;
+use super::supervise::Request;
+use crate::error::OffloadError;
+use crate::offloadable::Entry;
+use crate::portable::{WireCall, portable_call};
+use crate::{Apply, Job};
+
+impl Apply for Processes {
+    fn apply(&self, mut job: Job<'_>) {
+        match portable_call(job.wire()) {
+            Ok((call, entry)) => self.run(entry, call),
+            Err(error) => job.fail(error),
+        }
+    }
+}
+
+impl Processes {
+    /// Runs `call` of the registered function `entry` on a worker.
+    pub(crate) fn run(&self, entry: &'static Entry, call: &mut dyn WireCall) {
+        let Some(_inside) = self.shared.gate.enter() else {
+            call.fail(OffloadError::shut_down("set of worker processes"));
+            return;
+        };
+        let worker = match self.shared.checkout() {
+            Ok(worker) => worker,
+            Err(why) => {
+                call.fail(OffloadError::unavailable(entry.name, why));
+                return;
+            }
+        };
+        match self.call(worker, entry, call) {
+            Ok(worker) => self.shared.give_back(worker),
+            Err(()) => {
+                self.shared.live.fetch_sub(1, Ordering::AcqRel);
+                self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                self.request(Request::Start { reply: None });
+            }
+        }
+    }
+
+    /// Runs one call on `worker`. Returns the worker if it can take more.
+    fn call(
+        &self,
+        mut worker: Worker,
+        entry: &'static Entry,
+        call: &mut dyn WireCall,
+    ) -> Result<Worker, ()> {
+        let name = entry.name;
+        let mut buf = std::mem::take(&mut worker.buf);
+        let number = worker.next_call;
+        worker.next_call = number.wrapping_add(1);
+        frame::begin(&mut buf, CALL, number);
+        let encoded = frame::put(&mut buf, &(name, entry.fingerprint))
+            .map_err(|error| OffloadError::protocol(name, error))
+            .and_then(|()| call.encode_args(&mut buf));
+        if let Err(error) = encoded {
+            call.fail(error);
+            worker.buf = buf;
+            return Ok(worker);
+        }
+        if let Err(size) = frame::finish(&mut buf, self.max_frame) {
+            call.fail(OffloadError::protocol(
+                name,
+                format_args!(
+                    "its arguments take {size} bytes, over the maximum frame of {} bytes \
+                     (`ProcessesBuilder::max_frame`)",
+                    self.max_frame
+                ),
+            ));
+            worker.buf = buf;
+            return Ok(worker);
+        }
+        // (A deadline too far to add, `Duration::MAX`, is none.)
+        let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
+        if let Err(error) = worker.send(&buf, deadline) {
+            if error.kind() == io::ErrorKind::TimedOut {
+                worker.kill();
+                call.fail(OffloadError::deadline_exceeded(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                return Err(());
+            }
+            // The worker is gone: its channel is closed.
+            let death = worker.reap(Duration::from_millis(200));
+            call.fail(OffloadError::worker_died(name, death));
+            return Err(());
+        }
+        let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline).and_then(
+            |(kind, answered, body)| {
+                if answered == number {
+                    Ok((kind, body))
+                } else {
+                    Err(ReadError::Malformed(format!(
+                        "a reply to call {answered}, where call {number} was asked"
+                    )))
+                }
+            },
+        );
+        let keep = match reply {
+            Ok((DONE, body)) => {
+                if let Err(error) = call.finish(entry, body) {
+                    call.fail(error);
+                }
+                true
+            }
+            Ok((PANICKED, body)) => {
+                let message = frame::parse_panicked(body)
+                    .unwrap_or_else(|_| "(the worker sent an unreadable panic message)".into());
+                call.fail(OffloadError::remote_panic(message));
+                true
+            }
+            Ok((REFUSED, body)) => {
+                match frame::parse_refused(body) {
+                    Ok((frame::REFUSED_UNREGISTERED | frame::REFUSED_FINGERPRINT, detail)) => {
+                        call.fail(OffloadError::not_portable(name, &detail));
+                    }
+                    Ok((_, detail)) => call.fail(OffloadError::protocol(name, detail)),
+                    Err(error) => call.fail(OffloadError::protocol(
+                        name,
+                        format_args!("an unreadable refusal: {error}"),
+                    )),
+                }
+                true
+            }
+            Ok((kind, _)) => {
+                worker.kill();
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("the worker sent a frame of unknown kind {kind}"),
+                ));
+                false
+            }
+            Err(ReadError::TimedOut) => {
+                worker.kill();
+                call.fail(OffloadError::deadline_exceeded(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                false
+            }
+            Err(ReadError::Closed) => {
+                let death = worker.reap(Duration::from_millis(200));
+                call.fail(OffloadError::worker_died(name, death));
+                false
+            }
+            Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
+                // Out of step with the worker: it cannot be trusted with
+                // another call.
+                worker.kill();
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("its reply was malformed: {error}"),
+                ));
+                false
+            }
+        };
+        worker.buf = buf;
+        // A frame buffer grown for one large call is not kept.
+        if worker.buf.capacity() > 1 << 20 {
+            worker.buf = Vec::new();
+        }
+        if keep { Ok(worker) } else { Err(()) }
+    }
+}

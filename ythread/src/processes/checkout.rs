@@ -1,0 +1,108 @@
+//! The checkout of idle worker processes: a call takes an idle one, or
+//! waits in line for one, first come, first served; a worker process that
+//! comes back goes straight to the call that has waited longest.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::process::Worker;
+use crate::sync::Mutex;
+use crate::sync::gate::Gate;
+
+/// What the driving threads and the supervisor share.
+pub(super) struct Shared {
+    /// Idle workers, and the calls waiting for one.
+    pub(super) idle: Mutex<Idle>,
+    /// Workers started and not known dead.
+    pub(super) live: AtomicUsize,
+    /// Why the last start failed, while the supervisor has not started one
+    /// since.
+    pub(super) start_error: Mutex<Option<String>>,
+    /// Workers replaced after they died or were killed.
+    pub(super) restarts: AtomicU64,
+    /// Set when the strategy is dropped or shut down (or `build` fails):
+    /// the supervisor starts no more workers.
+    pub(super) stopping: AtomicBool,
+    /// Closed by `shutdown`, which waits for the calls inside.
+    pub(super) gate: Gate,
+}
+
+/// Workers not running a call, and the calls that wait for a worker, first
+/// come, first served: a worker coming back goes straight to the call that
+/// has waited longest (a newly arrived call cannot take it first, which
+/// would leave the longest waits unbounded under load).
+#[derive(Default)]
+pub(super) struct Idle {
+    /// Worker processes that run no call.
+    pub(super) workers: Vec<Worker>,
+    /// The calls waiting for one, longest waiting first: each takes its
+    /// worker process from the other end of its channel.
+    waiters: VecDeque<Sender<Worker>>,
+}
+
+impl Shared {
+    /// Takes an idle worker, or joins the queue of calls waiting for one.
+    fn take_or_wait(&self) -> Result<Worker, (Sender<Worker>, Receiver<Worker>)> {
+        let mut idle = self.idle.lock();
+        if idle.waiters.is_empty()
+            && let Some(worker) = idle.workers.pop()
+        {
+            return Ok(worker);
+        }
+        let (give, take) = crossbeam_channel::bounded(1);
+        idle.waiters.push_back(give.clone());
+        Err((give, take))
+    }
+
+    /// A worker is free: to the call that has waited longest, or idle.
+    pub(super) fn give_back(&self, mut worker: Worker) {
+        let mut idle = self.idle.lock();
+        while let Some(waiter) = idle.waiters.pop_front() {
+            match waiter.try_send(worker) {
+                Ok(()) => return,
+                // A call that gave up waiting: the next one.
+                Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => worker = back,
+            }
+        }
+        idle.workers.push(worker);
+    }
+
+    /// Leaves the queue of waiting calls; returns a worker handed over in
+    /// the meantime, if any.
+    fn stop_waiting(&self, give: &Sender<Worker>, take: &Receiver<Worker>) -> Option<Worker> {
+        let mut idle = self.idle.lock();
+        idle.waiters.retain(|waiter| !waiter.same_channel(give));
+        take.try_recv().ok()
+    }
+
+    /// Takes an idle worker, waiting for one (first come, first served) if
+    /// all are busy.
+    pub(super) fn checkout(&self) -> Result<Worker, String> {
+        let (give, take) = match self.take_or_wait() {
+            Ok(worker) => return Ok(worker),
+            Err(queued) => queued,
+        };
+        loop {
+            match take.recv_timeout(Duration::from_millis(20)) {
+                Ok(worker) => return Ok(worker),
+                Err(RecvTimeoutError::Disconnected) => unreachable!("`give` is held here"),
+                Err(RecvTimeoutError::Timeout) => {
+                    // With no worker alive and the last start failed, waiting
+                    // could be forever: fail the call, and let the supervisor
+                    // keep trying (with back-off) for later ones.
+                    if self.live.load(Ordering::Acquire) == 0
+                        && let Some(why) = self.start_error.lock().clone()
+                    {
+                        return match self.stop_waiting(&give, &take) {
+                            Some(worker) => Ok(worker),
+                            None => Err(why),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
