@@ -87,82 +87,6 @@ enum Repr {
     },
 }
 
-/// An [`OffloadError`] as a remote worker sends it back (postcard).
-#[cfg(feature = "remote")]
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-pub(crate) struct WireError {
-    kind: u8,
-    detail: String,
-    code: Option<i32>,
-    signal: Option<i32>,
-    memory_limit: Option<u64>,
-    deadline_ms: u64,
-}
-
-#[cfg(feature = "remote")]
-impl OffloadError {
-    /// The error, to send to another machine.
-    pub(crate) fn to_wire(&self) -> WireError {
-        let mut wire = WireError {
-            kind: 0,
-            detail: String::new(),
-            code: None,
-            signal: None,
-            memory_limit: None,
-            deadline_ms: 0,
-        };
-        match &self.repr {
-            Repr::Panicked { message, .. } => {
-                wire.detail = message.clone().unwrap_or_else(|| "Box<dyn Any>".into());
-            }
-            Repr::NotRun => wire.kind = 1,
-            Repr::NotPortable { reason, .. } => (wire.kind, wire.detail) = (2, reason.clone()),
-            Repr::WorkerDied { death, .. } => {
-                wire.kind = 3;
-                (wire.code, wire.signal, wire.memory_limit) =
-                    (death.code, death.signal, death.memory_limit);
-            }
-            Repr::DeadlineExceeded { deadline, .. } => {
-                wire.kind = 4;
-                wire.deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-            }
-            Repr::Protocol { detail, .. } => (wire.kind, wire.detail) = (5, detail.clone()),
-            Repr::Unavailable { detail, .. } => (wire.kind, wire.detail) = (6, detail.clone()),
-            // Not made by `Processes`, the strategy of a remote worker.
-            Repr::ShutDown { .. } | Repr::QueueFull { .. } => {
-                (wire.kind, wire.detail) = (6, self.to_string());
-            }
-        }
-        wire
-    }
-
-    /// The error a remote worker sent back, for the call of `function`.
-    pub(crate) fn from_wire(function: &str, wire: WireError) -> OffloadError {
-        match wire.kind {
-            0 => OffloadError::remote_panic(wire.detail),
-            // A worker never sends "not run" (a strategy's bug in this
-            // process): someone else's bytes.
-            1 => OffloadError::protocol(function, "a reply no ythread worker sends"),
-            2 => OffloadError::not_portable(function, &wire.detail),
-            3 => OffloadError::worker_died(
-                function,
-                Death {
-                    code: wire.code,
-                    signal: wire.signal,
-                    memory_limit: wire.memory_limit,
-                },
-            ),
-            4 => OffloadError::deadline_exceeded(function, Duration::from_millis(wire.deadline_ms)),
-            6 => OffloadError::unavailable(
-                function,
-                format_args!("on the remote worker: {}", wire.detail),
-            ),
-            5 => OffloadError::protocol(function, wire.detail),
-            kind => OffloadError::protocol(function, format_args!("an unknown failure ({kind})")),
-        }
-    }
-}
-
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Death {
@@ -276,6 +200,25 @@ impl OffloadError {
         }
     }
 
+    /// The worker process running the call died, as a remote worker
+    /// reports it: its exit code or signal, and its memory limit.
+    #[cfg(feature = "remote")]
+    pub(crate) fn remote_worker_died(
+        function: &str,
+        code: Option<i32>,
+        signal: Option<i32>,
+        memory_limit: Option<u64>,
+    ) -> Self {
+        OffloadError::worker_died(
+            function,
+            Death {
+                code,
+                signal,
+                memory_limit,
+            },
+        )
+    }
+
     pub(crate) fn protocol(function: &str, detail: impl fmt::Display) -> Self {
         OffloadError {
             repr: Repr::Protocol {
@@ -352,6 +295,38 @@ impl OffloadError {
     pub fn exit_code(&self) -> Option<i32> {
         match &self.repr {
             Repr::WorkerDied { death, .. } => death.code,
+            _ => None,
+        }
+    }
+
+    /// What a strategy's failure says beyond its kind: why the call is not
+    /// portable, what went wrong with the protocol, why no worker was
+    /// available (for a remote worker's reply).
+    #[cfg(feature = "remote")]
+    pub(crate) fn detail(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::NotPortable { reason: detail, .. }
+            | Repr::Protocol { detail, .. }
+            | Repr::Unavailable { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// The deadline a call ran past (for a remote worker's reply).
+    #[cfg(feature = "remote")]
+    pub(crate) fn deadline(&self) -> Option<Duration> {
+        match &self.repr {
+            Repr::DeadlineExceeded { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// The memory limit the dead worker process ran under, if one was set
+    /// (for a remote worker's reply).
+    #[cfg(feature = "remote")]
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        match &self.repr {
+            Repr::WorkerDied { death, .. } => death.memory_limit,
             _ => None,
         }
     }

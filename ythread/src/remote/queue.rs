@@ -23,11 +23,10 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::wire::{
+    deadline_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_reply_to,
+};
 use crate::offloadable::Entry;
-
-/// The header that carries a forwarded call's reply subject (the
-/// requester's inbox).
-const REPLY_HEADER: &str = "Ythread-Reply-To";
 
 /// Calls queued at most, in bytes, for the whole fleet of a namespace; past
 /// it, a busy worker keeps the call in its own line. The server reserves it
@@ -78,7 +77,7 @@ impl Queue {
         let jetstream = jetstream::new(client.clone());
         let config = stream::Config {
             name: stream_name(namespace),
-            subjects: vec![format!("ythread-queue.{namespace}.>")],
+            subjects: vec![queue_subjects(namespace)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::Memory,
             max_bytes: MAX_QUEUED_BYTES,
@@ -100,10 +99,7 @@ impl Queue {
     }
 
     fn subject(&self, entry: &Entry) -> String {
-        format!(
-            "ythread-queue.{}.{}.{:016x}",
-            self.namespace, entry.name, entry.fingerprint
-        )
+        queue_subject(&self.namespace, entry)
     }
 
     /// Puts a call in the queue; returns once the server has said whether
@@ -117,9 +113,9 @@ impl Queue {
     ) -> Forwarded {
         use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(REPLY_HEADER, reply_to);
+        set_reply_to(&mut headers, reply_to);
         if let Some(left) = left {
-            super::set_deadline(&mut headers, left);
+            set_deadline(&mut headers, left);
         }
         let ack = match self
             .jetstream
@@ -247,11 +243,11 @@ impl Pulled {
             since(info.published.unix_timestamp_nanos())
         });
         let headers = message.headers.as_ref();
-        let reply_to = headers?.get(REPLY_HEADER)?.as_str().into();
+        let reply_to = reply_to_of(headers)?;
         // A second of slack for the clocks of the server and of this
         // machine, which measure `waited` between them.
-        let left = super::deadline_of(headers)
-            .map(|deadline| (deadline + CLOCK_SLACK).saturating_sub(waited));
+        let left =
+            deadline_of(headers).map(|deadline| (deadline + CLOCK_SLACK).saturating_sub(waited));
         Some(Queued {
             reply_to,
             left,
