@@ -1,6 +1,10 @@
 //! How offloaded work fails: [`OffloadError`], what `try_offload!` returns,
 //! and [`HandlerDropped`], the payload of the unwind that drops a suspended
 //! handler.
+//!
+//! (Slightly over 500 lines: half of it is the two types' public
+//! documentation and examples. How a worker process died, in words, is
+//! `processes/death.rs`; the error's wire form, `remote/wire.rs`.)
 
 use std::any::Any;
 use std::error::Error;
@@ -9,7 +13,8 @@ use std::io;
 use std::panic::{self, Location};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::processes::death::Death;
+use crate::sync::SyncWrapper;
 
 /// Why a piece of offloaded work produced no value: what `try_offload!`
 /// returns instead of the work's result.
@@ -50,11 +55,11 @@ pub struct OffloadError {
 }
 
 enum Repr {
-    /// The work panicked. The payload sits behind a lock only so that the
-    /// error is `Sync` (a payload is `Send` but not `Sync`); it is only ever
-    /// reached by value.
+    /// The work panicked. The payload is wrapped so that the error is `Sync`
+    /// (a payload is `Send` but not `Sync`): it is only ever reached by
+    /// value.
     Panicked {
-        payload: Mutex<Box<dyn Any + Send + 'static>>,
+        payload: SyncWrapper<Box<dyn Any + Send + 'static>>,
         /// The payload's text, when it is a `&str` or a `String` (what
         /// `panic!` produces).
         message: Option<String>,
@@ -85,18 +90,6 @@ enum Repr {
         strategy: &'static str,
         capacity: usize,
     },
-}
-
-/// How a worker process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Death {
-    /// The exit code, if it exited.
-    pub(crate) code: Option<i32>,
-    /// The signal that killed it, if one did.
-    pub(crate) signal: Option<i32>,
-    /// The memory limit the worker ran under, in bytes, if one was set: an
-    /// allocation beyond it fails, and Rust aborts (SIGABRT).
-    pub(crate) memory_limit: Option<u64>,
 }
 
 /// What kind of failure an [`OffloadError`] is.
@@ -137,7 +130,7 @@ impl OffloadError {
         let message = payload_text(&*payload).map(str::to_owned);
         OffloadError {
             repr: Repr::Panicked {
-                payload: Mutex::new(payload),
+                payload: SyncWrapper::new(payload),
                 message,
             },
         }
@@ -151,7 +144,7 @@ impl OffloadError {
     pub(crate) fn remote_panic(message: String) -> Self {
         OffloadError {
             repr: Repr::Panicked {
-                payload: Mutex::new(Box::new(message.clone())),
+                payload: SyncWrapper::new(Box::new(message.clone())),
                 message: Some(message),
             },
         }
@@ -387,65 +380,6 @@ impl OffloadError {
             }
         }
     }
-}
-
-impl fmt::Display for Death {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.signal, self.code) {
-            (Some(signal), _) => {
-                write!(f, "killed by {}", signal_name(signal))?;
-                match signal {
-                    libc::SIGSEGV => f.write_str(" (segmentation fault)")?,
-                    libc::SIGBUS => f.write_str(" (bus error)")?,
-                    libc::SIGABRT => {
-                        f.write_str(" (aborted")?;
-                        if let Some(limit) = self.memory_limit {
-                            write!(
-                                f,
-                                "; with a memory limit of {} MiB, a failed allocation aborts too",
-                                limit >> 20
-                            )?;
-                        }
-                        f.write_str(")")?;
-                    }
-                    libc::SIGKILL => f.write_str(
-                        " (killed from outside: the kernel's out-of-memory killer, or another \
-                         process)",
-                    )?,
-                    _ => {}
-                }
-                Ok(())
-            }
-            (None, Some(code)) => write!(f, "exited with status {code}"),
-            (None, None) => f.write_str("ended without an exit status"),
-        }
-    }
-}
-
-/// `SIGSEGV` for 11, and so on: the names a Unix user knows signals by.
-pub(crate) fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_owned()
 }
 
 /// The text of a panic payload made by `panic!`.

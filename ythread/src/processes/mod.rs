@@ -120,12 +120,14 @@
 // and replacing worker processes, with back-off; stopping and reaping them)
 // and `process.rs` (the parent's handle on one worker process: spawn,
 // channel, reap). The child side: `child.rs` (what a worker process runs).
-// Between them: `frame.rs` (the framing on the pipes).
+// Between them: `frame.rs` (the framing on the pipes) and `death.rs` (how
+// a worker process ended, in words).
 
 mod builder;
 mod call;
 mod checkout;
 mod child;
+pub(crate) mod death;
 mod frame;
 mod process;
 mod supervise;

@@ -11,8 +11,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::death::Death;
 use super::frame::{self, HELLO, PROTOCOL, ReadError};
-use crate::error::Death;
 
 /// The environment variable that tells a process it is a worker, and its
 /// protocol version and maximum frame size: `1:67108864`.

@@ -6,6 +6,8 @@
 //! - [`gate`]: what lets `Pool` and `Processes` shut down while calls race
 //!   to enter them;
 //! - [`latch`]: how a `Pool`'s driving thread waits for its job;
+//! - [`wrapper`]: `SyncWrapper`, which makes a panic payload `Sync` without
+//!   a lock;
 //! - [`loom`]: the shim that swaps the real primitives for loom's models
 //!   under `--cfg loom` (`scripts/loom`), the one place that says which is
 //!   which.
@@ -22,8 +24,10 @@ pub(crate) mod gate;
 pub(crate) mod latch;
 pub(crate) mod loom;
 pub(crate) mod semaphore;
+pub(crate) mod wrapper;
 
 pub(crate) use self::loom::Mutex;
 /// (Only `remote/` names a guard's type.)
 #[cfg(feature = "remote")]
 pub(crate) use self::loom::MutexGuard;
+pub(crate) use self::wrapper::SyncWrapper;
