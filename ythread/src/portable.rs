@@ -19,7 +19,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 
 use crate::error::OffloadError;
-use crate::offloadable::{self, Entry, Lookup};
+use crate::offloadable::{self, Lookup, Registration};
 
 /// Why an offloaded call cannot be sent to another process.
 #[doc(hidden)]
@@ -55,8 +55,8 @@ impl fmt::Display for NotPortable {
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct WireFns<A> {
-    /// `type_name` of the function: the key of the `#[offloadable]`
-    /// registry in this process.
+    /// `type_name` of the function: its key in this process's table of
+    /// offloadable functions.
     pub(crate) function: fn() -> &'static str,
     pub(crate) encode: fn(&A, &mut Vec<u8>) -> Result<(), postcard::Error>,
 }
@@ -84,14 +84,18 @@ pub(crate) trait WireCall {
     /// failed, or panicked).
     fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), crate::OffloadError>;
     /// Stores the result that the call produced elsewhere, as the worker
-    /// encoded it; `entry` is the function's registration, whose decoder
-    /// reads it.
+    /// encoded it; `registration` is the function's, whose decoder reads
+    /// it.
     ///
     /// # Errors
     ///
     /// The call's failure (`Protocol`) if the result cannot be read: it does
     /// not decode, its decoder panicked, or it is not the call's type.
-    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), crate::OffloadError>;
+    fn finish(
+        &mut self,
+        registration: &Registration,
+        result: &[u8],
+    ) -> Result<(), crate::OffloadError>;
     /// Gives the work up with `error`.
     fn fail(&mut self, error: crate::OffloadError);
 }
@@ -106,13 +110,13 @@ pub(crate) trait WireCall {
 /// with it.
 pub(crate) fn portable_call(
     wire: Result<&mut dyn WireCall, NotPortable>,
-) -> Result<(&mut dyn WireCall, &'static Entry), OffloadError> {
+) -> Result<(&mut dyn WireCall, &'static Registration), OffloadError> {
     let call = wire.map_err(|not_portable| {
         OffloadError::not_portable(not_portable.function, not_portable.reason)
     })?;
     let function = call.function();
     match offloadable::by_key(function) {
-        Lookup::Found(entry) => Ok((call, entry)),
+        Lookup::Found(registration) => Ok((call, registration)),
         Lookup::Missing => Err(OffloadError::not_portable(
             function,
             "it is not marked `#[ythread::offloadable]` (and only functions so \

@@ -13,22 +13,22 @@ use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
 use super::process::Worker;
 use super::supervise::Request;
 use crate::error::OffloadError;
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
 use crate::portable::{WireCall, portable_call};
 use crate::{Apply, Job};
 
 impl Apply for Processes {
     fn apply(&self, mut job: Job<'_>) {
         match portable_call(job.wire()) {
-            Ok((call, entry)) => self.run(entry, call),
+            Ok((call, registration)) => self.run(registration, call),
             Err(error) => job.fail(error),
         }
     }
 }
 
 impl Processes {
-    /// Runs `call` of the registered function `entry` on a worker.
-    pub(crate) fn run(&self, entry: &'static Entry, call: &mut dyn WireCall) {
+    /// Runs `call` of the registered function `registration` on a worker.
+    pub(crate) fn run(&self, registration: &'static Registration, call: &mut dyn WireCall) {
         let Some(_inside) = self.shared.gate.enter() else {
             call.fail(OffloadError::shut_down("set of worker processes"));
             return;
@@ -36,11 +36,11 @@ impl Processes {
         let worker = match self.shared.checkout() {
             Ok(worker) => worker,
             Err(why) => {
-                call.fail(OffloadError::unavailable(entry.name, why));
+                call.fail(OffloadError::unavailable(registration.name, why));
                 return;
             }
         };
-        match self.call(worker, entry, call) {
+        match self.call(worker, registration, call) {
             Ok(worker) => self.shared.give_back(worker),
             Err(()) => {
                 self.shared.live.fetch_sub(1, Ordering::AcqRel);
@@ -54,15 +54,15 @@ impl Processes {
     fn call(
         &self,
         mut worker: Worker,
-        entry: &'static Entry,
+        registration: &'static Registration,
         call: &mut dyn WireCall,
     ) -> Result<Worker, ()> {
-        let name = entry.name;
+        let name = registration.name;
         let mut buf = std::mem::take(&mut worker.buf);
         let number = worker.next_call;
         worker.next_call = number.wrapping_add(1);
         frame::begin(&mut buf, CALL, number);
-        let encoded = frame::put(&mut buf, &(name, entry.fingerprint))
+        let encoded = frame::put(&mut buf, &(name, registration.fingerprint))
             .map_err(|error| OffloadError::protocol(name, error))
             .and_then(|()| call.encode_args(&mut buf));
         if let Err(error) = encoded {
@@ -111,7 +111,7 @@ impl Processes {
         );
         let keep = match reply {
             Ok((DONE, body)) => {
-                if let Err(error) = call.finish(entry, body) {
+                if let Err(error) = call.finish(registration, body) {
                     call.fail(error);
                 }
                 true

@@ -125,8 +125,8 @@ fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
             );
         }
     };
-    let entry = match offloadable::by_name(name) {
-        Lookup::Found(entry) => entry,
+    let registration = match offloadable::by_name(name) {
+        Lookup::Found(registration) => registration,
         Lookup::Missing => {
             return refuse(
                 out,
@@ -149,7 +149,7 @@ fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
             );
         }
     };
-    if entry.fingerprint != fingerprint {
+    if registration.fingerprint != fingerprint {
         return refuse(
             out,
             call,
@@ -157,12 +157,12 @@ fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
             frame::REFUSED_FINGERPRINT,
             format!(
                 "the worker's `{name}` has another signature, `{}` (is it another build?)",
-                entry.signature
+                registration.signature
             ),
         );
     }
     frame::begin(out, DONE, call);
-    match panic::catch_unwind(AssertUnwindSafe(|| (entry.invoke)(args, out))) {
+    match panic::catch_unwind(AssertUnwindSafe(|| (registration.invoke)(args, out))) {
         Ok(Ok(())) => {
             if let Err(size) = frame::finish(out, max_frame) {
                 refuse(

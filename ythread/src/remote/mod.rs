@@ -72,7 +72,7 @@ pub use async_nats;
 
 use self::wire::{Reply, check_token, credentials_from_url, deadline_header, redacted, subject};
 use crate::error::OffloadError;
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
 use crate::portable::portable_call;
 use crate::sync::semaphore::FairSemaphore;
 use crate::{Apply, Job};
@@ -272,11 +272,11 @@ impl Apply for Remote {
              is in flight, and this thread runs an async runtime: drive handlers on plain \
              threads (`YieldableThread`), or from `spawn_blocking`"
         );
-        let (call, entry) = match portable_call(job.wire()) {
+        let (call, registration) = match portable_call(job.wire()) {
             Ok(call) => call,
             Err(error) => return job.fail(error),
         };
-        let name = entry.name;
+        let name = registration.name;
         let mut payload = Vec::new();
         if let Err(error) = call.encode_args(&mut payload) {
             call.fail(error);
@@ -302,7 +302,7 @@ impl Apply for Remote {
             ));
             return;
         }
-        let subject = subject(&self.namespace, entry);
+        let subject = subject(&self.namespace, registration);
         self.calls.fetch_add(1, Ordering::Relaxed);
         // The deadline counts from here: waiting for one of the
         // `max_in_flight` calls is part of the call's time.
@@ -344,10 +344,10 @@ impl Apply for Remote {
                 "the connection to NATS was lost while the call was in flight",
             )),
             Some(Err(_elapsed)) => call.fail(OffloadError::no_answer_by(name, self.deadline)),
-            Some(Ok(Err(error))) => call.fail(request_error(entry, &self.namespace, &error)),
+            Some(Ok(Err(error))) => call.fail(request_error(registration, &self.namespace, &error)),
             Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
                 Ok(Reply::Done(result)) => {
-                    if let Err(error) = call.finish(entry, result) {
+                    if let Err(error) = call.finish(registration, result) {
                         call.fail(error);
                     }
                 }
@@ -361,30 +361,34 @@ impl Apply for Remote {
     }
 }
 
-fn request_error(entry: &Entry, namespace: &str, error: &async_nats::RequestError) -> OffloadError {
+fn request_error(
+    registration: &Registration,
+    namespace: &str,
+    error: &async_nats::RequestError,
+) -> OffloadError {
     use async_nats::RequestErrorKind;
     match error.kind() {
         RequestErrorKind::NoResponders => OffloadError::unavailable(
-            entry.name,
+            registration.name,
             format_args!(
                 "no worker serves it on NATS (namespace `{namespace}`, signature `{}`): none is \
                  running, or they run another build of it",
-                entry.signature
+                registration.signature
             ),
         ),
         RequestErrorKind::TimedOut => {
-            OffloadError::unavailable(entry.name, "the NATS request timed out")
+            OffloadError::unavailable(registration.name, "the NATS request timed out")
         }
         RequestErrorKind::MaxPayloadExceeded => OffloadError::protocol(
-            entry.name,
+            registration.name,
             format_args!("its arguments are over the NATS server's maximum payload: {error}"),
         ),
         RequestErrorKind::InvalidSubject => OffloadError::protocol(
-            entry.name,
+            registration.name,
             format_args!("its subject is not a valid NATS subject: {error}"),
         ),
         RequestErrorKind::Other => {
-            OffloadError::unavailable(entry.name, format_args!("NATS: {error}"))
+            OffloadError::unavailable(registration.name, format_args!("NATS: {error}"))
         }
     }
 }

@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use super::wire::{
     deadline_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_reply_to,
 };
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
 
 /// Calls queued at most, in bytes, for the whole fleet of a namespace; past
 /// it, a busy worker keeps the call in its own line. The server reserves it
@@ -98,15 +98,15 @@ impl Queue {
         })
     }
 
-    fn subject(&self, entry: &Entry) -> String {
-        queue_subject(&self.namespace, entry)
+    fn subject(&self, registration: &Registration) -> String {
+        queue_subject(&self.namespace, registration)
     }
 
     /// Puts a call in the queue; returns once the server has said whether
     /// it stored it.
     pub(super) async fn forward(
         &self,
-        entry: &Entry,
+        registration: &Registration,
         reply_to: &str,
         left: Option<Duration>,
         args: Bytes,
@@ -119,7 +119,7 @@ impl Queue {
         }
         let ack = match self
             .jetstream
-            .publish_with_headers(self.subject(entry), headers, args)
+            .publish_with_headers(self.subject(registration), headers, args)
             .await
         {
             Ok(ack) => ack,
@@ -142,15 +142,15 @@ impl Queue {
         }
     }
 
-    /// The pull consumer of `entry`'s calls, shared by every worker; the
+    /// The pull consumer of `registration`'s calls, shared by every worker; the
     /// stream too is made again if it is gone (a server restarted loses its
     /// in-memory streams).
     ///
     /// # Errors
     ///
     /// If the server refuses them (or JetStream is gone).
-    pub(super) async fn consumer(&self, entry: &Entry) -> Result<Consumer, String> {
-        let name = consumer_name(entry);
+    pub(super) async fn consumer(&self, registration: &Registration) -> Result<Consumer, String> {
+        let name = consumer_name(registration);
         self.jetstream
             .get_or_create_stream(self.config.clone())
             .await
@@ -159,7 +159,7 @@ impl Queue {
                 &name,
                 consumer::pull::Config {
                     durable_name: Some(name.clone()),
-                    filter_subject: self.subject(entry),
+                    filter_subject: self.subject(registration),
                     // A worker acks a call (and waits for the server to
                     // confirm) before it runs it, or nacks it (puts it back
                     // at the head of the line) if it finds its processes
@@ -314,11 +314,11 @@ fn stream_name(namespace: &str) -> String {
     }
 }
 
-/// A consumer name for `entry`: its path can hold `::`, so a hash of it.
-fn consumer_name(entry: &Entry) -> String {
+/// A consumer name for `registration`: its path can hold `::`, so a hash of it.
+fn consumer_name(registration: &Registration) -> String {
     format!(
         "ythread-{:016x}-{:016x}",
-        crate::offloadable::fingerprint(entry.name),
-        entry.fingerprint
+        crate::offloadable::fingerprint(registration.name),
+        registration.fingerprint
     )
 }

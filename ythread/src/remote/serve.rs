@@ -14,7 +14,7 @@ use super::queue::{self, Backlog, Forwarded, Queue};
 use super::wire::{Reply, WireError, deadline_of};
 use crate::Processes;
 use crate::error::OffloadError;
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
 use crate::portable::WireCall;
 use crate::sync::{Mutex, MutexGuard};
 
@@ -39,7 +39,7 @@ pub(super) struct Serving {
 
 /// One function, as this worker serves it.
 pub(super) struct Function {
-    pub(super) entry: &'static Entry,
+    pub(super) registration: &'static Registration,
     pub(super) backlog: Backlog,
     pub(super) load: Load,
 }
@@ -243,9 +243,9 @@ pub(super) async fn serve_function(
             let left = call
                 .deadline
                 .map(|deadline| deadline.saturating_sub(call.received.elapsed()));
-            let entry = call.function.entry;
+            let registration = call.function.registration;
             match queue
-                .forward(entry, &call.reply_to, left, call.args.clone())
+                .forward(registration, &call.reply_to, left, call.args.clone())
                 .await
             {
                 Forwarded::Stored => {
@@ -288,7 +288,7 @@ pub(super) async fn pull_calls(
         // `PULL_EXPIRES`, and what it brings is run or put back.)
         let pulled = match &consumer {
             Some(consumer) => queue::pull(consumer, &function.backlog).await,
-            None => queue.consumer(function.entry).await.map(|opened| {
+            None => queue.consumer(function.registration).await.map(|opened| {
                 consumer = Some(opened);
                 None
             }),
@@ -349,25 +349,25 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
             received,
             deadline,
         } = call;
-        let entry = function.entry;
+        let registration = function.registration;
         if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
             return;
         }
         let started = function.load.started();
         let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_locally(&serving.processes, entry, &args)
+            run_locally(&serving.processes, registration, &args)
         }));
         function.load.finished(started);
         let mut answer = answer.unwrap_or_else(|_| {
             Reply::Failed(WireError::of(&OffloadError::unavailable(
-                entry.name,
+                registration.name,
                 "the worker's call thread panicked",
             )))
             .encode()
         });
         if answer.len() > serving.max_payload {
             answer = Reply::Failed(WireError::of(&OffloadError::protocol(
-                entry.name,
+                registration.name,
                 format_args!(
                     "its result takes {} bytes, over the NATS server's maximum payload of \
                          {} bytes",
@@ -383,13 +383,13 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
 }
 
 /// Runs one call in a local worker process; returns the encoded reply.
-fn run_locally(processes: &Processes, entry: &'static Entry, args: &[u8]) -> Vec<u8> {
+fn run_locally(processes: &Processes, registration: &'static Registration, args: &[u8]) -> Vec<u8> {
     let mut call = RawCall {
-        entry,
+        registration,
         args,
         outcome: None,
     };
-    processes.run(entry, &mut call);
+    processes.run(registration, &mut call);
     match call.outcome {
         Some(Ok(result)) => Reply::Done(&result).encode(),
         Some(Err(error)) => Reply::Failed(WireError::of(&error)).encode(),
@@ -399,14 +399,14 @@ fn run_locally(processes: &Processes, entry: &'static Entry, args: &[u8]) -> Vec
 
 /// A call that arrived as bytes and leaves as bytes.
 struct RawCall<'a> {
-    entry: &'static Entry,
+    registration: &'static Registration,
     args: &'a [u8],
     outcome: Option<Result<Vec<u8>, OffloadError>>,
 }
 
 impl WireCall for RawCall<'_> {
     fn function(&self) -> &'static str {
-        (self.entry.key)()
+        (self.registration.key)()
     }
 
     fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), OffloadError> {
@@ -414,7 +414,7 @@ impl WireCall for RawCall<'_> {
         Ok(())
     }
 
-    fn finish(&mut self, _entry: &Entry, result: &[u8]) -> Result<(), OffloadError> {
+    fn finish(&mut self, _registration: &Registration, result: &[u8]) -> Result<(), OffloadError> {
         self.outcome = Some(Ok(result.to_vec()));
         Ok(())
     }

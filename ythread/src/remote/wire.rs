@@ -25,13 +25,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OffloadError, OffloadErrorKind};
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
 
-/// The subject of `entry`'s calls in `namespace`.
-pub(super) fn subject(namespace: &str, entry: &Entry) -> String {
+/// The subject of `registration`'s calls in `namespace`.
+pub(super) fn subject(namespace: &str, registration: &Registration) -> String {
     format!(
         "ythread.{namespace}.{}.{:016x}",
-        entry.name, entry.fingerprint
+        registration.name, registration.fingerprint
     )
 }
 
@@ -41,11 +41,11 @@ pub(super) fn queue_group(namespace: &str) -> String {
     format!("ythread.{namespace}")
 }
 
-/// The subject of `entry`'s calls in the shared queue of `namespace`.
-pub(super) fn queue_subject(namespace: &str, entry: &Entry) -> String {
+/// The subject of `registration`'s calls in the shared queue of `namespace`.
+pub(super) fn queue_subject(namespace: &str, registration: &Registration) -> String {
     format!(
         "ythread-queue.{namespace}.{}.{:016x}",
-        entry.name, entry.fingerprint
+        registration.name, registration.fingerprint
     )
 }
 

@@ -247,19 +247,19 @@ impl WorkerBuilder {
         });
         let tasks = runtime.block_on(async {
             let mut tasks = Vec::new();
-            for entry in OFFLOADABLE.iter() {
+            for registration in OFFLOADABLE.iter() {
                 // A name registered twice cannot be served: a call could
                 // reach the wrong function.
-                if !matches!(offloadable::by_name(entry.name), Lookup::Found(_)) {
+                if !matches!(offloadable::by_name(registration.name), Lookup::Found(_)) {
                     continue;
                 }
                 let calls = serving
                     .client
-                    .queue_subscribe(subject(&self.namespace, entry), group.clone())
+                    .queue_subscribe(subject(&self.namespace, registration), group.clone())
                     .await
                     .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
                 let function = Arc::new(Function {
-                    entry,
+                    registration,
                     backlog: Backlog::default(),
                     load: Load::default(),
                 });
