@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Processes;
 use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
-use super::process::Worker;
+use super::process::Process;
 use super::supervise::Request;
 use crate::error::OffloadError;
 use crate::offloadable::Registration;
@@ -33,15 +33,15 @@ impl Processes {
             call.fail(OffloadError::shut_down("set of worker processes"));
             return;
         };
-        let worker = match self.shared.checkout() {
-            Ok(worker) => worker,
+        let process = match self.shared.checkout() {
+            Ok(process) => process,
             Err(why) => {
                 call.fail(OffloadError::unavailable(registration.name, why));
                 return;
             }
         };
-        match self.call(worker, registration, call) {
-            Ok(worker) => self.shared.give_back(worker),
+        match self.call(process, registration, call) {
+            Ok(process) => self.shared.give_back(process),
             Err(()) => {
                 self.shared.live.fetch_sub(1, Ordering::AcqRel);
                 self.shared.restarts.fetch_add(1, Ordering::Relaxed);
@@ -50,25 +50,25 @@ impl Processes {
         }
     }
 
-    /// Runs one call on `worker`. Returns the worker if it can take more.
+    /// Runs one call on `process`. Returns the process if it can take more.
     fn call(
         &self,
-        mut worker: Worker,
+        mut process: Process,
         registration: &'static Registration,
         call: &mut dyn WireCall,
-    ) -> Result<Worker, ()> {
+    ) -> Result<Process, ()> {
         let name = registration.name;
-        let mut buf = std::mem::take(&mut worker.buf);
-        let number = worker.next_call;
-        worker.next_call = number.wrapping_add(1);
+        let mut buf = std::mem::take(&mut process.buf);
+        let number = process.next_call;
+        process.next_call = number.wrapping_add(1);
         frame::begin(&mut buf, CALL, number);
         let encoded = frame::put(&mut buf, &(name, registration.fingerprint))
             .map_err(|error| OffloadError::protocol(name, error))
             .and_then(|()| call.encode_args(&mut buf));
         if let Err(error) = encoded {
             call.fail(error);
-            worker.buf = buf;
-            return Ok(worker);
+            process.buf = buf;
+            return Ok(process);
         }
         if let Err(size) = frame::finish(&mut buf, self.max_frame) {
             call.fail(OffloadError::protocol(
@@ -79,14 +79,14 @@ impl Processes {
                     self.max_frame
                 ),
             ));
-            worker.buf = buf;
-            return Ok(worker);
+            process.buf = buf;
+            return Ok(process);
         }
         // (A deadline too far to add, `Duration::MAX`, is none.)
         let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
-        if let Err(error) = worker.send(&buf, deadline) {
+        if let Err(error) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut {
-                worker.kill();
+                process.kill();
                 call.fail(OffloadError::deadline_exceeded(
                     name,
                     self.deadline.unwrap_or_default(),
@@ -94,11 +94,11 @@ impl Processes {
                 return Err(());
             }
             // The worker is gone: its channel is closed.
-            let death = worker.reap(Duration::from_millis(200));
+            let death = process.reap(Duration::from_millis(200));
             call.fail(OffloadError::worker_died(name, death));
             return Err(());
         }
-        let reply = frame::read(&mut worker.replies, &mut buf, self.max_frame, deadline).and_then(
+        let reply = frame::read(&mut process.replies, &mut buf, self.max_frame, deadline).and_then(
             |(kind, answered, body)| {
                 if answered == number {
                     Ok((kind, body))
@@ -136,7 +136,7 @@ impl Processes {
                 true
             }
             Ok((kind, _)) => {
-                worker.kill();
+                process.kill();
                 call.fail(OffloadError::protocol(
                     name,
                     format_args!("the worker sent a frame of unknown kind {kind}"),
@@ -144,7 +144,7 @@ impl Processes {
                 false
             }
             Err(ReadError::TimedOut) => {
-                worker.kill();
+                process.kill();
                 call.fail(OffloadError::deadline_exceeded(
                     name,
                     self.deadline.unwrap_or_default(),
@@ -152,14 +152,14 @@ impl Processes {
                 false
             }
             Err(ReadError::Closed) => {
-                let death = worker.reap(Duration::from_millis(200));
+                let death = process.reap(Duration::from_millis(200));
                 call.fail(OffloadError::worker_died(name, death));
                 false
             }
             Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
                 // Out of step with the worker: it cannot be trusted with
                 // another call.
-                worker.kill();
+                process.kill();
                 call.fail(OffloadError::protocol(
                     name,
                     format_args!("its reply was malformed: {error}"),
@@ -167,11 +167,11 @@ impl Processes {
                 false
             }
         };
-        worker.buf = buf;
+        process.buf = buf;
         // A frame buffer grown for one large call is not kept.
-        if worker.buf.capacity() > 1 << 20 {
-            worker.buf = Vec::new();
+        if process.buf.capacity() > 1 << 20 {
+            process.buf = Vec::new();
         }
-        if keep { Ok(worker) } else { Err(()) }
+        if keep { Ok(process) } else { Err(()) }
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use super::process::Worker;
+use super::process::Process;
 use crate::sync::Mutex;
 use crate::sync::gate::Gate;
 
 /// What the driving threads and the supervisor share.
 pub(super) struct Shared {
-    /// Idle workers, and the calls waiting for one.
+    /// Idle worker processes, and the calls waiting for one.
     pub(super) idle: Mutex<Idle>,
     /// Workers started and not known dead.
     pub(super) live: AtomicUsize,
@@ -30,74 +30,76 @@ pub(super) struct Shared {
     pub(super) gate: Gate,
 }
 
-/// Workers not running a call, and the calls that wait for a worker, first
-/// come, first served: a worker coming back goes straight to the call that
-/// has waited longest (a newly arrived call cannot take it first, which
+/// Worker processes not running a call, and the calls that wait for one,
+/// first come, first served: a process coming back goes straight to the call
+/// that has waited longest (a newly arrived call cannot take it first, which
 /// would leave the longest waits unbounded under load).
 #[derive(Default)]
 pub(super) struct Idle {
     /// Worker processes that run no call.
-    pub(super) workers: Vec<Worker>,
+    pub(super) processes: Vec<Process>,
     /// The calls waiting for one, longest waiting first: each takes its
     /// worker process from the other end of its channel.
-    waiters: VecDeque<Sender<Worker>>,
+    waiters: VecDeque<Sender<Process>>,
 }
 
 impl Shared {
-    /// Takes an idle worker, or joins the queue of calls waiting for one.
-    fn take_or_wait(&self) -> Result<Worker, (Sender<Worker>, Receiver<Worker>)> {
+    /// Takes an idle worker process, or joins the queue of calls waiting for
+    /// one.
+    fn take_or_wait(&self) -> Result<Process, (Sender<Process>, Receiver<Process>)> {
         let mut idle = self.idle.lock();
         if idle.waiters.is_empty()
-            && let Some(worker) = idle.workers.pop()
+            && let Some(process) = idle.processes.pop()
         {
-            return Ok(worker);
+            return Ok(process);
         }
         let (give, take) = crossbeam_channel::bounded(1);
         idle.waiters.push_back(give.clone());
         Err((give, take))
     }
 
-    /// A worker is free: to the call that has waited longest, or idle.
-    pub(super) fn give_back(&self, mut worker: Worker) {
+    /// A worker process is free: to the call that has waited longest, or
+    /// idle.
+    pub(super) fn give_back(&self, mut process: Process) {
         let mut idle = self.idle.lock();
         while let Some(waiter) = idle.waiters.pop_front() {
-            match waiter.try_send(worker) {
+            match waiter.try_send(process) {
                 Ok(()) => return,
                 // A call that gave up waiting: the next one.
-                Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => worker = back,
+                Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => process = back,
             }
         }
-        idle.workers.push(worker);
+        idle.processes.push(process);
     }
 
-    /// Leaves the queue of waiting calls; returns a worker handed over in
+    /// Leaves the queue of waiting calls; returns a process handed over in
     /// the meantime, if any.
-    fn stop_waiting(&self, give: &Sender<Worker>, take: &Receiver<Worker>) -> Option<Worker> {
+    fn stop_waiting(&self, give: &Sender<Process>, take: &Receiver<Process>) -> Option<Process> {
         let mut idle = self.idle.lock();
         idle.waiters.retain(|waiter| !waiter.same_channel(give));
         take.try_recv().ok()
     }
 
-    /// Takes an idle worker, waiting for one (first come, first served) if
-    /// all are busy.
-    pub(super) fn checkout(&self) -> Result<Worker, String> {
+    /// Takes an idle worker process, waiting for one (first come, first
+    /// served) if all are busy.
+    pub(super) fn checkout(&self) -> Result<Process, String> {
         let (give, take) = match self.take_or_wait() {
-            Ok(worker) => return Ok(worker),
+            Ok(process) => return Ok(process),
             Err(queued) => queued,
         };
         loop {
             match take.recv_timeout(Duration::from_millis(20)) {
-                Ok(worker) => return Ok(worker),
+                Ok(process) => return Ok(process),
                 Err(RecvTimeoutError::Disconnected) => unreachable!("`give` is held here"),
                 Err(RecvTimeoutError::Timeout) => {
-                    // With no worker alive and the last start failed, waiting
+                    // With no worker process alive and the last start failed, waiting
                     // could be forever: fail the call, and let the supervisor
                     // keep trying (with back-off) for later ones.
                     if self.live.load(Ordering::Acquire) == 0
                         && let Some(why) = self.start_error.lock().clone()
                     {
                         return match self.stop_waiting(&give, &take) {
-                            Some(worker) => Ok(worker),
+                            Some(process) => Ok(process),
                             None => Err(why),
                         };
                     }

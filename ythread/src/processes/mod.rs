@@ -142,7 +142,7 @@ use crossbeam_channel::Sender;
 
 pub use self::builder::ProcessesBuilder;
 use self::checkout::Shared;
-use self::process::{WORKER_ENV, Worker};
+use self::process::{Process, WORKER_ENV};
 use self::supervise::{MAX_BACKOFF, Request};
 
 /// Turns this process into a worker if a [`Processes`] strategy started it,
@@ -250,9 +250,9 @@ impl Processes {
         self.shared
             .idle
             .lock()
-            .workers
+            .processes
             .iter()
-            .map(Worker::pid)
+            .map(Process::pid)
             .collect()
     }
 
@@ -279,7 +279,7 @@ impl Processes {
                 .saturating_add(MAX_BACKOFF)
                 .saturating_add(Duration::from_secs(1)),
         );
-        self.stop_idle_workers();
+        self.stop_idle_processes();
     }
 }
 

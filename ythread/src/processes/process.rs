@@ -38,7 +38,7 @@ pub(crate) struct Spec {
 
 /// A running worker process and the parent's end of its channel.
 #[derive(Debug)]
-pub(crate) struct Worker {
+pub(crate) struct Process {
     child: Child,
     /// The number of the next call (replies carry it back).
     pub(crate) next_call: u32,
@@ -51,13 +51,13 @@ pub(crate) struct Worker {
     memory_limit: Option<u64>,
 }
 
-impl Worker {
+impl Process {
     /// Starts a worker and waits for its hello.
     ///
     /// Must be called from a thread that outlives the worker: the worker is
     /// killed when the thread that started it exits (`PR_SET_PDEATHSIG` is
     /// per thread on Linux), which is how workers die with their parent.
-    pub(crate) fn start(spec: &Spec) -> Result<Worker, String> {
+    pub(crate) fn start(spec: &Spec) -> Result<Process, String> {
         let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
         let (calls_in, calls_out) = pipe("calls")?;
         let (replies_in, replies_out) = pipe("replies")?;
@@ -122,7 +122,7 @@ impl Worker {
         // The child's ends, which only the child must hold: a reader of its
         // own replies would keep the parent from seeing the worker die.
         drop((calls_in, replies_out));
-        let mut worker = Worker {
+        let mut process = Process {
             child,
             next_call: 1,
             calls: Some(calls_out),
@@ -130,10 +130,10 @@ impl Worker {
             buf: Vec::new(),
             memory_limit,
         };
-        match worker.hello(spec) {
-            Ok(()) => Ok(worker),
+        match process.hello(spec) {
+            Ok(()) => Ok(process),
             Err(why) => {
-                let ended = match worker.reap_or_kill(Duration::from_millis(200)) {
+                let ended = match process.reap_or_kill(Duration::from_millis(200)) {
                     (_, true) => "it was still running its own code, and was killed".to_owned(),
                     (death, false) => death.to_string(),
                 };
@@ -184,7 +184,7 @@ impl Worker {
         self.reap_or_kill(grace).0
     }
 
-    /// [`reap`](Worker::reap), and whether it had to be killed.
+    /// [`reap`](Process::reap), and whether it had to be killed.
     fn reap_or_kill(&mut self, grace: Duration) -> (Death, bool) {
         let end = Instant::now() + grace;
         let (status, killed) = loop {
@@ -231,7 +231,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl Drop for Process {
     /// Never leaves a process behind, whatever path dropped it: kills it (a
     /// no-op once it is reaped) and reaps it.
     fn drop(&mut self) {

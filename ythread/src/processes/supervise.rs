@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Processes;
 use super::checkout::Shared;
-use super::process::{Spec, Worker};
+use super::process::{Process, Spec};
 
 /// What the supervisor is asked to do.
 pub(super) enum Request {
@@ -63,20 +63,20 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
                 }
             }
         }
-        match Worker::start(spec) {
+        match Process::start(spec) {
             // Shut down while it started: not wanted any more.
-            Ok(mut worker) if shared.stopping.load(Ordering::Acquire) => {
-                worker.close();
-                worker.reap(Duration::from_secs(1));
+            Ok(mut process) if shared.stopping.load(Ordering::Acquire) => {
+                process.close();
+                process.reap(Duration::from_secs(1));
                 if let Some(reply) = reply {
                     let _ = reply.send(Err("the strategy is shutting down".into()));
                 }
             }
-            Ok(worker) => {
+            Ok(process) => {
                 failures = 0;
                 *shared.start_error.lock() = None;
                 shared.live.fetch_add(1, Ordering::AcqRel);
-                shared.give_back(worker);
+                shared.give_back(process);
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
                 }
@@ -111,23 +111,23 @@ impl Processes {
     /// supervisor thread (`PR_SET_PDEATHSIG`), which would leave them no grace.
     pub(super) fn shut_down(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
-        self.stop_idle_workers();
+        self.stop_idle_processes();
         self.requests = None;
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
         // Any the supervisor started meanwhile.
-        self.stop_idle_workers();
+        self.stop_idle_processes();
     }
 
-    pub(super) fn stop_idle_workers(&self) {
-        let mut workers = std::mem::take(&mut self.shared.idle.lock().workers);
-        for worker in &mut workers {
-            worker.close();
+    pub(super) fn stop_idle_processes(&self) {
+        let mut processes = std::mem::take(&mut self.shared.idle.lock().processes);
+        for process in &mut processes {
+            process.close();
         }
         let grace_end = Instant::now() + Duration::from_secs(1);
-        for mut worker in workers {
-            worker.reap(grace_end.saturating_duration_since(Instant::now()));
+        for mut process in processes {
+            process.reap(grace_end.saturating_duration_since(Instant::now()));
         }
     }
 }
