@@ -7,6 +7,8 @@ use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
+use rustix::io::FdFlags;
+
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
 use super::process::{CALLS_FD, REPLIES_FD};
 use crate::offloadable::{self, Lookup};
@@ -39,21 +41,15 @@ pub(crate) fn serve(setting: &str) -> i32 {
             OwnedFd::from_raw_fd(REPLIES_FD),
         )
     };
-    let (mut calls, mut replies) = (PipeReader::from(calls), PipeWriter::from(replies));
     // The worker's own child processes must not inherit the channel.
-    for fd in [CALLS_FD, REPLIES_FD] {
-        // SAFETY: `fcntl` on a descriptor this process owns.
-        unsafe {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
+    for fd in [&calls, &replies] {
+        let _ = rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC);
     }
+    let (mut calls, mut replies) = (PipeReader::from(calls), PipeWriter::from(replies));
     // `ps` shows workers as such (the parent starts them as
-    // `/proc/self/exe`, which it would show as `exe`).
-    // SAFETY: `prctl(PR_SET_NAME)` reads a NUL-terminated string of at most
-    // 16 bytes, which this literal is.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"ythread-worker".as_ptr());
-    }
+    // `/proc/self/exe`, which it would show as `exe`): `prctl(PR_SET_NAME)`
+    // (at most 16 bytes, which this name is).
+    let _ = rustix::thread::set_name(c"ythread-worker");
     // A panic in work prints as the panic of "thread 'main'": say whose.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -93,7 +89,8 @@ pub(crate) fn serve(setting: &str) -> i32 {
     }
 }
 
-/// Whether `fd` is an open pipe.
+/// Whether `fd` is an open pipe. (libc's `fstat`: rustix's takes a borrowed
+/// descriptor, which `fd` is not known to be until this says so.)
 fn is_fifo(fd: i32) -> bool {
     // SAFETY: `fstat` only writes the `stat` it is given.
     unsafe {

@@ -11,6 +11,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+use rustix::process::{Resource, Rlimit, Signal};
+
 use super::death::Death;
 use super::frame::{self, HELLO, PROTOCOL, ReadError};
 
@@ -73,12 +76,14 @@ impl Process {
             // not stdout anyway) nor be lost: it goes to the parent's stderr.
             .stdout(stderr_handle().map_err(|e| format!("dup stderr: {e}"))?);
         let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
-        let parent = std::process::id();
+        let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
         // SAFETY: the closure runs in the child between `fork` and `exec`,
-        // where only async-signal-safe calls are allowed: `dup`, `dup2`,
-        // `fcntl`, `prctl`, `getppid` and `setrlimit` are system calls, and
-        // nothing here allocates or takes a lock.
+        // where only async-signal-safe calls are allowed: `fcntl` and `dup2`
+        // (libc's: they take descriptor numbers the child does not own as
+        // Rust values), and rustix's `prctl`, `getppid` and `setrlimit`, are
+        // system calls; nothing here allocates (rustix's errors are numbers)
+        // or takes a lock.
         unsafe {
             command.pre_exec(move || {
                 // Both ends are close-on-exec; `dup2` gives copies that are
@@ -95,23 +100,19 @@ impl Process {
                 if replies == -1 || calls == -1 || libc::dup2(replies, REPLIES_FD) == -1 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
                 // The parent may have died before `prctl`: then no signal
                 // will come.
-                if libc::getppid() as u32 != parent {
+                if rustix::process::getppid() != Some(parent) {
                     // (No allocation here: `io::Error::other` would.)
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                    return Err(Errno::SRCH.into());
                 }
                 if let Some(bytes) = memory_limit {
-                    let limit = libc::rlimit {
-                        rlim_cur: bytes,
-                        rlim_max: bytes,
+                    let limit = Rlimit {
+                        current: Some(bytes),
+                        maximum: Some(bytes),
                     };
-                    if libc::setrlimit(libc::RLIMIT_AS, &limit) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    rustix::process::setrlimit(Resource::As, limit)?;
                 }
                 Ok(())
             });
