@@ -23,9 +23,13 @@ pub(super) const MAX_FORWARDING: usize = 256;
 
 /// What serving calls needs, shared by every function's tasks.
 pub(super) struct Serving {
+    /// The connection to NATS.
     pub(super) client: async_nats::Client,
+    /// The local worker processes that run the calls.
     pub(super) processes: Arc<Processes>,
+    /// Which of them are free.
     pub(super) slots: Arc<Slots>,
+    /// The server's largest payload: a larger reply is replaced by an error.
     pub(super) max_payload: usize,
     /// The fleet's shared queue; or why there is none (no JetStream on the
     /// server, or turned off).
@@ -33,20 +37,25 @@ pub(super) struct Serving {
     /// Calls in flight to the queue at once, at most: while all are taken,
     /// the subscriptions are not read.
     pub(super) forwarding: Arc<Semaphore>,
+    /// Calls put in the shared queue ([`Worker::forwarded`](super::Worker::forwarded)).
     pub(super) forwarded: AtomicU64,
+    /// Calls taken from it ([`Worker::dequeued`](super::Worker::dequeued)).
     pub(super) dequeued: AtomicU64,
 }
 
 /// One function, as this worker serves it.
 pub(super) struct Function {
+    /// Its registration: what a call of it runs.
     pub(super) registration: &'static Registration,
+    /// Whether the shared queue holds calls of it.
     pub(super) backlog: Backlog,
+    /// How long its calls take here.
     pub(super) load: Load,
 }
 
-/// How long calls of a function take here. A call that finds every local process busy
-/// goes to the shared queue, unless calls here are short: then it waits for
-/// a process here, since the queue's round trip through the server would
+/// How long calls of a function take here. A call that finds every local
+/// process busy goes to the shared queue, unless calls here are short: then
+/// it waits for a process here, since the queue's round trip through the server would
 /// cost more than the wait (and more of the server's CPU).
 #[derive(Default)]
 pub(super) struct Load {
@@ -105,6 +114,7 @@ impl Load {
 
 /// Free local worker processes: a call runs once it holds a [`Slot`].
 pub(super) struct Slots {
+    /// One per local worker process; a call holds one while it runs.
     pub(super) permits: Arc<Semaphore>,
     /// How many are free, for the tasks that pull from the shared queue
     /// only while one is.
@@ -113,7 +123,9 @@ pub(super) struct Slots {
 
 /// A local worker process, taken for one call.
 struct Slot {
+    /// Released on drop (`None` once released).
     permit: Option<OwnedSemaphorePermit>,
+    /// Where `free` is updated then.
     slots: Arc<Slots>,
 }
 
