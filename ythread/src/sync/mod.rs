@@ -18,7 +18,9 @@
 //! while it is held leaves the data as it is, and every critical section
 //! here keeps its data consistent at each step, so there is nothing to
 //! recover), or loom's model of it under `--cfg loom`. (`stack.rs` names
-//! parking_lot's directly, which is the same lock.)
+//! parking_lot's directly, which is the same lock.) Unlike std's, it does
+//! not make its holder `RefUnwindSafe`: `Pool`, whose lock was std's, says
+//! so by hand (`apply/pool.rs`), so that its auto traits did not change.
 
 pub(crate) mod gate;
 pub(crate) mod latch;
