@@ -1,9 +1,10 @@
 //! `#[offloadable]`: registers a function for worker processes.
 //!
-//! The function is left as written. Beside it goes one `Entry` in ythread's
-//! linker-section registry: the function's path (its name on the wire), its
-//! signature and fingerprint, the worker's side (decode the arguments, call,
-//! encode the result) and the parent's (decode the result).
+//! The function is left as written. Beside it goes one `Registration` in
+//! ythread's table of offloadable functions (a linker section): the
+//! function's path (its name on the wire), its signature and fingerprint, the
+//! worker's side (decode the arguments, call, encode the result) and the
+//! parent's (decode the result).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -109,7 +110,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
 
             #[::ythread::__private::linkme::distributed_slice(::ythread::__private::OFFLOADABLE)]
             #[linkme(crate = ::ythread::__private::linkme)]
-            static ENTRY: ::ythread::__private::Entry = ::ythread::__private::Entry {
+            static REGISTRATION: ::ythread::__private::Registration = ::ythread::__private::Registration {
                 name: ::core::concat!(::core::module_path!(), "::", #name_text),
                 signature: #signature,
                 fingerprint: ::ythread::__private::fingerprint(#signature),

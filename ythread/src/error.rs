@@ -1,6 +1,10 @@
 //! How offloaded work fails: [`OffloadError`], what `try_offload!` returns,
 //! and [`HandlerDropped`], the payload of the unwind that drops a suspended
 //! handler.
+//!
+//! (Slightly over 500 lines: half of it is the two types' public
+//! documentation and examples. How a worker process died, in words, is
+//! `processes/death.rs`; the error's wire form, `remote/wire.rs`.)
 
 use std::any::Any;
 use std::error::Error;
@@ -9,7 +13,8 @@ use std::io;
 use std::panic::{self, Location};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::processes::death::Death;
+use crate::sync::SyncWrapper;
 
 /// Why a piece of offloaded work produced no value: what `try_offload!`
 /// returns instead of the work's result.
@@ -50,11 +55,11 @@ pub struct OffloadError {
 }
 
 enum Repr {
-    /// The work panicked. The payload sits behind a lock only so that the
-    /// error is `Sync` (a payload is `Send` but not `Sync`); it is only ever
-    /// reached by value.
+    /// The work panicked. The payload is wrapped so that the error is `Sync`
+    /// (a payload is `Send` but not `Sync`): it is only ever reached by
+    /// value.
     Panicked {
-        payload: Mutex<Box<dyn Any + Send + 'static>>,
+        payload: SyncWrapper<Box<dyn Any + Send + 'static>>,
         /// The payload's text, when it is a `&str` or a `String` (what
         /// `panic!` produces).
         message: Option<String>,
@@ -85,94 +90,6 @@ enum Repr {
         strategy: &'static str,
         capacity: usize,
     },
-}
-
-/// An [`OffloadError`] as a remote worker sends it back (postcard).
-#[cfg(feature = "remote")]
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-pub(crate) struct WireError {
-    kind: u8,
-    detail: String,
-    code: Option<i32>,
-    signal: Option<i32>,
-    memory_limit: Option<u64>,
-    deadline_ms: u64,
-}
-
-#[cfg(feature = "remote")]
-impl OffloadError {
-    /// The error, to send to another machine.
-    pub(crate) fn to_wire(&self) -> WireError {
-        let mut wire = WireError {
-            kind: 0,
-            detail: String::new(),
-            code: None,
-            signal: None,
-            memory_limit: None,
-            deadline_ms: 0,
-        };
-        match &self.repr {
-            Repr::Panicked { message, .. } => {
-                wire.detail = message.clone().unwrap_or_else(|| "Box<dyn Any>".into());
-            }
-            Repr::NotRun => wire.kind = 1,
-            Repr::NotPortable { reason, .. } => (wire.kind, wire.detail) = (2, reason.clone()),
-            Repr::WorkerDied { death, .. } => {
-                wire.kind = 3;
-                (wire.code, wire.signal, wire.memory_limit) =
-                    (death.code, death.signal, death.memory_limit);
-            }
-            Repr::DeadlineExceeded { deadline, .. } => {
-                wire.kind = 4;
-                wire.deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-            }
-            Repr::Protocol { detail, .. } => (wire.kind, wire.detail) = (5, detail.clone()),
-            Repr::Unavailable { detail, .. } => (wire.kind, wire.detail) = (6, detail.clone()),
-            // Not made by `Processes`, the strategy of a remote worker.
-            Repr::ShutDown { .. } | Repr::QueueFull { .. } => {
-                (wire.kind, wire.detail) = (6, self.to_string());
-            }
-        }
-        wire
-    }
-
-    /// The error a remote worker sent back, for the call of `function`.
-    pub(crate) fn from_wire(function: &str, wire: WireError) -> OffloadError {
-        match wire.kind {
-            0 => OffloadError::remote_panic(wire.detail),
-            // A worker never sends "not run" (a strategy's bug in this
-            // process): someone else's bytes.
-            1 => OffloadError::protocol(function, "a reply no ythread worker sends"),
-            2 => OffloadError::not_portable(function, &wire.detail),
-            3 => OffloadError::worker_died(
-                function,
-                Death {
-                    code: wire.code,
-                    signal: wire.signal,
-                    memory_limit: wire.memory_limit,
-                },
-            ),
-            4 => OffloadError::deadline_exceeded(function, Duration::from_millis(wire.deadline_ms)),
-            6 => OffloadError::unavailable(
-                function,
-                format_args!("on the remote worker: {}", wire.detail),
-            ),
-            5 => OffloadError::protocol(function, wire.detail),
-            kind => OffloadError::protocol(function, format_args!("an unknown failure ({kind})")),
-        }
-    }
-}
-
-/// How a worker process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Death {
-    /// The exit code, if it exited.
-    pub(crate) code: Option<i32>,
-    /// The signal that killed it, if one did.
-    pub(crate) signal: Option<i32>,
-    /// The memory limit the worker ran under, in bytes, if one was set: an
-    /// allocation beyond it fails, and Rust aborts (SIGABRT).
-    pub(crate) memory_limit: Option<u64>,
 }
 
 /// What kind of failure an [`OffloadError`] is.
@@ -213,7 +130,7 @@ impl OffloadError {
         let message = payload_text(&*payload).map(str::to_owned);
         OffloadError {
             repr: Repr::Panicked {
-                payload: Mutex::new(payload),
+                payload: SyncWrapper::new(payload),
                 message,
             },
         }
@@ -227,7 +144,7 @@ impl OffloadError {
     pub(crate) fn remote_panic(message: String) -> Self {
         OffloadError {
             repr: Repr::Panicked {
-                payload: Mutex::new(Box::new(message.clone())),
+                payload: SyncWrapper::new(Box::new(message.clone())),
                 message: Some(message),
             },
         }
@@ -274,6 +191,25 @@ impl OffloadError {
                 killed: false,
             },
         }
+    }
+
+    /// The worker process running the call died, as a remote worker
+    /// reports it: its exit code or signal, and its memory limit.
+    #[cfg(feature = "remote")]
+    pub(crate) fn remote_worker_died(
+        function: &str,
+        code: Option<i32>,
+        signal: Option<i32>,
+        memory_limit: Option<u64>,
+    ) -> Self {
+        OffloadError::worker_died(
+            function,
+            Death {
+                code,
+                signal,
+                memory_limit,
+            },
+        )
     }
 
     pub(crate) fn protocol(function: &str, detail: impl fmt::Display) -> Self {
@@ -356,6 +292,38 @@ impl OffloadError {
         }
     }
 
+    /// What a strategy's failure says beyond its kind: why the call is not
+    /// portable, what went wrong with the protocol, why no worker was
+    /// available (for a remote worker's reply).
+    #[cfg(feature = "remote")]
+    pub(crate) fn detail(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::NotPortable { reason: detail, .. }
+            | Repr::Protocol { detail, .. }
+            | Repr::Unavailable { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// The deadline a call ran past (for a remote worker's reply).
+    #[cfg(feature = "remote")]
+    pub(crate) fn deadline(&self) -> Option<Duration> {
+        match &self.repr {
+            Repr::DeadlineExceeded { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// The memory limit the dead worker process ran under, if one was set
+    /// (for a remote worker's reply).
+    #[cfg(feature = "remote")]
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        match &self.repr {
+            Repr::WorkerDied { death, .. } => death.memory_limit,
+            _ => None,
+        }
+    }
+
     /// Whether the work panicked.
     pub fn is_panic(&self) -> bool {
         self.kind() == OffloadErrorKind::Panicked
@@ -412,65 +380,6 @@ impl OffloadError {
             }
         }
     }
-}
-
-impl fmt::Display for Death {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.signal, self.code) {
-            (Some(signal), _) => {
-                write!(f, "killed by {}", signal_name(signal))?;
-                match signal {
-                    libc::SIGSEGV => f.write_str(" (segmentation fault)")?,
-                    libc::SIGBUS => f.write_str(" (bus error)")?,
-                    libc::SIGABRT => {
-                        f.write_str(" (aborted")?;
-                        if let Some(limit) = self.memory_limit {
-                            write!(
-                                f,
-                                "; with a memory limit of {} MiB, a failed allocation aborts too",
-                                limit >> 20
-                            )?;
-                        }
-                        f.write_str(")")?;
-                    }
-                    libc::SIGKILL => f.write_str(
-                        " (killed from outside: the kernel's out-of-memory killer, or another \
-                         process)",
-                    )?,
-                    _ => {}
-                }
-                Ok(())
-            }
-            (None, Some(code)) => write!(f, "exited with status {code}"),
-            (None, None) => f.write_str("ended without an exit status"),
-        }
-    }
-}
-
-/// `SIGSEGV` for 11, and so on: the names a Unix user knows signals by.
-pub(crate) fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_owned()
 }
 
 /// The text of a panic payload made by `panic!`.

@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use crate::error::{HandlerDropped, OffloadError};
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
 use crate::portable::{NotPortable, Portability, WireCall};
 
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
@@ -240,26 +240,30 @@ impl<W, R> WorkSlot<W, R> {
 }
 
 impl<A, C, R> CallSlot<A, C, R> {
-    /// Decodes the call's result with `entry`'s decoder, which must be its
-    /// function's.
-    fn decode(&self, entry: &Entry, result: &[u8]) -> Result<R, String> {
+    /// Decodes the call's result with `registration`'s decoder, which must be
+    /// its function's.
+    fn decode(&self, registration: &Registration, result: &[u8]) -> Result<R, String> {
         let Ok(fns) = (self.wire)() else {
             return Err("the call cannot cross processes".into());
         };
-        if (entry.key)() != (fns.function)() {
-            return Err(format!("its result was decoded as `{}`'s", entry.name));
+        if (registration.key)() != (fns.function)() {
+            return Err(format!(
+                "its result was decoded as `{}`'s",
+                registration.name
+            ));
         }
-        let value = (entry.decode_result)(result)
+        let value = (registration.decode_result)(result)
             .map_err(|error| format!("its result could not be decoded: {error}"))?;
         if (*value).type_id() != typeid::of::<R>() {
             return Err("its result is not of the type the call expects".into());
         }
         // SAFETY: the box holds a value whose type has the type id of `R`
-        // with lifetimes erased. It was made by the decoder of `entry`, the
-        // function registered under the type name of this call's function
-        // (checked above; the registry refuses a name registered twice),
-        // whose result type is `'static` (`#[offloadable]` requires it). So
-        // `R`, the type this call's function returns, is that type exactly.
+        // with lifetimes erased. It was made by the decoder of
+        // `registration`, the function registered under the type name of this
+        // call's function (checked above; the table of offloadable functions
+        // refuses a name registered twice), whose result type is `'static`
+        // (`#[offloadable]` requires it). So `R`, the type this call's
+        // function returns, is that type exactly.
         // Casting the box's pointer from the trait object to `R` keeps its
         // allocation and layout.
         Ok(unsafe { *Box::from_raw(Box::into_raw(value).cast::<R>()) })
@@ -329,18 +333,18 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         }
     }
 
-    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), OffloadError> {
+    fn finish(&mut self, registration: &Registration, result: &[u8]) -> Result<(), OffloadError> {
         // The result's `Deserialize` is the user's, and the bytes come from
         // another process or the network: a panic there is this call's
         // failure.
-        let value = panic::catch_unwind(AssertUnwindSafe(|| self.decode(entry, result)))
+        let value = panic::catch_unwind(AssertUnwindSafe(|| self.decode(registration, result)))
             .unwrap_or_else(|payload| {
                 Err(format!(
                     "decoding its result panicked: {}",
                     crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
                 ))
             })
-            .map_err(|why| OffloadError::protocol(entry.name, why))?;
+            .map_err(|why| OffloadError::protocol(registration.name, why))?;
         // The arguments are dropped here, in the handler's frame: the call
         // ran elsewhere on copies of them.
         self.slot = WorkSlot::Done(Ok(value));

@@ -119,6 +119,7 @@ mod private;
 pub mod processes;
 #[cfg(feature = "remote")]
 pub mod remote;
+mod sync;
 mod thread;
 
 pub use apply::{
@@ -309,8 +310,8 @@ pub use ythread_macros::yield_from;
 pub mod __private {
     pub use crate::coroutine::Context;
     pub use crate::offloadable::{
-        DecodeResult, Entry, OFFLOADABLE, decode_result, encode_result, end_of_args, fingerprint,
-        serialize_arg, take_arg,
+        DecodeResult, OFFLOADABLE, Registration, decode_result, encode_result, end_of_args,
+        fingerprint, serialize_arg, take_arg,
     };
     pub use crate::portable::{
         Callee, NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5,

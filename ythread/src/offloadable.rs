@@ -1,10 +1,11 @@
-//! The functions marked `#[offloadable]`: what a worker process can run.
+//! The table of offloadable functions: those marked `#[offloadable]`, what a
+//! worker process can run.
 //!
-//! Each marked function adds an [`Entry`] to [`OFFLOADABLE`], a linker
-//! section (linkme): nothing runs before `main`, and the entries of every
-//! crate linked into the binary are there. The parent process finds a call's
-//! entry by the type name of the function offloaded; a worker finds it by the
-//! name the parent sends.
+//! Each marked function adds a [`Registration`] to [`OFFLOADABLE`], a linker
+//! section (linkme): nothing runs before `main`, and the registrations of
+//! every crate linked into the binary are there. The parent process finds a
+//! call's registration by the type name of the function offloaded; a worker
+//! finds it by the name the parent sends.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::sync::OnceLock;
 /// One function marked `#[offloadable]`.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Entry {
+pub struct Registration {
     /// Its path, `crate::module::name`: the name calls carry between
     /// processes.
     pub name: &'static str,
@@ -23,8 +24,8 @@ pub struct Entry {
     /// A hash of `signature`, checked by the worker, so that a worker built
     /// from other source refuses the call instead of misreading it.
     pub fingerprint: u64,
-    /// `type_name` of the function item: how the parent finds this entry
-    /// from the call.
+    /// `type_name` of the function item: how the parent finds this
+    /// registration from the call.
     pub key: fn() -> &'static str,
     /// In a worker: decodes the arguments from the first slice, calls the
     /// function, and appends the encoded result to the buffer.
@@ -41,14 +42,15 @@ pub type DecodeResult = fn(&[u8]) -> Result<Box<dyn Any + Send>, postcard::Error
 /// Every `#[offloadable]` function linked into this binary.
 #[doc(hidden)]
 #[linkme::distributed_slice]
-pub static OFFLOADABLE: [Entry];
+pub static OFFLOADABLE: [Registration];
 
-/// The registry, indexed both ways. A name (or key) registered twice, as two
-/// versions of one crate in a build can do, maps to `None`: such a function
-/// is not portable, since a call could reach the wrong one.
+/// The table of offloadable functions, indexed both ways. A name (or key)
+/// registered twice, as two versions of one crate in a build can do, maps to
+/// `None`: such a function is not portable, since a call could reach the
+/// wrong one.
 struct Index {
-    by_key: HashMap<&'static str, Option<&'static Entry>>,
-    by_name: HashMap<&'static str, Option<&'static Entry>>,
+    by_key: HashMap<&'static str, Option<&'static Registration>>,
+    by_name: HashMap<&'static str, Option<&'static Registration>>,
 }
 
 fn index() -> &'static Index {
@@ -58,22 +60,22 @@ fn index() -> &'static Index {
             by_key: HashMap::new(),
             by_name: HashMap::new(),
         };
-        for entry in OFFLOADABLE.iter() {
-            insert_unique(&mut index.by_key, (entry.key)(), entry);
-            insert_unique(&mut index.by_name, entry.name, entry);
+        for registration in OFFLOADABLE.iter() {
+            insert_unique(&mut index.by_key, (registration.key)(), registration);
+            insert_unique(&mut index.by_name, registration.name, registration);
         }
         index
     })
 }
 
 fn insert_unique(
-    map: &mut HashMap<&'static str, Option<&'static Entry>>,
+    map: &mut HashMap<&'static str, Option<&'static Registration>>,
     key: &'static str,
-    entry: &'static Entry,
+    registration: &'static Registration,
 ) {
     match map.entry(key) {
         hash_map::Entry::Vacant(slot) => {
-            slot.insert(Some(entry));
+            slot.insert(Some(registration));
         }
         hash_map::Entry::Occupied(mut slot) => {
             slot.insert(None);
@@ -81,26 +83,26 @@ fn insert_unique(
     }
 }
 
-/// What the registry knows of a function.
+/// What the table of offloadable functions knows of a function.
 pub(crate) enum Lookup {
-    Found(&'static Entry),
+    Found(&'static Registration),
     Missing,
     Ambiguous,
 }
 
-/// The entry of the function whose item type has this `type_name`.
+/// The registration of the function whose item type has this `type_name`.
 pub(crate) fn by_key(key: &str) -> Lookup {
     lookup(&index().by_key, key)
 }
 
-/// The entry registered under this name.
+/// The registration under this name.
 pub(crate) fn by_name(name: &str) -> Lookup {
     lookup(&index().by_name, name)
 }
 
-fn lookup(map: &HashMap<&'static str, Option<&'static Entry>>, key: &str) -> Lookup {
+fn lookup(map: &HashMap<&'static str, Option<&'static Registration>>, key: &str) -> Lookup {
     match map.get(key) {
-        Some(Some(entry)) => Lookup::Found(entry),
+        Some(Some(registration)) => Lookup::Found(registration),
         Some(None) => Lookup::Ambiguous,
         None => Lookup::Missing,
     }

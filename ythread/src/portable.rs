@@ -18,7 +18,8 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 
-use crate::offloadable::Entry;
+use crate::error::OffloadError;
+use crate::offloadable::{self, Lookup, Registration};
 
 /// Why an offloaded call cannot be sent to another process.
 #[doc(hidden)]
@@ -54,8 +55,8 @@ impl fmt::Display for NotPortable {
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct WireFns<A> {
-    /// `type_name` of the function: the key of the `#[offloadable]`
-    /// registry in this process.
+    /// `type_name` of the function: its key in this process's table of
+    /// offloadable functions.
     pub(crate) function: fn() -> &'static str,
     pub(crate) encode: fn(&A, &mut Vec<u8>) -> Result<(), postcard::Error>,
 }
@@ -83,16 +84,50 @@ pub(crate) trait WireCall {
     /// failed, or panicked).
     fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), crate::OffloadError>;
     /// Stores the result that the call produced elsewhere, as the worker
-    /// encoded it; `entry` is the function's registration, whose decoder
-    /// reads it.
+    /// encoded it; `registration` is the function's, whose decoder reads
+    /// it.
     ///
     /// # Errors
     ///
     /// The call's failure (`Protocol`) if the result cannot be read: it does
     /// not decode, its decoder panicked, or it is not the call's type.
-    fn finish(&mut self, entry: &Entry, result: &[u8]) -> Result<(), crate::OffloadError>;
+    fn finish(
+        &mut self,
+        registration: &Registration,
+        result: &[u8],
+    ) -> Result<(), crate::OffloadError>;
     /// Gives the work up with `error`.
     fn fail(&mut self, error: crate::OffloadError);
+}
+
+/// The call of a job (as [`Job::wire`](crate::Job) gives it) that a
+/// strategy running work in another process sends (`Processes`, `Remote`),
+/// with the registration of its function.
+///
+/// # Errors
+///
+/// Why the call cannot cross (`NotPortable`): the strategy fails the job
+/// with it.
+pub(crate) fn portable_call(
+    wire: Result<&mut dyn WireCall, NotPortable>,
+) -> Result<(&mut dyn WireCall, &'static Registration), OffloadError> {
+    let call = wire.map_err(|not_portable| {
+        OffloadError::not_portable(not_portable.function, not_portable.reason)
+    })?;
+    let function = call.function();
+    match offloadable::by_key(function) {
+        Lookup::Found(registration) => Ok((call, registration)),
+        Lookup::Missing => Err(OffloadError::not_portable(
+            function,
+            "it is not marked `#[ythread::offloadable]` (and only functions so \
+             marked can run in another process)",
+        )),
+        Lookup::Ambiguous => Err(OffloadError::not_portable(
+            function,
+            "two `#[offloadable]` functions of this program have this name (two \
+             versions of one crate?)",
+        )),
+    }
 }
 
 /// The function `F` called with arguments `A` (its declared parameter

@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use super::Apply;
-use super::semaphore::FairSemaphore;
 use crate::Job;
+use crate::sync::semaphore::FairSemaphore;
 
 /// Runs offloaded work on the driving thread, at most `limit` pieces at
 /// once across every thread sharing it; the others wait their turn, first
@@ -67,7 +67,7 @@ use crate::Job;
 ///
 /// - Work that hands nested work to *another* thread and waits for it, when
 ///   that thread drives a handler with this same `Bounded`: a spawned or
-///   scoped thread, or a [`Pool`](crate::Pool) worker. The permit does not
+///   scoped thread, or a [`Pool`](crate::Pool)'s thread. The permit does not
 ///   travel with the work: the other thread queues for a permit of its own,
 ///   and once every permit is held by work waiting like this, none comes.
 ///   With a limit of one, a single such piece of work is enough.

@@ -39,7 +39,7 @@ use crate::Job;
 /// for itself. The rules are [`Bounded`'s](Bounded#nested-work) with a limit
 /// of one, and so are the deadlocks nesting does not prevent: work that
 /// waits for another thread (a spawned or scoped thread, a
-/// [`Pool`](crate::Pool) worker) that takes this same lock, and two locks
+/// [`Pool`](crate::Pool)'s thread) that takes this same lock, and two locks
 /// taken in opposite orders on different threads.
 #[derive(Debug, Clone)]
 pub struct Exclusive {

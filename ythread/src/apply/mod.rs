@@ -3,11 +3,8 @@
 
 mod bounded;
 mod exclusive;
-pub(crate) mod gate;
 mod inline;
-mod latch;
 mod pool;
-pub(crate) mod semaphore;
 
 pub use bounded::Bounded;
 pub use exclusive::Exclusive;

@@ -1,33 +1,40 @@
+//! [`Pool`]: offloaded work runs on a fixed set of threads of the pool's
+//! own (`ythread-pool-<i>`), taken first come, first served from one queue.
+//!
+//! (Slightly over 500 lines: about 200 are the public documentation of
+//! `Pool`, `PoolBuilder` and `WhenFull`, with their examples.)
+
 use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::Apply;
-use super::gate::Gate;
-use super::latch::Latch;
 use crate::Job;
 use crate::error::OffloadError;
 use crate::job::ErasedJob;
+use crate::sync::Mutex;
+use crate::sync::gate::Gate;
+use crate::sync::latch::Latch;
 
-/// Runs offloaded work on a fixed set of worker threads; the driving thread
-/// waits for the result: the `multiprocessing.Pool().apply` of the 2009
-/// "yieldable threads" post this crate comes from, with
-/// threads instead of processes because Rust has no interpreter lock.
+/// Runs offloaded work on a fixed set of threads of its own; the driving
+/// thread waits for the result: the `multiprocessing.Pool().apply` of the
+/// 2009 "yieldable threads" post this crate comes from, with threads
+/// instead of processes because Rust has no interpreter lock.
 ///
-/// Work is taken first come, first served from one queue shared by all
-/// workers, so however many handler threads there are, at most
+/// Work is taken first come, first served from one queue shared by all its
+/// threads, so however many handler threads there are, at most
 /// [`threads`](Pool::threads) pieces of work compete for the cores. A panic
-/// inside work goes back to the handler that offloaded it; the worker that
+/// inside work goes back to the handler that offloaded it; the thread that
 /// ran it keeps serving.
 ///
-/// Clones share the same workers. The workers stop, and are joined, when the
+/// Clones share the same threads. The threads stop, and are joined, when the
 /// last clone is dropped or at [`shutdown`](Pool::shutdown); work queued by
 /// then runs first.
 ///
@@ -48,7 +55,7 @@ use crate::job::ErasedJob;
 /// #[yieldable]
 /// fn handle(buf: Vec<u8>) -> u32 {
 ///     // The work borrows the handler's local: the handler is frozen until
-///     // a worker has finished with it.
+///     // a thread has finished with it.
 ///     offload!(checksum, &buf)
 /// }
 ///
@@ -59,93 +66,98 @@ use crate::job::ErasedJob;
 ///
 /// # Nested work
 ///
-/// Work running on one of this pool's workers may itself offload to this
+/// Work running on one of this pool's threads may itself offload to this
 /// same pool, by driving a handler with a clone of it. That work runs in
-/// place, on the same worker, without going through the queue: rayon's rule
-/// for a nested `install`. Queueing it instead would keep the worker waiting
-/// for another one; with every worker waiting like that, none would be left
-/// to run it. Only this pool's own workers run its work in place: work
-/// offloaded from any other thread, another pool's workers included, queues
+/// place, on the same thread, without going through the queue: rayon's rule
+/// for a nested `install`. Queueing it instead would keep the thread waiting
+/// for another one; with every thread waiting like that, none would be left
+/// to run it. Only this pool's own threads run its work in place: work
+/// offloaded from any other thread, another pool's threads included, queues
 /// as usual.
 ///
 /// ```
 /// use ythread::{Pool, Yieldable, offload, yieldable};
 ///
-/// fn worker() -> Option<String> {
+/// fn thread_name() -> Option<String> {
 ///     std::thread::current().name().map(str::to_owned)
 /// }
 ///
 /// #[yieldable]
-/// fn inner() -> Option<String> { offload!(worker) }
+/// fn inner() -> Option<String> { offload!(thread_name) }
 ///
 /// #[yieldable]
 /// fn outer(pool: &Pool) -> (Option<String>, Option<String>) {
-///     offload!(|| (worker(), inner().run_with(pool)))
+///     offload!(|| (thread_name(), inner().run_with(pool)))
 /// }
 ///
-/// // One worker, busy with the outer work, runs the nested work too.
+/// // One thread, busy with the outer work, runs the nested work too.
 /// let pool = Pool::new(1);
-/// let (outer_worker, inner_worker) = outer(&pool).run_with(&pool);
-/// assert_eq!(outer_worker.as_deref(), Some("ythread-pool-0"));
-/// assert_eq!(inner_worker, outer_worker);
+/// let (outer_thread, inner_thread) = outer(&pool).run_with(&pool);
+/// assert_eq!(outer_thread.as_deref(), Some("ythread-pool-0"));
+/// assert_eq!(inner_thread, outer_thread);
 /// ```
 ///
 /// These still deadlock, as with any fixed-size pool:
 ///
 /// - Work on the pool that waits for *another* thread which offloads to this
-///   same pool: a spawned or scoped thread, or the worker of another pool it
+///   same pool: a spawned or scoped thread, or the thread of another pool it
 ///   offloaded to. That thread is not one of ours, so its work queues; once
-///   every worker is busy waiting like this, nothing is left to run it. With
-///   one worker, a single such piece of work is enough.
+///   every thread is busy waiting like this, nothing is left to run it. With
+///   one thread, a single such piece of work is enough.
 /// - Cycles through another strategy: work on the pool that waits for an
 ///   [`Exclusive`](crate::Exclusive) lock (or a [`Bounded`](crate::Bounded)
 ///   permit) held by work on another thread that waits for this pool, once
-///   every worker is busy waiting like that.
+///   every thread is busy waiting like that.
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    /// Tells this pool's workers apart from every other thread: see
-    /// `WORKER_OF`. Never 0; unique among the pools of a process (short of
+    /// Tells this pool's threads apart from every other thread: see
+    /// `POOL_OF`. Never 0; unique among the pools of a process (short of
     /// `usize::MAX` of them).
     id: usize,
-    /// The work queue, and after it, one `Stop` per worker at shutdown.
+    /// The work queue, and after it, one `Stop` per thread at shutdown.
     queue: Sender<Message>,
     /// What a full queue does to a driving thread; `None`: unbounded.
     bound: Option<(usize, WhenFull)>,
     /// Closed at shutdown; driving threads are inside while they send, so
-    /// that no work lands behind the workers' `Stop`s.
+    /// that no work lands behind the threads' `Stop`s.
     gate: Gate,
     threads: usize,
-    /// Worker threads, joined at shutdown.
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// The threads, joined at shutdown.
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
+
+// A panic cannot leave a `Shared` half-changed: its one lock holds the
+// threads' handles, which `join` takes out one at a time. So a `Pool` is
+// `UnwindSafe` and `RefUnwindSafe`, as it was with std's (poisoning) lock.
+impl std::panic::RefUnwindSafe for Shared {}
 
 /// What the queue carries.
 enum Message {
     Run(Task),
-    /// The worker that takes it exits: every message before it has been
+    /// The thread that takes it exits: every message before it has been
     /// taken already (the queue is first in, first out).
     Stop,
 }
 
 impl Shared {
-    /// Takes no new work, lets the workers run what is queued, then stops
-    /// and joins them. Idempotent; every caller returns once the workers
+    /// Takes no new work, lets the threads run what is queued, then stops
+    /// and joins them. Idempotent; every caller returns once the threads
     /// have ended (but see below).
     fn shutdown(self: &Arc<Self>) {
         let first = self.gate.close();
-        if WORKER_OF.get() == self.id {
-            // On one of our own workers, whose work may be what the queue
+        if POOL_OF.get() == self.id {
+            // On one of our own threads, whose work may be what the queue
             // (or a driving thread blocked on a full one) waits for: closed
             // now, stopped from another thread, and this work returns.
             let shared = Arc::clone(self);
             if !first
                 || thread::Builder::new()
                     .name("ythread-pool-shutdown".into())
-                    .spawn(move || shared.stop_workers())
+                    .spawn(move || shared.stop_threads())
                     .is_ok()
             {
                 return;
@@ -154,38 +166,38 @@ impl Shared {
         self.finish(first);
     }
 
-    /// After closing the gate: the first closer stops the workers, any
+    /// After closing the gate: the first closer stops the threads, any
     /// other waits for them to end.
     fn finish(&self, first: bool) {
         if first {
-            self.stop_workers();
+            self.stop_threads();
         } else {
             self.join();
         }
     }
 
     /// Once the gate is closed: lets the senders inside finish (one may
-    /// wait for room in a full queue), sends one `Stop` per worker behind
-    /// the queued work, joins the workers.
-    fn stop_workers(&self) {
+    /// wait for room in a full queue), sends one `Stop` per thread behind
+    /// the queued work, joins the threads.
+    fn stop_threads(&self) {
         self.gate.wait_empty();
         for _ in 0..self.threads {
-            // Fails only if every worker is gone already.
+            // Fails only if every thread is gone already.
             let _ = self.queue.send(Message::Stop);
         }
         self.join();
     }
 
-    /// Joins the workers; a second caller waits for the first to finish.
+    /// Joins the threads; a second caller waits for the first to finish.
     fn join(&self) {
-        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut handles = self.handles.lock();
         let current = thread::current().id();
-        for worker in workers.drain(..) {
-            // Shut down from work running on one of its own workers (or the
-            // last clone dropped there): that worker cannot join itself, and
+        for handle in handles.drain(..) {
+            // Shut down from work running on one of its own threads (or the
+            // last clone dropped there): that thread cannot join itself, and
             // exits by itself once the work returns.
-            if worker.thread().id() != current {
-                let _ = worker.join();
+            if handle.thread().id() != current {
+                let _ = handle.join();
             }
         }
     }
@@ -200,16 +212,17 @@ impl Drop for Shared {
 }
 
 thread_local! {
-    /// The `id` of the pool this thread is a worker of; 0 on other threads.
-    static WORKER_OF: Cell<usize> = const { Cell::new(0) };
+    /// The `id` of the pool this thread belongs to; 0 on other threads.
+    static POOL_OF: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Where pool ids come from. An id, unlike the address of the pool's
-/// `Shared`, is not reused once the pool is gone: a worker that outlives its
+/// `Shared`, is not reused once the pool is gone: a thread that outlives its
 /// pool (see `Drop for Shared`) never passes for one of a new pool.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// A job on its way to a worker, and the latch its driving thread waits on.
+/// A job on its way to one of the pool's threads, and the latch its driving
+/// thread waits on.
 struct Task {
     /// Borrowed for the duration of one `Pool::apply` call; see there.
     job: ErasedJob,
@@ -241,7 +254,7 @@ pub enum WhenFull {
 /// ```
 /// use ythread::{Pool, WhenFull};
 ///
-/// // Two workers; at most 64 calls wait for them, more fail at once.
+/// // Two threads; at most 64 calls wait for them, more fail at once.
 /// let pool = Pool::builder()
 ///     .threads(2)
 ///     .queue_capacity(64)
@@ -258,13 +271,13 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// The number of worker threads (default: one per core).
+    /// The number of threads (default: one per core).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self
     }
 
-    /// At most `calls` calls wait in the queue for a worker (calls being
+    /// At most `calls` calls wait in the queue for a thread (calls being
     /// run do not count); default: no bound.
     pub fn queue_capacity(mut self, calls: usize) -> Self {
         self.capacity = Some(calls);
@@ -278,7 +291,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers, named `ythread-pool-<i>`.
+    /// Starts the threads, named `ythread-pool-<i>`.
     ///
     /// # Errors
     ///
@@ -298,19 +311,19 @@ impl PoolBuilder {
             Some(capacity) => crossbeam_channel::bounded(capacity),
             None => crossbeam_channel::unbounded(),
         };
-        let mut workers = Vec::with_capacity(self.threads);
+        let mut handles = Vec::with_capacity(self.threads);
         for i in 0..self.threads {
             let receiver = tasks.clone();
             match thread::Builder::new()
                 .name(format!("ythread-pool-{i}"))
-                .spawn(move || worker(id, receiver))
+                .spawn(move || run_thread(id, receiver))
             {
-                Ok(worker) => workers.push(worker),
+                Ok(handle) => handles.push(handle),
                 Err(error) => {
-                    // Disconnected, the queue ends the workers started.
+                    // Disconnected, the queue ends the threads started.
                     drop((queue, tasks));
-                    for worker in workers {
-                        let _ = worker.join();
+                    for handle in handles {
+                        let _ = handle.join();
                     }
                     return Err(error);
                 }
@@ -323,19 +336,19 @@ impl PoolBuilder {
                 bound: self.capacity.map(|capacity| (capacity, self.when_full)),
                 gate: Gate::default(),
                 threads: self.threads,
-                workers: Mutex::new(workers),
+                handles: Mutex::new(handles),
             }),
         })
     }
 }
 
 impl Pool {
-    /// Starts a pool of `threads` workers, named `ythread-pool-<i>`, with
+    /// Starts a pool of `threads` threads, named `ythread-pool-<i>`, with
     /// an unbounded queue.
     ///
     /// # Panics
     ///
-    /// Panics if `threads` is zero or a worker thread cannot be spawned.
+    /// Panics if `threads` is zero or a thread cannot be spawned.
     pub fn new(threads: usize) -> Self {
         assert!(threads > 0, "Pool::new: a pool needs at least one thread");
         Pool::builder()
@@ -356,35 +369,35 @@ impl Pool {
     /// Stops the pool: it takes no new work (a call offloaded to it from
     /// now on fails with [`OffloadErrorKind::Unavailable`](crate::OffloadErrorKind::Unavailable)), runs the work
     /// already queued, and that of callers already waiting for room in a
-    /// full queue, then stops its workers and joins them. Every clone sees
-    /// it. Returns once the workers have ended; called from work on one of
-    /// them, it returns at once (the pool is closed by then) and the workers
+    /// full queue, then stops its threads and joins them. Every clone sees
+    /// it. Returns once the threads have ended; called from work on one of
+    /// them, it returns at once (the pool is closed by then) and the threads
     /// are joined from another thread once that work returns. Work nested
-    /// in work on a worker still runs in place.
+    /// in work on a thread still runs in place.
     ///
-    /// Work that never returns keeps its worker, and this call, waiting:
+    /// Work that never returns keeps its thread, and this call, waiting:
     /// see the crate's "Work that never ends".
     pub fn shutdown(&self) {
         self.shared.shutdown();
     }
 
     /// Calls waiting in the queue now. (Once a shutdown has begun, the
-    /// workers' stop messages, one per worker, count too, until each worker
+    /// threads' stop messages, one per thread, count too, until each thread
     /// takes its own.)
     pub fn queued(&self) -> usize {
         self.shared.queue.len()
     }
 
-    /// A pool with one worker per core the process may use.
+    /// A pool with one thread per core the process may use.
     ///
     /// # Panics
     ///
-    /// Panics if a worker thread cannot be spawned.
+    /// Panics if a thread cannot be spawned.
     pub fn per_core() -> Self {
         Pool::new(super::cores())
     }
 
-    /// The number of worker threads.
+    /// The number of threads.
     pub fn threads(&self) -> usize {
         self.shared.threads
     }
@@ -399,10 +412,10 @@ impl Default for Pool {
 
 impl Apply for Pool {
     fn apply(&self, job: Job<'_>) {
-        // Work nested in work running on one of our workers: queueing it
-        // would keep this worker waiting for another, and with every worker
+        // Work nested in work running on one of our threads: queueing it
+        // would keep this thread waiting for another, and with every thread
         // doing that, none would be left to run it.
-        if WORKER_OF.get() == self.shared.id {
+        if POOL_OF.get() == self.shared.id {
             job.run();
             return;
         }
@@ -413,11 +426,12 @@ impl Apply for Pool {
             return;
         };
         let latch = Latch::new();
-        // The job's borrows must outlive its use on the worker: this function
-        // does not return until the worker has set `latch.done`, which it does
-        // after the job has run, and it cannot unwind in between (sending
-        // cannot panic, waiting does not panic). If the send fails, the task
-        // comes back in the error and the job is left to fail here.
+        // The job's borrows must outlive its use on the pool's thread: this
+        // function does not return until that thread has set `latch.done`,
+        // which it does after the job has run, and it cannot unwind in
+        // between (sending cannot panic, waiting does not panic). If the send
+        // fails, the task comes back in the error and the job is left to fail
+        // here.
         let task = Message::Run(Task {
             job: job.erase(),
             latch: NonNull::from(&latch),
@@ -440,9 +454,9 @@ impl Apply for Pool {
         };
         drop(pass);
         if let Some((Message::Run(task), error)) = refused {
-            // SAFETY: the task never reached a worker: its job slot, in the
-            // handler suspended on this call, is alive and used by no one
-            // else.
+            // SAFETY: the task never reached the pool's threads: its job
+            // slot, in the handler suspended on this call, is alive and used
+            // by no one else.
             let mut job = unsafe { task.job.as_job() };
             job.fail(error);
             return;
@@ -451,17 +465,17 @@ impl Apply for Pool {
     }
 }
 
-fn worker(pool: usize, tasks: Receiver<Message>) {
-    WORKER_OF.set(pool);
+fn run_thread(pool: usize, tasks: Receiver<Message>) {
+    POOL_OF.set(pool);
     loop {
         // Parking costs the next task a wake-up of tens of microseconds on a
         // virtual machine, so look for more work for a little while first;
-        // an idle pool still goes to sleep within `WORKER_SPIN`.
-        let message = match spin_until(WORKER_SPIN, || tasks.try_recv().ok()) {
+        // an idle pool still goes to sleep within `IDLE_SPIN`.
+        let message = match spin_until(IDLE_SPIN, || tasks.try_recv().ok()) {
             Some(message) => message,
             None => match tasks.recv() {
                 Ok(message) => message,
-                // The queue is gone: `build` failed to start every worker.
+                // The queue is gone: `build` failed to start every thread.
                 Err(_) => return,
             },
         };
@@ -471,7 +485,7 @@ fn worker(pool: usize, tasks: Receiver<Message>) {
         // SAFETY: the driving thread is blocked in `Pool::apply` until `done`
         // is set below, so the job's slot is alive and no one else uses it.
         let job = unsafe { task.job.as_job() };
-        // `Job::run` catches panics, so a panicking job never kills a worker.
+        // `Job::run` catches panics, so a panicking job never kills a thread.
         job.run();
         // SAFETY: the driving thread is still blocked in `Pool::apply`, which
         // owns the latch, until `done` is set below.
@@ -480,8 +494,8 @@ fn worker(pool: usize, tasks: Receiver<Message>) {
     }
 }
 
-/// How long an idle worker polls the queue before parking.
-const WORKER_SPIN: Duration = Duration::from_micros(50);
+/// How long an idle thread polls the queue before parking.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 /// Polls `ready` until it returns `Some` or `budget` has passed.
 #[inline]

@@ -1,246 +1,211 @@
-//! One worker process, seen from the parent: starting it (re-executing the
-//! program in worker mode), its channel, and reaping it.
+//! The child side of a worker process: what [`init`](super::init) runs in
+//! it, serving the calls its parent sends until the parent closes the
+//! channel. (The parent side is `process.rs`, which starts it, and
+//! `call.rs`, which sends it calls.)
 
-use std::ffi::OsString;
-use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::io::{PipeReader, PipeWriter};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
 
-use super::frame::{self, HELLO, PROTOCOL, ReadError};
-use crate::error::Death;
+use rustix::io::FdFlags;
 
-/// The environment variable that tells a process it is a worker, and its
-/// protocol version and maximum frame size: `1:67108864`.
-pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
+use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
+use super::process::{CALLS_FD, REPLIES_FD};
+use crate::offloadable::{self, Lookup};
 
-/// The descriptors on which a worker finds its channel: calls come in on
-/// the first, replies go out on the second.
-pub(crate) const CALLS_FD: i32 = 3;
-pub(crate) const REPLIES_FD: i32 = 4;
-
-/// How to start a worker.
-#[derive(Clone, Debug)]
-pub(crate) struct Spec {
-    pub(crate) program: PathBuf,
-    /// The worker's `argv[0]`, if not `program`.
-    pub(crate) arg0: Option<OsString>,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) memory_limit: Option<u64>,
-    pub(crate) max_frame: usize,
-    /// How long a worker may take from `exec` to its hello.
-    pub(crate) start_timeout: Duration,
-}
-
-/// A running worker process and the parent's end of its channel.
-#[derive(Debug)]
-pub(crate) struct Worker {
-    child: Child,
-    /// The number of the next call (replies carry it back).
-    pub(crate) next_call: u32,
-    /// Calls go out here; `None` once closed.
-    calls: Option<PipeWriter>,
-    /// Replies come in here.
-    pub(crate) replies: PipeReader,
-    /// The frame buffer, kept between calls.
-    pub(crate) buf: Vec<u8>,
-    memory_limit: Option<u64>,
-}
-
-impl Worker {
-    /// Starts a worker and waits for its hello.
-    ///
-    /// Must be called from a thread that outlives the worker: the worker is
-    /// killed when the thread that started it exits (`PR_SET_PDEATHSIG` is
-    /// per thread on Linux), which is how workers die with their parent.
-    pub(crate) fn start(spec: &Spec) -> Result<Worker, String> {
-        let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
-        let (calls_in, calls_out) = pipe("calls")?;
-        let (replies_in, replies_out) = pipe("replies")?;
-        let mut command = Command::new(&spec.program);
-        if let Some(arg0) = &spec.arg0 {
-            command.arg0(arg0);
-        }
-        command
-            .args(&spec.args)
-            .env(WORKER_ENV, format!("{PROTOCOL}:{}", spec.max_frame))
-            .stdin(Stdio::null())
-            // A worker's own `println!` must not reach the channel (which is
-            // not stdout anyway) nor be lost: it goes to the parent's stderr.
-            .stdout(stderr_handle().map_err(|e| format!("dup stderr: {e}"))?);
-        let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
-        let parent = std::process::id();
-        let memory_limit = spec.memory_limit;
-        // SAFETY: the closure runs in the child between `fork` and `exec`,
-        // where only async-signal-safe calls are allowed: `dup`, `dup2`,
-        // `fcntl`, `prctl`, `getppid` and `setrlimit` are system calls, and
-        // nothing here allocates or takes a lock.
-        unsafe {
-            command.pre_exec(move || {
-                // Both ends are close-on-exec; `dup2` gives copies that are
-                // not at the fixed numbers. The replies end first goes out of
-                // the way, in case it sits at `CALLS_FD` already.
-                let replies = libc::fcntl(replies_fd, libc::F_DUPFD_CLOEXEC, 10);
-                let calls = if calls_fd == CALLS_FD {
-                    // In place already: `dup2` onto itself would keep
-                    // close-on-exec set.
-                    libc::fcntl(calls_fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(calls_fd, CALLS_FD)
-                };
-                if replies == -1 || calls == -1 || libc::dup2(replies, REPLIES_FD) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died before `prctl`: then no signal
-                // will come.
-                if libc::getppid() as u32 != parent {
-                    // (No allocation here: `io::Error::other` would.)
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                if let Some(bytes) = memory_limit {
-                    let limit = libc::rlimit {
-                        rlim_cur: bytes,
-                        rlim_max: bytes,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_AS, &limit) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
-        // The child's ends, which only the child must hold: a reader of its
-        // own replies would keep the parent from seeing the worker die.
-        drop((calls_in, replies_out));
-        let mut worker = Worker {
-            child,
-            next_call: 1,
-            calls: Some(calls_out),
-            replies: replies_in,
-            buf: Vec::new(),
-            memory_limit,
+/// Serves calls on the channel the parent set up, until the parent closes
+/// it. Returns the process's exit code.
+pub(crate) fn serve(setting: &str) -> i32 {
+    let Some(max_frame) = parse_setting(setting) else {
+        eprintln!(
+            "ythread: this process was started as a worker (YTHREAD_WORKER={setting}) by a \
+             parent speaking another protocol than {PROTOCOL}; exiting"
+        );
+        return 2;
+    };
+    if !is_fifo(CALLS_FD) || !is_fifo(REPLIES_FD) {
+        eprintln!(
+            "ythread: YTHREAD_WORKER is set, but descriptors {CALLS_FD} and {REPLIES_FD} are \
+             not a worker's channel (a worker's own child process inherits the variable: \
+             unset it there); exiting"
+        );
+        return 2;
+    }
+    // SAFETY: the parent placed its pipes at these descriptors for this
+    // process (checked just above to be pipes), and nothing else in the
+    // process owns them: they are taken once, here, before any user code
+    // runs.
+    let (calls, replies) = unsafe {
+        (
+            OwnedFd::from_raw_fd(CALLS_FD),
+            OwnedFd::from_raw_fd(REPLIES_FD),
+        )
+    };
+    // The worker's own child processes must not inherit the channel.
+    for fd in [&calls, &replies] {
+        let _ = rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC);
+    }
+    let (mut calls, mut replies) = (PipeReader::from(calls), PipeWriter::from(replies));
+    // `ps` shows workers as such (the parent starts them as
+    // `/proc/self/exe`, which it would show as `exe`): `prctl(PR_SET_NAME)`
+    // (at most 16 bytes, which this name is).
+    let _ = rustix::thread::set_name(c"ythread-worker");
+    // A panic in work prints as the panic of "thread 'main'": say whose.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprint!("[ythread worker process {}] ", std::process::id());
+        hook(info);
+    }));
+    let mut out = Vec::new();
+    frame::begin(&mut out, HELLO, 0);
+    if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
+        || frame::finish(&mut out, max_frame).is_err()
+        || frame::write(&mut replies, &out, None).is_err()
+    {
+        return 0;
+    }
+    let mut input = Vec::new();
+    loop {
+        let (kind, call, body) = match frame::read(&mut calls, &mut input, max_frame, None) {
+            Ok(frame) => frame,
+            // The parent closed the channel: it is done with this worker.
+            Err(ReadError::Closed) => return 0,
+            Err(error) => {
+                eprintln!("ythread worker {}: {error}; exiting", std::process::id());
+                return 2;
+            }
         };
-        match worker.hello(spec) {
-            Ok(()) => Ok(worker),
-            Err(why) => {
-                let ended = match worker.reap_or_kill(Duration::from_millis(200)) {
-                    (_, true) => "it was still running its own code, and was killed".to_owned(),
-                    (death, false) => death.to_string(),
-                };
-                Err(format!(
-                    "the worker process {why} ({ended}); a program that uses `Processes` must \
-                     call `ythread::processes::init()` first thing in `main`, so that a worker \
-                     starts serving before the program's own code runs"
-                ))
+        if kind != CALL {
+            eprintln!(
+                "ythread worker {}: unexpected frame kind {kind}; exiting",
+                std::process::id()
+            );
+            return 2;
+        }
+        answer(call, body, &mut out, max_frame);
+        if frame::write(&mut replies, &out, None).is_err() {
+            return 0;
+        }
+    }
+}
+
+/// Whether `fd` is an open pipe. (libc's `fstat`: rustix's takes a borrowed
+/// descriptor, which `fd` is not known to be until this says so.)
+fn is_fifo(fd: i32) -> bool {
+    // SAFETY: `fstat` only writes the `stat` it is given.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFIFO
+    }
+}
+
+/// `1:67108864`: protocol 1, frames of at most 64 MiB.
+fn parse_setting(setting: &str) -> Option<usize> {
+    let (protocol, max_frame) = setting.split_once(':')?;
+    if protocol.parse::<u32>().ok()? != PROTOCOL {
+        return None;
+    }
+    max_frame.parse().ok()
+}
+
+/// Runs one call and writes the reply frame into `out`.
+fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
+    let (name, fingerprint, args) = match frame::parse_call(body) {
+        Ok(call) => call,
+        Err(error) => {
+            return refuse(
+                out,
+                call,
+                max_frame,
+                frame::REFUSED_ARGUMENTS,
+                format!("a malformed call: {error}"),
+            );
+        }
+    };
+    let registration = match offloadable::by_name(name) {
+        Lookup::Found(registration) => registration,
+        Lookup::Missing => {
+            return refuse(
+                out,
+                call,
+                max_frame,
+                frame::REFUSED_UNREGISTERED,
+                format!(
+                    "the worker program has no `#[offloadable]` function `{name}` (is it \
+                     another program, or another build?)"
+                ),
+            );
+        }
+        Lookup::Ambiguous => {
+            return refuse(
+                out,
+                call,
+                max_frame,
+                frame::REFUSED_UNREGISTERED,
+                format!("the worker program registers `{name}` twice"),
+            );
+        }
+    };
+    if registration.fingerprint != fingerprint {
+        return refuse(
+            out,
+            call,
+            max_frame,
+            frame::REFUSED_FINGERPRINT,
+            format!(
+                "the worker's `{name}` has another signature, `{}` (is it another build?)",
+                registration.signature
+            ),
+        );
+    }
+    frame::begin(out, DONE, call);
+    match panic::catch_unwind(AssertUnwindSafe(|| (registration.invoke)(args, out))) {
+        Ok(Ok(())) => {
+            if let Err(size) = frame::finish(out, max_frame) {
+                refuse(
+                    out,
+                    call,
+                    max_frame,
+                    frame::REFUSED_RESULT,
+                    format!(
+                        "its result is {size} bytes, over the maximum frame of {max_frame} bytes"
+                    ),
+                );
+            }
+        }
+        Ok(Err(error)) => refuse(
+            out,
+            call,
+            max_frame,
+            frame::REFUSED_ARGUMENTS,
+            format!("its arguments could not be decoded, or its result encoded: {error}"),
+        ),
+        Err(payload) => {
+            // The panic hook has printed it, on this worker's stderr; the
+            // parent gets its message.
+            let message = crate::error::payload_text(&*payload)
+                .unwrap_or("Box<dyn Any>")
+                .to_owned();
+            // Dropping the payload could panic again: keep it.
+            std::mem::forget(payload);
+            frame::begin(out, PANICKED, call);
+            let _ = frame::put(out, &message);
+            if frame::finish(out, max_frame).is_err() {
+                let short: String = message.chars().take(4096).collect();
+                frame::begin(out, PANICKED, call);
+                let _ = frame::put(out, &short);
+                let _ = frame::finish(out, max_frame);
             }
         }
     }
-
-    /// Waits for the worker's hello.
-    fn hello(&mut self, spec: &Spec) -> Result<(), String> {
-        // (A time-out too far to add, `Duration::MAX`, is none.)
-        let deadline = Instant::now().checked_add(spec.start_timeout);
-        let (kind, _call, body) =
-            frame::read(&mut self.replies, &mut self.buf, spec.max_frame, deadline).map_err(
-                |error| match error {
-                    ReadError::Closed => "ended before it was ready".to_owned(),
-                    ReadError::TimedOut => {
-                        format!("did not say it was ready within {:?}", spec.start_timeout)
-                    }
-                    other => format!("sent a malformed hello: {other}"),
-                },
-            )?;
-        let (protocol, _pid) = match (kind, frame::parse_hello(body)) {
-            (HELLO, Ok(hello)) => hello,
-            _ => return Err("sent a malformed hello".to_owned()),
-        };
-        if protocol != PROTOCOL {
-            return Err(format!(
-                "speaks protocol {protocol}, not {PROTOCOL} (is it another build?)"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The worker's process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits up to `grace` for the worker to end by itself (it usually has
-    /// already, when its channel closed), then kills it, and returns how it
-    /// ended. Never leaves a zombie.
-    pub(crate) fn reap(&mut self, grace: Duration) -> Death {
-        self.reap_or_kill(grace).0
-    }
-
-    /// [`reap`](Worker::reap), and whether it had to be killed.
-    fn reap_or_kill(&mut self, grace: Duration) -> (Death, bool) {
-        let end = Instant::now() + grace;
-        let (status, killed) = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break (Some(status), false),
-                Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(1)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    break (self.child.wait().ok(), true);
-                }
-                Err(_) => break (None, false),
-            }
-        };
-        (self.death(status), killed)
-    }
-
-    /// Kills the worker (SIGKILL) and reaps it.
-    pub(crate) fn kill(&mut self) -> Death {
-        let _ = self.child.kill();
-        let status = self.child.wait().ok();
-        self.death(status)
-    }
-
-    fn death(&self, status: Option<ExitStatus>) -> Death {
-        Death {
-            code: status.and_then(|s| s.code()),
-            signal: status.and_then(|s| s.signal()),
-            memory_limit: self.memory_limit,
-        }
-    }
-
-    /// Sends a finished frame; see [`frame::write`].
-    pub(crate) fn send(&mut self, frame: &[u8], deadline: Option<Instant>) -> io::Result<()> {
-        match &mut self.calls {
-            Some(calls) => frame::write(calls, frame, deadline),
-            None => Err(io::ErrorKind::BrokenPipe.into()),
-        }
-    }
-
-    /// Asks the worker to stop: it sees the end of its channel once it is
-    /// done with what it runs.
-    pub(crate) fn close(&mut self) {
-        self.calls = None;
-    }
 }
 
-impl Drop for Worker {
-    /// Never leaves a process behind, whatever path dropped it: kills it (a
-    /// no-op once it is reaped) and reaps it.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn refuse(out: &mut Vec<u8>, call: u32, max_frame: usize, reason: u8, detail: String) {
+    frame::begin(out, REFUSED, call);
+    let _ = frame::put(out, &(reason, &detail));
+    if frame::finish(out, max_frame).is_err() {
+        frame::begin(out, REFUSED, call);
+        let _ = frame::put(out, &(reason, "(detail too long)"));
+        let _ = frame::finish(out, max_frame);
     }
-}
-
-/// A handle on this process's stderr, for a child's stdout.
-fn stderr_handle() -> io::Result<Stdio> {
-    use std::os::fd::AsFd;
-    Ok(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?))
 }

@@ -17,8 +17,11 @@
 //! a corrupt or hostile length costs at most that much memory.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::time::Instant;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 /// The version of this protocol; a worker of another version is refused at
 /// its hello.
@@ -191,42 +194,30 @@ struct Timed<'s, R> {
 impl<R: Read + AsFd> Read for Timed<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if let Some(deadline) = self.deadline {
-            wait_until_ready(self.input.as_fd(), libc::POLLIN, deadline)?;
+            wait_until_ready(self.input.as_fd(), PollFlags::IN, deadline)?;
         }
         self.input.read(out)
     }
 }
 
-/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`), or fails
-/// with `TimedOut` at `deadline`. A closed peer counts as ready: the read or
+/// Waits until `fd` is ready for `events` (`IN`, `OUT`), or fails with
+/// `TimedOut` at `deadline`. A closed peer counts as ready: the read or
 /// write that follows reports it.
-fn wait_until_ready(
-    fd: std::os::fd::BorrowedFd<'_>,
-    events: i16,
-    deadline: Instant,
-) -> io::Result<()> {
+fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) -> io::Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let mut poll = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        // Round up, so that a deadline 0.5 ms away is not a busy loop.
-        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        // SAFETY: `poll` reads and writes the one `pollfd` it is given.
-        match unsafe { libc::poll(&mut poll, 1, ms) } {
-            -1 => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(error);
-                }
-            }
-            0 => {}
-            _ => return Ok(()),
+        let mut poll = [PollFd::from_borrowed_fd(fd, events)];
+        // To the nanosecond (a deadline 0.5 ms away is no busy loop), and
+        // at most `i32::MAX` ms at a time, as `poll(2)` would take it (the
+        // loop then looks again).
+        let timeout = Timespec::try_from(left.min(Duration::from_millis(i32::MAX as u64))).ok();
+        match rustix::event::poll(&mut poll, timeout.as_ref()) {
+            Ok(0) | Err(Errno::INTR) => {}
+            Ok(_) => return Ok(()),
+            Err(error) => return Err(error.into()),
         }
     }
 }
@@ -243,10 +234,10 @@ pub(crate) fn write<W: Write + AsFd>(
     };
     let mut rest = frame;
     while !rest.is_empty() {
-        wait_until_ready(output.as_fd(), libc::POLLOUT, deadline)?;
+        wait_until_ready(output.as_fd(), PollFlags::OUT, deadline)?;
         // A ready pipe takes `PIPE_BUF` bytes without blocking, and no more
         // for sure: a larger write could block past the deadline.
-        let chunk = rest.len().min(libc::PIPE_BUF);
+        let chunk = rest.len().min(rustix::pipe::PIPE_BUF);
         match output.write(&rest[..chunk]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => rest = &rest[n..],

@@ -57,6 +57,7 @@
 mod queue;
 mod serve;
 mod wire;
+mod worker;
 
 use std::fmt;
 use std::io;
@@ -66,13 +67,14 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
+pub use self::worker::{Worker, WorkerBuilder};
 pub use async_nats;
-pub use serve::{Worker, WorkerBuilder};
 
-use self::wire::Reply;
-use crate::apply::semaphore::FairSemaphore;
+use self::wire::{Reply, check_token, credentials_from_url, deadline_header, redacted, subject};
 use crate::error::OffloadError;
-use crate::offloadable::Entry;
+use crate::offloadable::Registration;
+use crate::portable::portable_call;
+use crate::sync::semaphore::FairSemaphore;
 use crate::{Apply, Job};
 
 /// Sends offloaded calls to remote [`Worker`]s through NATS. See the
@@ -253,118 +255,6 @@ impl RemoteBuilder {
     }
 }
 
-/// The header that carries a call's deadline, in milliseconds from when the
-/// worker receives it.
-const DEADLINE_HEADER: &str = "Ythread-Deadline-Ms";
-
-/// Puts `deadline` in `headers`.
-pub(crate) fn set_deadline(headers: &mut async_nats::HeaderMap, deadline: Duration) {
-    headers.insert(DEADLINE_HEADER, deadline.as_millis().to_string().as_str());
-}
-
-/// The deadline `headers` carry, if any.
-pub(crate) fn deadline_of(headers: Option<&async_nats::HeaderMap>) -> Option<Duration> {
-    headers?
-        .get(DEADLINE_HEADER)?
-        .as_str()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_millis)
-}
-
-fn deadline_header(deadline: Duration) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    set_deadline(&mut headers, deadline);
-    headers
-}
-
-/// `nats://user:password@host:port`: async-nats ignores credentials in a
-/// URL, so they go to the connection options (unless those have their own),
-/// and the URL without them is what errors show.
-pub(crate) fn credentials_from_url(
-    url: &str,
-    options: Option<async_nats::ConnectOptions>,
-) -> io::Result<(String, async_nats::ConnectOptions)> {
-    if url.contains(',') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "one NATS URL, please: the client learns the other servers of a cluster from the \
-             one it reaches",
-        ));
-    }
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) if ["nats", "tls", "ws", "wss"].contains(&scheme) => (scheme, rest),
-        _ => ("nats", url),
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return Ok((url.to_owned(), options.unwrap_or_default()));
-    };
-    let bare = format!("{scheme}://{host}");
-    if let Some(options) = options {
-        return Ok((bare, options));
-    }
-    let options = match credentials.split_once(':') {
-        Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(
-            percent_decoded(user),
-            percent_decoded(password),
-        ),
-        None => async_nats::ConnectOptions::with_token(percent_decoded(credentials)),
-    };
-    Ok((bare, options))
-}
-
-/// `p%40ss` is `p@ss`, as in any URL.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The URL without its credentials, to show.
-pub(crate) fn redacted(url: &str) -> &str {
-    url.rsplit_once('@').map_or(url, |(_, host)| host)
-}
-
-/// The subject of `entry`'s calls in `namespace`.
-pub(crate) fn subject(namespace: &str, entry: &Entry) -> String {
-    format!(
-        "ythread.{namespace}.{}.{:016x}",
-        entry.name, entry.fingerprint
-    )
-}
-
-fn check_token(namespace: &str) -> io::Result<()> {
-    if namespace.is_empty()
-        || namespace
-            .chars()
-            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the namespace {namespace:?} is not a NATS subject token"),
-        ));
-    }
-    Ok(())
-}
-
 /// One runtime thread for the connection's I/O.
 fn runtime(name: &str) -> io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -382,10 +272,11 @@ impl Apply for Remote {
              is in flight, and this thread runs an async runtime: drive handlers on plain \
              threads (`YieldableThread`), or from `spawn_blocking`"
         );
-        let Some((call, entry)) = crate::processes::portable_call(&mut job) else {
-            return;
+        let (call, registration) = match portable_call(job.wire()) {
+            Ok(call) => call,
+            Err(error) => return job.fail(error),
         };
-        let name = entry.name;
+        let name = registration.name;
         let mut payload = Vec::new();
         if let Err(error) = call.encode_args(&mut payload) {
             call.fail(error);
@@ -411,7 +302,7 @@ impl Apply for Remote {
             ));
             return;
         }
-        let subject = subject(&self.namespace, entry);
+        let subject = subject(&self.namespace, registration);
         self.calls.fetch_add(1, Ordering::Relaxed);
         // The deadline counts from here: waiting for one of the
         // `max_in_flight` calls is part of the call's time.
@@ -453,14 +344,14 @@ impl Apply for Remote {
                 "the connection to NATS was lost while the call was in flight",
             )),
             Some(Err(_elapsed)) => call.fail(OffloadError::no_answer_by(name, self.deadline)),
-            Some(Ok(Err(error))) => call.fail(request_error(entry, &self.namespace, &error)),
+            Some(Ok(Err(error))) => call.fail(request_error(registration, &self.namespace, &error)),
             Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
                 Ok(Reply::Done(result)) => {
-                    if let Err(error) = call.finish(entry, result) {
+                    if let Err(error) = call.finish(registration, result) {
                         call.fail(error);
                     }
                 }
-                Ok(Reply::Failed(error)) => call.fail(OffloadError::from_wire(name, error)),
+                Ok(Reply::Failed(error)) => call.fail(error.into_error(name)),
                 Err(error) => call.fail(OffloadError::protocol(
                     name,
                     format_args!("a malformed reply: {error}"),
@@ -470,30 +361,34 @@ impl Apply for Remote {
     }
 }
 
-fn request_error(entry: &Entry, namespace: &str, error: &async_nats::RequestError) -> OffloadError {
+fn request_error(
+    registration: &Registration,
+    namespace: &str,
+    error: &async_nats::RequestError,
+) -> OffloadError {
     use async_nats::RequestErrorKind;
     match error.kind() {
         RequestErrorKind::NoResponders => OffloadError::unavailable(
-            entry.name,
+            registration.name,
             format_args!(
                 "no worker serves it on NATS (namespace `{namespace}`, signature `{}`): none is \
                  running, or they run another build of it",
-                entry.signature
+                registration.signature
             ),
         ),
         RequestErrorKind::TimedOut => {
-            OffloadError::unavailable(entry.name, "the NATS request timed out")
+            OffloadError::unavailable(registration.name, "the NATS request timed out")
         }
         RequestErrorKind::MaxPayloadExceeded => OffloadError::protocol(
-            entry.name,
+            registration.name,
             format_args!("its arguments are over the NATS server's maximum payload: {error}"),
         ),
         RequestErrorKind::InvalidSubject => OffloadError::protocol(
-            entry.name,
+            registration.name,
             format_args!("its subject is not a valid NATS subject: {error}"),
         ),
         RequestErrorKind::Other => {
-            OffloadError::unavailable(entry.name, format_args!("NATS: {error}"))
+            OffloadError::unavailable(registration.name, format_args!("NATS: {error}"))
         }
     }
 }
@@ -511,6 +406,7 @@ impl fmt::Debug for Remote {
 
 #[cfg(test)]
 mod tests {
+    use super::wire::percent_decoded;
     use super::*;
 
     #[test]

@@ -23,11 +23,10 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::offloadable::Entry;
-
-/// The header that carries a forwarded call's reply subject (the
-/// requester's inbox).
-const REPLY_HEADER: &str = "Ythread-Reply-To";
+use super::wire::{
+    deadline_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_reply_to,
+};
+use crate::offloadable::Registration;
 
 /// Calls queued at most, in bytes, for the whole fleet of a namespace; past
 /// it, a busy worker keeps the call in its own line. The server reserves it
@@ -78,7 +77,7 @@ impl Queue {
         let jetstream = jetstream::new(client.clone());
         let config = stream::Config {
             name: stream_name(namespace),
-            subjects: vec![format!("ythread-queue.{namespace}.>")],
+            subjects: vec![queue_subjects(namespace)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::Memory,
             max_bytes: MAX_QUEUED_BYTES,
@@ -99,31 +98,28 @@ impl Queue {
         })
     }
 
-    fn subject(&self, entry: &Entry) -> String {
-        format!(
-            "ythread-queue.{}.{}.{:016x}",
-            self.namespace, entry.name, entry.fingerprint
-        )
+    fn subject(&self, registration: &Registration) -> String {
+        queue_subject(&self.namespace, registration)
     }
 
     /// Puts a call in the queue; returns once the server has said whether
     /// it stored it.
     pub(super) async fn forward(
         &self,
-        entry: &Entry,
+        registration: &Registration,
         reply_to: &str,
         left: Option<Duration>,
         args: Bytes,
     ) -> Forwarded {
         use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(REPLY_HEADER, reply_to);
+        set_reply_to(&mut headers, reply_to);
         if let Some(left) = left {
-            super::set_deadline(&mut headers, left);
+            set_deadline(&mut headers, left);
         }
         let ack = match self
             .jetstream
-            .publish_with_headers(self.subject(entry), headers, args)
+            .publish_with_headers(self.subject(registration), headers, args)
             .await
         {
             Ok(ack) => ack,
@@ -146,15 +142,15 @@ impl Queue {
         }
     }
 
-    /// The pull consumer of `entry`'s calls, shared by every worker; the
+    /// The pull consumer of `registration`'s calls, shared by every worker; the
     /// stream too is made again if it is gone (a server restarted loses its
     /// in-memory streams).
     ///
     /// # Errors
     ///
     /// If the server refuses them (or JetStream is gone).
-    pub(super) async fn consumer(&self, entry: &Entry) -> Result<Consumer, String> {
-        let name = consumer_name(entry);
+    pub(super) async fn consumer(&self, registration: &Registration) -> Result<Consumer, String> {
+        let name = consumer_name(registration);
         self.jetstream
             .get_or_create_stream(self.config.clone())
             .await
@@ -163,7 +159,7 @@ impl Queue {
                 &name,
                 consumer::pull::Config {
                     durable_name: Some(name.clone()),
-                    filter_subject: self.subject(entry),
+                    filter_subject: self.subject(registration),
                     // A worker acks a call (and waits for the server to
                     // confirm) before it runs it, or nacks it (puts it back
                     // at the head of the line) if it finds its processes
@@ -247,11 +243,11 @@ impl Pulled {
             since(info.published.unix_timestamp_nanos())
         });
         let headers = message.headers.as_ref();
-        let reply_to = headers?.get(REPLY_HEADER)?.as_str().into();
+        let reply_to = reply_to_of(headers)?;
         // A second of slack for the clocks of the server and of this
         // machine, which measure `waited` between them.
-        let left = super::deadline_of(headers)
-            .map(|deadline| (deadline + CLOCK_SLACK).saturating_sub(waited));
+        let left =
+            deadline_of(headers).map(|deadline| (deadline + CLOCK_SLACK).saturating_sub(waited));
         Some(Queued {
             reply_to,
             left,
@@ -318,11 +314,11 @@ fn stream_name(namespace: &str) -> String {
     }
 }
 
-/// A consumer name for `entry`: its path can hold `::`, so a hash of it.
-fn consumer_name(entry: &Entry) -> String {
+/// A consumer name for `registration`: its path can hold `::`, so a hash of it.
+fn consumer_name(registration: &Registration) -> String {
     format!(
         "ythread-{:016x}-{:016x}",
-        crate::offloadable::fingerprint(entry.name),
-        entry.fingerprint
+        crate::offloadable::fingerprint(registration.name),
+        registration.fingerprint
     )
 }

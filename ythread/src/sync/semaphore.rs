@@ -1,6 +1,9 @@
 //! A first-come, first-served counting semaphore for `Bounded` and
 //! `Exclusive`.
 //!
+//! (Over 500 lines with its tests: the semaphore itself is about 330, its
+//! unit tests and loom models the rest, kept beside the code they check.)
+//!
 //! Fairness is the point: a released permit is handed directly to the
 //! longest-waiting thread, so a thread that releases and immediately asks
 //! again goes to the back of the queue instead of barging ahead.
@@ -15,39 +18,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ptr;
 
-// Under `--cfg loom` (`scripts/loom`), loom's models of the primitives, so
-// that the model checker explores every interleaving of the admission.
-#[cfg(loom)]
-use loom::sync::atomic::{AtomicBool, Ordering};
-#[cfg(loom)]
-use loom::sync::{Arc, Mutex as LoomMutex};
-#[cfg(loom)]
-use loom::thread::{self, Thread};
-#[cfg(not(loom))]
-use parking_lot::Mutex;
-#[cfg(not(loom))]
-use std::sync::Arc;
-#[cfg(not(loom))]
-use std::sync::atomic::{AtomicBool, Ordering};
-#[cfg(not(loom))]
-use std::thread::{self, Thread};
-
-/// loom's mutex, with `parking_lot`'s `lock` (no poisoning).
-#[cfg(loom)]
-struct Mutex<T>(LoomMutex<T>);
-
-#[cfg(loom)]
-impl<T> Mutex<T> {
-    fn new(value: T) -> Self {
-        Mutex(LoomMutex::new(value))
-    }
-
-    fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+// Under `--cfg loom` (`scripts/loom`), loom's models of these, so that the
+// model checker explores every interleaving of the admission.
+use super::loom::thread::{self, Thread};
+use super::loom::{Arc, AtomicBool, Mutex, Ordering};
 
 pub(crate) struct FairSemaphore {
     /// Permits not held by anyone, and the queue of threads waiting for one.

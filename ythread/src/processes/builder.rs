@@ -1,0 +1,221 @@
+//! [`ProcessesBuilder`]: a [`Processes`] strategy's settings, and `build`,
+//! which starts the supervisor and the first workers.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::thread;
+use std::time::Duration;
+
+use super::Processes;
+use super::checkout::{Idle, Shared};
+use super::process::{Spec, WORKER_ENV};
+use super::supervise::{Request, supervise};
+use crate::sync::Mutex;
+use crate::sync::gate::Gate;
+
+/// Builds a [`Processes`] strategy with settings of its own.
+#[derive(Debug, Clone)]
+pub struct ProcessesBuilder {
+    /// How many worker processes to keep.
+    workers: usize,
+    /// How long one call may run; `None`: as long as it takes.
+    deadline: Option<Duration>,
+    /// `RLIMIT_AS` of each worker process, in bytes; `None`: no limit.
+    memory_limit: Option<u64>,
+    /// The largest frame either way, in bytes (at least `MIN_MAX_FRAME`).
+    max_frame: usize,
+    /// The program to start; `None`: this one, `/proc/self/exe`.
+    program: Option<PathBuf>,
+    /// Its arguments.
+    args: Vec<OsString>,
+    /// How long a worker process may take to say it is ready.
+    start_timeout: Duration,
+}
+
+/// The default maximum frame: 64 MiB.
+const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// The smallest maximum frame: replies that explain a failure must fit.
+const MIN_MAX_FRAME: usize = 4096;
+
+impl ProcessesBuilder {
+    /// The number of worker processes (default: the cores this process may
+    /// use).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is zero.
+    pub fn workers(mut self, workers: usize) -> Self {
+        assert!(workers > 0, "Processes: at least one worker is needed");
+        self.workers = workers;
+        self
+    }
+
+    /// How long one call may run. A worker still running a call at its
+    /// deadline is killed (SIGKILL) and replaced, and the call fails with
+    /// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded).
+    /// Default: none.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The address space each worker may use, in bytes (`RLIMIT_AS`). An
+    /// allocation past it fails, and Rust aborts the worker (SIGABRT): the
+    /// call fails with [`WorkerDied`](crate::OffloadErrorKind::WorkerDied),
+    /// the machine keeps its memory. Default: none. Leave room for the
+    /// program itself (its code, its thread stacks): a few hundred MiB at
+    /// least.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The largest message, in bytes, that a call's arguments or its result
+    /// may take (default 64 MiB; at least 4 KiB). A larger one fails that
+    /// call with [`Protocol`](crate::OffloadErrorKind::Protocol) before it is
+    /// sent (or, from the worker, before it is read).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes.max(MIN_MAX_FRAME);
+        self
+    }
+
+    /// The program to start as a worker (default: this program, through
+    /// `/proc/self/exe`). It must call [`init`](super::init) first thing in `main` and
+    /// register the same `#[offloadable]` functions: calls carry each
+    /// function's path and a fingerprint of its signature, and a worker
+    /// without them refuses the call.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Arguments for the worker program (default: none; a worker does not
+    /// see the parent's command line).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long a worker may take to start (default 10 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers and waits until each is ready.
+    ///
+    /// # Errors
+    ///
+    /// If a worker cannot be started or does not become ready: the program
+    /// cannot be executed, or it does not call [`init`](super::init) first in `main` (the
+    /// error says so), or it does not start within the start timeout.
+    /// Workers already started are stopped.
+    pub fn build(self) -> io::Result<Processes> {
+        // A worker whose `main` did not call `init()` first reaches this
+        // line too: starting workers of its own would start copies of the
+        // program without end.
+        if std::env::var_os(WORKER_ENV).is_some() {
+            return Err(io::Error::other(
+                "this process was started as a ythread worker, but its `main` did not call \
+                 `ythread::processes::init()` before building a `Processes`: call it first \
+                 thing in `main`",
+            ));
+        }
+        let spec = Spec {
+            // This program's own name, so that `ps` shows the workers as
+            // what they are rather than as `/proc/self/exe`.
+            arg0: match self.program {
+                None => std::env::args_os().next(),
+                Some(_) => None,
+            },
+            program: self
+                .program
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc/self/exe")),
+            args: self.args.clone(),
+            memory_limit: self.memory_limit,
+            max_frame: self.max_frame,
+            start_timeout: self.start_timeout,
+        };
+        let shared = Arc::new(Shared {
+            idle: Mutex::new(Idle::default()),
+            live: AtomicUsize::new(0),
+            start_error: Mutex::new(None),
+            restarts: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            gate: Gate::default(),
+        });
+        let (requests, incoming) = crossbeam_channel::unbounded();
+        let supervisor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("ythread-processes".into())
+                .spawn(move || supervise(&spec, &shared, &incoming))?
+        };
+        let mut processes = Processes {
+            shared,
+            supervisor: Some(supervisor),
+            requests: Some(requests),
+            deadline: self.deadline,
+            max_frame: self.max_frame,
+            workers: self.workers,
+            start_timeout: self.start_timeout,
+        };
+        let (reply, outcomes) = crossbeam_channel::unbounded();
+        for _ in 0..self.workers {
+            processes.request(Request::Start {
+                reply: Some(reply.clone()),
+            });
+        }
+        for _ in 0..self.workers {
+            match outcomes.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    processes.shut_down();
+                    return Err(io::Error::other(why));
+                }
+                Err(_) => {
+                    processes.shut_down();
+                    return Err(io::Error::other("the supervisor thread stopped"));
+                }
+            }
+        }
+        Ok(processes)
+    }
+}
+
+impl Processes {
+    /// Starts `workers` worker processes with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ProcessesBuilder::build`].
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is zero.
+    pub fn new(workers: usize) -> io::Result<Processes> {
+        Processes::builder().workers(workers).build()
+    }
+
+    /// A builder, for a deadline, a memory limit, another program, ...
+    pub fn builder() -> ProcessesBuilder {
+        ProcessesBuilder {
+            workers: crate::apply::cores(),
+            deadline: None,
+            memory_limit: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            program: None,
+            args: Vec::new(),
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The parent side of a call: a call enters the strategy, takes a worker
+//! process, goes out as a `CALL` frame and comes back as a `DONE`,
+//! `PANICKED` or `REFUSED` one (`frame.rs`); a worker process that dies,
+//! runs past the deadline or goes out of step is replaced. The child side
+//! of the exchange is `child.rs`.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::Processes;
+use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
+use super::process::Process;
+use super::supervise::Request;
+use crate::error::OffloadError;
+use crate::offloadable::Registration;
+use crate::portable::{WireCall, portable_call};
+use crate::{Apply, Job};
+
+impl Apply for Processes {
+    fn apply(&self, mut job: Job<'_>) {
+        match portable_call(job.wire()) {
+            Ok((call, registration)) => self.run(registration, call),
+            Err(error) => job.fail(error),
+        }
+    }
+}
+
+impl Processes {
+    /// Runs `call` of the registered function `registration` on a worker.
+    pub(crate) fn run(&self, registration: &'static Registration, call: &mut dyn WireCall) {
+        let Some(_inside) = self.shared.gate.enter() else {
+            call.fail(OffloadError::shut_down("set of worker processes"));
+            return;
+        };
+        let process = match self.shared.checkout() {
+            Ok(process) => process,
+            Err(why) => {
+                call.fail(OffloadError::unavailable(registration.name, why));
+                return;
+            }
+        };
+        match self.call(process, registration, call) {
+            Ok(process) => self.shared.give_back(process),
+            Err(()) => {
+                self.shared.live.fetch_sub(1, Ordering::AcqRel);
+                self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                self.request(Request::Start { reply: None });
+            }
+        }
+    }
+
+    /// Runs one call on `process`. Returns the process if it can take more.
+    fn call(
+        &self,
+        mut process: Process,
+        registration: &'static Registration,
+        call: &mut dyn WireCall,
+    ) -> Result<Process, ()> {
+        let name = registration.name;
+        let mut buf = std::mem::take(&mut process.buf);
+        let number = process.next_call;
+        process.next_call = number.wrapping_add(1);
+        frame::begin(&mut buf, CALL, number);
+        let encoded = frame::put(&mut buf, &(name, registration.fingerprint))
+            .map_err(|error| OffloadError::protocol(name, error))
+            .and_then(|()| call.encode_args(&mut buf));
+        if let Err(error) = encoded {
+            call.fail(error);
+            process.buf = buf;
+            return Ok(process);
+        }
+        if let Err(size) = frame::finish(&mut buf, self.max_frame) {
+            call.fail(OffloadError::protocol(
+                name,
+                format_args!(
+                    "its arguments take {size} bytes, over the maximum frame of {} bytes \
+                     (`ProcessesBuilder::max_frame`)",
+                    self.max_frame
+                ),
+            ));
+            process.buf = buf;
+            return Ok(process);
+        }
+        // (A deadline too far to add, `Duration::MAX`, is none.)
+        let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
+        if let Err(error) = process.send(&buf, deadline) {
+            if error.kind() == io::ErrorKind::TimedOut {
+                process.kill();
+                call.fail(OffloadError::deadline_exceeded(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                return Err(());
+            }
+            // The worker is gone: its channel is closed.
+            let death = process.reap(Duration::from_millis(200));
+            call.fail(OffloadError::worker_died(name, death));
+            return Err(());
+        }
+        let reply = frame::read(&mut process.replies, &mut buf, self.max_frame, deadline).and_then(
+            |(kind, answered, body)| {
+                if answered == number {
+                    Ok((kind, body))
+                } else {
+                    Err(ReadError::Malformed(format!(
+                        "a reply to call {answered}, where call {number} was asked"
+                    )))
+                }
+            },
+        );
+        let keep = match reply {
+            Ok((DONE, body)) => {
+                if let Err(error) = call.finish(registration, body) {
+                    call.fail(error);
+                }
+                true
+            }
+            Ok((PANICKED, body)) => {
+                let message = frame::parse_panicked(body)
+                    .unwrap_or_else(|_| "(the worker sent an unreadable panic message)".into());
+                call.fail(OffloadError::remote_panic(message));
+                true
+            }
+            Ok((REFUSED, body)) => {
+                match frame::parse_refused(body) {
+                    Ok((frame::REFUSED_UNREGISTERED | frame::REFUSED_FINGERPRINT, detail)) => {
+                        call.fail(OffloadError::not_portable(name, &detail));
+                    }
+                    Ok((_, detail)) => call.fail(OffloadError::protocol(name, detail)),
+                    Err(error) => call.fail(OffloadError::protocol(
+                        name,
+                        format_args!("an unreadable refusal: {error}"),
+                    )),
+                }
+                true
+            }
+            Ok((kind, _)) => {
+                process.kill();
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("the worker sent a frame of unknown kind {kind}"),
+                ));
+                false
+            }
+            Err(ReadError::TimedOut) => {
+                process.kill();
+                call.fail(OffloadError::deadline_exceeded(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                false
+            }
+            Err(ReadError::Closed) => {
+                let death = process.reap(Duration::from_millis(200));
+                call.fail(OffloadError::worker_died(name, death));
+                false
+            }
+            Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
+                // Out of step with the worker: it cannot be trusted with
+                // another call.
+                process.kill();
+                call.fail(OffloadError::protocol(
+                    name,
+                    format_args!("its reply was malformed: {error}"),
+                ));
+                false
+            }
+        };
+        process.buf = buf;
+        // A frame buffer grown for one large call is not kept.
+        if process.buf.capacity() > 1 << 20 {
+            process.buf = Vec::new();
+        }
+        if keep { Ok(process) } else { Err(()) }
+    }
+}

@@ -1,0 +1,248 @@
+//! One worker process, seen from the parent: starting it (re-executing the
+//! program in worker mode), its channel, and reaping it. (What runs in the
+//! process is `child.rs`.)
+
+use std::ffi::OsString;
+use std::io::{self, PipeReader, PipeWriter};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::process::{Resource, Rlimit, Signal};
+
+use super::death::Death;
+use super::frame::{self, HELLO, PROTOCOL, ReadError};
+
+/// The environment variable that tells a process it is a worker, and its
+/// protocol version and maximum frame size: `1:67108864`.
+pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
+
+/// The descriptors on which a worker finds its channel: calls come in on
+/// the first, replies go out on the second.
+pub(crate) const CALLS_FD: i32 = 3;
+pub(crate) const REPLIES_FD: i32 = 4;
+
+/// How to start a worker.
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    pub(crate) program: PathBuf,
+    /// The worker's `argv[0]`, if not `program`.
+    pub(crate) arg0: Option<OsString>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) max_frame: usize,
+    /// How long a worker may take from `exec` to its hello.
+    pub(crate) start_timeout: Duration,
+}
+
+/// A running worker process and the parent's end of its channel.
+#[derive(Debug)]
+pub(crate) struct Process {
+    child: Child,
+    /// The number of the next call (replies carry it back).
+    pub(crate) next_call: u32,
+    /// Calls go out here; `None` once closed.
+    calls: Option<PipeWriter>,
+    /// Replies come in here.
+    pub(crate) replies: PipeReader,
+    /// The frame buffer, kept between calls.
+    pub(crate) buf: Vec<u8>,
+    memory_limit: Option<u64>,
+}
+
+impl Process {
+    /// Starts a worker and waits for its hello.
+    ///
+    /// Must be called from a thread that outlives the worker: the worker is
+    /// killed when the thread that started it exits (`PR_SET_PDEATHSIG` is
+    /// per thread on Linux), which is how workers die with their parent.
+    pub(crate) fn start(spec: &Spec) -> Result<Process, String> {
+        let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
+        let (calls_in, calls_out) = pipe("calls")?;
+        let (replies_in, replies_out) = pipe("replies")?;
+        let mut command = Command::new(&spec.program);
+        if let Some(arg0) = &spec.arg0 {
+            command.arg0(arg0);
+        }
+        command
+            .args(&spec.args)
+            .env(WORKER_ENV, format!("{PROTOCOL}:{}", spec.max_frame))
+            .stdin(Stdio::null())
+            // A worker's own `println!` must not reach the channel (which is
+            // not stdout anyway) nor be lost: it goes to the parent's stderr.
+            .stdout(stderr_handle().map_err(|e| format!("dup stderr: {e}"))?);
+        let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
+        let parent = rustix::process::getpid();
+        let memory_limit = spec.memory_limit;
+        // SAFETY: the closure runs in the child between `fork` and `exec`,
+        // where only async-signal-safe calls are allowed: `fcntl` and `dup2`
+        // (libc's: they take descriptor numbers the child does not own as
+        // Rust values), and rustix's `prctl`, `getppid` and `setrlimit`, are
+        // system calls; nothing here allocates (rustix's errors are numbers)
+        // or takes a lock.
+        unsafe {
+            command.pre_exec(move || {
+                // Both ends are close-on-exec; `dup2` gives copies that are
+                // not at the fixed numbers. The replies end first goes out of
+                // the way, in case it sits at `CALLS_FD` already.
+                let replies = libc::fcntl(replies_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let calls = if calls_fd == CALLS_FD {
+                    // In place already: `dup2` onto itself would keep
+                    // close-on-exec set.
+                    libc::fcntl(calls_fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(calls_fd, CALLS_FD)
+                };
+                if replies == -1 || calls == -1 || libc::dup2(replies, REPLIES_FD) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                // The parent may have died before `prctl`: then no signal
+                // will come.
+                if rustix::process::getppid() != Some(parent) {
+                    // (No allocation here: `io::Error::other` would.)
+                    return Err(Errno::SRCH.into());
+                }
+                if let Some(bytes) = memory_limit {
+                    let limit = Rlimit {
+                        current: Some(bytes),
+                        maximum: Some(bytes),
+                    };
+                    rustix::process::setrlimit(Resource::As, limit)?;
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
+        // The child's ends, which only the child must hold: a reader of its
+        // own replies would keep the parent from seeing the worker die.
+        drop((calls_in, replies_out));
+        let mut process = Process {
+            child,
+            next_call: 1,
+            calls: Some(calls_out),
+            replies: replies_in,
+            buf: Vec::new(),
+            memory_limit,
+        };
+        match process.hello(spec) {
+            Ok(()) => Ok(process),
+            Err(why) => {
+                let ended = match process.reap_or_kill(Duration::from_millis(200)) {
+                    (_, true) => "it was still running its own code, and was killed".to_owned(),
+                    (death, false) => death.to_string(),
+                };
+                Err(format!(
+                    "the worker process {why} ({ended}); a program that uses `Processes` must \
+                     call `ythread::processes::init()` first thing in `main`, so that a worker \
+                     starts serving before the program's own code runs"
+                ))
+            }
+        }
+    }
+
+    /// Waits for the worker's hello.
+    fn hello(&mut self, spec: &Spec) -> Result<(), String> {
+        // (A time-out too far to add, `Duration::MAX`, is none.)
+        let deadline = Instant::now().checked_add(spec.start_timeout);
+        let (kind, _call, body) =
+            frame::read(&mut self.replies, &mut self.buf, spec.max_frame, deadline).map_err(
+                |error| match error {
+                    ReadError::Closed => "ended before it was ready".to_owned(),
+                    ReadError::TimedOut => {
+                        format!("did not say it was ready within {:?}", spec.start_timeout)
+                    }
+                    other => format!("sent a malformed hello: {other}"),
+                },
+            )?;
+        let (protocol, _pid) = match (kind, frame::parse_hello(body)) {
+            (HELLO, Ok(hello)) => hello,
+            _ => return Err("sent a malformed hello".to_owned()),
+        };
+        if protocol != PROTOCOL {
+            return Err(format!(
+                "speaks protocol {protocol}, not {PROTOCOL} (is it another build?)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The worker's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `grace` for the worker to end by itself (it usually has
+    /// already, when its channel closed), then kills it, and returns how it
+    /// ended. Never leaves a zombie.
+    pub(crate) fn reap(&mut self, grace: Duration) -> Death {
+        self.reap_or_kill(grace).0
+    }
+
+    /// [`reap`](Process::reap), and whether it had to be killed.
+    fn reap_or_kill(&mut self, grace: Duration) -> (Death, bool) {
+        let end = Instant::now() + grace;
+        let (status, killed) = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break (Some(status), false),
+                Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(1)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    break (self.child.wait().ok(), true);
+                }
+                Err(_) => break (None, false),
+            }
+        };
+        (self.death(status), killed)
+    }
+
+    /// Kills the worker (SIGKILL) and reaps it.
+    pub(crate) fn kill(&mut self) -> Death {
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.death(status)
+    }
+
+    fn death(&self, status: Option<ExitStatus>) -> Death {
+        Death {
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            memory_limit: self.memory_limit,
+        }
+    }
+
+    /// Sends a finished frame; see [`frame::write`].
+    pub(crate) fn send(&mut self, frame: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        match &mut self.calls {
+            Some(calls) => frame::write(calls, frame, deadline),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Asks the worker to stop: it sees the end of its channel once it is
+    /// done with what it runs.
+    pub(crate) fn close(&mut self) {
+        self.calls = None;
+    }
+}
+
+impl Drop for Process {
+    /// Never leaves a process behind, whatever path dropped it: kills it (a
+    /// no-op once it is reaped) and reaps it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A handle on this process's stderr, for a child's stdout.
+fn stderr_handle() -> io::Result<Stdio> {
+    use std::os::fd::AsFd;
+    Ok(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?))
+}

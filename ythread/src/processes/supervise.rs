@@ -1,0 +1,139 @@
+//! Supervision of the worker processes: a thread that starts them on
+//! request and replaces those that died or were killed, backing off while
+//! starts keep failing; and the strategy's stop, which closes every worker
+//! process's channel, gives it a second, kills it if need be and reaps it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::Processes;
+use super::checkout::Shared;
+use super::process::{Process, Spec};
+
+/// What the supervisor is asked to do.
+pub(super) enum Request {
+    /// Start a worker (after a back-off while starts keep failing), and
+    /// report the outcome if asked.
+    Start {
+        reply: Option<Sender<Result<(), String>>>,
+    },
+}
+
+/// The supervisor thread: starts workers on request, backing off while they
+/// keep failing. It outlives the workers it starts, as `PR_SET_PDEATHSIG`
+/// requires.
+pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Request>) {
+    // Starts asked for and not done yet.
+    let mut queue = VecDeque::new();
+    // Consecutive starts that failed. A program whose workers cannot start
+    // must not turn into a fork loop. (A worker killed by the call it runs
+    // is that call's failure: its replacement starts at once, so that one
+    // bad input costs no more than its own request.)
+    let mut failures: u32 = 0;
+    loop {
+        if queue.is_empty() {
+            match requests.recv() {
+                Ok(request) => queue.push_back(request),
+                Err(_) => return,
+            }
+        }
+        let Some(Request::Start { reply }) = queue.pop_front() else {
+            continue;
+        };
+        if shared.stopping.load(Ordering::Acquire) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err("the strategy is shutting down".into()));
+            }
+            continue;
+        }
+        // `build` wants its answer at once; replacements wait 10 ms, 20 ms,
+        // ... up to 2 s while failures go on. Dropping the strategy ends
+        // the wait.
+        if failures > 0 && reply.is_none() {
+            let backoff = Duration::from_millis(10 << (failures - 1).min(8)).min(MAX_BACKOFF);
+            let until = Instant::now() + backoff;
+            loop {
+                match requests.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(request) => queue.push_back(request),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+        match Process::start(spec) {
+            // Shut down while it started: not wanted any more.
+            Ok(mut process) if shared.stopping.load(Ordering::Acquire) => {
+                process.close();
+                process.reap(Duration::from_secs(1));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err("the strategy is shutting down".into()));
+                }
+            }
+            Ok(process) => {
+                failures = 0;
+                *shared.start_error.lock() = None;
+                shared.live.fetch_add(1, Ordering::AcqRel);
+                shared.give_back(process);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(why) => {
+                failures = failures.saturating_add(1);
+                *shared.start_error.lock() = Some(why.clone());
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(why));
+                    }
+                    // Try again, after the back-off.
+                    None => queue.push_front(Request::Start { reply: None }),
+                }
+            }
+        }
+    }
+}
+
+/// The longest wait between two starts of a worker that keeps failing.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Processes {
+    pub(super) fn request(&self, request: Request) {
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(request);
+        }
+    }
+
+    /// Stops every worker (a second's grace, then killed), then the
+    /// supervisor; reaps them all. Workers go first: they die with the
+    /// supervisor thread (`PR_SET_PDEATHSIG`), which would leave them no grace.
+    pub(super) fn shut_down(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.stop_idle_processes();
+        self.requests = None;
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
+        }
+        // Any the supervisor started meanwhile.
+        self.stop_idle_processes();
+    }
+
+    pub(super) fn stop_idle_processes(&self) {
+        let mut processes = std::mem::take(&mut self.shared.idle.lock().processes);
+        for process in &mut processes {
+            process.close();
+        }
+        let grace_end = Instant::now() + Duration::from_secs(1);
+        for mut process in processes {
+            process.reap(grace_end.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
