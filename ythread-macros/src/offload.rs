@@ -180,7 +180,7 @@ impl OffloadInput {
 ///         __ythread_cx,
 ///         __ythread_args,
 ///         __ythread_work,
-///         (&__ythread_probe).__ythread_portability(),
+///         __ythread_probe.portability(),
 ///     ),
 /// }
 ///
@@ -287,7 +287,7 @@ impl Callee {
 ///         __ythread_cx,
 ///         __ythread_args,
 ///         __ythread_work,
-///         (&__ythread_probe).__ythread_portability(),
+///         __ythread_probe.portability(),
 ///     ),
 /// }
 ///
@@ -380,9 +380,8 @@ fn expand_call(
         // process can decode them as such, and a `&mut` is reborrowed, not
         // moved). For a path, the probe names the function's type, tied to
         // the work's call so that a generic function's type parameters are
-        // those the call infers (see `ythread::__private::Callee`); autoref
-        // specialization on it says whether the call can cross to another
-        // process. A `match` keeps the arguments' temporaries alive to the
+        // those the call infers (see `ythread::__private::Callee`); it is how
+        // a strategy that sends calls elsewhere finds the function. A `match` keeps the arguments' temporaries alive to the
         // end of the call, as in a plain call.
         let params = format_ident!("Params{}", evaluated.len());
         let fields: Vec<Ident> = (0..evaluated.len())
@@ -408,11 +407,7 @@ fn expand_call(
                     ))
                     .__ythread_probe()
                 }},
-                quote! {{
-                    #[allow(unused_imports)]
-                    use ::ythread::__private::{NoSerde as _, ViaSerde as _};
-                    (&#probe_name).__ythread_portability()
-                }},
+                quote!(#probe_name.portability()),
             )
         } else {
             (quote!(::ythread::__private::Probe::none()), wire)

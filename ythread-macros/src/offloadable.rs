@@ -78,11 +78,28 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             let (#arg, bytes): (#ty, &[u8]) = ::ythread::__private::take_arg(bytes)?;
         }
     });
-    // The caller encodes the arguments: each parameter must be `Serialize`
-    // too, checked here, at its type, rather than at run time at the call.
-    let serialize_each = types.iter().map(|ty| {
-        quote_spanned! {ty.span()=> ::ythread::__private::serialize_arg::<#ty>();}
+    // The parent encodes the arguments with this: each parameter must be
+    // `Serialize`, checked here, at its type, rather than at run time at the
+    // call. It is a function of the parameter types as written, so their
+    // elided lifetimes are its own and `Serialize` must hold for every
+    // lifetime (see `ythread::__private::EncodeArgs`).
+    let fields: Vec<_> = (0..types.len())
+        .map(|i| syn::Ident::new(&format!("__field{i}"), Span::mixed_site()))
+        .collect();
+    let encode_each = types.iter().zip(&fields).map(|(ty, field)| {
+        quote_spanned! {ty.span()=> ::ythread::__private::encode_arg::<#ty>(#field, out)?;}
     });
+    let encode_args = quote! {
+        // It appends to the frame's buffer: a `Vec`, not a slice.
+        #[allow(clippy::ptr_arg)]
+        fn __ythread_encode_args(
+            (#(#fields,)*): &(#(#types,)*),
+            out: &mut ::std::vec::Vec<u8>,
+        ) -> ::ythread::__private::EncodeOutcome {
+            #(#encode_each)*
+            ::core::result::Result::Ok(())
+        }
+    };
     let output_span = output.span();
     let encode_result =
         quote_spanned!(output_span=> ::ythread::__private::encode_result(&result, out));
@@ -103,10 +120,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         const _: () = {
             #owned_result
 
-            #[allow(dead_code)]
-            fn __ythread_parameters_are_serialize() {
-                #(#serialize_each)*
-            }
+            #encode_args
 
             #[::ythread::__private::linkme::distributed_slice(::ythread::__private::OFFLOADABLE)]
             #[linkme(crate = ::ythread::__private::linkme)]
@@ -121,6 +135,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     let result = #name(#(#args),*);
                     #encode_result
                 },
+                encode_args: ::ythread::__private::EncodeArgs::new(__ythread_encode_args),
                 decode_result: #decode_result,
             };
         };

@@ -642,11 +642,7 @@ fn offload_call_form() {
                             __ythread_cx,
                             __ythread_args,
                             __ythread_work,
-                            {
-                                #[allow(unused_imports)]
-                                use ::ythread::__private::{NoSerde as _, ViaSerde as _};
-                                (&__ythread_probe).__ythread_portability()
-                            },
+                            __ythread_probe.portability(),
                         )
                     }
                 }
@@ -684,11 +680,7 @@ fn offload_call_form_with_paths_and_several_arguments() {
                             __ythread_cx,
                             __ythread_args,
                             __ythread_work,
-                            {
-                                #[allow(unused_imports)]
-                                use ::ythread::__private::{NoSerde as _, ViaSerde as _};
-                                (&__ythread_probe).__ythread_portability()
-                            },
+                            __ythread_probe.portability(),
                         )
                     }
                 }
@@ -720,11 +712,7 @@ fn offload_call_form_without_arguments() {
                             __ythread_cx,
                             __ythread_args,
                             __ythread_work,
-                            {
-                                #[allow(unused_imports)]
-                                use ::ythread::__private::{NoSerde as _, ViaSerde as _};
-                                (&__ythread_probe).__ythread_portability()
-                            },
+                            __ythread_probe.portability(),
                         )
                     }
                 }

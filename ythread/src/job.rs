@@ -243,10 +243,10 @@ impl<A, C, R> CallSlot<A, C, R> {
     /// Decodes the call's result with `registration`'s decoder, which must be
     /// its function's.
     fn decode(&self, registration: &Registration, result: &[u8]) -> Result<R, String> {
-        let Ok(fns) = (self.wire)() else {
+        let Ok(function) = (self.wire)() else {
             return Err("the call cannot cross processes".into());
         };
-        if (registration.key)() != (fns.function)() {
+        if (registration.key)() != function {
             return Err(format!(
                 "its result was decoded as `{}`'s",
                 registration.name
@@ -275,7 +275,7 @@ impl<A, C, R> CallSlot<A, C, R> {
 /// the call to another process.
 pub(crate) struct CallSlot<A, C, R> {
     pub(crate) slot: WorkSlot<Call<A, C>, R>,
-    pub(crate) wire: Portability<A>,
+    pub(crate) wire: Portability,
 }
 
 impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
@@ -297,10 +297,7 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
             (Ok(_), WorkSlot::Pending(_)) => Ok(self),
             (Err(not_portable), _) => Err(not_portable),
             // Already run, failed or dropped: nothing left to send.
-            (Ok(fns), _) => Err(NotPortable::new(
-                (fns.function)(),
-                "the work is no longer pending",
-            )),
+            (Ok(function), _) => Err(NotPortable::new(function, "the work is no longer pending")),
         }
     }
 }
@@ -308,14 +305,18 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
 impl<A, C, R> WireCall for CallSlot<A, C, R> {
     fn function(&self) -> &'static str {
         match (self.wire)() {
-            Ok(fns) => (fns.function)(),
+            Ok(function) => function,
             Err(not_portable) => not_portable.function,
         }
     }
 
-    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), OffloadError> {
+    fn encode_args(
+        &self,
+        registration: &Registration,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OffloadError> {
         let function = self.function();
-        let (Ok(fns), WorkSlot::Pending(call)) = ((self.wire)(), &self.slot) else {
+        let (Ok(_), WorkSlot::Pending(call)) = ((self.wire)(), &self.slot) else {
             return Err(OffloadError::protocol(
                 function,
                 "the call is no longer pending",
@@ -323,11 +324,22 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         };
         // The arguments' `Serialize` is the user's and may panic: that is
         // this call's failure, not the driving thread's.
-        match panic::catch_unwind(AssertUnwindSafe(|| (fns.encode)(&call.args, out))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(OffloadError::protocol(
+        let encoded = panic::catch_unwind(AssertUnwindSafe(|| {
+            registration.encode_args.encode(&call.args, out)
+        }));
+        match encoded {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(error))) => Err(OffloadError::protocol(
                 function,
                 format_args!("its arguments could not be encoded: {error}"),
+            )),
+            Ok(None) => Err(OffloadError::protocol(
+                function,
+                format_args!(
+                    "its arguments are not of the parameter types of `{}`, registered \
+                     under its name",
+                    registration.name
+                ),
             )),
             Err(payload) => Err(OffloadError::panicked(payload)),
         }

@@ -310,13 +310,12 @@ pub use ythread_macros::yield_from;
 pub mod __private {
     pub use crate::coroutine::Context;
     pub use crate::offloadable::{
-        DecodeResult, OFFLOADABLE, Registration, decode_result, encode_result, end_of_args,
-        fingerprint, serialize_arg, take_arg,
+        DecodeResult, EncodeArgs, EncodeOutcome, OFFLOADABLE, Registration, decode_result,
+        encode_arg, encode_result, end_of_args, fingerprint, take_arg,
     };
     pub use crate::portable::{
-        Callee, NoSerde, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5,
-        Params6, Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, ViaSerde, Wire,
-        WireFns, never_portable,
+        Callee, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,
+        Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, Wire, never_portable,
     };
     pub use crate::private::{
         HandlerFn, SendResult, handler, offload, offload_call, try_offload, try_offload_call,

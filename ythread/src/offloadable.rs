@@ -7,9 +7,12 @@
 //! call's registration by the type name of the function offloaded; a worker
 //! finds it by the name the parent sends.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::collections::hash_map;
+use std::fmt;
+use std::mem;
+use std::ptr;
 use std::sync::OnceLock;
 
 /// One function marked `#[offloadable]`.
@@ -30,9 +33,85 @@ pub struct Registration {
     /// In a worker: decodes the arguments from the first slice, calls the
     /// function, and appends the encoded result to the buffer.
     pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), postcard::Error>,
+    /// In the parent: encodes a call's arguments, the tuple of the
+    /// function's parameter types.
+    pub encode_args: EncodeArgs,
     /// In the parent: decodes a result into the function's result type
     /// (which is `'static`).
     pub decode_result: DecodeResult,
+}
+
+/// Encodes the arguments of a call of one registered function, handed over
+/// as a pointer to their tuple.
+///
+/// This is how a call's arguments reach the wire without the `offload!`
+/// point asking them for `Serialize`: the point does not know, when it is
+/// compiled, whether a strategy will send it to another process, and a bound
+/// there would make every handler whose argument types are decided later
+/// (`let mut v = Vec::new(); offload!(Vec::len, &v); v.push(x)`) depend on
+/// serde. The registration knows the parameter types, and `#[offloadable]`
+/// has checked that they are `Serialize`.
+///
+/// `#[offloadable]` writes the encoder as a plain function of the tuple's
+/// reference whose parameter types are the function's own, as written: each
+/// elided lifetime in them is a lifetime parameter of the encoder, so its
+/// body is checked for every lifetime (a `Serialize` that exists only for
+/// `'static` is refused there), and it can read a tuple of any lifetimes.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct EncodeArgs {
+    /// The type id of the tuple, lifetimes erased.
+    args_type: fn() -> TypeId,
+    /// The encoder, its `&T` parameter seen as a pointer to `T`.
+    encode: unsafe fn(*const (), &mut Vec<u8>) -> Result<(), postcard::Error>,
+}
+
+impl fmt::Debug for EncodeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodeArgs").finish_non_exhaustive()
+    }
+}
+
+impl EncodeArgs {
+    /// The encoder of the tuple `T`; called by the code `#[offloadable]`
+    /// generates.
+    #[doc(hidden)]
+    pub const fn new<T>(encode: fn(&T, &mut Vec<u8>) -> Result<(), postcard::Error>) -> Self {
+        EncodeArgs {
+            args_type: typeid::of::<T>,
+            // SAFETY: a `fn(&T, _)` and an `unsafe fn(*const (), _)` have the
+            // same size, and calling one through the other is defined: `&T`
+            // and `*const ()` are ABI-compatible (both thin pointers, `T`
+            // being a sized tuple), as are `fn` and `unsafe fn` of the same
+            // ABI. `encode` below gives it only pointers to a live `T`.
+            encode: unsafe {
+                mem::transmute::<
+                    fn(&T, &mut Vec<u8>) -> Result<(), postcard::Error>,
+                    unsafe fn(*const (), &mut Vec<u8>) -> Result<(), postcard::Error>,
+                >(encode)
+            },
+        }
+    }
+
+    /// Appends the encoded `args` to `out`, if `A` is the tuple of the
+    /// function's parameter types; `None` if it is not (and nothing is
+    /// written).
+    pub(crate) fn encode<A>(
+        &self,
+        args: &A,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), postcard::Error>> {
+        if (self.args_type)() != typeid::of::<A>() {
+            return None;
+        }
+        // SAFETY: `args` is a live `A`, and `A` has the type id of the `T`
+        // this encoder was made for, lifetimes erased: it is `T` up to
+        // lifetimes, with its layout. The encoder reads it through a
+        // reference for the length of this call only, and is generic over
+        // the lifetimes in `T` (see the type's documentation), so it holds
+        // for `A`'s.
+        Some(unsafe { (self.encode)(ptr::from_ref(args).cast(), out) })
+    }
 }
 
 /// Decodes a registered function's result, boxed.
@@ -139,9 +218,19 @@ pub fn take_arg<'de, T: serde::Deserialize<'de>>(
     postcard::take_from_bytes(bytes)
 }
 
-/// Compiles only for a parameter type the caller can encode.
+/// What encoding a call's arguments gives: nothing, or postcard's error.
 #[doc(hidden)]
-pub fn serialize_arg<T: serde::Serialize + ?Sized>() {}
+pub type EncodeOutcome = Result<(), postcard::Error>;
+
+/// Appends one encoded argument to `out` (postcard encodes a tuple as its
+/// elements in a row); called by the encoder `#[offloadable]` writes.
+#[doc(hidden)]
+pub fn encode_arg<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    encode_result(value, out)
+}
 
 /// Checks that a call's arguments used all its bytes.
 #[doc(hidden)]

@@ -6,17 +6,16 @@
 //! coerces the arguments to `f`'s declared parameter types (see
 //! [`Params2`]), so that the bytes the parent encodes are the bytes the
 //! worker decodes into `f`'s own parameters; the probe names the type of `f`
-//! (see [`Callee`]). It then asks the [`Probe`] for the call's
-//! [`Portability`]: autoref specialization picks [`ViaSerde`] when the
-//! parameters are `Serialize`, and [`NoSerde`] otherwise. Whether `f` is
-//! registered with `#[offloadable]` is looked up by the strategy that needs
-//! it (`Processes`), by the type name of `f`, when it runs the call.
+//! (see [`Callee`]), which is the call's [`Portability`]. A strategy that
+//! sends the call elsewhere (`Processes`, `Remote`) looks `f` up by that
+//! name in the table of `#[offloadable]` functions when it runs the call,
+//! and its registration encodes the arguments and decodes the result: the
+//! `offload!` point asks nothing of serde, so a handler that never leaves
+//! the process never depends on it.
 
 use std::any::type_name;
 use std::fmt;
 use std::marker::PhantomData;
-
-use serde::Serialize;
 
 use crate::error::OffloadError;
 use crate::offloadable::{self, Lookup, Registration};
@@ -51,38 +50,35 @@ impl fmt::Display for NotPortable {
     }
 }
 
-/// How to send one kind of call to another process.
+/// The function of an `offload!` call, by the `type_name` of its item (its
+/// key in the table of offloadable functions), or why the call can never
+/// cross to another process.
 #[doc(hidden)]
-#[allow(missing_debug_implementations)]
-pub struct WireFns<A> {
-    /// `type_name` of the function: its key in this process's table of
-    /// offloadable functions.
-    pub(crate) function: fn() -> &'static str,
-    pub(crate) encode: fn(&A, &mut Vec<u8>) -> Result<(), postcard::Error>,
-}
-
-/// The wire form of an `offload!` call's arguments, or why it has none.
-#[doc(hidden)]
-pub type Wire<A> = Result<WireFns<A>, NotPortable>;
+pub type Wire = Result<&'static str, NotPortable>;
 
 /// How to get a call's [`Wire`], when a strategy asks: one function pointer
 /// in the `offload!` point's slot, which is built on every call and mostly
 /// never asked.
 #[doc(hidden)]
-pub type Portability<A> = fn() -> Wire<A>;
+pub type Portability = fn() -> Wire;
 
 /// A call that a strategy can send to another process, as the job's slot
 /// shows it.
 pub(crate) trait WireCall {
     /// The `type_name` of the function called.
     fn function(&self) -> &'static str;
-    /// Appends the arguments, postcard-encoded, to `out`.
+    /// Appends the arguments, postcard-encoded by `registration` (the
+    /// function's), to `out`.
     ///
     /// # Errors
     ///
     /// The call's failure if they cannot be encoded (their `Serialize`
-    /// failed, or panicked).
-    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), crate::OffloadError>;
+    /// failed, or panicked; they are not the registered function's).
+    fn encode_args(
+        &self,
+        registration: &Registration,
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::OffloadError>;
     /// Stores the result that the call produced elsewhere, as the worker
     /// encoded it; `registration` is the function's, whose decoder reads
     /// it.
@@ -119,8 +115,9 @@ pub(crate) fn portable_call(
         Lookup::Found(registration) => Ok((call, registration)),
         Lookup::Missing => Err(OffloadError::not_portable(
             function,
-            "it is not marked `#[ythread::offloadable]` (and only functions so \
-             marked can run in another process)",
+            "it is not marked `#[ythread::offloadable]` (only functions so marked, \
+             whose parameters are `Serialize` and whose result is `DeserializeOwned`, can \
+             run in another process)",
         )),
         Lookup::Ambiguous => Err(OffloadError::not_portable(
             function,
@@ -131,8 +128,8 @@ pub(crate) fn portable_call(
 }
 
 /// The function `F` called with arguments `A` (its declared parameter
-/// types) and returning `R`, for autoref specialization (see the module's
-/// documentation).
+/// types) and returning `R`: what names an `offload!` call's function (see
+/// the module's documentation).
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct Probe<F: ?Sized, A, R>(PhantomData<fn(&F)>, PhantomData<fn() -> (A, R)>);
@@ -148,51 +145,12 @@ impl<A, R> Probe<(), A, R> {
     }
 }
 
-/// Picked when the call's parameters are serde types.
-///
-/// Only the parameters are tested here. Whether the result can be decoded
-/// (`DeserializeOwned`) cannot be asked this way: method resolution ignores
-/// lifetimes, so for a result that borrows (`&str`) it would pick this impl
-/// and then fail to compile. The result is decoded by the registered
-/// function's own decoder instead (see `offloadable.rs`).
-#[doc(hidden)]
-pub trait ViaSerde<A> {
-    fn __ythread_portability(&self) -> Portability<A>;
-}
-
-impl<F: ?Sized, A: Serialize, R> ViaSerde<A> for Probe<F, A, R> {
-    #[inline]
-    fn __ythread_portability(&self) -> Portability<A> {
-        || {
-            Ok(WireFns {
-                function: type_name::<F>,
-                encode: |args, out| {
-                    // `postcard::to_extend` appends to the frame buffer in place.
-                    let buffer = std::mem::take(out);
-                    *out = postcard::to_extend(args, buffer)?;
-                    Ok(())
-                },
-            })
-        }
-    }
-}
-
-/// The fallback: parameters that serde cannot carry.
-#[doc(hidden)]
-pub trait NoSerde<A> {
-    fn __ythread_portability(&self) -> Portability<A>;
-}
-
-impl<F: ?Sized, A, R> NoSerde<A> for &Probe<F, A, R> {
-    #[inline]
-    fn __ythread_portability(&self) -> Portability<A> {
-        || {
-            Err(NotPortable::new(
-                type_name::<F>(),
-                "its parameters must implement serde's `Serialize` (in a generic handler, \
-                 its type parameters must be bounded by it)",
-            ))
-        }
+impl<F: ?Sized, A, R> Probe<F, A, R> {
+    /// The call's [`Portability`]: the type name of `F`.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn portability(&self) -> Portability {
+        || Ok(type_name::<F>())
     }
 }
 
@@ -200,7 +158,7 @@ impl<F: ?Sized, A, R> NoSerde<A> for &Probe<F, A, R> {
 /// an expression, not a path; it has too many arguments).
 #[doc(hidden)]
 #[inline]
-pub fn never_portable<A>(function: &'static str, reason: &'static str) -> Wire<A> {
+pub fn never_portable(function: &'static str, reason: &'static str) -> Wire {
     Err(NotPortable::new(function, reason))
 }
 

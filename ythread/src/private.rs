@@ -90,7 +90,7 @@ impl<T: Send> SendResult for T {}
 #[doc(hidden)]
 #[inline]
 #[track_caller]
-pub fn offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C, wire: Portability<A>) -> R
+pub fn offload_call<A, C, R>(cx: &Context<'_>, args: A, call: C, wire: Portability) -> R
 where
     A: Send,
     C: FnOnce(A) -> R + Send,
@@ -106,7 +106,7 @@ pub fn try_offload_call<A, C, R>(
     cx: &Context<'_>,
     args: A,
     call: C,
-    wire: Portability<A>,
+    wire: Portability,
 ) -> Result<R, OffloadError>
 where
     A: Send,

@@ -117,7 +117,7 @@ impl<'y> Context<'y> {
     /// As [`offload`](Self::offload).
     #[inline]
     #[track_caller]
-    pub(crate) fn offload_call<A, C, R>(&self, args: A, call: C, wire: Portability<A>) -> R
+    pub(crate) fn offload_call<A, C, R>(&self, args: A, call: C, wire: Portability) -> R
     where
         A: Send,
         C: FnOnce(A) -> R + Send,
@@ -142,7 +142,7 @@ impl<'y> Context<'y> {
         &self,
         args: A,
         call: C,
-        wire: Portability<A>,
+        wire: Portability,
     ) -> Result<R, OffloadError>
     where
         A: Send,

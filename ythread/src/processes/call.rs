@@ -64,7 +64,7 @@ impl Processes {
         frame::begin(&mut buf, CALL, number);
         let encoded = frame::put(&mut buf, &(name, registration.fingerprint))
             .map_err(|error| OffloadError::protocol(name, error))
-            .and_then(|()| call.encode_args(&mut buf));
+            .and_then(|()| call.encode_args(registration, &mut buf));
         if let Err(error) = encoded {
             call.fail(error);
             process.buf = buf;

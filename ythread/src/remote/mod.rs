@@ -278,7 +278,7 @@ impl Apply for Remote {
         };
         let name = registration.name;
         let mut payload = Vec::new();
-        if let Err(error) = call.encode_args(&mut payload) {
+        if let Err(error) = call.encode_args(registration, &mut payload) {
             call.fail(error);
             return;
         }

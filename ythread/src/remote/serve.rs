@@ -421,7 +421,12 @@ impl WireCall for RawCall<'_> {
         (self.registration.key)()
     }
 
-    fn encode_args(&self, out: &mut Vec<u8>) -> Result<(), OffloadError> {
+    fn encode_args(
+        &self,
+        _registration: &Registration,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OffloadError> {
+        // Encoded by the requester already.
         out.extend_from_slice(self.args);
         Ok(())
     }
