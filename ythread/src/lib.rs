@@ -141,8 +141,15 @@ pub use thread::{YieldableThread, spawn};
 ///
 /// Works on free functions, methods (`self`, `&self`, `&mut self`), generic
 /// functions, and functions returning `Result` that use `?` and `return`.
-/// It cannot be used on `async fn`, `const fn` or a function returning
-/// `impl Trait`.
+/// It cannot be used on `async fn`, `const fn`, a function of a foreign ABI
+/// (`extern "C"`) or a function returning `impl Trait`. The attributes whose
+/// meaning a handler could not keep are refused by name: `#[track_caller]`,
+/// `#[target_feature]`, `#[instruction_set]`, `#[naked]`, `#[no_mangle]`,
+/// `#[export_name]` and `#[link_section]` (they describe the function's own
+/// code or symbol, and a handler's body runs later, on a coroutine). Hints
+/// about the function's calls (`#[inline]`, `#[cold]`) apply to the function
+/// that builds the handler; the others (`#[doc]`, `#[must_use]`,
+/// `#[deprecated]`, lint levels) are kept as written.
 ///
 /// # The handler behaves like the plain function
 ///
@@ -228,10 +235,18 @@ pub use ythread_macros::offloadable;
 /// its result: `offload!(f, a, b)` has the value and type of `f(a, b)`.
 ///
 /// Forms:
-/// - `offload!(f, a, b, ...)`: `f` is a function path (`sumn`,
-///   `crate::cpu::sumn`, `Self::helper`); the arguments are evaluated in the
-///   handler, in order, before it suspends; the call itself runs where the
-///   strategy decides.
+/// - `offload!(f, a, b, ...)`: `f` is what a plain call would name: a
+///   function path (`sumn`, `crate::cpu::sumn`, `Self::helper`), generic or
+///   not (`std::cmp::max`, `u64::from`, `Into::into`, inferred as the plain
+///   call infers them), a local closure or function pointer, a field
+///   (`self.f`), or an expression that computes the function. The callee and
+///   then the arguments are evaluated in the handler, in order, before it
+///   suspends; the call itself runs where the strategy decides. A closure
+///   written as an argument (`offload!(Option::map, x, |v| v + 1)`) is typed
+///   as in the plain call. Only a function path of up to 8 arguments, none
+///   of them a closure, can be sent to another process (and only if it is
+///   [`#[offloadable]`](offloadable)); the other forms fail there with
+///   [`NotPortable`](OffloadErrorKind::NotPortable).
 /// - `offload!(|| expr)`: runs the closure's body there.
 ///
 /// Only valid inside a [`#[yieldable]`](yieldable) function; anywhere else it
