@@ -172,8 +172,9 @@ impl OffloadInput {
 /// offload!(@__ythread_cx; sumn, n + 1)
 /// // Output:
 /// match (::ythread::__private::Params1 {
+///     callee: (),
 ///     probe: (&Callee(&sumn, PhantomData::<(_,)>)).__ythread_probe(),
-///     work: |(__arg0,)| sumn(__arg0),
+///     work: |_, (__arg0,)| sumn(__arg0),
 ///     a0: n + 1,
 /// }).split() {
 ///     (__ythread_args, __ythread_work, __ythread_probe) => ::ythread::__private::offload_call(
@@ -260,6 +261,8 @@ impl Callee {
     fn of(func: &Expr) -> Callee {
         match func {
             Expr::Path(_) => Callee::Path,
+            // A macro's `$f:expr` or `$f:path` fragment: what it holds.
+            Expr::Group(group) => Callee::of(&group.expr),
             Expr::Paren(inner) => match Callee::of(&inner.expr) {
                 Callee::Path => Callee::Place,
                 other => other,
@@ -279,8 +282,9 @@ impl Callee {
 /// offload!(@__ythread_cx; sumn, n + 1)
 /// // Output:
 /// match (::ythread::__private::Params1 {
+///     callee: (),
 ///     probe: (&Callee(&sumn, PhantomData::<(_,)>)).__ythread_probe(),
-///     work: |(__arg0,)| sumn(__arg0),
+///     work: |_, (__arg0,)| sumn(__arg0),
 ///     a0: n + 1,
 /// }).split() {
 ///     (__ythread_args, __ythread_work, __ythread_probe) => ::ythread::__private::offload_call(
@@ -294,19 +298,18 @@ impl Callee {
 /// // Input (a callee that is a value, and a closure argument):
 /// offload!(@__ythread_cx; pick(k), xs, |x| x + 1)
 /// // Output:
-/// match pick(k) {
-///     __ythread_f => match (::ythread::__private::Params1 {
-///         probe: ::ythread::__private::Probe::none(),
-///         work: |(__arg0,)| __ythread_f(__arg0, |x| x + 1),
-///         a0: xs,
-///     }).split() {
-///         (__ythread_args, __ythread_work, _) => ::ythread::__private::offload_call(
-///             __ythread_cx,
-///             __ythread_args,
-///             __ythread_work,
-///             || ::ythread::__private::never_portable("pick(k)", "only a function ..."),
-///         ),
-///     },
+/// match (::ythread::__private::Params1 {
+///     callee: pick(k),
+///     probe: ::ythread::__private::Probe::none(),
+///     a0: xs,
+///     work: |__ythread_f, (__arg0,)| __ythread_f(__arg0, |x| x + 1),
+/// }).split() {
+///     (__ythread_args, __ythread_work, _) => ::ythread::__private::offload_call(
+///         __ythread_cx,
+///         __ythread_args,
+///         __ythread_work,
+///         || ::ythread::__private::never_portable("pick(k)", "only a function ..."),
+///     ),
 /// }
 /// ```
 ///
@@ -330,7 +333,7 @@ fn expand_call(
     let mut names: Vec<Ident> = Vec::new();
     let mut call_args: Vec<TokenStream> = Vec::new();
     for arg in args {
-        if matches!(arg, Expr::Closure(_)) {
+        if is_closure(arg) {
             call_args.push(arg.to_token_stream());
             continue;
         }
@@ -350,8 +353,19 @@ fn expand_call(
         Callee::Place => quote_spanned!(func_span=> (#func)),
         Callee::Value => value.to_token_stream(),
     };
+    // A computed callee is the first field of the arguments (see below),
+    // and the work's first parameter.
+    let callee_param = match callee {
+        Callee::Value => value.to_token_stream(),
+        Callee::Path | Callee::Place => quote!(_),
+    };
+    let call = quote_spanned!(func_span=> #called(#(#call_args),*));
     let work = quote_spanned! {func_span=>
-        |(#(#names,)*)| #called(#(#call_args),*)
+        |#callee_param, (#(#names,)*)| #call
+    };
+    let callee_value = match callee {
+        Callee::Value => func.to_token_stream(),
+        Callee::Path | Callee::Place => quote!(()),
     };
     let not_portable = if !matches!(callee, Callee::Path) {
         Some(
@@ -373,9 +387,11 @@ fn expand_call(
         Some(reason) => quote!(|| ::ythread::__private::never_portable(#function, #reason)),
         None => quote!(),
     };
-    let body = if evaluated.len() <= MAX_PORTABLE_ARITY {
-        // The probe, the work and the arguments become the fields of
-        // `ParamsN { probe, work, a0, .. }`, which coerces each argument to
+    if evaluated.len() <= MAX_PORTABLE_ARITY {
+        // The callee (if computed), the probe, the work and the arguments
+        // become the fields of `ParamsN { callee, probe, work, a0, .. }`: one
+        // expression, so that every temporary lives to the end of the
+        // statement, as in a plain call. It coerces each argument to
         // the function's parameter type as a struct field is (so that another
         // process can decode them as such, and a `&mut` is reborrowed, not
         // moved). For a path, the probe names the function's type, tied to
@@ -429,6 +445,7 @@ fn expand_call(
         };
         quote_spanned! {call_site=>
             match (::ythread::__private::#params {
+                callee: #callee_value,
                 probe: #probe,
                 #before
                 #after
@@ -442,20 +459,27 @@ fn expand_call(
             }
         }
     } else {
-        // More arguments than a `ParamsN` holds: their tuple, spanning them
-        // all (see `spanning_arguments`).
+        // More arguments than a `ParamsN` holds: the callee and their
+        // tuple, spanning them all (see `spanning_arguments`).
         let tuple = spanning_arguments(&evaluated);
         quote_spanned! {call_site=>
-            ::ythread::__private::#call_fn(#cx, #tuple, #work, #wire)
+            ::ythread::__private::#call_fn(
+                #cx,
+                (#callee_value, #tuple),
+                |(#callee_param, (#(#names,)*))| #call,
+                #wire,
+            )
         }
-    };
-    match callee {
-        Callee::Value => quote_spanned! {call_site=>
-            match #func {
-                #value => #body,
-            }
-        },
-        Callee::Path | Callee::Place => body,
+    }
+}
+
+/// Whether an argument is a closure written in place (perhaps passed
+/// through a macro's `$arg:expr`).
+fn is_closure(arg: &Expr) -> bool {
+    match arg {
+        Expr::Closure(_) => true,
+        Expr::Group(group) => is_closure(&group.expr),
+        _ => false,
     }
 }
 

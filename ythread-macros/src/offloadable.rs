@@ -128,7 +128,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 name: ::core::concat!(::core::module_path!(), "::", #name_text),
                 signature: #signature,
                 fingerprint: ::ythread::__private::fingerprint(#signature),
-                key: || ::core::any::type_name_of_val(&#name),
+                key: || ::ythread::__private::type_id_of_val(&#name),
                 invoke: |bytes, out| {
                     #(#decode_each)*
                     ::ythread::__private::end_of_args(bytes)?;

@@ -626,13 +626,14 @@ fn offload_call_form() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params1 {
+                    callee: (),
                     probe: {
                         #[allow(unused_imports)]
                         use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
                         (&::ythread::__private::Callee(&sumn, ::core::marker::PhantomData::<(_,)>))
                             .__ythread_probe()
                     },
-                    work: |(__arg0,)| sumn(__arg0),
+                    work: |_, (__arg0,)| sumn(__arg0),
                     a0: n + 1,
                 })
                     .split()
@@ -659,6 +660,7 @@ fn offload_call_form_with_paths_and_several_arguments() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params3 {
+                    callee: (),
                     probe: {
                         #[allow(unused_imports)]
                         use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
@@ -668,7 +670,9 @@ fn offload_call_form_with_paths_and_several_arguments() {
                         ))
                             .__ythread_probe()
                     },
-                    work: |(__arg0, __arg1, __arg2)| crate::cpu::mix::<u64>(__arg0, __arg1, __arg2),
+                    work: |_, (__arg0, __arg1, __arg2)| crate::cpu::mix::<
+                        u64,
+                    >(__arg0, __arg1, __arg2),
                     a0: a,
                     a1: &b[..],
                     a2: parse(x)?,
@@ -697,13 +701,14 @@ fn offload_call_form_without_arguments() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params0 {
+                    callee: (),
                     probe: {
                         #[allow(unused_imports)]
                         use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
                         (&::ythread::__private::Callee(&answer, ::core::marker::PhantomData::<()>))
                             .__ythread_probe()
                     },
-                    work: |()| answer(),
+                    work: |_, ()| answer(),
                 })
                     .split()
                 {
@@ -853,27 +858,24 @@ fn offload_of_a_computed_callee_evaluates_it_first() {
         quote!(@__ythread_cx; pick(k), n),
         expect![[r#"
             fn expansion() {
-                match pick(k) {
-                    __ythread_f => {
-                        match (::ythread::__private::Params1 {
-                            probe: ::ythread::__private::Probe::none(),
-                            work: |(__arg0,)| __ythread_f(__arg0),
-                            a0: n,
-                        })
-                            .split()
-                        {
-                            (__ythread_args, __ythread_work, _) => {
-                                ::ythread::__private::offload_call(
-                                    __ythread_cx,
-                                    __ythread_args,
-                                    __ythread_work,
-                                    || ::ythread::__private::never_portable(
-                                        "pick (k)",
-                                        "only a function named by its path (`offload!(crate::f, x)`) can be sent to another process",
-                                    ),
-                                )
-                            }
-                        }
+                match (::ythread::__private::Params1 {
+                    callee: pick(k),
+                    probe: ::ythread::__private::Probe::none(),
+                    work: |__ythread_f, (__arg0,)| __ythread_f(__arg0),
+                    a0: n,
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, _) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            || ::ythread::__private::never_portable(
+                                "pick (k)",
+                                "only a function named by its path (`offload!(crate::f, x)`) can be sent to another process",
+                            ),
+                        )
                     }
                 }
             }
@@ -889,8 +891,9 @@ fn offload_of_a_field_calls_it_as_a_field() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params1 {
+                    callee: (),
                     probe: ::ythread::__private::Probe::none(),
-                    work: |(__arg0,)| (self.f)(__arg0),
+                    work: |_, (__arg0,)| (self.f)(__arg0),
                     a0: n,
                 })
                     .split()
@@ -920,9 +923,10 @@ fn offload_with_a_closure_argument_keeps_it_in_the_call() {
         expect![[r#"
             fn expansion() {
                 match (::ythread::__private::Params1 {
+                    callee: (),
                     probe: ::ythread::__private::Probe::none(),
                     a0: value,
-                    work: |(__arg0,)| Option::map(__arg0, |s| s.len()),
+                    work: |_, (__arg0,)| Option::map(__arg0, |s| s.len()),
                 })
                     .split()
                 {

@@ -1,7 +1,7 @@
 //! The unit of offloaded work: a borrowed, type-erased, run-once closure
 //! together with the slot that receives its result.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::mem;
 use std::panic::Location;
@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 
 use crate::error::{HandlerDropped, OffloadError};
 use crate::offloadable::Registration;
-use crate::portable::{NotPortable, Portability, WireCall};
+use crate::portable::{FunctionId, NotPortable, Portability, WireCall};
 
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
 ///
@@ -246,7 +246,7 @@ impl<A, C, R> CallSlot<A, C, R> {
         let Ok(function) = (self.wire)() else {
             return Err("the call cannot cross processes".into());
         };
-        if (registration.key)() != function {
+        if (registration.key)() != function.id {
             return Err(format!(
                 "its result was decoded as `{}`'s",
                 registration.name
@@ -297,16 +297,23 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
             (Ok(_), WorkSlot::Pending(_)) => Ok(self),
             (Err(not_portable), _) => Err(not_portable),
             // Already run, failed or dropped: nothing left to send.
-            (Ok(function), _) => Err(NotPortable::new(function, "the work is no longer pending")),
+            (Ok(function), _) => Err(NotPortable::new(
+                function.name,
+                "the work is no longer pending",
+            )),
         }
     }
 }
 
 impl<A, C, R> WireCall for CallSlot<A, C, R> {
-    fn function(&self) -> &'static str {
+    fn function(&self) -> FunctionId {
         match (self.wire)() {
             Ok(function) => function,
-            Err(not_portable) => not_portable.function,
+            // Not asked: a call that cannot cross is never sent.
+            Err(not_portable) => FunctionId {
+                name: not_portable.function,
+                id: TypeId::of::<()>(),
+            },
         }
     }
 
@@ -315,7 +322,7 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         registration: &Registration,
         out: &mut Vec<u8>,
     ) -> Result<(), OffloadError> {
-        let function = self.function();
+        let function = self.function().name;
         let (Ok(_), WorkSlot::Pending(call)) = ((self.wire)(), &self.slot) else {
             return Err(OffloadError::protocol(
                 function,

@@ -243,7 +243,9 @@ pub use ythread_macros::offloadable;
 ///   then the arguments are evaluated in the handler, in order, before it
 ///   suspends; the call itself runs where the strategy decides. A closure
 ///   written as an argument (`offload!(Option::map, x, |v| v + 1)`) is typed
-///   as in the plain call. Only a function path of up to 8 arguments, none
+///   as in the plain call; it is created where the call runs, after the other
+///   arguments (which only a `move` closure that copies a value a later
+///   argument changes can tell). Only a function path of up to 8 arguments, none
 ///   of them a closure, can be sent to another process (and only if it is
 ///   [`#[offloadable]`](offloadable)); the other forms fail there with
 ///   [`NotPortable`](OffloadErrorKind::NotPortable).
@@ -326,11 +328,11 @@ pub mod __private {
     pub use crate::coroutine::Context;
     pub use crate::offloadable::{
         DecodeResult, EncodeArgs, EncodeOutcome, OFFLOADABLE, Registration, decode_result,
-        encode_arg, encode_result, end_of_args, fingerprint, take_arg,
+        encode_arg, encode_result, end_of_args, fingerprint, take_arg, type_id_of_val,
     };
     pub use crate::portable::{
-        Callee, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5, Params6,
-        Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, Wire, never_portable,
+        Callee, FunctionId, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5,
+        Params6, Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, Wire, never_portable,
     };
     pub use crate::private::{
         HandlerFn, SendResult, handler, offload, offload_call, try_offload, try_offload_call,

@@ -8,9 +8,11 @@
 //! finds it by the name the parent sends.
 
 use std::any::{Any, TypeId};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::collections::hash_map;
 use std::fmt;
+use std::hash::Hash;
 use std::mem;
 use std::ptr;
 use std::sync::OnceLock;
@@ -27,9 +29,11 @@ pub struct Registration {
     /// A hash of `signature`, checked by the worker, so that a worker built
     /// from other source refuses the call instead of misreading it.
     pub fingerprint: u64,
-    /// `type_name` of the function item: how the parent finds this
-    /// registration from the call.
-    pub key: fn() -> &'static str,
+    /// The type id of the function item: how the parent finds this
+    /// registration from the call. Unlike its type name, it is the
+    /// function's alone (a struct can have its name, as can a function in
+    /// another block, or in another version of the crate).
+    pub key: fn() -> TypeId,
     /// In a worker: decodes the arguments from the first slice, calls the
     /// function, and appends the encoded result to the buffer.
     pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), postcard::Error>,
@@ -107,9 +111,14 @@ impl EncodeArgs {
         // SAFETY: `args` is a live `A`, and `A` has the type id of the `T`
         // this encoder was made for, lifetimes erased: it is `T` up to
         // lifetimes, with its layout. The encoder reads it through a
-        // reference for the length of this call only, and is generic over
-        // the lifetimes in `T` (see the type's documentation), so it holds
-        // for `A`'s.
+        // reference for the length of this call only. Its lifetimes are
+        // right too: the parent only encodes a call with the registration
+        // found by the type id of the very function called (`portable_call`,
+        // never by a name another item could share), and an `offload!(f,
+        // ..)` point coerces its arguments to `f`'s declared parameter types
+        // (`ParamsN`), so `A` is those types with the call's lifetimes where
+        // `f`'s are elided, which the encoder is generic over (see the type's
+        // documentation), and `'static` where `f` says `'static`.
         Some(unsafe { (self.encode)(ptr::from_ref(args).cast(), out) })
     }
 }
@@ -123,12 +132,12 @@ pub type DecodeResult = fn(&[u8]) -> Result<Box<dyn Any + Send>, postcard::Error
 #[linkme::distributed_slice]
 pub static OFFLOADABLE: [Registration];
 
-/// The table of offloadable functions, indexed both ways. A name (or key)
-/// registered twice, as two versions of one crate in a build can do, maps to
-/// `None`: such a function is not portable, since a call could reach the
-/// wrong one.
+/// The table of offloadable functions, indexed both ways. A name registered
+/// twice, as two versions of one crate in a build can do, maps to `None`:
+/// such a function is not portable, since a worker could reach the wrong
+/// one.
 struct Index {
-    by_key: HashMap<&'static str, Option<&'static Registration>>,
+    by_key: HashMap<TypeId, Option<&'static Registration>>,
     by_name: HashMap<&'static str, Option<&'static Registration>>,
 }
 
@@ -147,9 +156,9 @@ fn index() -> &'static Index {
     })
 }
 
-fn insert_unique(
-    map: &mut HashMap<&'static str, Option<&'static Registration>>,
-    key: &'static str,
+fn insert_unique<K: Hash + Eq>(
+    map: &mut HashMap<K, Option<&'static Registration>>,
+    key: K,
     registration: &'static Registration,
 ) {
     match map.entry(key) {
@@ -169,9 +178,9 @@ pub(crate) enum Lookup {
     Ambiguous,
 }
 
-/// The registration of the function whose item type has this `type_name`.
-pub(crate) fn by_key(key: &str) -> Lookup {
-    lookup(&index().by_key, key)
+/// The registration of the function whose item type has this type id.
+pub(crate) fn by_key(key: TypeId) -> Lookup {
+    lookup(&index().by_key, &key)
 }
 
 /// The registration under this name.
@@ -179,7 +188,10 @@ pub(crate) fn by_name(name: &str) -> Lookup {
     lookup(&index().by_name, name)
 }
 
-fn lookup(map: &HashMap<&'static str, Option<&'static Registration>>, key: &str) -> Lookup {
+fn lookup<K: Hash + Eq + Borrow<Q>, Q: Hash + Eq + ?Sized>(
+    map: &HashMap<K, Option<&'static Registration>>,
+    key: &Q,
+) -> Lookup {
     match map.get(key) {
         Some(Some(registration)) => Lookup::Found(registration),
         Some(None) => Lookup::Ambiguous,
@@ -216,6 +228,13 @@ pub fn take_arg<'de, T: serde::Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Result<(T, &'de [u8]), postcard::Error> {
     postcard::take_from_bytes(bytes)
+}
+
+/// The type id of a value's type, lifetimes erased: a registered
+/// function's key (see [`Registration::key`]).
+#[doc(hidden)]
+pub fn type_id_of_val<T: ?Sized>(_: &T) -> TypeId {
+    typeid::of::<T>()
 }
 
 /// What encoding a call's arguments gives: nothing, or postcard's error.

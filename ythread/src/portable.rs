@@ -13,7 +13,7 @@
 //! `offload!` point asks nothing of serde, so a handler that never leaves
 //! the process never depends on it.
 
-use std::any::type_name;
+use std::any::{TypeId, type_name};
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -50,11 +50,20 @@ impl fmt::Display for NotPortable {
     }
 }
 
-/// The function of an `offload!` call, by the `type_name` of its item (its
-/// key in the table of offloadable functions), or why the call can never
-/// cross to another process.
+/// The function of an `offload!` call: its item's type id, its key in the
+/// table of offloadable functions (unique to it, where a name is not: see
+/// [`Registration::key`]), and its type name, for messages.
 #[doc(hidden)]
-pub type Wire = Result<&'static str, NotPortable>;
+#[derive(Clone, Copy, Debug)]
+pub struct FunctionId {
+    pub(crate) name: &'static str,
+    pub(crate) id: TypeId,
+}
+
+/// The function of an `offload!` call, or why the call can never cross to
+/// another process.
+#[doc(hidden)]
+pub type Wire = Result<FunctionId, NotPortable>;
 
 /// How to get a call's [`Wire`], when a strategy asks: one function pointer
 /// in the `offload!` point's slot, which is built on every call and mostly
@@ -65,8 +74,8 @@ pub type Portability = fn() -> Wire;
 /// A call that a strategy can send to another process, as the job's slot
 /// shows it.
 pub(crate) trait WireCall {
-    /// The `type_name` of the function called.
-    fn function(&self) -> &'static str;
+    /// The function called.
+    fn function(&self) -> FunctionId;
     /// Appends the arguments, postcard-encoded by `registration` (the
     /// function's), to `out`.
     ///
@@ -110,8 +119,8 @@ pub(crate) fn portable_call(
     let call = wire.map_err(|not_portable| {
         OffloadError::not_portable(not_portable.function, not_portable.reason)
     })?;
-    let function = call.function();
-    match offloadable::by_key(function) {
+    let FunctionId { name: function, id } = call.function();
+    match offloadable::by_key(id) {
         Lookup::Found(registration) => Ok((call, registration)),
         Lookup::Missing => Err(OffloadError::not_portable(
             function,
@@ -150,7 +159,12 @@ impl<F: ?Sized, A, R> Probe<F, A, R> {
     #[doc(hidden)]
     #[inline(always)]
     pub fn portability(&self) -> Portability {
-        || Ok(type_name::<F>())
+        || {
+            Ok(FunctionId {
+                name: type_name::<F>(),
+                id: typeid::of::<F>(),
+            })
+        }
     }
 }
 
@@ -219,7 +233,8 @@ macro_rules! params {
             }
         }
 
-        /// The probe, the work and the arguments of `offload!(f, ...)`,
+        /// The callee (when it is computed; else `()`), the probe, the work
+        /// and the arguments of `offload!(f, ...)`,
         /// each argument coerced to `f`'s parameter type as a struct field
         /// is: rustc types the work closure (`|(a0, ..)| f(a0, ..)`) before
         /// the arguments, which fixes the parameter types, so `&String`
@@ -230,24 +245,38 @@ macro_rules! params {
         /// captures `f` (by value, if `f` is a closure called once).
         #[doc(hidden)]
         #[allow(missing_debug_implementations)]
-        pub struct $params<F: ?Sized, C, $($param,)* R>
+        pub struct $params<G, F: ?Sized, C, $($param,)* R>
         where
-            C: FnOnce(($($param,)*)) -> R,
+            C: FnOnce(G, ($($param,)*)) -> R,
         {
+            pub callee: G,
             pub probe: Probe<F, ($($param,)*), R>,
             pub work: C,
             $(pub $arg: $param,)*
         }
 
-        impl<F: ?Sized, C, $($param,)* R> $params<F, C, $($param,)* R>
+        impl<G, F: ?Sized, C, $($param,)* R> $params<G, F, C, $($param,)* R>
         where
-            C: FnOnce(($($param,)*)) -> R,
+            C: FnOnce(G, ($($param,)*)) -> R,
         {
+            /// The arguments, the call (the work given its callee), and the
+            /// probe.
             #[doc(hidden)]
             #[inline(always)]
             #[allow(clippy::unused_unit)]
-            pub fn split(self) -> (($($param,)*), C, Probe<F, ($($param,)*), R>) {
-                (($(self.$arg,)*), self.work, self.probe)
+            pub fn split(
+                self,
+            ) -> (
+                ($($param,)*),
+                impl FnOnce(($($param,)*)) -> R,
+                Probe<F, ($($param,)*), R>,
+            ) {
+                let (callee, work) = (self.callee, self.work);
+                (
+                    ($(self.$arg,)*),
+                    move |args| work(callee, args),
+                    self.probe,
+                )
             }
         }
     )*};

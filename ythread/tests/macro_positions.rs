@@ -837,6 +837,72 @@ fn callee_forms(early: bool) -> Rows {
     rows
 }
 
+fn trimmer() -> fn(&str) -> &str {
+    str::trim
+}
+
+#[allow(clippy::too_many_arguments)]
+fn nine(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64, i: u64) -> u64 {
+    a + b + c + d + e + f + g + h + i
+}
+
+/// Handlers built by macros, whose fragments reach `offload!` wrapped in
+/// invisible groups.
+macro_rules! call_twice_handler {
+    ($name:ident, $param:ident: $ty:ty, $callee:expr, $arg:expr) => {
+        #[yieldable]
+        fn $name($param: $ty) -> (u64, u64) {
+            (offload!($callee, $arg), $callee(1))
+        }
+    };
+}
+
+macro_rules! map_handler {
+    ($name:ident, $closure:expr) => {
+        #[yieldable]
+        fn $name(x: Option<&'static str>) -> Option<usize> {
+            offload!(Option::map, x, $closure)
+        }
+    };
+}
+
+// The callee is borrowed, as a plain call borrows it, and used again.
+call_twice_handler!(through_fragment, f: Box<dyn Fn(u64) -> u64 + Send + Sync>, f, 2);
+// The closure is typed by `Option::map`'s bound, as in the plain call.
+map_handler!(map_through_fragment, |s| s.len());
+
+#[yieldable]
+fn computed_callees_keep_plain_call_scopes() -> Rows {
+    let mut rows = Rows::new();
+    // The argument's temporary lives to the end of the statement, as in the
+    // plain call, though the callee is computed.
+    let trimmed = offload!(trimmer(), &String::from(" x ")).len();
+    row!(
+        rows,
+        "temporaries of a computed callee's arguments",
+        trimmed,
+        trimmer()(&String::from(" x ")).len()
+    );
+    row!(
+        rows,
+        "nine arguments, computed callee",
+        offload!(
+            if trimmed > 0 { nine } else { unreachable!() },
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9
+        ),
+        nine(1, 2, 3, 4, 5, 6, 7, 8, 9)
+    );
+    rows
+}
+
 #[yieldable]
 fn callee_with_question_mark(found: bool) -> Option<u64> {
     Some(offload!(pick(found)?, 8) + 1)
@@ -864,6 +930,13 @@ fn offload_of_closure_arguments_and_computed_callees_is_the_plain_call() {
     // A field is called as a field even where a method has its name.
     let table = Table { f: square };
     assert_eq!(counted(table.field_callee(3)), ((9, 1003), 1));
+    let (rows, jobs) = counted(computed_callees_keep_plain_call_scopes());
+    for (name, offloaded, plain) in &rows {
+        assert_eq!(offloaded, plain, "{name}");
+    }
+    assert_eq!((rows.len(), jobs), (2, 2));
+    assert_eq!(counted(through_fragment(Box::new(|n| n * 3))), ((6, 3), 1));
+    assert_eq!(counted(map_through_fragment(Some("four"))), (Some(4), 1));
 }
 
 #[yieldable]

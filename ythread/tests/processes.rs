@@ -1078,3 +1078,45 @@ fn a_deadline_too_far_to_add_is_none() {
         assert_eq!(cpu.restarts(), 0);
     });
 }
+
+/// A call is sent under the registration of the very function called, never
+/// of another item with the same path: here two functions named `twin` in
+/// sibling blocks (one type name), of which only the first is registered. A
+/// name-keyed lookup ran the registered one in the worker and returned its
+/// value for a call of the other.
+#[test]
+fn a_namesake_of_a_registered_function_is_not_sent_under_its_registration() {
+    {
+        #[offloadable]
+        fn twin(x: u64) -> u64 {
+            x + 1
+        }
+        #[yieldable]
+        fn registered() -> Result<u64, OffloadError> {
+            try_offload!(twin, 1)
+        }
+        common::watchdog(Duration::from_secs(60), || {
+            assert_eq!(
+                registered().run_with(&workers(1).build().unwrap()).unwrap(),
+                2
+            );
+        });
+    }
+    {
+        fn twin(x: u64) -> u64 {
+            x + 1000
+        }
+        #[yieldable]
+        fn namesake() -> Result<u64, OffloadError> {
+            try_offload!(twin, 1)
+        }
+        common::watchdog(Duration::from_secs(60), || {
+            let error = namesake()
+                .run_with(&workers(1).build().unwrap())
+                .unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::NotPortable, "{error}");
+            assert!(error.to_string().contains("offloadable"), "{error}");
+            assert_eq!(namesake().run().unwrap(), 1001);
+        });
+    }
+}

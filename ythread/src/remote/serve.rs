@@ -15,7 +15,7 @@ use super::wire::{Reply, WireError, deadline_of};
 use crate::Processes;
 use crate::error::OffloadError;
 use crate::offloadable::Registration;
-use crate::portable::WireCall;
+use crate::portable::{FunctionId, WireCall};
 use crate::sync::{Mutex, MutexGuard};
 
 /// Calls being put in the shared queue at once, at most.
@@ -417,8 +417,11 @@ struct RawCall<'a> {
 }
 
 impl WireCall for RawCall<'_> {
-    fn function(&self) -> &'static str {
-        (self.registration.key)()
+    fn function(&self) -> FunctionId {
+        FunctionId {
+            name: self.registration.name,
+            id: (self.registration.key)(),
+        }
     }
 
     fn encode_args(
