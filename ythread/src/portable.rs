@@ -155,7 +155,7 @@ impl<A, R> Probe<(), A, R> {
 }
 
 impl<F: ?Sized, A, R> Probe<F, A, R> {
-    /// The call's [`Portability`]: the type name of `F`.
+    /// The call's [`Portability`]: the type id and name of `F`.
     #[doc(hidden)]
     #[inline(always)]
     pub fn portability(&self) -> Portability {
@@ -190,7 +190,10 @@ pub fn never_portable(function: &'static str, reason: &'static str) -> Wire {
 /// `unsafe fn`, and a call with the wrong number of arguments (whose error
 /// the work's call reports) do not match it: autoref specialization then
 /// picks [`ProbeAny`], which takes `F` as it is (such a callee is never
-/// registered, so its name only goes into a "not portable" error).
+/// registered, so its name only goes into a "not portable" error). The one
+/// cost: a generic `unsafe fn` whose type parameters only its call infers
+/// (`unsafe { offload!(std::mem::zeroed) }`) needs them written out
+/// (`std::mem::zeroed::<u64>`), as the second mention cannot learn them.
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct Callee<'a, F: ?Sized, A>(pub &'a F, pub PhantomData<A>);
