@@ -1,7 +1,7 @@
 //! The unit of offloaded work: a borrowed, type-erased, run-once closure
 //! together with the slot that receives its result.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::fmt;
 use std::mem;
 use std::panic::Location;
@@ -89,8 +89,9 @@ impl<'a> Job<'a> {
         self.work.fail(error);
     }
 
-    /// The job as a call that can be sent to another process.
-    pub(crate) fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
+    /// The job as a call that can be sent to another process, with the
+    /// function it calls.
+    pub(crate) fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable> {
         self.work.wire()
     }
 
@@ -122,9 +123,9 @@ pub(crate) trait RunOnce {
     /// that could not run it where it runs work. A dropped or finished slot
     /// is left as it is.
     fn fail(&mut self, error: OffloadError);
-    /// The work as a call that can cross to another process, or why it
-    /// cannot.
-    fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable>;
+    /// The work as a call that can cross to another process, with the
+    /// function it calls, or why it cannot.
+    fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable>;
 }
 
 /// Offloaded work that can be run by value: a closure, or a function and its
@@ -197,7 +198,7 @@ impl<W: Work<Output = R>, R> RunOnce for WorkSlot<W, R> {
         self.give_up(error);
     }
 
-    fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
+    fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable> {
         Err(NotPortable::closure(std::any::type_name::<W>()))
     }
 }
@@ -292,9 +293,9 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
         self.slot.fail(error);
     }
 
-    fn wire(&mut self) -> Result<&mut dyn WireCall, NotPortable> {
+    fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable> {
         match ((self.wire)(), &self.slot) {
-            (Ok(_), WorkSlot::Pending(_)) => Ok(self),
+            (Ok(function), WorkSlot::Pending(_)) => Ok((function, self)),
             (Err(not_portable), _) => Err(not_portable),
             // Already run, failed or dropped: nothing left to send.
             (Ok(function), _) => Err(NotPortable::new(
@@ -306,24 +307,13 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
 }
 
 impl<A, C, R> WireCall for CallSlot<A, C, R> {
-    fn function(&self) -> FunctionId {
-        match (self.wire)() {
-            Ok(function) => function,
-            // Not asked: a call that cannot cross is never sent.
-            Err(not_portable) => FunctionId {
-                name: not_portable.function,
-                id: TypeId::of::<()>(),
-            },
-        }
-    }
-
     fn encode_args(
         &self,
         registration: &Registration,
         out: &mut Vec<u8>,
     ) -> Result<(), OffloadError> {
-        let function = self.function().name;
-        let (Ok(_), WorkSlot::Pending(call)) = ((self.wire)(), &self.slot) else {
+        let function = registration.name;
+        let WorkSlot::Pending(call) = &self.slot else {
             return Err(OffloadError::protocol(
                 function,
                 "the call is no longer pending",

@@ -74,8 +74,6 @@ pub type Portability = fn() -> Wire;
 /// A call that a strategy can send to another process, as the job's slot
 /// shows it.
 pub(crate) trait WireCall {
-    /// The function called.
-    fn function(&self) -> FunctionId;
     /// Appends the arguments, postcard-encoded by `registration` (the
     /// function's), to `out`.
     ///
@@ -114,12 +112,11 @@ pub(crate) trait WireCall {
 /// Why the call cannot cross (`NotPortable`): the strategy fails the job
 /// with it.
 pub(crate) fn portable_call(
-    wire: Result<&mut dyn WireCall, NotPortable>,
+    wire: Result<(FunctionId, &mut dyn WireCall), NotPortable>,
 ) -> Result<(&mut dyn WireCall, &'static Registration), OffloadError> {
-    let call = wire.map_err(|not_portable| {
+    let (FunctionId { name: function, id }, call) = wire.map_err(|not_portable| {
         OffloadError::not_portable(not_portable.function, not_portable.reason)
     })?;
-    let FunctionId { name: function, id } = call.function();
     match offloadable::by_key(id) {
         Lookup::Found(registration) => Ok((call, registration)),
         Lookup::Missing => Err(OffloadError::not_portable(

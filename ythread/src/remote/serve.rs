@@ -15,7 +15,7 @@ use super::wire::{Reply, WireError, deadline_of};
 use crate::Processes;
 use crate::error::OffloadError;
 use crate::offloadable::Registration;
-use crate::portable::{FunctionId, WireCall};
+use crate::portable::WireCall;
 use crate::sync::{Mutex, MutexGuard};
 
 /// Calls being put in the shared queue at once, at most.
@@ -397,7 +397,6 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
 /// Runs one call in a local worker process; returns the encoded reply.
 fn run_locally(processes: &Processes, registration: &'static Registration, args: &[u8]) -> Vec<u8> {
     let mut call = RawCall {
-        registration,
         args,
         outcome: None,
     };
@@ -411,19 +410,11 @@ fn run_locally(processes: &Processes, registration: &'static Registration, args:
 
 /// A call that arrived as bytes and leaves as bytes.
 struct RawCall<'a> {
-    registration: &'static Registration,
     args: &'a [u8],
     outcome: Option<Result<Vec<u8>, OffloadError>>,
 }
 
 impl WireCall for RawCall<'_> {
-    fn function(&self) -> FunctionId {
-        FunctionId {
-            name: self.registration.name,
-            id: (self.registration.key)(),
-        }
-    }
-
     fn encode_args(
         &self,
         _registration: &Registration,
