@@ -348,24 +348,20 @@ fn expand_call(
     }
     let func_span = func.span();
     let value = Ident::new("__ythread_f", Span::mixed_site().located_at(func_span));
-    let called = match callee {
-        Callee::Path => func.to_token_stream(),
-        Callee::Place => quote_spanned!(func_span=> (#func)),
-        Callee::Value => value.to_token_stream(),
-    };
-    // A computed callee is the first field of the arguments (see below),
-    // and the work's first parameter.
-    let callee_param = match callee {
-        Callee::Value => value.to_token_stream(),
-        Callee::Path | Callee::Place => quote!(_),
+    // What the work calls; and the callee's value, which a computed callee
+    // passes to the work as its first parameter (`()` for the others).
+    let (called, callee_value, callee_param) = match callee {
+        Callee::Path => (func.to_token_stream(), quote!(()), quote!(_)),
+        Callee::Place => (quote_spanned!(func_span=> (#func)), quote!(()), quote!(_)),
+        Callee::Value => (
+            value.to_token_stream(),
+            func.to_token_stream(),
+            value.to_token_stream(),
+        ),
     };
     let call = quote_spanned!(func_span=> #called(#(#call_args),*));
     let work = quote_spanned! {func_span=>
         |#callee_param, (#(#names,)*)| #call
-    };
-    let callee_value = match callee {
-        Callee::Value => func.to_token_stream(),
-        Callee::Path | Callee::Place => quote!(()),
     };
     let not_portable = if !matches!(callee, Callee::Path) {
         Some(
@@ -382,36 +378,13 @@ fn expand_call(
     } else {
         None
     };
-    let function = func.to_token_stream().to_string();
-    let wire = match not_portable {
-        Some(reason) => quote!(|| ::ythread::__private::never_portable(#function, #reason)),
-        None => quote!(),
-    };
-    if evaluated.len() <= MAX_PORTABLE_ARITY {
-        // The callee (if computed), the probe, the work and the arguments
-        // become the fields of `ParamsN { callee, probe, work, a0, .. }`: one
-        // expression, so that every temporary lives to the end of the
-        // statement, as in a plain call. It coerces each argument to
-        // the function's parameter type as a struct field is (so that another
-        // process can decode them as such, and a `&mut` is reborrowed, not
-        // moved). For a path, the probe names the function's type, tied to
-        // the work's call so that a generic function's type parameters are
-        // those the call infers (see `ythread::__private::Callee`); it is how
-        // a strategy that sends calls elsewhere finds the function. A `match` keeps the arguments' temporaries alive to the
-        // end of the call, as in a plain call.
-        let params = format_ident!("Params{}", evaluated.len());
-        let fields: Vec<Ident> = (0..evaluated.len())
-            .map(|i| format_ident!("a{}", i, span = evaluated[i].span()))
-            .collect();
-        // Located at the arguments, so that an error about all of them (one
-        // is not `Send`) points there.
-        let args_name = Ident::new(
-            "__ythread_args",
-            Span::mixed_site().located_at(spanning_span(&evaluated)),
-        );
-        let work_name = Ident::new("__ythread_work", Span::mixed_site());
-        let probe_name = Ident::new("__ythread_probe", Span::mixed_site());
-        let (probe, wire) = if not_portable.is_none() {
+    // For a path, the probe names the function's type, tied to the work's
+    // call so that a generic function's type parameters are those the call
+    // infers (see `ythread::__private::Callee`): it is how a strategy that
+    // sends calls elsewhere finds the function.
+    let probe_name = Ident::new("__ythread_probe", Span::mixed_site());
+    let (probe, probe_pattern, wire) = match not_portable {
+        None => {
             let arity = evaluated.iter().map(|_| quote!(_));
             (
                 quote! {{
@@ -423,16 +396,38 @@ fn expand_call(
                     ))
                     .__ythread_probe()
                 }},
+                probe_name.to_token_stream(),
                 quote!(#probe_name.portability()),
             )
-        } else {
-            (quote!(::ythread::__private::Probe::none()), wire)
-        };
-        let probe_pattern = if not_portable.is_none() {
-            probe_name.to_token_stream()
-        } else {
-            quote!(_)
-        };
+        }
+        Some(reason) => {
+            let function = func.to_token_stream().to_string();
+            (
+                quote!(::ythread::__private::Probe::none()),
+                quote!(_),
+                quote!(|| ::ythread::__private::never_portable(#function, #reason)),
+            )
+        }
+    };
+    if evaluated.len() <= MAX_PORTABLE_ARITY {
+        // The callee (if computed), the probe, the work and the arguments
+        // become the fields of `ParamsN { callee, probe, work, a0, .. }`: one
+        // expression, so that every temporary lives to the end of the
+        // statement, as in a plain call (the `match` keeps them to the end
+        // of the call). It coerces each argument to the function's parameter
+        // type as a struct field is (so that another process can decode them
+        // as such, and a `&mut` is reborrowed, not moved).
+        let params = format_ident!("Params{}", evaluated.len());
+        let fields: Vec<Ident> = (0..evaluated.len())
+            .map(|i| format_ident!("a{}", i, span = evaluated[i].span()))
+            .collect();
+        // Located at the arguments, so that an error about all of them (one
+        // is not `Send`) points there.
+        let args_name = Ident::new(
+            "__ythread_args",
+            Span::mixed_site().located_at(spanning_span(&evaluated)),
+        );
+        let work_name = Ident::new("__ythread_work", Span::mixed_site());
         // The work is typed first, so that it gives the arguments' fields
         // their types; but a closure argument in it is typed by its callee's
         // parameter types, which the arguments before it decide: then the
@@ -459,8 +454,9 @@ fn expand_call(
             }
         }
     } else {
-        // More arguments than a `ParamsN` holds: the callee and their
-        // tuple, spanning them all (see `spanning_arguments`).
+        // More arguments than a `ParamsN` holds (so never portable: `wire`
+        // says why): the callee and their tuple, spanning them all (see
+        // `spanning_arguments`).
         let tuple = spanning_arguments(&evaluated);
         quote_spanned! {call_site=>
             ::ythread::__private::#call_fn(

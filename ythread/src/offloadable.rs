@@ -241,16 +241,6 @@ pub fn type_id_of_val<T: ?Sized>(_: &T) -> TypeId {
 #[doc(hidden)]
 pub type EncodeOutcome = Result<(), postcard::Error>;
 
-/// Appends one encoded argument to `out` (postcard encodes a tuple as its
-/// elements in a row); called by the encoder `#[offloadable]` writes.
-#[doc(hidden)]
-pub fn encode_arg<T: serde::Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), postcard::Error> {
-    encode_result(value, out)
-}
-
 /// Checks that a call's arguments used all its bytes.
 #[doc(hidden)]
 pub fn end_of_args(rest: &[u8]) -> Result<(), postcard::Error> {
@@ -261,9 +251,10 @@ pub fn end_of_args(rest: &[u8]) -> Result<(), postcard::Error> {
     }
 }
 
-/// Appends an encoded result to `out`.
+/// Appends one encoded value to `out`: a result, or one argument (postcard
+/// encodes a tuple as its elements in a row).
 #[doc(hidden)]
-pub fn encode_result<T: serde::Serialize + ?Sized>(
+pub fn encode_value<T: serde::Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), postcard::Error> {

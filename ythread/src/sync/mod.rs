@@ -18,9 +18,9 @@
 //! while it is held leaves the data as it is, and every critical section
 //! here keeps its data consistent at each step, so there is nothing to
 //! recover), or loom's model of it under `--cfg loom`. (The stack pool,
-//! `coroutine/stack/mod.rs`, keeps its lock in a `static`, which loom's
-//! cannot be built in, so it names
-//! parking_lot's directly, which is the same lock.) Unlike std's, it does
+//! `coroutine/stack/mod.rs`, keeps its lock in a `static`, where loom's
+//! cannot be built, so it names parking_lot's directly: the same lock.)
+//! Unlike std's, it does
 //! not make its holder `RefUnwindSafe`: `Pool`, whose lock was std's, says
 //! so by hand (`apply/pool.rs`), so that its auto traits did not change.
 
