@@ -255,13 +255,6 @@ fn a_flood_of_idle_connections_waits_for_room_and_valid_requests_are_served() {
 
 // --- a strategy with a deadline -------------------------------------------
 
-/// In a worker process: serve calls and exit. A no-op in the test run.
-#[test]
-#[ignore = "an entry point of the processes other tests start, not a test"]
-fn worker_process_entry() {
-    ythread::processes::init();
-}
-
 #[test]
 fn work_past_the_deadline_of_processes_is_an_error_line() {
     common::watchdog(Duration::from_secs(120), || {

@@ -108,6 +108,7 @@ compile_error!(
 );
 
 mod apply;
+mod codec;
 mod coroutine;
 mod current;
 mod error;

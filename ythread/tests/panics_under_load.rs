@@ -164,13 +164,6 @@ fn a_rayon_pool() {
 
 // --- worker processes, local and remote -----------------------------------
 
-/// In a worker process: serve calls and exit. A no-op in the test run.
-#[test]
-#[ignore = "an entry point of the processes other tests start, not a test"]
-fn worker_process_entry() {
-    ythread::processes::init();
-}
-
 #[offloadable]
 fn triple_or_panic(id: u64) -> u64 {
     if id.is_multiple_of(2) {

@@ -1,5 +1,6 @@
 //! The `Processes` strategy with real worker processes: this test binary
-//! started again in worker mode (see `worker_process_entry`).
+//! started again in worker mode, which serves before the test harness runs
+//! (no setup in the tests).
 //!
 //! Every test that waits on workers runs under a watchdog, so that a hang
 //! fails the test instead of stalling the suite.
@@ -23,15 +24,6 @@ use ythread::{
     Inline, OffloadError, OffloadErrorKind, Processes, Yieldable, offload, offloadable,
     try_offload, yieldable,
 };
-
-/// In a worker, this test is what the harness runs first (the parent starts
-/// workers with `worker_process_entry --exact`): it serves calls and exits.
-/// In the test run itself, `init` returns at once.
-#[test]
-#[ignore = "an entry point of the processes other tests start, not a test"]
-fn worker_process_entry() {
-    ythread::processes::init();
-}
 
 // --- the work -------------------------------------------------------------
 
@@ -733,7 +725,7 @@ fn parent_process_entry() {
 }
 
 #[test]
-fn a_program_without_init_is_a_clear_error() {
+fn a_program_that_cannot_be_a_worker_is_a_clear_error() {
     common::watchdog(Duration::from_secs(60), || {
         let error = Processes::builder()
             .workers(1)
@@ -744,7 +736,8 @@ fn a_program_without_init_is_a_clear_error() {
         assert!(
             text.contains("ended before it was ready")
                 && text.contains("exited with status 0")
-                && text.contains("ythread::processes::init()"),
+                && text.contains("links ythread")
+                && text.contains("/bin/true"),
             "{text}"
         );
     });
@@ -881,42 +874,47 @@ fn many_threads_share_the_workers() {
     });
 }
 
-/// In a worker started by `forgetting_init_is_a_quick_clear_error`: a
-/// `main` that builds a `Processes` without calling `init()` first. A no-op
-/// in the test run itself.
+/// Marks, in a worker process, that the test harness ran there: it must
+/// not, since a worker of a test binary serves before the harness starts.
+/// (In the test run itself, a no-op.)
 #[test]
-#[ignore = "an entry point of the processes other tests start, not a test"]
-fn forgot_init_entry() {
-    if std::env::var_os("YTHREAD_WORKER").is_none() {
-        return;
+fn marks_a_harness_run_in_a_worker() {
+    if std::env::var_os("YTHREAD_WORKER").is_some() {
+        let parent = std::os::unix::process::parent_id();
+        std::fs::write(harness_marker(parent), b"ran").unwrap();
     }
-    // Must fail at once, not start workers of its own (copies of the
-    // program without end).
-    let error = workers(1).build().unwrap_err();
-    panic!("{error}");
+}
+
+fn harness_marker(parent: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("ythread-harness-ran-in-worker-of-{parent}"))
 }
 
 #[test]
-fn forgetting_init_is_a_quick_clear_error() {
+fn a_test_binary_needs_no_setup_and_its_workers_run_no_test() {
     common::watchdog(Duration::from_secs(60), || {
-        let started = Instant::now();
-        let error = Processes::builder()
-            .workers(2)
-            .args(common::entry_args("forgot_init_entry"))
-            .build()
-            .unwrap_err();
-        let text = error.to_string();
+        let marker = harness_marker(std::process::id());
+        let _ = std::fs::remove_file(&marker);
+        // The plain recipe, in a `#[test]`: no entry point, no arguments.
+        let cpu = Processes::builder().workers(2).build().unwrap();
+        assert_eq!(call_add(2, 3).run_with(&cpu), 5);
+        let worker = where_am_i().run_with(&cpu);
+        assert_ne!(worker, std::process::id());
+        drop(cpu);
         assert!(
-            text.contains("ended before it was ready")
-                && text.contains("ythread::processes::init()"),
-            "{text}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            started.elapsed()
+            !marker.exists(),
+            "a worker process ran the test harness (a sibling test ran in it)"
         );
     });
+}
+
+#[yieldable]
+fn call_add(a: u64, b: u64) -> u64 {
+    offload!(add, a, b)
+}
+
+#[yieldable]
+fn where_am_i() -> u32 {
+    offload!(pid)
 }
 
 /// A result whose decoding panics in the parent.

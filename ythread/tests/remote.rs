@@ -2,7 +2,7 @@
 //! `nats-server` on 127.0.0.1 (started here on a free port, stopped by
 //! itself), with remote workers in real child processes: this test binary
 //! started again (see `remote_worker_entry`), each running its calls in
-//! worker processes of its own (see `worker_process_entry`).
+//! worker processes of its own.
 //!
 //! `nats-server` must be installed: the README's test command
 //! (`scripts/test`) installs it. Without it these tests fail, naming it;
@@ -77,13 +77,6 @@ fn call_pid() -> Result<u32, OffloadError> {
 }
 
 // --- processes of our own -------------------------------------------------
-
-/// In a local worker process: serve calls and exit. A no-op in the test run.
-#[test]
-#[ignore = "an entry point of the processes other tests start, not a test"]
-fn worker_process_entry() {
-    ythread::processes::init();
-}
 
 const REMOTE_WORKER_ENV: &str = "YTHREAD_TEST_REMOTE_WORKER";
 

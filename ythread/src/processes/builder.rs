@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use super::Processes;
 use super::checkout::{Idle, Shared};
-use super::process::{Spec, WORKER_ENV};
+use super::entry::{self, Role};
+use super::process::Spec;
 use super::supervise::{Request, supervise};
 use crate::sync::Mutex;
 use crate::sync::gate::Gate;
@@ -27,6 +28,8 @@ pub struct ProcessesBuilder {
     memory_limit: Option<u64>,
     /// The largest frame either way, in bytes (at least `MIN_MAX_FRAME`).
     max_frame: usize,
+    /// The deepest nesting decoded in arguments and results.
+    max_depth: usize,
     /// The program to start; `None`: this one, `/proc/self/exe`.
     program: Option<PathBuf>,
     /// Its arguments.
@@ -83,6 +86,22 @@ impl ProcessesBuilder {
         self
     }
 
+    /// The deepest nesting accepted in a call's arguments (decoded by the
+    /// worker) and its result (decoded here): each sequence, map, struct,
+    /// enum variant with data, `Some` and newtype is one level. A value
+    /// nested deeper fails its call with
+    /// [`Protocol`](crate::OffloadErrorKind::Protocol), naming this limit,
+    /// and never overflows the stack of the side that decodes it.
+    ///
+    /// Default: 128. Decoding takes stack in proportion to the depth (a few
+    /// hundred bytes a level; the default fits a thread's 2 MiB with room to
+    /// spare): raise it with the stack of the threads that drive handlers in
+    /// mind.
+    pub fn max_depth(mut self, levels: usize) -> Self {
+        self.max_depth = levels;
+        self
+    }
+
     /// The program to start as a worker (default: this program, through
     /// `/proc/self/exe`). It must call [`init`](super::init) first thing in `main` and
     /// register the same `#[offloadable]` functions: calls carry each
@@ -122,11 +141,12 @@ impl ProcessesBuilder {
         // A worker whose `main` did not call `init()` first reaches this
         // line too: starting workers of its own would start copies of the
         // program without end.
-        if std::env::var_os(WORKER_ENV).is_some() {
+        // (A worker told to start at load never gets here.)
+        if let Role::Worker(_) = entry::role() {
             return Err(io::Error::other(
-                "this process was started as a ythread worker, but its `main` did not call \
-                 `ythread::processes::init()` before building a `Processes`: call it first \
-                 thing in `main`",
+                "this process was started as a ythread worker to serve at \
+                 `ythread::processes::init()`, but its `main` built a `Processes` before \
+                 calling it: call `init()` first thing in `main`",
             ));
         }
         let spec = Spec {
@@ -143,6 +163,8 @@ impl ProcessesBuilder {
             args: self.args.clone(),
             memory_limit: self.memory_limit,
             max_frame: self.max_frame,
+            max_depth: self.max_depth,
+            start: entry::start_of_workers(),
             start_timeout: self.start_timeout,
         };
         let shared = Arc::new(Shared {
@@ -213,6 +235,7 @@ impl Processes {
             deadline: None,
             memory_limit: None,
             max_frame: DEFAULT_MAX_FRAME,
+            max_depth: crate::codec::Limits::DEFAULT.max_depth,
             program: None,
             args: Vec::new(),
             start_timeout: Duration::from_secs(10),

@@ -33,30 +33,53 @@ impl Processes {
             call.fail(OffloadError::shut_down("set of worker processes"));
             return;
         };
-        let process = match self.shared.checkout() {
-            Ok(process) => process,
-            Err(why) => {
-                call.fail(OffloadError::unavailable(registration.name, why));
-                return;
-            }
-        };
-        match self.call(process, registration, call) {
-            Ok(process) => self.shared.give_back(process),
-            Err(()) => {
-                self.shared.live.fetch_sub(1, Ordering::AcqRel);
-                self.shared.restarts.fetch_add(1, Ordering::Relaxed);
-                self.request(Request::Start { reply: None });
+        // Workers found dead when the call was sent to them: the call did
+        // not reach them, and goes to another. (Bounded, in case workers
+        // keep dying as they start.)
+        let mut found_dead = 0;
+        loop {
+            let process = match self.shared.checkout() {
+                Ok(process) => process,
+                Err(why) => {
+                    call.fail(OffloadError::unavailable(registration.name, why));
+                    return;
+                }
+            };
+            match self.call(process, registration, call) {
+                After::Keep(process) => return self.shared.give_back(process),
+                After::Replace => return self.replace(),
+                After::DeadBeforeCall => {
+                    self.replace();
+                    found_dead += 1;
+                    if found_dead > self.workers + 2 {
+                        call.fail(OffloadError::unavailable(
+                            registration.name,
+                            format_args!(
+                                "{found_dead} worker processes in a row were dead when the call \
+                                 was sent to them (it did not run)"
+                            ),
+                        ));
+                        return;
+                    }
+                }
             }
         }
     }
 
-    /// Runs one call on `process`. Returns the process if it can take more.
+    /// A worker died or was killed: it is no longer live, and another starts.
+    fn replace(&self) {
+        self.shared.live.fetch_sub(1, Ordering::AcqRel);
+        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        self.request(Request::Start { reply: None });
+    }
+
+    /// Runs one call on `process`.
     fn call(
         &self,
         mut process: Process,
         registration: &'static Registration,
         call: &mut dyn WireCall,
-    ) -> Result<Process, ()> {
+    ) -> After {
         let name = registration.name;
         let mut buf = std::mem::take(&mut process.buf);
         let number = process.next_call;
@@ -68,7 +91,7 @@ impl Processes {
         if let Err(error) = encoded {
             call.fail(error);
             process.buf = buf;
-            return Ok(process);
+            return After::Keep(process);
         }
         if let Err(size) = frame::finish(&mut buf, self.max_frame) {
             call.fail(OffloadError::protocol(
@@ -80,7 +103,7 @@ impl Processes {
                 ),
             ));
             process.buf = buf;
-            return Ok(process);
+            return After::Keep(process);
         }
         // (A deadline too far to add, `Duration::MAX`, is none.)
         let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
@@ -91,12 +114,12 @@ impl Processes {
                     name,
                     self.deadline.unwrap_or_default(),
                 ));
-                return Err(());
+                return After::Replace;
             }
-            // The worker is gone: its channel is closed.
-            let death = process.reap(Duration::from_millis(200));
-            call.fail(OffloadError::worker_died(name, death));
-            return Err(());
+            // No reader at the other end: the worker had died before the
+            // call was sent (while idle), and nothing of it was read.
+            process.reap(Duration::from_millis(200));
+            return After::DeadBeforeCall;
         }
         let reply = frame::read(&mut process.replies, &mut buf, self.max_frame, deadline).and_then(
             |(kind, answered, body)| {
@@ -172,6 +195,21 @@ impl Processes {
         if process.buf.capacity() > 1 << 20 {
             process.buf = Vec::new();
         }
-        if keep { Ok(process) } else { Err(()) }
+        if keep {
+            After::Keep(process)
+        } else {
+            After::Replace
+        }
     }
+}
+
+/// What becomes of a worker after a call.
+enum After {
+    /// It can take more calls.
+    Keep(Process),
+    /// It died or was killed during the call: replace it.
+    Replace,
+    /// It was dead before the call was sent: replace it, and send the call
+    /// to another.
+    DeadBeforeCall,
 }

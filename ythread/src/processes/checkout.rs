@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::process::Process;
 use crate::sync::Mutex;
@@ -78,6 +79,35 @@ impl Shared {
         let mut idle = self.idle.lock();
         idle.waiters.retain(|waiter| !waiter.same_channel(give));
         take.try_recv().ok()
+    }
+
+    /// Takes out the idle worker processes that died (or, which is as bad,
+    /// spoke out of turn: an idle worker has nothing to say), for the
+    /// supervisor to reap and replace. One `poll` of every idle worker's
+    /// replies, without waiting.
+    pub(super) fn take_dead_idle(&self) -> Vec<Process> {
+        let mut idle = self.idle.lock();
+        let mut fds: Vec<_> = idle
+            .processes
+            .iter()
+            .map(|process| PollFd::new(&process.replies, PollFlags::IN))
+            .collect();
+        if fds.is_empty()
+            || !matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
+        {
+            return Vec::new();
+        }
+        let dead: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        let mut index = 0;
+        let (dead, alive) = std::mem::take(&mut idle.processes)
+            .into_iter()
+            .partition(|_| {
+                index += 1;
+                dead[index - 1]
+            });
+        idle.processes = alive;
+        dead
     }
 
     /// Takes an idle worker process, waiting for one (first come, first

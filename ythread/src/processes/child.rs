@@ -9,28 +9,23 @@ use std::panic::{self, AssertUnwindSafe};
 
 use rustix::io::FdFlags;
 
+use super::entry::{Setting, WORKER_ENV};
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
-use super::process::{CALLS_FD, REPLIES_FD};
+use super::process::{CALLS_FD, REPLIES_FD, parent_death_signal};
 use crate::offloadable::{self, Lookup};
 
 /// Serves calls on the channel the parent set up, until the parent closes
 /// it. Returns the process's exit code.
-pub(crate) fn serve(setting: &str) -> i32 {
-    let Some(max_frame) = parse_setting(setting) else {
-        eprintln!(
-            "ythread: this process was started as a worker (YTHREAD_WORKER={setting}) by a \
-             parent speaking another protocol than {PROTOCOL}; exiting"
-        );
-        return 2;
-    };
+pub(crate) fn serve(setting: Setting) -> i32 {
+    let Setting { max_frame, .. } = setting;
     if !is_fifo(CALLS_FD) || !is_fifo(REPLIES_FD) {
         eprintln!(
-            "ythread: YTHREAD_WORKER is set, but descriptors {CALLS_FD} and {REPLIES_FD} are \
-             not a worker's channel (a worker's own child process inherits the variable: \
-             unset it there); exiting"
+            "ythread: {WORKER_ENV} names this process's parent, but descriptors {CALLS_FD} and \
+             {REPLIES_FD} are not a worker's channel; exiting"
         );
         return 2;
     }
+    end_group_with_parent(setting.parent);
     // SAFETY: the parent placed its pipes at these descriptors for this
     // process (checked just above to be pipes), and nothing else in the
     // process owns them: they are taken once, here, before any user code
@@ -99,13 +94,27 @@ fn is_fifo(fd: i32) -> bool {
     }
 }
 
-/// `1:67108864`: protocol 1, frames of at most 64 MiB.
-fn parse_setting(setting: &str) -> Option<usize> {
-    let (protocol, max_frame) = setting.split_once(':')?;
-    if protocol.parse::<u32>().ok()? != PROTOCOL {
-        return None;
+/// When the parent dies, the worker gets [`parent_death_signal`]: it then
+/// kills its process group, itself and what the work started. (The signal
+/// could not be `SIGKILL`, which ends the worker alone.)
+fn end_group_with_parent(parent: u32) {
+    extern "C" fn on_parent_death(_: libc::c_int) {
+        // SAFETY: `kill` is async-signal-safe; 0 is the caller's process
+        // group, which the parent made the worker the leader of.
+        unsafe { libc::kill(0, libc::SIGKILL) };
     }
-    max_frame.parse().ok()
+    // SAFETY: installs a handler that only makes one async-signal-safe
+    // call, for a signal nothing but `PR_SET_PDEATHSIG` sends.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(parent_death_signal(), &action, std::ptr::null_mut());
+    }
+    // The parent may have died before the handler was there.
+    if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32) != Some(parent) {
+        on_parent_death(0);
+    }
 }
 
 /// Runs one call and writes the reply frame into `out`.

@@ -128,13 +128,14 @@ mod call;
 mod checkout;
 mod child;
 pub(crate) mod death;
+mod entry;
 mod frame;
 mod process;
 mod supervise;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -142,7 +143,7 @@ use crossbeam_channel::Sender;
 
 pub use self::builder::ProcessesBuilder;
 use self::checkout::Shared;
-use self::process::{Process, WORKER_ENV};
+use self::process::Process;
 use self::supervise::{MAX_BACKOFF, Request};
 
 /// Turns this process into a worker if a [`Processes`] strategy started it,
@@ -158,18 +159,7 @@ use self::supervise::{MAX_BACKOFF, Request};
 /// // then the program
 /// ```
 pub fn init() {
-    let Some(setting) = std::env::var_os(WORKER_ENV) else {
-        return;
-    };
-    // Once per process: the channel's descriptors have one owner. (A second
-    // caller, say another test of a test binary started as a worker,
-    // returns at once; the first serves and ends the process.)
-    static SERVING: AtomicBool = AtomicBool::new(false);
-    if SERVING.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let code = child::serve(&setting.to_string_lossy());
-    std::process::exit(code);
+    entry::init();
 }
 
 /// Runs offloaded work in worker processes: crash isolation for work that

@@ -12,14 +12,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
-use rustix::process::{Resource, Rlimit, Signal};
+use rustix::process::{Pid, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::death::Death;
+use super::entry::{Setting, Start, WORKER_ENV};
 use super::frame::{self, HELLO, PROTOCOL, ReadError};
-
-/// The environment variable that tells a process it is a worker, and its
-/// protocol version and maximum frame size: `1:67108864`.
-pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
 
 /// The descriptors on which a worker finds its channel: calls come in on
 /// the first, replies go out on the second.
@@ -35,6 +32,10 @@ pub(crate) struct Spec {
     pub(crate) args: Vec<OsString>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) max_frame: usize,
+    /// The deepest nesting a worker decodes in arguments.
+    pub(crate) max_depth: usize,
+    /// Where the worker starts serving.
+    pub(crate) start: Start,
     /// How long a worker may take from `exec` to its hello.
     pub(crate) start_timeout: Duration,
 }
@@ -52,6 +53,9 @@ pub(crate) struct Process {
     /// The frame buffer, kept between calls.
     pub(crate) buf: Vec<u8>,
     memory_limit: Option<u64>,
+    /// Whether the worker was reaped, and how it ended.
+    reaped: bool,
+    status: Option<ExitStatus>,
 }
 
 impl Process {
@@ -68,9 +72,20 @@ impl Process {
         if let Some(arg0) = &spec.arg0 {
             command.arg0(arg0);
         }
+        let setting = Setting {
+            max_frame: spec.max_frame,
+            max_depth: spec.max_depth,
+            parent: std::process::id(),
+            start: spec.start,
+        };
         command
             .args(&spec.args)
-            .env(WORKER_ENV, format!("{PROTOCOL}:{}", spec.max_frame))
+            .env(WORKER_ENV, setting.encode())
+            // Its own process group, which the parent kills whole: what the
+            // work starts (a subprocess of a decoder, say) ends with the
+            // worker. (Nor does a terminal's Ctrl-C, sent to the foreground
+            // group, reach workers: they stop with the program.)
+            .process_group(0)
             .stdin(Stdio::null())
             // A worker's own `println!` must not reach the channel (which is
             // not stdout anyway) nor be lost: it goes to the parent's stderr.
@@ -78,12 +93,13 @@ impl Process {
         let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
         let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
+        let death_signal = parent_death_signal();
         // SAFETY: the closure runs in the child between `fork` and `exec`,
-        // where only async-signal-safe calls are allowed: `fcntl` and `dup2`
-        // (libc's: they take descriptor numbers the child does not own as
-        // Rust values), and rustix's `prctl`, `getppid` and `setrlimit`, are
-        // system calls; nothing here allocates (rustix's errors are numbers)
-        // or takes a lock.
+        // where only async-signal-safe calls are allowed: `fcntl`, `dup2`
+        // and `prctl` (libc's: they take descriptor numbers the child does
+        // not own as Rust values, and a signal rustix has no name for), and
+        // rustix's `getppid` and `setrlimit`, are system calls; nothing here
+        // allocates (rustix's errors are numbers) or takes a lock.
         unsafe {
             command.pre_exec(move || {
                 // Both ends are close-on-exec; `dup2` gives copies that are
@@ -100,7 +116,11 @@ impl Process {
                 if replies == -1 || calls == -1 || libc::dup2(replies, REPLIES_FD) == -1 {
                     return Err(io::Error::last_os_error());
                 }
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                // The worker kills its whole process group on this signal
+                // (`child.rs`): what the work started dies with it.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
                 // The parent may have died before `prctl`: then no signal
                 // will come.
                 if rustix::process::getppid() != Some(parent) {
@@ -130,6 +150,8 @@ impl Process {
             replies: replies_in,
             buf: Vec::new(),
             memory_limit,
+            reaped: false,
+            status: None,
         };
         match process.hello(spec) {
             Ok(()) => Ok(process),
@@ -138,11 +160,18 @@ impl Process {
                     (_, true) => "it was still running its own code, and was killed".to_owned(),
                     (death, false) => death.to_string(),
                 };
-                Err(format!(
-                    "the worker process {why} ({ended}); a program that uses `Processes` must \
-                     call `ythread::processes::init()` first thing in `main`, so that a worker \
-                     starts serving before the program's own code runs"
-                ))
+                let needs = match spec.start {
+                    Start::Load => format!(
+                        "a worker is a program that links ythread, which serves before `main`; \
+                         is `{}` one (this program, or one built from the same source)?",
+                        spec.program.display()
+                    ),
+                    Start::Main => "this program calls `ythread::processes::init()`, so a \
+                                    worker serves there: call it first thing in `main`, before \
+                                    code that could end the program or start workers"
+                        .to_owned(),
+                };
+                Err(format!("the worker process {why} ({ended}); {needs}"))
             }
         }
     }
@@ -188,25 +217,37 @@ impl Process {
     /// [`reap`](Process::reap), and whether it had to be killed.
     fn reap_or_kill(&mut self, grace: Duration) -> (Death, bool) {
         let end = Instant::now() + grace;
-        let (status, killed) = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break (Some(status), false),
+        // Waits for the worker to end without reaping it: until it is
+        // reaped its pid, which is its process group's id, cannot be given
+        // to another process, so the group can be killed safely after.
+        let killed = loop {
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+            match rustix::process::waitid(WaitId::Pid(self.group()), options) {
+                Ok(Some(_)) | Err(_) => break false,
                 Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(1)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    break (self.child.wait().ok(), true);
-                }
-                Err(_) => break (None, false),
+                Ok(None) => break true,
             }
         };
-        (self.death(status), killed)
+        (self.kill(), killed)
     }
 
-    /// Kills the worker (SIGKILL) and reaps it.
+    /// Kills the worker and everything in its process group (SIGKILL),
+    /// and reaps the worker; once reaped, returns how it ended.
     pub(crate) fn kill(&mut self) -> Death {
-        let _ = self.child.kill();
-        let status = self.child.wait().ok();
-        self.death(status)
+        if !self.reaped {
+            // What the work started, and the worker if it still runs. Not
+            // once the worker is reaped: its pid may be another's by then.
+            let _ = rustix::process::kill_process_group(self.group(), Signal::KILL);
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+            self.reaped = true;
+        }
+        self.death(self.status)
+    }
+
+    /// The worker's process group: its own pid.
+    fn group(&self) -> Pid {
+        Pid::from_child(&self.child)
     }
 
     fn death(&self, status: Option<ExitStatus>) -> Death {
@@ -233,12 +274,18 @@ impl Process {
 }
 
 impl Drop for Process {
-    /// Never leaves a process behind, whatever path dropped it: kills it (a
-    /// no-op once it is reaped) and reaps it.
+    /// Never leaves a process behind, whatever path dropped it: kills it and
+    /// its process group, and reaps it (a no-op once reaped).
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// The signal a worker gets when the thread that started it ends (the
+/// parent died): one that nothing else sends, on which the worker kills its
+/// process group (`PR_SET_PDEATHSIG` itself reaches the worker alone).
+pub(crate) fn parent_death_signal() -> i32 {
+    libc::SIGRTMAX()
 }
 
 /// A handle on this process's stderr, for a child's stdout.

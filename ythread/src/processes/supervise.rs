@@ -34,10 +34,20 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
     // bad input costs no more than its own request.)
     let mut failures: u32 = 0;
     loop {
+        // Idle workers that died (the out-of-memory killer, an operator's
+        // `kill`) are noticed here, within `WATCH_INTERVAL`, and replaced,
+        // rather than by the next call that would take one.
+        for mut dead in shared.take_dead_idle() {
+            dead.reap(Duration::ZERO);
+            shared.live.fetch_sub(1, Ordering::AcqRel);
+            shared.restarts.fetch_add(1, Ordering::Relaxed);
+            queue.push_back(Request::Start { reply: None });
+        }
         if queue.is_empty() {
-            match requests.recv() {
+            match requests.recv_timeout(WATCH_INTERVAL) {
                 Ok(request) => queue.push_back(request),
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         let Some(Request::Start { reply }) = queue.pop_front() else {
@@ -95,6 +105,9 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
         }
     }
 }
+
+/// How often the supervisor looks for idle workers that died.
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The longest wait between two starts of a worker that keeps failing.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);

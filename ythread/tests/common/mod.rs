@@ -147,11 +147,9 @@ pub(crate) fn entry_args(entry: &str) -> [&str; 5] {
     [entry, "--exact", "--ignored", "--quiet", "--test-threads=1"]
 }
 
-/// Worker processes for the tests: this test binary, running only its
-/// `worker_process_entry`.
+/// `n` worker processes for the tests: this test binary, which serves
+/// before its harness starts, with no setup.
 #[allow(dead_code)] // Not every test file that includes this module uses it.
 pub(crate) fn worker_processes(n: usize) -> ythread::ProcessesBuilder {
-    ythread::Processes::builder()
-        .workers(n)
-        .args(entry_args("worker_process_entry"))
+    ythread::Processes::builder().workers(n)
 }

@@ -1,0 +1,197 @@
+//! How a process learns that it is a worker, and where it starts serving:
+//! the setting its parent passes in `YTHREAD_WORKER`, and the two entry
+//! points, [`init`](super::init) in `main` and the load-time entry that runs
+//! before `main` (which is what makes test binaries work with no setup).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::child;
+use super::frame::PROTOCOL;
+
+/// The environment variable that tells a process it is a worker:
+/// `protocol:max_frame:max_depth:parent_pid:start`, `2:67108864:128:4242:load`.
+pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
+
+/// Where a worker starts serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Before `main`, from the load-time entry: nothing of the program's own
+    /// code runs in the worker. For programs that never call `init`, test
+    /// binaries among them (their harness would run every test again).
+    Load,
+    /// At `init()` in `main`, after the program's static initialisers (C++
+    /// libraries linked in, say) and the code before `init()`: for programs
+    /// that call `init`.
+    Main,
+}
+
+/// What a worker is told by its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Setting {
+    pub(crate) max_frame: usize,
+    pub(crate) max_depth: usize,
+    /// The process that started the worker: the variable is only this
+    /// process's if that is its parent. A process the work starts inherits
+    /// the variable, and must run as the program it is.
+    pub(crate) parent: u32,
+    pub(crate) start: Start,
+}
+
+impl Setting {
+    pub(crate) fn encode(&self) -> String {
+        let start = match self.start {
+            Start::Load => "load",
+            Start::Main => "main",
+        };
+        format!(
+            "{PROTOCOL}:{}:{}:{}:{start}",
+            self.max_frame, self.max_depth, self.parent
+        )
+    }
+
+    fn parse(text: &str) -> Option<Setting> {
+        let mut fields = text.split(':');
+        if fields.next()?.parse::<u32>().ok()? != PROTOCOL {
+            return None;
+        }
+        let setting = Setting {
+            max_frame: fields.next()?.parse().ok()?,
+            max_depth: fields.next()?.parse().ok()?,
+            parent: fields.next()?.parse().ok()?,
+            start: match fields.next()? {
+                "load" => Start::Load,
+                "main" => Start::Main,
+                _ => return None,
+            },
+        };
+        fields.next().is_none().then_some(setting)
+    }
+}
+
+/// What `YTHREAD_WORKER` says of this process.
+pub(crate) enum Role {
+    /// Not a worker: the variable is unset, or it was meant for an
+    /// ancestor (this process was started by the work of a worker).
+    Program,
+    Worker(Setting),
+    /// A variable this build cannot read: set by a parent that speaks
+    /// another protocol, or by hand.
+    Unreadable(String),
+}
+
+/// Reads `YTHREAD_WORKER` (each caller: it is read at most a few times per
+/// process).
+pub(crate) fn role() -> Role {
+    let Some(text) = std::env::var_os(WORKER_ENV) else {
+        return Role::Program;
+    };
+    let text = text.to_string_lossy();
+    let parent = rustix::process::getppid().map_or(0, |pid| pid.as_raw_nonzero().get() as u32);
+    match Setting::parse(&text) {
+        Some(setting) if setting.parent == parent => Role::Worker(setting),
+        Some(_) => Role::Program,
+        None => Role::Unreadable(format!(
+            "this process was started as a ythread worker ({WORKER_ENV}={text}) by a parent \
+             speaking another protocol than {PROTOCOL} (another build of the program?)"
+        )),
+    }
+}
+
+/// Set once a process serves as a worker: its channel has one owner.
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// Set when the program's main thread calls `init` outside a worker: its
+/// workers then start serving at `init` too ([`Start::Main`]).
+static INIT_IN_MAIN: AtomicBool = AtomicBool::new(false);
+
+/// How the workers of this process start: at `init` if its main thread
+/// called it, before `main` otherwise.
+pub(crate) fn start_of_workers() -> Start {
+    if INIT_IN_MAIN.load(Ordering::Acquire) {
+        Start::Main
+    } else {
+        Start::Load
+    }
+}
+
+/// [`init`](super::init).
+pub(crate) fn init() {
+    match role() {
+        Role::Program => {
+            // Only `main`'s own call counts: a test harness runs each test
+            // on a thread named after the test, and a test that calls
+            // `init` must not make the workers run the harness.
+            if std::thread::current().name() == Some("main") {
+                INIT_IN_MAIN.store(true, Ordering::Release);
+            }
+        }
+        Role::Worker(setting) => serve(setting),
+        Role::Unreadable(why) => {
+            eprintln!("ythread: {why}; exiting");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Serves as a worker and ends the process; returns at once if this
+/// process serves already (a second caller).
+fn serve(setting: Setting) {
+    if SERVING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let code = child::serve(setting);
+    std::process::exit(code);
+}
+
+/// The load-time entry: a worker whose parent asked for [`Start::Load`]
+/// serves from here, before `main` (and before a test harness) runs.
+extern "C" fn serve_at_load() {
+    // (A variable that cannot be read is left to `init`, which explains.)
+    if let Role::Worker(setting) = role()
+        && setting.start == Start::Load
+    {
+        serve(setting);
+    }
+}
+
+// The dynamic loader calls every function in `.init_array` before `main`
+// (ELF; `Processes` is Linux-only). `#[used]` keeps the entry in every
+// binary that links ythread, as linkme's registrations are kept.
+//
+// SAFETY: the section holds pointers to functions of the C ABI, which the
+// loader calls with `(argc, argv, envp)`; `serve_at_load` takes no argument,
+// which that ABI allows, and it returns normally unless the process is a
+// worker (then it exits). It touches no state another initialiser could be
+// setting up: it reads the environment and, in a worker, std's I/O, which
+// needs no initialisation.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static SERVE_AT_LOAD: extern "C" fn() = serve_at_load;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_reads_back() {
+        for start in [Start::Load, Start::Main] {
+            let setting = Setting {
+                max_frame: 1 << 26,
+                max_depth: 128,
+                parent: 4242,
+                start,
+            };
+            assert_eq!(Setting::parse(&setting.encode()), Some(setting));
+        }
+        for bad in [
+            "",
+            "2",
+            "1:67108864",
+            "2:1:2:3:later",
+            "2:1:2:3:load:4",
+            "x:1:2:3:load",
+        ] {
+            assert_eq!(Setting::parse(bad), None, "{bad}");
+        }
+    }
+}
