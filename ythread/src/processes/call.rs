@@ -174,6 +174,14 @@ impl Processes {
                 ));
                 false
             }
+            // Bytes of the call still in the pipe: the worker died without
+            // having read the whole call (killed while idle, say, just
+            // before it was sent), so it did not run it.
+            Err(ReadError::Closed) if process.unread() > 0 => {
+                process.reap(Duration::from_millis(200));
+                process.buf = buf;
+                return After::DeadBeforeCall;
+            }
             Err(ReadError::Closed) => {
                 let death = process.reap(Duration::from_millis(200));
                 call.fail(OffloadError::worker_died(name, death));

@@ -57,14 +57,15 @@ pub(crate) fn serve(setting: Setting) -> i32 {
         || frame::finish(&mut out, max_frame).is_err()
         || frame::write(&mut replies, &out, None).is_err()
     {
-        return 0;
+        end_group();
     }
     let mut input = Vec::new();
     loop {
         let (kind, call, body) = match frame::read(&mut calls, &mut input, max_frame, None) {
             Ok(frame) => frame,
-            // The parent closed the channel: it is done with this worker.
-            Err(ReadError::Closed) => return 0,
+            // The parent closed the channel: it is done with this worker,
+            // or it died.
+            Err(ReadError::Closed) => end_group(),
             Err(error) => {
                 eprintln!("ythread worker {}: {error}; exiting", std::process::id());
                 return 2;
@@ -79,7 +80,7 @@ pub(crate) fn serve(setting: Setting) -> i32 {
         }
         answer(call, body, &mut out, max_frame);
         if frame::write(&mut replies, &out, None).is_err() {
-            return 0;
+            end_group();
         }
     }
 }
@@ -92,6 +93,20 @@ fn is_fifo(fd: i32) -> bool {
         let mut stat: libc::stat = std::mem::zeroed();
         libc::fstat(fd, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFIFO
     }
+}
+
+/// Ends the worker once its parent is done with it or gone, with what the
+/// work left running: its process group, itself included. (A parent that
+/// died closes the channel before the kernel sends the worker
+/// [`parent_death_signal`], and may never send it at all if the worker has
+/// exited by then: the channel's end is the one sign that always comes.)
+fn end_group() -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: `kill` has no memory effects; 0 is this process's group,
+    // which the parent made the worker the leader of.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+    std::process::exit(0) // (not reached)
 }
 
 /// When the parent dies, the worker gets [`parent_death_signal`]: it then

@@ -266,6 +266,14 @@ impl Process {
         }
     }
 
+    /// How many bytes sent to the worker it has not read.
+    pub(crate) fn unread(&self) -> u64 {
+        self.calls
+            .as_ref()
+            .and_then(|calls| rustix::io::ioctl_fionread(calls).ok())
+            .unwrap_or(0)
+    }
+
     /// Asks the worker to stop: it sees the end of its channel once it is
     /// done with what it runs.
     pub(crate) fn close(&mut self) {
