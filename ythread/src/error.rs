@@ -208,6 +208,7 @@ impl OffloadError {
                 code,
                 signal,
                 memory_limit,
+                cause: None,
             },
         )
     }

@@ -107,6 +107,7 @@ impl Processes {
         }
         // (A deadline too far to add, `Duration::MAX`, is none.)
         let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
+        process.set_running(Some(name));
         if let Err(error) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut {
                 process.kill();
@@ -198,6 +199,7 @@ impl Processes {
                 false
             }
         };
+        process.set_running(None);
         process.buf = buf;
         // A frame buffer grown for one large call is not kept.
         if process.buf.capacity() > 1 << 20 {

@@ -45,12 +45,10 @@ pub(crate) fn serve(setting: Setting) -> i32 {
     // `/proc/self/exe`, which it would show as `exe`): `prctl(PR_SET_NAME)`
     // (at most 16 bytes, which this name is).
     let _ = rustix::thread::set_name(c"ythread-worker");
-    // A panic in work prints as the panic of "thread 'main'": say whose.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        eprint!("[ythread worker process {}] ", std::process::id());
-        hook(info);
-    }));
+    // As std does before `main` (which a worker serving at load never
+    // reaches): a write to a closed pipe or socket is an error, not death.
+    // SAFETY: sets a signal's disposition; no handler is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let mut out = Vec::new();
     frame::begin(&mut out, HELLO, 0);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
@@ -67,15 +65,12 @@ pub(crate) fn serve(setting: Setting) -> i32 {
             // or it died.
             Err(ReadError::Closed) => end_group(),
             Err(error) => {
-                eprintln!("ythread worker {}: {error}; exiting", std::process::id());
+                eprintln!("ythread worker: {error}; exiting");
                 return 2;
             }
         };
         if kind != CALL {
-            eprintln!(
-                "ythread worker {}: unexpected frame kind {kind}; exiting",
-                std::process::id()
-            );
+            eprintln!("ythread worker: unexpected frame kind {kind}; exiting");
             return 2;
         }
         answer(call, body, &mut out, max_frame);

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use super::output::Cause;
+
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Death {
@@ -15,6 +17,8 @@ pub(crate) struct Death {
     /// The memory limit the worker ran under, in bytes, if one was set: an
     /// allocation beyond it fails, and Rust aborts (SIGABRT).
     pub(crate) memory_limit: Option<u64>,
+    /// What its last words said it died of, if it aborted saying so.
+    pub(crate) cause: Option<Cause>,
 }
 
 impl fmt::Display for Death {
@@ -25,6 +29,16 @@ impl fmt::Display for Death {
                 match signal {
                     libc::SIGSEGV => f.write_str(" (segmentation fault)")?,
                     libc::SIGBUS => f.write_str(" (bus error)")?,
+                    libc::SIGABRT if self.cause == Some(Cause::StackOverflow) => {
+                        f.write_str(" (a stack overflow: the work ran out of stack)")?;
+                    }
+                    libc::SIGABRT if self.cause == Some(Cause::OutOfMemory) => {
+                        f.write_str(" (out of memory: an allocation failed")?;
+                        if let Some(limit) = self.memory_limit {
+                            write!(f, ", under the memory limit of {} MiB", limit >> 20)?;
+                        }
+                        f.write_str(")")?;
+                    }
                     libc::SIGABRT => {
                         f.write_str(" (aborted")?;
                         if let Some(limit) = self.memory_limit {

@@ -130,6 +130,7 @@ mod child;
 pub(crate) mod death;
 mod entry;
 mod frame;
+mod output;
 mod process;
 mod supervise;
 

@@ -17,6 +17,7 @@ use rustix::process::{Pid, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 use super::death::Death;
 use super::entry::{Setting, Start, WORKER_ENV};
 use super::frame::{self, HELLO, PROTOCOL, ReadError};
+use super::output::{self, Output};
 
 /// The descriptors on which a worker finds its channel: calls come in on
 /// the first, replies go out on the second.
@@ -53,6 +54,9 @@ pub(crate) struct Process {
     /// The frame buffer, kept between calls.
     pub(crate) buf: Vec<u8>,
     memory_limit: Option<u64>,
+    /// What it prints, relayed; `None` if the relay thread could not start
+    /// (its output is then lost: writes to it fail).
+    output: Option<Output>,
     /// Whether the worker was reaped, and how it ended.
     reaped: bool,
     status: Option<ExitStatus>,
@@ -64,9 +68,10 @@ impl Process {
     /// Must be called from a thread that outlives the worker: the worker is
     /// killed when the thread that started it exits (`PR_SET_PDEATHSIG` is
     /// per thread on Linux), which is how workers die with their parent.
-    pub(crate) fn start(spec: &Spec) -> Result<Process, String> {
+    pub(crate) fn start(spec: &Spec, number: usize) -> Result<Process, String> {
         let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
         let (calls_in, calls_out) = pipe("calls")?;
+        let (output_in, output_out) = pipe("output")?;
         let (replies_in, replies_out) = pipe("replies")?;
         let mut command = Command::new(&spec.program);
         if let Some(arg0) = &spec.arg0 {
@@ -87,9 +92,15 @@ impl Process {
             // group, reach workers: they stop with the program.)
             .process_group(0)
             .stdin(Stdio::null())
-            // A worker's own `println!` must not reach the channel (which is
-            // not stdout anyway) nor be lost: it goes to the parent's stderr.
-            .stdout(stderr_handle().map_err(|e| format!("dup stderr: {e}"))?);
+            // What a worker prints (its `println!`, its panics, what the work
+            // starts) is relayed to the parent's stderr, each line labelled
+            // (`output.rs`), and explains a death.
+            .stdout(
+                output_out
+                    .try_clone()
+                    .map_err(|e| format!("dup output pipe: {e}"))?,
+            )
+            .stderr(output_out);
         let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
         let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
@@ -141,8 +152,11 @@ impl Process {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
         // The child's ends, which only the child must hold: a reader of its
-        // own replies would keep the parent from seeing the worker die.
-        drop((calls_in, replies_out));
+        // own replies would keep the parent from seeing the worker die, a
+        // writer of its output the relay from seeing the output end. (The
+        // command holds the output's ends.)
+        drop((calls_in, replies_out, command));
+        let output = Output::relay(output_in, number, child.id());
         let mut process = Process {
             child,
             next_call: 1,
@@ -150,6 +164,7 @@ impl Process {
             replies: replies_in,
             buf: Vec::new(),
             memory_limit,
+            output: output.ok(),
             reaped: false,
             status: None,
         };
@@ -250,8 +265,28 @@ impl Process {
         Pid::from_child(&self.child)
     }
 
+    /// The function the worker runs from now on (`None`: between calls),
+    /// for the labels of what it prints.
+    pub(crate) fn set_running(&self, function: Option<&'static str>) {
+        if let Some(output) = &self.output {
+            output.set_running(function);
+        }
+    }
+
     fn death(&self, status: Option<ExitStatus>) -> Death {
+        let signal = status.and_then(|s| s.signal());
+        // An abort says why in its last lines: std's report of a stack
+        // overflow or of a failed allocation. (The worker is dead: its
+        // output ends at once, unless something the work started escaped
+        // its process group with a copy of it.)
+        let cause = match (signal, &self.output) {
+            (Some(libc::SIGABRT), Some(output)) => {
+                output::cause(&output.last_lines(Duration::from_millis(100)))
+            }
+            _ => None,
+        };
         Death {
+            cause,
             code: status.and_then(|s| s.code()),
             signal: status.and_then(|s| s.signal()),
             memory_limit: self.memory_limit,
@@ -294,10 +329,4 @@ impl Drop for Process {
 /// process group (`PR_SET_PDEATHSIG` itself reaches the worker alone).
 pub(crate) fn parent_death_signal() -> i32 {
     libc::SIGRTMAX()
-}
-
-/// A handle on this process's stderr, for a child's stdout.
-fn stderr_handle() -> io::Result<Stdio> {
-    use std::os::fd::AsFd;
-    Ok(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?))
 }

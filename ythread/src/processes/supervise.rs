@@ -33,6 +33,9 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
     // is that call's failure: its replacement starts at once, so that one
     // bad input costs no more than its own request.)
     let mut failures: u32 = 0;
+    // Workers started so far: each one's number, in the labels of what it
+    // prints.
+    let mut started = 0;
     loop {
         // Idle workers that died (the out-of-memory killer, an operator's
         // `kill`) are noticed here, within `WATCH_INTERVAL`, and replaced,
@@ -73,7 +76,8 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
                 }
             }
         }
-        match Process::start(spec) {
+        started += 1;
+        match Process::start(spec, started) {
             // Shut down while it started: not wanted any more.
             Ok(mut process) if shared.stopping.load(Ordering::Acquire) => {
                 process.close();

@@ -1,0 +1,704 @@
+//! The parent's end of a worker process's output.
+//!
+//! A worker's stdout and stderr are one pipe. A thread of its own
+//! ("ythread-output") reads it and relays each line to this process's stderr,
+//! labelled with the worker and the function it runs, so that a user can tell
+//! who printed what; it keeps the last few KiB so that a death can be
+//! explained ([`cause`]).
+//!
+//! The worker is another process and its output may be hostile: memory stays
+//! bounded whatever it prints (lines are cut at [`LINE`] bytes, the tail kept
+//! is [`TAIL`] bytes), and control characters are escaped so that it cannot
+//! drive the parent's terminal or fake a label.
+
+use std::collections::VecDeque;
+use std::io::{self, PipeReader, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+/// The longest line relayed whole; a longer one is relayed in chunks of this
+/// many bytes, each labelled as a line of its own.
+const LINE: usize = 64 * 1024;
+
+/// How many bytes of the worker's last output are kept to explain its death
+/// (room for std's message and a `RUST_BACKTRACE=full` backtrace after it).
+const TAIL: usize = 16 * 1024;
+
+/// How many of the last lines [`cause`] reads (std's backtrace not counted).
+const LAST_LINES: usize = 8;
+
+/// The parent's end of one worker process's output (its stdout and stderr),
+/// relayed line by line to this process's stderr by a thread of its own, each
+/// line labelled.
+pub(crate) struct Output {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output").finish_non_exhaustive()
+    }
+}
+
+/// What an [`Output`] shares with its relay thread.
+struct Shared {
+    /// The function the worker runs: the label of the lines read from now on.
+    /// Held only for a copy, by `set_running` twice per call and by the relay
+    /// thread once per line, so it is all but never contended.
+    running: Mutex<Option<&'static str>>,
+    tail: Mutex<Tail>,
+    /// Notified when the relay thread sets `Tail::ended`.
+    ended: Condvar,
+}
+
+/// The end of what the worker printed.
+struct Tail {
+    /// The last lines as relayed (escaped, without their labels, each ended by
+    /// a newline): at most `TAIL` bytes.
+    text: VecDeque<u8>,
+    /// Whether `text` starts a line: nothing was dropped before it, or the
+    /// last byte dropped was a newline.
+    at_line_start: bool,
+    /// The pipe reached its end of file: nothing more will come.
+    ended: bool,
+}
+
+impl Output {
+    /// Starts relaying `reader` (the read end of the pipe the worker writes
+    /// to). `worker` is the worker's number in its pool (1, 2, ...), `pid` its
+    /// process id. Spawns a thread named "ythread-output".
+    ///
+    /// Errors: the thread could not be spawned.
+    pub(crate) fn relay(reader: PipeReader, worker: usize, pid: u32) -> io::Result<Output> {
+        // `Stderr::write_all` holds stderr's lock for the whole line, so one
+        // `write_all` per line never interleaves with another thread's.
+        relay_to(reader, worker, pid, io::stderr())
+    }
+
+    /// The function the worker is running now (its path,
+    /// `crate::module::f`), or `None` between calls: the label of the lines it
+    /// prints from now on.
+    ///
+    /// On the hot path (twice per call): one uncontended lock, nothing more.
+    /// The label is read when the relay thread takes a line from the pipe, so
+    /// a line printed just before a call ended may still be read after it and
+    /// carry the next label: labels are exact only for lines printed while
+    /// the parent waits for the call.
+    pub(crate) fn set_running(&self, function: Option<&'static str>) {
+        *self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = function;
+    }
+
+    /// Waits up to `wait` for the worker's output to end (the pipe's end of
+    /// file: every holder closed it), then returns what the worker printed
+    /// last (at most the last `TAIL` bytes, cut at a line start). Used after the
+    /// worker died, to explain why.
+    ///
+    /// The text is as relayed: control characters escaped, no labels. If
+    /// `wait` runs out (a process outside the worker's group still holds the
+    /// pipe), a last line not yet ended by a newline is not in it.
+    pub(crate) fn last_lines(&self, wait: Duration) -> String {
+        let tail = self
+            .shared
+            .tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (tail, _) = self
+            .shared
+            .ended
+            .wait_timeout_while(tail, wait, |tail| !tail.ended)
+            .unwrap_or_else(PoisonError::into_inner);
+        let text: Vec<u8> = tail.text.iter().copied().collect();
+        // Every line in `text` ends with a newline, so one is found unless
+        // `text` is empty.
+        let start = if tail.at_line_start {
+            0
+        } else {
+            text.iter()
+                .position(|&b| b == b'\n')
+                .map_or(0, |end| end + 1)
+        };
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+}
+
+/// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the
+/// tests).
+fn relay_to(
+    reader: PipeReader,
+    worker: usize,
+    pid: u32,
+    sink: impl Write + Send + 'static,
+) -> io::Result<Output> {
+    let shared = Arc::new(Shared {
+        running: Mutex::new(None),
+        tail: Mutex::new(Tail {
+            text: VecDeque::with_capacity(TAIL),
+            at_line_start: true,
+            ended: false,
+        }),
+        ended: Condvar::new(),
+    });
+    let relay = Relay {
+        shared: Arc::clone(&shared),
+        worker,
+        pid,
+        sink,
+        out: Vec::new(),
+    };
+    // Detached: the thread ends by itself at end of file, which comes once
+    // the worker (and its process group, killed by the caller) is gone, so
+    // dropping the `Output` never waits for it.
+    thread::Builder::new()
+        .name("ythread-output".into())
+        .spawn(move || relay.run(reader))?;
+    Ok(Output { shared })
+}
+
+/// The relay thread's state.
+struct Relay<W> {
+    shared: Arc<Shared>,
+    worker: usize,
+    pid: u32,
+    sink: W,
+    /// The line being written: label, escaped text, newline. Reused; at most
+    /// the label plus 4 bytes for each of a chunk's `LINE` bytes (`\x1b`).
+    out: Vec<u8>,
+}
+
+impl<W: Write> Relay<W> {
+    /// Relays `reader` until its end of file, then tells `last_lines`.
+    fn run(mut self, mut reader: PipeReader) {
+        let mut buffer = [0; 8 * 1024];
+        // The bytes of the current line read so far: never more than `LINE`.
+        let mut line = Vec::with_capacity(LINE);
+        loop {
+            let mut rest = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => &buffer[..n],
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // Not expected of a pipe; as at end of file, nothing more
+                // can be read.
+                Err(_) => break,
+            };
+            while !rest.is_empty() {
+                let room = LINE - line.len();
+                // One byte past the room: a newline right after a full line
+                // ends it, rather than an empty line after a chunk.
+                let window = &rest[..rest.len().min(room + 1)];
+                if let Some(end) = window.iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&window[..end]);
+                    self.emit(&line);
+                    line.clear();
+                    rest = &rest[end + 1..];
+                } else if room == 0 {
+                    // A full line that goes on: this much is a chunk.
+                    self.emit(&line);
+                    line.clear();
+                } else {
+                    let taken = window.len().min(room);
+                    line.extend_from_slice(&rest[..taken]);
+                    rest = &rest[taken..];
+                }
+            }
+        }
+        // A last line without a newline is relayed all the same.
+        if !line.is_empty() {
+            self.emit(&line);
+        }
+        self.shared
+            .tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ended = true;
+        self.shared.ended.notify_all();
+    }
+
+    /// Relays one line (without its newline) and keeps it in the tail.
+    fn emit(&mut self, line: &[u8]) {
+        let running = *self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (worker, pid) = (self.worker, self.pid);
+        self.out.clear();
+        // Writing to a `Vec` cannot fail.
+        let _ = match running {
+            Some(function) => write!(self.out, "[ythread worker {worker} pid {pid} {function}] "),
+            None => write!(self.out, "[ythread worker {worker} pid {pid}] "),
+        };
+        let label = self.out.len();
+        // `String::from_utf8_lossy`, without allocating.
+        for chunk in line.utf8_chunks() {
+            escape(chunk.valid(), &mut self.out);
+            if !chunk.invalid().is_empty() {
+                self.out.extend_from_slice("\u{FFFD}".as_bytes());
+            }
+        }
+        self.out.push(b'\n');
+        // One `write_all`, so that the line is written whole. An error
+        // (stderr closed) is ignored: the pipe must still be drained, or the
+        // worker would block writing to it, and the tail still kept.
+        let _ = self.sink.write_all(&self.out);
+        self.shared
+            .tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(&self.out[label..]);
+    }
+}
+
+/// Appends `text` to `out` with every control character but tab (C0, DEL,
+/// C1) written as a visible escape such as `\x1b`: the worker cannot send the
+/// terminal commands (ESC, CSI), ring it (BEL), or go back over the label
+/// (CR, BS) to rewrite it.
+fn escape(text: &str, out: &mut Vec<u8>) {
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            // Writing to a `Vec` cannot fail.
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    }
+}
+
+impl Tail {
+    /// Appends `line` (ended by a newline), dropping the oldest bytes beyond
+    /// `TAIL`.
+    fn push(&mut self, line: &[u8]) {
+        // Of `text` then `line`, the first `excess` bytes go.
+        let excess = (self.text.len() + line.len()).saturating_sub(TAIL);
+        let from_text = excess.min(self.text.len());
+        let from_line = excess - from_text;
+        if excess > 0 {
+            let last_dropped = match from_line {
+                0 => self.text[from_text - 1],
+                n => line[n - 1],
+            };
+            self.at_line_start = last_dropped == b'\n';
+            self.text.drain(..from_text);
+        }
+        self.text.extend(&line[from_line..]);
+    }
+}
+
+/// What a dead worker's last lines say it died of, if they name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// std's report of a thread's stack overflow, or ythread's of a
+    /// coroutine's.
+    StackOverflow,
+    /// std's report of a failed allocation.
+    OutOfMemory,
+}
+
+/// What a dead worker's last lines (from [`Output::last_lines`]) say it died
+/// of, if they name it.
+///
+/// Only the last 8 lines count, not counting std's backtrace (with
+/// `RUST_BACKTRACE` set, std follows "memory allocation of N bytes failed"
+/// with one): what a worker printed last before it aborted. A program that
+/// printed such a message earlier, then went on and died of something else,
+/// is not taken to have died of it. Each message is matched at the start of
+/// its line, as std and ythread print it, not anywhere in a line of the
+/// program's own.
+pub(crate) fn cause(last_lines: &str) -> Option<Cause> {
+    let lines = last_lines.lines().rev().filter(|line| !in_backtrace(line));
+    lines.take(LAST_LINES).find_map(names)
+}
+
+/// The cause `line` names, if it is one of the messages std or ythread print
+/// as they abort.
+fn names(line: &str) -> Option<Cause> {
+    // std: "thread 'main' (12345) has overflowed its stack", then, as after
+    // ythread's report, "fatal runtime error: stack overflow, aborting" (older
+    // versions print neither the thread id nor ", aborting").
+    let std_overflow = line.starts_with("thread '") && line.ends_with(" has overflowed its stack")
+        || line.starts_with("fatal runtime error: stack overflow");
+    // ythread: "ythread: the handler `f` has overflowed its coroutine stack of
+    // N bytes".
+    let ythread_overflow = line.starts_with("ythread: ") && line.contains(" has overflowed its ");
+    if std_overflow || ythread_overflow {
+        Some(Cause::StackOverflow)
+    } else if line.starts_with("memory allocation of ") && line.ends_with(" bytes failed") {
+        Some(Cause::OutOfMemory)
+    } else {
+        None
+    }
+}
+
+/// Whether `line` is one of std's lines after an abort message: its
+/// backtrace ("stack backtrace:", "  3: f", "      at src/f.rs:1:2",
+/// "      [... omitted 2 frames ...]") and its notes ("note: run with
+/// `RUST_BACKTRACE=1` ...").
+fn in_backtrace(line: &str) -> bool {
+    let line = line.trim_start();
+    line == "stack backtrace:"
+        || line.starts_with("note: ")
+        || line.starts_with("at ")
+        || line.starts_with("[... omitted ")
+        || line.split_once(": ").is_some_and(|(frame, _)| {
+            !frame.is_empty() && frame.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::PipeWriter;
+    use std::process::Command;
+    use std::time::Instant;
+
+    /// Long enough for any wait that should end at once.
+    const LONG: Duration = Duration::from_secs(20);
+
+    /// Collects what relays write, one entry per `write_all`.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_all(buf)?;
+            Ok(buf.len())
+        }
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn writes(&self) -> Vec<String> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect()
+        }
+        /// Waits until `n` lines were written.
+        fn wait_for(&self, n: usize) {
+            let deadline = Instant::now() + LONG;
+            while self.0.lock().unwrap().len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{n} lines never came: {:?}",
+                    self.writes()
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn start(worker: usize, pid: u32) -> (Output, PipeWriter, Sink) {
+        let (reader, writer) = io::pipe().unwrap();
+        let sink = Sink::default();
+        let output = relay_to(reader, worker, pid, sink.clone()).unwrap();
+        (output, writer, sink)
+    }
+
+    /// Closes the pipe and waits for the relay to reach its end of file.
+    fn finish(output: &Output, writer: PipeWriter) -> String {
+        drop(writer);
+        output.last_lines(LONG)
+    }
+
+    #[test]
+    fn labels_follow_set_running() {
+        let (output, mut writer, sink) = start(2, 12345);
+        writer.write_all(b"before\n").unwrap();
+        sink.wait_for(1);
+        output.set_running(Some("crate::cpu::sumn"));
+        writer.write_all(b"during\n").unwrap();
+        sink.wait_for(2);
+        output.set_running(None);
+        writer.write_all(b"after\n").unwrap();
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 2 pid 12345] before\n",
+                "[ythread worker 2 pid 12345 crate::cpu::sumn] during\n",
+                "[ythread worker 2 pid 12345] after\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_across_writes_invalid_utf8_and_a_last_line_without_newline() {
+        let (output, mut writer, sink) = start(1, 7);
+        for piece in [&b"a"[..], b"b\nc\n\nd", b"\xffe\n", b"partial"] {
+            writer.write_all(piece).unwrap();
+        }
+        let tail = finish(&output, writer);
+        let label = "[ythread worker 1 pid 7] ";
+        let lines = ["ab", "c", "", "d\u{FFFD}e", "partial"];
+        assert_eq!(sink.writes(), lines.map(|line| format!("{label}{line}\n")));
+        assert_eq!(tail, "ab\nc\n\nd\u{FFFD}e\npartial\n");
+    }
+
+    #[test]
+    fn long_lines_are_relayed_in_chunks() {
+        let (output, mut writer, sink) = start(1, 7);
+        let mut text = vec![b'x'; 2 * LINE + 10];
+        text.push(b'\n');
+        // Exactly `LINE` bytes then a newline: one line, no empty one after.
+        text.extend(vec![b'y'; LINE]);
+        text.extend(b"\nz\n");
+        // The relay thread drains the pipe as this writes.
+        writer.write_all(&text).unwrap();
+        finish(&output, writer);
+        let label = "[ythread worker 1 pid 7] ";
+        let writes = sink.writes();
+        let expected = [("x", LINE), ("x", LINE), ("x", 10), ("y", LINE), ("z", 1)]
+            .map(|(c, n)| format!("{label}{}\n", c.repeat(n)));
+        assert!(
+            writes == expected,
+            "{:?}",
+            writes.iter().map(String::len).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let (output, mut writer, sink) = start(1, 7);
+        writer
+            .write_all("a\x1b[2Jb\rc\x07d\x7fe\u{9b}f\tg\0h\x08\n".as_bytes())
+            .unwrap();
+        // A fake label: the real one stays first, the CR before it visible.
+        writer
+            .write_all(b"\r[ythread worker 9 pid 1 crate::f] fake\n")
+            .unwrap();
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 1 pid 7] a\\x1b[2Jb\\x0dc\\x07d\\x7fe\\x9bf\tg\\x00h\\x08\n",
+                "[ythread worker 1 pid 7] \\x0d[ythread worker 9 pid 1 crate::f] fake\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn concurrent_relays_never_interleave_within_a_line() {
+        const LINES: usize = 2000;
+        let sink = Sink::default();
+        let relays: Vec<_> = (1..=2)
+            .map(|worker| {
+                let (reader, mut writer) = io::pipe().unwrap();
+                let output = relay_to(reader, worker, 100, sink.clone()).unwrap();
+                let printer = thread::spawn(move || {
+                    // Lines cut across writes, several lines per write.
+                    let text: String = (0..LINES)
+                        .map(|i| format!("w{worker} line {i}\n"))
+                        .collect();
+                    for piece in text.as_bytes().chunks(7 + worker) {
+                        writer.write_all(piece).unwrap();
+                    }
+                });
+                (output, printer)
+            })
+            .collect();
+        for (output, printer) in relays {
+            printer.join().unwrap();
+            output.last_lines(LONG);
+        }
+        let writes = sink.writes();
+        assert_eq!(writes.len(), 2 * LINES);
+        // Each write is one whole line, and each worker's lines come in order.
+        let mut next = [0; 2];
+        for write in writes {
+            let worker = if write.starts_with("[ythread worker 1 ") {
+                1
+            } else {
+                2
+            };
+            let i = &mut next[worker - 1];
+            assert_eq!(
+                write,
+                format!("[ythread worker {worker} pid 100] w{worker} line {i}\n")
+            );
+            *i += 1;
+        }
+    }
+
+    #[test]
+    fn last_lines_is_the_tail_cut_at_a_line_start() {
+        let (output, mut writer, _sink) = start(1, 7);
+        let text: String = (0..100)
+            .map(|i| format!("line {i:03} {}\n", "-".repeat(i)))
+            .collect();
+        writer.write_all(text.as_bytes()).unwrap();
+        let tail = finish(&output, writer);
+        assert!(
+            tail.len() <= TAIL && tail.len() > TAIL - 120,
+            "{}",
+            tail.len()
+        );
+        assert!(tail.starts_with("line ") && text.ends_with(&tail), "{tail}");
+        // Lines that fill it exactly are all kept, the first too.
+        let (output, mut writer, _sink) = start(1, 7);
+        let text: String = (0..100).map(|i| format!("{i:063}\n")).collect();
+        writer.write_all(text.as_bytes()).unwrap();
+        assert_eq!(finish(&output, writer), text[text.len() - TAIL..]);
+        // A line longer than the tail leaves no line start in it.
+        let (output, mut writer, _sink) = start(1, 7);
+        writer
+            .write_all(format!("{}\n", "x".repeat(TAIL)).as_bytes())
+            .unwrap();
+        assert_eq!(finish(&output, writer), "");
+        // Nothing printed, nothing kept.
+        let (output, writer, _sink) = start(1, 7);
+        assert_eq!(finish(&output, writer), "");
+    }
+
+    #[test]
+    fn last_lines_waits_no_longer_than_told_while_the_pipe_stays_open() {
+        let (output, mut writer, sink) = start(1, 7);
+        writer.write_all(b"still here\nhalf a li").unwrap();
+        sink.wait_for(1);
+        let wait = Duration::from_millis(200);
+        let started = Instant::now();
+        assert_eq!(output.last_lines(wait), "still here\n");
+        let waited = started.elapsed();
+        assert!(waited >= wait && waited < LONG / 4, "{waited:?}");
+        // Dropping the output does not wait for its thread, which relays on
+        // until the end of file.
+        drop(output);
+        writer.write_all(b"ne\n").unwrap();
+        sink.wait_for(2);
+        drop(writer);
+        assert_eq!(sink.writes()[1], "[ythread worker 1 pid 7] half a line\n");
+    }
+
+    /// Runs `sh -c script sh args...` as worker 3, its stdout and stderr
+    /// the pipe; returns once it exited and its output ended.
+    fn run(script: &str, args: &[String]) -> (Sink, u32, String) {
+        let (reader, writer) = io::pipe().unwrap();
+        // The `Command`, and with it our copies of the write end, is dropped
+        // once the child is spawned.
+        let mut child = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .args(args)
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .spawn()
+            .unwrap();
+        let sink = Sink::default();
+        let output = relay_to(reader, 3, child.id(), sink.clone()).unwrap();
+        child.wait().unwrap();
+        (sink, child.id(), output.last_lines(LONG))
+    }
+
+    #[test]
+    fn relays_a_child_process() {
+        let script = r"echo one; printf '\033[31mred\033[0m\n'; echo two >&2; printf partial";
+        let (sink, pid, tail) = run(script, &[]);
+        let lines = ["one", r"\x1b[31mred\x1b[0m", "two", "partial"];
+        let label = format!("[ythread worker 3 pid {pid}] ");
+        assert_eq!(sink.writes(), lines.map(|line| format!("{label}{line}\n")));
+        assert_eq!(tail, lines.map(|line| format!("{line}\n")).concat());
+    }
+
+    #[test]
+    fn cause_of_a_child_that_died() {
+        // Prints its arguments, one a line, then sends itself a signal.
+        let dies_of = |signal| format!(r#"printf '%s\n' "$@"; kill -s {signal} $$"#);
+        let overflow = [
+            "working",
+            "",
+            "thread 'main' (42) has overflowed its stack",
+            "fatal runtime error: stack overflow, aborting",
+        ]
+        .map(String::from);
+        let tail = run(&dies_of("ABRT"), &overflow).2;
+        assert_eq!(cause(&tail), Some(Cause::StackOverflow), "{tail}");
+        // The message, then more lines, then a death of something else.
+        let mut decoy = vec!["memory allocation of 8 bytes failed".to_owned()];
+        decoy.extend((1..=20).map(|i| format!("line {i}")));
+        let tail = run(&dies_of("KILL"), &decoy).2;
+        assert!(
+            tail.starts_with("memory allocation of 8 bytes failed\n"),
+            "{tail}"
+        );
+        assert_eq!(cause(&tail), None);
+    }
+
+    #[test]
+    fn relay_writes_to_stderr() {
+        let (reader, mut writer) = io::pipe().unwrap();
+        let output = Output::relay(reader, 1, 0).unwrap();
+        writer.write_all(b"relayed to the test's stderr\n").unwrap();
+        drop(writer);
+        assert_eq!(output.last_lines(LONG), "relayed to the test's stderr\n");
+    }
+
+    // What std and ythread print as they abort, byte for byte (Rust 1.95).
+    const STD_OVERFLOW: &str = "\nthread 'main' (3489) has overflowed its stack\nfatal runtime error: stack overflow, aborting\n";
+    const OLD_STD_OVERFLOW: &str =
+        "\nthread '<unnamed>' has overflowed its stack\nfatal runtime error: stack overflow\n";
+    const YTHREAD_OVERFLOW: &str = "\nythread: the handler `fatal::recurses_forever` has overflowed its coroutine stack of 65536 bytes\n\
+        ythread: give it a larger one with `Yieldable::with_stack_size`, `YieldableThread::coroutine_stack_size`, \
+        or RUST_MIN_STACK (the default is std's, 2 MiB)\nfatal runtime error: stack overflow, aborting\n";
+    const STD_OOM: &str = "memory allocation of 1048576 bytes failed\n";
+    // With RUST_BACKTRACE=1.
+    const STD_OOM_BACKTRACE: &str = concat!(
+        "memory allocation of 1048576 bytes failed\n",
+        "stack backtrace:\n",
+        "   0: std::alloc::rust_oom\n",
+        "             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/std/src/alloc.rs:424:5\n",
+        "   1: __rustc::__rust_alloc_error_handler\n",
+        "             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/std/src/alloc.rs:423:1\n",
+        "   2: alloc::alloc::handle_alloc_error::rt_error\n",
+        "             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/alloc.rs:531:13\n",
+        "   3: alloc::alloc::handle_alloc_error\n",
+        "             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/alloc.rs:537:9\n",
+        "   4: oom::main\n",
+        "   5: core::ops::function::FnOnce::call_once\n",
+        "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n",
+    );
+    // Without it.
+    const STD_OOM_NOTE: &str = "memory allocation of 1048576 bytes failed\n\
+        note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+
+    #[test]
+    fn cause_names_std_and_ythread_reports() {
+        for (report, expected) in [
+            (STD_OVERFLOW, Cause::StackOverflow),
+            (OLD_STD_OVERFLOW, Cause::StackOverflow),
+            (YTHREAD_OVERFLOW, Cause::StackOverflow),
+            (STD_OOM, Cause::OutOfMemory),
+            (STD_OOM_BACKTRACE, Cause::OutOfMemory),
+            (STD_OOM_NOTE, Cause::OutOfMemory),
+        ] {
+            let last_lines = format!("working\nstill working\n{report}");
+            assert_eq!(cause(&last_lines), Some(expected), "{last_lines}");
+        }
+        assert_eq!(cause(""), None);
+        assert_eq!(cause("working\nKilled\n"), None);
+    }
+
+    #[test]
+    fn cause_reads_only_the_last_lines() {
+        for report in [STD_OVERFLOW, YTHREAD_OVERFLOW, STD_OOM, STD_OOM_BACKTRACE] {
+            // The program printed the message, went on, then died otherwise.
+            let decoy: String = (0..LAST_LINES).map(|i| format!("line {i}\n")).collect();
+            assert_eq!(cause(&format!("{report}{decoy}")), None, "{report}");
+            // Within the last lines, it counts.
+            let (_, shorter) = decoy.split_once('\n').unwrap();
+            assert!(cause(&format!("{report}{shorter}")).is_some(), "{report}");
+        }
+        // Only as std prints them, not within a line of the program's own.
+        assert_eq!(cause("log: memory allocation of 8 bytes failed\n"), None);
+        assert_eq!(cause("the buffer has overflowed its stack\n"), None);
+    }
+}
