@@ -398,3 +398,38 @@ fn nested_strategy_entry() {
     let cpu = Processes::new(1).unwrap();
     println!("nested: {}", try_add(40, 2).run_with(&cpu).unwrap());
 }
+
+// --- 6. a worker's death, in words ----------------------------------------
+
+/// Recurses without end: a stack overflow.
+#[allow(unconditional_recursion)]
+#[offloadable]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + frame[depth as usize % 64]
+}
+
+#[test]
+fn a_stack_overflow_in_a_worker_is_named_as_one() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle() -> Result<u64, OffloadError> {
+            try_offload!(recurse, 0)
+        }
+        // With a memory limit too: an abort must not be blamed on it.
+        let cpu = Processes::builder()
+            .workers(1)
+            .memory_limit(4 << 30)
+            .build()
+            .unwrap();
+        let error = handle().run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("a stack overflow") && !text.contains("memory limit"),
+            "{text}"
+        );
+        // The worker was replaced and serves.
+        assert_eq!(try_add(1, 2).run_with(&cpu).unwrap(), 3);
+    });
+}

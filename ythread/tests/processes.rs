@@ -400,7 +400,9 @@ fn running_out_of_memory_under_a_limit_fails_only_its_call() {
                 assert_eq!(error.kind(), OffloadErrorKind::WorkerDied);
                 assert_eq!(error.signal(), Some(libc::SIGABRT));
                 assert!(
-                    error.to_string().contains("memory limit of 1024 MiB"),
+                    error.to_string().contains(
+                        "out of memory: an allocation failed, under the memory limit of 1024 MiB"
+                    ),
                     "{error}"
                 );
             },

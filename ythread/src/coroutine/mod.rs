@@ -20,4 +20,4 @@ mod stack;
 pub use context::Context;
 pub use generator::{Generator, GeneratorState};
 pub use stack::DEFAULT_STACK_SIZE;
-pub(crate) use stack::{default_stack_size, with_running_context};
+pub(crate) use stack::{default_stack_size, watch_main_stack, with_running_context};

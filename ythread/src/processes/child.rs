@@ -49,6 +49,9 @@ pub(crate) fn serve(setting: Setting) -> i32 {
     // reaches): a write to a closed pipe or socket is an error, not death.
     // SAFETY: sets a signal's disposition; no handler is involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // A stack overflow in the work is reported as one (std's words), which
+    // the parent reads in the worker's last lines, serving at load or not.
+    crate::coroutine::watch_main_stack();
     let mut out = Vec::new();
     frame::begin(&mut out, HELLO, 0);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()

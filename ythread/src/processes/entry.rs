@@ -114,8 +114,8 @@ pub(crate) fn start_of_workers() -> Start {
     }
 }
 
-/// [`init`](super::init).
-pub(crate) fn init() {
+/// [`init_with`](super::init_with).
+pub(crate) fn init_with(setup: impl FnOnce()) {
     match role() {
         Role::Program => {
             // Only `main`'s own call counts: a test harness runs each test
@@ -124,8 +124,14 @@ pub(crate) fn init() {
             if std::thread::current().name() == Some("main") {
                 INIT_IN_MAIN.store(true, Ordering::Release);
             }
+            setup();
         }
-        Role::Worker(setting) => serve(setting),
+        Role::Worker(setting) => {
+            if !SERVING.load(Ordering::Acquire) {
+                setup();
+            }
+            serve(setting);
+        }
         Role::Unreadable(why) => {
             eprintln!("ythread: {why}; exiting");
             std::process::exit(2);

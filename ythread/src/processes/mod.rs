@@ -160,7 +160,30 @@ use self::supervise::{MAX_BACKOFF, Request};
 /// // then the program
 /// ```
 pub fn init() {
-    entry::init();
+    entry::init_with(|| {});
+}
+
+/// [`init`], after running `setup` in this process, whether it is the
+/// program or one of its workers: the place for what workers need too,
+/// such as logging (which `init` would otherwise keep from them, since a
+/// worker serves from `init` on). Call it first thing in `main`.
+///
+/// ```no_run
+/// fn main() {
+///     ythread::processes::init_with(|| {
+///         // Every process: the program, and each worker before it serves.
+///         // (A worker's stderr reaches the program's, each line labelled
+///         // with the worker and the function it runs.)
+///         eprintln!("logging set up in process {}", std::process::id());
+///     });
+///     // the program
+/// }
+/// ```
+///
+/// In a test binary, workers serve before the harness starts, and `setup`
+/// does not run in them (nor does anything else of the tests).
+pub fn init_with(setup: impl FnOnce()) {
+    entry::init_with(setup);
 }
 
 /// Runs offloaded work in worker processes: crash isolation for work that

@@ -19,6 +19,8 @@ use corosensei::stack::DefaultStack;
 use parking_lot::{Mutex, MutexGuard};
 
 pub(super) mod overflow;
+
+pub(crate) use overflow::watch_main_stack;
 mod table;
 
 pub(crate) use table::with_running_context;

@@ -26,7 +26,7 @@ use std::io::Write;
 use std::mem::{self, MaybeUninit};
 use std::ptr;
 use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use super::table::{self, Row, page_size};
 
@@ -69,6 +69,42 @@ pub(crate) fn install() {
     let _ = ALTERNATE_STACK.try_with(|_| {});
 }
 
+/// The addresses below the main thread's stack where a fault is an
+/// overflow of it, `[low, high)`: empty until [`watch_main_stack`].
+static MAIN_STACK_GUARD: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Reports an overflow of the main thread's stack too, as std does, for a
+/// process that runs without std's handler: a worker process serving
+/// before `main` (std installs its handler after the loader's initialisers).
+/// Call it on the main thread.
+pub(crate) fn watch_main_stack() {
+    // The main stack's mapping, `[stack]` in `/proc/self/maps`, grows down
+    // to `RLIMIT_STACK` below its top; the kernel keeps a gap of 256 pages
+    // (1 MiB) under that, and a fault in either is the stack overflowing.
+    let Some((bottom, top)) = std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|maps| {
+            let line = maps.lines().find(|line| line.ends_with("[stack]"))?;
+            let (bottom, top) = line.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(bottom, 16).ok()?,
+                usize::from_str_radix(top, 16).ok()?,
+            ))
+        })
+    else {
+        return;
+    };
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Stack)
+        .current
+        .map_or(usize::MAX, |bytes| {
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        });
+    let low = top.saturating_sub(limit).saturating_sub(1 << 20);
+    MAIN_STACK_GUARD[0].store(low, Ordering::Relaxed);
+    MAIN_STACK_GUARD[1].store(bottom, Ordering::Relaxed);
+    install();
+}
+
 /// Reports an overflow of a coroutine stack, or passes the fault on.
 extern "C" fn on_fault(
     signal: libc::c_int,
@@ -82,6 +118,18 @@ extern "C" fn on_fault(
         report(row);
         // SAFETY: `abort` is async-signal-safe.
         unsafe { libc::abort() };
+    }
+    if MAIN_STACK_GUARD[0].load(Ordering::Relaxed) <= address
+        && address < MAIN_STACK_GUARD[1].load(Ordering::Relaxed)
+    {
+        // std's own words, which it would print had its handler been
+        // installed (a worker serving before `main` runs without it).
+        let message = b"\nthread 'main' has overflowed its stack\nfatal runtime error: stack overflow, aborting\n";
+        // SAFETY: `write` and `abort` are async-signal-safe.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+            libc::abort();
+        }
     }
     let previous = PREVIOUS[slot(signal)].load(Ordering::Acquire);
     // SAFETY: `previous` is null or a valid, leaked action. Calling it with
