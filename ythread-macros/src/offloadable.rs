@@ -75,7 +75,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     // that a parameter serde cannot decode is an error at that type.
     let decode_each = types.iter().zip(&args).map(|(ty, arg)| {
         quote_spanned! {ty.span()=>
-            let (#arg, bytes): (#ty, &[u8]) = ::ythread::__private::take_arg(bytes)?;
+            let (#arg, bytes): (#ty, &[u8]) = ::ythread::__private::take_arg(bytes, max_depth)?;
         }
     });
     // The parent encodes the arguments with this: each parameter must be
@@ -102,7 +102,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     };
     let output_span = output.span();
     let encode_result =
-        quote_spanned!(output_span=> ::ythread::__private::encode_value(&result, out));
+        quote_spanned!(output_span=> ::ythread::__private::encode_result(&result, out));
     let decode_result =
         quote_spanned!(output_span=> ::ythread::__private::decode_result::<#output>);
     // The result must be owned, with no lifetime but `'static`: the parent
@@ -129,7 +129,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 signature: #signature,
                 fingerprint: ::ythread::__private::fingerprint(#signature),
                 key: || ::ythread::__private::type_id_of_val(&#name),
-                invoke: |bytes, out| {
+                invoke: |bytes, out, max_depth| {
                     #(#decode_each)*
                     ::ythread::__private::end_of_args(bytes)?;
                     let result = #name(#(#args),*);

@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use crate::error::{HandlerDropped, OffloadError};
-use crate::offloadable::Registration;
+use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::{FunctionId, NotPortable, Portability, WireCall};
 
 /// One piece of CPU work handed to an [`Apply`](crate::Apply) strategy.
@@ -243,7 +243,12 @@ impl<W, R> WorkSlot<W, R> {
 impl<A, C, R> CallSlot<A, C, R> {
     /// Decodes the call's result with `registration`'s decoder, which must be
     /// its function's.
-    fn decode(&self, registration: &Registration, result: &[u8]) -> Result<R, String> {
+    fn decode(
+        &self,
+        registration: &Registration,
+        result: &[u8],
+        depth: DepthLimit,
+    ) -> Result<R, String> {
         let Ok(function) = (self.wire)() else {
             return Err("the call cannot cross processes".into());
         };
@@ -253,8 +258,12 @@ impl<A, C, R> CallSlot<A, C, R> {
                 registration.name
             ));
         }
-        let value = (registration.decode_result)(result)
-            .map_err(|error| format!("its result could not be decoded: {error}"))?;
+        let value = (registration.decode_result)(result, depth.levels).map_err(|error| {
+            format!(
+                "its result, sent by the worker, could not be decoded here: {}",
+                error.explain(depth.setting)
+            )
+        })?;
         if (*value).type_id() != typeid::of::<R>() {
             return Err("its result is not of the type the call expects".into());
         }
@@ -328,7 +337,10 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
             Ok(Some(Ok(()))) => Ok(()),
             Ok(Some(Err(error))) => Err(OffloadError::protocol(
                 function,
-                format_args!("its arguments could not be encoded: {error}"),
+                format_args!(
+                    "its arguments could not be encoded here, so it was not sent: {}",
+                    error.0
+                ),
             )),
             Ok(None) => Err(OffloadError::protocol(
                 function,
@@ -338,22 +350,36 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
                     registration.name
                 ),
             )),
-            Err(payload) => Err(OffloadError::panicked(payload)),
+            // Not the work's panic: nothing ran.
+            Err(payload) => Err(OffloadError::protocol(
+                function,
+                format_args!(
+                    "encoding its arguments panicked here, so it was not sent: {}",
+                    crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
+                ),
+            )),
         }
     }
 
-    fn finish(&mut self, registration: &Registration, result: &[u8]) -> Result<(), OffloadError> {
+    fn finish(
+        &mut self,
+        registration: &Registration,
+        result: &[u8],
+        depth: DepthLimit,
+    ) -> Result<(), OffloadError> {
         // The result's `Deserialize` is the user's, and the bytes come from
         // another process or the network: a panic there is this call's
         // failure.
-        let value = panic::catch_unwind(AssertUnwindSafe(|| self.decode(registration, result)))
-            .unwrap_or_else(|payload| {
-                Err(format!(
-                    "decoding its result panicked: {}",
-                    crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
-                ))
-            })
-            .map_err(|why| OffloadError::protocol(registration.name, why))?;
+        let value = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.decode(registration, result, depth)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(format!(
+                "decoding its result here panicked (it ran in the worker): {}",
+                crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
+            ))
+        })
+        .map_err(|why| OffloadError::protocol(registration.name, why))?;
         // The arguments are dropped here, in the handler's frame: the call
         // ran elsewhere on copies of them.
         self.slot = WorkSlot::Done(Ok(value));

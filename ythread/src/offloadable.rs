@@ -17,6 +17,8 @@ use std::mem;
 use std::ptr;
 use std::sync::OnceLock;
 
+use crate::codec::{self, CodecError, Limits};
+
 /// One function marked `#[offloadable]`.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -34,9 +36,10 @@ pub struct Registration {
     /// function's alone (a struct can have its name, as can a function in
     /// another block, or in another version of the crate).
     pub key: fn() -> TypeId,
-    /// In a worker: decodes the arguments from the first slice, calls the
-    /// function, and appends the encoded result to the buffer.
-    pub invoke: fn(&[u8], &mut Vec<u8>) -> Result<(), postcard::Error>,
+    /// In a worker: decodes the arguments from the first slice, nested at
+    /// most as deep as the last argument says, calls the function, and
+    /// appends the encoded result to the buffer.
+    pub invoke: fn(&[u8], &mut Vec<u8>, usize) -> Result<(), InvokeError>,
     /// In the parent: encodes a call's arguments, the tuple of the
     /// function's parameter types.
     pub encode_args: EncodeArgs,
@@ -67,7 +70,7 @@ pub struct EncodeArgs {
     /// The type id of the tuple, lifetimes erased.
     args_type: fn() -> TypeId,
     /// The encoder, its `&T` parameter seen as a pointer to `T`.
-    encode: unsafe fn(*const (), &mut Vec<u8>) -> Result<(), postcard::Error>,
+    encode: unsafe fn(*const (), &mut Vec<u8>) -> EncodeOutcome,
 }
 
 impl fmt::Debug for EncodeArgs {
@@ -80,7 +83,7 @@ impl EncodeArgs {
     /// The encoder of the tuple `T`; called by the code `#[offloadable]`
     /// generates.
     #[doc(hidden)]
-    pub const fn new<T>(encode: fn(&T, &mut Vec<u8>) -> Result<(), postcard::Error>) -> Self {
+    pub const fn new<T>(encode: fn(&T, &mut Vec<u8>) -> EncodeOutcome) -> Self {
         EncodeArgs {
             args_type: typeid::of::<T>,
             // SAFETY: a `fn(&T, _)` and an `unsafe fn(*const (), _)` have the
@@ -90,8 +93,8 @@ impl EncodeArgs {
             // ABI. `encode` below gives it only pointers to a live `T`.
             encode: unsafe {
                 mem::transmute::<
-                    fn(&T, &mut Vec<u8>) -> Result<(), postcard::Error>,
-                    unsafe fn(*const (), &mut Vec<u8>) -> Result<(), postcard::Error>,
+                    fn(&T, &mut Vec<u8>) -> EncodeOutcome,
+                    unsafe fn(*const (), &mut Vec<u8>) -> EncodeOutcome,
                 >(encode)
             },
         }
@@ -100,11 +103,7 @@ impl EncodeArgs {
     /// Appends the encoded `args` to `out`, if `A` is the tuple of the
     /// function's parameter types; `None` if it is not (and nothing is
     /// written).
-    pub(crate) fn encode<A>(
-        &self,
-        args: &A,
-        out: &mut Vec<u8>,
-    ) -> Option<Result<(), postcard::Error>> {
+    pub(crate) fn encode<A>(&self, args: &A, out: &mut Vec<u8>) -> Option<EncodeOutcome> {
         if (self.args_type)() != typeid::of::<A>() {
             return None;
         }
@@ -123,9 +122,10 @@ impl EncodeArgs {
     }
 }
 
-/// Decodes a registered function's result, boxed.
+/// Decodes a registered function's result, nested at most as deep as the
+/// second argument says, boxed.
 #[doc(hidden)]
-pub type DecodeResult = fn(&[u8]) -> Result<Box<dyn Any + Send>, postcard::Error>;
+pub type DecodeResult = fn(&[u8], usize) -> Result<Box<dyn Any + Send>, Failure>;
 
 /// Every `#[offloadable]` function linked into this binary.
 #[doc(hidden)]
@@ -214,20 +214,14 @@ pub const fn fingerprint(text: &str) -> u64 {
     hash
 }
 
-/// Decodes one value that must use the whole input.
-fn decode_whole<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, postcard::Error> {
-    let (value, rest) = postcard::take_from_bytes(bytes)?;
-    end_of_args(rest)?;
-    Ok(value)
-}
-
-/// Decodes one argument of a call from the front of `bytes`; returns it and
-/// the rest.
+/// Decodes one argument of a call from the front of `bytes`, nested at
+/// most `max_depth` levels; returns it and the rest.
 #[doc(hidden)]
 pub fn take_arg<'de, T: serde::Deserialize<'de>>(
     bytes: &'de [u8],
-) -> Result<(T, &'de [u8]), postcard::Error> {
-    postcard::take_from_bytes(bytes)
+    max_depth: usize,
+) -> Result<(T, &'de [u8]), InvokeError> {
+    codec::take(bytes, Limits { max_depth }).map_err(|error| InvokeError::Arguments(Failure(error)))
 }
 
 /// The type id of a value's type, lifetimes erased: a registered
@@ -237,38 +231,77 @@ pub fn type_id_of_val<T: ?Sized>(_: &T) -> TypeId {
     typeid::of::<T>()
 }
 
-/// What encoding a call's arguments gives: nothing, or postcard's error.
-#[doc(hidden)]
-pub type EncodeOutcome = Result<(), postcard::Error>;
+/// The deepest nesting a strategy decodes, and the setting that says so
+/// (named in the error of a value nested deeper).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DepthLimit {
+    pub(crate) levels: usize,
+    pub(crate) setting: &'static str,
+}
 
-/// Checks that a call's arguments used all its bytes.
+/// Why a value could not cross: the codec's error, opaque outside the
+/// crate.
 #[doc(hidden)]
-pub fn end_of_args(rest: &[u8]) -> Result<(), postcard::Error> {
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(postcard::Error::DeserializeBadEncoding)
+#[derive(Debug)]
+pub struct Failure(pub(crate) CodecError);
+
+impl Failure {
+    /// The error, and for a value nested too deep the setting that bounds
+    /// it (such as `ProcessesBuilder::max_depth`).
+    pub(crate) fn explain(&self, setting: &str) -> String {
+        match self.0 {
+            CodecError::TooDeep { .. } => format!("{} (`{setting}`)", self.0),
+            _ => self.0.to_string(),
+        }
     }
 }
 
-/// Appends one encoded value to `out`: a result, or one argument (postcard
-/// encodes a tuple as its elements in a row).
+/// Why a worker could not run a call to the end: which side of it failed.
 #[doc(hidden)]
-pub fn encode_value<T: serde::Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), postcard::Error> {
-    let buffer = std::mem::take(out);
-    *out = postcard::to_extend(value, buffer)?;
-    Ok(())
+#[derive(Debug)]
+pub enum InvokeError {
+    /// Its arguments could not be decoded: the function did not run.
+    Arguments(Failure),
+    /// Its result could not be encoded: the function ran.
+    Result(Failure),
 }
 
-/// Decodes a result in the parent, boxed for the call's slot.
+/// What encoding a call's arguments gives: nothing, or why not.
 #[doc(hidden)]
-pub fn decode_result<T>(bytes: &[u8]) -> Result<Box<dyn Any + Send>, postcard::Error>
+pub type EncodeOutcome = Result<(), Failure>;
+
+/// Checks that a call's arguments used all its bytes.
+#[doc(hidden)]
+pub fn end_of_args(rest: &[u8]) -> Result<(), InvokeError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(InvokeError::Arguments(Failure(CodecError::TrailingBytes(
+            rest.len(),
+        ))))
+    }
+}
+
+/// Appends one encoded argument to `out` (postcard encodes a tuple as its
+/// elements in a row).
+#[doc(hidden)]
+pub fn encode_value<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> EncodeOutcome {
+    codec::encode(value, out).map_err(Failure)
+}
+
+/// Appends a call's encoded result to `out`, in a worker.
+#[doc(hidden)]
+pub fn encode_result<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), InvokeError> {
+    codec::encode(value, out).map_err(|error| InvokeError::Result(Failure(error)))
+}
+
+/// Decodes a result in the parent, nested at most `max_depth` levels, boxed
+/// for the call's slot.
+#[doc(hidden)]
+pub fn decode_result<T>(bytes: &[u8], max_depth: usize) -> Result<Box<dyn Any + Send>, Failure>
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
-    let value: T = decode_whole(bytes)?;
+    let value: T = codec::whole(bytes, Limits { max_depth }).map_err(Failure)?;
     Ok(Box::new(value))
 }

@@ -18,7 +18,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use crate::error::OffloadError;
-use crate::offloadable::{self, Lookup, Registration};
+use crate::offloadable::{self, DepthLimit, Lookup, Registration};
 
 /// Why an offloaded call cannot be sent to another process.
 #[doc(hidden)]
@@ -88,7 +88,7 @@ pub(crate) trait WireCall {
     ) -> Result<(), crate::OffloadError>;
     /// Stores the result that the call produced elsewhere, as the worker
     /// encoded it; `registration` is the function's, whose decoder reads
-    /// it.
+    /// it, nested at most `depth` levels.
     ///
     /// # Errors
     ///
@@ -98,6 +98,7 @@ pub(crate) trait WireCall {
         &mut self,
         registration: &Registration,
         result: &[u8],
+        depth: DepthLimit,
     ) -> Result<(), crate::OffloadError>;
     /// Gives the work up with `error`.
     fn fail(&mut self, error: crate::OffloadError);

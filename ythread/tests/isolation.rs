@@ -433,3 +433,192 @@ fn a_stack_overflow_in_a_worker_is_named_as_one() {
         assert_eq!(try_add(1, 2).run_with(&cpu).unwrap(), 3);
     });
 }
+
+// --- 3. a peer's bytes cannot crash the side that decodes them ------------
+
+/// A value as deep as it is long.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Tree {
+    Leaf,
+    Node(Box<Tree>),
+}
+
+impl Tree {
+    fn deep(depth: usize) -> Tree {
+        (0..depth).fold(Tree::Leaf, |tree, _| Tree::Node(Box::new(tree)))
+    }
+
+    fn depth(&self) -> usize {
+        let (mut tree, mut depth) = (self, 0);
+        while let Tree::Node(next) = tree {
+            (tree, depth) = (next, depth + 1);
+        }
+        depth
+    }
+}
+
+impl Drop for Tree {
+    /// Without recursion: a deep tree must not overflow the stack that
+    /// drops it either.
+    fn drop(&mut self) {
+        let Tree::Node(inner) = self else { return };
+        let mut next = std::mem::replace(&mut **inner, Tree::Leaf);
+        // Each node is emptied before it is dropped.
+        while let Tree::Node(inner) = &mut next {
+            next = std::mem::replace(&mut **inner, Tree::Leaf);
+        }
+    }
+}
+
+#[offloadable]
+fn build_tree(depth: u64) -> Tree {
+    Tree::deep(depth as usize)
+}
+
+#[offloadable]
+fn tree_depth(tree: Tree) -> u64 {
+    tree.depth() as u64
+}
+
+/// Native code gone wrong: writes the reply to the worker's first call
+/// itself, `bytes` as its result, on the channel (descriptor 4), and ends
+/// the worker.
+#[offloadable]
+fn forge_first_reply(bytes: Vec<u8>) -> Tree {
+    // length | kind DONE (3) | call 1 | the result's bytes
+    let mut frame = vec![0u8; 4];
+    frame.push(3);
+    frame.extend_from_slice(&1u32.to_le_bytes());
+    frame.extend_from_slice(&bytes);
+    let length = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    let mut written = 0;
+    while written < frame.len() {
+        // SAFETY: writes a buffer of ours to a descriptor; the point is to
+        // forge this worker's reply.
+        let n = unsafe { libc::write(4, frame[written..].as_ptr().cast(), frame.len() - written) };
+        assert!(n > 0);
+        written += n as usize;
+    }
+    thread::sleep(Duration::from_secs(5));
+    unreachable!("the parent reads the forged reply and replaces this worker")
+}
+
+#[test]
+fn a_deep_result_within_the_limit_decodes_and_a_deeper_one_fails_its_call_alone() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle(depth: u64) -> Result<Tree, OffloadError> {
+            try_offload!(build_tree, depth)
+        }
+        let cpu = Processes::new(1).unwrap();
+        assert_eq!(handle(100).run_with(&cpu).unwrap().depth(), 100);
+        // Legitimate, built fine by the worker, and deeper than the parent
+        // decodes: the call fails; the parent and the worker live on.
+        for depth in [129, 20_000] {
+            let error = handle(depth).run_with(&cpu).unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+            let text = error.to_string();
+            assert!(
+                text.contains("nested deeper than 128 levels")
+                    && text.contains("ProcessesBuilder::max_depth")
+                    && text.contains("could not be decoded here"),
+                "{text}"
+            );
+        }
+        assert_eq!(cpu.restarts(), 0);
+        // A limit of one's own.
+        let cpu = Processes::builder()
+            .workers(1)
+            .max_depth(1000)
+            .build()
+            .unwrap();
+        assert_eq!(handle(900).run_with(&cpu).unwrap().depth(), 900);
+        let error = handle(1100).run_with(&cpu).unwrap_err();
+        assert!(error.to_string().contains("1000 levels"), "{error}");
+    });
+}
+
+#[test]
+fn deep_arguments_are_refused_by_the_worker_which_lives_on() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle(tree: Tree) -> Result<u64, OffloadError> {
+            try_offload!(tree_depth, tree)
+        }
+        let cpu = Processes::new(1).unwrap();
+        assert_eq!(handle(Tree::deep(50)).run_with(&cpu).unwrap(), 50);
+        let error = handle(Tree::deep(5_000)).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("could not decode its arguments, so it did not run")
+                && text.contains("nested deeper than 128 levels"),
+            "{text}"
+        );
+        assert_eq!(cpu.restarts(), 0);
+        assert_eq!(handle(Tree::deep(3)).run_with(&cpu).unwrap(), 3);
+    });
+}
+
+#[test]
+fn a_forged_reply_cannot_crash_or_hang_the_parent() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle(bytes: Vec<u8>) -> Result<Tree, OffloadError> {
+            try_offload!(forge_first_reply, bytes)
+        }
+        let forgeries: [(&str, Vec<u8>, &str); 3] = [
+            // A million levels of `Tree::Node`.
+            (
+                "a million levels",
+                vec![1; 1_000_000],
+                "nested deeper than 128 levels",
+            ),
+            // A `Tree` is no sequence; these are its variant index, claiming
+            // 2^63: not a variant.
+            ("a huge variant", vec![0xff; 9], "could not be decoded here"),
+            // Trailing garbage after a valid `Leaf`.
+            (
+                "trailing bytes",
+                vec![0, 7, 7],
+                "bytes are left after the value",
+            ),
+        ];
+        for (what, bytes, expected) in forgeries {
+            let cpu = Processes::new(1).unwrap();
+            let error = handle(bytes).run_with(&cpu).unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{what}: {error}");
+            assert!(error.to_string().contains(expected), "{what}: {error}");
+        }
+    });
+}
+
+/// The result type of a function whose result claims 2^40 unit elements.
+#[offloadable]
+fn forge_units(bytes: Vec<u8>) -> Vec<()> {
+    forge_first_reply(bytes);
+    unreachable!()
+}
+
+#[test]
+fn a_forged_count_of_empty_elements_fails_at_once() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle(bytes: Vec<u8>) -> Result<Vec<()>, OffloadError> {
+            try_offload!(forge_units, bytes)
+        }
+        let cpu = Processes::new(1).unwrap();
+        // postcard's varint of 2^40.
+        let mut count = Vec::new();
+        let mut n: u64 = 1 << 40;
+        while n >= 0x80 {
+            count.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        count.push(n as u8);
+        let error = handle(count).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(error.to_string().contains("sequence elements"), "{error}");
+    });
+}

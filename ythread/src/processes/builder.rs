@@ -188,6 +188,7 @@ impl ProcessesBuilder {
             requests: Some(requests),
             deadline: self.deadline,
             max_frame: self.max_frame,
+            max_depth: self.max_depth,
             workers: self.workers,
             start_timeout: self.start_timeout,
         };

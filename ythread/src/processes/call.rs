@@ -13,7 +13,7 @@ use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
 use super::process::Process;
 use super::supervise::Request;
 use crate::error::OffloadError;
-use crate::offloadable::Registration;
+use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::{WireCall, portable_call};
 use crate::{Apply, Job};
 
@@ -135,7 +135,11 @@ impl Processes {
         );
         let keep = match reply {
             Ok((DONE, body)) => {
-                if let Err(error) = call.finish(registration, body) {
+                let depth = DepthLimit {
+                    levels: self.max_depth,
+                    setting: "ProcessesBuilder::max_depth",
+                };
+                if let Err(error) = call.finish(registration, body, depth) {
                     call.fail(error);
                 }
                 true

@@ -12,7 +12,7 @@ use rustix::io::FdFlags;
 use super::entry::{Setting, WORKER_ENV};
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
 use super::process::{CALLS_FD, REPLIES_FD, parent_death_signal};
-use crate::offloadable::{self, Lookup};
+use crate::offloadable::{self, InvokeError, Lookup};
 
 /// Serves calls on the channel the parent set up, until the parent closes
 /// it. Returns the process's exit code.
@@ -76,9 +76,15 @@ pub(crate) fn serve(setting: Setting) -> i32 {
             eprintln!("ythread worker: unexpected frame kind {kind}; exiting");
             return 2;
         }
-        answer(call, body, &mut out, max_frame);
+        answer(call, body, &mut out, max_frame, setting.max_depth);
         if frame::write(&mut replies, &out, None).is_err() {
             end_group();
+        }
+        // Buffers grown for one large call are not kept.
+        for buffer in [&mut out, &mut input] {
+            if buffer.capacity() > 1 << 20 {
+                *buffer = Vec::new();
+            }
         }
     }
 }
@@ -131,7 +137,7 @@ fn end_group_with_parent(parent: u32) {
 }
 
 /// Runs one call and writes the reply frame into `out`.
-fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
+fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize, max_depth: usize) {
     let (name, fingerprint, args) = match frame::parse_call(body) {
         Ok(call) => call,
         Err(error) => {
@@ -181,7 +187,10 @@ fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
         );
     }
     frame::begin(out, DONE, call);
-    match panic::catch_unwind(AssertUnwindSafe(|| (registration.invoke)(args, out))) {
+    let invoked = panic::catch_unwind(AssertUnwindSafe(|| {
+        (registration.invoke)(args, out, max_depth)
+    }));
+    match invoked {
         Ok(Ok(())) => {
             if let Err(size) = frame::finish(out, max_frame) {
                 refuse(
@@ -190,17 +199,31 @@ fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize) {
                     max_frame,
                     frame::REFUSED_RESULT,
                     format!(
-                        "its result is {size} bytes, over the maximum frame of {max_frame} bytes"
+                        "it ran, but its result is {size} bytes, over the maximum frame of \
+                         {max_frame} bytes (`ProcessesBuilder::max_frame`)"
                     ),
                 );
             }
         }
-        Ok(Err(error)) => refuse(
+        Ok(Err(InvokeError::Arguments(error))) => refuse(
             out,
             call,
             max_frame,
             frame::REFUSED_ARGUMENTS,
-            format!("its arguments could not be decoded, or its result encoded: {error}"),
+            format!(
+                "the worker could not decode its arguments, so it did not run: {}",
+                error.explain("ProcessesBuilder::max_depth")
+            ),
+        ),
+        Ok(Err(InvokeError::Result(error))) => refuse(
+            out,
+            call,
+            max_frame,
+            frame::REFUSED_RESULT,
+            format!(
+                "it ran, but the worker could not encode its result: {}",
+                error.0
+            ),
         ),
         Err(payload) => {
             // The panic hook has printed it, on this worker's stderr; the

@@ -241,6 +241,8 @@ pub struct Processes {
     deadline: Option<Duration>,
     /// The largest frame either way, in bytes.
     max_frame: usize,
+    /// The deepest nesting decoded in a result.
+    max_depth: usize,
     /// How many worker processes it keeps.
     workers: usize,
     /// How long a worker process may take to start.

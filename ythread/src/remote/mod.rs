@@ -72,7 +72,7 @@ pub use async_nats;
 
 use self::wire::{Reply, check_token, credentials_from_url, deadline_header, redacted, subject};
 use crate::error::OffloadError;
-use crate::offloadable::Registration;
+use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::portable_call;
 use crate::sync::semaphore::FairSemaphore;
 use crate::{Apply, Job};
@@ -106,6 +106,8 @@ pub struct Remote {
     namespace: String,
     deadline: Duration,
     max_payload: usize,
+    /// The deepest nesting decoded in a result.
+    max_depth: usize,
     in_flight: FairSemaphore,
     /// Bumped each time the connection is lost; a call in flight across a
     /// change fails at once instead of waiting for its deadline.
@@ -119,6 +121,7 @@ pub struct RemoteBuilder {
     namespace: String,
     deadline: Duration,
     max_payload: usize,
+    max_depth: usize,
     max_in_flight: usize,
     options: Option<async_nats::ConnectOptions>,
 }
@@ -141,6 +144,7 @@ impl Remote {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             deadline: Duration::from_secs(30),
             max_payload: 1 << 20,
+            max_depth: crate::codec::Limits::DEFAULT.max_depth,
             max_in_flight: 1024,
             options: None,
         }
@@ -187,6 +191,17 @@ impl RemoteBuilder {
     /// `max_payload` applies too, whichever is smaller).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// The deepest nesting accepted in a result (default 128): a result
+    /// nested deeper fails its call with
+    /// [`Protocol`](crate::OffloadErrorKind::Protocol), naming this limit,
+    /// and never overflows the stack here. The arguments are decoded by the
+    /// remote worker's processes, under their own
+    /// [`ProcessesBuilder::max_depth`](crate::ProcessesBuilder::max_depth).
+    pub fn max_depth(mut self, levels: usize) -> Self {
+        self.max_depth = levels;
         self
     }
 
@@ -248,6 +263,7 @@ impl RemoteBuilder {
             namespace: self.namespace,
             deadline: self.deadline,
             max_payload,
+            max_depth: self.max_depth,
             in_flight: FairSemaphore::new(self.max_in_flight),
             disconnects,
             calls: AtomicU64::new(0),
@@ -347,7 +363,11 @@ impl Apply for Remote {
             Some(Ok(Err(error))) => call.fail(request_error(registration, &self.namespace, &error)),
             Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
                 Ok(Reply::Done(result)) => {
-                    if let Err(error) = call.finish(registration, result) {
+                    let depth = DepthLimit {
+                        levels: self.max_depth,
+                        setting: "RemoteBuilder::max_depth",
+                    };
+                    if let Err(error) = call.finish(registration, result, depth) {
                         call.fail(error);
                     }
                 }

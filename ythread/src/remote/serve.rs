@@ -14,7 +14,7 @@ use super::queue::{self, Backlog, Forwarded, Queue};
 use super::wire::{Reply, WireError, deadline_of};
 use crate::Processes;
 use crate::error::OffloadError;
-use crate::offloadable::Registration;
+use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::WireCall;
 use crate::sync::{Mutex, MutexGuard};
 
@@ -425,7 +425,13 @@ impl WireCall for RawCall<'_> {
         Ok(())
     }
 
-    fn finish(&mut self, _registration: &Registration, result: &[u8]) -> Result<(), OffloadError> {
+    fn finish(
+        &mut self,
+        _registration: &Registration,
+        result: &[u8],
+        _depth: DepthLimit,
+    ) -> Result<(), OffloadError> {
+        // Passed on as it came, for the requester to decode.
         self.outcome = Some(Ok(result.to_vec()));
         Ok(())
     }
