@@ -622,3 +622,109 @@ fn a_forged_count_of_empty_elements_fails_at_once() {
         assert!(error.to_string().contains("sequence elements"), "{error}");
     });
 }
+
+// --- 7. each failure names its side and keeps its message -----------------
+
+/// A value whose serde impls fail as the test says: `"panic"` panics,
+/// `"refuse"` refuses with a message, `"ok"` goes through. Decoding reads
+/// the word back and applies it again, in the process that decodes.
+#[derive(Debug)]
+struct Picky(String);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_str() {
+            "panic on encode" => panic!("Picky panicked while encoding"),
+            "refuse to encode" => Err(serde::ser::Error::custom(
+                "Picky cannot encode a closed handle",
+            )),
+            word => serializer.serialize_str(word),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(deserializer)?;
+        match word.as_str() {
+            "refuse to decode" => Err(serde::de::Error::custom("not an email: x@")),
+            _ => Ok(Picky(word)),
+        }
+    }
+}
+
+/// Takes a `Picky` and returns one made of `word`.
+#[offloadable]
+fn picky(_argument: Picky, word: String) -> Picky {
+    Picky(word)
+}
+
+#[yieldable]
+fn try_picky(argument: Picky, word: String) -> Result<Picky, OffloadError> {
+    try_offload!(picky, argument, word)
+}
+
+#[test]
+fn each_failure_names_its_side_and_keeps_its_message() {
+    common::watchdog(Duration::from_secs(60), || {
+        let cpu = Processes::new(1).unwrap();
+        let ok = || Picky("ok".into());
+        let cases = [
+            // In this process, before anything is sent.
+            (
+                Picky("panic on encode".into()),
+                "ok",
+                "encoding its arguments panicked here, so it was not sent: Picky panicked while encoding",
+            ),
+            (
+                Picky("refuse to encode".into()),
+                "ok",
+                "could not be encoded here, so it was not sent: Picky cannot encode a closed handle",
+            ),
+            // In the worker, before the function runs.
+            (
+                Picky("refuse to decode".into()),
+                "ok",
+                "the worker could not decode its arguments, so it did not run: not an email: x@",
+            ),
+            // In the worker, after it ran.
+            (
+                ok(),
+                "refuse to encode",
+                "it ran, but the worker could not encode its result: Picky cannot encode a closed handle",
+            ),
+            // Back here.
+            (
+                ok(),
+                "refuse to decode",
+                "its result, sent by the worker, could not be decoded here: not an email: x@",
+            ),
+        ];
+        for (argument, word, expected) in cases {
+            let error =
+                common::quietly(|| try_picky(argument, word.into()).run_with(&cpu)).unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+            let text = error.to_string();
+            assert!(text.contains(expected), "expected {expected:?} in {text:?}");
+            assert!(
+                !text.contains("panicked: ") || expected.contains("panicked"),
+                "{text}"
+            );
+            assert!(
+                error.panic_message().is_none(),
+                "not the work's panic: {text}"
+            );
+        }
+        // A panic while encoding the result, in the worker, is the work's.
+        let error = common::quietly(|| try_picky(ok(), "panic on encode".into()).run_with(&cpu))
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Panicked, "{error}");
+        assert_eq!(error.panic_message(), Some("Picky panicked while encoding"));
+        // None of it cost the worker.
+        assert_eq!(cpu.restarts(), 0);
+        assert_eq!(
+            try_picky(ok(), "fine".into()).run_with(&cpu).unwrap().0,
+            "fine"
+        );
+    });
+}
