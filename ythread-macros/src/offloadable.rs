@@ -4,7 +4,8 @@
 //! ythread's table of offloadable functions (a linker section): the
 //! function's path (its name on the wire), its signature and fingerprint, the
 //! worker's side (decode the arguments, call, encode the result) and the
-//! parent's (decode the result).
+//! parent's (decode the result), and whether it may run again when its
+//! worker dies (`#[offloadable(idempotent)]`).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -24,12 +25,7 @@ pub(crate) fn offloadable(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    if !args.is_empty() {
-        return Err(syn::Error::new_spanned(
-            args,
-            "`#[offloadable]` takes no arguments",
-        ));
-    }
+    let idempotent = idempotent(args)?;
     let function: ItemFn = syn::parse2(item).map_err(|err| {
         syn::Error::new(
             err.span(),
@@ -129,6 +125,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 signature: #signature,
                 fingerprint: ::ythread::__private::fingerprint(#signature),
                 key: || ::ythread::__private::type_id_of_val(&#name),
+                idempotent: #idempotent,
                 invoke: |bytes, out, max_depth| {
                     #(#decode_each)*
                     ::ythread::__private::end_of_args(bytes)?;
@@ -140,6 +137,22 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             };
         };
     })
+}
+
+/// `#[offloadable]` or `#[offloadable(idempotent)]`: whether the function
+/// may be run again when the worker running it dies.
+fn idempotent(args: TokenStream) -> syn::Result<bool> {
+    if args.is_empty() {
+        return Ok(false);
+    }
+    match syn::parse2::<syn::Ident>(args.clone()) {
+        Ok(word) if word == "idempotent" => Ok(true),
+        _ => Err(syn::Error::new_spanned(
+            args,
+            "`#[offloadable]` takes no argument but `idempotent`, as in \
+             `#[offloadable(idempotent)]`: a call whose worker dies may then be run again",
+        )),
+    }
 }
 
 /// What a function registered for other processes cannot be.

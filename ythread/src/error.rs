@@ -70,7 +70,13 @@ enum Repr {
     /// there.
     NotPortable { function: String, reason: String },
     /// The worker process running the call died.
-    WorkerDied { function: String, death: Death },
+    /// `runs`: how many times the call was run, each time on a worker that
+    /// died (more than once only for an idempotent function).
+    WorkerDied {
+        function: String,
+        death: Death,
+        runs: u32,
+    },
     /// The call ran past its deadline; `killed`: its worker process was
     /// killed (and replaced) for it.
     DeadlineExceeded {
@@ -159,11 +165,13 @@ impl OffloadError {
         }
     }
 
-    pub(crate) fn worker_died(function: &str, death: Death) -> Self {
+    /// The worker process running the call died, on each of `runs` runs.
+    pub(crate) fn worker_died(function: &str, death: Death, runs: u32) -> Self {
         OffloadError {
             repr: Repr::WorkerDied {
                 function: function.to_owned(),
                 death,
+                runs,
             },
         }
     }
@@ -191,26 +199,6 @@ impl OffloadError {
                 killed: false,
             },
         }
-    }
-
-    /// The worker process running the call died, as a remote worker
-    /// reports it: its exit code or signal, and its memory limit.
-    #[cfg(feature = "remote")]
-    pub(crate) fn remote_worker_died(
-        function: &str,
-        code: Option<i32>,
-        signal: Option<i32>,
-        memory_limit: Option<u64>,
-    ) -> Self {
-        OffloadError::worker_died(
-            function,
-            Death {
-                code,
-                signal,
-                memory_limit,
-                cause: None,
-            },
-        )
     }
 
     pub(crate) fn protocol(function: &str, detail: impl fmt::Display) -> Self {
@@ -315,12 +303,26 @@ impl OffloadError {
         }
     }
 
-    /// The memory limit the dead worker process ran under, if one was set
-    /// (for a remote worker's reply).
+    /// How the worker process died, and on how many runs (for a remote
+    /// worker's reply).
     #[cfg(feature = "remote")]
-    pub(crate) fn memory_limit(&self) -> Option<u64> {
+    pub(crate) fn death(&self) -> Option<(Death, u32)> {
         match &self.repr {
-            Repr::WorkerDied { death, .. } => death.memory_limit,
+            Repr::WorkerDied { death, runs, .. } => Some((*death, *runs)),
+            _ => None,
+        }
+    }
+
+    /// How many times the call was run, each on a worker process that died,
+    /// when the kind is [`WorkerDied`](OffloadErrorKind::WorkerDied): 1,
+    /// or more for a function marked
+    /// [`#[offloadable(idempotent)]`](crate::offloadable), which is run
+    /// again on another worker when its worker dies (up to
+    /// [`ProcessesBuilder::max_retries`](crate::ProcessesBuilder::max_retries)
+    /// more times, within its deadline).
+    pub fn runs(&self) -> Option<u32> {
+        match &self.repr {
+            Repr::WorkerDied { runs, .. } => Some(*runs),
             _ => None,
         }
     }
@@ -407,8 +409,20 @@ impl fmt::Display for OffloadError {
                 f,
                 "ythread: `{function}` cannot be offloaded to a worker process: {reason}"
             ),
-            Repr::WorkerDied { function, death } => {
-                write!(f, "the worker process running `{function}` died: {death}")
+            Repr::WorkerDied {
+                function,
+                death,
+                runs,
+            } => {
+                write!(f, "the worker process running `{function}` died: {death}")?;
+                if *runs > 1 {
+                    write!(
+                        f,
+                        "; it was run {runs} times (it is `#[offloadable(idempotent)]`), and \
+                         each time its worker died"
+                    )?;
+                }
+                Ok(())
             }
             Repr::DeadlineExceeded {
                 function,

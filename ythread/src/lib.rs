@@ -230,6 +230,26 @@ pub use ythread_macros::yieldable;
 /// assert_eq!(handle(vec![1, 2, 3]).run(), 6);
 /// assert_eq!(checksum(&[4]), 4); // still a plain function
 /// ```
+///
+/// # `#[offloadable(idempotent)]`
+///
+/// Says that running the function twice does no more than running it once
+/// (it computes, or its effects are keyed and repeatable). When the worker
+/// process running a call of it dies, the call runs again on another
+/// worker, up to [`ProcessesBuilder::max_retries`] more times and within
+/// the call's deadline, under [`Processes`] and on a
+/// [`remote`](crate::remote) worker's processes alike; the error of a call
+/// that still fails says how many runs it took
+/// ([`OffloadError::runs`]). Without it, a call whose worker dies fails
+/// once, since it may have run in part.
+///
+/// ```
+/// #[ythread::offloadable(idempotent)]
+/// fn thumbnail(image: Vec<u8>) -> Vec<u8> {
+///     image.into_iter().step_by(4).collect() // imagine a native decoder
+/// }
+/// # assert_eq!(thumbnail(vec![1, 2, 3, 4, 5]), vec![1, 5]);
+/// ```
 pub use ythread_macros::offloadable;
 
 /// Hands a piece of work to the running handler's strategy and evaluates to

@@ -36,6 +36,9 @@ pub struct Registration {
     /// function's alone (a struct can have its name, as can a function in
     /// another block, or in another version of the crate).
     pub key: fn() -> TypeId,
+    /// Marked `#[offloadable(idempotent)]`: running it twice does no more
+    /// than running it once, so a call whose worker died may run again.
+    pub idempotent: bool,
     /// In a worker: decodes the arguments from the first slice, nested at
     /// most as deep as the last argument says, calls the function, and
     /// appends the encoded result to the buffer.

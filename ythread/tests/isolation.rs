@@ -728,3 +728,123 @@ fn each_failure_names_its_side_and_keeps_its_message() {
         );
     });
 }
+
+// --- 8. retries where they are safe ---------------------------------------
+
+/// Dies (SIGKILL) the first `deaths` times it is called with `dir`, counting
+/// its runs in files there; then returns how many runs it took.
+fn die_then_succeed(dir: &str, deaths: u32) -> u32 {
+    let runs = std::fs::read_dir(dir).unwrap().count() as u32 + 1;
+    std::fs::write(Path::new(dir).join(runs.to_string()), b"").unwrap();
+    if runs <= deaths {
+        // SAFETY: `raise` has no memory effects; the point is to die.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    runs
+}
+
+#[offloadable(idempotent)]
+fn idempotent_flaky(dir: String, deaths: u32) -> u32 {
+    die_then_succeed(&dir, deaths)
+}
+
+#[offloadable]
+fn flaky(dir: String, deaths: u32) -> u32 {
+    die_then_succeed(&dir, deaths)
+}
+
+#[yieldable]
+fn try_idempotent_flaky(dir: String, deaths: u32) -> Result<u32, OffloadError> {
+    try_offload!(idempotent_flaky, dir, deaths)
+}
+
+#[yieldable]
+fn try_flaky(dir: String, deaths: u32) -> Result<u32, OffloadError> {
+    try_offload!(flaky, dir, deaths)
+}
+
+#[test]
+fn an_idempotent_call_whose_worker_died_runs_again_elsewhere() {
+    common::watchdog(Duration::from_secs(60), || {
+        let cpu = Processes::new(2).unwrap();
+        // Two deaths, then a success on the third run (the default allows
+        // two more runs).
+        let dir = scratch("idempotent-ok");
+        let runs = try_idempotent_flaky(dir.display().to_string(), 2)
+            .run_with(&cpu)
+            .unwrap();
+        assert_eq!(runs, 3);
+        assert_eq!(cpu.reruns(), 2);
+        // Three deaths: past the bound, the call fails, saying so.
+        let dir = scratch("idempotent-fails");
+        let error = try_idempotent_flaky(dir.display().to_string(), 10)
+            .run_with(&cpu)
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.runs(), Some(3));
+        assert!(error.to_string().contains("it was run 3 times"), "{error}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+        // A bound of one's own.
+        let cpu = Processes::builder()
+            .workers(1)
+            .max_retries(5)
+            .build()
+            .unwrap();
+        let dir = scratch("idempotent-five");
+        let runs = try_idempotent_flaky(dir.display().to_string(), 5)
+            .run_with(&cpu)
+            .unwrap();
+        assert_eq!(runs, 6);
+    });
+}
+
+#[test]
+fn a_call_not_marked_idempotent_is_run_once() {
+    common::watchdog(Duration::from_secs(60), || {
+        let cpu = Processes::new(2).unwrap();
+        let dir = scratch("once");
+        let error = try_flaky(dir.display().to_string(), 1)
+            .run_with(&cpu)
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.runs(), Some(1));
+        assert!(!error.to_string().contains("it was run"), "{error}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert_eq!(cpu.reruns(), 0);
+    });
+}
+
+#[test]
+fn retries_stay_within_the_calls_deadline() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[offloadable(idempotent)]
+        fn slow_then_die(dir: String) -> u32 {
+            // Counts its run as it starts, then dies at 300 ms.
+            let run = std::fs::read_dir(&dir).unwrap().count() + 1;
+            std::fs::write(Path::new(&dir).join(run.to_string()), b"").unwrap();
+            thread::sleep(Duration::from_millis(300));
+            // SAFETY: `raise` has no memory effects; the point is to die.
+            unsafe { libc::raise(libc::SIGKILL) };
+            unreachable!()
+        }
+        #[yieldable]
+        fn handle(dir: String) -> Result<u32, OffloadError> {
+            try_offload!(slow_then_die, dir)
+        }
+        // Each run dies after 300 ms of a 500 ms deadline: a second run
+        // starts (time was left) and is killed at the deadline; no third.
+        let cpu = Processes::builder()
+            .workers(1)
+            .deadline(Duration::from_millis(500))
+            .max_retries(10)
+            .build()
+            .unwrap();
+        let dir = scratch("deadline-retries");
+        let error = handle(dir.display().to_string())
+            .run_with(&cpu)
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "{error}");
+        assert_eq!(cpu.reruns(), 1);
+    });
+}

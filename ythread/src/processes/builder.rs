@@ -30,6 +30,8 @@ pub struct ProcessesBuilder {
     max_frame: usize,
     /// The deepest nesting decoded in arguments and results.
     max_depth: usize,
+    /// How many more runs an idempotent call whose worker died gets.
+    max_retries: u32,
     /// The program to start; `None`: this one, `/proc/self/exe`.
     program: Option<PathBuf>,
     /// Its arguments.
@@ -99,6 +101,26 @@ impl ProcessesBuilder {
     /// mind.
     pub fn max_depth(mut self, levels: usize) -> Self {
         self.max_depth = levels;
+        self
+    }
+
+    /// How many more times a call of an
+    /// [`#[offloadable(idempotent)]`](crate::offloadable) function is run,
+    /// each on another worker, when the worker running it dies (default 2:
+    /// three runs in all), within the call's
+    /// [`deadline`](ProcessesBuilder::deadline). A function not so marked
+    /// is run once: its call fails with
+    /// [`WorkerDied`](crate::OffloadErrorKind::WorkerDied) when its worker
+    /// dies, since it may have run in part (as Celery and Ray do it, unlike
+    /// procspawn and anyio, which never run a call again). The error says how
+    /// many runs it took ([`OffloadError::runs`](crate::OffloadError::runs));
+    /// [`Processes::reruns`] counts the calls run again.
+    ///
+    /// A call is never run again for failing otherwise: a panic, a deadline,
+    /// a refusal. (A call sent to a worker that was already dead did not run
+    /// at all: it goes to another worker whatever the function.)
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
         self
     }
 
@@ -172,6 +194,7 @@ impl ProcessesBuilder {
             live: AtomicUsize::new(0),
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
+            reruns: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             gate: Gate::default(),
         });
@@ -189,6 +212,7 @@ impl ProcessesBuilder {
             deadline: self.deadline,
             max_frame: self.max_frame,
             max_depth: self.max_depth,
+            max_retries: self.max_retries,
             workers: self.workers,
             start_timeout: self.start_timeout,
         };
@@ -237,6 +261,7 @@ impl Processes {
             memory_limit: None,
             max_frame: DEFAULT_MAX_FRAME,
             max_depth: crate::codec::Limits::DEFAULT.max_depth,
+            max_retries: 2,
             program: None,
             args: Vec::new(),
             start_timeout: Duration::from_secs(10),

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Processes;
+use super::death::Death;
 use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
 use super::process::Process;
 use super::supervise::Request;
@@ -37,6 +38,11 @@ impl Processes {
         // not reach them, and goes to another. (Bounded, in case workers
         // keep dying as they start.)
         let mut found_dead = 0;
+        // Runs of the call on workers that died while running it.
+        let mut runs = 0;
+        // Set when the call is first sent: a call's deadline bounds all its
+        // runs, not its wait for a worker.
+        let mut deadline = None;
         loop {
             let process = match self.shared.checkout() {
                 Ok(process) => process,
@@ -45,7 +51,7 @@ impl Processes {
                     return;
                 }
             };
-            match self.call(process, registration, call) {
+            match self.call(process, registration, call, &mut deadline) {
                 After::Keep(process) => return self.shared.give_back(process),
                 After::Replace => return self.replace(),
                 After::DeadBeforeCall => {
@@ -62,6 +68,19 @@ impl Processes {
                         return;
                     }
                 }
+                After::Died(death) => {
+                    self.replace();
+                    runs += 1;
+                    let time_left = deadline
+                        .flatten()
+                        .is_none_or(|deadline: Instant| Instant::now() < deadline);
+                    if registration.idempotent && runs <= self.max_retries && time_left {
+                        self.shared.reruns.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    call.fail(OffloadError::worker_died(registration.name, death, runs));
+                    return;
+                }
             }
         }
     }
@@ -74,11 +93,15 @@ impl Processes {
     }
 
     /// Runs one call on `process`.
+    ///
+    /// `deadline` is the call's, `None` until it is first sent (then
+    /// `Some(None)` for no deadline).
     fn call(
         &self,
         mut process: Process,
         registration: &'static Registration,
         call: &mut dyn WireCall,
+        deadline: &mut Option<Option<Instant>>,
     ) -> After {
         let name = registration.name;
         let mut buf = std::mem::take(&mut process.buf);
@@ -106,7 +129,8 @@ impl Processes {
             return After::Keep(process);
         }
         // (A deadline too far to add, `Duration::MAX`, is none.)
-        let deadline = self.deadline.and_then(|d| Instant::now().checked_add(d));
+        let deadline = *deadline
+            .get_or_insert_with(|| self.deadline.and_then(|d| Instant::now().checked_add(d)));
         process.set_running(Some(name));
         if let Err(error) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut {
@@ -187,10 +211,11 @@ impl Processes {
                 process.buf = buf;
                 return After::DeadBeforeCall;
             }
+            // The worker died running the call (or it may have).
             Err(ReadError::Closed) => {
                 let death = process.reap(Duration::from_millis(200));
-                call.fail(OffloadError::worker_died(name, death));
-                false
+                process.buf = buf;
+                return After::Died(death);
             }
             Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
                 // Out of step with the worker: it cannot be trusted with
@@ -226,4 +251,7 @@ enum After {
     /// It was dead before the call was sent: replace it, and send the call
     /// to another.
     DeadBeforeCall,
+    /// It died running the call, which is still to be failed (or, for an
+    /// idempotent function, run again): replace it.
+    Died(Death),
 }

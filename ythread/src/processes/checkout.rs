@@ -24,6 +24,8 @@ pub(super) struct Shared {
     pub(super) start_error: Mutex<Option<String>>,
     /// Workers replaced after they died or were killed.
     pub(super) restarts: AtomicU64,
+    /// Calls run again because their worker died running them.
+    pub(super) reruns: AtomicU64,
     /// Set when the strategy is dropped or shut down (or `build` fails):
     /// the supervisor starts no more workers.
     pub(super) stopping: AtomicBool,

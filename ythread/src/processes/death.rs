@@ -7,8 +7,8 @@ use std::fmt;
 
 use super::output::Cause;
 
-/// How a worker process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a worker process ended (also as a remote worker reports it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Death {
     /// The exit code, if it exited.
     pub(crate) code: Option<i32>,

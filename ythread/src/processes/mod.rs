@@ -243,6 +243,8 @@ pub struct Processes {
     max_frame: usize,
     /// The deepest nesting decoded in a result.
     max_depth: usize,
+    /// How many more runs an idempotent call whose worker died gets.
+    max_retries: u32,
     /// How many worker processes it keeps.
     workers: usize,
     /// How long a worker process may take to start.
@@ -258,6 +260,13 @@ impl Processes {
     /// How many workers have been replaced after they died or were killed.
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many calls were run again because the worker running them died
+    /// (calls of [`#[offloadable(idempotent)]`](crate::offloadable)
+    /// functions; see [`ProcessesBuilder::max_retries`]).
+    pub fn reruns(&self) -> u64 {
+        self.shared.reruns.load(Ordering::Relaxed)
     }
 
     /// The process ids of the workers idle right now (for tests and

@@ -289,7 +289,7 @@ impl Tail {
 }
 
 /// What a dead worker's last lines say it died of, if they name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Cause {
     /// std's report of a thread's stack overflow, or ythread's of a
     /// coroutine's.

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{OffloadError, OffloadErrorKind};
 use crate::offloadable::Registration;
+use crate::processes::death::Death;
 
 /// The subject of `registration`'s calls in `namespace`.
 pub(super) fn subject(namespace: &str, registration: &Registration) -> String {
@@ -221,11 +222,7 @@ pub(super) enum WireError {
     NotPortable { reason: String },
     /// The worker process running the call died: its exit code, or the
     /// signal that killed it, and the memory limit it ran under.
-    WorkerDied {
-        code: Option<i32>,
-        signal: Option<i32>,
-        memory_limit: Option<u64>,
-    },
+    WorkerDied { death: Death, runs: u32 },
     /// The call ran past the deadline of the worker's processes, in ms.
     DeadlineExceeded { deadline_ms: u64 },
     /// A message to or from the worker process could not be carried.
@@ -244,11 +241,10 @@ impl WireError {
             },
             OffloadErrorKind::NotRun => WireError::NotRun,
             OffloadErrorKind::NotPortable => WireError::NotPortable { reason: detail() },
-            OffloadErrorKind::WorkerDied => WireError::WorkerDied {
-                code: error.exit_code(),
-                signal: error.signal(),
-                memory_limit: error.memory_limit(),
-            },
+            OffloadErrorKind::WorkerDied => {
+                let (death, runs) = error.death().unwrap_or_default();
+                WireError::WorkerDied { death, runs }
+            }
             OffloadErrorKind::DeadlineExceeded => WireError::DeadlineExceeded {
                 deadline_ms: error
                     .deadline()
@@ -275,11 +271,9 @@ impl WireError {
                 OffloadError::protocol(function, "a reply no ythread worker sends")
             }
             WireError::NotPortable { reason } => OffloadError::not_portable(function, &reason),
-            WireError::WorkerDied {
-                code,
-                signal,
-                memory_limit,
-            } => OffloadError::remote_worker_died(function, code, signal, memory_limit),
+            WireError::WorkerDied { death, runs } => {
+                OffloadError::worker_died(function, death, runs)
+            }
             WireError::DeadlineExceeded { deadline_ms } => {
                 OffloadError::deadline_exceeded(function, Duration::from_millis(deadline_ms))
             }
@@ -317,11 +311,15 @@ mod tests {
         assert_eq!(not_portable.kind(), OffloadErrorKind::NotPortable);
         assert!(not_portable.to_string().contains("a closure"));
 
-        let died = crossed(&OffloadError::remote_worker_died(
+        let died = crossed(&OffloadError::worker_died(
             "f",
-            None,
-            Some(libc::SIGABRT),
-            Some(1 << 30),
+            Death {
+                code: None,
+                signal: Some(libc::SIGABRT),
+                memory_limit: Some(1 << 30),
+                cause: None,
+            },
+            1,
         ));
         assert_eq!(died.kind(), OffloadErrorKind::WorkerDied);
         assert_eq!(
