@@ -1043,3 +1043,46 @@ fn a_publish_ack_that_comes_late_does_not_run_the_call_twice() {
         assert_eq!(ran, 1, "the call ran {ran} times");
     });
 }
+
+/// Dies (SIGKILL) on its first `deaths` runs with `dir`, counting them in
+/// files there; then returns how many runs it took.
+#[offloadable(idempotent)]
+fn idempotent_flaky(dir: String, deaths: u32) -> u32 {
+    let runs = std::fs::read_dir(&dir).unwrap().count() as u32 + 1;
+    std::fs::write(std::path::Path::new(&dir).join(runs.to_string()), b"").unwrap();
+    if runs <= deaths {
+        // SAFETY: `raise` has no memory effects; the point is to die.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    runs
+}
+
+#[test]
+fn an_idempotent_call_runs_again_on_the_worker_machine_when_its_process_dies() {
+    #[yieldable]
+    fn handle(dir: String, deaths: u32) -> Result<u32, OffloadError> {
+        try_offload!(idempotent_flaky, dir, deaths)
+    }
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats(&[]);
+        let _worker = worker(nats.url(), "rerun");
+        let cpu = requester(nats.url(), "rerun");
+        let dir = std::env::temp_dir().join(format!("ythread-remote-rerun-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            handle(dir.display().to_string(), 2).run_with(&cpu).unwrap(),
+            3
+        );
+        // Past the bound: the error, as it crossed, says how many runs.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = handle(dir.display().to_string(), 10)
+            .run_with(&cpu)
+            .unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.runs(), Some(3), "{error}");
+        assert_eq!(error.signal(), Some(libc::SIGKILL));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
