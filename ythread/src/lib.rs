@@ -348,9 +348,9 @@ pub use ythread_macros::yield_from;
 pub mod __private {
     pub use crate::coroutine::Context;
     pub use crate::offloadable::{
-        DecodeResult, EncodeArgs, EncodeOutcome, Failure, InvokeError, OFFLOADABLE, Registration,
-        decode_result, encode_result, encode_value, end_of_args, fingerprint, take_arg,
-        type_id_of_val,
+        DecodeResult, EncodeArgs, EncodeOutcome, Failure, Invoke, InvokeError, OFFLOADABLE,
+        Registration, decode_result, encode_result, encode_value, end_of_args, fingerprint,
+        take_arg, type_id_of_val,
     };
     pub use crate::portable::{
         Callee, FunctionId, NotPortable, Params0, Params1, Params2, Params3, Params4, Params5,

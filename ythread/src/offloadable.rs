@@ -42,7 +42,7 @@ pub struct Registration {
     /// In a worker: decodes the arguments from the first slice, nested at
     /// most as deep as the last argument says, calls the function, and
     /// appends the encoded result to the buffer.
-    pub invoke: fn(&[u8], &mut Vec<u8>, usize) -> Result<(), InvokeError>,
+    pub invoke: Invoke,
     /// In the parent: encodes a call's arguments, the tuple of the
     /// function's parameter types.
     pub encode_args: EncodeArgs,
@@ -124,6 +124,12 @@ impl EncodeArgs {
         Some(unsafe { (self.encode)(ptr::from_ref(args).cast(), out) })
     }
 }
+
+/// Runs a call in a worker: decodes the arguments from the slice, nested at
+/// most as deep as the last argument says, calls the function, and appends
+/// the encoded result to the buffer.
+#[doc(hidden)]
+pub type Invoke = fn(&[u8], &mut Vec<u8>, usize) -> Result<(), InvokeError>;
 
 /// Decodes a registered function's result, nested at most as deep as the
 /// second argument says, boxed.

@@ -131,7 +131,7 @@ impl Processes {
         // (A deadline too far to add, `Duration::MAX`, is none.)
         let deadline = *deadline
             .get_or_insert_with(|| self.deadline.and_then(|d| Instant::now().checked_add(d)));
-        process.set_running(Some(name));
+        process.set_running(name);
         if let Err(error) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut {
                 process.kill();
@@ -228,7 +228,8 @@ impl Processes {
                 false
             }
         };
-        process.set_running(None);
+        // (The label stays until the next call: the relay may not have read
+        // the lines this call printed yet.)
         process.buf = buf;
         // A frame buffer grown for one large call is not kept.
         if process.buf.capacity() > 1 << 20 {

@@ -22,6 +22,13 @@
 //!
 //! # Setting up
 //!
+//! Nothing to set up: a worker is this same program, started again
+//! (`/proc/self/exe`, never `fork` without `exec`: the server is
+//! multithreaded) with `YTHREAD_WORKER` set, and it serves calls from the
+//! moment it is loaded, before `main` (ythread puts an entry in the
+//! binary's initialisers), so nothing of the program's own code runs in a
+//! worker.
+//!
 //! ```no_run
 //! use ythread::{Processes, YieldableThread, offload, offloadable, yieldable};
 //!
@@ -36,10 +43,6 @@
 //! }
 //!
 //! fn main() -> std::io::Result<()> {
-//!     // First thing in `main`: in a worker process, this serves calls and
-//!     // exits; in the program itself, it returns at once.
-//!     ythread::processes::init();
-//!
 //!     let cpu = std::sync::Arc::new(Processes::new(2)?);
 //!     let thread = YieldableThread::new().apply(cpu).spawn(handle(10))?;
 //!     assert_eq!(thread.join().unwrap(), 55);
@@ -47,41 +50,25 @@
 //! }
 //! ```
 //!
-//! A worker is this same program, started again (`/proc/self/exe`, never
-//! `fork` without `exec`: the server is multithreaded) with `YTHREAD_WORKER`
-//! set, so [`init`] turns it into a worker before `main` goes on. Code placed
-//! *before* `init()` runs again in every worker (as code before
-//! `if __name__ == '__main__'` does in Python's `multiprocessing`): keep it
-//! free of side effects. A program that forgets `init()` gets a clear error
-//! from [`Processes::new`] instead of copies of itself.
+//! A program whose workers need its static initialisers (a C++ library
+//! linked in, whose constructors may run after ythread's entry) or a setup
+//! of their own (logging) calls [`init`] or [`init_with`] first thing in
+//! `main`: its workers then serve there instead, after the initialisers
+//! and the setup. Code placed *before* that call runs in every worker too
+//! (as code before `if __name__ == '__main__'` does in Python's
+//! `multiprocessing`). Only a call from the main thread counts.
+//!
+//! A worker serving before `main` runs without what std sets up at `main`:
+//! `std::env::args()` may be empty there, and the main thread is unnamed.
+//! ythread itself ignores `SIGPIPE` in it and reports a stack overflow as
+//! std would.
 //!
 //! # In tests
 //!
-//! A test binary has no `main` of yours: its harness runs every test in
-//! every process. Start workers as the test binary running one ignored
-//! test that calls [`init`], and nothing else (this repository's
-//! `ythread/tests/processes.rs` does):
-//!
-//! ```no_run
-//! # use ythread::{Processes, ProcessesBuilder};
-//! #[test]
-//! #[ignore = "the entry point of worker processes, not a test"]
-//! fn worker_process_entry() {
-//!     ythread::processes::init(); // serves, then ends the process
-//! }
-//!
-//! fn workers(n: usize) -> ProcessesBuilder {
-//!     Processes::builder().workers(n).args([
-//!         "worker_process_entry", "--exact", "--ignored", "--quiet", "--test-threads=1",
-//!     ])
-//! }
-//! # fn main() { let _ = workers(1); }
-//! ```
-//!
-//! A worker that reaches [`ProcessesBuilder::build`] without having called `init`
-//! (the harness ran another test first) fails at once instead of starting
-//! workers of its own, and the parent's `build` reports that the worker
-//! ended before it was ready.
+//! Nothing either: `Processes::builder().build()` inside a `#[test]` starts
+//! workers that are the test binary, serving before the test harness starts,
+//! so no test ever runs in a worker. (A test that calls `init` does not
+//! change that: only `main`'s call does.)
 //!
 //! # What can cross
 //!
@@ -94,9 +81,13 @@
 //! [`NotPortable`](crate::OffloadErrorKind::NotPortable) at its `offload!`
 //! point, naming the function. postcard does not support
 //! `deserialize_any`: `#[serde(flatten)]` and untagged enums cannot cross.
-//! A function is registered under its module's path and its name: two
-//! `#[offloadable]` functions nested in different functions of one module
-//! share a name, and neither can cross (the error says so); name them apart.
+//! What a worker or a requester decodes is bounded: in size by
+//! [`ProcessesBuilder::max_frame`], in depth by
+//! [`ProcessesBuilder::max_depth`] (128 levels by default), and in the number
+//! of sequence elements (no more than the input's bytes plus about a
+//! million): a value beyond a bound fails its call with
+//! [`Protocol`](crate::OffloadErrorKind::Protocol), naming it, and never
+//! overflows the decoding side's stack.
 //!
 //! # Failures
 //!
@@ -108,20 +99,39 @@
 //! worker lives on), [`WorkerDied`](crate::OffloadErrorKind::WorkerDied)
 //! (the signal or exit status named), [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded),
 //! [`NotPortable`](crate::OffloadErrorKind::NotPortable),
-//! [`Protocol`](crate::OffloadErrorKind::Protocol) (a frame over
-//! [`ProcessesBuilder::max_frame`], an encoding error), and
+//! [`Protocol`](crate::OffloadErrorKind::Protocol) (what could not cross,
+//! on which side, with serde's own message), and
 //! [`Unavailable`](crate::OffloadErrorKind::Unavailable) (no worker can be
-//! started).
+//! started). A worker's death is named by its signal or exit status and,
+//! when it aborted saying why, by that: a stack overflow, a failed
+//! allocation. A call whose worker was already dead when it was sent goes
+//! to another worker; a call of an
+//! [`#[offloadable(idempotent)]`](crate::offloadable) function whose worker
+//! died running it runs again ([`ProcessesBuilder::max_retries`]).
+//!
+//! # Isolation
+//!
+//! Each worker leads a process group of its own: what its work starts is in
+//! it, and the group is killed whole at a deadline, when the worker dies,
+//! when the strategy stops, and when the program dies, even by `SIGKILL`
+//! (the worker learns it from `PR_SET_PDEATHSIG` and from its channel
+//! closing, and kills its group). Only processes the work moves out of the
+//! group (`setsid`, a daemon's double fork) escape. What a worker prints
+//! reaches the program's stderr, each line labelled with the worker and the
+//! function it runs. The README's "What `Processes` promises" lists it all.
 
 // The files of this module. The parent side: `builder.rs` (the settings,
 // and starting the first worker processes), `checkout.rs` (idle worker
 // processes handed to calls, first come, first served), `call.rs` (one
-// call: the parent half of the frame exchange), `supervise.rs` (starting
-// and replacing worker processes, with back-off; stopping and reaping them)
-// and `process.rs` (the parent's handle on one worker process: spawn,
-// channel, reap). The child side: `child.rs` (what a worker process runs).
-// Between them: `frame.rs` (the framing on the pipes) and `death.rs` (how
-// a worker process ended, in words).
+// call: the parent half of the frame exchange, and reruns), `supervise.rs`
+// (starting and replacing worker processes, with back-off, and noticing
+// idle ones that died; stopping and reaping them), `process.rs` (the
+// parent's handle on one worker process: spawn, channel, process group,
+// reap) and `output.rs` (what a worker prints, relayed and labelled). The
+// child side: `entry.rs` (how a process learns it is a worker, and where it
+// starts serving) and `child.rs` (what a worker process runs). Between
+// them: `frame.rs` (the framing on the pipes) and `death.rs` (how a worker
+// process ended, in words).
 
 mod builder;
 mod call;
@@ -147,12 +157,14 @@ use self::checkout::Shared;
 use self::process::Process;
 use self::supervise::{MAX_BACKOFF, Request};
 
-/// Turns this process into a worker if a [`Processes`] strategy started it,
-/// and does nothing otherwise. Call it first thing in `main`.
+/// Makes this program's workers serve here, in `main`, rather than before
+/// `main` (the default, which needs no call): call it first thing in `main`
+/// when the work needs the program's static initialisers. See the
+/// [module](self).
 ///
 /// In a worker, it serves calls until its parent closes the channel (or
-/// dies), then exits the process: it never returns. Code before it runs in
-/// every worker too.
+/// dies), then ends the process: it never returns. In the program, it
+/// returns at once. Code before it runs in every worker too.
 ///
 /// ```
 /// // The first line of `main`:
@@ -169,15 +181,14 @@ pub fn init() {
 /// worker serves from `init` on). Call it first thing in `main`.
 ///
 /// ```no_run
-/// fn main() {
-///     ythread::processes::init_with(|| {
-///         // Every process: the program, and each worker before it serves.
-///         // (A worker's stderr reaches the program's, each line labelled
-///         // with the worker and the function it runs.)
-///         eprintln!("logging set up in process {}", std::process::id());
-///     });
-///     // the program
-/// }
+/// // First thing in `main`:
+/// ythread::processes::init_with(|| {
+///     // Every process: the program, and each worker before it serves. (A
+///     // worker's stderr reaches the program's, each line labelled with the
+///     // worker and the function it runs.)
+///     eprintln!("logging set up in process {}", std::process::id());
+/// });
+/// // then the program
 /// ```
 ///
 /// In a test binary, workers serve before the harness starts, and `setup`
@@ -196,9 +207,10 @@ pub fn init_with(setup: impl FnOnce()) {
 /// hop. A worker runs one call at a time.
 ///
 /// Dropping a `Processes` closes every worker's channel, gives the workers a
-/// second to exit, kills those that have not, and reaps them all: no zombie
-/// is left. Workers also die with the program (they are started with
-/// `PR_SET_PDEATHSIG`, and exit when their channel closes).
+/// second to exit, kills those that have not, and reaps them all, with
+/// whatever their work left running in their process groups: no zombie is
+/// left. Workers also die with the program, even by `SIGKILL`, and take
+/// their process groups with them (see the [module](self)'s "Isolation").
 ///
 /// # Example
 ///
@@ -221,7 +233,6 @@ pub fn init_with(setup: impl FnOnce()) {
 /// }
 ///
 /// fn main() -> std::io::Result<()> {
-///     ythread::processes::init();
 ///     let cpu = Processes::builder()
 ///         .workers(2)
 ///         .deadline(std::time::Duration::from_secs(1))

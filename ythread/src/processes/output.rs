@@ -76,15 +76,14 @@ impl Output {
         relay_to(reader, worker, pid, io::stderr())
     }
 
-    /// The function the worker is running now (its path,
-    /// `crate::module::f`), or `None` between calls: the label of the lines it
-    /// prints from now on.
+    /// The function the worker runs from now on (its path,
+    /// `crate::module::f`), or `None`: the label of the lines it prints.
     ///
-    /// On the hot path (twice per call): one uncontended lock, nothing more.
-    /// The label is read when the relay thread takes a line from the pipe, so
-    /// a line printed just before a call ended may still be read after it and
-    /// carry the next label: labels are exact only for lines printed while
-    /// the parent waits for the call.
+    /// On the hot path (once per call): one uncontended lock, nothing more.
+    /// The label is read when the relay thread takes a line from the pipe,
+    /// which may be after the call that printed it ended: the caller keeps a
+    /// call's label until the next call starts, so the lines a call prints
+    /// carry its name unless the relay lags a whole call behind.
     pub(crate) fn set_running(&self, function: Option<&'static str>) {
         *self
             .shared
@@ -534,8 +533,8 @@ mod tests {
     #[test]
     fn last_lines_is_the_tail_cut_at_a_line_start() {
         let (output, mut writer, _sink) = start(1, 7);
-        let text: String = (0..100)
-            .map(|i| format!("line {i:03} {}\n", "-".repeat(i)))
+        let text: String = (0..TAIL / 20)
+            .map(|i| format!("line {i:04} {}\n", "-".repeat(i % 100)))
             .collect();
         writer.write_all(text.as_bytes()).unwrap();
         let tail = finish(&output, writer);
@@ -547,7 +546,7 @@ mod tests {
         assert!(tail.starts_with("line ") && text.ends_with(&tail), "{tail}");
         // Lines that fill it exactly are all kept, the first too.
         let (output, mut writer, _sink) = start(1, 7);
-        let text: String = (0..100).map(|i| format!("{i:063}\n")).collect();
+        let text: String = (0..2 * TAIL / 64).map(|i| format!("{i:063}\n")).collect();
         writer.write_all(text.as_bytes()).unwrap();
         assert_eq!(finish(&output, writer), text[text.len() - TAIL..]);
         // A line longer than the tail leaves no line start in it.

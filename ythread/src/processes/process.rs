@@ -265,11 +265,11 @@ impl Process {
         Pid::from_child(&self.child)
     }
 
-    /// The function the worker runs from now on (`None`: between calls),
-    /// for the labels of what it prints.
-    pub(crate) fn set_running(&self, function: Option<&'static str>) {
+    /// The function the worker runs from now on, for the labels of what it
+    /// prints.
+    pub(crate) fn set_running(&self, function: &'static str) {
         if let Some(output) = &self.output {
-            output.set_running(function);
+            output.set_running(Some(function));
         }
     }
 

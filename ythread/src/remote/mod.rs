@@ -41,7 +41,6 @@
 //! fn handle(n: u64) -> u64 { offload!(sumn, n) }
 //!
 //! fn main() -> std::io::Result<()> {
-//!     ythread::processes::init();
 //!     if std::env::args().any(|arg| arg == "--worker") {
 //!         // On each worker machine: serve `sumn` (and every other
 //!         // `#[offloadable]` function of this program) in local processes.

@@ -55,7 +55,8 @@ use crate::{Processes, ProcessesBuilder};
 ///
 /// ```no_run
 /// fn main() -> std::io::Result<()> {
-///     ythread::processes::init(); // the local worker processes start here
+///     // (Its local worker processes are this program too: they serve
+///     // before `main`.)
 ///     ythread::remote::Worker::builder("nats://10.0.0.1:4222")
 ///         .namespace("sums")
 ///         .serve() // until the process is stopped
