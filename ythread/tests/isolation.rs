@@ -849,3 +849,44 @@ fn retries_stay_within_the_calls_deadline() {
         assert_eq!(cpu.reruns(), 1);
     });
 }
+
+// --- a program that restored SIGPIPE's default action ---------------------
+
+#[test]
+fn a_program_killed_by_sigpipe_survives_a_worker_dead_while_idle() {
+    common::watchdog(Duration::from_secs(60), || {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(common::entry_args("sigpipe_default_entry"))
+            .arg("--nocapture")
+            .env(SIGPIPE_ENV, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("sum: 5"),
+            "{:?}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+}
+
+const SIGPIPE_ENV: &str = "YTHREAD_TEST_SIGPIPE_DEFAULT";
+
+/// In `a_program_killed_by_sigpipe_survives_a_worker_dead_while_idle`'s
+/// process: `SIGPIPE` back to its default action (as command-line tools
+/// do), a worker killed while idle, then a call, which writes to the dead
+/// worker's pipe first. A no-op in the test run itself.
+#[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
+fn sigpipe_default_entry() {
+    if std::env::var_os(SIGPIPE_ENV).is_none() {
+        return;
+    }
+    // SAFETY: sets a signal's action; no handler is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cpu = Processes::new(1).unwrap();
+    kill(cpu.idle_pids()[0], libc::SIGKILL);
+    println!("sum: {}", try_add(2, 3).run_with(&cpu).unwrap());
+}

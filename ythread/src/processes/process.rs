@@ -57,6 +57,9 @@ pub(crate) struct Process {
     /// What it prints, relayed; `None` if the relay thread could not start
     /// (its output is then lost: writes to it fail).
     output: Option<Output>,
+    /// Whether `SIGPIPE` kills this process (its default action was in
+    /// place when the worker started): then sends block it.
+    sigpipe_kills: bool,
     /// Whether the worker was reaped, and how it ended.
     reaped: bool,
     status: Option<ExitStatus>,
@@ -165,6 +168,7 @@ impl Process {
             buf: Vec::new(),
             memory_limit,
             output: output.ok(),
+            sigpipe_kills: sigpipe_kills(),
             reaped: false,
             status: None,
         };
@@ -293,12 +297,17 @@ impl Process {
         }
     }
 
-    /// Sends a finished frame; see [`frame::write`].
+    /// Sends a finished frame; see [`frame::write`]. A worker that died
+    /// makes it fail with `BrokenPipe`, never kill this process.
     pub(crate) fn send(&mut self, frame: &[u8], deadline: Option<Instant>) -> io::Result<()> {
-        match &mut self.calls {
-            Some(calls) => frame::write(calls, frame, deadline),
-            None => Err(io::ErrorKind::BrokenPipe.into()),
-        }
+        let Some(calls) = &mut self.calls else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        // Rust programs ignore `SIGPIPE`; one that restored its default
+        // action (as command-line tools do, to end quietly when piped to
+        // `head`) would be killed by a write to a dead worker's pipe.
+        let _blocked = self.sigpipe_kills.then(SigpipeBlocked::new);
+        frame::write(calls, frame, deadline)
     }
 
     /// How many bytes sent to the worker it has not read.
@@ -321,6 +330,66 @@ impl Drop for Process {
     /// its process group, and reaps it (a no-op once reaped).
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Whether `SIGPIPE`'s action is the default one, which ends the process.
+fn sigpipe_kills() -> bool {
+    // SAFETY: queries the action into a zeroed `sigaction`; changes nothing.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut action) == 0
+            && action.sa_sigaction == libc::SIG_DFL
+    }
+}
+
+/// `SIGPIPE` blocked on this thread while it lives; a `SIGPIPE` raised
+/// meanwhile (by a write to a pipe with no reader, which then fails with
+/// `EPIPE`) is taken off the thread before the old mask comes back, so it
+/// is never delivered.
+struct SigpipeBlocked {
+    old: libc::sigset_t,
+}
+
+impl SigpipeBlocked {
+    fn new() -> SigpipeBlocked {
+        // SAFETY: `pthread_sigmask` writes the old mask into the zeroed set
+        // it is given; the new one holds `SIGPIPE` alone.
+        unsafe {
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &sigpipe_set(), &mut old);
+            SigpipeBlocked { old }
+        }
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        // SAFETY: `sigtimedwait` with a zero timeout only takes a pending
+        // `SIGPIPE` of this thread, if any (it was blocked, so none was
+        // delivered); then the old mask is restored.
+        unsafe {
+            if libc::sigismember(&self.old, libc::SIGPIPE) == 0 {
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                while libc::sigtimedwait(&sigpipe_set(), std::ptr::null_mut(), &zero)
+                    == libc::SIGPIPE
+                {}
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+fn sigpipe_set() -> libc::sigset_t {
+    // SAFETY: initialises a zeroed set, then adds one signal to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        set
     }
 }
 
