@@ -1086,3 +1086,44 @@ fn an_idempotent_call_runs_again_on_the_worker_machine_when_its_process_dies() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// As deep as `depth` says: a legitimate value deeper than a requester
+/// decodes.
+#[offloadable]
+fn nested(depth: u32) -> Vec<Nested> {
+    let mut value = Vec::new();
+    for _ in 0..depth {
+        value = vec![Nested(value)];
+    }
+    value
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Nested(Vec<Nested>);
+
+#[test]
+fn a_result_too_deep_for_the_requester_fails_its_call_alone() {
+    #[yieldable]
+    fn handle(depth: u32) -> Result<Vec<Nested>, OffloadError> {
+        try_offload!(nested, depth)
+    }
+    common::watchdog(Duration::from_secs(120), || {
+        let nats = nats(&[]);
+        let _worker = worker(nats.url(), "deep");
+        let cpu = Remote::builder(nats.url())
+            .namespace("deep")
+            .max_depth(40)
+            .connect()
+            .unwrap();
+        // Each level is a sequence and a newtype: two levels.
+        assert_eq!(handle(15).run_with(&cpu).unwrap().len(), 1);
+        let error = handle(5_000).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(
+            error.to_string().contains("nested deeper than 40 levels")
+                && error.to_string().contains("RemoteBuilder::max_depth"),
+            "{error}"
+        );
+        assert_eq!(call_sumn(10).run_with(&cpu).unwrap(), 55);
+    });
+}
