@@ -279,6 +279,14 @@ struct Seq<'a, 'de> {
 }
 
 impl<'de> Seq<'_, 'de> {
+    /// The count a visitor may pre-allocate for: the claimed one only when
+    /// the input could hold it, as postcard does (a visitor that trusts the
+    /// hint, `Vec::with_capacity(hint)`, must not be made to allocate what a
+    /// forged length claims).
+    fn hint(&self) -> Option<usize> {
+        (self.len <= self.level.state.input_len).then_some(self.len)
+    }
+
     /// The level of the next element, if there is one.
     #[inline]
     fn next(&mut self) -> Result<Option<Level<'_, 'de>>, DecodeError> {
@@ -317,7 +325,7 @@ impl<'de> de::SeqAccess<'de> for Seq<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.len)
+        self.hint()
     }
 }
 
@@ -341,7 +349,7 @@ impl<'de> de::MapAccess<'de> for Seq<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.len)
+        self.hint()
     }
 }
 
@@ -903,6 +911,45 @@ mod tests {
                 .len(),
             1000
         );
+    }
+
+    /// A visitor that pre-allocates what the size hint says, as serde's
+    /// documentation shows.
+    struct Trusting(Vec<u64>);
+
+    impl<'de> de::Deserialize<'de> for Trusting {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> de::Visitor<'de> for Visitor {
+                type Value = Trusting;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a sequence")
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Trusting, A::Error> {
+                    let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                    while let Some(value) = seq.next_element()? {
+                        values.push(value);
+                    }
+                    Ok(Trusting(values))
+                }
+            }
+            deserializer.deserialize_seq(Visitor)
+        }
+    }
+
+    #[test]
+    fn a_forged_length_is_no_size_hint() {
+        // A length of 2^40 and nothing after it: with the claimed length as
+        // its hint, the visitor would ask for 8 TiB and abort the process.
+        let bytes = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        assert!(take::<Trusting>(&bytes, Limits::DEFAULT).is_err());
+        // An honest one is still a hint.
+        let bytes = postcard::to_stdvec(&vec![1u64, 2, 3]).unwrap();
+        let (value, _) = take::<Trusting>(&bytes, Limits::DEFAULT).unwrap();
+        assert_eq!((value.0.len(), value.0.capacity()), (3, 3));
     }
 
     #[test]

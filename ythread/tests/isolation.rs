@@ -125,17 +125,12 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// Kills the worker `pid` and waits until it is dead (a zombie: its parent,
-/// this process, has not reaped it), as a worker the out-of-memory killer
-/// took while idle is by the time a call comes. (A worker that dies at the
-/// very instant a call reaches it may have taken the call: that call fails
-/// with `WorkerDied`, which is the truth.)
+/// Sends `signal` to the worker `pid`, and returns at once: the worker may
+/// still be dying (even taking a call's bytes off its pipe as it goes) when
+/// the next call is sent, which must not fail that call.
 fn kill(pid: u32, signal: i32) {
     // SAFETY: `kill` has no memory effects; `pid` is a worker of ours.
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
-    eventually("the killed worker is dead", || {
-        process_state(pid).is_none_or(|state| state == 'Z')
-    });
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -163,41 +158,44 @@ fn read_pid(file: &Path) -> u32 {
 fn a_worker_killed_while_idle_fails_no_call() {
     common::watchdog(Duration::from_secs(120), || {
         for signal in [libc::SIGKILL, libc::SIGTERM, libc::SIGSEGV] {
-            let cpu = Arc::new(Processes::new(2).unwrap());
-            for i in 0..4 {
-                assert_eq!(try_add(i, 1).run_with(&*cpu).unwrap(), i + 1);
-            }
-            let victim = cpu.idle_pids()[0];
-            kill(victim, signal);
-            // At once, before the pool may have noticed: calls in a row,
-            // then a burst from several threads. None may fail.
-            for i in 0..10 {
-                assert_eq!(
-                    try_add(i, 2).run_with(&*cpu).unwrap(),
-                    i + 2,
-                    "signal {signal}"
-                );
-            }
-            let threads: Vec<_> = (0..4)
-                .map(|t| {
-                    let cpu = Arc::clone(&cpu);
-                    thread::spawn(move || {
-                        for i in 0..10 {
-                            assert_eq!(try_add(t, i).run_with(&*cpu).unwrap(), t + i);
-                        }
+            // Many times: the call races the worker's death.
+            for _ in 0..10 {
+                let cpu = Arc::new(Processes::new(2).unwrap());
+                for i in 0..4 {
+                    assert_eq!(try_add(i, 1).run_with(&*cpu).unwrap(), i + 1);
+                }
+                let victim = cpu.idle_pids()[0];
+                kill(victim, signal);
+                // At once, before the pool may have noticed: calls in a
+                // row, then a burst from several threads. None may fail.
+                for i in 0..10 {
+                    assert_eq!(
+                        try_add(i, 2).run_with(&*cpu).unwrap(),
+                        i + 2,
+                        "signal {signal}"
+                    );
+                }
+                let threads: Vec<_> = (0..4)
+                    .map(|t| {
+                        let cpu = Arc::clone(&cpu);
+                        thread::spawn(move || {
+                            for i in 0..10 {
+                                assert_eq!(try_add(t, i).run_with(&*cpu).unwrap(), t + i);
+                            }
+                        })
                     })
-                })
-                .collect();
-            for thread in threads {
-                thread.join().unwrap();
+                    .collect();
+                for thread in threads {
+                    thread.join().unwrap();
+                }
+                // The dead worker was replaced, not kept, and reaped.
+                eventually("the pool is back to two live workers", || {
+                    let idle = cpu.idle_pids();
+                    idle.len() == 2 && !idle.contains(&victim)
+                });
+                assert_eq!(cpu.restarts(), 1, "signal {signal}");
+                assert_eq!(process_state(victim), None, "the dead worker is reaped");
             }
-            // The dead worker was replaced, not kept, and reaped.
-            eventually("the pool is back to two live workers", || {
-                let idle = cpu.idle_pids();
-                idle.len() == 2 && !idle.contains(&victim)
-            });
-            assert_eq!(cpu.restarts(), 1, "signal {signal}");
-            assert_eq!(process_state(victim), None, "the dead worker is reaped");
         }
     });
 }
@@ -889,4 +887,150 @@ fn sigpipe_default_entry() {
     let cpu = Processes::new(1).unwrap();
     kill(cpu.idle_pids()[0], libc::SIGKILL);
     println!("sum: {}", try_add(2, 3).run_with(&cpu).unwrap());
+}
+
+// --- how a worker's death is named, whatever the stack limit -------------
+
+#[offloadable]
+fn null_read() -> u64 {
+    // A real invalid access (a `raise(SIGSEGV)` would be sent, not raised).
+    let address = std::hint::black_box(16usize) as *const u64;
+    // SAFETY: none: the point is to crash this worker process.
+    unsafe { address.read_volatile() }
+}
+
+#[test]
+fn a_segfault_is_no_stack_overflow_even_with_an_unlimited_stack() {
+    common::watchdog(Duration::from_secs(60), || {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(common::entry_args("unlimited_stack_entry"))
+            .arg("--nocapture")
+            .env(UNLIMITED_ENV, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("killed by SIGSEGV (segmentation fault)"),
+            "{:?}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+}
+
+const UNLIMITED_ENV: &str = "YTHREAD_TEST_UNLIMITED_STACK";
+
+/// In `a_segfault_is_no_stack_overflow_even_with_an_unlimited_stack`'s
+/// process: workers with no stack limit (`ulimit -s unlimited`), one of
+/// which reads address 16. A no-op in the test run itself.
+#[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
+fn unlimited_stack_entry() {
+    if std::env::var_os(UNLIMITED_ENV).is_none() {
+        return;
+    }
+    let unlimited = rustix::process::Rlimit {
+        current: None,
+        maximum: None,
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Stack, unlimited).unwrap();
+    #[yieldable]
+    fn handle() -> Result<u64, OffloadError> {
+        try_offload!(null_read)
+    }
+    let cpu = Processes::new(1).unwrap();
+    println!("{}", handle().run_with(&cpu).unwrap_err());
+}
+
+// --- a forged worker ------------------------------------------------------
+
+#[test]
+fn a_process_that_leads_no_group_of_its_own_refuses_to_serve() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    common::watchdog(Duration::from_secs(60), || {
+        // Everything a worker gets but its own process group: serving, it
+        // would kill this test's group when its channel closes.
+        let (calls_in, _calls_out) = std::io::pipe().unwrap();
+        let (_replies_in, replies_out) = std::io::pipe().unwrap();
+        let fds = [calls_in.as_raw_fd(), replies_out.as_raw_fd()];
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .env(
+                "YTHREAD_WORKER",
+                format!("2:65536:128:{}:load", std::process::id()),
+            )
+            .args(["--list"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: `fcntl` and `dup2` are async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let moved = [
+                    libc::fcntl(fds[0], libc::F_DUPFD_CLOEXEC, 10),
+                    libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, 10),
+                ];
+                if moved.contains(&-1)
+                    || libc::dup2(moved[0], 3) == -1
+                    || libc::dup2(moved[1], 4) == -1
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("does not lead a process group"), "{stderr}");
+    });
+}
+
+#[test]
+fn a_rerun_out_of_time_while_it_waits_costs_no_worker() {
+    #[offloadable(idempotent)]
+    fn die_at_300_ms() -> u64 {
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: `raise` has no memory effects; the point is to die.
+        unsafe { libc::raise(libc::SIGKILL) };
+        unreachable!()
+    }
+    #[offloadable]
+    fn sleep_then(ms: u64) -> u64 {
+        thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+    #[yieldable]
+    fn dies() -> Result<u64, OffloadError> {
+        try_offload!(die_at_300_ms)
+    }
+    #[yieldable]
+    fn sleeps(ms: u64) -> Result<u64, OffloadError> {
+        try_offload!(sleep_then, ms)
+    }
+    common::watchdog(Duration::from_secs(60), || {
+        // One worker, a 500 ms deadline. The idempotent call dies at 300
+        // ms; a 400 ms call that queued meanwhile takes the replacement;
+        // when it is done, the rerun's deadline has passed: the call fails
+        // without touching the worker it got.
+        let cpu = Arc::new(
+            Processes::builder()
+                .workers(1)
+                .deadline(Duration::from_millis(500))
+                .build()
+                .unwrap(),
+        );
+        let first = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || dies().run_with(&*cpu))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(sleeps(400).run_with(&*cpu).unwrap(), 400);
+        let error = first.join().unwrap().unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.runs(), Some(1));
+        assert_eq!(cpu.restarts(), 1, "only the worker that died is replaced");
+        assert_eq!(sleeps(1).run_with(&*cpu).unwrap(), 1);
+    });
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::Processes;
 use super::death::Death;
 use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
+use super::output::Cause;
 use super::process::Process;
 use super::supervise::Request;
 use crate::error::OffloadError;
@@ -43,7 +44,20 @@ impl Processes {
         // Set when the call is first sent: a call's deadline bounds all its
         // runs, not its wait for a worker.
         let mut deadline = None;
+        // How the worker of the last run died, while a rerun waits.
+        let mut last_death = None;
         loop {
+            let out_of_time = |deadline: Option<Option<Instant>>| {
+                deadline
+                    .flatten()
+                    .is_some_and(|deadline| Instant::now() >= deadline)
+            };
+            if let Some(death) = last_death
+                && out_of_time(deadline)
+            {
+                call.fail(OffloadError::worker_died(registration.name, death, runs));
+                return;
+            }
             let process = match self.shared.checkout() {
                 Ok(process) => process,
                 Err(why) => {
@@ -51,6 +65,15 @@ impl Processes {
                     return;
                 }
             };
+            // A rerun whose deadline passed while it waited for a worker:
+            // the worker is not sent anything (nor killed for it).
+            if let Some(death) = last_death
+                && out_of_time(deadline)
+            {
+                self.shared.give_back(process);
+                call.fail(OffloadError::worker_died(registration.name, death, runs));
+                return;
+            }
             match self.call(process, registration, call, &mut deadline) {
                 After::Keep(process) => return self.shared.give_back(process),
                 After::Replace => return self.replace(),
@@ -71,15 +94,17 @@ impl Processes {
                 After::Died(death) => {
                     self.replace();
                     runs += 1;
-                    let time_left = deadline
-                        .flatten()
-                        .is_none_or(|deadline: Instant| Instant::now() < deadline);
-                    if registration.idempotent && runs <= self.max_retries && time_left {
-                        self.shared.reruns.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    // (A stack overflow is the input's: it would overflow
+                    // again.)
+                    let rerun = registration.idempotent
+                        && runs <= self.max_retries
+                        && death.cause != Some(Cause::StackOverflow);
+                    if !rerun {
+                        call.fail(OffloadError::worker_died(registration.name, death, runs));
+                        return;
                     }
-                    call.fail(OffloadError::worker_died(registration.name, death, runs));
-                    return;
+                    last_death = Some(death);
+                    self.shared.reruns.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -142,7 +167,7 @@ impl Processes {
                 return After::Replace;
             }
             // No reader at the other end: the worker had died before the
-            // call was sent (while idle), and nothing of it was read.
+            // call was sent (while idle), and did not run it.
             process.reap(Duration::from_millis(200));
             return After::DeadBeforeCall;
         }
@@ -203,19 +228,20 @@ impl Processes {
                 ));
                 false
             }
-            // Bytes of the call still in the pipe: the worker died without
-            // having read the whole call (killed while idle, say, just
-            // before it was sent), so it did not run it.
-            Err(ReadError::Closed) if process.unread() > 0 => {
-                process.reap(Duration::from_millis(200));
-                process.buf = buf;
-                return After::DeadBeforeCall;
-            }
-            // The worker died running the call (or it may have).
+            // The channel closed: the worker died, or closed it (native
+            // code gone wrong), and is killed if it does not end. Only then
+            // is its word read: a worker still alive could start the call.
             Err(ReadError::Closed) => {
                 let death = process.reap(Duration::from_millis(200));
                 process.buf = buf;
-                return After::Died(death);
+                return if process.started(number) {
+                    // It died running the call (it may have run, in part).
+                    After::Died(death)
+                } else {
+                    // It died before it started the call (killed while
+                    // idle, say, just before the call was sent).
+                    After::DeadBeforeCall
+                };
             }
             Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
                 // Out of step with the worker: it cannot be trusted with

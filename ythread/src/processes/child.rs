@@ -6,12 +6,14 @@
 use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use rustix::io::FdFlags;
 
 use super::entry::{Setting, WORKER_ENV};
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
 use super::process::{CALLS_FD, REPLIES_FD, parent_death_signal};
+use super::started::Started;
 use crate::offloadable::{self, InvokeError, Lookup};
 
 /// Serves calls on the channel the parent set up, until the parent closes
@@ -25,11 +27,32 @@ pub(crate) fn serve(setting: Setting) -> i32 {
         );
         return 2;
     }
-    end_group_with_parent(setting.parent);
+    // The worker kills its process group when its parent is gone: it must
+    // lead one of its own (as its parent starts it), not its parent's.
+    let pid = rustix::process::getpid();
+    if rustix::process::getpgrp() != pid {
+        eprintln!(
+            "ythread: {WORKER_ENV} names this process's parent, but the process does not lead \
+             a process group of its own; exiting"
+        );
+        return 2;
+    }
+    if !end_group_with_parent(setting.parent) {
+        eprintln!("ythread: a worker could not watch for its parent's death; exiting");
+        return 2;
+    }
+    let started = match Started::inherited() {
+        Ok(started) => started,
+        Err(error) => {
+            eprintln!("ythread: {WORKER_ENV} names this process's parent, but {error}; exiting");
+            return 2;
+        }
+    };
     // SAFETY: the parent placed its pipes at these descriptors for this
     // process (checked just above to be pipes), and nothing else in the
-    // process owns them: they are taken once, here, before any user code
-    // runs.
+    // process owns them: they are open from `exec` on, so no file the
+    // program opened before (code before `init`, other initialisers) can
+    // sit there, and they are taken once, here (`SERVING`).
     let (calls, replies) = unsafe {
         (
             OwnedFd::from_raw_fd(CALLS_FD),
@@ -76,7 +99,7 @@ pub(crate) fn serve(setting: Setting) -> i32 {
             eprintln!("ythread worker: unexpected frame kind {kind}; exiting");
             return 2;
         }
-        answer(call, body, &mut out, max_frame, setting.max_depth);
+        answer(call, body, &mut out, max_frame, setting.max_depth, &started);
         if frame::write(&mut replies, &out, None).is_err() {
             end_group();
         }
@@ -107,37 +130,68 @@ fn is_fifo(fd: i32) -> bool {
 fn end_group() -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    // SAFETY: `kill` has no memory effects; 0 is this process's group,
-    // which the parent made the worker the leader of.
-    unsafe { libc::kill(0, libc::SIGKILL) };
+    kill_group();
     std::process::exit(0) // (not reached)
 }
 
+/// The parent's pid, for the handler of [`parent_death_signal`].
+static PARENT: AtomicI32 = AtomicI32::new(0);
+
 /// When the parent dies, the worker gets [`parent_death_signal`]: it then
 /// kills its process group, itself and what the work started. (The signal
-/// could not be `SIGKILL`, which ends the worker alone.)
-fn end_group_with_parent(parent: u32) {
-    extern "C" fn on_parent_death(_: libc::c_int) {
-        // SAFETY: `kill` is async-signal-safe; 0 is the caller's process
-        // group, which the parent made the worker the leader of.
-        unsafe { libc::kill(0, libc::SIGKILL) };
+/// could not be `SIGKILL`, which ends the worker alone.) The same signal
+/// from anyone else is ignored.
+///
+/// Returns `false` if the handler could not be installed.
+fn end_group_with_parent(parent: u32) -> bool {
+    extern "C" fn on_parent_death(
+        _: libc::c_int,
+        info: *mut libc::siginfo_t,
+        _: *mut libc::c_void,
+    ) {
+        // The kernel sends it as from the parent's last thread: `SI_USER`,
+        // with the parent's pid.
+        // SAFETY: the kernel passes a valid `siginfo_t` to an `SA_SIGINFO`
+        // handler.
+        let (code, sender) = unsafe { ((*info).si_code, (*info).si_pid()) };
+        if code == libc::SI_USER && sender == PARENT.load(Ordering::Relaxed) {
+            kill_group();
+        }
     }
-    // SAFETY: installs a handler that only makes one async-signal-safe
-    // call, for a signal nothing but `PR_SET_PDEATHSIG` sends.
-    unsafe {
+    PARENT.store(parent as i32, Ordering::Relaxed);
+    // SAFETY: installs a handler that reads its `siginfo_t` and makes one
+    // async-signal-safe call.
+    let installed = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(parent_death_signal(), &action, std::ptr::null_mut());
-    }
+        libc::sigaction(parent_death_signal(), &action, std::ptr::null_mut()) == 0
+    };
     // The parent may have died before the handler was there.
     if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32) != Some(parent) {
-        on_parent_death(0);
+        kill_group();
     }
+    installed
+}
+
+/// Kills this process's group, the worker (its leader) included.
+fn kill_group() {
+    // SAFETY: `kill` is async-signal-safe and has no memory effects; 0 is
+    // the caller's process group, which the worker leads (checked by
+    // `serve` before anything can call this).
+    unsafe { libc::kill(0, libc::SIGKILL) };
 }
 
 /// Runs one call and writes the reply frame into `out`.
-fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize, max_depth: usize) {
+fn answer(
+    call: u32,
+    body: &[u8],
+    out: &mut Vec<u8>,
+    max_frame: usize,
+    max_depth: usize,
+    started: &Started,
+) {
     let (name, fingerprint, args) = match frame::parse_call(body) {
         Ok(call) => call,
         Err(error) => {
@@ -187,6 +241,8 @@ fn answer(call: u32, body: &[u8], out: &mut Vec<u8>, max_frame: usize, max_depth
         );
     }
     frame::begin(out, DONE, call);
+    // From here on the call may run: a death now is the call's.
+    started.store(call);
     let invoked = panic::catch_unwind(AssertUnwindSafe(|| {
         (registration.invoke)(args, out, max_depth)
     }));

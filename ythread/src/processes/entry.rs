@@ -85,6 +85,12 @@ pub(crate) fn role() -> Role {
     let Some(text) = std::env::var_os(WORKER_ENV) else {
         return Role::Program;
     };
+    // A set-user-id (or capability) program takes no orders from its
+    // environment: whoever set the variable could make it run calls.
+    // SAFETY: `getauxval` reads the auxiliary vector the loader was given.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        return Role::Program;
+    }
     let text = text.to_string_lossy();
     let parent = rustix::process::getppid().map_or(0, |pid| pid.as_raw_nonzero().get() as u32);
     match Setting::parse(&text) {

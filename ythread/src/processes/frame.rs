@@ -25,7 +25,7 @@ use rustix::io::Errno;
 
 /// The version of this protocol; a worker of another version is refused at
 /// its hello.
-pub(crate) const PROTOCOL: u32 = 1;
+pub(crate) const PROTOCOL: u32 = 2;
 
 /// Frame kinds.
 pub(crate) const HELLO: u8 = 1;

@@ -142,6 +142,7 @@ mod entry;
 mod frame;
 mod output;
 mod process;
+mod started;
 mod supervise;
 
 use std::fmt;

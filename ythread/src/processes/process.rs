@@ -18,9 +18,11 @@ use super::death::Death;
 use super::entry::{Setting, Start, WORKER_ENV};
 use super::frame::{self, HELLO, PROTOCOL, ReadError};
 use super::output::{self, Output};
+use super::started::{STARTED_FD, Started};
 
 /// The descriptors on which a worker finds its channel: calls come in on
-/// the first, replies go out on the second.
+/// the first, replies go out on the second. (The third, `STARTED_FD`, is
+/// the memory of the word it marks each call's start in.)
 pub(crate) const CALLS_FD: i32 = 3;
 pub(crate) const REPLIES_FD: i32 = 4;
 
@@ -53,6 +55,8 @@ pub(crate) struct Process {
     pub(crate) replies: PipeReader,
     /// The frame buffer, kept between calls.
     pub(crate) buf: Vec<u8>,
+    /// The number of the last call the worker started running.
+    started: Started,
     memory_limit: Option<u64>,
     /// What it prints, relayed; `None` if the relay thread could not start
     /// (its output is then lost: writes to it fail).
@@ -104,7 +108,13 @@ impl Process {
                     .map_err(|e| format!("dup output pipe: {e}"))?,
             )
             .stderr(output_out);
-        let (calls_fd, replies_fd) = (calls_in.as_raw_fd(), replies_out.as_raw_fd());
+        let (started, started_fd) =
+            Started::new().map_err(|e| format!("shared memory for the call's start: {e}"))?;
+        let fds = [
+            (calls_in.as_raw_fd(), CALLS_FD),
+            (replies_out.as_raw_fd(), REPLIES_FD),
+            (started_fd.as_raw_fd(), STARTED_FD),
+        ];
         let parent = rustix::process::getpid();
         let memory_limit = spec.memory_limit;
         let death_signal = parent_death_signal();
@@ -116,19 +126,20 @@ impl Process {
         // allocates (rustix's errors are numbers) or takes a lock.
         unsafe {
             command.pre_exec(move || {
-                // Both ends are close-on-exec; `dup2` gives copies that are
-                // not at the fixed numbers. The replies end first goes out of
-                // the way, in case it sits at `CALLS_FD` already.
-                let replies = libc::fcntl(replies_fd, libc::F_DUPFD_CLOEXEC, 10);
-                let calls = if calls_fd == CALLS_FD {
-                    // In place already: `dup2` onto itself would keep
-                    // close-on-exec set.
-                    libc::fcntl(calls_fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(calls_fd, CALLS_FD)
-                };
-                if replies == -1 || calls == -1 || libc::dup2(replies, REPLIES_FD) == -1 {
-                    return Err(io::Error::last_os_error());
+                // Each is close-on-exec, and may sit where another must go:
+                // all move out of the way first (to 10 and up), then each
+                // goes to its place (`dup2` clears close-on-exec there).
+                let mut moved = [0; 3];
+                for (moved, (fd, _)) in moved.iter_mut().zip(fds) {
+                    *moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if *moved == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                for (moved, (_, place)) in moved.into_iter().zip(fds) {
+                    if libc::dup2(moved, place) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 // The worker kills its whole process group on this signal
                 // (`child.rs`): what the work started dies with it.
@@ -158,7 +169,7 @@ impl Process {
         // own replies would keep the parent from seeing the worker die, a
         // writer of its output the relay from seeing the output end. (The
         // command holds the output's ends.)
-        drop((calls_in, replies_out, command));
+        drop((calls_in, replies_out, started_fd, command));
         let output = Output::relay(output_in, number, child.id());
         let mut process = Process {
             child,
@@ -166,6 +177,7 @@ impl Process {
             calls: Some(calls_out),
             replies: replies_in,
             buf: Vec::new(),
+            started,
             memory_limit,
             output: output.ok(),
             sigpipe_kills: sigpipe_kills(),
@@ -242,9 +254,11 @@ impl Process {
         let killed = loop {
             let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
             match rustix::process::waitid(WaitId::Pid(self.group()), options) {
-                Ok(Some(_)) | Err(_) => break false,
+                Ok(Some(_)) => break false,
                 Ok(None) if Instant::now() < end => thread::sleep(Duration::from_millis(1)),
                 Ok(None) => break true,
+                // (Reaped already, by someone else: see `kill`.)
+                Err(_) => break false,
             }
         };
         (self.kill(), killed)
@@ -255,7 +269,13 @@ impl Process {
     pub(crate) fn kill(&mut self) -> Death {
         if !self.reaped {
             // What the work started, and the worker if it still runs. Not
-            // once the worker is reaped: its pid may be another's by then.
+            // once the worker is reaped (here, or by someone else: then this
+            // process has no such child): its pid may be another's by then.
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+            if let Err(Errno::CHILD) = rustix::process::waitid(WaitId::Pid(self.group()), options) {
+                self.reaped = true;
+                return self.death(None);
+            }
             let _ = rustix::process::kill_process_group(self.group(), Signal::KILL);
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
@@ -310,12 +330,10 @@ impl Process {
         frame::write(calls, frame, deadline)
     }
 
-    /// How many bytes sent to the worker it has not read.
-    pub(crate) fn unread(&self) -> u64 {
-        self.calls
-            .as_ref()
-            .and_then(|calls| rustix::io::ioctl_fionread(calls).ok())
-            .unwrap_or(0)
+    /// Whether the worker started running the call numbered `call` (it may
+    /// have run it, in part or whole), as opposed to dying before.
+    pub(crate) fn started(&self, call: u32) -> bool {
+        self.started.load() == call
     }
 
     /// Asks the worker to stop: it sees the end of its channel once it is

@@ -81,17 +81,31 @@ pub(crate) fn watch_main_stack() {
     // The main stack's mapping, `[stack]` in `/proc/self/maps`, grows down
     // to `RLIMIT_STACK` below its top; the kernel keeps a gap of 256 pages
     // (1 MiB) under that, and a fault in either is the stack overflowing.
-    let Some((bottom, top)) = std::fs::read_to_string("/proc/self/maps")
-        .ok()
-        .and_then(|maps| {
-            let line = maps.lines().find(|line| line.ends_with("[stack]"))?;
-            let (bottom, top) = line.split_whitespace().next()?.split_once('-')?;
-            Some((
-                usize::from_str_radix(bottom, 16).ok()?,
-                usize::from_str_radix(top, 16).ok()?,
-            ))
-        })
-    else {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let range = |line: &str| -> Option<(usize, usize)> {
+        let (bottom, top) = line.split_whitespace().next()?.split_once('-')?;
+        Some((
+            usize::from_str_radix(bottom, 16).ok()?,
+            usize::from_str_radix(top, 16).ok()?,
+        ))
+    };
+    // The mappings are listed by address: the one before `[stack]` is the
+    // highest below it, which the stack cannot grow into.
+    let mut below = 0;
+    let mut stack = None;
+    for line in maps.lines() {
+        let Some((bottom, top)) = range(line) else {
+            continue;
+        };
+        if line.ends_with("[stack]") {
+            stack = Some((bottom, top));
+            break;
+        }
+        below = top;
+    }
+    let Some((bottom, top)) = stack else {
         return;
     };
     let limit = rustix::process::getrlimit(rustix::process::Resource::Stack)
@@ -99,9 +113,12 @@ pub(crate) fn watch_main_stack() {
         .map_or(usize::MAX, |bytes| {
             usize::try_from(bytes).unwrap_or(usize::MAX)
         });
-    let low = top.saturating_sub(limit).saturating_sub(1 << 20);
+    // (With no limit, `below` bounds the range alone.)
+    let low = top.saturating_sub(limit).saturating_sub(1 << 20).max(below);
+    // The handler reads the top first (`Acquire`): once it sees it, it sees
+    // the bottom too, and never a range from 0.
     MAIN_STACK_GUARD[0].store(low, Ordering::Relaxed);
-    MAIN_STACK_GUARD[1].store(bottom, Ordering::Relaxed);
+    MAIN_STACK_GUARD[1].store(bottom, Ordering::Release);
     install();
 }
 
@@ -119,9 +136,12 @@ extern "C" fn on_fault(
         // SAFETY: `abort` is async-signal-safe.
         unsafe { libc::abort() };
     }
-    if MAIN_STACK_GUARD[0].load(Ordering::Relaxed) <= address
-        && address < MAIN_STACK_GUARD[1].load(Ordering::Relaxed)
-    {
+    // Only a fault the kernel raised has a faulting address (`si_code > 0`;
+    // a signal sent with `kill` carries the sender's ids there).
+    // SAFETY: as above.
+    let raised = unsafe { (*info).si_code } > 0;
+    let high = MAIN_STACK_GUARD[1].load(Ordering::Acquire);
+    if raised && MAIN_STACK_GUARD[0].load(Ordering::Relaxed) <= address && address < high {
         // std's own words, which it would print had its handler been
         // installed (a worker serving before `main` runs without it).
         let message = b"\nthread 'main' has overflowed its stack\nfatal runtime error: stack overflow, aborting\n";
