@@ -186,14 +186,31 @@ fn check(function: &ItemFn) -> syn::Result<()> {
     if let Some(variadic) = &sig.variadic {
         return refuse(variadic, "variadic");
     }
+    if let Some(unsafety) = &sig.unsafety {
+        return refuse(
+            unsafety,
+            "`unsafe`: a worker process calls it with whatever arguments arrive, and no caller \
+             there can uphold its contract; offload a safe function that checks them and calls it",
+        );
+    }
     for input in &sig.inputs {
-        if let FnArg::Typed(typed) = input
-            && let Type::ImplTrait(_) = &*typed.ty
-        {
-            return refuse(
-                &typed.ty,
-                "generic (`impl Trait` parameter): its arguments must have one serde type",
-            );
+        let FnArg::Typed(typed) = input else { continue };
+        match &*typed.ty {
+            Type::ImplTrait(_) => {
+                return refuse(
+                    &typed.ty,
+                    "generic (`impl Trait` parameter): its arguments must have one serde type",
+                );
+            }
+            Type::Reference(reference) if reference.mutability.is_some() => {
+                return Err(syn::Error::new_spanned(
+                    &typed.ty,
+                    "an `#[offloadable]` function cannot take `&mut`: it runs on a copy in \
+                     another process, and its changes would not come back; take the value and \
+                     return the changed one",
+                ));
+            }
+            _ => {}
         }
     }
     if let ReturnType::Type(_, ty) = &sig.output

@@ -120,6 +120,15 @@ pub(crate) fn portable_call(
     })?;
     match offloadable::by_key(id) {
         Lookup::Found(registration) => Ok((call, registration)),
+        // A function pointer's type names no function: the call's function
+        // is known only by its item's type, which a pointer erased.
+        Lookup::Missing if function.starts_with("fn(") || function.contains(" fn(") => {
+            Err(OffloadError::not_portable(
+                function,
+                "it is a function pointer, which does not say which function it points to: \
+                 name the `#[offloadable]` function by its path at the `offload!` point",
+            ))
+        }
         Lookup::Missing => Err(OffloadError::not_portable(
             function,
             "it is not marked `#[ythread::offloadable]` (only functions so marked, \

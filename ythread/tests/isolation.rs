@@ -1034,3 +1034,44 @@ fn a_rerun_out_of_time_while_it_waits_costs_no_worker() {
         assert_eq!(sleeps(1).run_with(&*cpu).unwrap(), 1);
     });
 }
+
+// --- pools in workers, and calls that cannot cross ------------------------
+
+/// Work that has worker processes of its own.
+#[offloadable]
+fn add_in_a_pool_of_its_own(a: u64, b: u64) -> (u32, u64) {
+    let cpu = Processes::new(1).unwrap();
+    let sum = try_add(a, b).run_with(&cpu).unwrap();
+    (std::process::id(), sum)
+}
+
+#[test]
+fn work_in_a_worker_can_start_workers_of_its_own() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle() -> (u32, u64) {
+            ythread::offload!(add_in_a_pool_of_its_own, 40, 2)
+        }
+        let cpu = Processes::new(1).unwrap();
+        let (worker, sum) = handle().run_with(&cpu);
+        assert_eq!(sum, 42);
+        assert_eq!(worker, cpu.idle_pids()[0]);
+    });
+}
+
+#[test]
+fn a_function_pointer_is_not_portable_and_says_why() {
+    common::watchdog(Duration::from_secs(60), || {
+        #[yieldable]
+        fn handle() -> Result<u64, OffloadError> {
+            let f: fn(u64, u64) -> u64 = add;
+            try_offload!(f, 1, 2)
+        }
+        let cpu = Processes::new(1).unwrap();
+        let error = handle().run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::NotPortable, "{error}");
+        assert!(error.to_string().contains("function pointer"), "{error}");
+        // Under threads it runs.
+        assert_eq!(handle().run().unwrap(), 3);
+    });
+}

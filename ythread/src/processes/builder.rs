@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::Processes;
 use super::checkout::{Idle, Shared};
-use super::entry::{self, Role};
+use super::entry;
 use super::process::Spec;
 use super::supervise::{Request, supervise};
 use crate::sync::Mutex;
@@ -163,8 +163,7 @@ impl ProcessesBuilder {
         // A worker whose `main` did not call `init()` first reaches this
         // line too: starting workers of its own would start copies of the
         // program without end.
-        // (A worker told to start at load never gets here.)
-        if let Role::Worker(_) = entry::role() {
+        if !entry::may_start_workers() {
             return Err(io::Error::other(
                 "this process was started as a ythread worker to serve at \
                  `ythread::processes::init()`, but its `main` built a `Processes` before \

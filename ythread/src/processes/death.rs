@@ -51,8 +51,8 @@ impl fmt::Display for Death {
                         f.write_str(")")?;
                     }
                     libc::SIGKILL => f.write_str(
-                        " (killed from outside: the kernel's out-of-memory killer, or another \
-                         process)",
+                        " (the kernel's out-of-memory killer, another process, or the work \
+                         itself)",
                     )?,
                     _ => {}
                 }

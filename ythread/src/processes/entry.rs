@@ -110,9 +110,22 @@ static SERVING: AtomicBool = AtomicBool::new(false);
 /// workers then start serving at `init` too ([`Start::Main`]).
 static INIT_IN_MAIN: AtomicBool = AtomicBool::new(false);
 
+/// Set once this process has built a `Processes`: an `init` after that
+/// comes too late for its workers.
+static BUILT: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process may start workers: not a worker that has yet to
+/// serve (its `main` reached `build` before `init`, and its workers would
+/// do the same, without end). A worker that serves may: its work starts
+/// workers of its own.
+pub(crate) fn may_start_workers() -> bool {
+    !matches!(role(), Role::Worker(_)) || SERVING.load(Ordering::Acquire)
+}
+
 /// How the workers of this process start: at `init` if its main thread
-/// called it, before `main` otherwise.
+/// called it, before `main` otherwise. (Called by `build`.)
 pub(crate) fn start_of_workers() -> Start {
+    BUILT.store(true, Ordering::Release);
     if INIT_IN_MAIN.load(Ordering::Acquire) {
         Start::Main
     } else {
@@ -129,6 +142,13 @@ pub(crate) fn init_with(setup: impl FnOnce()) {
             // `init` must not make the workers run the harness.
             if std::thread::current().name() == Some("main") {
                 INIT_IN_MAIN.store(true, Ordering::Release);
+                if BUILT.load(Ordering::Acquire) {
+                    eprintln!(
+                        "ythread: `init` was called after a `Processes` was built: the \
+                         workers started before serve before `main`, and run no setup; call \
+                         `ythread::processes::init` (or `init_with`) first thing in `main`"
+                    );
+                }
             }
             setup();
         }

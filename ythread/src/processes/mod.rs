@@ -58,6 +58,10 @@
 //! (as code before `if __name__ == '__main__'` does in Python's
 //! `multiprocessing`). Only a call from the main thread counts.
 //!
+//! Work runs on a worker's main thread, whose stack is a program's main
+//! stack (`RLIMIT_STACK`, `ulimit -s`: usually 8 MiB), not a spawned
+//! thread's 2 MiB.
+//!
 //! A worker serving before `main` runs without what std sets up at `main`:
 //! `std::env::args()` may be empty there, and the main thread is unnamed.
 //! ythread itself ignores `SIGPIPE` in it and reports a stack overflow as

@@ -255,16 +255,43 @@ impl<W: Write> Relay<W> {
 /// Appends `text` to `out` with every control character but tab (C0, DEL,
 /// C1) written as a visible escape such as `\x1b`: the worker cannot send the
 /// terminal commands (ESC, CSI), ring it (BEL), or go back over the label
-/// (CR, BS) to rewrite it.
+/// (CR, BS) to rewrite it. Colours (SGR sequences, `ESC [ 1;31 m`: what
+/// loggers print) pass, and a line that set one ends with a reset, so that
+/// it cannot colour the lines after it.
 fn escape(text: &str, out: &mut Vec<u8>) {
-    for c in text.chars() {
+    let mut coloured = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b'
+            && let Some(length) = sgr_length(rest)
+        {
+            out.extend_from_slice(&rest.as_bytes()[..length]);
+            coloured = true;
+            rest = &rest[length..];
+            continue;
+        }
         if c.is_control() && c != '\t' {
             // Writing to a `Vec` cannot fail.
             let _ = write!(out, "\\x{:02x}", u32::from(c));
         } else {
             out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
         }
+        rest = &rest[c.len_utf8()..];
     }
+    if coloured {
+        out.extend_from_slice(b"\x1b[0m");
+    }
+}
+
+/// The length of the SGR sequence `text` starts with (`ESC [`, at most 32
+/// digits and semicolons, `m`), if it starts with one.
+fn sgr_length(text: &str) -> Option<usize> {
+    let parameters = text.strip_prefix("\x1b[")?;
+    let digits = parameters
+        .bytes()
+        .take(33)
+        .position(|b| !(b.is_ascii_digit() || b == b';'))?;
+    (parameters.as_bytes()[digits] == b'm').then_some(2 + digits + 1)
 }
 
 impl Tail {
@@ -488,6 +515,30 @@ mod tests {
     }
 
     #[test]
+    fn colours_pass_and_are_reset_at_the_end_of_their_line() {
+        let (output, mut writer, sink) = start(1, 7);
+        writer
+            .write_all(b"\x1b[2m12:00\x1b[0m \x1b[32m INFO\x1b[0m ok\n\x1b[31mred to the end\n")
+            .unwrap();
+        // Not colours: a cursor move, an unfinished or overlong sequence.
+        writer
+            .write_all(format!("\x1b[2A\x1b[31\x1b[{}m\n", "1".repeat(40)).as_bytes())
+            .unwrap();
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 1 pid 7] \x1b[2m12:00\x1b[0m \x1b[32m INFO\x1b[0m ok\x1b[0m\n",
+                "[ythread worker 1 pid 7] \x1b[31mred to the end\x1b[0m\n",
+                &format!(
+                    "[ythread worker 1 pid 7] \\x1b[2A\\x1b[31\\x1b[{}m\n",
+                    "1".repeat(40)
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn concurrent_relays_never_interleave_within_a_line() {
         const LINES: usize = 2000;
         let sink = Sink::default();
@@ -600,9 +651,9 @@ mod tests {
 
     #[test]
     fn relays_a_child_process() {
-        let script = r"echo one; printf '\033[31mred\033[0m\n'; echo two >&2; printf partial";
+        let script = r"echo one; printf '\033[2Jclear\n'; echo two >&2; printf partial";
         let (sink, pid, tail) = run(script, &[]);
-        let lines = ["one", r"\x1b[31mred\x1b[0m", "two", "partial"];
+        let lines = ["one", r"\x1b[2Jclear", "two", "partial"];
         let label = format!("[ythread worker 3 pid {pid}] ");
         assert_eq!(sink.writes(), lines.map(|line| format!("{label}{line}\n")));
         assert_eq!(tail, lines.map(|line| format!("{line}\n")).concat());

@@ -202,7 +202,19 @@ impl Process {
                                     code that could end the program or start workers"
                         .to_owned(),
                 };
-                Err(format!("the worker process {why} ({ended}); {needs}"))
+                // A limit too small for the program itself kills it as it
+                // loads (a failed mapping: SIGSEGV, SIGABRT).
+                let limit = match spec.memory_limit {
+                    Some(bytes) => format!(
+                        "; or its memory limit of {} MiB (`ProcessesBuilder::memory_limit`) \
+                         is too small for the program to start",
+                        bytes >> 20
+                    ),
+                    None => String::new(),
+                };
+                Err(format!(
+                    "the worker process {why} ({ended}); {needs}{limit}"
+                ))
             }
         }
     }
