@@ -950,8 +950,9 @@ fn a_process_that_leads_no_group_of_its_own_refuses_to_serve() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     common::watchdog(Duration::from_secs(60), || {
-        // Everything a worker gets but its own process group: serving, it
-        // would kill this test's group when its channel closes.
+        // Everything a worker gets (the variable, the channel, the
+        // parent-death signal) but its own process group: serving, it would
+        // kill this test's group when its channel closes.
         let (calls_in, _calls_out) = std::io::pipe().unwrap();
         let (_replies_in, replies_out) = std::io::pipe().unwrap();
         let fds = [calls_in.as_raw_fd(), replies_out.as_raw_fd()];
@@ -974,6 +975,7 @@ fn a_process_that_leads_no_group_of_its_own_refuses_to_serve() {
                 if moved.contains(&-1)
                     || libc::dup2(moved[0], 3) == -1
                     || libc::dup2(moved[1], 4) == -1
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGRTMAX() as libc::c_ulong) == -1
                 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -158,11 +158,21 @@ impl ProcessesBuilder {
     /// If a worker cannot be started or does not become ready: the program
     /// cannot be executed, or it does not call [`init`](super::init) first in `main` (the
     /// error says so), or it does not start within the start timeout.
-    /// Workers already started are stopped.
+    /// Workers already started are stopped. Also if this program ignores
+    /// `SIGCHLD`: the kernel would reap the workers, and their deaths could
+    /// not be told apart from another process's.
     pub fn build(self) -> io::Result<Processes> {
         // A worker whose `main` did not call `init()` first reaches this
         // line too: starting workers of its own would start copies of the
         // program without end.
+        if children_are_reaped_by_the_kernel() {
+            return Err(io::Error::other(
+                "this program ignores `SIGCHLD` (or sets `SA_NOCLDWAIT`), so the kernel reaps \
+                 its children itself: `Processes` could not learn how a worker ended, and a dead \
+                 worker's pid could be another process's by the time it killed the worker's \
+                 process group; restore `SIGCHLD`'s default action before building it",
+            ));
+        }
         if !entry::may_start_workers() {
             return Err(io::Error::other(
                 "this process was started as a ythread worker to serve at \
@@ -235,6 +245,17 @@ impl ProcessesBuilder {
             }
         }
         Ok(processes)
+    }
+}
+
+/// Whether `SIGCHLD` is ignored, or its action asks for no zombies: the
+/// kernel then reaps this process's children.
+fn children_are_reaped_by_the_kernel() -> bool {
+    // SAFETY: queries the action into a zeroed `sigaction`; changes nothing.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut action) == 0
+            && (action.sa_sigaction == libc::SIG_IGN || action.sa_flags & libc::SA_NOCLDWAIT != 0)
     }
 }
 

@@ -74,7 +74,16 @@ impl Processes {
                 call.fail(OffloadError::worker_died(registration.name, death, runs));
                 return;
             }
-            match self.call(process, registration, call, &mut deadline) {
+            // A panic in this process while the worker is out (a `Drop` of
+            // the user's arguments, say) drops the worker inside `call`,
+            // which kills it: it must still be replaced.
+            let mut lost = Lost {
+                processes: self,
+                armed: true,
+            };
+            let after = self.call(process, registration, call, &mut deadline);
+            lost.armed = false;
+            match after {
                 After::Keep(process) => return self.shared.give_back(process),
                 After::Replace => return self.replace(),
                 After::DeadBeforeCall => {
@@ -265,6 +274,20 @@ impl Processes {
             After::Keep(process)
         } else {
             After::Replace
+        }
+    }
+}
+
+/// Replaces the worker of a call that unwound, on drop.
+struct Lost<'a> {
+    processes: &'a Processes,
+    armed: bool,
+}
+
+impl Drop for Lost<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.processes.replace();
         }
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn serve(setting: Setting) -> i32 {
         );
         return 2;
     }
+    GROUP.store(pid.as_raw_nonzero().get(), Ordering::Relaxed);
     if !end_group_with_parent(setting.parent) {
         eprintln!("ythread: a worker could not watch for its parent's death; exiting");
         return 2;
@@ -177,11 +178,20 @@ fn end_group_with_parent(parent: u32) -> bool {
 
 /// Kills this process's group, the worker (its leader) included.
 fn kill_group() {
-    // SAFETY: `kill` is async-signal-safe and has no memory effects; 0 is
-    // the caller's process group, which the worker leads (checked by
-    // `serve` before anything can call this).
-    unsafe { libc::kill(0, libc::SIGKILL) };
+    // The group the worker led when it started (checked by `serve` before
+    // anything can call this), by its number: the work may have moved the
+    // worker to another group since, its parent's, say.
+    let group = GROUP.load(Ordering::Relaxed);
+    if group > 0 {
+        // SAFETY: `kill` is async-signal-safe and has no memory effects.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+    // SAFETY: as above; the worker itself, wherever it is now.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
+
+/// The process group the worker leads: its own pid.
+static GROUP: AtomicI32 = AtomicI32::new(0);
 
 /// Runs one call and writes the reply frame into `out`.
 fn answer(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::child;
 use super::frame::PROTOCOL;
+use super::process::parent_death_signal;
 
 /// The environment variable that tells a process it is a worker:
 /// `protocol:max_frame:max_depth:parent_pid:start`, `2:67108864:128:4242:load`.
@@ -94,13 +95,27 @@ pub(crate) fn role() -> Role {
     let text = text.to_string_lossy();
     let parent = rustix::process::getppid().map_or(0, |pid| pid.as_raw_nonzero().get() as u32);
     match Setting::parse(&text) {
-        Some(setting) if setting.parent == parent => Role::Worker(setting),
+        // Its parent started it as a worker (with the parent-death signal,
+        // which `fork` clears: a process the work started and that became
+        // the parent's, adopted by it as a subreaper, has none).
+        Some(setting) if setting.parent == parent && has_parent_death_signal() => {
+            Role::Worker(setting)
+        }
         Some(_) => Role::Program,
         None => Role::Unreadable(format!(
             "this process was started as a ythread worker ({WORKER_ENV}={text}) by a parent \
              speaking another protocol than {PROTOCOL} (another build of the program?)"
         )),
     }
+}
+
+/// Whether this process gets [`parent_death_signal`] when its parent dies,
+/// as a worker's parent asks for it.
+fn has_parent_death_signal() -> bool {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `PR_GET_PDEATHSIG` writes one `int` where it is told.
+    let asked = unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut signal as *mut libc::c_int) };
+    asked == 0 && signal == parent_death_signal()
 }
 
 /// Set once a process serves as a worker: its channel has one owner.

@@ -146,6 +146,7 @@ mod entry;
 mod frame;
 mod output;
 mod process;
+mod sigpipe;
 mod started;
 mod supervise;
 

@@ -154,7 +154,12 @@ fn relay_to(
     // dropping the `Output` never waits for it.
     thread::Builder::new()
         .name("ythread-output".into())
-        .spawn(move || relay.run(reader))?;
+        .spawn(move || {
+            // A stderr nobody reads any more fails the relay's writes; it
+            // must not kill the program (see `sigpipe.rs`).
+            super::sigpipe::block_for_this_thread();
+            relay.run(reader);
+        })?;
     Ok(Output { shared })
 }
 
@@ -273,6 +278,8 @@ fn escape(text: &str, out: &mut Vec<u8>) {
         if c.is_control() && c != '\t' {
             // Writing to a `Vec` cannot fail.
             let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else if is_invisible_format(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         } else {
             out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
         }
@@ -281,6 +288,21 @@ fn escape(text: &str, out: &mut Vec<u8>) {
     if coloured {
         out.extend_from_slice(b"\x1b[0m");
     }
+}
+
+/// Characters that are not control characters but move or hide text: line
+/// and paragraph separators (a new line that is not one), bidirectional
+/// overrides and isolates (text drawn in another order than it is), and
+/// zero-width ones (a label that looks like another).
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 /// The length of the SGR sequence `text` starts with (`ESC [`, at most 32
@@ -510,6 +532,23 @@ mod tests {
             [
                 "[ythread worker 1 pid 7] a\\x1b[2Jb\\x0dc\\x07d\\x7fe\\x9bf\tg\\x00h\\x08\n",
                 "[ythread worker 1 pid 7] \\x0d[ythread worker 9 pid 1 crate::f] fake\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn characters_that_move_or_hide_text_are_escaped() {
+        let (output, mut writer, sink) = start(1, 7);
+        writer
+            .write_all(
+                "a\u{2028}[ythread worker 9 pid 1 f] b\u{202e}cba\u{200b}d\u{feff}é\n".as_bytes(),
+            )
+            .unwrap();
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 1 pid 7] a\\u{2028}[ythread worker 9 pid 1 f] b\\u{202e}cba\\u{200b}d\\u{feff}é\n"
             ]
         );
     }

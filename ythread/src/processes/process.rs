@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,6 +18,7 @@ use super::death::Death;
 use super::entry::{Setting, Start, WORKER_ENV};
 use super::frame::{self, HELLO, PROTOCOL, ReadError};
 use super::output::{self, Output};
+use super::sigpipe;
 use super::started::{STARTED_FD, Started};
 
 /// The descriptors on which a worker finds its channel: calls come in on
@@ -61,9 +62,6 @@ pub(crate) struct Process {
     /// What it prints, relayed; `None` if the relay thread could not start
     /// (its output is then lost: writes to it fail).
     output: Option<Output>,
-    /// Whether `SIGPIPE` kills this process (its default action was in
-    /// place when the worker started): then sends block it.
-    sigpipe_kills: bool,
     /// Whether the worker was reaped, and how it ended.
     reaped: bool,
     status: Option<ExitStatus>,
@@ -77,9 +75,15 @@ impl Process {
     /// per thread on Linux), which is how workers die with their parent.
     pub(crate) fn start(spec: &Spec, number: usize) -> Result<Process, String> {
         let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
+        // The child's ends above the standard descriptors: a program that
+        // closed one of those gets it back from `pipe`, and the child's
+        // stdio set-up, which comes before `pre_exec`, would overwrite it.
         let (calls_in, calls_out) = pipe("calls")?;
+        let calls_in = PipeReader::from(above_stdio(calls_in.into())?);
         let (output_in, output_out) = pipe("output")?;
+        let output_out = PipeWriter::from(above_stdio(output_out.into())?);
         let (replies_in, replies_out) = pipe("replies")?;
+        let replies_out = PipeWriter::from(above_stdio(replies_out.into())?);
         let mut command = Command::new(&spec.program);
         if let Some(arg0) = &spec.arg0 {
             command.arg0(arg0);
@@ -110,6 +114,7 @@ impl Process {
             .stderr(output_out);
         let (started, started_fd) =
             Started::new().map_err(|e| format!("shared memory for the call's start: {e}"))?;
+        let started_fd = above_stdio(started_fd)?;
         let fds = [
             (calls_in.as_raw_fd(), CALLS_FD),
             (replies_out.as_raw_fd(), REPLIES_FD),
@@ -180,7 +185,6 @@ impl Process {
             started,
             memory_limit,
             output: output.ok(),
-            sigpipe_kills: sigpipe_kills(),
             reaped: false,
             status: None,
         };
@@ -338,7 +342,7 @@ impl Process {
         // Rust programs ignore `SIGPIPE`; one that restored its default
         // action (as command-line tools do, to end quietly when piped to
         // `head`) would be killed by a write to a dead worker's pipe.
-        let _blocked = self.sigpipe_kills.then(SigpipeBlocked::new);
+        let _blocked = sigpipe::kills().then(sigpipe::Blocked::new);
         frame::write(calls, frame, deadline)
     }
 
@@ -363,64 +367,13 @@ impl Drop for Process {
     }
 }
 
-/// Whether `SIGPIPE`'s action is the default one, which ends the process.
-fn sigpipe_kills() -> bool {
-    // SAFETY: queries the action into a zeroed `sigaction`; changes nothing.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut action) == 0
-            && action.sa_sigaction == libc::SIG_DFL
+/// `fd`, or a copy of it above the standard descriptors (0, 1, 2) if it is
+/// one of them (close-on-exec either way).
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, String> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
     }
-}
-
-/// `SIGPIPE` blocked on this thread while it lives; a `SIGPIPE` raised
-/// meanwhile (by a write to a pipe with no reader, which then fails with
-/// `EPIPE`) is taken off the thread before the old mask comes back, so it
-/// is never delivered.
-struct SigpipeBlocked {
-    old: libc::sigset_t,
-}
-
-impl SigpipeBlocked {
-    fn new() -> SigpipeBlocked {
-        // SAFETY: `pthread_sigmask` writes the old mask into the zeroed set
-        // it is given; the new one holds `SIGPIPE` alone.
-        unsafe {
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, &sigpipe_set(), &mut old);
-            SigpipeBlocked { old }
-        }
-    }
-}
-
-impl Drop for SigpipeBlocked {
-    fn drop(&mut self) {
-        // SAFETY: `sigtimedwait` with a zero timeout only takes a pending
-        // `SIGPIPE` of this thread, if any (it was blocked, so none was
-        // delivered); then the old mask is restored.
-        unsafe {
-            if libc::sigismember(&self.old, libc::SIGPIPE) == 0 {
-                let zero = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                while libc::sigtimedwait(&sigpipe_set(), std::ptr::null_mut(), &zero)
-                    == libc::SIGPIPE
-                {}
-            }
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
-        }
-    }
-}
-
-fn sigpipe_set() -> libc::sigset_t {
-    // SAFETY: initialises a zeroed set, then adds one signal to it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        set
-    }
+    rustix::io::fcntl_dupfd_cloexec(&fd, 3).map_err(|e| format!("dup of a pipe: {e}"))
 }
 
 /// The signal a worker gets when the thread that started it ends (the
