@@ -83,7 +83,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         .map(|i| syn::Ident::new(&format!("__field{i}"), Span::mixed_site()))
         .collect();
     let encode_each = types.iter().zip(&fields).map(|(ty, field)| {
-        quote_spanned! {ty.span()=> ::ythread::__private::encode_value::<#ty>(#field, out)?;}
+        quote_spanned! {ty.span()=> ::ythread::__private::encode_value::<#ty>(#field, out, max_depth)?;}
     });
     let encode_args = quote! {
         // It appends to the frame's buffer: a `Vec`, not a slice.
@@ -91,6 +91,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         fn __ythread_encode_args(
             (#(#fields,)*): &(#(#types,)*),
             out: &mut ::std::vec::Vec<u8>,
+            max_depth: usize,
         ) -> ::ythread::__private::EncodeOutcome {
             #(#encode_each)*
             ::core::result::Result::Ok(())
@@ -98,7 +99,7 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     };
     let output_span = output.span();
     let encode_result =
-        quote_spanned!(output_span=> ::ythread::__private::encode_result(&result, out));
+        quote_spanned!(output_span=> ::ythread::__private::encode_result(&result, out, max_depth));
     let decode_result =
         quote_spanned!(output_span=> ::ythread::__private::decode_result::<#output>);
     // The result must be owned, with no lifetime but `'static`: the parent

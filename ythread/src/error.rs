@@ -314,8 +314,10 @@ impl OffloadError {
     }
 
     /// How many times the call was run, each on a worker process that died,
-    /// when the kind is [`WorkerDied`](OffloadErrorKind::WorkerDied): 1,
-    /// or more for a function marked
+    /// when the kind is [`WorkerDied`](OffloadErrorKind::WorkerDied): 0
+    /// when it never ran (two workers in a row died as they took it in: a
+    /// call too large for their memory, say), 1, or more for a function
+    /// marked
     /// [`#[offloadable(idempotent)]`](crate::offloadable), which is run
     /// again on another worker when its worker dies (up to
     /// [`ProcessesBuilder::max_retries`](crate::ProcessesBuilder::max_retries)
@@ -414,6 +416,13 @@ impl fmt::Display for OffloadError {
                 death,
                 runs,
             } => {
+                if *runs == 0 {
+                    return write!(
+                        f,
+                        "the worker processes sent `{function}` died before they started it \
+                         (it did not run), twice; the last one: {death}"
+                    );
+                }
                 write!(f, "the worker process running `{function}` died: {death}")?;
                 if *runs > 1 {
                     write!(

@@ -320,6 +320,7 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         &self,
         registration: &Registration,
         out: &mut Vec<u8>,
+        depth: DepthLimit,
     ) -> Result<(), OffloadError> {
         let function = registration.name;
         let WorkSlot::Pending(call) = &self.slot else {
@@ -331,7 +332,9 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
         // The arguments' `Serialize` is the user's and may panic: that is
         // this call's failure, not the driving thread's.
         let encoded = panic::catch_unwind(AssertUnwindSafe(|| {
-            registration.encode_args.encode(&call.args, out)
+            registration
+                .encode_args
+                .encode(&call.args, out, depth.levels)
         }));
         match encoded {
             Ok(Some(Ok(()))) => Ok(()),
@@ -339,7 +342,7 @@ impl<A, C, R> WireCall for CallSlot<A, C, R> {
                 function,
                 format_args!(
                     "its arguments could not be encoded here, so it was not sent: {}",
-                    error.0
+                    error.explain(depth.setting)
                 ),
             )),
             Ok(None) => Err(OffloadError::protocol(

@@ -73,7 +73,7 @@ pub struct EncodeArgs {
     /// The type id of the tuple, lifetimes erased.
     args_type: fn() -> TypeId,
     /// The encoder, its `&T` parameter seen as a pointer to `T`.
-    encode: unsafe fn(*const (), &mut Vec<u8>) -> EncodeOutcome,
+    encode: unsafe fn(*const (), &mut Vec<u8>, usize) -> EncodeOutcome,
 }
 
 impl fmt::Debug for EncodeArgs {
@@ -86,7 +86,7 @@ impl EncodeArgs {
     /// The encoder of the tuple `T`; called by the code `#[offloadable]`
     /// generates.
     #[doc(hidden)]
-    pub const fn new<T>(encode: fn(&T, &mut Vec<u8>) -> EncodeOutcome) -> Self {
+    pub const fn new<T>(encode: fn(&T, &mut Vec<u8>, usize) -> EncodeOutcome) -> Self {
         EncodeArgs {
             args_type: typeid::of::<T>,
             // SAFETY: a `fn(&T, _)` and an `unsafe fn(*const (), _)` have the
@@ -96,17 +96,23 @@ impl EncodeArgs {
             // ABI. `encode` below gives it only pointers to a live `T`.
             encode: unsafe {
                 mem::transmute::<
-                    fn(&T, &mut Vec<u8>) -> EncodeOutcome,
-                    unsafe fn(*const (), &mut Vec<u8>) -> EncodeOutcome,
+                    fn(&T, &mut Vec<u8>, usize) -> EncodeOutcome,
+                    unsafe fn(*const (), &mut Vec<u8>, usize) -> EncodeOutcome,
                 >(encode)
             },
         }
     }
 
-    /// Appends the encoded `args` to `out`, if `A` is the tuple of the
+    /// Appends the encoded `args` to `out`, nested at most `max_depth`
+    /// levels, if `A` is the tuple of the
     /// function's parameter types; `None` if it is not (and nothing is
     /// written).
-    pub(crate) fn encode<A>(&self, args: &A, out: &mut Vec<u8>) -> Option<EncodeOutcome> {
+    pub(crate) fn encode<A>(
+        &self,
+        args: &A,
+        out: &mut Vec<u8>,
+        max_depth: usize,
+    ) -> Option<EncodeOutcome> {
         if (self.args_type)() != typeid::of::<A>() {
             return None;
         }
@@ -121,7 +127,7 @@ impl EncodeArgs {
         // (`ParamsN`), so `A` is those types with the call's lifetimes where
         // `f`'s are elided, which the encoder is generic over (see the type's
         // documentation), and `'static` where `f` says `'static`.
-        Some(unsafe { (self.encode)(ptr::from_ref(args).cast(), out) })
+        Some(unsafe { (self.encode)(ptr::from_ref(args).cast(), out, max_depth) })
     }
 }
 
@@ -291,17 +297,27 @@ pub fn end_of_args(rest: &[u8]) -> Result<(), InvokeError> {
     }
 }
 
-/// Appends one encoded argument to `out` (postcard encodes a tuple as its
-/// elements in a row).
+/// Appends one encoded argument to `out`, nested at most `max_depth` levels
+/// (postcard encodes a tuple as its elements in a row).
 #[doc(hidden)]
-pub fn encode_value<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> EncodeOutcome {
-    codec::encode(value, out).map_err(Failure)
+pub fn encode_value<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max_depth: usize,
+) -> EncodeOutcome {
+    codec::encode_bounded(value, out, Limits { max_depth }).map_err(Failure)
 }
 
-/// Appends a call's encoded result to `out`, in a worker.
+/// Appends a call's encoded result to `out`, nested at most `max_depth`
+/// levels, in a worker.
 #[doc(hidden)]
-pub fn encode_result<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), InvokeError> {
-    codec::encode(value, out).map_err(|error| InvokeError::Result(Failure(error)))
+pub fn encode_result<T: serde::Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max_depth: usize,
+) -> Result<(), InvokeError> {
+    codec::encode_bounded(value, out, Limits { max_depth })
+        .map_err(|error| InvokeError::Result(Failure(error)))
 }
 
 /// Decodes a result in the parent, nested at most `max_depth` levels, boxed

@@ -85,6 +85,7 @@ pub(crate) trait WireCall {
         &self,
         registration: &Registration,
         out: &mut Vec<u8>,
+        depth: DepthLimit,
     ) -> Result<(), crate::OffloadError>;
     /// Stores the result that the call produced elsewhere, as the worker
     /// encoded it; `registration` is the function's, whose decoder reads

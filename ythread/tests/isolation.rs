@@ -513,15 +513,16 @@ fn a_deep_result_within_the_limit_decodes_and_a_deeper_one_fails_its_call_alone(
         let cpu = Processes::new(1).unwrap();
         assert_eq!(handle(100).run_with(&cpu).unwrap().depth(), 100);
         // Legitimate, built fine by the worker, and deeper than the parent
-        // decodes: the call fails; the parent and the worker live on.
-        for depth in [129, 20_000] {
+        // decodes: the worker does not send it (nor overflow its stack
+        // encoding it); the call fails; the parent and the worker live on.
+        for depth in [129, 20_000, 200_000] {
             let error = handle(depth).run_with(&cpu).unwrap_err();
             assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
             let text = error.to_string();
             assert!(
                 text.contains("nested deeper than 128 levels")
                     && text.contains("ProcessesBuilder::max_depth")
-                    && text.contains("could not be decoded here"),
+                    && text.contains("it ran, but the worker could not encode its result"),
                 "{text}"
             );
         }
@@ -539,7 +540,7 @@ fn a_deep_result_within_the_limit_decodes_and_a_deeper_one_fails_its_call_alone(
 }
 
 #[test]
-fn deep_arguments_are_refused_by_the_worker_which_lives_on() {
+fn deep_arguments_are_not_sent_and_cost_no_stack() {
     common::watchdog(Duration::from_secs(60), || {
         #[yieldable]
         fn handle(tree: Tree) -> Result<u64, OffloadError> {
@@ -547,14 +548,19 @@ fn deep_arguments_are_refused_by_the_worker_which_lives_on() {
         }
         let cpu = Processes::new(1).unwrap();
         assert_eq!(handle(Tree::deep(50)).run_with(&cpu).unwrap(), 50);
-        let error = handle(Tree::deep(5_000)).run_with(&cpu).unwrap_err();
-        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
-        let text = error.to_string();
-        assert!(
-            text.contains("could not decode its arguments, so it did not run")
-                && text.contains("nested deeper than 128 levels"),
-            "{text}"
-        );
+        // Deeper than the worker decodes: not sent, and no stack overflow
+        // here encoding it, however deep.
+        for depth in [129, 5_000, 200_000] {
+            let error = handle(Tree::deep(depth)).run_with(&cpu).unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+            let text = error.to_string();
+            assert!(
+                text.contains("could not be encoded here, so it was not sent")
+                    && text.contains("nested deeper than 128 levels")
+                    && text.contains("ProcessesBuilder::max_depth"),
+                "{text}"
+            );
+        }
         assert_eq!(cpu.restarts(), 0);
         assert_eq!(handle(Tree::deep(3)).run_with(&cpu).unwrap(), 3);
     });

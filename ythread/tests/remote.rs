@@ -1117,11 +1117,20 @@ fn a_result_too_deep_for_the_requester_fails_its_call_alone() {
             .unwrap();
         // Each level is a sequence and a newtype: two levels.
         assert_eq!(handle(15).run_with(&cpu).unwrap().len(), 1);
-        let error = handle(5_000).run_with(&cpu).unwrap_err();
+        // Within the worker's 128 levels, past the requester's 40.
+        let error = handle(50).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
         assert!(
             error.to_string().contains("nested deeper than 40 levels")
                 && error.to_string().contains("RemoteBuilder::max_depth"),
+            "{error}"
+        );
+        // Past the worker's own: it does not send it.
+        let error = handle(5_000).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(
+            error.to_string().contains("could not encode its result")
+                && error.to_string().contains("nested deeper than 128 levels"),
             "{error}"
         );
         assert_eq!(call_sumn(10).run_with(&cpu).unwrap(), 55);

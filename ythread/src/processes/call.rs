@@ -41,6 +41,8 @@ impl Processes {
         let mut found_dead = 0;
         // Runs of the call on workers that died while running it.
         let mut runs = 0;
+        // Workers that died after the call was sent, before they started it.
+        let mut died_before_start = 0;
         // Set when the call is first sent: a call's deadline bounds all its
         // runs, not its wait for a worker.
         let mut deadline = None;
@@ -100,6 +102,15 @@ impl Processes {
                         return;
                     }
                 }
+                After::DiedBeforeStart(death) => {
+                    self.replace();
+                    // Once may be bad luck; twice is the call's doing.
+                    died_before_start += 1;
+                    if died_before_start >= 2 {
+                        call.fail(OffloadError::worker_died(registration.name, death, 0));
+                        return;
+                    }
+                }
                 After::Died(death) => {
                     self.replace();
                     runs += 1;
@@ -116,6 +127,14 @@ impl Processes {
                     self.shared.reruns.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// The deepest nesting this strategy encodes and decodes.
+    fn depth(&self) -> DepthLimit {
+        DepthLimit {
+            levels: self.max_depth,
+            setting: "ProcessesBuilder::max_depth",
         }
     }
 
@@ -144,7 +163,7 @@ impl Processes {
         frame::begin(&mut buf, CALL, number);
         let encoded = frame::put(&mut buf, &(name, registration.fingerprint))
             .map_err(|error| OffloadError::protocol(name, error))
-            .and_then(|()| call.encode_args(registration, &mut buf));
+            .and_then(|()| call.encode_args(registration, &mut buf, self.depth()));
         if let Err(error) = encoded {
             call.fail(error);
             process.buf = buf;
@@ -193,11 +212,7 @@ impl Processes {
         );
         let keep = match reply {
             Ok((DONE, body)) => {
-                let depth = DepthLimit {
-                    levels: self.max_depth,
-                    setting: "ProcessesBuilder::max_depth",
-                };
-                if let Err(error) = call.finish(registration, body, depth) {
+                if let Err(error) = call.finish(registration, body, self.depth()) {
                     call.fail(error);
                 }
                 true
@@ -247,9 +262,11 @@ impl Processes {
                     // It died running the call (it may have run, in part).
                     After::Died(death)
                 } else {
-                    // It died before it started the call (killed while
-                    // idle, say, just before the call was sent).
-                    After::DeadBeforeCall
+                    // It died before it started the call: killed while
+                    // idle, say, just before the call was sent; or by the
+                    // call itself, as it took it in (a frame too large for
+                    // its memory).
+                    After::DiedBeforeStart(death)
                 };
             }
             Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
@@ -301,6 +318,9 @@ enum After {
     /// It was dead before the call was sent: replace it, and send the call
     /// to another.
     DeadBeforeCall,
+    /// It died after the call was sent, before it started it: replace it,
+    /// and send the call to another, once.
+    DiedBeforeStart(Death),
     /// It died running the call, which is still to be failed (or, for an
     /// idempotent function, run again): replace it.
     Died(Death),

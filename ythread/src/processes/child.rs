@@ -288,7 +288,7 @@ fn answer(
             frame::REFUSED_RESULT,
             format!(
                 "it ran, but the worker could not encode its result: {}",
-                error.0
+                error.explain("ProcessesBuilder::max_depth")
             ),
         ),
         Err(payload) => {

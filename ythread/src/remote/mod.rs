@@ -293,7 +293,11 @@ impl Apply for Remote {
         };
         let name = registration.name;
         let mut payload = Vec::new();
-        if let Err(error) = call.encode_args(registration, &mut payload) {
+        let depth = DepthLimit {
+            levels: self.max_depth,
+            setting: "RemoteBuilder::max_depth",
+        };
+        if let Err(error) = call.encode_args(registration, &mut payload, depth) {
             call.fail(error);
             return;
         }
@@ -362,10 +366,6 @@ impl Apply for Remote {
             Some(Ok(Err(error))) => call.fail(request_error(registration, &self.namespace, &error)),
             Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
                 Ok(Reply::Done(result)) => {
-                    let depth = DepthLimit {
-                        levels: self.max_depth,
-                        setting: "RemoteBuilder::max_depth",
-                    };
                     if let Err(error) = call.finish(registration, result, depth) {
                         call.fail(error);
                     }

@@ -419,6 +419,7 @@ impl WireCall for RawCall<'_> {
         &self,
         _registration: &Registration,
         out: &mut Vec<u8>,
+        _depth: DepthLimit,
     ) -> Result<(), OffloadError> {
         // Encoded by the requester already.
         out.extend_from_slice(self.args);
