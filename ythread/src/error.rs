@@ -188,9 +188,8 @@ impl OffloadError {
         }
     }
 
-    /// The call's answer did not come before its deadline (a remote call:
-    /// nothing was killed here).
-    #[cfg(feature = "remote")]
+    /// The call's answer did not come before its deadline, and nothing was
+    /// killed for it (a remote call; a call out of time before it was sent).
     pub(crate) fn no_answer_by(function: &str, deadline: Duration) -> Self {
         OffloadError {
             repr: Repr::DeadlineExceeded {

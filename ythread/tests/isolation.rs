@@ -1083,3 +1083,37 @@ fn a_function_pointer_is_not_portable_and_says_why() {
         assert_eq!(handle().run().unwrap(), 3);
     });
 }
+
+#[offloadable]
+fn byte_count(data: String) -> usize {
+    data.len()
+}
+
+#[test]
+fn a_call_too_large_for_a_workers_memory_costs_two_workers_and_says_it_did_not_run() {
+    common::watchdog(Duration::from_secs(120), || {
+        #[yieldable]
+        fn handle(data: String) -> Result<usize, OffloadError> {
+            try_offload!(byte_count, data)
+        }
+        // The frame fits the maximum, not the worker's memory: each worker
+        // it is sent to dies taking it in.
+        let cpu = Processes::builder()
+            .workers(1)
+            .memory_limit(256 << 20)
+            .max_frame(1 << 30)
+            .build()
+            .unwrap();
+        let error = handle("x".repeat(300 << 20)).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.runs(), Some(0), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("died before they started it (it did not run), twice")
+                && text.contains("out of memory"),
+            "{text}"
+        );
+        assert_eq!(cpu.restarts(), 2);
+        assert_eq!(handle("x".repeat(10)).run_with(&cpu).unwrap(), 10);
+    });
+}

@@ -185,7 +185,17 @@ impl Processes {
         let deadline = *deadline
             .get_or_insert_with(|| self.deadline.and_then(|d| Instant::now().checked_add(d)));
         process.set_running(name);
-        if let Err(error) = process.send(&buf, deadline) {
+        if let Err((error, written)) = process.send(&buf, deadline) {
+            if error.kind() == io::ErrorKind::TimedOut && written == 0 {
+                // Out of time before a byte went: the worker is as good as
+                // it was.
+                call.fail(OffloadError::no_answer_by(
+                    name,
+                    self.deadline.unwrap_or_default(),
+                ));
+                process.buf = buf;
+                return After::Keep(process);
+            }
             if error.kind() == io::ErrorKind::TimedOut {
                 process.kill();
                 call.fail(OffloadError::deadline_exceeded(
@@ -194,10 +204,17 @@ impl Processes {
                 ));
                 return After::Replace;
             }
-            // No reader at the other end: the worker had died before the
-            // call was sent (while idle), and did not run it.
-            process.reap(Duration::from_millis(200));
-            return After::DeadBeforeCall;
+            let death = process.reap(Duration::from_millis(200));
+            process.buf = buf;
+            return if written == 0 {
+                // No reader at the other end: the worker had died before the
+                // call was sent (while idle), and did not run it.
+                After::DeadBeforeCall
+            } else {
+                // It died taking the call in (a worker needs the whole
+                // frame before it starts).
+                After::DiedBeforeStart(death)
+            };
         }
         let reply = frame::read(&mut process.replies, &mut buf, self.max_frame, deadline).and_then(
             |(kind, answered, body)| {

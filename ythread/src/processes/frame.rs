@@ -224,25 +224,34 @@ fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) ->
 
 /// Writes a finished frame; `deadline`, if any, bounds the whole write (a
 /// worker that stops reading cannot block its caller past it).
+///
+/// # Errors
+///
+/// The error, and how many bytes of the frame were written before it.
 pub(crate) fn write<W: Write + AsFd>(
     output: &mut W,
     frame: &[u8],
     deadline: Option<Instant>,
-) -> io::Result<()> {
-    let Some(deadline) = deadline else {
-        return output.write_all(frame);
-    };
+) -> Result<(), (io::Error, usize)> {
     let mut rest = frame;
     while !rest.is_empty() {
-        wait_until_ready(output.as_fd(), PollFlags::OUT, deadline)?;
-        // A ready pipe takes `PIPE_BUF` bytes without blocking, and no more
-        // for sure: a larger write could block past the deadline.
-        let chunk = rest.len().min(rustix::pipe::PIPE_BUF);
+        let written = frame.len() - rest.len();
+        let chunk = match deadline {
+            Some(deadline) => {
+                wait_until_ready(output.as_fd(), PollFlags::OUT, deadline)
+                    .map_err(|error| (error, written))?;
+                // A ready pipe takes `PIPE_BUF` bytes without blocking, and
+                // no more for sure: a larger write could block past the
+                // deadline.
+                rest.len().min(rustix::pipe::PIPE_BUF)
+            }
+            None => rest.len(),
+        };
         match output.write(&rest[..chunk]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
             Ok(n) => rest = &rest[n..],
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
+            Err(error) => return Err((error, written)),
         }
     }
     Ok(())

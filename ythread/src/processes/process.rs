@@ -335,9 +335,13 @@ impl Process {
 
     /// Sends a finished frame; see [`frame::write`]. A worker that died
     /// makes it fail with `BrokenPipe`, never kill this process.
-    pub(crate) fn send(&mut self, frame: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+    pub(crate) fn send(
+        &mut self,
+        frame: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), (io::Error, usize)> {
         let Some(calls) = &mut self.calls else {
-            return Err(io::ErrorKind::BrokenPipe.into());
+            return Err((io::ErrorKind::BrokenPipe.into(), 0));
         };
         // Rust programs ignore `SIGPIPE`; one that restored its default
         // action (as command-line tools do, to end quietly when piped to
