@@ -1117,3 +1117,58 @@ fn a_call_too_large_for_a_workers_memory_costs_two_workers_and_says_it_did_not_r
         assert_eq!(handle("x".repeat(10)).run_with(&cpu).unwrap(), 10);
     });
 }
+
+// --- a worker that forks: its channel outlives it --------------------------
+
+/// Forks a child that keeps the worker's channel open for 30 s, then, if
+/// `crash`, segfaults; returns the child's pid otherwise.
+#[offloadable]
+fn fork_then(crash: bool) -> u32 {
+    // SAFETY: the child only calls async-signal-safe functions (`sleep`,
+    // `_exit`) before it ends.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::sleep(30);
+            libc::_exit(0);
+        }
+    }
+    if crash {
+        null_read();
+    }
+    child as u32
+}
+
+#[yieldable]
+fn try_fork_then(crash: bool) -> Result<u32, OffloadError> {
+    try_offload!(fork_then, crash)
+}
+
+#[test]
+fn a_worker_whose_fork_holds_its_channel_is_seen_to_die() {
+    common::watchdog(Duration::from_secs(60), || {
+        let cpu = Processes::new(1).unwrap();
+        // It dies running a call: the call fails at once, and what it
+        // forked (in its group) ends too.
+        let started = Instant::now();
+        let error = try_fork_then(true).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
+        assert_eq!(error.signal(), Some(libc::SIGSEGV));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // It dies idle, after a call that forked: no call fails, and the
+        // pool sees it.
+        let fork = try_fork_then(false).run_with(&cpu).unwrap();
+        let victim = cpu.idle_pids()[0];
+        kill(victim, libc::SIGKILL);
+        assert_eq!(try_add(1, 2).run_with(&cpu).unwrap(), 3);
+        eventually("the dead worker is replaced", || {
+            !cpu.idle_pids().contains(&victim) && cpu.idle_pids().len() == 1
+        });
+        assert_ends(fork, "what the dead worker forked");
+    });
+}

@@ -216,8 +216,9 @@ impl Processes {
                 After::DiedBeforeStart(death)
             };
         }
-        let reply = frame::read(&mut process.replies, &mut buf, self.max_frame, deadline).and_then(
-            |(kind, answered, body)| {
+        let reply = process
+            .receive(&mut buf, self.max_frame, deadline)
+            .and_then(|(kind, answered, body)| {
                 if answered == number {
                     Ok((kind, body))
                 } else {
@@ -225,8 +226,7 @@ impl Processes {
                         "a reply to call {answered}, where call {number} was asked"
                     )))
                 }
-            },
-        );
+            });
         let keep = match reply {
             Ok((DONE, body)) => {
                 if let Err(error) = call.finish(registration, body, self.depth()) {

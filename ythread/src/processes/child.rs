@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use rustix::io::FdFlags;
 
 use super::entry::{Setting, WORKER_ENV};
-use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError};
+use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError, Watch};
 use super::process::{CALLS_FD, REPLIES_FD, parent_death_signal};
 use super::started::Started;
 use crate::offloadable::{self, InvokeError, Lookup};
@@ -80,28 +80,29 @@ pub(crate) fn serve(setting: Setting) -> i32 {
     frame::begin(&mut out, HELLO, 0);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
         || frame::finish(&mut out, max_frame).is_err()
-        || frame::write(&mut replies, &out, None).is_err()
+        || frame::write(&mut replies, &out, Watch::default()).is_err()
     {
         end_group();
     }
     let mut input = Vec::new();
     loop {
-        let (kind, call, body) = match frame::read(&mut calls, &mut input, max_frame, None) {
-            Ok(frame) => frame,
-            // The parent closed the channel: it is done with this worker,
-            // or it died.
-            Err(ReadError::Closed) => end_group(),
-            Err(error) => {
-                eprintln!("ythread worker: {error}; exiting");
-                return 2;
-            }
-        };
+        let (kind, call, body) =
+            match frame::read(&mut calls, &mut input, max_frame, Watch::default()) {
+                Ok(frame) => frame,
+                // The parent closed the channel: it is done with this worker,
+                // or it died.
+                Err(ReadError::Closed) => end_group(),
+                Err(error) => {
+                    eprintln!("ythread worker: {error}; exiting");
+                    return 2;
+                }
+            };
         if kind != CALL {
             eprintln!("ythread worker: unexpected frame kind {kind}; exiting");
             return 2;
         }
         answer(call, body, &mut out, max_frame, setting.max_depth, &started);
-        if frame::write(&mut replies, &out, None).is_err() {
+        if frame::write(&mut replies, &out, Watch::default()).is_err() {
             end_group();
         }
         // Buffers grown for one large call are not kept.

@@ -96,15 +96,27 @@ pub(crate) fn finish(buf: &mut [u8], max: usize) -> Result<(), usize> {
     Ok(())
 }
 
-/// Reads one frame into `buf` and returns its kind and body. `deadline`, if
-/// any, bounds the whole read.
+/// What a read or a write on the channel waits for besides its descriptor:
+/// a deadline, and the peer's end.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Watch<'f> {
+    /// Bounds the whole read or write.
+    pub(crate) deadline: Option<Instant>,
+    /// A descriptor that becomes readable when the peer process has ended
+    /// (its pidfd): the channel may outlive it, held open by a process it
+    /// forked, and the wait then ends as if it had closed.
+    pub(crate) exited: Option<BorrowedFd<'f>>,
+}
+
+/// Reads one frame into `buf` and returns its kind and body, waiting no
+/// longer than `watch` allows.
 pub(crate) fn read<'b, R: Read + AsFd>(
     input: &mut R,
     buf: &'b mut Vec<u8>,
     max: usize,
-    deadline: Option<Instant>,
+    watch: Watch<'_>,
 ) -> Result<(u8, u32, &'b [u8]), ReadError> {
-    let mut reader = Timed { input, deadline };
+    let mut reader = Watched { input, watch };
     decode(&mut reader, buf, max)
 }
 
@@ -185,45 +197,66 @@ fn read_exact(reader: &mut impl Read, mut out: &mut [u8]) -> Result<(), ReadErro
     Ok(())
 }
 
-/// A pipe whose reads stop at a deadline.
-struct Timed<'s, R> {
+/// A pipe whose reads stop at a deadline, or at the peer's end.
+struct Watched<'s, 'f, R> {
     input: &'s mut R,
-    deadline: Option<Instant>,
+    watch: Watch<'f>,
 }
 
-impl<R: Read + AsFd> Read for Timed<'_, R> {
+impl<R: Read + AsFd> Read for Watched<'_, '_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.deadline {
-            wait_until_ready(self.input.as_fd(), PollFlags::IN, deadline)?;
+        if self.watch.deadline.is_some() || self.watch.exited.is_some() {
+            wait_until_ready(self.input.as_fd(), PollFlags::IN, self.watch)?;
         }
         self.input.read(out)
     }
 }
 
-/// Waits until `fd` is ready for `events` (`IN`, `OUT`), or fails with
-/// `TimedOut` at `deadline`. A closed peer counts as ready: the read or
-/// write that follows reports it.
-fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) -> io::Result<()> {
+/// Waits until `fd` is ready for `events` (`IN`, `OUT`); fails with
+/// `TimedOut` at the deadline, or with `ConnectionReset` (the channel's
+/// end) once the peer has ended with nothing more to read. A closed peer
+/// counts as ready: the read or write that follows reports it.
+fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, watch: Watch<'_>) -> io::Result<()> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        let mut poll = [PollFd::from_borrowed_fd(fd, events)];
         // To the nanosecond (a deadline 0.5 ms away is no busy loop), and
         // at most `i32::MAX` ms at a time, as `poll(2)` would take it (the
-        // loop then looks again).
-        let timeout = Timespec::try_from(left.min(Duration::from_millis(i32::MAX as u64))).ok();
+        // loop then looks again); no deadline, no time-out.
+        let timeout = match watch.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                Timespec::try_from(left.min(Duration::from_millis(i32::MAX as u64))).ok()
+            }
+            None => None,
+        };
+        let mut poll = [
+            PollFd::from_borrowed_fd(fd, events),
+            // (When no end is watched: the same descriptor again, asking
+            // for nothing, whose `revents` are not looked at.)
+            match watch.exited {
+                Some(exited) => PollFd::from_borrowed_fd(exited, PollFlags::IN),
+                None => PollFd::from_borrowed_fd(fd, PollFlags::empty()),
+            },
+        ];
         match rustix::event::poll(&mut poll, timeout.as_ref()) {
             Ok(0) | Err(Errno::INTR) => {}
-            Ok(_) => return Ok(()),
+            Ok(_) if !poll[0].revents().is_empty() => return Ok(()),
+            Ok(_) if watch.exited.is_some() && !poll[1].revents().is_empty() => {
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            Ok(_) => {}
             Err(error) => return Err(error.into()),
         }
     }
 }
 
-/// Writes a finished frame; `deadline`, if any, bounds the whole write (a
-/// worker that stops reading cannot block its caller past it).
+/// Writes a finished frame, waiting no longer than `watch` allows (a worker
+/// that stops reading cannot block its caller past its deadline, nor past
+/// its end). On a non-blocking descriptor (the parent's end of a worker's
+/// calls) each write takes what the pipe has room for, and the wait is a
+/// `poll`; a blocking one (a worker's replies) just blocks.
 ///
 /// # Errors
 ///
@@ -231,26 +264,25 @@ fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) ->
 pub(crate) fn write<W: Write + AsFd>(
     output: &mut W,
     frame: &[u8],
-    deadline: Option<Instant>,
+    watch: Watch<'_>,
 ) -> Result<(), (io::Error, usize)> {
+    if watch
+        .deadline
+        .is_some_and(|deadline| Instant::now() >= deadline)
+    {
+        return Err((io::ErrorKind::TimedOut.into(), 0));
+    }
     let mut rest = frame;
     while !rest.is_empty() {
         let written = frame.len() - rest.len();
-        let chunk = match deadline {
-            Some(deadline) => {
-                wait_until_ready(output.as_fd(), PollFlags::OUT, deadline)
-                    .map_err(|error| (error, written))?;
-                // A ready pipe takes `PIPE_BUF` bytes without blocking, and
-                // no more for sure: a larger write could block past the
-                // deadline.
-                rest.len().min(rustix::pipe::PIPE_BUF)
-            }
-            None => rest.len(),
-        };
-        match output.write(&rest[..chunk]) {
+        match output.write(rest) {
             Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
             Ok(n) => rest = &rest[n..],
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                wait_until_ready(output.as_fd(), PollFlags::OUT, watch)
+                    .map_err(|error| (error, written))?;
+            }
             Err(error) => return Err((error, written)),
         }
     }

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -12,11 +12,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
-use rustix::process::{Pid, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::death::Death;
 use super::entry::{Setting, Start, WORKER_ENV};
-use super::frame::{self, HELLO, PROTOCOL, ReadError};
+use super::frame::{self, HELLO, PROTOCOL, ReadError, Watch};
 use super::output::{self, Output};
 use super::sigpipe;
 use super::started::{STARTED_FD, Started};
@@ -56,6 +56,8 @@ pub(crate) struct Process {
     pub(crate) replies: PipeReader,
     /// The frame buffer, kept between calls.
     pub(crate) buf: Vec<u8>,
+    /// Readable once the worker has ended.
+    pidfd: Option<OwnedFd>,
     /// The number of the last call the worker started running.
     started: Started,
     memory_limit: Option<u64>,
@@ -176,12 +178,18 @@ impl Process {
         // command holds the output's ends.)
         drop((calls_in, replies_out, started_fd, command));
         let output = Output::relay(output_in, number, child.id());
+        // Writes to the worker wait in `poll`, beside its end (`frame::write`).
+        rustix::io::ioctl_fionbio(&calls_out, true)
+            .map_err(|e| format!("a non-blocking pipe for calls: {e}"))?;
+        // (Without it, the end of a worker is seen only as its channel's.)
+        let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty()).ok();
         let mut process = Process {
             child,
             next_call: 1,
             calls: Some(calls_out),
             replies: replies_in,
             buf: Vec::new(),
+            pidfd,
             started,
             memory_limit,
             output: output.ok(),
@@ -227,16 +235,22 @@ impl Process {
     fn hello(&mut self, spec: &Spec) -> Result<(), String> {
         // (A time-out too far to add, `Duration::MAX`, is none.)
         let deadline = Instant::now().checked_add(spec.start_timeout);
-        let (kind, _call, body) =
-            frame::read(&mut self.replies, &mut self.buf, spec.max_frame, deadline).map_err(
-                |error| match error {
-                    ReadError::Closed => "ended before it was ready".to_owned(),
-                    ReadError::TimedOut => {
-                        format!("did not say it was ready within {:?}", spec.start_timeout)
-                    }
-                    other => format!("sent a malformed hello: {other}"),
-                },
-            )?;
+        let (kind, _call, body) = frame::read(
+            &mut self.replies,
+            &mut self.buf,
+            spec.max_frame,
+            Watch {
+                deadline,
+                exited: self.pidfd.as_ref().map(AsFd::as_fd),
+            },
+        )
+        .map_err(|error| match error {
+            ReadError::Closed => "ended before it was ready".to_owned(),
+            ReadError::TimedOut => {
+                format!("did not say it was ready within {:?}", spec.start_timeout)
+            }
+            other => format!("sent a malformed hello: {other}"),
+        })?;
         let (protocol, _pid) = match (kind, frame::parse_hello(body)) {
             (HELLO, Ok(hello)) => hello,
             _ => return Err("sent a malformed hello".to_owned()),
@@ -347,7 +361,27 @@ impl Process {
         // action (as command-line tools do, to end quietly when piped to
         // `head`) would be killed by a write to a dead worker's pipe.
         let _blocked = sigpipe::kills().then(sigpipe::Blocked::new);
-        frame::write(calls, frame, deadline)
+        let exited = self.pidfd.as_ref().map(AsFd::as_fd);
+        frame::write(calls, frame, Watch { deadline, exited })
+    }
+
+    /// Reads the worker's reply into `buf`; see [`frame::read`]. It ends
+    /// when the worker does, even if a process it forked holds its end of
+    /// the channel open.
+    pub(crate) fn receive<'b>(
+        &mut self,
+        buf: &'b mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(u8, u32, &'b [u8]), ReadError> {
+        let exited = self.pidfd.as_ref().map(AsFd::as_fd);
+        frame::read(&mut self.replies, buf, max, Watch { deadline, exited })
+    }
+
+    /// A descriptor that becomes readable when the worker has ended, if the
+    /// kernel gives one (`pidfd_open`, Linux 5.3).
+    pub(crate) fn exited(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
     }
 
     /// Whether the worker started running the call numbered `call` (it may
