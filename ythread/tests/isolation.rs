@@ -1172,3 +1172,127 @@ fn a_worker_whose_fork_holds_its_channel_is_seen_to_die() {
         assert_ends(fork, "what the dead worker forked");
     });
 }
+
+// --- a stderr nobody reads ------------------------------------------------
+
+/// Prints `lines` lines of 1 KiB to stderr.
+#[offloadable]
+fn shout(lines: u32) -> u32 {
+    let line = "y".repeat(1023);
+    for _ in 0..lines {
+        eprintln!("{line}");
+    }
+    lines
+}
+
+#[test]
+fn a_stderr_nobody_reads_does_not_hold_the_workers() {
+    common::watchdog(Duration::from_secs(60), || {
+        // The entry's stderr: a pipe whose reader is kept open and never
+        // read, so it fills (a stalled log consumer, a paused terminal).
+        let (_unread, stderr) = std::io::pipe().unwrap();
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(common::entry_args("stalled_stderr_entry"))
+            .arg("--nocapture")
+            .env(STALLED_ENV, "1")
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("shouted: 2048, 2048"),
+            "{:?}\n{stdout}",
+            output.status
+        );
+    });
+}
+
+const STALLED_ENV: &str = "YTHREAD_TEST_STALLED_STDERR";
+
+/// In `a_stderr_nobody_reads_does_not_hold_the_workers`'s process: a worker
+/// prints 2 MiB, twice, to a stderr that fills after 64 KiB. A no-op in the
+/// test run itself.
+#[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
+fn stalled_stderr_entry() {
+    if std::env::var_os(STALLED_ENV).is_none() {
+        return;
+    }
+    #[yieldable]
+    fn handle(lines: u32) -> Result<u32, OffloadError> {
+        try_offload!(shout, lines)
+    }
+    let cpu = Processes::new(1).unwrap();
+    let first = handle(2048).run_with(&cpu).unwrap();
+    let second = handle(2048).run_with(&cpu).unwrap();
+    println!("shouted: {first}, {second}");
+}
+
+// --- slow and interrupted starts -------------------------------------------
+
+/// A worker program that is this test binary, started through a script
+/// that writes its pid to `dir/<n>` for the n-th start, and sleeps `sleep`
+/// seconds first on the second start only.
+fn slow_second_start(dir: &Path, sleep: u32) -> PathBuf {
+    let script = dir.join("worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(ls '{dir}' | grep -c '^[0-9]')\nn=$((n+1))\necho $$ > '{dir}/'$n\n\
+             [ $n -eq 2 ] && sleep {sleep}\nexec '{exe}' \"$@\"\n",
+            dir = dir.display(),
+            exe = std::env::current_exe().unwrap().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn dropping_the_strategy_does_not_wait_for_a_slow_start() {
+    common::watchdog(Duration::from_secs(60), || {
+        let dir = scratch("slow-start");
+        let cpu = Processes::builder()
+            .workers(1)
+            .program(slow_second_start(&dir, 8))
+            .build()
+            .unwrap();
+        // The replacement of a worker killed while idle takes 8 s to start.
+        kill(cpu.idle_pids()[0], libc::SIGKILL);
+        eventually("the replacement is starting", || dir.join("2").exists());
+        let started = Instant::now();
+        drop(cpu);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the drop took {:?}",
+            started.elapsed()
+        );
+        assert_ends(read_pid(&dir.join("2")), "the worker that was starting");
+    });
+}
+
+#[test]
+fn a_start_killed_from_outside_fails_no_waiting_call() {
+    common::watchdog(Duration::from_secs(60), || {
+        let dir = scratch("killed-start");
+        let cpu = Arc::new(
+            Processes::builder()
+                .workers(1)
+                .program(slow_second_start(&dir, 2))
+                .build()
+                .unwrap(),
+        );
+        kill(cpu.idle_pids()[0], libc::SIGKILL);
+        // A call waits for the replacement, which is killed as it starts:
+        // the next start serves the call.
+        let waiting = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || try_add(20, 22).run_with(&*cpu))
+        };
+        kill(read_pid(&dir.join("2")), libc::SIGKILL);
+        assert_eq!(waiting.join().unwrap().unwrap(), 42);
+        assert!(dir.join("3").exists());
+    });
+}

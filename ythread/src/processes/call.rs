@@ -273,8 +273,17 @@ impl Processes {
             // code gone wrong), and is killed if it does not end. Only then
             // is its word read: a worker still alive could start the call.
             Err(ReadError::Closed) => {
-                let death = process.reap(Duration::from_millis(200));
+                let (death, killed) = process.end(Duration::from_millis(200));
                 process.buf = buf;
+                if killed && process.started(number) {
+                    // Alive, its channel closed under it (native code gone
+                    // wrong): no reply can come.
+                    call.fail(OffloadError::protocol(
+                        name,
+                        "the worker closed its channel while it ran the call, and was killed",
+                    ));
+                    return After::Replace;
+                }
                 return if process.started(number) {
                     // It died running the call (it may have run, in part).
                     After::Died(death)

@@ -252,6 +252,12 @@ fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, watch: Watch<'_>) -> 
     }
 }
 
+/// Waits until `fd` has something to read (or has ended), no longer than
+/// `watch` allows; see [`wait_until_ready`].
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, watch: Watch<'_>) -> io::Result<()> {
+    wait_until_ready(fd, PollFlags::IN, watch)
+}
+
 /// Writes a finished frame, waiting no longer than `watch` allows (a worker
 /// that stops reading cannot block its caller past its deadline, nor past
 /// its end). On a non-blocking descriptor (the parent's end of a worker's

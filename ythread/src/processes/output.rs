@@ -13,6 +13,11 @@
 
 use std::collections::VecDeque;
 use std::io::{self, PipeReader, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -71,9 +76,7 @@ impl Output {
     ///
     /// Errors: the thread could not be spawned.
     pub(crate) fn relay(reader: PipeReader, worker: usize, pid: u32) -> io::Result<Output> {
-        // `Stderr::write_all` holds stderr's lock for the whole line, so one
-        // `write_all` per line never interleaves with another thread's.
-        relay_to(reader, worker, pid, io::stderr())
+        relay_to(reader, worker, pid, PatientStderr)
     }
 
     /// The function the worker runs from now on (its path,
@@ -122,6 +125,65 @@ impl Output {
                 .map_or(0, |end| end + 1)
         };
         String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+}
+
+/// This process's stderr, for the relay: a line goes out whole, under
+/// stderr's lock (never interleaved with another thread's), and a stderr
+/// nobody reads (a full pipe, a paused terminal) cannot hold the relay, and
+/// with it the worker, for ever: each write waits at most [`STALL`] for
+/// room, and the line that finds none is dropped.
+struct PatientStderr;
+
+/// How long the relay waits for room on stderr before it drops a line.
+const STALL: Duration = Duration::from_secs(1);
+
+/// Whether stderr had no room the last time a relay looked.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+impl Write for PatientStderr {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes).map(|()| bytes.len())
+    }
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let stderr = io::stderr();
+        let locked = stderr.lock();
+        let fd = locked.as_fd();
+        while !bytes.is_empty() {
+            let mut ready = [PollFd::new(&fd, PollFlags::OUT)];
+            // Once stderr has stalled, lines go or are dropped at once,
+            // until one goes: a worker printing much must not wait a
+            // second a line.
+            let wait = if STALLED.load(Ordering::Relaxed) {
+                Duration::ZERO
+            } else {
+                STALL
+            };
+            let timeout = Timespec::try_from(wait).ok();
+            match rustix::event::poll(&mut ready, timeout.as_ref()) {
+                Ok(0) => {
+                    STALLED.store(true, Ordering::Relaxed);
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                Ok(_) => STALLED.store(false, Ordering::Relaxed),
+                Err(Errno::INTR) => continue,
+                Err(error) => return Err(error.into()),
+            }
+            // A ready pipe takes `PIPE_BUF` bytes without blocking, and no
+            // more for sure.
+            let chunk = bytes.len().min(rustix::pipe::PIPE_BUF);
+            match rustix::io::write(fd, &bytes[..chunk]) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(Errno::INTR | Errno::AGAIN) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

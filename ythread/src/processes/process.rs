@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,31 @@ pub(crate) struct Spec {
     pub(crate) start_timeout: Duration,
 }
 
+/// Why a worker did not start.
+#[derive(Debug)]
+pub(crate) struct StartError {
+    pub(crate) message: String,
+    /// Killed from outside while it started, or not wanted any more: the
+    /// next start may well succeed.
+    pub(crate) transient: bool,
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> StartError {
+        StartError {
+            message,
+            transient: false,
+        }
+    }
+}
+
+/// Why a worker's hello did not come.
+enum Hello {
+    /// The strategy stopped meanwhile.
+    Stopped,
+    Failed(String),
+}
+
 /// A running worker process and the parent's end of its channel.
 #[derive(Debug)]
 pub(crate) struct Process {
@@ -75,7 +101,11 @@ impl Process {
     /// Must be called from a thread that outlives the worker: the worker is
     /// killed when the thread that started it exits (`PR_SET_PDEATHSIG` is
     /// per thread on Linux), which is how workers die with their parent.
-    pub(crate) fn start(spec: &Spec, number: usize) -> Result<Process, String> {
+    pub(crate) fn start(
+        spec: &Spec,
+        number: usize,
+        stopping: &AtomicBool,
+    ) -> Result<Process, StartError> {
         let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
         // The child's ends above the standard descriptors: a program that
         // closed one of those gets it back from `pipe`, and the child's
@@ -196,12 +226,29 @@ impl Process {
             reaped: false,
             status: None,
         };
-        match process.hello(spec) {
+        match process.hello(spec, stopping) {
             Ok(()) => Ok(process),
-            Err(why) => {
-                let ended = match process.reap_or_kill(Duration::from_millis(200)) {
-                    (_, true) => "it was still running its own code, and was killed".to_owned(),
-                    (death, false) => death.to_string(),
+            Err(Hello::Stopped) => {
+                process.kill();
+                Err(StartError {
+                    message: "the strategy stopped while the worker started".to_owned(),
+                    transient: true,
+                })
+            }
+            Err(Hello::Failed(why)) => {
+                let (death, killed) = process.end(Duration::from_millis(200));
+                // Killed from outside as it started (an operator, the
+                // out-of-memory killer): no sign that the program is at fault.
+                if death.signal.is_some() && !killed && spec.memory_limit.is_none() {
+                    return Err(StartError {
+                        message: format!("the worker process {why} ({death})"),
+                        transient: true,
+                    });
+                }
+                let ended = if killed {
+                    "it was still running its own code, and was killed".to_owned()
+                } else {
+                    death.to_string()
                 };
                 let needs = match spec.start {
                     Start::Load => format!(
@@ -224,41 +271,61 @@ impl Process {
                     ),
                     None => String::new(),
                 };
-                Err(format!(
-                    "the worker process {why} ({ended}); {needs}{limit}"
-                ))
+                Err(StartError {
+                    message: format!("the worker process {why} ({ended}); {needs}{limit}"),
+                    transient: false,
+                })
             }
         }
     }
 
     /// Waits for the worker's hello.
-    fn hello(&mut self, spec: &Spec) -> Result<(), String> {
+    fn hello(&mut self, spec: &Spec, stopping: &AtomicBool) -> Result<(), Hello> {
         // (A time-out too far to add, `Duration::MAX`, is none.)
         let deadline = Instant::now().checked_add(spec.start_timeout);
+        let exited = self.pidfd.as_ref().map(AsFd::as_fd);
+        // Until the hello comes: a strategy dropped meanwhile must not wait
+        // for a slow start, so the wait looks at it every 50 ms.
+        loop {
+            if stopping.load(Ordering::Acquire) {
+                return Err(Hello::Stopped);
+            }
+            let slice = Instant::now() + Duration::from_millis(50);
+            let watch = Watch {
+                deadline: Some(deadline.map_or(slice, |deadline| deadline.min(slice))),
+                exited,
+            };
+            match frame::wait_readable(self.replies.as_fd(), watch) {
+                Err(error)
+                    if error.kind() == io::ErrorKind::TimedOut
+                        && deadline.is_none_or(|deadline| Instant::now() < deadline) => {}
+                // Ready, ended, or out of time: the read says which.
+                _ => break,
+            }
+        }
         let (kind, _call, body) = frame::read(
             &mut self.replies,
             &mut self.buf,
             spec.max_frame,
-            Watch {
-                deadline,
-                exited: self.pidfd.as_ref().map(AsFd::as_fd),
-            },
+            Watch { deadline, exited },
         )
-        .map_err(|error| match error {
-            ReadError::Closed => "ended before it was ready".to_owned(),
-            ReadError::TimedOut => {
-                format!("did not say it was ready within {:?}", spec.start_timeout)
-            }
-            other => format!("sent a malformed hello: {other}"),
+        .map_err(|error| {
+            Hello::Failed(match error {
+                ReadError::Closed => "ended before it was ready".to_owned(),
+                ReadError::TimedOut => {
+                    format!("did not say it was ready within {:?}", spec.start_timeout)
+                }
+                other => format!("sent a malformed hello: {other}"),
+            })
         })?;
         let (protocol, _pid) = match (kind, frame::parse_hello(body)) {
             (HELLO, Ok(hello)) => hello,
-            _ => return Err("sent a malformed hello".to_owned()),
+            _ => return Err(Hello::Failed("sent a malformed hello".to_owned())),
         };
         if protocol != PROTOCOL {
-            return Err(format!(
+            return Err(Hello::Failed(format!(
                 "speaks protocol {protocol}, not {PROTOCOL} (is it another build?)"
-            ));
+            )));
         }
         Ok(())
     }
@@ -272,11 +339,11 @@ impl Process {
     /// already, when its channel closed), then kills it, and returns how it
     /// ended. Never leaves a zombie.
     pub(crate) fn reap(&mut self, grace: Duration) -> Death {
-        self.reap_or_kill(grace).0
+        self.end(grace).0
     }
 
     /// [`reap`](Process::reap), and whether it had to be killed.
-    fn reap_or_kill(&mut self, grace: Duration) -> (Death, bool) {
+    pub(crate) fn end(&mut self, grace: Duration) -> (Death, bool) {
         let end = Instant::now() + grace;
         // Waits for the worker to end without reaping it: until it is
         // reaped its pid, which is its process group's id, cannot be given

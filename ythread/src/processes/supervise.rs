@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Processes;
 use super::checkout::Shared;
-use super::process::{Process, Spec};
+use super::process::{Process, Spec, StartError};
 
 /// What the supervisor is asked to do.
 pub(super) enum Request {
@@ -77,7 +77,7 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
             }
         }
         started += 1;
-        match Process::start(spec, started) {
+        match Process::start(spec, started, &shared.stopping) {
             // Shut down while it started: not wanted any more.
             Ok(mut process) if shared.stopping.load(Ordering::Acquire) => {
                 process.close();
@@ -95,12 +95,17 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
                     let _ = reply.send(Ok(()));
                 }
             }
-            Err(why) => {
+            Err(StartError { message, transient }) => {
                 failures = failures.saturating_add(1);
-                *shared.start_error.lock() = Some(why.clone());
+                // Calls waiting for a worker fail with it once starts fail
+                // for the program's sake, or keep failing: a start killed
+                // from outside is retried, and they wait for it.
+                if !transient || failures >= 3 {
+                    *shared.start_error.lock() = Some(message.clone());
+                }
                 match reply {
                     Some(reply) => {
-                        let _ = reply.send(Err(why));
+                        let _ = reply.send(Err(message));
                     }
                     // Try again, after the back-off.
                     None => queue.push_front(Request::Start { reply: None }),
