@@ -56,7 +56,10 @@
 //! `main`: its workers then serve there instead, after the initialisers
 //! and the setup. Code placed *before* that call runs in every worker too
 //! (as code before `if __name__ == '__main__'` does in Python's
-//! `multiprocessing`). Only a call from the main thread counts.
+//! `multiprocessing`). Only a call from the main thread counts. (Under
+//! `#[tokio::main]`, the runtime is built before the body runs: with `init`,
+//! each worker would carry an idle runtime. Leave `init` out, or call it in
+//! a plain `main` before building the runtime.)
 //!
 //! Work runs on a worker's main thread, whose stack is a program's main
 //! stack (`RLIMIT_STACK`, `ulimit -s`: usually 8 MiB), not a spawned
