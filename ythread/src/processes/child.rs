@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use rustix::io::FdFlags;
 
-use super::entry::{Setting, WORKER_ENV};
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError, Watch};
-use super::process::{CALLS_FD, REPLIES_FD, parent_death_signal};
+use super::handoff::{CALLS_FD, REPLIES_FD, Setting, WORKER_ENV, parent_death_signal};
 use super::started::Started;
 use crate::offloadable::{self, InvokeError, Lookup};
 

@@ -7,67 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::child;
 use super::frame::PROTOCOL;
-use super::process::parent_death_signal;
-
-/// The environment variable that tells a process it is a worker:
-/// `protocol:max_frame:max_depth:parent_pid:start`, `2:67108864:128:4242:load`.
-pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
-
-/// Where a worker starts serving.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Start {
-    /// Before `main`, from the load-time entry: nothing of the program's own
-    /// code runs in the worker. For programs that never call `init`, test
-    /// binaries among them (their harness would run every test again).
-    Load,
-    /// At `init()` in `main`, after the program's static initialisers (C++
-    /// libraries linked in, say) and the code before `init()`: for programs
-    /// that call `init`.
-    Main,
-}
-
-/// What a worker is told by its parent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Setting {
-    pub(crate) max_frame: usize,
-    pub(crate) max_depth: usize,
-    /// The process that started the worker: the variable is only this
-    /// process's if that is its parent. A process the work starts inherits
-    /// the variable, and must run as the program it is.
-    pub(crate) parent: u32,
-    pub(crate) start: Start,
-}
-
-impl Setting {
-    pub(crate) fn encode(&self) -> String {
-        let start = match self.start {
-            Start::Load => "load",
-            Start::Main => "main",
-        };
-        format!(
-            "{PROTOCOL}:{}:{}:{}:{start}",
-            self.max_frame, self.max_depth, self.parent
-        )
-    }
-
-    fn parse(text: &str) -> Option<Setting> {
-        let mut fields = text.split(':');
-        if fields.next()?.parse::<u32>().ok()? != PROTOCOL {
-            return None;
-        }
-        let setting = Setting {
-            max_frame: fields.next()?.parse().ok()?,
-            max_depth: fields.next()?.parse().ok()?,
-            parent: fields.next()?.parse().ok()?,
-            start: match fields.next()? {
-                "load" => Start::Load,
-                "main" => Start::Main,
-                _ => return None,
-            },
-        };
-        fields.next().is_none().then_some(setting)
-    }
-}
+use super::handoff::{Setting, Start, WORKER_ENV, parent_death_signal};
 
 /// What `YTHREAD_WORKER` says of this process.
 pub(crate) enum Role {
@@ -214,31 +154,3 @@ extern "C" fn serve_at_load() {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static SERVE_AT_LOAD: extern "C" fn() = serve_at_load;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_setting_reads_back() {
-        for start in [Start::Load, Start::Main] {
-            let setting = Setting {
-                max_frame: 1 << 26,
-                max_depth: 128,
-                parent: 4242,
-                start,
-            };
-            assert_eq!(Setting::parse(&setting.encode()), Some(setting));
-        }
-        for bad in [
-            "",
-            "2",
-            "1:67108864",
-            "2:1:2:3:later",
-            "2:1:2:3:load:4",
-            "x:1:2:3:load",
-        ] {
-            assert_eq!(Setting::parse(bad), None, "{bad}");
-        }
-    }
-}

@@ -137,8 +137,11 @@
 // reap) and `output.rs` (what a worker prints, relayed and labelled). The
 // child side: `entry.rs` (how a process learns it is a worker, and where it
 // starts serving) and `child.rs` (what a worker process runs). Between
-// them: `frame.rs` (the framing on the pipes) and `death.rs` (how a worker
-// process ended, in words).
+// them: `handoff.rs` (what a parent hands a worker: its setting, its
+// descriptors, its parent-death signal), `frame.rs` (the framing on the
+// pipes), `started.rs` (the word that says whether a call started),
+// `sigpipe.rs` (writes that a reader's end cannot kill) and `death.rs` (how
+// a worker process ended, in words).
 
 mod builder;
 mod call;
@@ -147,6 +150,7 @@ mod child;
 pub(crate) mod death;
 mod entry;
 mod frame;
+mod handoff;
 mod output;
 mod process;
 mod sigpipe;

@@ -16,17 +16,11 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::death::Death;
-use super::entry::{Setting, Start, WORKER_ENV};
 use super::frame::{self, HELLO, PROTOCOL, ReadError, Watch};
+use super::handoff::{CALLS_FD, REPLIES_FD, Setting, Start, WORKER_ENV, parent_death_signal};
 use super::output::{self, Output};
 use super::sigpipe;
 use super::started::{STARTED_FD, Started};
-
-/// The descriptors on which a worker finds its channel: calls come in on
-/// the first, replies go out on the second. (The third, `STARTED_FD`, is
-/// the memory of the word it marks each call's start in.)
-pub(crate) const CALLS_FD: i32 = 3;
-pub(crate) const REPLIES_FD: i32 = 4;
 
 /// How to start a worker.
 #[derive(Clone, Debug)]
@@ -479,11 +473,4 @@ fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, String> {
         return Ok(fd);
     }
     rustix::io::fcntl_dupfd_cloexec(&fd, 3).map_err(|e| format!("dup of a pipe: {e}"))
-}
-
-/// The signal a worker gets when the thread that started it ends (the
-/// parent died): one that nothing else sends, on which the worker kills its
-/// process group (`PR_SET_PDEATHSIG` itself reaches the worker alone).
-pub(crate) fn parent_death_signal() -> i32 {
-    libc::SIGRTMAX()
 }
