@@ -419,7 +419,7 @@ impl fmt::Display for OffloadError {
                     return write!(
                         f,
                         "the worker processes sent `{function}` died before they started it \
-                         (it did not run), twice; the last one: {death}"
+                         (it did not run), twice, taking it in; the last one: {death}"
                     );
                 }
                 write!(f, "the worker process running `{function}` died: {death}")?;

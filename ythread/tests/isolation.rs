@@ -1211,8 +1211,9 @@ fn a_stderr_nobody_reads_does_not_hold_the_workers() {
 const STALLED_ENV: &str = "YTHREAD_TEST_STALLED_STDERR";
 
 /// In `a_stderr_nobody_reads_does_not_hold_the_workers`'s process: a worker
-/// prints 2 MiB, twice, to a stderr that fills after 64 KiB. A no-op in the
-/// test run itself.
+/// prints 2 MiB, twice, to a stderr that fills after 64 KiB, on which a
+/// thread of the program is blocked already. A no-op in the test run
+/// itself.
 #[test]
 #[ignore = "an entry point of the processes other tests start, not a test"]
 fn stalled_stderr_entry() {
@@ -1223,6 +1224,10 @@ fn stalled_stderr_entry() {
     fn handle(lines: u32) -> Result<u32, OffloadError> {
         try_offload!(shout, lines)
     }
+    // The program's own thread blocks in `eprintln!`, holding stderr's
+    // lock, on the full pipe.
+    thread::spawn(|| eprintln!("{}", "p".repeat(256 << 10)));
+    thread::sleep(Duration::from_millis(100));
     let cpu = Processes::new(1).unwrap();
     let first = handle(2048).run_with(&cpu).unwrap();
     let second = handle(2048).run_with(&cpu).unwrap();
@@ -1294,5 +1299,32 @@ fn a_start_killed_from_outside_fails_no_waiting_call() {
         kill(read_pid(&dir.join("2")), libc::SIGKILL);
         assert_eq!(waiting.join().unwrap().unwrap(), 42);
         assert!(dir.join("3").exists());
+    });
+}
+
+#[test]
+fn idle_workers_whose_forks_hold_their_channels_killed_together_fail_no_call() {
+    common::watchdog(Duration::from_secs(60), || {
+        for _ in 0..5 {
+            let cpu = Arc::new(Processes::new(2).unwrap());
+            // Both workers fork (in turn: two calls at once), and stay idle.
+            let calls: Vec<_> = (0..2)
+                .map(|_| {
+                    let cpu = Arc::clone(&cpu);
+                    thread::spawn(move || try_fork_then(false).run_with(&*cpu).unwrap())
+                })
+                .collect();
+            let forks: Vec<u32> = calls.into_iter().map(|t| t.join().unwrap()).collect();
+            for pid in cpu.idle_pids() {
+                kill(pid, libc::SIGKILL);
+            }
+            // The call is sent (the forks hold the pipes), and both workers
+            // turn out dead before they started it: it goes on to a third.
+            assert_eq!(try_add(1, 2).run_with(&*cpu).unwrap(), 3);
+            drop(cpu);
+            for fork in forks {
+                assert_ends(fork, "what a dead worker forked");
+            }
+        }
     });
 }

@@ -92,22 +92,26 @@ impl Processes {
                     self.replace();
                     found_dead += 1;
                     if found_dead > self.workers + 2 {
-                        call.fail(OffloadError::unavailable(
-                            registration.name,
-                            format_args!(
-                                "{found_dead} worker processes in a row were dead when the call \
-                                 was sent to them (it did not run)"
-                            ),
-                        ));
-                        return;
+                        return call.fail(self.dead_before_start(registration, runs, found_dead));
+                    }
+                }
+                // Killed from outside as it took the call in: as if it had
+                // been dead before.
+                After::DiedBeforeStart(death) if !death.self_inflicted() => {
+                    self.replace();
+                    found_dead += 1;
+                    if found_dead > self.workers + 2 {
+                        return call.fail(self.dead_before_start(registration, runs, found_dead));
                     }
                 }
                 After::DiedBeforeStart(death) => {
                     self.replace();
-                    // Once may be bad luck; twice is the call's doing.
+                    // A worker that crashed taking the call in: once may be
+                    // bad luck; twice is the call's doing (too large for the
+                    // workers' memory, say).
                     died_before_start += 1;
                     if died_before_start >= 2 {
-                        call.fail(OffloadError::worker_died(registration.name, death, 0));
+                        call.fail(OffloadError::worker_died(registration.name, death, runs));
                         return;
                     }
                 }
@@ -128,6 +132,26 @@ impl Processes {
                 }
             }
         }
+    }
+
+    /// The failure of a call whose workers kept dying before they started
+    /// it, `found_dead` in a row, after `runs` runs.
+    fn dead_before_start(
+        &self,
+        registration: &Registration,
+        runs: u32,
+        found_dead: usize,
+    ) -> OffloadError {
+        let ran = match runs {
+            0 => "it did not run".to_owned(),
+            runs => format!("it ran {runs} time(s) before, and each time its worker died"),
+        };
+        OffloadError::unavailable(
+            registration.name,
+            format_args!(
+                "{found_dead} worker processes in a row died before they started the call ({ran})"
+            ),
+        )
     }
 
     /// The deepest nesting this strategy encodes and decodes.

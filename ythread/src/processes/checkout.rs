@@ -3,7 +3,6 @@
 //! comes back goes straight to the call that has waited longest.
 
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -90,27 +89,21 @@ impl Shared {
     /// replies, without waiting.
     pub(super) fn take_dead_idle(&self) -> Vec<Process> {
         let mut idle = self.idle.lock();
-        // Each worker's replies, and its end (a worker that forked may
-        // leave its channel open behind it).
+        // Each worker's replies (a worker has nothing to say while idle),
+        // and its end (a worker that forked may leave its channel open
+        // behind it).
         let mut fds: Vec<_> = idle
             .processes
             .iter()
-            .flat_map(|process| {
-                let exited = process.exited().unwrap_or(process.replies.as_fd());
-                [
-                    PollFd::new(&process.replies, PollFlags::IN),
-                    PollFd::from_borrowed_fd(exited, PollFlags::IN),
-                ]
-            })
+            .map(|process| PollFd::new(&process.replies, PollFlags::IN))
             .collect();
-        if fds.is_empty()
-            || !matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
-        {
-            return Vec::new();
-        }
-        let dead: Vec<bool> = fds
-            .chunks(2)
-            .map(|pair| pair.iter().any(|fd| !fd.revents().is_empty()))
+        let quiet = fds.is_empty()
+            || !matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0);
+        let dead: Vec<bool> = idle
+            .processes
+            .iter()
+            .zip(&fds)
+            .map(|(process, fd)| (!quiet && !fd.revents().is_empty()) || process.exited().now())
             .collect();
         drop(fds);
         let mut index = 0;

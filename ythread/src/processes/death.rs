@@ -21,6 +21,27 @@ pub(crate) struct Death {
     pub(crate) cause: Option<Cause>,
 }
 
+impl Death {
+    /// Whether the process ended of its own doing (a fault, an abort, an
+    /// exit), rather than by a signal sent from outside (`SIGKILL`,
+    /// `SIGTERM`, ...).
+    pub(crate) fn self_inflicted(&self) -> bool {
+        match self.signal {
+            Some(signal) => matches!(
+                signal,
+                libc::SIGABRT
+                    | libc::SIGSEGV
+                    | libc::SIGBUS
+                    | libc::SIGILL
+                    | libc::SIGFPE
+                    | libc::SIGSYS
+                    | libc::SIGTRAP
+            ),
+            None => self.code.is_some(),
+        }
+    }
+}
+
 impl fmt::Display for Death {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.signal, self.code) {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
+use rustix::process::{Pid, WaitId, WaitIdOptions};
 
 /// The version of this protocol; a worker of another version is refused at
 /// its hello.
@@ -102,10 +103,42 @@ pub(crate) fn finish(buf: &mut [u8], max: usize) -> Result<(), usize> {
 pub(crate) struct Watch<'f> {
     /// Bounds the whole read or write.
     pub(crate) deadline: Option<Instant>,
-    /// A descriptor that becomes readable when the peer process has ended
-    /// (its pidfd): the channel may outlive it, held open by a process it
-    /// forked, and the wait then ends as if it had closed.
-    pub(crate) exited: Option<BorrowedFd<'f>>,
+    /// How to learn that the peer process has ended: the channel may
+    /// outlive it, held open by a process it forked, and the wait then ends
+    /// as if it had closed.
+    pub(crate) exited: Option<Exited<'f>>,
+}
+
+/// How to learn that a process has ended.
+#[derive(Clone, Copy)]
+pub(crate) enum Exited<'f> {
+    /// Its pidfd, readable once it has.
+    Pidfd(BorrowedFd<'f>),
+    /// Its pid, a child of this process, asked every [`PID_CHECK`] (a
+    /// kernel without pidfds).
+    Pid(Pid),
+}
+
+/// How often a wait asks whether a process without a pidfd has ended.
+const PID_CHECK: Duration = Duration::from_millis(100);
+
+impl Exited<'_> {
+    /// Whether the process has ended (not reaping it).
+    pub(crate) fn now(self) -> bool {
+        match self {
+            Exited::Pidfd(fd) => {
+                let mut poll = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+                matches!(rustix::event::poll(&mut poll, Some(&Timespec::default())), Ok(n) if n > 0)
+            }
+            Exited::Pid(pid) => {
+                let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+                matches!(
+                    rustix::process::waitid(WaitId::Pid(pid), options),
+                    Ok(Some(_))
+                )
+            }
+        }
+    }
 }
 
 /// Reads one frame into `buf` and returns its kind and body, waiting no
@@ -220,33 +253,39 @@ fn wait_until_ready(fd: BorrowedFd<'_>, events: PollFlags, watch: Watch<'_>) -> 
     loop {
         // To the nanosecond (a deadline 0.5 ms away is no busy loop), and
         // at most `i32::MAX` ms at a time, as `poll(2)` would take it (the
-        // loop then looks again); no deadline, no time-out.
-        let timeout = match watch.deadline {
+        // loop then looks again); no deadline, no time-out; a process
+        // without a pidfd is asked about at least every `PID_CHECK`.
+        let mut left = match watch.deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                Timespec::try_from(left.min(Duration::from_millis(i32::MAX as u64))).ok()
+                Some(left.min(Duration::from_millis(i32::MAX as u64)))
             }
             None => None,
         };
+        if let Some(Exited::Pid(_)) = watch.exited {
+            left = Some(left.map_or(PID_CHECK, |left| left.min(PID_CHECK)));
+        }
+        let timeout = left.and_then(|left| Timespec::try_from(left).ok());
         let mut poll = [
             PollFd::from_borrowed_fd(fd, events),
-            // (When no end is watched: the same descriptor again, asking
-            // for nothing, whose `revents` are not looked at.)
+            // (Without a pidfd: the same descriptor again, asking for
+            // nothing, whose `revents` are not looked at.)
             match watch.exited {
-                Some(exited) => PollFd::from_borrowed_fd(exited, PollFlags::IN),
-                None => PollFd::from_borrowed_fd(fd, PollFlags::empty()),
+                Some(Exited::Pidfd(exited)) => PollFd::from_borrowed_fd(exited, PollFlags::IN),
+                _ => PollFd::from_borrowed_fd(fd, PollFlags::empty()),
             },
         ];
+        let ended = || Err(io::ErrorKind::ConnectionReset.into());
         match rustix::event::poll(&mut poll, timeout.as_ref()) {
-            Ok(0) | Err(Errno::INTR) => {}
             Ok(_) if !poll[0].revents().is_empty() => return Ok(()),
-            Ok(_) if watch.exited.is_some() && !poll[1].revents().is_empty() => {
-                return Err(io::ErrorKind::ConnectionReset.into());
-            }
-            Ok(_) => {}
+            Ok(_) | Err(Errno::INTR) => match watch.exited {
+                Some(Exited::Pidfd(_)) if !poll[1].revents().is_empty() => return ended(),
+                Some(exited @ Exited::Pid(_)) if exited.now() => return ended(),
+                _ => {}
+            },
             Err(error) => return Err(error.into()),
         }
     }

@@ -13,11 +13,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, PipeReader, Read, Write};
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
+use crossbeam_channel::Sender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -76,7 +75,7 @@ impl Output {
     ///
     /// Errors: the thread could not be spawned.
     pub(crate) fn relay(reader: PipeReader, worker: usize, pid: u32) -> io::Result<Output> {
-        relay_to(reader, worker, pid, PatientStderr)
+        relay_to(reader, worker, pid, StderrQueue)
     }
 
     /// The function the worker runs from now on (its path,
@@ -128,56 +127,38 @@ impl Output {
     }
 }
 
-/// This process's stderr, for the relay: a line goes out whole, under
-/// stderr's lock (never interleaved with another thread's), and a stderr
-/// nobody reads (a full pipe, a paused terminal) cannot hold the relay, and
-/// with it the worker, for ever: each write waits at most [`STALL`] for
-/// room, and the line that finds none is dropped.
-struct PatientStderr;
+/// This process's stderr, for the relays: each line goes, whole, to a
+/// queue, and one writer thread ("ythread-stderr") writes the queue out
+/// under stderr's lock (so a line is never interleaved with another
+/// thread's). A stderr that takes no more (a full pipe nobody reads, a
+/// stalled terminal, the program's own thread blocked in `eprintln!`) holds
+/// the writer alone: the relays go on draining their workers' pipes, and
+/// drop the lines that find [`QUEUE_BYTES`] waiting; the writer says how
+/// many once stderr takes lines again.
+struct StderrQueue;
 
-/// How long the relay waits for room on stderr before it drops a line.
-const STALL: Duration = Duration::from_secs(1);
+/// The most bytes of lines waiting for stderr.
+const QUEUE_BYTES: usize = 1 << 20;
 
-/// Whether stderr had no room the last time a relay looked.
-static STALLED: AtomicBool = AtomicBool::new(false);
+/// Bytes of lines waiting for stderr, and lines dropped since the writer
+/// last said so.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-impl Write for PatientStderr {
+impl Write for StderrQueue {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.write_all(bytes).map(|()| bytes.len())
     }
 
-    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        let stderr = io::stderr();
-        let locked = stderr.lock();
-        let fd = locked.as_fd();
-        while !bytes.is_empty() {
-            let mut ready = [PollFd::new(&fd, PollFlags::OUT)];
-            // Once stderr has stalled, lines go or are dropped at once,
-            // until one goes: a worker printing much must not wait a
-            // second a line.
-            let wait = if STALLED.load(Ordering::Relaxed) {
-                Duration::ZERO
-            } else {
-                STALL
-            };
-            let timeout = Timespec::try_from(wait).ok();
-            match rustix::event::poll(&mut ready, timeout.as_ref()) {
-                Ok(0) => {
-                    STALLED.store(true, Ordering::Relaxed);
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                Ok(_) => STALLED.store(false, Ordering::Relaxed),
-                Err(Errno::INTR) => continue,
-                Err(error) => return Err(error.into()),
-            }
-            // A ready pipe takes `PIPE_BUF` bytes without blocking, and no
-            // more for sure.
-            let chunk = bytes.len().min(rustix::pipe::PIPE_BUF);
-            match rustix::io::write(fd, &bytes[..chunk]) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(Errno::INTR | Errno::AGAIN) => {}
-                Err(error) => return Err(error.into()),
-            }
+    fn write_all(&mut self, line: &[u8]) -> io::Result<()> {
+        let writer = stderr_writer().ok_or_else(|| io::Error::other("no stderr writer"))?;
+        if QUEUED.fetch_add(line.len(), Ordering::AcqRel) + line.len() > QUEUE_BYTES {
+            QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if writer.send(line.to_vec()).is_err() {
+            QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
         }
         Ok(())
     }
@@ -185,6 +166,41 @@ impl Write for PatientStderr {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The queue of the thread that writes the relays' lines to stderr,
+/// started on first use; `None` if it could not be.
+fn stderr_writer() -> Option<&'static Sender<Vec<u8>>> {
+    static WRITER: OnceLock<Option<Sender<Vec<u8>>>> = OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (lines, queue) = crossbeam_channel::unbounded::<Vec<u8>>();
+            thread::Builder::new()
+                .name("ythread-stderr".into())
+                .spawn(move || {
+                    // A stderr nobody reads any more fails the writes; it
+                    // must not kill the program (see `sigpipe.rs`).
+                    super::sigpipe::block_for_this_thread();
+                    for line in queue {
+                        let mut stderr = io::stderr().lock();
+                        // (An error, stderr closed, loses the line: the
+                        // queue must still drain.)
+                        let _ = stderr.write_all(&line);
+                        QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
+                        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+                        if dropped > 0 {
+                            let _ = writeln!(
+                                stderr,
+                                "[ythread] {dropped} line(s) of worker output dropped: stderr \
+                                 did not take them in time"
+                            );
+                        }
+                    }
+                })
+                .ok()
+                .map(|_| lines)
+        })
+        .as_ref()
 }
 
 /// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the
@@ -217,9 +233,6 @@ fn relay_to(
     thread::Builder::new()
         .name("ythread-output".into())
         .spawn(move || {
-            // A stderr nobody reads any more fails the relay's writes; it
-            // must not kill the program (see `sigpipe.rs`).
-            super::sigpipe::block_for_this_thread();
             relay.run(reader);
         })?;
     Ok(Output { shared })

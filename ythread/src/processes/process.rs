@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,7 +16,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::death::Death;
-use super::frame::{self, HELLO, PROTOCOL, ReadError, Watch};
+use super::frame::{self, Exited, HELLO, PROTOCOL, ReadError, Watch};
 use super::handoff::{CALLS_FD, REPLIES_FD, Setting, Start, WORKER_ENV, parent_death_signal};
 use super::output::{self, Output};
 use super::sigpipe;
@@ -104,12 +104,23 @@ impl Process {
         // The child's ends above the standard descriptors: a program that
         // closed one of those gets it back from `pipe`, and the child's
         // stdio set-up, which comes before `pre_exec`, would overwrite it.
+        // (And the parent's, which would otherwise take the place of its
+        // stdout or stderr: what it prints would go into a worker's pipe.)
         let (calls_in, calls_out) = pipe("calls")?;
-        let calls_in = PipeReader::from(above_stdio(calls_in.into())?);
+        let (calls_in, calls_out) = (
+            PipeReader::from(above_stdio(calls_in.into())?),
+            PipeWriter::from(above_stdio(calls_out.into())?),
+        );
         let (output_in, output_out) = pipe("output")?;
-        let output_out = PipeWriter::from(above_stdio(output_out.into())?);
+        let (output_in, output_out) = (
+            PipeReader::from(above_stdio(output_in.into())?),
+            PipeWriter::from(above_stdio(output_out.into())?),
+        );
         let (replies_in, replies_out) = pipe("replies")?;
-        let replies_out = PipeWriter::from(above_stdio(replies_out.into())?);
+        let (replies_in, replies_out) = (
+            PipeReader::from(above_stdio(replies_in.into())?),
+            PipeWriter::from(above_stdio(replies_out.into())?),
+        );
         let mut command = Command::new(&spec.program);
         if let Some(arg0) = &spec.arg0 {
             command.arg0(arg0);
@@ -206,7 +217,21 @@ impl Process {
         rustix::io::ioctl_fionbio(&calls_out, true)
             .map_err(|e| format!("a non-blocking pipe for calls: {e}"))?;
         // (Without it, the end of a worker is seen only as its channel's.)
-        let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty()).ok();
+        let pidfd = match rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
+        {
+            Ok(pidfd) => above_stdio(pidfd).ok(),
+            Err(error) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    eprintln!(
+                        "ythread: no pidfd for worker processes (pidfd_open: {error}): the death \
+                         of a worker whose channel a process it forked holds open is seen \
+                         within 100 ms, not at once"
+                    );
+                });
+                None
+            }
+        };
         let mut process = Process {
             child,
             next_call: 1,
@@ -232,13 +257,12 @@ impl Process {
             Err(Hello::Failed(why)) => {
                 let (death, killed) = process.end(Duration::from_millis(200));
                 // Killed from outside as it started (an operator, the
-                // out-of-memory killer): no sign that the program is at fault.
-                if death.signal.is_some() && !killed && spec.memory_limit.is_none() {
-                    return Err(StartError {
-                        message: format!("the worker process {why} ({death})"),
-                        transient: true,
-                    });
-                }
+                // out-of-memory killer): no sign yet that the program is at
+                // fault (the message says what would be, if it keeps on).
+                let transient = !death.self_inflicted()
+                    && death.signal.is_some()
+                    && !killed
+                    && spec.memory_limit.is_none();
                 let ended = if killed {
                     "it was still running its own code, and was killed".to_owned()
                 } else {
@@ -267,7 +291,7 @@ impl Process {
                 };
                 Err(StartError {
                     message: format!("the worker process {why} ({ended}); {needs}{limit}"),
-                    transient: false,
+                    transient,
                 })
             }
         }
@@ -277,7 +301,7 @@ impl Process {
     fn hello(&mut self, spec: &Spec, stopping: &AtomicBool) -> Result<(), Hello> {
         // (A time-out too far to add, `Duration::MAX`, is none.)
         let deadline = Instant::now().checked_add(spec.start_timeout);
-        let exited = self.pidfd.as_ref().map(AsFd::as_fd);
+        let exited = Some(exited(&self.pidfd, &self.child));
         // Until the hello comes: a strategy dropped meanwhile must not wait
         // for a slow start, so the wait looks at it every 50 ms.
         loop {
@@ -422,7 +446,7 @@ impl Process {
         // action (as command-line tools do, to end quietly when piped to
         // `head`) would be killed by a write to a dead worker's pipe.
         let _blocked = sigpipe::kills().then(sigpipe::Blocked::new);
-        let exited = self.pidfd.as_ref().map(AsFd::as_fd);
+        let exited = Some(exited(&self.pidfd, &self.child));
         frame::write(calls, frame, Watch { deadline, exited })
     }
 
@@ -435,14 +459,15 @@ impl Process {
         max: usize,
         deadline: Option<Instant>,
     ) -> Result<(u8, u32, &'b [u8]), ReadError> {
-        let exited = self.pidfd.as_ref().map(AsFd::as_fd);
+        let exited = Some(exited(&self.pidfd, &self.child));
         frame::read(&mut self.replies, buf, max, Watch { deadline, exited })
     }
 
-    /// A descriptor that becomes readable when the worker has ended, if the
-    /// kernel gives one (`pidfd_open`, Linux 5.3).
-    pub(crate) fn exited(&self) -> Option<BorrowedFd<'_>> {
-        self.pidfd.as_ref().map(AsFd::as_fd)
+    /// How to learn that the worker has ended: its pidfd, or (a kernel
+    /// without them, before Linux 5.3, or a sandbox that denies them) its
+    /// pid.
+    pub(crate) fn exited(&self) -> Exited<'_> {
+        exited(&self.pidfd, &self.child)
     }
 
     /// Whether the worker started running the call numbered `call` (it may
@@ -463,6 +488,15 @@ impl Drop for Process {
     /// its process group, and reaps it (a no-op once reaped).
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// [`Process::exited`], from the fields it reads (for the methods that
+/// borrow others at the same time).
+fn exited<'p>(pidfd: &'p Option<OwnedFd>, child: &Child) -> Exited<'p> {
+    match pidfd {
+        Some(pidfd) => Exited::Pidfd(pidfd.as_fd()),
+        None => Exited::Pid(Pid::from_child(child)),
     }
 }
 
