@@ -238,7 +238,7 @@ pub use ythread_macros::yieldable;
 /// process running a call of it dies, the call runs again on another
 /// worker, up to [`ProcessesBuilder::max_retries`] more times and within
 /// the call's deadline, under [`Processes`] and on a
-/// [`remote`](crate::remote) worker's processes alike; the error of a call
+/// [`remote`] worker's processes alike; the error of a call
 /// that still fails says how many runs it took
 /// ([`OffloadError::runs`]). Without it, a call whose worker dies fails
 /// once, since it may have run in part.
