@@ -1328,3 +1328,57 @@ fn idle_workers_whose_forks_hold_their_channels_killed_together_fail_no_call() {
         }
     });
 }
+
+// --- workers that serve a bounded number of calls -------------------------
+
+/// Keeps `mib` MiB for good: a leak.
+#[offloadable]
+fn leak(mib: usize) -> u32 {
+    let kept = vec![1u8; mib << 20];
+    std::mem::forget(kept);
+    std::process::id()
+}
+
+#[test]
+fn max_calls_replaces_a_worker_after_its_calls() {
+    #[yieldable]
+    fn handle(mib: usize) -> Result<u32, OffloadError> {
+        try_offload!(leak, mib)
+    }
+    common::watchdog(Duration::from_secs(60), || {
+        // A fresh worker for every call.
+        let cpu = Processes::builder()
+            .workers(1)
+            .max_calls(1)
+            .build()
+            .unwrap();
+        let pids: Vec<u32> = (0..3).map(|_| handle(0).run_with(&cpu).unwrap()).collect();
+        assert!(pids[0] != pids[1] && pids[1] != pids[2], "{pids:?}");
+        assert_eq!(cpu.restarts(), 0, "a retired worker is no restart");
+        // Work that leaks 100 MiB a call, under a 512 MiB limit: without a
+        // bound, the fifth call or so dies; replaced every 2 calls, none.
+        let leaky = Processes::builder()
+            .workers(1)
+            .memory_limit(512 << 20)
+            .build()
+            .unwrap();
+        let died = (0..8).find_map(|_| handle(100).run_with(&leaky).err());
+        assert_eq!(died.map(|e| e.kind()), Some(OffloadErrorKind::WorkerDied));
+        let recycled = Processes::builder()
+            .workers(1)
+            .memory_limit(512 << 20)
+            .max_calls(2)
+            .build()
+            .unwrap();
+        let pids: Vec<u32> = (0..8)
+            .map(|_| handle(100).run_with(&recycled).unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+        assert_eq!(distinct.len(), 4, "{pids:?}");
+        // Retired workers are reaped.
+        drop(recycled);
+        for pid in distinct {
+            assert_eq!(process_state(pid), None, "worker {pid} is reaped");
+        }
+    });
+}

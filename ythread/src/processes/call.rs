@@ -86,6 +86,11 @@ impl Processes {
             let after = self.call(process, registration, call, &mut deadline);
             lost.armed = false;
             match after {
+                After::Keep(process)
+                    if self.max_calls.is_some_and(|max| process.calls() >= max) =>
+                {
+                    return self.retire(process);
+                }
                 After::Keep(process) => return self.shared.give_back(process),
                 After::Replace => return self.replace(),
                 After::DeadBeforeCall => {
@@ -160,6 +165,14 @@ impl Processes {
             levels: self.max_depth,
             setting: "ProcessesBuilder::max_depth",
         }
+    }
+
+    /// A worker served its calls: the supervisor stops it, and another
+    /// starts.
+    fn retire(&self, process: Process) {
+        self.shared.live.fetch_sub(1, Ordering::AcqRel);
+        self.request(Request::Retire(process));
+        self.request(Request::Start { reply: None });
     }
 
     /// A worker died or was killed: it is no longer live, and another starts.
@@ -240,6 +253,7 @@ impl Processes {
                 After::DiedBeforeStart(death)
             };
         }
+        process.sent += 1;
         let reply = process
             .receive(&mut buf, self.max_frame, deadline)
             .and_then(|(kind, answered, body)| {

@@ -269,6 +269,8 @@ pub struct Processes {
     max_depth: usize,
     /// How many more runs an idempotent call whose worker died gets.
     max_retries: u32,
+    /// How many calls a worker serves before it is replaced.
+    max_calls: Option<u64>,
     /// How many worker processes it keeps.
     workers: usize,
     /// How long a worker process may take to start.

@@ -70,6 +70,8 @@ pub(crate) struct Process {
     child: Child,
     /// The number of the next call (replies carry it back).
     pub(crate) next_call: u32,
+    /// How many calls were sent to it.
+    pub(crate) sent: u64,
     /// Calls go out here; `None` once closed.
     calls: Option<PipeWriter>,
     /// Replies come in here.
@@ -235,6 +237,7 @@ impl Process {
         let mut process = Process {
             child,
             next_call: 1,
+            sent: 0,
             calls: Some(calls_out),
             replies: replies_in,
             buf: Vec::new(),
@@ -468,6 +471,11 @@ impl Process {
     /// pid.
     pub(crate) fn exited(&self) -> Exited<'_> {
         exited(&self.pidfd, &self.child)
+    }
+
+    /// How many calls were sent to the worker.
+    pub(crate) fn calls(&self) -> u64 {
+        self.sent
     }
 
     /// Whether the worker started running the call numbered `call` (it may

@@ -20,6 +20,9 @@ pub(super) enum Request {
     Start {
         reply: Option<Sender<Result<(), String>>>,
     },
+    /// Stop a worker that served its calls (`ProcessesBuilder::max_calls`):
+    /// close its channel and reap it (a replacement is asked for apart).
+    Retire(Process),
 }
 
 /// The supervisor thread: starts workers on request, backing off while they
@@ -53,8 +56,14 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        let Some(Request::Start { reply }) = queue.pop_front() else {
-            continue;
+        let reply = match queue.pop_front() {
+            Some(Request::Start { reply }) => reply,
+            Some(Request::Retire(mut process)) => {
+                process.close();
+                process.reap(Duration::from_secs(1));
+                continue;
+            }
+            None => continue,
         };
         if shared.stopping.load(Ordering::Acquire) {
             if let Some(reply) = reply {
