@@ -63,6 +63,9 @@ enum Repr {
         /// The payload's text, when it is a `&str` or a `String` (what
         /// `panic!` produces).
         message: Option<String>,
+        /// The function, when it panicked in a worker process (its panic
+        /// was printed there, not here).
+        elsewhere: Option<String>,
     },
     /// The strategy returned without running the work.
     NotRun,
@@ -138,6 +141,7 @@ impl OffloadError {
             repr: Repr::Panicked {
                 payload: SyncWrapper::new(payload),
                 message,
+                elsewhere: None,
             },
         }
     }
@@ -146,12 +150,14 @@ impl OffloadError {
         OffloadError { repr: Repr::NotRun }
     }
 
-    /// The work panicked in another process; only its message came back.
-    pub(crate) fn remote_panic(message: String) -> Self {
+    /// The work, a call of `function`, panicked in another process; only
+    /// its message came back.
+    pub(crate) fn remote_panic(function: &str, message: String) -> Self {
         OffloadError {
             repr: Repr::Panicked {
                 payload: SyncWrapper::new(Box::new(message.clone())),
                 message: Some(message),
+                elsewhere: Some(function.to_owned()),
             },
         }
     }
@@ -245,13 +251,12 @@ impl OffloadError {
     }
 
     /// The function whose call failed, as its path (`crate::cpu::sumn`), for
-    /// the failures of a strategy that runs work in other processes.
+    /// the failures of a strategy that runs work in other processes (a panic
+    /// in a worker process included).
     pub fn function(&self) -> Option<&str> {
         match &self.repr {
-            Repr::Panicked { .. }
-            | Repr::NotRun
-            | Repr::ShutDown { .. }
-            | Repr::QueueFull { .. } => None,
+            Repr::Panicked { elsewhere, .. } => elsewhere.as_deref(),
+            Repr::NotRun | Repr::ShutDown { .. } | Repr::QueueFull { .. } => None,
             Repr::NotPortable { function, .. }
             | Repr::WorkerDied { function, .. }
             | Repr::DeadlineExceeded { function, .. }
@@ -370,6 +375,23 @@ impl OffloadError {
     /// point at `at`.
     pub(crate) fn raise_at(self, at: &'static Location<'static>) -> ! {
         match self.repr {
+            Repr::Panicked {
+                payload,
+                elsewhere: Some(function),
+                message,
+            } => {
+                // Its panic was printed in the worker, whose stderr a test
+                // harness does not capture: say it here too, as the panic
+                // hook would, at the `offload!` point.
+                let thread = std::thread::current();
+                let name = thread.name().unwrap_or("<unnamed>");
+                let message = message.as_deref().unwrap_or("Box<dyn Any>");
+                eprintln!(
+                    "\nthread '{name}' panicked at {at}:\n`{function}` panicked in its worker \
+                     process: {message}"
+                );
+                panic::resume_unwind(payload.into_inner())
+            }
             Repr::Panicked { payload, .. } => panic::resume_unwind(payload.into_inner()),
             Repr::NotRun => panic!("{self}"),
             _ => {
@@ -399,6 +421,11 @@ impl fmt::Display for OffloadError {
         match &self.repr {
             Repr::Panicked {
                 message: Some(message),
+                elsewhere: Some(function),
+                ..
+            } => write!(f, "`{function}` panicked in its worker process: {message}"),
+            Repr::Panicked {
+                message: Some(message),
                 ..
             } => write!(f, "the offloaded work panicked: {message}"),
             Repr::Panicked { message: None, .. } => f.write_str("the offloaded work panicked"),
@@ -408,7 +435,7 @@ impl fmt::Display for OffloadError {
             ),
             Repr::NotPortable { function, reason } => write!(
                 f,
-                "ythread: `{function}` cannot be offloaded to a worker process: {reason}"
+                "`{function}` cannot be offloaded to a worker process: {reason}"
             ),
             Repr::WorkerDied {
                 function,

@@ -452,6 +452,12 @@ fn a_panic_in_a_worker_keeps_its_message_and_its_worker() {
         let error = try_fail("bad input 42".into()).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Panicked);
         assert_eq!(error.panic_message(), Some("bad input 42"));
+        // Where it panicked, named.
+        assert_eq!(error.function(), Some("processes::fails"));
+        assert_eq!(
+            error.to_string(),
+            "`processes::fails` panicked in its worker process: bad input 42"
+        );
         // With `offload!`, the handler panics with the message as its
         // payload, as a panic in a thread would.
         let payload = common::quietly(|| {

@@ -275,7 +275,7 @@ impl Processes {
             Ok((PANICKED, body)) => {
                 let message = frame::parse_panicked(body)
                     .unwrap_or_else(|_| "(the worker sent an unreadable panic message)".into());
-                call.fail(OffloadError::remote_panic(message));
+                call.fail(OffloadError::remote_panic(name, message));
                 true
             }
             Ok((REFUSED, body)) => {

@@ -266,7 +266,7 @@ impl WireError {
     /// The error the worker sent back, for the call of `function`.
     pub(super) fn into_error(self, function: &str) -> OffloadError {
         match self {
-            WireError::Panicked { message } => OffloadError::remote_panic(message),
+            WireError::Panicked { message } => OffloadError::remote_panic(function, message),
             WireError::NotRun => {
                 OffloadError::protocol(function, "a reply no ythread worker sends")
             }
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn each_kind_crosses_with_what_it_says() {
-        let panicked = crossed(&OffloadError::remote_panic("boom".into()));
+        let panicked = crossed(&OffloadError::remote_panic("f", "boom".into()));
         assert_eq!(panicked.kind(), OffloadErrorKind::Panicked);
         assert_eq!(panicked.panic_message(), Some("boom"));
 
