@@ -1382,3 +1382,60 @@ fn max_calls_replaces_a_worker_after_its_calls() {
         }
     });
 }
+
+// --- a program that closed its stdio ---------------------------------------
+
+#[test]
+fn a_program_that_closed_its_stdio_keeps_its_workers() {
+    common::watchdog(Duration::from_secs(60), || {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(common::entry_args("closed_stdio_entry"))
+            .arg("--nocapture")
+            .env(CLOSED_STDIO_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(output.code(), Some(0), "{output:?}");
+    });
+}
+
+const CLOSED_STDIO_ENV: &str = "YTHREAD_TEST_CLOSED_STDIO";
+
+/// In `a_program_that_closed_its_stdio_keeps_its_workers`'s process: a
+/// daemon-like program that closes its stdout and stderr, with a thread
+/// that keeps logging to the closed stderr, while its idle workers are
+/// killed and replaced, and calls go on. Exits 0 if every call succeeded,
+/// 1 otherwise. A no-op in the test run itself.
+#[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
+fn closed_stdio_entry() {
+    if std::env::var_os(CLOSED_STDIO_ENV).is_none() {
+        return;
+    }
+    // SAFETY: closes two descriptors this process owns and no Rust value
+    // holds (std's stdout and stderr write through the numbers).
+    unsafe {
+        libc::close(1);
+        libc::close(2);
+    }
+    let cpu = Processes::new(2).unwrap();
+    thread::spawn(|| {
+        loop {
+            // SAFETY: writes a buffer of ours to descriptor 2, whatever it is.
+            unsafe { libc::write(2, b"daemon log line\n".as_ptr().cast(), 16) };
+        }
+    });
+    let mut failed = 0;
+    for round in 0..20u64 {
+        for pid in cpu.idle_pids() {
+            kill(pid, libc::SIGKILL);
+        }
+        if try_add(round, 1).run_with(&cpu).ok() != Some(round + 1) {
+            failed += 1;
+        }
+    }
+    drop(cpu);
+    std::process::exit(i32::from(failed > 0));
+}

@@ -102,18 +102,18 @@ impl Processes {
                 }
                 // Killed from outside as it took the call in: as if it had
                 // been dead before.
-                After::DiedBeforeStart(death) if !death.self_inflicted() => {
+                After::DiedBeforeStart(death, large) if !death.self_inflicted() && !large => {
                     self.replace();
                     found_dead += 1;
                     if found_dead > self.workers + 2 {
                         return call.fail(self.dead_before_start(registration, runs, found_dead));
                     }
                 }
-                After::DiedBeforeStart(death) => {
+                After::DiedBeforeStart(death, _) => {
                     self.replace();
-                    // A worker that crashed taking the call in: once may be
-                    // bad luck; twice is the call's doing (too large for the
-                    // workers' memory, say).
+                    // A worker that crashed taking the call in, or was killed
+                    // taking in a large one (by an out-of-memory killer, say):
+                    // once may be bad luck; twice is the call's doing.
                     died_before_start += 1;
                     if died_before_start >= 2 {
                         call.fail(OffloadError::worker_died(registration.name, death, runs));
@@ -222,6 +222,7 @@ impl Processes {
         let deadline = *deadline
             .get_or_insert_with(|| self.deadline.and_then(|d| Instant::now().checked_add(d)));
         process.set_running(name);
+        let large = buf.len() > LARGE_CALL;
         if let Err((error, written)) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut && written == 0 {
                 // Out of time before a byte went: the worker is as good as
@@ -250,7 +251,7 @@ impl Processes {
             } else {
                 // It died taking the call in (a worker needs the whole
                 // frame before it starts).
-                After::DiedBeforeStart(death)
+                After::DiedBeforeStart(death, large)
             };
         }
         process.sent += 1;
@@ -330,7 +331,7 @@ impl Processes {
                     // idle, say, just before the call was sent; or by the
                     // call itself, as it took it in (a frame too large for
                     // its memory).
-                    After::DiedBeforeStart(death)
+                    After::DiedBeforeStart(death, large)
                 };
             }
             Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
@@ -373,6 +374,10 @@ impl Drop for Lost<'_> {
     }
 }
 
+/// A call this large (in bytes) can be what kills a worker taking it in,
+/// even by `SIGKILL` (an out-of-memory killer).
+const LARGE_CALL: usize = 1 << 20;
+
 /// What becomes of a worker after a call.
 enum After {
     /// It can take more calls.
@@ -382,9 +387,10 @@ enum After {
     /// It was dead before the call was sent: replace it, and send the call
     /// to another.
     DeadBeforeCall,
-    /// It died after the call was sent, before it started it: replace it,
-    /// and send the call to another, once.
-    DiedBeforeStart(Death),
+    /// It died after the call was sent, before it started it (the flag:
+    /// the call is larger than `LARGE_CALL`): replace it, and send the call
+    /// to another, once.
+    DiedBeforeStart(Death, bool),
     /// It died running the call, which is still to be failed (or, for an
     /// idempotent function, run again): replace it.
     Died(Death),

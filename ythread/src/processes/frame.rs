@@ -132,9 +132,10 @@ impl Exited<'_> {
             }
             Exited::Pid(pid) => {
                 let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+                // (No such child: reaped already, by the program itself.)
                 matches!(
                     rustix::process::waitid(WaitId::Pid(pid), options),
-                    Ok(Some(_))
+                    Ok(Some(_)) | Err(Errno::CHILD)
                 )
             }
         }

@@ -13,13 +13,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, PipeReader, Read, Write};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::Sender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest line relayed whole; a longer one is relayed in chunks of this
 /// many bytes, each labelled as a line of its own.
@@ -133,12 +132,24 @@ impl Output {
 /// thread's). A stderr that takes no more (a full pipe nobody reads, a
 /// stalled terminal, the program's own thread blocked in `eprintln!`) holds
 /// the writer alone: the relays go on draining their workers' pipes, and
-/// drop the lines that find [`QUEUE_BYTES`] waiting; the writer says how
-/// many once stderr takes lines again.
+/// wait while the writer gets lines out, and drop the lines that find
+/// [`QUEUE_BYTES`] waiting once it has written none for [`STALL`]; the writer
+/// says how many once stderr takes lines again.
 struct StderrQueue;
 
 /// The most bytes of lines waiting for stderr.
 const QUEUE_BYTES: usize = 1 << 20;
+
+/// What a queued line costs beyond its bytes (its allocation, its slot in
+/// the queue), against [`QUEUE_BYTES`].
+const LINE_OVERHEAD: usize = 64;
+
+/// How long the writer may write nothing, its queue full, before the relays
+/// drop lines: stderr has stalled, not slowed.
+const STALL: Duration = Duration::from_secs(1);
+
+/// When the writer last wrote a line (or started).
+static LAST_WRITE: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Bytes of lines waiting for stderr, and lines dropped since the writer
 /// last said so.
@@ -151,14 +162,28 @@ impl Write for StderrQueue {
     }
 
     fn write_all(&mut self, line: &[u8]) -> io::Result<()> {
-        let writer = stderr_writer().ok_or_else(|| io::Error::other("no stderr writer"))?;
-        if QUEUED.fetch_add(line.len(), Ordering::AcqRel) + line.len() > QUEUE_BYTES {
-            QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        // What a queued line costs: its bytes, its allocation, its slot.
+        let cost = line.len() + LINE_OVERHEAD;
+        while QUEUED.fetch_add(cost, Ordering::AcqRel) + cost > QUEUE_BYTES {
+            QUEUED.fetch_sub(cost, Ordering::AcqRel);
+            // Full: while the writer gets lines out, wait for room (stderr
+            // is slow, not stalled); once it has written nothing for
+            // `STALL`, drop the line.
+            let last = *LAST_WRITE.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_none_or(|last| last.elapsed() >= STALL) {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(1));
         }
-        if writer.send(line.to_vec()).is_err() {
-            QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
+        match stderr_writer() {
+            Some(writer) if writer.send(line.to_vec()).is_ok() => {}
+            // (No writer thread: counted as dropped, and the next line
+            // tries to start one again.)
+            _ => {
+                QUEUED.fetch_sub(cost, Ordering::AcqRel);
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -169,38 +194,44 @@ impl Write for StderrQueue {
 }
 
 /// The queue of the thread that writes the relays' lines to stderr,
-/// started on first use; `None` if it could not be.
-fn stderr_writer() -> Option<&'static Sender<Vec<u8>>> {
-    static WRITER: OnceLock<Option<Sender<Vec<u8>>>> = OnceLock::new();
-    WRITER
-        .get_or_init(|| {
-            let (lines, queue) = crossbeam_channel::unbounded::<Vec<u8>>();
-            thread::Builder::new()
-                .name("ythread-stderr".into())
-                .spawn(move || {
-                    // A stderr nobody reads any more fails the writes; it
-                    // must not kill the program (see `sigpipe.rs`).
-                    super::sigpipe::block_for_this_thread();
-                    for line in queue {
-                        let mut stderr = io::stderr().lock();
-                        // (An error, stderr closed, loses the line: the
-                        // queue must still drain.)
-                        let _ = stderr.write_all(&line);
-                        QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
-                        let dropped = DROPPED.swap(0, Ordering::Relaxed);
-                        if dropped > 0 {
-                            let _ = writeln!(
-                                stderr,
-                                "[ythread] {dropped} line(s) of worker output dropped: stderr \
-                                 did not take them in time"
-                            );
-                        }
+/// started on first use; `None` if it could not be (the next line tries
+/// again).
+fn stderr_writer() -> Option<Sender<Vec<u8>>> {
+    static WRITER: Mutex<Option<Sender<Vec<u8>>>> = Mutex::new(None);
+    let mut writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
+    if writer.is_none() {
+        let (lines, queue) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let spawned = thread::Builder::new()
+            .name("ythread-stderr".into())
+            .spawn(move || {
+                // A stderr nobody reads any more fails the writes; it must
+                // not kill the program (see `sigpipe.rs`).
+                super::sigpipe::block_for_this_thread();
+                for line in queue {
+                    let mut stderr = io::stderr().lock();
+                    // (An error, stderr closed, loses the line: the queue
+                    // must still drain.)
+                    let _ = stderr.write_all(&line);
+                    QUEUED.fetch_sub(line.len() + LINE_OVERHEAD, Ordering::AcqRel);
+                    *LAST_WRITE.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Instant::now());
+                    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let _ = writeln!(
+                            stderr,
+                            "[ythread] {dropped} line(s) of worker output dropped: stderr took \
+                             none for {STALL:?}"
+                        );
                     }
-                })
-                .ok()
-                .map(|_| lines)
-        })
-        .as_ref()
+                }
+            });
+        if spawned.is_ok() {
+            // (Its start counts as a write: the stall is measured from it.)
+            *LAST_WRITE.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            *writer = Some(lines);
+        }
+    }
+    writer.clone()
 }
 
 /// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the

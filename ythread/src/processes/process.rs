@@ -102,6 +102,7 @@ impl Process {
         number: usize,
         stopping: &AtomicBool,
     ) -> Result<Process, StartError> {
+        fill_closed_stdio();
         let pipe = |what: &str| io::pipe().map_err(|e| format!("pipe for {what}: {e}"));
         // The child's ends above the standard descriptors: a program that
         // closed one of those gets it back from `pipe`, and the child's
@@ -262,10 +263,9 @@ impl Process {
                 // Killed from outside as it started (an operator, the
                 // out-of-memory killer): no sign yet that the program is at
                 // fault (the message says what would be, if it keeps on).
-                let transient = !death.self_inflicted()
-                    && death.signal.is_some()
-                    && !killed
-                    && spec.memory_limit.is_none();
+                // (A limit too small for the program kills it by a fault or
+                // an exit, self-inflicted, never by `SIGKILL`.)
+                let transient = !death.self_inflicted() && death.signal.is_some() && !killed;
                 let ended = if killed {
                     "it was still running its own code, and was killed".to_owned()
                 } else {
@@ -505,6 +505,31 @@ fn exited<'p>(pidfd: &'p Option<OwnedFd>, child: &Child) -> Exited<'p> {
     match pidfd {
         Some(pidfd) => Exited::Pidfd(pidfd.as_fd()),
         None => Exited::Pid(Pid::from_child(child)),
+    }
+}
+
+/// Opens `/dev/null` on any of the standard descriptors (0, 1, 2) that the
+/// program closed, as std does before `main`: a descriptor a start opens
+/// (a pipe of ythread's, std's own channel from the child before `exec`)
+/// would otherwise take its place, and the program's writes to its stderr
+/// would land in it. Writes to them are discarded, as they were.
+fn fill_closed_stdio() {
+    // Each open takes the lowest free number: a hole below 3 is filled, and
+    // the first descriptor at 3 or above is closed again. (Never `dup2`,
+    // which would replace what another thread opened meanwhile.)
+    loop {
+        // SAFETY: `open` takes a C string and flags and returns a new
+        // descriptor or -1; one at 0-2 is the program's from now on (it is
+        // never closed here), one above is closed at once.
+        unsafe {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if fd > 2 {
+                libc::close(fd);
+            }
+            if !(0..=2).contains(&fd) {
+                return;
+            }
+        }
     }
 }
 

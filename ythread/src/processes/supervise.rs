@@ -4,6 +4,7 @@
 //! process's channel, gives it a second, kills it if need be and reaps it.
 
 use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,19 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
             }
         }
         started += 1;
-        match Process::start(spec, started, &shared.stopping) {
+        // A panic in a start (std's spawn, on a program whose descriptors
+        // changed under it) must not end the supervisor: calls would wait
+        // for workers no one starts.
+        let start = panic::catch_unwind(AssertUnwindSafe(|| {
+            Process::start(spec, started, &shared.stopping)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(StartError::from(format!(
+                "starting it panicked: {}",
+                crate::error::payload_text(&*payload).unwrap_or("Box<dyn Any>")
+            )))
+        });
+        match start {
             // Shut down while it started: not wanted any more.
             Ok(mut process) if shared.stopping.load(Ordering::Acquire) => {
                 process.close();
@@ -106,13 +119,15 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
             }
             Err(StartError { message, transient }) => {
                 failures = failures.saturating_add(1);
-                // Calls waiting for a worker fail with it once starts fail
-                // for the program's sake, or keep failing: a start killed
-                // from outside is retried, and they wait for it.
-                if !transient || failures >= 3 {
+                // Calls waiting for a worker (and `build`) fail with it once
+                // starts fail for the program's sake, or keep failing: a
+                // start killed from outside is retried, and they wait.
+                let retry = transient && failures < 3;
+                if !retry {
                     *shared.start_error.lock() = Some(message.clone());
                 }
                 match reply {
+                    Some(reply) if retry => queue.push_front(Request::Start { reply: Some(reply) }),
                     Some(reply) => {
                         let _ = reply.send(Err(message));
                     }
