@@ -148,7 +148,7 @@ const LINE_OVERHEAD: usize = 64;
 /// drop lines: stderr has stalled, not slowed.
 const STALL: Duration = Duration::from_secs(1);
 
-/// When the writer last wrote a line (or started).
+/// When the writer last started or ended writing a line (or started).
 static LAST_WRITE: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Bytes of lines waiting for stderr, and lines dropped since the writer
@@ -193,6 +193,14 @@ impl Write for StderrQueue {
     }
 }
 
+/// Waits up to `wait` for the lines queued for stderr to be written.
+pub(crate) fn drain(wait: Duration) {
+    let end = Instant::now() + wait;
+    while QUEUED.load(Ordering::Acquire) > 0 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The queue of the thread that writes the relays' lines to stderr,
 /// started on first use; `None` if it could not be (the next line tries
 /// again).
@@ -208,6 +216,10 @@ fn stderr_writer() -> Option<Sender<Vec<u8>>> {
                 // not kill the program (see `sigpipe.rs`).
                 super::sigpipe::block_for_this_thread();
                 for line in queue {
+                    // (A write is measured from its start: an idle writer
+                    // has not stalled.)
+                    *LAST_WRITE.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Instant::now());
                     let mut stderr = io::stderr().lock();
                     // (An error, stderr closed, loses the line: the queue
                     // must still drain.)

@@ -415,6 +415,14 @@ impl Process {
         }
     }
 
+    /// Waits up to `wait` for the relay of the worker's output to reach
+    /// its end (every line handed on to stderr's queue).
+    pub(crate) fn output_ended(&self, wait: Duration) {
+        if let Some(output) = &self.output {
+            output.last_lines(wait);
+        }
+    }
+
     fn death(&self, status: Option<ExitStatus>) -> Death {
         let signal = status.and_then(|s| s.signal());
         // An abort says why in its last lines: std's report of a stack

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Processes;
 use super::checkout::Shared;
+use super::output;
 use super::process::{Process, Spec, StartError};
 
 /// What the supervisor is asked to do.
@@ -172,9 +173,17 @@ impl Processes {
             process.close();
         }
         let grace_end = Instant::now() + Duration::from_secs(1);
-        for mut process in processes {
+        for process in &mut processes {
             process.reap(grace_end.saturating_duration_since(Instant::now()));
         }
+        // What they printed last reaches stderr before the strategy is
+        // gone (a program that ends right after would lose it), unless
+        // stderr has stalled.
+        let output_end = Instant::now() + Duration::from_millis(500);
+        for process in &processes {
+            process.output_ended(output_end.saturating_duration_since(Instant::now()));
+        }
+        output::drain(output_end.saturating_duration_since(Instant::now()));
     }
 }
 
