@@ -152,6 +152,18 @@ fn read_pid(file: &Path) -> u32 {
     pid.unwrap()
 }
 
+/// This test binary, running only its ignored test `entry` with `switch`
+/// set (the entry's own process; it does nothing without the switch).
+fn entry(entry: &str, switch: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(common::entry_args(entry))
+        .arg("--nocapture")
+        .env(switch, "1")
+        .stdin(Stdio::null());
+    command
+}
+
 // --- 1. a worker that dies while idle fails no call -----------------------
 
 #[test]
@@ -859,11 +871,7 @@ fn retries_stay_within_the_calls_deadline() {
 #[test]
 fn a_program_killed_by_sigpipe_survives_a_worker_dead_while_idle() {
     common::watchdog(Duration::from_secs(60), || {
-        let output = Command::new(std::env::current_exe().unwrap())
-            .args(common::entry_args("sigpipe_default_entry"))
-            .arg("--nocapture")
-            .env(SIGPIPE_ENV, "1")
-            .stdin(Stdio::null())
+        let output = entry("sigpipe_default_entry", SIGPIPE_ENV)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -908,11 +916,7 @@ fn null_read() -> u64 {
 #[test]
 fn a_segfault_is_no_stack_overflow_even_with_an_unlimited_stack() {
     common::watchdog(Duration::from_secs(60), || {
-        let output = Command::new(std::env::current_exe().unwrap())
-            .args(common::entry_args("unlimited_stack_entry"))
-            .arg("--nocapture")
-            .env(UNLIMITED_ENV, "1")
-            .stdin(Stdio::null())
+        let output = entry("unlimited_stack_entry", UNLIMITED_ENV)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1191,11 +1195,7 @@ fn a_stderr_nobody_reads_does_not_hold_the_workers() {
         // The entry's stderr: a pipe whose reader is kept open and never
         // read, so it fills (a stalled log consumer, a paused terminal).
         let (_unread, stderr) = std::io::pipe().unwrap();
-        let output = Command::new(std::env::current_exe().unwrap())
-            .args(common::entry_args("stalled_stderr_entry"))
-            .arg("--nocapture")
-            .env(STALLED_ENV, "1")
-            .stdin(Stdio::null())
+        let output = entry("stalled_stderr_entry", STALLED_ENV)
             .stderr(stderr)
             .output()
             .unwrap();
@@ -1388,11 +1388,7 @@ fn max_calls_replaces_a_worker_after_its_calls() {
 #[test]
 fn a_program_that_closed_its_stdio_keeps_its_workers() {
     common::watchdog(Duration::from_secs(60), || {
-        let output = Command::new(std::env::current_exe().unwrap())
-            .args(common::entry_args("closed_stdio_entry"))
-            .arg("--nocapture")
-            .env(CLOSED_STDIO_ENV, "1")
-            .stdin(Stdio::null())
+        let output = entry("closed_stdio_entry", CLOSED_STDIO_ENV)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
