@@ -1410,6 +1410,11 @@ fn closed_stdio_entry() {
     if std::env::var_os(CLOSED_STDIO_ENV).is_none() {
         return;
     }
+    // Its own watchdog: should it hang, it must not outlive the test that
+    // started it (its logging thread spins).
+    // SAFETY: `alarm` only schedules a signal, whose default action ends
+    // the process.
+    unsafe { libc::alarm(30) };
     // SAFETY: closes two descriptors this process owns and no Rust value
     // holds (std's stdout and stderr write through the numbers).
     unsafe {
