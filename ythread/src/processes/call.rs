@@ -41,24 +41,26 @@ impl Processes {
         let mut found_dead = 0;
         // Runs of the call on workers that died while running it.
         let mut runs = 0;
-        // Workers that died after the call was sent, before they started it.
-        let mut died_before_start = 0;
+        // Workers that died, of the call's doing, before they started it.
+        let mut crashed_taking_it = 0;
         // Set when the call is first sent: a call's deadline bounds all its
         // runs, not its wait for a worker.
         let mut deadline = None;
         // How the worker of the last run died, while a rerun waits.
         let mut last_death = None;
         loop {
-            let out_of_time = |deadline: Option<Option<Instant>>| {
+            // A rerun out of time, before it waits for a worker or after:
+            // the call fails with the last run's death, and the worker it
+            // got is not sent anything (nor killed for it).
+            let too_late = |deadline: Option<Option<Instant>>| {
                 deadline
                     .flatten()
                     .is_some_and(|deadline| Instant::now() >= deadline)
             };
             if let Some(death) = last_death
-                && out_of_time(deadline)
+                && too_late(deadline)
             {
-                call.fail(OffloadError::worker_died(registration.name, death, runs));
-                return;
+                return call.fail(OffloadError::worker_died(registration.name, death, runs));
             }
             let process = match self.shared.checkout() {
                 Ok(process) => process,
@@ -67,14 +69,11 @@ impl Processes {
                     return;
                 }
             };
-            // A rerun whose deadline passed while it waited for a worker:
-            // the worker is not sent anything (nor killed for it).
             if let Some(death) = last_death
-                && out_of_time(deadline)
+                && too_late(deadline)
             {
                 self.shared.give_back(process);
-                call.fail(OffloadError::worker_died(registration.name, death, runs));
-                return;
+                return call.fail(OffloadError::worker_died(registration.name, death, runs));
             }
             // A panic in this process while the worker is out (a `Drop` of
             // the user's arguments, say) drops the worker inside `call`,
@@ -100,22 +99,13 @@ impl Processes {
                         return call.fail(self.dead_before_start(registration, runs, found_dead));
                     }
                 }
-                // Killed from outside as it took the call in: as if it had
-                // been dead before.
-                After::DiedBeforeStart(death, large) if !death.self_inflicted() && !large => {
-                    self.replace();
-                    found_dead += 1;
-                    if found_dead > self.workers + 2 {
-                        return call.fail(self.dead_before_start(registration, runs, found_dead));
-                    }
-                }
-                After::DiedBeforeStart(death, _) => {
+                After::DiedBeforeStart(death) => {
                     self.replace();
                     // A worker that crashed taking the call in, or was killed
                     // taking in a large one (by an out-of-memory killer, say):
                     // once may be bad luck; twice is the call's doing.
-                    died_before_start += 1;
-                    if died_before_start >= 2 {
+                    crashed_taking_it += 1;
+                    if crashed_taking_it >= 2 {
                         call.fail(OffloadError::worker_died(registration.name, death, runs));
                         return;
                     }
@@ -251,7 +241,7 @@ impl Processes {
             } else {
                 // It died taking the call in (a worker needs the whole
                 // frame before it starts).
-                After::DiedBeforeStart(death, large)
+                died_before_start(death, large)
             };
         }
         process.sent += 1;
@@ -331,7 +321,7 @@ impl Processes {
                     // idle, say, just before the call was sent; or by the
                     // call itself, as it took it in (a frame too large for
                     // its memory).
-                    After::DiedBeforeStart(death, large)
+                    died_before_start(death, large)
                 };
             }
             Err(error @ (ReadError::Malformed(_) | ReadError::Io(_))) => {
@@ -378,6 +368,18 @@ impl Drop for Lost<'_> {
 /// even by `SIGKILL` (an out-of-memory killer).
 const LARGE_CALL: usize = 1 << 20;
 
+/// A worker that died after the call was sent, before it started it: of
+/// the call's doing if it crashed taking it in, or was killed (by an
+/// out-of-memory killer, say) taking in a large one; otherwise killed from
+/// outside, as if it had been dead before the call was sent.
+fn died_before_start(death: Death, large: bool) -> After {
+    if death.self_inflicted() || large {
+        After::DiedBeforeStart(death)
+    } else {
+        After::DeadBeforeCall
+    }
+}
+
 /// What becomes of a worker after a call.
 enum After {
     /// It can take more calls.
@@ -387,10 +389,10 @@ enum After {
     /// It was dead before the call was sent: replace it, and send the call
     /// to another.
     DeadBeforeCall,
-    /// It died after the call was sent, before it started it (the flag:
-    /// the call is larger than `LARGE_CALL`): replace it, and send the call
-    /// to another, once.
-    DiedBeforeStart(Death, bool),
+    /// It died after the call was sent, before it started it, of the
+    /// call's doing, it seems (see `died_before_start`): replace it, and
+    /// send the call to another, once.
+    DiedBeforeStart(Death),
     /// It died running the call, which is still to be failed (or, for an
     /// idempotent function, run again): replace it.
     Died(Death),
