@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{eventually, process_state, scratch};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,14 +93,6 @@ fn try_start_subprocess(script: String) -> Result<u32, OffloadError> {
 
 // --- helpers --------------------------------------------------------------
 
-/// `R` (running), `S` (sleeping), `Z` (zombie), ..., or `None` if there is
-/// no such process.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// Waits until `pid` has ended (gone, or a zombie its adopter has not
 /// reaped yet), failing after 10 s.
 fn assert_ends(pid: u32, what: &str) {
@@ -116,28 +110,12 @@ fn assert_running(pid: u32, what: &str) {
     );
 }
 
-/// Waits until `condition` holds, failing with `what` after 10 s.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Sends `signal` to the worker `pid`, and returns at once: the worker may
 /// still be dying (even taking a call's bytes off its pipe as it goes) when
 /// the next call is sent, which must not fail that call.
 fn kill(pid: u32, signal: i32) {
     // SAFETY: `kill` has no memory effects; `pid` is a worker of ours.
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ythread-isolation-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Waits for a pid written to `file` by the work.

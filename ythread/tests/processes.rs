@@ -8,6 +8,7 @@
 mod common;
 
 use common::worker_processes as workers;
+use common::{process_state, scratch};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -632,14 +633,6 @@ fn a_workers_stdout_does_not_corrupt_the_channel() {
     });
 }
 
-/// The state of process `pid` (`R`, `S`, `Z`, ...), or `None` once it is
-/// gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 #[test]
 fn dropping_the_strategy_reaps_every_worker() {
     common::watchdog(Duration::from_secs(60), || {
@@ -792,16 +785,10 @@ fn refusing_worker_script(dir: &Path, flag: &Path, log: &Path) -> PathBuf {
     script
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ythread-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn workers_that_cannot_start_are_retried_with_back_off() {
     common::watchdog(Duration::from_secs(60), || {
-        let dir = scratch_dir("backoff");
+        let dir = scratch("backoff");
         let (flag, log) = (dir.join("refuse"), dir.join("starts"));
         let script = refusing_worker_script(&dir, &flag, &log);
         let cpu = workers(1).program(&script).build().unwrap();
@@ -827,7 +814,7 @@ fn when_no_worker_can_start_calls_fail_at_once_then_recover() {
     common::watchdog(Duration::from_secs(60), || {
         // The worker program: a script that refuses to start while a flag
         // file exists, and otherwise runs this binary as a worker.
-        let dir = scratch_dir("flag");
+        let dir = scratch("flag");
         let flag = dir.join("refuse");
         let script = refusing_worker_script(&dir, &flag, &dir.join("starts"));
         let cpu = workers(1).program(PathBuf::from(&script)).build().unwrap();

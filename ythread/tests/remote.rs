@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::eventually;
 use common::nats::NatsServer;
 use common::worker_processes as local_workers;
 
@@ -742,15 +743,6 @@ fn requester(url: &str, namespace: &str) -> Remote {
 /// Two workers of one local process each, in this process.
 fn two_workers(url: &str, namespace: &str) -> Vec<Worker> {
     (0..2).map(|_| worker(url, namespace)).collect()
-}
-
-/// Waits (up to 10 s) until `done` holds.
-fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

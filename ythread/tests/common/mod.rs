@@ -153,3 +153,31 @@ pub(crate) fn entry_args(entry: &str) -> [&str; 5] {
 pub(crate) fn worker_processes(n: usize) -> ythread::ProcessesBuilder {
     ythread::Processes::builder().workers(n)
 }
+
+/// `R` (running), `S` (sleeping), `Z` (zombie), ... of the process `pid`, or
+/// `None` if there is no such process.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Waits until `condition` holds, failing with `what` after 10 s.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A new, empty directory of this test process's, named after `name`.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ythread-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
