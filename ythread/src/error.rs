@@ -92,6 +92,9 @@ enum Repr {
     /// No worker could take the call (none could be started, or the
     /// strategy is shutting down).
     Unavailable { function: String, detail: String },
+    /// The call was sent to another machine, and then its outcome was lost
+    /// (the connection failed): it may have run, may be running.
+    MayHaveRun { function: String, detail: String },
     /// The strategy was shut down before the call reached it.
     ShutDown { strategy: &'static str },
     /// The strategy's queue was full, and it refuses work then.
@@ -125,9 +128,18 @@ pub enum OffloadErrorKind {
     /// The call or its result could not be carried between processes: an
     /// encoding error, or a malformed, truncated or oversized frame.
     Protocol,
-    /// No worker could take the call: none could be started, or the
-    /// strategy is shut down.
+    /// No worker could take the call: none could be started, none serves
+    /// it, or the strategy is shut down. The call did not run: trying again
+    /// cannot run it twice.
     Unavailable,
+    /// The call left for another machine
+    /// ([`Remote`](crate::remote::Remote)), and then its outcome was lost
+    /// (the connection to NATS failed while it was in flight): it may have
+    /// run, or may still run. Retry only work that may run twice. (A remote
+    /// call that got no answer within its deadline is
+    /// [`DeadlineExceeded`](OffloadErrorKind::DeadlineExceeded), which may
+    /// have run too.)
+    MayHaveRun,
     /// The strategy's queue was full, and it was built to refuse work then
     /// instead of waiting ([`PoolBuilder::when_full`](crate::PoolBuilder::when_full)):
     /// shed the load (answer "busy") or try again later.
@@ -227,6 +239,17 @@ impl OffloadError {
         }
     }
 
+    /// The call was sent, and then its outcome was lost.
+    #[cfg(feature = "remote")]
+    pub(crate) fn may_have_run(function: &str, detail: impl fmt::Display) -> Self {
+        OffloadError {
+            repr: Repr::MayHaveRun {
+                function: function.to_owned(),
+                detail: detail.to_string(),
+            },
+        }
+    }
+
     pub(crate) fn unavailable(function: &str, detail: impl fmt::Display) -> Self {
         OffloadError {
             repr: Repr::Unavailable {
@@ -247,6 +270,7 @@ impl OffloadError {
             Repr::Protocol { .. } => OffloadErrorKind::Protocol,
             Repr::Unavailable { .. } | Repr::ShutDown { .. } => OffloadErrorKind::Unavailable,
             Repr::QueueFull { .. } => OffloadErrorKind::QueueFull,
+            Repr::MayHaveRun { .. } => OffloadErrorKind::MayHaveRun,
         }
     }
 
@@ -261,7 +285,8 @@ impl OffloadError {
             | Repr::WorkerDied { function, .. }
             | Repr::DeadlineExceeded { function, .. }
             | Repr::Protocol { function, .. }
-            | Repr::Unavailable { function, .. } => Some(function),
+            | Repr::Unavailable { function, .. }
+            | Repr::MayHaveRun { function, .. } => Some(function),
         }
     }
 
@@ -293,7 +318,8 @@ impl OffloadError {
         match &self.repr {
             Repr::NotPortable { reason: detail, .. }
             | Repr::Protocol { detail, .. }
-            | Repr::Unavailable { detail, .. } => Some(detail),
+            | Repr::Unavailable { detail, .. }
+            | Repr::MayHaveRun { detail, .. } => Some(detail),
             _ => None,
         }
     }
@@ -483,6 +509,10 @@ impl fmt::Display for OffloadError {
             Repr::Unavailable { function, detail } => {
                 write!(f, "no worker could run `{function}`: {detail}")
             }
+            Repr::MayHaveRun { function, detail } => write!(
+                f,
+                "the call of `{function}` may have run, or may still run: {detail}"
+            ),
             Repr::ShutDown { strategy } => {
                 write!(f, "the {strategy} was shut down: it takes no new work")
             }

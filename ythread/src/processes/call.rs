@@ -31,6 +31,22 @@ impl Apply for Processes {
 impl Processes {
     /// Runs `call` of the registered function `registration` on a worker.
     pub(crate) fn run(&self, registration: &'static Registration, call: &mut dyn WireCall) {
+        self.run_within(registration, call, None);
+    }
+
+    /// [`run`](Self::run), within `limit` as well as the strategy's own
+    /// deadline (the sooner of the two): a remote worker's call carries its
+    /// requester's.
+    pub(crate) fn run_within(
+        &self,
+        registration: &'static Registration,
+        call: &mut dyn WireCall,
+        limit: Option<Duration>,
+    ) {
+        let budget = match (self.deadline, limit) {
+            (Some(mine), Some(limit)) => Some(mine.min(limit)),
+            (mine, limit) => mine.or(limit),
+        };
         let Some(_inside) = self.shared.gate.enter() else {
             call.fail(OffloadError::shut_down("set of worker processes"));
             return;
@@ -82,7 +98,7 @@ impl Processes {
                 processes: self,
                 armed: true,
             };
-            let after = self.call(process, registration, call, &mut deadline);
+            let after = self.call(process, registration, call, budget, &mut deadline);
             lost.armed = false;
             match after {
                 After::Keep(process)
@@ -181,6 +197,7 @@ impl Processes {
         mut process: Process,
         registration: &'static Registration,
         call: &mut dyn WireCall,
+        budget: Option<Duration>,
         deadline: &mut Option<Option<Instant>>,
     ) -> After {
         let name = registration.name;
@@ -210,7 +227,7 @@ impl Processes {
         }
         // (A deadline too far to add, `Duration::MAX`, is none.)
         let deadline = *deadline
-            .get_or_insert_with(|| self.deadline.and_then(|d| Instant::now().checked_add(d)));
+            .get_or_insert_with(|| budget.and_then(|d| Instant::now().checked_add(d)));
         process.set_running(name);
         let large = buf.len() > LARGE_CALL;
         if let Err((error, written)) = process.send(&buf, deadline) {
@@ -219,7 +236,7 @@ impl Processes {
                 // it was.
                 call.fail(OffloadError::no_answer_by(
                     name,
-                    self.deadline.unwrap_or_default(),
+                    budget.unwrap_or_default(),
                 ));
                 process.buf = buf;
                 return After::Keep(process);
@@ -228,7 +245,7 @@ impl Processes {
                 process.kill();
                 call.fail(OffloadError::deadline_exceeded(
                     name,
-                    self.deadline.unwrap_or_default(),
+                    budget.unwrap_or_default(),
                 ));
                 return After::Replace;
             }
@@ -294,7 +311,7 @@ impl Processes {
                 process.kill();
                 call.fail(OffloadError::deadline_exceeded(
                     name,
-                    self.deadline.unwrap_or_default(),
+                    budget.unwrap_or_default(),
                 ));
                 false
             }

@@ -53,23 +53,29 @@
 //! }
 //! ```
 
+mod io;
 mod queue;
+mod requests;
 mod serve;
+mod signing;
 mod wire;
 mod worker;
 
 use std::fmt;
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use tokio::runtime::Runtime;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use self::worker::{Worker, WorkerBuilder};
 pub use async_nats;
 
-use self::wire::{Reply, check_token, credentials_from_url, deadline_header, redacted, subject};
+use self::io::{Io, block_on};
+use self::requests::{Answer, Calls, dispatch};
+use self::signing::{Key, SIGNATURE_HEADER, Signed};
+use self::wire::{
+    Refused, Reply, call_headers, cancel_subject, check_token, credentials_from_url,
+    epoch_ms_in, redacted, subject,
+};
 use crate::error::OffloadError;
 use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::portable_call;
@@ -79,39 +85,40 @@ use crate::{Apply, Job};
 /// Sends offloaded calls to remote [`Worker`]s through NATS. See the
 /// [module](self).
 ///
-/// Each call blocks its handler's thread (a plain OS thread: no async at the
-/// call site) while a small runtime inside the strategy (one tokio thread)
-/// does the I/O. At most [`RemoteBuilder::max_in_flight`] calls are in
-/// flight; more wait, first come, first served, and the wait counts toward
-/// their deadline.
+/// Each call blocks its handler's thread (a plain OS thread, or a tokio
+/// application's `spawn_blocking` thread: no async at the call site) while
+/// a small runtime inside the strategy (one tokio thread) does the I/O. At
+/// most [`RemoteBuilder::max_in_flight`] calls are in flight; more wait,
+/// first come, first served, and the wait counts toward their deadline.
 ///
 /// # Failures
 ///
-/// At the `offload!` point, as for [`Processes`](crate::Processes):
-/// `Unavailable` when no worker serves the function (at once), when the
-/// connection is lost while the call is in flight, or when it cannot be
-/// re-established; `DeadlineExceeded` past [`RemoteBuilder::deadline`];
-/// `Panicked` (message kept) and `WorkerDied` (signal named) from the worker
-/// machine; `Protocol` for a payload over the cap or a malformed reply;
-/// `NotPortable` for work that cannot leave the process.
+/// At the `offload!` point, as for [`Processes`](crate::Processes), each
+/// saying what is known of the call:
 ///
-/// # Panics
-///
-/// `apply` panics if it is called from inside an async runtime (a handler
-/// run on a tokio worker thread): it blocks the thread it runs on.
+/// | kind | the call |
+/// |---|---|
+/// | `Unavailable` | did not run: no worker serves the function (at once), not connected, NATS refused to let it be sent (a permission, named), or a worker was too busy to take it |
+/// | `MayHaveRun` | may have run: the connection was lost while it was in flight (it is then cancelled at the workers, which drop it unless they started it) |
+/// | `DeadlineExceeded` | may have run: no answer within [`RemoteBuilder::deadline`] (workers drop it unrun past that time, and kill it if it runs past it) |
+/// | `Panicked`, `WorkerDied` | ran (or started) on the worker machine: the message, the signal |
+/// | `Protocol` | did not run if its arguments were over a cap (named); otherwise a malformed reply |
+/// | `NotPortable` | did not run: the work cannot leave the process |
 pub struct Remote {
-    runtime: Runtime,
+    /// The runtime of the connection's I/O: it lives as long as this.
+    _io: Io,
     client: async_nats::Client,
+    calls: Arc<Calls>,
     namespace: String,
     deadline: Duration,
-    max_payload: usize,
+    /// The largest request set by the builder, if any.
+    max_payload: Option<usize>,
+    /// The server's largest payload, as it said when (re)connected.
+    server_max_payload: Arc<AtomicUsize>,
     /// The deepest nesting decoded in a result.
     max_depth: usize,
     in_flight: FairSemaphore,
-    /// Bumped each time the connection is lost; a call in flight across a
-    /// change fails at once instead of waiting for its deadline.
-    disconnects: watch::Receiver<u64>,
-    calls: AtomicU64,
+    sent: AtomicU64,
 }
 
 /// Builds a [`Remote`].
@@ -119,9 +126,10 @@ pub struct RemoteBuilder {
     url: String,
     namespace: String,
     deadline: Duration,
-    max_payload: usize,
+    max_payload: Option<usize>,
     max_depth: usize,
     max_in_flight: usize,
+    signing_key: Option<Vec<u8>>,
     options: Option<async_nats::ConnectOptions>,
 }
 
@@ -131,8 +139,9 @@ impl Remote {
     /// # Errors
     ///
     /// If the server cannot be reached or refuses the connection (for
-    /// example, wrong credentials).
-    pub fn connect(url: &str) -> io::Result<Remote> {
+    /// example, wrong credentials), or refuses this requester's inbox (a
+    /// permission).
+    pub fn connect(url: &str) -> std::io::Result<Remote> {
         Remote::builder(url).connect()
     }
 
@@ -142,16 +151,31 @@ impl Remote {
             url: url.to_owned(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             deadline: Duration::from_secs(30),
-            max_payload: 1 << 20,
+            max_payload: None,
             max_depth: crate::codec::Limits::DEFAULT.max_depth,
             max_in_flight: 1024,
+            signing_key: None,
             options: None,
         }
     }
 
     /// Calls sent so far.
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Replies dropped so far because they did not verify with the
+    /// [signing key](RemoteBuilder::signing_key): from workers with another
+    /// key or none, or forged.
+    pub fn rejected(&self) -> u64 {
+        self.calls.rejected()
+    }
+
+    /// The largest arguments a call can carry now, in bytes: the smaller of
+    /// [`RemoteBuilder::max_payload`] and the server's `max_payload`.
+    fn max_payload(&self) -> usize {
+        let server = self.server_max_payload.load(Ordering::Relaxed);
+        self.max_payload.map_or(server, |mine| mine.min(server))
     }
 }
 
@@ -163,6 +187,7 @@ impl fmt::Debug for RemoteBuilder {
             .field("deadline", &self.deadline)
             .field("max_payload", &self.max_payload)
             .field("max_in_flight", &self.max_in_flight)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
@@ -181,15 +206,21 @@ impl RemoteBuilder {
 
     /// How long a call may take, from the request to the reply (default
     /// 30 s). A worker that is lost (its machine gone) fails its call here.
+    /// The worker is told: it drops the call unrun once this has passed
+    /// (by the machines' clocks: keep them in step, with NTP), and kills it
+    /// if it runs past it.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
-    /// The largest request, in bytes (default 1 MiB; the server's own
-    /// `max_payload` applies too, whichever is smaller).
+    /// The largest arguments a call may carry, in bytes (default: the NATS
+    /// server's `max_payload`, 1 MiB unless its configuration raises it, up
+    /// to 64 MiB). A call over it fails with
+    /// [`Protocol`](crate::OffloadErrorKind::Protocol) before it is sent,
+    /// naming the setting to raise.
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
+        self.max_payload = Some(bytes);
         self
     }
 
@@ -219,74 +250,172 @@ impl RemoteBuilder {
         self
     }
 
+    /// The fleet's signing key (at least 32 random bytes), the same as its
+    /// workers' [`WorkerBuilder::signing_key`]: calls are signed with it,
+    /// and only replies signed with it count (others are dropped and
+    /// counted in [`Remote::rejected`]). For fleets whose requesters and
+    /// workers share one NATS credential: whoever else holds it can then
+    /// neither forge a result nor redirect a call. See the module's
+    /// "Security".
+    pub fn signing_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.signing_key = Some(key.as_ref().to_vec());
+        self
+    }
+
     /// NATS connection options: credentials (`user_and_password`, `token`,
     /// `nkey`, `credentials_file`), TLS (`require_tls`,
-    /// `add_root_certificates`, `add_client_certificate`), reconnection.
-    /// Credentials in the URL (`nats://user:password@host:4222`) are used
-    /// when these options are not given.
+    /// `add_root_certificates`, `add_client_certificate`), reconnection,
+    /// the inbox prefix (`custom_inbox_prefix`, for per-requester
+    /// permissions). Credentials in the URL
+    /// (`nats://user:password@host:4222`) are used when these options are
+    /// not given.
     ///
     /// `Remote` sets the options' `event_callback` (it watches for lost
-    /// connections, to fail the calls in flight at once): one set here is
-    /// replaced.
+    /// connections and refused permissions, to answer the calls concerned
+    /// at once): one set here is replaced.
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
         self
     }
 
-    /// Connects.
+    /// Connects. Works from any thread, an async runtime's included.
     ///
     /// # Errors
     ///
-    /// If the runtime cannot start, the namespace is not a subject token, or
-    /// the server cannot be reached or refuses the connection.
-    pub fn connect(self) -> io::Result<Remote> {
+    /// If the runtime cannot start, the namespace is not a subject token,
+    /// the signing key is shorter than 32 bytes, the server cannot be
+    /// reached or refuses the connection, or it refuses this requester's
+    /// subscription to its inbox (a permission: the error names it).
+    pub fn connect(self) -> std::io::Result<Remote> {
         check_token(&self.namespace)?;
-        let runtime = runtime("ythread-remote")?;
-        let (tell, disconnects) = watch::channel(0u64);
+        let key = self
+            .signing_key
+            .as_deref()
+            .map(|key| Key::new(key, "RemoteBuilder::signing_key"))
+            .transpose()?;
+        let io = Io::new("ythread-remote")?;
         let (url, options) = credentials_from_url(&self.url, self.options)?;
-        let options = options.event_callback(move |event| {
-            let tell = tell.clone();
-            async move {
-                if let async_nats::Event::Disconnected = event {
-                    tell.send_modify(|count| *count += 1);
-                }
+        let events = Arc::new(Events {
+            calls: OnceLock::new(),
+            client: OnceLock::new(),
+            cancel_subject: cancel_subject(&self.namespace),
+            server_max_payload: Arc::new(AtomicUsize::new(0)),
+        });
+        let options = options.event_callback({
+            let events = Arc::clone(&events);
+            move |event| {
+                let events = Arc::clone(&events);
+                async move { events.on(event).await }
             }
         });
-        let client = runtime
-            .block_on(options.connect(url.as_str()))
-            .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
-        let max_payload = self.max_payload.min(client.server_info().max_payload);
+        let connecting = Arc::clone(&events);
+        let (client, calls) = io.wait(async move {
+            let client = options
+                .connect(url.as_str())
+                .await
+                .map_err(|error| std::io::Error::other(format!("NATS at {url}: {error}")))?;
+            let calls = Arc::new(Calls::new(client.new_inbox(), key));
+            let _ = connecting.calls.set(Arc::clone(&calls));
+            let _ = connecting.client.set(client.clone());
+            connecting
+                .server_max_payload
+                .store(client.server_info().max_payload, Ordering::Relaxed);
+            let inbox = client
+                .subscribe(calls.inbox_subjects())
+                .await
+                .map_err(|error| std::io::Error::other(format!("NATS subscribe: {error}")))?;
+            client
+                .flush()
+                .await
+                .map_err(|error| std::io::Error::other(format!("NATS flush: {error}")))?;
+            // The server answers a refused subscription before the flush's
+            // reply; its event reaches the callback a moment later.
+            for _ in 0..10 {
+                if calls.inbox_refused().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let Some(refused) = calls.inbox_refused() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "NATS refuses this requester's inbox ({refused}): its user needs \
+                         permission to subscribe to `{}` (its inbox prefix: `_INBOX.>`, or \
+                         the prefix set with `ConnectOptions::custom_inbox_prefix`)",
+                        calls.inbox_subjects()
+                    ),
+                ));
+            }
+            tokio::spawn(dispatch(Arc::clone(&calls), inbox));
+            std::io::Result::Ok((client, calls))
+        })??;
         Ok(Remote {
-            runtime,
+            _io: io,
             client,
+            calls,
             namespace: self.namespace,
             deadline: self.deadline,
-            max_payload,
+            max_payload: self.max_payload,
+            server_max_payload: Arc::clone(&events.server_max_payload),
             max_depth: self.max_depth,
             in_flight: FairSemaphore::new(self.max_in_flight),
-            disconnects,
-            calls: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         })
     }
 }
 
-/// One runtime thread for the connection's I/O.
-fn runtime(name: &str) -> io::Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
+/// What the connection's events act on.
+struct Events {
+    calls: OnceLock<Arc<Calls>>,
+    client: OnceLock<async_nats::Client>,
+    cancel_subject: String,
+    server_max_payload: Arc<AtomicUsize>,
+}
+
+impl Events {
+    async fn on(&self, event: async_nats::Event) {
+        let Some(calls) = self.calls.get() else {
+            return;
+        };
+        match event {
+            async_nats::Event::Disconnected => {
+                let (Some(cancel), Some(client)) = (calls.lost(), self.client.get()) else {
+                    return;
+                };
+                // Queued by the client until it reconnects, behind the calls
+                // it could not send yet: workers learn of the cancellation
+                // before or as they get those calls.
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(key) = calls.key() {
+                    let signed = Signed::Cancel {
+                        subject: &self.cancel_subject,
+                        payload: &cancel,
+                    };
+                    headers.insert(SIGNATURE_HEADER, key.sign(&signed).as_str());
+                }
+                let _ = client
+                    .publish_with_headers(self.cancel_subject.clone(), headers, cancel.into())
+                    .await;
+            }
+            async_nats::Event::Connected => {
+                if let Some(client) = self.client.get() {
+                    self.server_max_payload
+                        .store(client.server_info().max_payload, Ordering::Relaxed);
+                }
+            }
+            async_nats::Event::ServerError(async_nats::ServerError::Other(text)) => {
+                if let Some(refused) = Refused::parse(&text) {
+                    calls.refused(&refused, &text);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Apply for Remote {
     fn apply(&self, mut job: Job<'_>) {
-        assert!(
-            tokio::runtime::Handle::try_current().is_err(),
-            "ythread::remote::Remote blocks the thread that drives the handler while its call \
-             is in flight, and this thread runs an async runtime: drive handlers on plain \
-             threads (`YieldableThread`), or from `spawn_blocking`"
-        );
         let (call, registration) = match portable_call(job.wire()) {
             Ok(call) => call,
             Err(error) => return job.fail(error),
@@ -301,115 +430,154 @@ impl Apply for Remote {
             call.fail(error);
             return;
         }
-        if payload.len() > self.max_payload {
+        let max_payload = self.max_payload();
+        if payload.len() > max_payload {
             call.fail(OffloadError::protocol(
                 name,
+                too_large("its arguments", payload.len(), max_payload, self.max_payload),
+            ));
+            return;
+        }
+        if let Some(refused) = self.calls.inbox_refused() {
+            call.fail(OffloadError::unavailable(
+                name,
                 format_args!(
-                    "its arguments take {} bytes, over the maximum payload of {} bytes",
-                    payload.len(),
-                    self.max_payload
+                    "it did not run: NATS refuses this requester's inbox, where replies come \
+                     ({refused})"
                 ),
             ));
             return;
         }
         // While the connection is down (async-nats is reconnecting), a
-        // request would wait out its whole deadline: fail at once.
+        // request would wait in the client: fail at once, unsent.
         if self.client.connection_state() != async_nats::connection::State::Connected {
             call.fail(OffloadError::unavailable(
                 name,
-                "not connected to NATS (the connection was lost; reconnecting)",
+                "it did not run: not connected to NATS (the connection was lost; reconnecting)",
             ));
             return;
         }
-        let subject = subject(&self.namespace, registration);
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_add(1, Ordering::Relaxed);
         // The deadline counts from here: waiting for one of the
         // `max_in_flight` calls is part of the call's time.
         // (A deadline too far to add, `Duration::MAX`, is none.)
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let until = now
             .checked_add(self.deadline)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let outcome = self.in_flight.run_until(until, || {
-            let mut disconnects = self.disconnects.clone();
-            disconnects.mark_unchanged();
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            self.runtime.block_on(async {
-                tokio::select! {
-                    reply = tokio::time::timeout(
-                        left,
-                        // Without async-nats's own timeout (10 s): the
-                        // deadline above is the only one. The worker gets it
-                        // too, and drops a call whose requester is gone.
-                        self.client.send_request(
-                            subject,
-                            async_nats::Request::new()
-                                .payload(payload.into())
-                                .headers(deadline_header(left))
-                                .timeout(None),
-                        ),
-                    ) => Some(reply),
-                    _ = disconnects.changed() => None,
-                }
-            })
+            self.send_and_wait(registration, payload, until)
         });
-        let Some(outcome) = outcome else {
-            call.fail(OffloadError::no_answer_by(name, self.deadline));
-            return;
+        let outcome = match outcome {
+            // Out of time waiting to be sent.
+            None => Err(OffloadError::no_answer_by(name, self.deadline)),
+            Some(outcome) => outcome,
         };
-        match outcome {
-            None => call.fail(OffloadError::unavailable(
-                name,
-                "the connection to NATS was lost while the call was in flight",
-            )),
-            Some(Err(_elapsed)) => call.fail(OffloadError::no_answer_by(name, self.deadline)),
-            Some(Ok(Err(error))) => call.fail(request_error(registration, &self.namespace, &error)),
-            Some(Ok(Ok(message))) => match Reply::decode(&message.payload) {
-                Ok(Reply::Done(result)) => {
-                    if let Err(error) = call.finish(registration, result, depth) {
-                        call.fail(error);
-                    }
+        let result = match outcome {
+            Ok(result) => result,
+            Err(error) => return call.fail(error),
+        };
+        match Reply::decode(&result) {
+            Ok(Reply::Done(result)) => {
+                if let Err(error) = call.finish(registration, result, depth) {
+                    call.fail(error);
                 }
-                Ok(Reply::Failed(error)) => call.fail(error.into_error(name)),
-                Err(error) => call.fail(OffloadError::protocol(
-                    name,
-                    format_args!("a malformed reply: {error}"),
-                )),
-            },
+            }
+            Ok(Reply::Failed(error)) => call.fail(error.into_error(name)),
+            Err(error) => call.fail(OffloadError::protocol(
+                name,
+                format_args!("a malformed reply: {error}"),
+            )),
         }
     }
 }
 
-fn request_error(
-    registration: &Registration,
-    namespace: &str,
-    error: &async_nats::RequestError,
-) -> OffloadError {
-    use async_nats::RequestErrorKind;
-    match error.kind() {
-        RequestErrorKind::NoResponders => OffloadError::unavailable(
-            registration.name,
-            format_args!(
-                "no worker serves it on NATS (namespace `{namespace}`, signature `{}`): none is \
-                 running, or they run another build of it",
-                registration.signature
-            ),
-        ),
-        RequestErrorKind::TimedOut => {
-            OffloadError::unavailable(registration.name, "the NATS request timed out")
+impl Remote {
+    /// Sends one call and waits for what answers it, until `until`.
+    fn send_and_wait(
+        &self,
+        registration: &'static Registration,
+        payload: Vec<u8>,
+        until: Instant,
+    ) -> Result<bytes::Bytes, OffloadError> {
+        let name = registration.name;
+        let subject: Arc<str> = subject(&self.namespace, registration).into();
+        let left = until.saturating_duration_since(Instant::now());
+        let (mut headers, signed_headers) = call_headers(left);
+        let in_flight = self.calls.register(Arc::clone(&subject), epoch_ms_in(left));
+        if let Some(key) = self.calls.key() {
+            let signed = Signed::Call {
+                subject: &subject,
+                reply: &in_flight.reply_to,
+                headers: &signed_headers,
+                payload: &payload,
+            };
+            headers.insert(SIGNATURE_HEADER, key.sign(&signed).as_str());
         }
-        RequestErrorKind::MaxPayloadExceeded => OffloadError::protocol(
-            registration.name,
-            format_args!("its arguments are over the NATS server's maximum payload: {error}"),
-        ),
-        RequestErrorKind::InvalidSubject => OffloadError::protocol(
-            registration.name,
-            format_args!("its subject is not a valid NATS subject: {error}"),
-        ),
-        RequestErrorKind::Other => {
-            OffloadError::unavailable(registration.name, format_args!("NATS: {error}"))
+        // Handing the call to the client's channel: ready at once unless
+        // the channel is full.
+        let sent = block_on(self.client.publish_with_reply_and_headers(
+            subject.to_string(),
+            in_flight.reply_to.clone(),
+            headers,
+            payload.into(),
+        ));
+        if let Err(error) = sent {
+            return Err(match error.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => OffloadError::protocol(
+                    name,
+                    format_args!("it did not run: {error}; {SERVER_CAP}"),
+                ),
+                _ => OffloadError::unavailable(
+                    name,
+                    format_args!("it did not run: NATS could not take it: {error}"),
+                ),
+            });
+        }
+        match in_flight.answer.recv_deadline(until) {
+            Ok(Answer::Reply(result)) => Ok(result),
+            Ok(Answer::NoResponders) => Err(no_responders(registration, &self.namespace)),
+            Ok(Answer::Lost) => Err(OffloadError::may_have_run(
+                name,
+                "the connection to NATS was lost while it was in flight; it is cancelled at the \
+                 workers, which drop it unless they started it",
+            )),
+            Ok(Answer::Refused(text)) => Err(OffloadError::unavailable(
+                name,
+                format_args!(
+                    "it did not run: NATS refused it ({text}): this requester's user needs \
+                     permission to publish to `ythread.{}.>`",
+                    self.namespace
+                ),
+            )),
+            Err(_) => Err(OffloadError::no_answer_by(name, self.deadline)),
         }
     }
+}
+
+/// What raises the server's cap on payloads.
+const SERVER_CAP: &str = "the NATS server's `max_payload` caps every message (1 MiB by default): \
+     raise it in the server's configuration (`max_payload: 8MB`, up to 64 MiB) on every server \
+     of the cluster";
+
+/// The error text of a payload over a cap.
+fn too_large(what: &str, size: usize, cap: usize, setting: Option<usize>) -> String {
+    let raise = match setting {
+        Some(mine) if mine <= cap => "raise `RemoteBuilder::max_payload`".to_owned(),
+        _ => SERVER_CAP.to_owned(),
+    };
+    format!("it did not run: {what} take {size} bytes, over the largest payload of {cap} bytes; {raise}")
+}
+
+fn no_responders(registration: &Registration, namespace: &str) -> OffloadError {
+    OffloadError::unavailable(
+        registration.name,
+        format_args!(
+            "it did not run: no worker serves it on NATS (namespace `{namespace}`, signature \
+             `{}`): none is running, or they run another build of it",
+            registration.signature
+        ),
+    )
 }
 
 impl fmt::Debug for Remote {
@@ -417,8 +585,9 @@ impl fmt::Debug for Remote {
         f.debug_struct("Remote")
             .field("namespace", &self.namespace)
             .field("deadline", &self.deadline)
-            .field("max_payload", &self.max_payload)
+            .field("max_payload", &self.max_payload())
             .field("calls", &self.calls())
+            .field("rejected", &self.rejected())
             .finish_non_exhaustive()
     }
 }

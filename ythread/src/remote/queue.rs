@@ -23,10 +23,15 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use tokio::sync::watch;
+
+use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::wire::{
-    deadline_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_reply_to,
+    deadline_of, expires_of, queue_subject, queue_subjects, reply_to_of, set_deadline,
+    set_expires, set_reply_to, signature_of, signed_headers,
 };
 use crate::offloadable::Registration;
+use crate::sync::Mutex;
 
 /// Calls queued at most, in bytes, for the whole fleet of a namespace; past
 /// it, a busy worker keeps the call in its own line. The server reserves it
@@ -37,10 +42,22 @@ const MAX_QUEUED_BYTES: i64 = 64 << 20;
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// A namespace's queue on the NATS server.
+///
+/// Nothing found on the server is trusted: a stream or consumer of the
+/// queue's name that someone else made, or changed, with settings that
+/// would break at most once (a stream that keeps acknowledged calls, a
+/// consumer that needs no acknowledgement or delivers headers alone, ...)
+/// is refused, with the setting named, and the worker serves without the
+/// queue. The queue is opened and checked again after every reconnection:
+/// a restarted server has lost its in-memory streams.
 pub(super) struct Queue {
     jetstream: jetstream::Context,
     config: stream::Config,
     namespace: String,
+    /// Why the queue cannot be used now, if so.
+    problem: Mutex<Option<String>>,
+    /// Bumped at each reconnection: pulls open their consumers again.
+    reconnected: watch::Sender<u64>,
 }
 
 /// Whether a call sent to the queue is in it.
@@ -61,20 +78,14 @@ pub(super) struct Queued {
     /// Time left to the requester's deadline, counted from when the call
     /// entered the queue; `None` if it has none.
     pub(super) left: Option<Duration>,
+    /// When its requester stops waiting, in ms since the Unix epoch.
+    pub(super) expires: Option<u64>,
     pub(super) args: Bytes,
 }
 
 impl Queue {
-    /// Opens (creating if need be) the queue of `namespace`.
-    ///
-    /// # Errors
-    ///
-    /// The reason, if the server has no JetStream or refuses the stream.
-    pub(super) async fn open(
-        client: &async_nats::Client,
-        namespace: &str,
-    ) -> Result<Queue, String> {
-        let jetstream = jetstream::new(client.clone());
+    /// The queue of `namespace`; [`open`](Queue::open) it.
+    pub(super) fn new(client: &async_nats::Client, namespace: &str) -> Queue {
         let config = stream::Config {
             name: stream_name(namespace),
             subjects: vec![queue_subjects(namespace)],
@@ -87,39 +98,101 @@ impl Queue {
             max_age: Duration::from_secs(24 * 3600),
             ..Default::default()
         };
-        jetstream
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|error| error.to_string())?;
-        Ok(Queue {
-            jetstream,
+        Queue {
+            jetstream: jetstream::new(client.clone()),
             config,
             namespace: namespace.to_owned(),
-        })
+            problem: Mutex::new(Some("not opened yet".to_owned())),
+            reconnected: watch::Sender::new(0),
+        }
+    }
+
+    /// Opens the queue: makes its stream if it is not on the server, and
+    /// checks it if it is.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot be used (also kept for [`status`](Queue::status)):
+    /// no JetStream on the server, a refusal, or a stream that is not what
+    /// ythread makes.
+    pub(super) async fn open(&self) -> Result<(), String> {
+        let opened = self.stream().await.map(|_| ());
+        *self.problem.lock() = opened.as_ref().err().cloned();
+        opened
+    }
+
+    /// The queue's stream, made if need be, checked.
+    async fn stream(&self) -> Result<stream::Stream, String> {
+        let stream = self
+            .jetstream
+            .get_or_create_stream(self.config.clone())
+            .await
+            .map_err(|error| error.to_string())?;
+        check_stream(&stream.cached_info().config, &self.config)?;
+        Ok(stream)
+    }
+
+    /// Whether calls may be put in the queue now.
+    pub(super) fn usable(&self) -> bool {
+        self.problem.lock().is_none()
+    }
+
+    /// `Ok` if the queue can be used now; otherwise why not.
+    pub(super) fn status(&self) -> Result<(), String> {
+        match &*self.problem.lock() {
+            None => Ok(()),
+            Some(problem) => Err(problem.clone()),
+        }
+    }
+
+    /// The connection came back: the queue is opened (made, checked) again.
+    pub(super) async fn reconnected(&self) {
+        self.reconnected.send_modify(|count| *count += 1);
+        let _ = self.open().await;
+    }
+
+    /// Tells of reconnections.
+    pub(super) fn reconnections(&self) -> watch::Receiver<u64> {
+        self.reconnected.subscribe()
     }
 
     fn subject(&self, registration: &Registration) -> String {
         queue_subject(&self.namespace, registration)
     }
 
-    /// Puts a call in the queue; returns once the server has said whether
-    /// it stored it.
+    /// Puts a call in the queue (signed with `key`, if there is one);
+    /// returns once the server has said whether it stored it.
     pub(super) async fn forward(
         &self,
         registration: &Registration,
         reply_to: &str,
         left: Option<Duration>,
+        expires: Option<u64>,
+        key: Option<&Key>,
         args: Bytes,
     ) -> Forwarded {
         use async_nats::jetstream::context::PublishErrorKind;
+        let subject = self.subject(registration);
         let mut headers = async_nats::HeaderMap::new();
         set_reply_to(&mut headers, reply_to);
         if let Some(left) = left {
             set_deadline(&mut headers, left);
         }
+        if let Some(expires) = expires {
+            set_expires(&mut headers, expires);
+        }
+        if let Some(key) = key {
+            let signed = Signed::Call {
+                subject: &subject,
+                reply: reply_to,
+                headers: &signed_headers(Some(&headers)),
+                payload: &args,
+            };
+            headers.insert(SIGNATURE_HEADER, key.sign(&signed).as_str());
+        }
         let ack = match self
             .jetstream
-            .publish_with_headers(self.subject(registration), headers, args)
+            .publish_with_headers(subject, headers, args)
             .await
         {
             Ok(ack) => ack,
@@ -142,40 +215,134 @@ impl Queue {
         }
     }
 
-    /// The pull consumer of `registration`'s calls, shared by every worker; the
-    /// stream too is made again if it is gone (a server restarted loses its
-    /// in-memory streams).
+    /// The pull consumer of `registration`'s calls, shared by every worker,
+    /// checked; the stream too is made again if it is gone (a server
+    /// restarted loses its in-memory streams).
     ///
     /// # Errors
     ///
-    /// If the server refuses them (or JetStream is gone).
+    /// If the server refuses them (or JetStream is gone), or what is on the
+    /// server is not what ythread makes.
     pub(super) async fn consumer(&self, registration: &Registration) -> Result<Consumer, String> {
         let name = consumer_name(registration);
-        self.jetstream
-            .get_or_create_stream(self.config.clone())
-            .await
-            .map_err(|error| error.to_string())?
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: self.subject(registration),
-                    // A worker acks a call (and waits for the server to
-                    // confirm) before it runs it, or nacks it (puts it back
-                    // at the head of the line) if it finds its processes
-                    // taken; one that dies between the pull and either has
-                    // the call delivered again after `ack_wait`: it never
-                    // ran. See `Pulled::take`.
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    // Idle for a day (no worker of this build left): gone.
-                    inactive_threshold: Duration::from_secs(24 * 3600),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|error| error.to_string())
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.subject(registration),
+            // A worker acks a call (and waits for the server to
+            // confirm) before it runs it, or nacks it (puts it back
+            // at the head of the line) if it finds its processes
+            // taken; one that dies between the pull and either has
+            // the call delivered again after `ack_wait`: it never
+            // ran. See `Pulled::take`.
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            // Idle for a day (no worker of this build left): gone.
+            inactive_threshold: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        };
+        let opened: Result<Consumer, String> = async {
+            let consumer = self
+                .stream()
+                .await?
+                .get_or_create_consumer(&name, config.clone())
+                .await
+                .map_err(|error| error.to_string())?;
+            check_consumer(&consumer.cached_info().config, &config)?;
+            Ok(consumer)
+        }
+        .await;
+        if let Err(problem) = &opened {
+            *self.problem.lock() = Some(problem.clone());
+        } else {
+            *self.problem.lock() = None;
+        }
+        opened
     }
+}
+
+/// Checks a stream found on the server against the one ythread makes: what
+/// at most once and the bounds rest on.
+fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    if found.retention != wanted.retention {
+        wrong.push(format!("retention {:?}, not WorkQueue", found.retention));
+    }
+    if found.subjects != wanted.subjects {
+        wrong.push(format!("subjects {:?}, not {:?}", found.subjects, wanted.subjects));
+    }
+    if found.no_ack {
+        wrong.push("no_ack set (stores are not acknowledged)".to_owned());
+    }
+    if found.max_bytes <= 0 || found.max_bytes > wanted.max_bytes {
+        wrong.push(format!(
+            "max_bytes {}, not at most {}",
+            found.max_bytes, wanted.max_bytes
+        ));
+    }
+    if found.discard != wanted.discard {
+        wrong.push(format!("discard {:?}, not New", found.discard));
+    }
+    if found.mirror.is_some() || found.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        wrong.push("a mirror or sources (calls from elsewhere)".to_owned());
+    }
+    if found.republish.is_some() {
+        wrong.push("republish (calls copied elsewhere)".to_owned());
+    }
+    if found.allow_rollup || found.sealed {
+        wrong.push("rollups allowed, or sealed".to_owned());
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the stream `{}` on the NATS server is not the one ythread makes ({}): ythread did not \
+         make it, or it was changed; delete it (`nats stream rm {}`) for the workers to make it \
+         again",
+        found.name,
+        wrong.join("; "),
+        found.name
+    ))
+}
+
+/// Checks a consumer found on the server against the one ythread makes.
+fn check_consumer(
+    found: &consumer::Config,
+    wanted: &consumer::pull::Config,
+) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    if found.ack_policy != wanted.ack_policy {
+        wrong.push(format!("ack_policy {:?}, not Explicit", found.ack_policy));
+    }
+    if found.ack_wait != wanted.ack_wait {
+        wrong.push(format!(
+            "ack_wait {:?}, not {:?}",
+            found.ack_wait, wanted.ack_wait
+        ));
+    }
+    if found.filter_subject != wanted.filter_subject {
+        wrong.push(format!(
+            "filter {:?}, not {:?}",
+            found.filter_subject, wanted.filter_subject
+        ));
+    }
+    if found.headers_only {
+        wrong.push("headers_only set (calls without their arguments)".to_owned());
+    }
+    if found.deliver_subject.is_some() {
+        wrong.push("a push consumer".to_owned());
+    }
+    if found.deliver_policy != wanted.deliver_policy {
+        wrong.push(format!("deliver_policy {:?}, not All", found.deliver_policy));
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the consumer `{}` on the NATS server is not the one ythread makes ({}): ythread did \
+         not make it, or it was changed; delete it for the workers to make it again",
+        found.durable_name.as_deref().unwrap_or_default(),
+        wrong.join("; ")
+    ))
 }
 
 /// A function's pull consumer.
@@ -222,6 +389,11 @@ pub(super) struct Pulled {
 }
 
 impl Pulled {
+    /// The call's arguments' size, in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.message.payload.len()
+    }
+
     /// Takes the call out of the queue, to run it now; `None` if it must
     /// not run here.
     ///
@@ -232,9 +404,25 @@ impl Pulled {
     /// server gives it to another worker if the acknowledgement was lost,
     /// and if it was not, the call fails at its requester's deadline. Either
     /// way it never runs twice. `None` too for a message that is not a call
-    /// of ours (someone else published on the subject).
-    pub(super) async fn take(self) -> Option<Queued> {
+    /// of ours (someone else published on the subject; with a `key`, one
+    /// that does not verify).
+    pub(super) async fn take(self, key: Option<&Key>) -> Option<Queued> {
         let Pulled { message, received } = self;
+        let headers = message.headers.as_ref();
+        if let Some(key) = key {
+            let reply_to = reply_to_of(headers);
+            let signed = Signed::Call {
+                subject: &message.subject,
+                reply: reply_to.as_deref().unwrap_or_default(),
+                headers: &signed_headers(headers),
+                payload: &message.payload,
+            };
+            if !key.verify(&signed, signature_of(headers)) {
+                // Out of the queue, unrun.
+                let _ = message.ack().await;
+                return None;
+            }
+        }
         let confirmed = message.double_ack().await.is_ok();
         if !confirmed || received.elapsed() >= ACK_WAIT / 2 {
             return None;
@@ -242,7 +430,6 @@ impl Pulled {
         let waited = message.info().map_or(Duration::ZERO, |info| {
             since(info.published.unix_timestamp_nanos())
         });
-        let headers = message.headers.as_ref();
         let reply_to = reply_to_of(headers)?;
         // A second of slack for the clocks of the server and of this
         // machine, which measure `waited` between them.
@@ -251,6 +438,7 @@ impl Pulled {
         Some(Queued {
             reply_to,
             left,
+            expires: expires_of(headers),
             args: message.payload.clone(),
         })
     }

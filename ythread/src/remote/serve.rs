@@ -2,16 +2,22 @@
 //! take calls (from NATS directly, or from the fleet's shared queue), run
 //! each in a local worker process and send the reply.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::SERVER_CAP;
+use super::io::block_on;
 use super::queue::{self, Backlog, Forwarded, Queue};
-use super::wire::{Reply, WireError, deadline_of};
+use super::signing::{Key, SIGNATURE_HEADER, Signed};
+use super::wire::{
+    Reply, WireError, deadline_of, expires_of, is_past, signature_of, signed_headers,
+};
 use crate::Processes;
 use crate::error::OffloadError;
 use crate::offloadable::{DepthLimit, Registration};
@@ -21,6 +27,10 @@ use crate::sync::{Mutex, MutexGuard};
 /// Calls being put in the shared queue at once, at most.
 pub(super) const MAX_FORWARDING: usize = 256;
 
+/// What a call received costs of [`Serving::pending`] beyond its payload,
+/// in bytes: what keeps a flood of empty calls bounded too.
+const CALL_COST: usize = 1024;
+
 /// What serving calls needs, shared by every function's tasks.
 pub(super) struct Serving {
     /// The connection to NATS.
@@ -29,18 +39,135 @@ pub(super) struct Serving {
     pub(super) processes: Arc<Processes>,
     /// Which of them are free.
     pub(super) slots: Arc<Slots>,
-    /// The server's largest payload: a larger reply is replaced by an error.
-    pub(super) max_payload: usize,
-    /// The fleet's shared queue; or why there is none (no JetStream on the
-    /// server, or turned off).
-    pub(super) queue: Result<Arc<Queue>, String>,
-    /// Calls in flight to the queue at once, at most: while all are taken,
-    /// the subscriptions are not read.
+    /// The server's largest payload (as it said when this worker last
+    /// connected): a larger reply is replaced by an error.
+    pub(super) max_payload: AtomicUsize,
+    /// The fleet's shared queue (`None` if turned off); whether it is usable
+    /// now is its own state.
+    pub(super) queue: Option<Arc<Queue>>,
+    /// Calls in flight to the queue at once, at most.
     pub(super) forwarding: Arc<Semaphore>,
+    /// The bytes of the calls received and not yet answered (waiting here,
+    /// being put in the queue, running): a call that would take more than
+    /// is left is refused, unrun.
+    pub(super) pending: Arc<Semaphore>,
+    /// [`WorkerBuilder::max_pending_bytes`](super::WorkerBuilder::max_pending_bytes).
+    pub(super) max_pending_bytes: usize,
+    /// The longest a call may run here, whatever its requester asks.
+    pub(super) deadline: Duration,
+    /// The fleet's signing key: calls must be signed with it, and replies
+    /// are.
+    pub(super) key: Option<Key>,
+    /// Calls whose requesters cancelled them.
+    pub(super) cancelled: Cancelled,
+    /// Why this worker no longer serves (NATS refused its replies), if so.
+    pub(super) not_serving: Mutex<Option<String>>,
+    /// Tells the tasks that take calls to stop.
+    pub(super) stop: watch::Sender<bool>,
     /// Calls put in the shared queue ([`Worker::forwarded`](super::Worker::forwarded)).
     pub(super) forwarded: AtomicU64,
     /// Calls taken from it ([`Worker::dequeued`](super::Worker::dequeued)).
     pub(super) dequeued: AtomicU64,
+    /// Calls refused, unrun ([`Worker::refused`](super::Worker::refused)).
+    pub(super) refused: AtomicU64,
+    /// Calls dropped unrun: expired or cancelled before they started
+    /// ([`Worker::dropped`](super::Worker::dropped)).
+    pub(super) dropped: AtomicU64,
+}
+
+impl Serving {
+    /// Answers `reply_to` with `reply`, signed with the key if there is one.
+    async fn answer(&self, reply_to: async_nats::Subject, reply: Vec<u8>) {
+        let headers = self.reply_headers(&reply_to, &reply);
+        // A requester that is gone (its deadline passed) is no error.
+        let _ = self
+            .client
+            .publish_with_headers(reply_to, headers, reply.into())
+            .await;
+    }
+
+    fn reply_headers(&self, reply_to: &str, reply: &[u8]) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(key) = &self.key {
+            let signed = Signed::Reply {
+                subject: reply_to,
+                payload: reply,
+            };
+            headers.insert(SIGNATURE_HEADER, key.sign(&signed).as_str());
+        }
+        headers
+    }
+
+    /// Refuses a call, unrun, saying why.
+    async fn refuse(&self, function: &Registration, reply_to: async_nats::Subject, why: String) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let reply = Reply::Failed(WireError::of(&OffloadError::unavailable(function.name, why)));
+        self.answer(reply_to, reply.encode()).await;
+    }
+}
+
+/// Reply subjects of calls their requesters cancelled, until the calls
+/// expire. Bounded: past [`MAX_CANCELLED`], what has expired is forgotten,
+/// and then new cancellations are not kept (those calls run if they reach a
+/// process, as they may have anyway: their requesters were told "may have
+/// run").
+#[derive(Default)]
+pub(super) struct Cancelled(Mutex<HashMap<String, u64>>);
+
+/// Cancellations kept at most.
+const MAX_CANCELLED: usize = 65_536;
+
+impl Cancelled {
+    fn contains(&self, reply_to: &str) -> bool {
+        self.0.lock().contains_key(reply_to)
+    }
+
+    /// Takes the cancellations of one message: lines `<reply subject>
+    /// <expiry, ms since the epoch>`.
+    fn add(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut cancelled = self.0.lock();
+        for line in text.lines() {
+            let Some((reply_to, expires)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(expires) = expires.parse::<u64>() else {
+                continue;
+            };
+            if is_past(expires) || reply_to.len() > 1024 {
+                continue;
+            }
+            if cancelled.len() >= MAX_CANCELLED {
+                cancelled.retain(|_, expires| !is_past(*expires));
+                if cancelled.len() >= MAX_CANCELLED {
+                    return;
+                }
+            }
+            cancelled.insert(reply_to.to_owned(), expires);
+        }
+    }
+}
+
+/// Takes the requesters' cancellations until the subscription ends.
+pub(super) async fn take_cancellations(
+    serving: Arc<Serving>,
+    subject: String,
+    mut cancellations: async_nats::Subscriber,
+) {
+    while let Some(message) = cancellations.next().await {
+        if let Some(key) = &serving.key {
+            let signed = Signed::Cancel {
+                subject: &subject,
+                payload: &message.payload,
+            };
+            if !key.verify(&signed, signature_of(message.headers.as_ref())) {
+                continue;
+            }
+        }
+        serving.cancelled.add(&message.payload);
+    }
 }
 
 /// One function, as this worker serves it.
@@ -184,6 +311,22 @@ struct Call {
     received: Instant,
     /// The requester's deadline, from `received`.
     deadline: Option<Duration>,
+    /// When the requester stops waiting, in ms since the Unix epoch.
+    expires: Option<u64>,
+    /// Its share of [`Serving::pending`], released when it is answered (or
+    /// stored in the queue).
+    _pending: OwnedSemaphorePermit,
+}
+
+impl Call {
+    /// Whether no one waits for its answer any more: its requester's
+    /// deadline has passed, or its requester cancelled it.
+    fn abandoned(&self, serving: &Serving) -> bool {
+        self.deadline
+            .is_some_and(|deadline| self.received.elapsed() >= deadline)
+            || self.expires.is_some_and(is_past)
+            || serving.cancelled.contains(&self.reply_to)
+    }
 }
 
 /// Answers the calls of one function that NATS gives this worker: runs each
@@ -191,12 +334,17 @@ struct Call {
 /// queue, behind the calls that waited first. It waits here for a process
 /// instead without a shared queue, when calls of the function are short
 /// here, and once the worker is stopping (it would not take them back).
+///
+/// The subscription is read as fast as calls come: a call is refused, unrun,
+/// when those received and not yet answered take
+/// [`WorkerBuilder::max_pending_bytes`](super::WorkerBuilder::max_pending_bytes).
 pub(super) async fn serve_function(
     serving: Arc<Serving>,
     function: Arc<Function>,
     mut calls: async_nats::Subscriber,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let registration = function.registration;
     let mut draining = false;
     loop {
         let message = tokio::select! {
@@ -216,15 +364,48 @@ pub(super) async fn serve_function(
         let Some(reply_to) = message.reply.clone() else {
             continue;
         };
+        let headers = message.headers.as_ref();
+        if let Some(key) = &serving.key {
+            let signed = Signed::Call {
+                subject: &message.subject,
+                reply: &reply_to,
+                headers: &signed_headers(headers),
+                payload: &message.payload,
+            };
+            if !key.verify(&signed, signature_of(headers)) {
+                let why = "it is not signed with this worker's signing key \
+                           (`WorkerBuilder::signing_key`): give its requester the same key \
+                           (`RemoteBuilder::signing_key`)";
+                serving.refuse(registration, reply_to, why.to_owned()).await;
+                continue;
+            }
+        }
+        let cost = message.payload.len().saturating_add(CALL_COST);
+        let permit = u32::try_from(cost)
+            .ok()
+            .and_then(|cost| Arc::clone(&serving.pending).try_acquire_many_owned(cost).ok());
+        let Some(permit) = permit else {
+            let why = format!(
+                "the worker is busy: the calls it holds take its {} bytes \
+                 (`WorkerBuilder::max_pending_bytes`); try another time or another worker",
+                serving.max_pending_bytes
+            );
+            serving.refuse(registration, reply_to, why).await;
+            continue;
+        };
         let call = Call {
             function: Arc::clone(&function),
+            deadline: deadline_of(headers),
+            expires: expires_of(headers),
             args: message.payload,
             reply_to,
             received: Instant::now(),
-            // The requester's deadline: a call still waiting after it has
-            // passed has no one to answer, and is dropped unrun.
-            deadline: deadline_of(message.headers.as_ref()),
+            _pending: permit,
         };
+        if call.abandoned(&serving) {
+            serving.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         if !function.backlog.any()
             && let Some(slot) = serving.slots.try_take()
         {
@@ -234,30 +415,34 @@ pub(super) async fn serve_function(
         let queue = serving
             .queue
             .as_ref()
-            .ok()
-            .filter(|_| !draining && !function.load.short())
+            .filter(|queue| queue.usable() && !draining && !function.load.short())
             .cloned();
+        let serving = Arc::clone(&serving);
         let Some(queue) = queue else {
-            // While this waits, the subscription is not read: a flood
-            // cannot grow threads here; async-nats buffers up to 65,536
-            // messages per subscription meanwhile, and drops more (a slow
-            // consumer).
-            let slot = serving.slots.take().await;
-            run(&serving, slot, call);
+            // It waits here for a process, first come, first served.
+            tokio::spawn(async move {
+                let slot = serving.slots.take().await;
+                run(&serving, slot, call);
+            });
             continue;
         };
-        let Ok(forwarding) = Arc::clone(&serving.forwarding).acquire_owned().await else {
-            return;
-        };
-        let serving = Arc::clone(&serving);
         tokio::spawn(async move {
-            let _forwarding = forwarding;
+            let Ok(_forwarding) = Arc::clone(&serving.forwarding).acquire_owned().await else {
+                return;
+            };
             let left = call
                 .deadline
                 .map(|deadline| deadline.saturating_sub(call.received.elapsed()));
             let registration = call.function.registration;
             match queue
-                .forward(registration, &call.reply_to, left, call.args.clone())
+                .forward(
+                    registration,
+                    &call.reply_to,
+                    left,
+                    call.expires,
+                    serving.key.as_ref(),
+                    call.args.clone(),
+                )
                 .await
             {
                 Forwarded::Stored => {
@@ -278,7 +463,8 @@ pub(super) async fn serve_function(
 }
 
 /// Takes calls of one function from the shared queue, one each time a local
-/// process is free, until the worker stops.
+/// process is free, until the worker stops. After a reconnection (the
+/// server may have restarted and lost the queue) it opens the queue again.
 pub(super) async fn pull_calls(
     serving: Arc<Serving>,
     queue: Arc<Queue>,
@@ -286,6 +472,7 @@ pub(super) async fn pull_calls(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut free = serving.slots.free.subscribe();
+    let mut reconnections = queue.reconnections();
     let mut consumer = None;
     let mut pause = Duration::from_millis(10);
     loop {
@@ -295,6 +482,10 @@ pub(super) async fn pull_calls(
             free = free.wait_for(|free| *free > 0) => if free.is_err() {
                 return;
             },
+        }
+        if reconnections.has_changed().unwrap_or(false) {
+            reconnections.mark_unchanged();
+            consumer = None;
         }
         // (A pull under way when the worker stops ends within
         // `PULL_EXPIRES`, and what it brings is run or put back.)
@@ -309,14 +500,21 @@ pub(super) async fn pull_calls(
             Ok(None) => pause = Duration::from_millis(10),
             Ok(Some(pulled)) => {
                 pause = Duration::from_millis(10);
-                // A direct call may have taken the process meanwhile: then
-                // the call goes back to the head of the line, for a worker
-                // that is free. (This one pulls again only once it is.)
-                let Some(slot) = serving.slots.try_take() else {
+                // A direct call may have taken the process meanwhile (or
+                // the calls held here take all the room): then the call
+                // goes back to the head of the line, for a worker that is
+                // free. (This one pulls again only once it is.)
+                let cost = u32::try_from(pulled.len().saturating_add(CALL_COST)).ok();
+                let permit = cost.and_then(|cost| {
+                    Arc::clone(&serving.pending)
+                        .try_acquire_many_owned(cost)
+                        .ok()
+                });
+                let (Some(slot), Some(permit)) = (serving.slots.try_take(), permit) else {
                     pulled.put_back().await;
                     continue;
                 };
-                let Some(queued) = pulled.take().await else {
+                let Some(queued) = pulled.take(serving.key.as_ref()).await else {
                     continue;
                 };
                 serving.dequeued.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +527,8 @@ pub(super) async fn pull_calls(
                         reply_to: queued.reply_to,
                         received: Instant::now(),
                         deadline: queued.left,
+                        expires: queued.expires,
+                        _pending: permit,
                     },
                 );
             }
@@ -351,25 +551,26 @@ pub(super) async fn pull_calls(
 /// more thread wake-up per call).
 fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
     let serving = Arc::clone(serving);
-    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let Call {
-            function,
-            args,
-            reply_to,
-            received,
-            deadline,
-        } = call;
-        let registration = function.registration;
-        if deadline.is_some_and(|deadline| received.elapsed() >= deadline) {
+        if call.abandoned(&serving) {
+            serving.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let started = function.load.started();
+        let registration = call.function.registration;
+        // Within the requester's deadline and this worker's.
+        let left = call
+            .deadline
+            .map_or(serving.deadline, |deadline| {
+                deadline
+                    .saturating_sub(call.received.elapsed())
+                    .min(serving.deadline)
+            });
+        let started = call.function.load.started();
         let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_locally(&serving.processes, registration, &args)
+            run_locally(&serving.processes, registration, &call.args, left)
         }));
-        function.load.finished(started);
+        call.function.load.finished(started);
         let mut answer = answer.unwrap_or_else(|_| {
             Reply::Failed(WireError::of(&OffloadError::unavailable(
                 registration.name,
@@ -377,30 +578,37 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
             )))
             .encode()
         });
-        if answer.len() > serving.max_payload {
+        let max_payload = serving.max_payload.load(Ordering::Relaxed);
+        if answer.len() > max_payload {
             answer = Reply::Failed(WireError::of(&OffloadError::protocol(
                 registration.name,
                 format_args!(
-                    "its result takes {} bytes, over the NATS server's maximum payload of \
-                         {} bytes",
+                    "it ran, and its result takes {} bytes, over the NATS server's maximum \
+                     payload of {max_payload} bytes: {SERVER_CAP}",
                     answer.len(),
-                    serving.max_payload
                 ),
             )))
             .encode();
         }
-        // A requester that is gone (its deadline passed) is no error.
-        let _ = runtime.block_on(serving.client.publish(reply_to, answer.into()));
+        // Handing the reply to the client's channel: ready at once unless
+        // the channel is full.
+        block_on(serving.answer(call.reply_to.clone(), answer));
     });
 }
 
-/// Runs one call in a local worker process; returns the encoded reply.
-fn run_locally(processes: &Processes, registration: &'static Registration, args: &[u8]) -> Vec<u8> {
+/// Runs one call in a local worker process, within `left`; returns the
+/// encoded reply.
+fn run_locally(
+    processes: &Processes,
+    registration: &'static Registration,
+    args: &[u8],
+    left: Duration,
+) -> Vec<u8> {
     let mut call = RawCall {
         args,
         outcome: None,
     };
-    processes.run(registration, &mut call);
+    processes.run_within(registration, &mut call, Some(left));
     match call.outcome {
         Some(Ok(result)) => Reply::Done(&result).encode(),
         Some(Err(error)) => Reply::Failed(WireError::of(&error)).encode(),

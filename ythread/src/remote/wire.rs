@@ -5,11 +5,20 @@
 //! ```text
 //! call       request on  ythread.<namespace>.<function path>.<fingerprint, 16 hex digits>
 //!            (queue group ythread.<namespace>)
+//!            reply to    <the requester's inbox prefix>.<nuid>.<call number, hex>
 //!            header      Ythread-Deadline-Ms: the time left to the requester's deadline, in ms
+//!            header      Ythread-Expires: when the requester stops waiting, in ms since
+//!                        the Unix epoch (a call that arrives later is dropped unrun)
+//!            header      Ythread-Signature: with a signing key, HMAC-SHA256 of the
+//!                        subject, reply subject, both headers above and the payload
 //!            payload     the call's arguments, postcard (the subject names the function)
-//! reply      on the requester's inbox, payload Reply (postcard):
+//! reply      on the call's reply subject, payload Reply (postcard):
 //!            Done(the result, as the function's registration encodes it)
-//!            | Failed(WireError)
+//!            | Failed(WireError); header Ythread-Signature with a signing key
+//! cancel     on ythread-cancel.<namespace>: reply subjects of calls whose requester
+//!            lost its connection while they were in flight (and answered
+//!            "may have run"), one per line with its expiry (ms since the epoch);
+//!            workers drop them if they have not started (signed with a key)
 //! queued     on ythread-queue.<namespace>.<function path>.<fingerprint> (the fleet's
 //!            shared queue, a JetStream stream): the call's payload, with
 //!            headers Ythread-Reply-To (the requester's inbox) and
@@ -20,12 +29,13 @@
 //! `max_payload`), whole, and a malformed one is an error, never a panic.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OffloadError, OffloadErrorKind};
 use crate::offloadable::Registration;
+use super::signing::SIGNATURE_HEADER;
 use crate::processes::death::Death;
 
 /// The subject of `registration`'s calls in `namespace`.
@@ -48,6 +58,11 @@ pub(super) fn queue_subject(namespace: &str, registration: &Registration) -> Str
         "ythread-queue.{namespace}.{}.{:016x}",
         registration.name, registration.fingerprint
     )
+}
+
+/// The subject of the cancellations of `namespace`'s calls.
+pub(super) fn cancel_subject(namespace: &str) -> String {
+    format!("ythread-cancel.{namespace}")
 }
 
 /// The subjects of every call in the shared queue of `namespace`.
@@ -78,6 +93,92 @@ pub(super) fn check_token(namespace: &str) -> io::Result<()> {
 /// worker receives it.
 const DEADLINE_HEADER: &str = "Ythread-Deadline-Ms";
 
+/// The header that carries when a call's requester stops waiting, in ms
+/// since the Unix epoch.
+const EXPIRES_HEADER: &str = "Ythread-Expires";
+
+/// Milliseconds since the Unix epoch, now plus `left`.
+pub(super) fn epoch_ms_in(left: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.saturating_add(left).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Puts when a call's requester stops waiting in `headers`.
+pub(super) fn set_expires(headers: &mut async_nats::HeaderMap, epoch_ms: u64) {
+    headers.insert(EXPIRES_HEADER, epoch_ms.to_string().as_str());
+}
+
+/// Whether `epoch_ms` (ms since the Unix epoch) is past.
+pub(super) fn is_past(epoch_ms: u64) -> bool {
+    epoch_ms_in(Duration::ZERO) >= epoch_ms
+}
+
+/// The headers of a call: its deadline (`left`) and when its requester stops
+/// waiting, with their text as it is signed.
+pub(super) fn call_headers(left: Duration) -> (async_nats::HeaderMap, String) {
+    let mut headers = async_nats::HeaderMap::new();
+    let deadline = left.as_millis().to_string();
+    let expires = epoch_ms_in(left).to_string();
+    headers.insert(DEADLINE_HEADER, deadline.as_str());
+    headers.insert(EXPIRES_HEADER, expires.as_str());
+    let signed = format!("{deadline} {expires}");
+    (headers, signed)
+}
+
+/// The text of a call's headers as they are signed (see [`call_headers`]).
+pub(super) fn signed_headers(headers: Option<&async_nats::HeaderMap>) -> String {
+    let text = |name| {
+        headers
+            .and_then(|headers| headers.get(name))
+            .map_or("", |value| value.as_str())
+    };
+    format!("{} {}", text(DEADLINE_HEADER), text(EXPIRES_HEADER))
+}
+
+/// When a call's requester stops waiting (ms since the Unix epoch), if its
+/// headers say.
+pub(super) fn expires_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+    headers?.get(EXPIRES_HEADER)?.as_str().parse().ok()
+}
+
+/// The signature `headers` carry, if any.
+pub(super) fn signature_of(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
+    Some(headers?.get(SIGNATURE_HEADER)?.as_str())
+}
+
+/// What the NATS server refused, from its `-ERR` text: `Permissions
+/// Violation for Publish to "x"` or `for Subscription to "x"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Refused {
+    Publish(String),
+    Subscribe(String),
+}
+
+impl Refused {
+    pub(super) fn parse(error: &str) -> Option<Refused> {
+        let lower = error.to_ascii_lowercase();
+        let (at, publish) = match (lower.find("publish to "), lower.find("subscription to ")) {
+            _ if !lower.contains("permissions violation") => return None,
+            (Some(at), _) => (at + "publish to ".len(), true),
+            (None, Some(at)) => (at + "subscription to ".len(), false),
+            (None, None) => return None,
+        };
+        let subject = error[at..]
+            .trim_start_matches(['"', '\''])
+            .split(['"', '\'', ' '])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Some(if publish {
+            Refused::Publish(subject)
+        } else {
+            Refused::Subscribe(subject)
+        })
+    }
+}
+
 /// The header that carries a queued call's reply subject (the requester's
 /// inbox).
 const REPLY_HEADER: &str = "Ythread-Reply-To";
@@ -95,13 +196,6 @@ pub(super) fn deadline_of(headers: Option<&async_nats::HeaderMap>) -> Option<Dur
         .parse::<u64>()
         .ok()
         .map(Duration::from_millis)
-}
-
-/// Headers that carry `deadline` alone.
-pub(super) fn deadline_header(deadline: Duration) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    set_deadline(&mut headers, deadline);
-    headers
 }
 
 /// Puts a queued call's reply subject in `headers`.
@@ -229,6 +323,9 @@ pub(super) enum WireError {
     Protocol { detail: String },
     /// No worker process could take the call.
     Unavailable { detail: String },
+    /// The call's outcome was lost on the worker's side (no ythread worker
+    /// sends it today: a worker's calls run in its own processes).
+    MayHaveRun { detail: String },
 }
 
 impl WireError {
@@ -254,6 +351,7 @@ impl WireError {
             // Made by the worker's strategy with a detail; a shut-down
             // strategy, or a full queue (not made by `Processes`, the
             // strategy of a remote worker), say it in their message.
+            OffloadErrorKind::MayHaveRun => WireError::MayHaveRun { detail: detail() },
             OffloadErrorKind::Unavailable | OffloadErrorKind::QueueFull => WireError::Unavailable {
                 detail: match error.detail() {
                     Some(detail) => detail.to_owned(),
@@ -280,6 +378,9 @@ impl WireError {
             WireError::Protocol { detail } => OffloadError::protocol(function, detail),
             WireError::Unavailable { detail } => {
                 OffloadError::unavailable(function, format_args!("on the remote worker: {detail}"))
+            }
+            WireError::MayHaveRun { detail } => {
+                OffloadError::may_have_run(function, format_args!("on the remote worker: {detail}"))
             }
         }
     }
@@ -351,6 +452,22 @@ mod tests {
                 "{unavailable}"
             );
         }
+    }
+
+    #[test]
+    fn permission_errors_name_what_was_refused() {
+        assert_eq!(
+            Refused::parse("Permissions Violation for Publish to \"ythread.n.f.00\""),
+            Some(Refused::Publish("ythread.n.f.00".into()))
+        );
+        assert_eq!(
+            Refused::parse(
+                "Permissions Violation for Subscription to \"ythread.n.>\" using queue \"q\""
+            ),
+            Some(Refused::Subscribe("ythread.n.>".into()))
+        );
+        assert_eq!(Refused::parse("Maximum Payload Violation"), None);
+        assert_eq!(Refused::parse("publish to x"), None);
     }
 
     #[test]

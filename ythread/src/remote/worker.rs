@@ -5,17 +5,24 @@
 //! `serve.rs`.)
 
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, watch};
 
+use super::DEFAULT_NAMESPACE;
+use super::io::Io;
 use super::queue::{Backlog, Queue};
-use super::serve::{Function, Load, MAX_FORWARDING, Serving, Slots, pull_calls, serve_function};
-use super::wire::{check_token, credentials_from_url, queue_group, redacted, subject};
-use super::{DEFAULT_NAMESPACE, runtime};
+use super::serve::{
+    Cancelled, Function, Load, MAX_FORWARDING, Serving, Slots, pull_calls, serve_function,
+    take_cancellations,
+};
+use super::signing::Key;
+use super::wire::{
+    Refused, cancel_subject, check_token, credentials_from_url, queue_group, redacted, subject,
+};
+use crate::sync::Mutex;
 use crate::offloadable::{self, Lookup, OFFLOADABLE};
 use crate::{Processes, ProcessesBuilder};
 
@@ -63,21 +70,22 @@ use crate::{Processes, ProcessesBuilder};
 /// }
 /// ```
 pub struct Worker {
-    runtime: Runtime,
+    io: Io,
     serving: Arc<Serving>,
     /// The tasks that take calls: NATS subscriptions and queue pulls.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Tells them to stop taking calls.
-    stop: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("processes", &self.serving.processes)
+            .field("ready", &self.ready())
             .field("shared_queue", &self.shared_queue())
             .field("forwarded", &self.forwarded())
             .field("dequeued", &self.dequeued())
+            .field("refused", &self.refused())
+            .field("dropped", &self.dropped())
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +97,9 @@ pub struct WorkerBuilder {
     processes: Option<ProcessesBuilder>,
     options: Option<async_nats::ConnectOptions>,
     shared_queue: bool,
+    deadline: Duration,
+    max_pending_bytes: usize,
+    signing_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -98,9 +109,18 @@ impl std::fmt::Debug for WorkerBuilder {
             .field("namespace", &self.namespace)
             .field("processes", &self.processes)
             .field("shared_queue", &self.shared_queue)
+            .field("deadline", &self.deadline)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
+
+/// The longest a call may run on a worker unless its builder says.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The bytes of calls a worker holds at most unless its builder says.
+const DEFAULT_MAX_PENDING_BYTES: usize = 64 << 20;
 
 impl Worker {
     /// A builder for a worker of the NATS server at `url`.
@@ -111,6 +131,9 @@ impl Worker {
             processes: None,
             options: None,
             shared_queue: true,
+            deadline: DEFAULT_DEADLINE,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            signing_key: None,
         }
     }
 
@@ -119,18 +142,36 @@ impl Worker {
         &self.serving.processes
     }
 
+    /// Whether this worker serves calls.
+    ///
+    /// # Errors
+    ///
+    /// Why it does not: NATS refused one of its replies (a permission,
+    /// named), so it stopped taking calls, which go to the other workers
+    /// (with none, their requesters hear at once that no worker serves
+    /// them); or it was stopped.
+    pub fn ready(&self) -> Result<(), String> {
+        match &*self.serving.not_serving.lock() {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
     /// Whether calls that find this worker's processes busy go to the
-    /// fleet's shared queue; if not, why (for example, "JetStream:
-    /// jetstream unavailable" from a server started without `-js`). It is
-    /// looked at when the worker starts.
+    /// fleet's shared queue now; if not, why (for example, "JetStream:
+    /// jetstream unavailable" from a server started without `-js`, or a
+    /// stream on the server that is not the one ythread makes). It is
+    /// looked at again after each reconnection.
     ///
     /// # Errors
     ///
     /// The reason there is no shared queue.
-    pub fn shared_queue(&self) -> Result<(), &str> {
+    pub fn shared_queue(&self) -> Result<(), String> {
         match &self.serving.queue {
-            Ok(_) => Ok(()),
-            Err(why) => Err(why),
+            Some(queue) => queue
+                .status()
+                .map_err(|problem| format!("JetStream: {problem}")),
+            None => Err("turned off by the builder".to_owned()),
         }
     }
 
@@ -140,41 +181,61 @@ impl Worker {
         self.serving.forwarded.load(Ordering::Relaxed)
     }
 
-    /// Calls this worker took from the shared queue (including those whose
-    /// deadline had passed by then, dropped unrun).
+    /// Calls this worker took from the shared queue.
     pub fn dequeued(&self) -> u64 {
         self.serving.dequeued.load(Ordering::Relaxed)
+    }
+
+    /// Calls this worker refused, unrun, with a reply that says why: while
+    /// the calls it held took [`WorkerBuilder::max_pending_bytes`], or not
+    /// signed with its [`WorkerBuilder::signing_key`].
+    pub fn refused(&self) -> u64 {
+        self.serving.refused.load(Ordering::Relaxed)
+    }
+
+    /// Calls this worker dropped unrun because no one waited for them any
+    /// more: their requester's deadline had passed, or their requester
+    /// cancelled them (it lost its connection while they were in flight).
+    pub fn dropped(&self) -> u64 {
+        self.serving.dropped.load(Ordering::Relaxed)
     }
 
     /// Serves until the process ends. (Dropping a `Worker` returned by
     /// [`WorkerBuilder::start`] stops serving: its subscriptions end with
     /// its connection.)
     pub fn wait(self) -> ! {
-        self.runtime.block_on(std::future::pending::<()>());
-        unreachable!("a pending future never completes")
+        loop {
+            std::thread::park();
+        }
     }
 
     /// Stops taking calls: unsubscribes, ends its pulls from the shared
     /// queue (within 2 s), lets the calls under way and those it received
     /// answer (waiting up to `grace` for all of this), then closes the
     /// connection. Calls it put in the shared queue before are left to the
-    /// other workers (with none, they fail at their deadline).
+    /// other workers (with none, they fail at their deadline). Works from
+    /// any thread, an async runtime's included (which it blocks meanwhile).
     pub fn stop(self, grace: Duration) {
-        let _ = self.stop.send(true);
+        let _ = self.serving.stop.send(true);
+        self.serving
+            .not_serving
+            .lock()
+            .get_or_insert_with(|| "stopped".to_owned());
         let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
-        self.runtime.block_on(async {
+        let serving = Arc::clone(&self.serving);
+        let tasks = self.tasks;
+        let _ = self.io.wait(async move {
             let _ = tokio::time::timeout(grace, async {
-                for task in self.tasks {
+                for task in tasks {
                     let _ = task.await;
                 }
-                let _ = self.serving.slots.permits.acquire_many(capacity).await;
+                let _ = serving.slots.permits.acquire_many(capacity).await;
             })
             .await;
-            let _ = self.serving.client.flush().await;
+            let _ = serving.client.flush().await;
         });
-        // Calls still running after `grace` cannot answer; do not wait for
-        // them beyond it.
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
+        // Calls still running after `grace` cannot answer; the runtime is
+        // shut down without waiting for them (dropping `io`).
     }
 }
 
@@ -194,6 +255,9 @@ impl WorkerBuilder {
     }
 
     /// NATS connection options: credentials, TLS, reconnection.
+    ///
+    /// The worker sets the options' `event_callback` (it watches for
+    /// reconnections and refused permissions): one set here is replaced.
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
         self
@@ -207,91 +271,139 @@ impl WorkerBuilder {
         self
     }
 
+    /// The longest a call may run here (default 60 s), whatever its
+    /// requester allows: a call runs until the sooner of this and its
+    /// requester's deadline (which comes with it), and is then killed with
+    /// its local worker process and fails
+    /// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded). A
+    /// call that never ends cannot take a process for good. (The
+    /// processes' own [`ProcessesBuilder::deadline`], if set, bounds it
+    /// too.)
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The most this worker holds of calls it received and has not
+    /// answered, in bytes (their arguments, plus 1 KiB each; default
+    /// 64 MiB): waiting for a process here, being put in the shared queue,
+    /// running. A call that would take more is refused at once, unrun,
+    /// with [`Unavailable`](crate::OffloadErrorKind::Unavailable) ("the
+    /// worker is busy"). The worker reads its subscriptions as fast as calls
+    /// come, so what NATS's client buffers stays small: this bounds the
+    /// worker's memory for calls, however many arrive.
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// The fleet's signing key, the same as its requesters'
+    /// [`RemoteBuilder::signing_key`](super::RemoteBuilder::signing_key):
+    /// only calls signed with it run (others are refused), and replies are
+    /// signed with it.
+    pub fn signing_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.signing_key = Some(key.as_ref().to_vec());
+        self
+    }
+
     /// Starts the local worker processes, connects, opens the shared queue,
     /// subscribes every `#[offloadable]` function, and returns once the
     /// server has the subscriptions: a call made after this returns reaches
-    /// this worker.
+    /// this worker. Works from any thread, an async runtime's included
+    /// (which it blocks meanwhile).
     ///
     /// # Errors
     ///
     /// If the worker processes cannot start (see
-    /// [`ProcessesBuilder::build`]), the namespace is not a subject token, or
-    /// NATS cannot be reached or refuses the connection. (A server without
-    /// JetStream is no error: see [`Worker::shared_queue`].)
+    /// [`ProcessesBuilder::build`]), the namespace is not a subject token,
+    /// the signing key is shorter than 32 bytes, NATS cannot be reached or
+    /// refuses the connection, or it refuses a subscription (a permission:
+    /// the error names it). (A server without JetStream is no error: see
+    /// [`Worker::shared_queue`].)
     pub fn start(self) -> io::Result<Worker> {
         check_token(&self.namespace)?;
+        let key = self
+            .signing_key
+            .as_deref()
+            .map(|key| Key::new(key, "WorkerBuilder::signing_key"))
+            .transpose()?;
         let processes = Arc::new(self.processes.unwrap_or_else(Processes::builder).build()?);
-        let runtime = runtime("ythread-remote-worker")?;
+        let io = Io::new("ythread-remote-worker")?;
         let (url, options) = credentials_from_url(&self.url, self.options)?;
-        let client = runtime
-            .block_on(options.connect(url.as_str()))
-            .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
-        let queue = if self.shared_queue {
-            runtime
-                .block_on(Queue::open(&client, &self.namespace))
-                .map(Arc::new)
-                .map_err(|error| format!("JetStream: {error}"))
-        } else {
-            Err("turned off by the builder".to_owned())
-        };
-        let group = queue_group(&self.namespace);
-        let (stop, stopping) = watch::channel(false);
-        let serving = Arc::new(Serving {
-            max_payload: client.server_info().max_payload,
-            client,
-            slots: Slots::new(processes.workers()),
-            processes,
-            queue,
-            forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
-            forwarded: AtomicU64::new(0),
-            dequeued: AtomicU64::new(0),
-        });
-        let tasks = runtime.block_on(async {
-            let mut tasks = Vec::new();
-            for registration in OFFLOADABLE.iter() {
-                // A name registered twice cannot be served: a call could
-                // reach the wrong function.
-                if !matches!(offloadable::by_name(registration.name), Lookup::Found(_)) {
-                    continue;
+        let events = Arc::new(Events::default());
+        let options = options
+            // The subscriptions are read as fast as calls come (see
+            // `max_pending_bytes`): a small buffer is enough.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback({
+                let events = Arc::clone(&events);
+                move |event| {
+                    let events = Arc::clone(&events);
+                    async move { events.on(event).await }
                 }
-                let calls = serving
-                    .client
-                    .queue_subscribe(subject(&self.namespace, registration), group.clone())
-                    .await
-                    .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
-                let function = Arc::new(Function {
-                    registration,
-                    backlog: Backlog::default(),
-                    load: Load::default(),
-                });
-                tasks.push(tokio::spawn(serve_function(
-                    Arc::clone(&serving),
-                    Arc::clone(&function),
-                    calls,
-                    stopping.clone(),
-                )));
-                if let Ok(queue) = &serving.queue {
-                    tasks.push(tokio::spawn(pull_calls(
-                        Arc::clone(&serving),
-                        Arc::clone(queue),
-                        function,
-                        stopping.clone(),
-                    )));
-                }
-            }
-            serving
-                .client
-                .flush()
+            });
+        let namespace = self.namespace;
+        let shared_queue = self.shared_queue;
+        let settings = (self.deadline, self.max_pending_bytes);
+        let starting = Arc::clone(&events);
+        let (serving, tasks) = io.wait(async move {
+            let client = options
+                .connect(url.as_str())
                 .await
-                .map_err(|error| io::Error::other(format!("NATS flush: {error}")))?;
-            io::Result::Ok(tasks)
-        })?;
-        Ok(Worker {
-            runtime,
-            serving,
-            tasks,
-            stop,
-        })
+                .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
+            let queue = shared_queue.then(|| Arc::new(Queue::new(&client, &namespace)));
+            if let Some(queue) = &queue {
+                let _ = queue.open().await;
+            }
+            let (stop, stopping) = watch::channel(false);
+            let (deadline, max_pending_bytes) = settings;
+            let serving = Arc::new(Serving {
+                max_payload: AtomicUsize::new(client.server_info().max_payload),
+                client,
+                slots: Slots::new(processes.workers()),
+                processes,
+                queue,
+                forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
+                pending: Arc::new(Semaphore::new(max_pending_bytes.min(Semaphore::MAX_PERMITS))),
+                max_pending_bytes,
+                deadline,
+                key,
+                cancelled: Cancelled::default(),
+                not_serving: Mutex::new(None),
+                stop,
+                forwarded: AtomicU64::new(0),
+                dequeued: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+            });
+            let _ = starting.serving.set(Arc::clone(&serving));
+            let tasks = subscribe(&serving, &namespace, &stopping).await?;
+            // The server answers a refused subscription before the flush's
+            // reply; its event reaches the callback a moment later.
+            for _ in 0..10 {
+                if starting.refused_subscription().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let Some(refused) = starting.refused_subscription() {
+                for task in &tasks {
+                    task.abort();
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "NATS refused this worker a subscription ({refused}): its user needs \
+                         permission to subscribe to `ythread.{namespace}.>` (in queue group \
+                         `{}`) and `{}`",
+                        queue_group(&namespace),
+                        cancel_subject(&namespace),
+                    ),
+                ));
+            }
+            io::Result::Ok((serving, tasks))
+        })??;
+        Ok(Worker { io, serving, tasks })
     }
 
     /// [`start`](WorkerBuilder::start), then serve until the process ends.
@@ -305,5 +417,132 @@ impl WorkerBuilder {
     /// As [`start`](WorkerBuilder::start); once serving, it does not return.
     pub fn serve(self) -> io::Result<()> {
         self.start()?.wait()
+    }
+}
+
+/// Messages NATS's client buffers per subscription at most.
+const SUBSCRIPTION_CAPACITY: usize = 1024;
+
+/// Subscribes every `#[offloadable]` function and the cancellations, and
+/// starts the tasks that take calls; returns once the server has the
+/// subscriptions.
+async fn subscribe(
+    serving: &Arc<Serving>,
+    namespace: &str,
+    stopping: &watch::Receiver<bool>,
+) -> io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let group = queue_group(namespace);
+    let mut tasks = Vec::new();
+    let cancellations = serving
+        .client
+        .subscribe(cancel_subject(namespace))
+        .await
+        .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
+    tasks.push(tokio::spawn(take_cancellations(
+        Arc::clone(serving),
+        cancel_subject(namespace),
+        cancellations,
+    )));
+    for registration in OFFLOADABLE.iter() {
+        // A name registered twice cannot be served: a call could
+        // reach the wrong function.
+        if !matches!(offloadable::by_name(registration.name), Lookup::Found(_)) {
+            continue;
+        }
+        let calls = serving
+            .client
+            .queue_subscribe(subject(namespace, registration), group.clone())
+            .await
+            .map_err(|error| io::Error::other(format!("NATS subscribe: {error}")))?;
+        let function = Arc::new(Function {
+            registration,
+            backlog: Backlog::default(),
+            load: Load::default(),
+        });
+        tasks.push(tokio::spawn(serve_function(
+            Arc::clone(serving),
+            Arc::clone(&function),
+            calls,
+            stopping.clone(),
+        )));
+        if let Some(queue) = &serving.queue {
+            tasks.push(tokio::spawn(pull_calls(
+                Arc::clone(serving),
+                Arc::clone(queue),
+                function,
+                stopping.clone(),
+            )));
+        }
+    }
+    serving
+        .client
+        .flush()
+        .await
+        .map_err(|error| io::Error::other(format!("NATS flush: {error}")))?;
+    Ok(tasks)
+}
+
+/// What the connection's events act on.
+#[derive(Default)]
+struct Events {
+    serving: OnceLock<Arc<Serving>>,
+    /// The first subscription NATS refused, in its words.
+    refused_subscription: Mutex<Option<String>>,
+}
+
+impl Events {
+    fn refused_subscription(&self) -> Option<String> {
+        self.refused_subscription.lock().clone()
+    }
+
+    async fn on(&self, event: async_nats::Event) {
+        let Some(serving) = self.serving.get() else {
+            return;
+        };
+        match event {
+            async_nats::Event::Connected => {
+                serving
+                    .max_payload
+                    .store(serving.client.server_info().max_payload, Ordering::Relaxed);
+                if let Some(queue) = &serving.queue {
+                    queue.reconnected().await;
+                }
+            }
+            async_nats::Event::ServerError(async_nats::ServerError::Other(text)) => {
+                match Refused::parse(&text) {
+                    Some(Refused::Subscribe(_)) => {
+                        eprintln!("ythread::remote::Worker: NATS refused a subscription: {text}");
+                        self.refused_subscription
+                            .lock()
+                            .get_or_insert_with(|| text.clone());
+                    }
+                    Some(Refused::Publish(subject))
+                        if subject.starts_with("$JS.") || subject.starts_with("ythread-queue.") =>
+                    {
+                        eprintln!(
+                            "ythread::remote::Worker: NATS refused the shared queue ({text}): \
+                             calls wait for this worker's processes instead"
+                        );
+                    }
+                    Some(Refused::Publish(_)) => {
+                        // Its replies cannot reach its requesters: it stops
+                        // taking calls, which go to the other workers.
+                        let why = format!(
+                            "NATS refused its reply ({text}): its user needs permission to \
+                             publish replies (`allow_responses`, or publish on the requesters' \
+                             inbox prefix, `_INBOX.>`); it no longer takes calls"
+                        );
+                        let first = serving.not_serving.lock().is_none();
+                        if first {
+                            eprintln!("ythread::remote::Worker: {why}");
+                            *serving.not_serving.lock() = Some(why);
+                            let _ = serving.stop.send(true);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
+        }
     }
 }
