@@ -274,7 +274,12 @@ fn an_oversized_payload_fails_its_call_only() {
         let error = call_length(vec![0; 100_000]).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Protocol);
         assert!(
-            error.to_string().contains("over the maximum payload"),
+            error
+                .to_string()
+                .contains("over the largest payload of 65536 bytes")
+                && error
+                    .to_string()
+                    .contains("raise `RemoteBuilder::max_payload`"),
             "{error}"
         );
         assert_eq!(call_length(vec![0; 1000]).run_with(&cpu).unwrap(), 1000);
@@ -472,7 +477,7 @@ fn a_worker_killed_mid_call_fails_only_its_call() {
 }
 
 #[test]
-fn a_nats_restart_fails_calls_in_flight_then_recovers() {
+fn a_nats_restart_answers_calls_in_flight_may_have_run_then_recovers() {
     common::watchdog(Duration::from_secs(120), || {
         let mut nats = nats(&[]);
         let port = nats.port().to_owned();
@@ -493,8 +498,9 @@ fn a_nats_restart_fails_calls_in_flight_then_recovers() {
         thread::sleep(Duration::from_millis(300));
         nats.stop();
         for call in in_flight {
+            // Sent, and then the way back was lost: not "did not run".
             let error = call.join().unwrap().unwrap_err();
-            assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
+            assert_eq!(error.kind(), OffloadErrorKind::MayHaveRun, "{error}");
             assert!(
                 error.to_string().contains("connection to NATS was lost"),
                 "{error}"
@@ -1005,7 +1011,16 @@ fn a_publish_ack_that_comes_late_does_not_run_the_call_twice() {
         let nats = nats(&[]);
         let proxied = ack_delaying_proxy(nats.url(), Duration::from_secs(6));
         let slow_link = worker(&proxied, "lateack");
-        let cpu = Arc::new(requester(nats.url(), "lateack"));
+        // The held link may also hold the call delivered to one of its pull
+        // requests: then the server gives it to the other worker after its
+        // 30 s acknowledgement wait, within this deadline.
+        let cpu = Arc::new(
+            Remote::builder(nats.url())
+                .namespace("lateack")
+                .deadline(Duration::from_secs(60))
+                .connect()
+                .unwrap(),
+        );
         thread::sleep(Duration::from_secs(1));
         let long = {
             let cpu = Arc::clone(&cpu);
@@ -1023,7 +1038,6 @@ fn a_publish_ack_that_comes_late_does_not_run_the_call_twice() {
         let other = worker(nats.url(), "lateack");
         eprintln!("queued call: {:?}", queued.join().unwrap());
         assert_eq!(long.join().unwrap(), 6);
-        thread::sleep(Duration::from_secs(8));
         let ran = runs(&path);
         eprintln!(
             "runs: {ran}; slow link: forwarded {} dequeued {}; other: dequeued {}",

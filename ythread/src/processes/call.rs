@@ -226,18 +226,15 @@ impl Processes {
             return After::Keep(process);
         }
         // (A deadline too far to add, `Duration::MAX`, is none.)
-        let deadline = *deadline
-            .get_or_insert_with(|| budget.and_then(|d| Instant::now().checked_add(d)));
+        let deadline =
+            *deadline.get_or_insert_with(|| budget.and_then(|d| Instant::now().checked_add(d)));
         process.set_running(name);
         let large = buf.len() > LARGE_CALL;
         if let Err((error, written)) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut && written == 0 {
                 // Out of time before a byte went: the worker is as good as
                 // it was.
-                call.fail(OffloadError::no_answer_by(
-                    name,
-                    budget.unwrap_or_default(),
-                ));
+                call.fail(OffloadError::no_answer_by(name, budget.unwrap_or_default()));
                 process.buf = buf;
                 return After::Keep(process);
             }

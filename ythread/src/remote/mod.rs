@@ -73,8 +73,8 @@ use self::io::{Io, block_on};
 use self::requests::{Answer, Calls, dispatch};
 use self::signing::{Key, SIGNATURE_HEADER, Signed};
 use self::wire::{
-    Refused, Reply, call_headers, cancel_subject, check_token, credentials_from_url,
-    epoch_ms_in, redacted, subject,
+    Refused, Reply, call_headers, cancel_subject, check_token, credentials_from_url, epoch_ms_in,
+    redacted, subject,
 };
 use crate::error::OffloadError;
 use crate::offloadable::{DepthLimit, Registration};
@@ -434,7 +434,12 @@ impl Apply for Remote {
         if payload.len() > max_payload {
             call.fail(OffloadError::protocol(
                 name,
-                too_large("its arguments", payload.len(), max_payload, self.max_payload),
+                too_large(
+                    "its arguments",
+                    payload.len(),
+                    max_payload,
+                    self.max_payload,
+                ),
             ));
             return;
         }
@@ -465,9 +470,9 @@ impl Apply for Remote {
         let until = now
             .checked_add(self.deadline)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
-        let outcome = self.in_flight.run_until(until, || {
-            self.send_and_wait(registration, payload, until)
-        });
+        let outcome = self
+            .in_flight
+            .run_until(until, || self.send_and_wait(registration, payload, until));
         let outcome = match outcome {
             // Out of time waiting to be sent.
             None => Err(OffloadError::no_answer_by(name, self.deadline)),
@@ -566,7 +571,9 @@ fn too_large(what: &str, size: usize, cap: usize, setting: Option<usize>) -> Str
         Some(mine) if mine <= cap => "raise `RemoteBuilder::max_payload`".to_owned(),
         _ => SERVER_CAP.to_owned(),
     };
-    format!("it did not run: {what} take {size} bytes, over the largest payload of {cap} bytes; {raise}")
+    format!(
+        "it did not run: {what} take {size} bytes, over the largest payload of {cap} bytes; {raise}"
+    )
 }
 
 fn no_responders(registration: &Registration, namespace: &str) -> OffloadError {

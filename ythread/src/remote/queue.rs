@@ -27,8 +27,8 @@ use tokio::sync::watch;
 
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::wire::{
-    deadline_of, expires_of, queue_subject, queue_subjects, reply_to_of, set_deadline,
-    set_expires, set_reply_to, signature_of, signed_headers,
+    deadline_of, expires_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_expires,
+    set_reply_to, signature_of, signed_headers,
 };
 use crate::offloadable::Registration;
 use crate::sync::Mutex;
@@ -268,7 +268,10 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
         wrong.push(format!("retention {:?}, not WorkQueue", found.retention));
     }
     if found.subjects != wanted.subjects {
-        wrong.push(format!("subjects {:?}, not {:?}", found.subjects, wanted.subjects));
+        wrong.push(format!(
+            "subjects {:?}, not {:?}",
+            found.subjects, wanted.subjects
+        ));
     }
     if found.no_ack {
         wrong.push("no_ack set (stores are not acknowledged)".to_owned());
@@ -305,10 +308,7 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
 }
 
 /// Checks a consumer found on the server against the one ythread makes.
-fn check_consumer(
-    found: &consumer::Config,
-    wanted: &consumer::pull::Config,
-) -> Result<(), String> {
+fn check_consumer(found: &consumer::Config, wanted: &consumer::pull::Config) -> Result<(), String> {
     let mut wrong = Vec::new();
     if found.ack_policy != wanted.ack_policy {
         wrong.push(format!("ack_policy {:?}, not Explicit", found.ack_policy));
@@ -332,7 +332,10 @@ fn check_consumer(
         wrong.push("a push consumer".to_owned());
     }
     if found.deliver_policy != wanted.deliver_policy {
-        wrong.push(format!("deliver_policy {:?}, not All", found.deliver_policy));
+        wrong.push(format!(
+            "deliver_policy {:?}, not All",
+            found.deliver_policy
+        ));
     }
     if wrong.is_empty() {
         return Ok(());

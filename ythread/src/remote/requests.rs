@@ -189,10 +189,7 @@ impl Calls {
         let mut cancel = String::new();
         for (number, pending) in lost {
             let _ = pending.answer.try_send(Answer::Lost);
-            cancel.push_str(&format!(
-                "{}.{number:x} {}\n",
-                self.inbox, pending.expires
-            ));
+            cancel.push_str(&format!("{}.{number:x} {}\n", self.inbox, pending.expires));
         }
         Some(cancel.into_bytes())
     }

@@ -101,7 +101,10 @@ impl Serving {
     /// Refuses a call, unrun, saying why.
     async fn refuse(&self, function: &Registration, reply_to: async_nats::Subject, why: String) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let reply = Reply::Failed(WireError::of(&OffloadError::unavailable(function.name, why)));
+        let reply = Reply::Failed(WireError::of(&OffloadError::unavailable(
+            function.name,
+            why,
+        )));
         self.answer(reply_to, reply.encode()).await;
     }
 }
@@ -381,9 +384,11 @@ pub(super) async fn serve_function(
             }
         }
         let cost = message.payload.len().saturating_add(CALL_COST);
-        let permit = u32::try_from(cost)
-            .ok()
-            .and_then(|cost| Arc::clone(&serving.pending).try_acquire_many_owned(cost).ok());
+        let permit = u32::try_from(cost).ok().and_then(|cost| {
+            Arc::clone(&serving.pending)
+                .try_acquire_many_owned(cost)
+                .ok()
+        });
         let Some(permit) = permit else {
             let why = format!(
                 "the worker is busy: the calls it holds take its {} bytes \
@@ -559,13 +564,11 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
         }
         let registration = call.function.registration;
         // Within the requester's deadline and this worker's.
-        let left = call
-            .deadline
-            .map_or(serving.deadline, |deadline| {
-                deadline
-                    .saturating_sub(call.received.elapsed())
-                    .min(serving.deadline)
-            });
+        let left = call.deadline.map_or(serving.deadline, |deadline| {
+            deadline
+                .saturating_sub(call.received.elapsed())
+                .min(serving.deadline)
+        });
         let started = call.function.load.started();
         let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_locally(&serving.processes, registration, &call.args, left)

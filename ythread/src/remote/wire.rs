@@ -33,9 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::signing::SIGNATURE_HEADER;
 use crate::error::{OffloadError, OffloadErrorKind};
 use crate::offloadable::Registration;
-use super::signing::SIGNATURE_HEADER;
 use crate::processes::death::Death;
 
 /// The subject of `registration`'s calls in `namespace`.

@@ -22,8 +22,8 @@ use super::signing::Key;
 use super::wire::{
     Refused, cancel_subject, check_token, credentials_from_url, queue_group, redacted, subject,
 };
-use crate::sync::Mutex;
 use crate::offloadable::{self, Lookup, OFFLOADABLE};
+use crate::sync::Mutex;
 use crate::{Processes, ProcessesBuilder};
 
 /// Serves this program's [`#[offloadable]`](crate::offloadable) functions to
@@ -364,7 +364,9 @@ impl WorkerBuilder {
                 processes,
                 queue,
                 forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
-                pending: Arc::new(Semaphore::new(max_pending_bytes.min(Semaphore::MAX_PERMITS))),
+                pending: Arc::new(Semaphore::new(
+                    max_pending_bytes.min(Semaphore::MAX_PERMITS),
+                )),
                 max_pending_bytes,
                 deadline,
                 key,
