@@ -423,7 +423,7 @@ impl WorkerBuilder {
 }
 
 /// Messages NATS's client buffers per subscription at most.
-const SUBSCRIPTION_CAPACITY: usize = 1024;
+const SUBSCRIPTION_CAPACITY: usize = 128;
 
 /// Subscribes every `#[offloadable]` function and the cancellations, and
 /// starts the tasks that take calls; returns once the server has the

@@ -1,0 +1,1061 @@
+//! What a `Remote` fleet can trust, against a real `nats-server` on
+//! 127.0.0.1 and an attacker that is one more client of the same server
+//! (raw async-nats publishes and subscriptions): only the asked worker's
+//! answer counts, a busy worker's memory is bounded, the requester's
+//! deadline stops the work, every outcome says what is known of the call,
+//! what ythread finds on the server is checked and made again after a
+//! restart, permission mistakes fail at once, and payloads go as far as the
+//! server allows.
+//!
+//! `nats-server` must be installed: the README's test command
+//! (`scripts/test`) installs it. Without it these tests fail, naming it;
+//! they never skip.
+
+mod common;
+
+use common::nats::NatsServer;
+use common::worker_processes as local_workers;
+use common::{eventually, scratch};
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use ythread::remote::{Remote, Worker, async_nats};
+use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
+
+// --- the work -------------------------------------------------------------
+
+#[offloadable]
+fn slow_sum(n: u64, ms: u64) -> u64 {
+    thread::sleep(Duration::from_millis(ms));
+    (1..=n).sum()
+}
+
+#[yieldable]
+fn call_slow_sum(n: u64, ms: u64) -> Result<u64, OffloadError> {
+    try_offload!(slow_sum, n, ms)
+}
+
+/// Never returns.
+#[offloadable]
+fn forever() -> u64 {
+    loop {
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[yieldable]
+fn call_forever() -> Result<u64, OffloadError> {
+    try_offload!(forever)
+}
+
+/// Appends `<id> <ms since the epoch>` to the file `path` when it starts,
+/// then takes `ms`.
+#[offloadable]
+fn record(path: String, id: u64, ms: u64) -> u64 {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    // One write: runs in two processes append to the file at once.
+    file.write_all(format!("{id} {}\n", epoch_ms()).as_bytes())
+        .unwrap();
+    drop(file);
+    thread::sleep(Duration::from_millis(ms));
+    id
+}
+
+#[yieldable]
+fn call_record(path: String, id: u64, ms: u64) -> Result<u64, OffloadError> {
+    try_offload!(record, path, id, ms)
+}
+
+#[offloadable]
+fn echo(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+#[yieldable]
+fn call_echo(data: Vec<u8>) -> Result<Vec<u8>, OffloadError> {
+    try_offload!(echo, data)
+}
+
+#[offloadable]
+fn zeros(len: usize) -> Vec<u8> {
+    vec![0; len]
+}
+
+#[yieldable]
+fn call_zeros(len: usize) -> Result<Vec<u8>, OffloadError> {
+    try_offload!(zeros, len)
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The runs `record` logged in `path`: `(id, started at, ms since the epoch)`.
+fn records(path: &std::path::Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (id, at) = line.split_once(' ').unwrap();
+            (id.parse().unwrap(), at.parse().unwrap())
+        })
+        .collect()
+}
+
+// --- servers and clients --------------------------------------------------
+
+fn nats(extra: &[&str]) -> NatsServer {
+    NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A server with `config` (nats-server's configuration format), written to
+/// a file of the test's; `extra` are more flags.
+fn nats_with(name: &str, config: &str, extra: &[&str]) -> NatsServer {
+    let path = scratch(name).join("nats.conf");
+    std::fs::write(&path, config).unwrap();
+    let path = path.display().to_string();
+    nats(&[&["-c", path.as_str()], extra].concat())
+}
+
+/// A raw async-nats client: the attacker, or a look at the server.
+struct Raw {
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    /// What the server told this client (permission violations, ...).
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Raw {
+    fn connect(url: &str, options: async_nats::ConnectOptions) -> Raw {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&errors);
+        let options = options.event_callback(move |event| {
+            let seen = Arc::clone(&seen);
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    seen.lock().unwrap().push(error.to_string());
+                }
+            }
+        });
+        let client = runtime.block_on(options.connect(url)).unwrap();
+        Raw {
+            runtime,
+            client,
+            errors,
+        }
+    }
+
+    /// Subscribes to `subject`; every message is handed to `each`, on the
+    /// runtime.
+    fn on(&self, subject: &str, mut each: impl FnMut(async_nats::Message) + Send + 'static) {
+        let mut messages = self
+            .runtime
+            .block_on(self.client.subscribe(subject.to_owned()))
+            .unwrap();
+        self.runtime.spawn(async move {
+            while let Some(message) = messages.next().await {
+                each(message);
+            }
+        });
+        self.runtime.block_on(self.client.flush()).unwrap();
+    }
+
+    fn publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: async_nats::HeaderMap,
+        payload: Vec<u8>,
+    ) {
+        let client = self.client.clone();
+        let (subject, reply) = (subject.to_owned(), reply.map(str::to_owned));
+        self.runtime.block_on(async move {
+            match reply {
+                Some(reply) => client
+                    .publish_with_reply_and_headers(subject, reply, headers, payload.into())
+                    .await
+                    .unwrap(),
+                None => client
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .unwrap(),
+            }
+            client.flush().await.unwrap();
+        });
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+/// A reply as a ythread worker encodes it: `Done` (tag 0) with the result,
+/// `n` as postcard encodes a `u64` (a varint).
+fn forged_done(n: u64) -> Vec<u8> {
+    let mut result = Vec::new();
+    let mut rest = n;
+    loop {
+        let byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            result.push(byte);
+            break;
+        }
+        result.push(byte | 0x80);
+    }
+    let mut reply = vec![0, result.len() as u8];
+    reply.extend(result);
+    reply
+}
+
+const KEY: [u8; 32] = *b"the fleet's key, 32 bytes long!!";
+
+fn worker(url: &str, namespace: &str, processes: usize) -> ythread::remote::WorkerBuilder {
+    Worker::builder(url)
+        .namespace(namespace)
+        .processes(local_workers(processes))
+}
+
+// --- 1. only the asked worker's answer counts -------------------------------
+
+/// The attacker holds the fleet's NATS credential (here: anyone may
+/// connect) but not its signing key. It reads every call, answers each
+/// first with a forged result (unsigned, and with a made-up signature), sends
+/// each again with its own inbox as the reply subject, and sends calls of
+/// its own, directly and through the shared queue. None of it counts.
+#[test]
+fn without_the_signing_key_no_one_forges_redirects_or_injects() {
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&["-js"]);
+        let url = server.url();
+        let dir = scratch("forge");
+        let log = dir.join("runs").display().to_string();
+        let _worker = worker(url, "forge", 2).signing_key(KEY).start().unwrap();
+        let cpu = Remote::builder(url)
+            .namespace("forge")
+            .signing_key(KEY)
+            .connect()
+            .unwrap();
+
+        let attacker = Arc::new(Raw::connect(url, async_nats::ConnectOptions::new()));
+        let stolen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sniffed: Arc<Mutex<Vec<async_nats::Message>>> = Arc::default();
+        {
+            let stolen = Arc::clone(&stolen);
+            attacker.on("attacker.inbox.>", move |message| {
+                stolen.lock().unwrap().push(message.payload.to_vec());
+            });
+        }
+        {
+            let client = attacker.client.clone();
+            let sniffed = Arc::clone(&sniffed);
+            attacker.on("ythread.forge.>", move |message| {
+                sniffed.lock().unwrap().push(message.clone());
+                // (Not its own redirections, which it sees too.)
+                let Some(reply) = message
+                    .reply
+                    .clone()
+                    .filter(|r| !r.starts_with("attacker."))
+                else {
+                    return;
+                };
+                let client = client.clone();
+                tokio::spawn(async move {
+                    // First: a forged result, unsigned and signed at random.
+                    let _ = client.publish(reply.clone(), forged_done(666).into()).await;
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Ythread-Signature", "ab".repeat(32).as_str());
+                    let _ = client
+                        .publish_with_headers(reply, headers, forged_done(667).into())
+                        .await;
+                    // Then: the call again, its answer to come to us.
+                    let _ = client
+                        .publish_with_reply_and_headers(
+                            message.subject.clone(),
+                            "attacker.inbox.redirected",
+                            message.headers.clone().unwrap_or_default(),
+                            message.payload.clone(),
+                        )
+                        .await;
+                });
+            });
+        }
+
+        for n in [10, 20, 30] {
+            assert_eq!(
+                call_slow_sum(n, 300).run_with(&cpu).unwrap(),
+                n * (n + 1) / 2,
+                "a forged result was taken"
+            );
+        }
+        assert!(cpu.rejected() >= 6, "{}", cpu.rejected());
+
+        // The real subject of `record`, from a real call.
+        let id = call_record(log.clone(), 1, 0).run_with(&cpu).unwrap();
+        assert_eq!(id, 1);
+        let record_call = sniffed
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|message| message.subject.contains("record"))
+            .cloned()
+            .unwrap();
+        // Sent again unsigned with other arguments, and into the shared
+        // queue with a reply subject of the attacker's.
+        let args = {
+            let mut args = Vec::new();
+            args.push(log.len() as u8);
+            args.extend(log.as_bytes());
+            args.extend([2, 0]);
+            args
+        };
+        attacker.publish(
+            &record_call.subject,
+            Some("attacker.inbox.injected"),
+            async_nats::HeaderMap::new(),
+            args.clone(),
+        );
+        let mut queued = async_nats::HeaderMap::new();
+        queued.insert("Ythread-Reply-To", "attacker.inbox.queued");
+        attacker.publish(
+            &record_call
+                .subject
+                .replacen("ythread.", "ythread-queue.", 1),
+            None,
+            queued,
+            args,
+        );
+        thread::sleep(Duration::from_secs(2));
+
+        let runs = records(std::path::Path::new(&log));
+        assert_eq!(runs.len(), 1, "the attacker's calls ran: {runs:?}");
+        let stolen = stolen.lock().unwrap();
+        assert!(!stolen.is_empty(), "the attacker heard nothing back");
+        for reply in stolen.iter() {
+            assert_ne!(reply.first(), Some(&0), "a result reached the attacker");
+        }
+    });
+}
+
+/// The deployment without a shared credential: per-role NATS permissions.
+/// Each requester has a user of its own that may publish calls and read its
+/// own inbox prefix only; workers may read calls and answer. A second
+/// requester (the attacker) can neither read the calls nor answer them.
+#[test]
+fn per_role_permissions_keep_one_requester_out_of_anothers_calls() {
+    common::watchdog(Duration::from_secs(120), || {
+        let config = r#"
+            authorization {
+              requester = {
+                publish = ["ythread.roles.>", "ythread-cancel.roles"]
+                subscribe = ["_INBOX.requester.>"]
+              }
+              users = [
+                { user: alice, password: a, permissions: $requester }
+                { user: mallory, password: m, permissions: {
+                    publish = ["ythread.roles.>", "ythread-cancel.roles"]
+                    subscribe = ["_INBOX.mallory.>"]
+                } }
+                { user: worker, password: w, permissions: {
+                    publish = ["$JS.API.>", "$JS.ACK.>", "ythread-queue.roles.>", "_INBOX.>"]
+                    subscribe = ["ythread.roles.>", "ythread-cancel.roles", "_INBOX.worker.>"]
+                } }
+              ]
+            }
+        "#;
+        let server = nats_with("roles", config, &["-js"]);
+        let url = server.url();
+        let _worker = worker(url, "roles", 1)
+            .connect_options(
+                async_nats::ConnectOptions::with_user_and_password("worker".into(), "w".into())
+                    .custom_inbox_prefix("_INBOX.worker"),
+            )
+            .start()
+            .unwrap();
+        let cpu = Arc::new(
+            Remote::builder(url)
+                .namespace("roles")
+                .connect_options(
+                    async_nats::ConnectOptions::with_user_and_password("alice".into(), "a".into())
+                        .custom_inbox_prefix("_INBOX.requester"),
+                )
+                .connect()
+                .unwrap(),
+        );
+        let mallory = Raw::connect(
+            url,
+            async_nats::ConnectOptions::with_user_and_password("mallory".into(), "m".into())
+                .custom_inbox_prefix("_INBOX.mallory"),
+        );
+        let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+        for subject in ["ythread.roles.>", "_INBOX.requester.>", ">"] {
+            let heard = Arc::clone(&heard);
+            mallory.on(subject, move |message| {
+                heard.lock().unwrap().push(message.subject.to_string());
+            });
+        }
+        // Two calls at once: the second goes through the shared queue.
+        let calls: Vec<_> = [(10, 500), (20, 0)]
+            .into_iter()
+            .map(|(n, ms)| {
+                let cpu = Arc::clone(&cpu);
+                thread::spawn(move || call_slow_sum(n, ms).run_with(&*cpu))
+            })
+            .collect();
+        let answers: Vec<u64> = calls
+            .into_iter()
+            .map(|call| call.join().unwrap().unwrap())
+            .collect();
+        assert_eq!(answers, [55, 210]);
+        // Mallory answering Alice's inbox is refused by the server.
+        mallory.publish(
+            "_INBOX.requester.x.1",
+            None,
+            async_nats::HeaderMap::new(),
+            forged_done(666),
+        );
+        eventually("the server refused Mallory", || {
+            let errors = mallory.errors().join("\n").to_lowercase();
+            errors.contains("subscription to \"ythread.roles.>\"")
+                && errors.contains("subscription to \"_inbox.requester.>\"")
+                && errors.contains("publish to \"_inbox.requester.x.1\"")
+        });
+        assert_eq!(*heard.lock().unwrap(), Vec::<String>::new());
+    });
+}
+
+// --- 2. a busy worker's memory is bounded ----------------------------------
+
+const TRUST_WORKER_ENV: &str = "YTHREAD_TEST_TRUST_WORKER";
+
+/// In a remote worker process: serve the server named by the variable
+/// (`URL NAMESPACE`) with one local process, print "ready", and serve until
+/// killed. A no-op in the test run.
+#[test]
+#[ignore = "an entry point of the processes other tests start, not a test"]
+fn trust_worker_entry() {
+    let Ok(setting) = std::env::var(TRUST_WORKER_ENV) else {
+        return;
+    };
+    let (url, namespace) = setting.split_once(' ').unwrap();
+    let worker = worker(url, namespace, 1).start().unwrap();
+    println!("ready {}", std::process::id());
+    worker.wait();
+}
+
+/// A remote worker in a process of its own; killed when dropped.
+struct RemoteWorker(Child);
+
+impl RemoteWorker {
+    fn start(url: &str, namespace: &str) -> RemoteWorker {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(common::entry_args("trust_worker_entry"))
+            .arg("--nocapture")
+            .env(TRUST_WORKER_ENV, format!("{url} {namespace}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while !lines.next().unwrap().unwrap().starts_with("ready") {}
+        thread::spawn(move || for _ in lines {});
+        RemoteWorker(child)
+    }
+
+    /// Its peak resident memory, in KiB.
+    fn peak_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// 1,200 calls of 1 MB at a worker whose one process is busy, with and
+/// without the shared queue: the worker holds 64 MiB of calls at most and
+/// refuses the rest at once, unrun, saying it is busy. (Before: 1.29 GiB.)
+#[test]
+fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
+    common::watchdog(Duration::from_secs(240), || {
+        for jetstream in [false, true] {
+            let server = nats(if jetstream { &["-js"] } else { &[] });
+            let url = server.url();
+            let remote_worker = RemoteWorker::start(url, "flood");
+            let cpu = Arc::new(Remote::builder(url).namespace("flood").connect().unwrap());
+            let busy = {
+                let cpu = Arc::clone(&cpu);
+                thread::spawn(move || call_slow_sum(1, 6_000).run_with(&*cpu))
+            };
+            thread::sleep(Duration::from_millis(500));
+            let base = remote_worker.peak_kib();
+
+            let flood = Raw::connect(url, async_nats::ConnectOptions::new());
+            let replies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+            {
+                let replies = Arc::clone(&replies);
+                flood.on("flood.inbox.>", move |message| {
+                    replies.lock().unwrap().push(message.payload.to_vec());
+                });
+            }
+            // A call of `echo` with 1,000,000 bytes of arguments.
+            let subject = {
+                let sniffer = Raw::connect(url, async_nats::ConnectOptions::new());
+                let seen: Arc<Mutex<Option<String>>> = Arc::default();
+                let found = Arc::clone(&seen);
+                sniffer.on("ythread.flood.>", move |message| {
+                    *found.lock().unwrap() = Some(message.subject.to_string());
+                });
+                let cpu = Arc::clone(&cpu);
+                let probe = thread::spawn(move || call_echo(vec![]).run_with(&*cpu));
+                eventually("a call of echo was seen", || seen.lock().unwrap().is_some());
+                drop(probe);
+                let subject = seen.lock().unwrap().clone().unwrap();
+                subject
+            };
+            let mut args = vec![0xc0, 0x84, 0x3d]; // the varint of 1,000,000
+            args.extend(vec![7u8; 1_000_000]);
+            let client = flood.client.clone();
+            flood.runtime.block_on(async {
+                for i in 0..1_200 {
+                    client
+                        .publish_with_reply(
+                            subject.clone(),
+                            format!("flood.inbox.{i}"),
+                            args.clone().into(),
+                        )
+                        .await
+                        .unwrap();
+                }
+                client.flush().await.unwrap();
+            });
+            eventually("every flooding call was answered or queued", || {
+                replies.lock().unwrap().len() >= 1_000
+            });
+            let peak = remote_worker.peak_kib();
+            let refused = replies
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|reply| String::from_utf8_lossy(reply).contains("the worker is busy"))
+                .count();
+            eprintln!(
+                "jetstream {jetstream}: peak {} MiB (from {} MiB), {refused} of {} replies refused",
+                peak / 1024,
+                base / 1024,
+                replies.lock().unwrap().len()
+            );
+            assert!(
+                peak - base < 300 * 1024,
+                "the worker grew by {} MiB",
+                (peak - base) / 1024
+            );
+            assert!(refused >= 900, "{refused} refused");
+            assert_eq!(busy.join().unwrap().unwrap(), 1);
+        }
+    });
+}
+
+// --- 3. the requester's deadline stops the work ----------------------------
+
+/// A default-built worker (no deadline of its own on its processes): calls
+/// that never end are killed at their requester's deadline, and the worker
+/// serves the next calls at once.
+#[test]
+fn a_call_is_killed_at_its_requesters_deadline() {
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&["-js"]);
+        let url = server.url();
+        let worker = worker(url, "stops", 2).start().unwrap();
+        let impatient = Arc::new(
+            Remote::builder(url)
+                .namespace("stops")
+                .deadline(Duration::from_secs(1))
+                .connect()
+                .unwrap(),
+        );
+        let hung: Vec<_> = (0..2)
+            .map(|_| {
+                let cpu = Arc::clone(&impatient);
+                thread::spawn(move || call_forever().run_with(&*cpu))
+            })
+            .collect();
+        for call in hung {
+            let error = call.join().unwrap().unwrap_err();
+            assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        }
+        let patient = Remote::builder(url)
+            .namespace("stops")
+            .deadline(Duration::from_secs(10))
+            .connect()
+            .unwrap();
+        let started = Instant::now();
+        for n in 1..=4 {
+            assert_eq!(
+                call_slow_sum(n, 0).run_with(&patient).unwrap(),
+                n * (n + 1) / 2
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            worker.processes().restarts() >= 2,
+            "{:?}",
+            worker.processes()
+        );
+    });
+}
+
+/// The worker's own deadline bounds a call whose requester would wait an
+/// hour.
+#[test]
+fn a_worker_kills_a_call_at_its_own_deadline() {
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&[]);
+        let url = server.url();
+        let _worker = worker(url, "own", 1)
+            .deadline(Duration::from_millis(1500))
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(url)
+            .namespace("own")
+            .deadline(Duration::from_secs(3600))
+            .connect()
+            .unwrap();
+        let started = Instant::now();
+        let error = call_forever().run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        assert!(error.to_string().contains("1.5s"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(call_slow_sum(3, 0).run_with(&cpu).unwrap(), 6);
+    });
+}
+
+// --- 4. outcomes that say what is known -------------------------------------
+
+/// Calls made across a server restart: a call answered `Unavailable` never
+/// ran, a call answered with its result ran once, and no call started after
+/// its requester was answered (a lost connection cancels the calls it
+/// answered "may have run").
+#[test]
+fn across_a_restart_every_outcome_tells_the_truth() {
+    common::watchdog(Duration::from_secs(180), || {
+        let mut server = nats(&["-js"]);
+        let port = server.port().to_owned();
+        let url = server.url().to_owned();
+        let dir = scratch("outcomes");
+        let log = dir.join("runs");
+        let _worker = worker(&url, "truth", 2).start().unwrap();
+        let cpu = Arc::new(
+            Remote::builder(&url)
+                .namespace("truth")
+                .deadline(Duration::from_secs(4))
+                .connect()
+                .unwrap(),
+        );
+        let stop_at = Instant::now() + Duration::from_secs(6);
+        let callers: Vec<_> = (0..4u64)
+            .map(|caller| {
+                let cpu = Arc::clone(&cpu);
+                let log = log.display().to_string();
+                thread::spawn(move || {
+                    let mut outcomes = Vec::new();
+                    let mut id = caller * 1_000_000;
+                    while Instant::now() < stop_at {
+                        id += 1;
+                        let outcome = call_record(log.clone(), id, 100).run_with(&*cpu);
+                        outcomes.push((id, outcome.map_err(|e| e.kind()), epoch_ms()));
+                        if outcomes.last().unwrap().1.is_err() {
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(1500));
+        server.stop();
+        thread::sleep(Duration::from_millis(1000));
+        let _server = NatsServer::start_on(&port, &["-js"]).unwrap();
+        let outcomes: Vec<_> = callers
+            .into_iter()
+            .flat_map(|caller| caller.join().unwrap())
+            .collect();
+        // Late runs, if any, have had time to start.
+        thread::sleep(Duration::from_secs(5));
+        let runs = records(&log);
+        let count = |kind: Option<OffloadErrorKind>| {
+            outcomes
+                .iter()
+                .filter(|(_, outcome, _)| outcome.as_ref().err().copied() == kind)
+                .count()
+        };
+        eprintln!(
+            "{} calls: {} ok, {} unavailable, {} may have run, {} out of time; {} runs",
+            outcomes.len(),
+            count(None),
+            count(Some(OffloadErrorKind::Unavailable)),
+            count(Some(OffloadErrorKind::MayHaveRun)),
+            count(Some(OffloadErrorKind::DeadlineExceeded)),
+            runs.len()
+        );
+        assert!(count(None) > 10 && count(Some(OffloadErrorKind::Unavailable)) > 0);
+        for (id, outcome, answered) in &outcomes {
+            let started: Vec<u64> = runs
+                .iter()
+                .filter(|(ran, _)| ran == id)
+                .map(|&(_, at)| at)
+                .collect();
+            match outcome {
+                Ok(_) => assert_eq!(started.len(), 1, "call {id} ran {started:?}"),
+                Err(OffloadErrorKind::Unavailable) => {
+                    assert!(
+                        started.is_empty(),
+                        "call {id} was Unavailable and ran {started:?}"
+                    );
+                }
+                Err(kind) => {
+                    assert!(started.len() <= 1, "call {id} ({kind:?}) ran {started:?}");
+                    for at in started {
+                        assert!(
+                            at <= answered + 20,
+                            "call {id} started {} ms after it was answered {kind:?}",
+                            at - answered
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+// --- 5. what is found on the server is checked, and made again -------------
+
+/// A restarted server has lost the in-memory queue: the workers make it
+/// again, and calls go through it again.
+#[test]
+fn the_shared_queue_is_made_again_after_a_restart() {
+    common::watchdog(Duration::from_secs(120), || {
+        let mut server = nats(&["-js"]);
+        let port = server.port().to_owned();
+        let url = server.url().to_owned();
+        let worker = worker(&url, "again", 1).start().unwrap();
+        assert_eq!(worker.shared_queue(), Ok(()));
+        server.stop();
+        let _server = NatsServer::start_on(&port, &["-js"]).unwrap();
+        let look = Raw::connect(&url, async_nats::ConnectOptions::new());
+        let jetstream = {
+            let _inside = look.runtime.enter();
+            async_nats::jetstream::new(look.client.clone())
+        };
+        eventually("the stream is made again", || {
+            look.runtime
+                .block_on(jetstream.get_stream("ythread-again"))
+                .is_ok()
+        });
+        eventually("the worker uses it", || worker.shared_queue().is_ok());
+        // Two calls at once to the one process: the second goes through the
+        // queue.
+        let cpu = Arc::new(Remote::builder(&url).namespace("again").connect().unwrap());
+        let calls: Vec<_> = [(10, 800), (20, 800)]
+            .into_iter()
+            .map(|(n, ms)| {
+                let cpu = Arc::clone(&cpu);
+                let call = thread::spawn(move || call_slow_sum(n, ms).run_with(&*cpu));
+                thread::sleep(Duration::from_millis(200));
+                call
+            })
+            .collect();
+        let answers: Vec<u64> = calls
+            .into_iter()
+            .map(|c| c.join().unwrap().unwrap())
+            .collect();
+        assert_eq!(answers, [55, 210]);
+        assert_eq!((worker.forwarded(), worker.dequeued()), (1, 1));
+    });
+}
+
+/// A stream or consumer of the queue's name that ythread did not make, with
+/// settings that break at most once, is refused, the setting named, and the
+/// worker serves without the queue.
+#[test]
+fn a_queue_found_on_the_server_is_checked() {
+    use async_nats::jetstream::{consumer, stream};
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&["-js"]);
+        let url = server.url();
+        let look = Raw::connect(url, async_nats::ConnectOptions::new());
+        let jetstream = {
+            let _inside = look.runtime.enter();
+            async_nats::jetstream::new(look.client.clone())
+        };
+        // A stream that keeps what is acknowledged: a call could run again.
+        look.runtime
+            .block_on(jetstream.create_stream(stream::Config {
+                name: "ythread-kept".into(),
+                subjects: vec!["ythread-queue.kept.>".into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::Memory,
+                max_bytes: 1 << 20,
+                ..Default::default()
+            }))
+            .unwrap();
+        let kept = worker(url, "kept", 1).start().unwrap();
+        let problem = kept.shared_queue().unwrap_err();
+        assert!(problem.contains("retention Limits"), "{problem}");
+        // It serves without: the second call waits for the process.
+        let cpu = Arc::new(Remote::builder(url).namespace("kept").connect().unwrap());
+        let calls: Vec<_> = [(1, 300), (2, 0)]
+            .into_iter()
+            .map(|(n, ms)| {
+                let cpu = Arc::clone(&cpu);
+                let call = thread::spawn(move || call_slow_sum(n, ms).run_with(&*cpu));
+                thread::sleep(Duration::from_millis(100));
+                call
+            })
+            .collect();
+        for call in calls {
+            call.join().unwrap().unwrap();
+        }
+        assert_eq!(kept.forwarded(), 0);
+
+        // The right stream, and consumers that redeliver too soon.
+        let stream = look
+            .runtime
+            .block_on(jetstream.create_stream(stream::Config {
+                name: "ythread-noack".into(),
+                subjects: vec!["ythread-queue.noack.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::Memory,
+                max_bytes: 64 << 20,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            }))
+            .unwrap();
+        // The consumer's name is a hash of the function; make one for every
+        // function by its filter, the way the worker names them: simplest,
+        // let a worker make them, then replace them.
+        let first = worker(url, "noack", 1).start().unwrap();
+        eventually("the consumers are made", || {
+            let names = look
+                .runtime
+                .block_on(async { stream.consumer_names().collect::<Vec<_>>().await });
+            names.len() >= 5
+        });
+        first.stop(Duration::from_secs(1));
+        let names: Vec<String> = look.runtime.block_on(async {
+            stream
+                .consumer_names()
+                .map(|name| name.unwrap())
+                .collect::<Vec<_>>()
+                .await
+        });
+        for name in &names {
+            let info = look.runtime.block_on(stream.consumer_info(name)).unwrap();
+            let filter = info.config.filter_subject.clone();
+            look.runtime.block_on(stream.delete_consumer(name)).unwrap();
+            look.runtime
+                .block_on(stream.create_consumer(consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: filter,
+                    // The server gives a call to another worker if the
+                    // first has not acknowledged it within a second: a
+                    // call could run twice.
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(1),
+                    ..Default::default()
+                }))
+                .unwrap();
+        }
+        let second = worker(url, "noack", 1).start().unwrap();
+        eventually("the consumer is refused", || {
+            second
+                .shared_queue()
+                .is_err_and(|problem| problem.contains("ack_wait 1s"))
+        });
+    });
+}
+
+// --- 6. permission mistakes fail at once -------------------------------------
+
+#[test]
+fn permission_mistakes_fail_at_once_naming_the_permission() {
+    common::watchdog(Duration::from_secs(120), || {
+        let config = r#"
+            authorization {
+              users = [
+                { user: good, password: g }
+                { user: mute, password: m, permissions: {
+                    publish = { deny = ["ythread.>"] }
+                } }
+                { user: deaf, password: d, permissions: {
+                    subscribe = { deny = ["_INBOX.>"] }
+                } }
+                { user: nosub, password: n, permissions: {
+                    subscribe = { deny = ["ythread.>"] }
+                } }
+                { user: noreply, password: r, permissions: {
+                    publish = { deny = ["_INBOX.>"] }
+                } }
+              ]
+            }
+        "#;
+        let server = nats_with("permissions", config, &[]);
+        let url = server.url();
+        let as_user = |user: &str, password: &str| {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        };
+
+        // A worker that may not subscribe to the calls does not start.
+        let error = worker(url, "perm", 1)
+            .connect_options(as_user("nosub", "n"))
+            .start()
+            .unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{error}"
+        );
+        assert!(error.to_string().contains("ythread.perm."), "{error}");
+
+        // A requester that may not read its inbox does not connect.
+        let error = Remote::builder(url)
+            .connect_options(as_user("deaf", "d"))
+            .connect()
+            .unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{error}"
+        );
+        assert!(error.to_string().contains("_INBOX."), "{error}");
+
+        let _good = worker(url, "perm", 1)
+            .connect_options(as_user("good", "g"))
+            .start()
+            .unwrap();
+        // A requester that may not send calls learns it at once.
+        let mute = Remote::builder(url)
+            .namespace("perm")
+            .connect_options(as_user("mute", "m"))
+            .connect()
+            .unwrap();
+        let started = Instant::now();
+        let error = call_slow_sum(3, 0).run_with(&mute).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("Permissions Violation for Publish"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(_good);
+
+        // A worker that may not reply stops serving at its first refused
+        // reply; the next call hears at once that no worker serves it.
+        let noreply = worker(url, "perm2", 1)
+            .connect_options(as_user("noreply", "r"))
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(url)
+            .namespace("perm2")
+            .deadline(Duration::from_secs(2))
+            .connect_options(as_user("good", "g"))
+            .connect()
+            .unwrap();
+        let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        eventually("the worker says why it does not serve", || {
+            noreply
+                .ready()
+                .is_err_and(|why| why.contains("refused its reply"))
+        });
+        let started = Instant::now();
+        let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
+
+// --- 8. payloads as large as the server allows ------------------------------
+
+#[test]
+fn payloads_go_as_far_as_the_server_allows_and_say_what_raises_it() {
+    common::watchdog(Duration::from_secs(120), || {
+        let big = vec![5u8; 1_300_000];
+        // The server's default cap, 1 MiB.
+        let server = nats(&[]);
+        let _worker = worker(server.url(), "payload", 1).start().unwrap();
+        let cpu = Remote::builder(server.url())
+            .namespace("payload")
+            .connect()
+            .unwrap();
+        let error = call_echo(big.clone()).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(
+            error.to_string().contains("it did not run")
+                && error.to_string().contains("max_payload: 8MB"),
+            "{error}"
+        );
+        let error = call_zeros(1_300_000).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(
+            error.to_string().contains("it ran, and its result takes")
+                && error.to_string().contains("max_payload: 8MB"),
+            "{error}"
+        );
+
+        // A server that allows 8 MB: the same calls go through.
+        let server = nats_with("payload", "max_payload: 8MB\n", &[]);
+        let _worker = worker(server.url(), "payload", 1).start().unwrap();
+        let cpu = Remote::builder(server.url())
+            .namespace("payload")
+            .connect()
+            .unwrap();
+        assert_eq!(call_echo(big.clone()).run_with(&cpu).unwrap(), big);
+        assert_eq!(
+            call_zeros(1_300_000).run_with(&cpu).unwrap().len(),
+            1_300_000
+        );
+    });
+}
