@@ -301,13 +301,17 @@ impl RemoteBuilder {
             cancel_subject: cancel_subject(&self.namespace),
             server_max_payload: Arc::new(AtomicUsize::new(0)),
         });
-        let options = options.event_callback({
-            let events = Arc::clone(&events);
-            move |event| {
+        let options = options
+            // Replies are read as fast as they come (and checked): NATS's
+            // client buffers no more than the calls in flight can answer.
+            .subscription_capacity(self.max_in_flight.max(64))
+            .event_callback({
                 let events = Arc::clone(&events);
-                async move { events.on(event).await }
-            }
-        });
+                move |event| {
+                    let events = Arc::clone(&events);
+                    async move { events.on(event).await }
+                }
+            });
         let connecting = Arc::clone(&events);
         let (client, calls) = io.wait(async move {
             let client = options
@@ -405,8 +409,12 @@ impl Events {
                 }
             }
             async_nats::Event::ServerError(async_nats::ServerError::Other(text)) => {
-                if let Some(refused) = Refused::parse(&text) {
-                    calls.refused(&refused, &text);
+                if let Some(refused) = Refused::parse(&text)
+                    && !calls.refused(&refused, &text)
+                {
+                    // Not a call's: the cancellations (workers then run
+                    // what a lost connection answered "may have run").
+                    eprintln!("ythread::remote::Remote: NATS refused: {text}");
                 }
             }
             _ => {}
@@ -475,7 +483,14 @@ impl Apply for Remote {
             .run_until(until, || self.send_and_wait(registration, payload, until));
         let outcome = match outcome {
             // Out of time waiting to be sent.
-            None => Err(OffloadError::no_answer_by(name, self.deadline)),
+            None => Err(OffloadError::unavailable(
+                name,
+                format_args!(
+                    "it did not run: it waited its whole deadline of {:?} for one of the \
+                     calls in flight to end (`RemoteBuilder::max_in_flight`)",
+                    self.deadline
+                ),
+            )),
             Some(outcome) => outcome,
         };
         let result = match outcome {
@@ -546,6 +561,13 @@ impl Remote {
                 name,
                 "the connection to NATS was lost while it was in flight; it is cancelled at the \
                  workers, which drop it unless they started it",
+            )),
+            Ok(Answer::Deaf(text)) => Err(OffloadError::may_have_run(
+                name,
+                format_args!(
+                    "NATS refused this requester's inbox after the call was sent ({text}): its \
+                     reply cannot come"
+                ),
             )),
             Ok(Answer::Refused(text)) => Err(OffloadError::unavailable(
                 name,

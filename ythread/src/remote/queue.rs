@@ -132,6 +132,12 @@ impl Queue {
         Ok(stream)
     }
 
+    /// NATS refused the queue's use (a permission, in `text`): calls wait
+    /// for this worker's processes until it is opened again.
+    pub(super) fn refused(&self, text: &str) {
+        *self.problem.lock() = Some(format!("NATS refused: {text}"));
+    }
+
     /// Whether calls may be put in the queue now.
     pub(super) fn usable(&self) -> bool {
         self.problem.lock().is_none()

@@ -33,8 +33,12 @@ pub(super) enum Answer {
     /// it).
     Lost,
     /// The server refused to let the call be sent (a permission): the
-    /// server's words.
+    /// server's words. It did not run.
     Refused(String),
+    /// The server refused the inbox's subscription after the call was sent
+    /// (its permissions changed): the call may have run, and its reply
+    /// cannot come. The server's words.
+    Deaf(String),
 }
 
 /// A call in flight.
@@ -195,7 +199,8 @@ impl Calls {
     }
 
     /// The server refused something: the calls it concerns are answered.
-    pub(super) fn refused(&self, refused: &Refused, text: &str) {
+    /// Returns whether it concerned this requester's calls or inbox.
+    pub(super) fn refused(&self, refused: &Refused, text: &str) -> bool {
         match refused {
             Refused::Publish(subject) => {
                 let mut pending = self.pending.lock();
@@ -204,19 +209,22 @@ impl Calls {
                     .filter(|(_, call)| *call.subject == **subject)
                     .map(|(&number, _)| number)
                     .collect();
+                let any = !numbers.is_empty();
                 for number in numbers {
                     if let Some(call) = pending.remove(&number) {
                         let _ = call.answer.try_send(Answer::Refused(text.to_owned()));
                     }
                 }
+                any
             }
             Refused::Subscribe(subject) if *subject == self.inbox_subjects() => {
                 *self.inbox_refused.lock() = Some(text.to_owned());
                 for (_, call) in self.pending.lock().drain() {
-                    let _ = call.answer.try_send(Answer::Refused(text.to_owned()));
+                    let _ = call.answer.try_send(Answer::Deaf(text.to_owned()));
                 }
+                true
             }
-            Refused::Subscribe(_) => {}
+            Refused::Subscribe(_) => false,
         }
     }
 }

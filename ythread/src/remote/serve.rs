@@ -575,9 +575,9 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
         }));
         call.function.load.finished(started);
         let mut answer = answer.unwrap_or_else(|_| {
-            Reply::Failed(WireError::of(&OffloadError::unavailable(
+            Reply::Failed(WireError::of(&OffloadError::may_have_run(
                 registration.name,
-                "the worker's call thread panicked",
+                "the worker's call thread panicked while the call was under way",
             )))
             .encode()
         });

@@ -521,6 +521,9 @@ impl Events {
                     Some(Refused::Publish(subject))
                         if subject.starts_with("$JS.") || subject.starts_with("ythread-queue.") =>
                     {
+                        if let Some(queue) = &serving.queue {
+                            queue.refused(&text);
+                        }
                         eprintln!(
                             "ythread::remote::Worker: NATS refused the shared queue ({text}): \
                              calls wait for this worker's processes instead"
