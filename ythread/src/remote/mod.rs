@@ -21,11 +21,65 @@
 //! worker machine comes back as "the worker process running `f` died:
 //! killed by SIGSEGV", for that call only.
 //!
-//! Registered functions become a network API: use NATS authentication and
-//! TLS ([`RemoteBuilder::connect_options`], [`WorkerBuilder::connect_options`]
-//! take [`async_nats::ConnectOptions`]), and cap payloads
-//! ([`RemoteBuilder::max_payload`]; the server's `max_payload`, 1 MiB by
-//! default, applies too).
+//! # Outcomes
+//!
+//! Each failure says what is known of the call: `Unavailable` means it did
+//! not run (retrying cannot run it twice); `MayHaveRun` (the connection was
+//! lost while it was in flight) and `DeadlineExceeded` (no answer in time)
+//! mean it may have run; see [`Remote`]'s table. A worker drops, unrun, a
+//! call whose requester has stopped waiting: past its deadline (by the
+//! machines' clocks: keep them in step with NTP), or cancelled (a
+//! requester that loses its connection cancels the calls in flight on it;
+//! a worker that had started one lets it finish). A call runs at most for
+//! its requester's deadline, and at most [`WorkerBuilder::deadline`]
+//! (60 s by default), then is killed with its local process.
+//!
+//! # Security
+//!
+//! Registered functions become a network API, and NATS is the boundary:
+//! who may connect, publish and subscribe decides who may run them, read
+//! their arguments, and answer. What ythread guards against is a client of
+//! the same NATS server that should not have a say in a call: it must not
+//! make a requester take a result no worker sent, make a worker run a call
+//! no requester sent, or have a call's result sent to it. Two deployments
+//! hold against it:
+//!
+//! - **Per-role NATS permissions** (recommended): every requester has a
+//!   user of its own, with its own inbox prefix
+//!   (`ConnectOptions::custom_inbox_prefix("_INBOX.<name>")`), that may
+//!   publish `ythread.<namespace>.>` and `ythread-cancel.<namespace>`, and
+//!   subscribe to `_INBOX.<name>.>` only; workers may subscribe to
+//!   `ythread.<namespace>.>`, `ythread-cancel.<namespace>` and their own
+//!   inbox, and publish `_INBOX.>` (the requesters' replies), `$JS.API.>`,
+//!   `$JS.ACK.>` and `ythread-queue.<namespace>.>` (the shared queue). Then
+//!   a requester can neither read another's calls nor answer them; only
+//!   workers answer. (The README's "Scale out" shows the server's
+//!   configuration.)
+//! - **One shared credential plus a signing key**
+//!   ([`RemoteBuilder::signing_key`], [`WorkerBuilder::signing_key`]): every
+//!   call and reply is signed (HMAC-SHA256 over the subject, the reply
+//!   subject, the deadline and the payload), workers run only signed calls,
+//!   requesters take only signed replies. Whoever holds the NATS credential
+//!   but not the key can read calls and results, and can keep calls from
+//!   being answered, but cannot forge, inject or redirect one.
+//!
+//! Use TLS ([`RemoteBuilder::connect_options`] takes
+//! [`async_nats::ConnectOptions`]) where the network is not yours. What
+//! remains by design:
+//!
+//! - A call sent again unchanged (a replay) before its deadline runs again:
+//!   work with side effects should be idempotent.
+//! - Under a shared credential, a forged "no responders" notice can fail a
+//!   call `Unavailable` that a worker then runs; per-role permissions (no
+//!   one but workers publishes on requesters' inboxes) exclude it.
+//! - The shared queue is first come, first served for the whole fleet,
+//!   without fairness between requesters: one requester's burst waits ahead
+//!   of another's calls.
+//! - Error texts that come back from a worker (a panic's message) are the
+//!   worker's words: show them as untrusted input.
+//! - Payloads are capped by the NATS server's `max_payload` (1 MiB unless
+//!   its configuration raises it, up to 64 MiB); a call over it fails
+//!   before it is sent, naming the setting.
 //!
 //! # Example
 //!

@@ -153,13 +153,22 @@ impl Cancelled {
     }
 }
 
-/// Takes the requesters' cancellations until the subscription ends.
+/// Takes the requesters' cancellations until the worker stops taking calls.
 pub(super) async fn take_cancellations(
     serving: Arc<Serving>,
     subject: String,
     mut cancellations: async_nats::Subscriber,
+    mut stopping: watch::Receiver<bool>,
 ) {
-    while let Some(message) = cancellations.next().await {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return,
+            message = cancellations.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
         if let Some(key) = &serving.key {
             let signed = Signed::Cancel {
                 subject: &subject,

@@ -201,8 +201,9 @@ impl Worker {
     }
 
     /// Serves until the process ends. (Dropping a `Worker` returned by
-    /// [`WorkerBuilder::start`] stops serving: its subscriptions end with
-    /// its connection.)
+    /// [`WorkerBuilder::start`] stops it at once: it unsubscribes, and the
+    /// calls it holds get no answer; [`stop`](Worker::stop) lets them
+    /// answer.)
     pub fn wait(self) -> ! {
         loop {
             std::thread::park();
@@ -215,7 +216,7 @@ impl Worker {
     /// connection. Calls it put in the shared queue before are left to the
     /// other workers (with none, they fail at their deadline). Works from
     /// any thread, an async runtime's included (which it blocks meanwhile).
-    pub fn stop(self, grace: Duration) {
+    pub fn stop(mut self, grace: Duration) {
         let _ = self.serving.stop.send(true);
         self.serving
             .not_serving
@@ -223,7 +224,7 @@ impl Worker {
             .get_or_insert_with(|| "stopped".to_owned());
         let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
         let serving = Arc::clone(&self.serving);
-        let tasks = self.tasks;
+        let tasks = std::mem::take(&mut self.tasks);
         let _ = self.io.wait(async move {
             let _ = tokio::time::timeout(grace, async {
                 for task in tasks {
@@ -236,6 +237,25 @@ impl Worker {
         });
         // Calls still running after `grace` cannot answer; the runtime is
         // shut down without waiting for them (dropping `io`).
+    }
+}
+
+impl Drop for Worker {
+    /// Unsubscribes (waiting up to 1 s for the server to have it), so that
+    /// no call is sent here once this returns; the calls it holds get no
+    /// answer.
+    fn drop(&mut self) {
+        let _ = self.serving.stop.send(true);
+        let client = self.serving.client.clone();
+        let _ = self.io.wait(async move {
+            let _ = client.drain().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while client.connection_state() == async_nats::connection::State::Connected {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        });
     }
 }
 
@@ -444,6 +464,7 @@ async fn subscribe(
         Arc::clone(serving),
         cancel_subject(namespace),
         cancellations,
+        stopping.clone(),
     )));
     for registration in OFFLOADABLE.iter() {
         // A name registered twice cannot be served: a call could
