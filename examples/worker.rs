@@ -31,6 +31,11 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: u64,
+    /// A file holding the fleet's signing key (at least 32 random bytes,
+    /// e.g. `head -c 32 /dev/urandom`), the servers' too: only calls signed
+    /// with it run, and replies are signed.
+    #[arg(long, value_name = "PATH")]
+    signing_key_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -51,14 +56,18 @@ fn serve(args: &Args) -> io::Result<()> {
     // worker processes get a clean mask: std resets it before `exec`), and
     // taken below by `sigwait`.
     let stop_signals = StopSignals::block()?;
-    let mut processes = Processes::builder().deadline(Duration::from_millis(args.deadline_ms));
+    let mut processes = Processes::builder();
     if let Some(workers) = args.workers {
         processes = processes.workers(workers);
     }
-    let worker = Worker::builder(&args.nats)
+    let mut worker = Worker::builder(&args.nats)
         .namespace(&args.namespace)
         .processes(processes)
-        .start()?;
+        .deadline(Duration::from_millis(args.deadline_ms));
+    if let Some(path) = &args.signing_key_file {
+        worker = worker.signing_key(std::fs::read(path)?);
+    }
+    let worker = worker.start()?;
     // The URL may carry credentials (`nats://user:password@host`): not
     // printed.
     let server = args

@@ -51,6 +51,11 @@ struct Args {
     /// With `--apply remote`: the namespace shared with the workers.
     #[arg(long, default_value = ythread::remote::DEFAULT_NAMESPACE)]
     namespace: String,
+    /// With `--apply remote`: a file holding the fleet's signing key (at
+    /// least 32 random bytes, e.g. `head -c 32 /dev/urandom`), the workers'
+    /// too: calls are signed, and only signed replies count.
+    #[arg(long, value_name = "PATH")]
+    signing_key_file: Option<std::path::PathBuf>,
     /// The port to listen on (127.0.0.1).
     #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
     port: u16,
@@ -114,9 +119,12 @@ fn serve(args: &Args) -> io::Result<()> {
             Server::start_yieldable(listener, limits, Arc::new(builder.build()?))?
         }
         Strategy::Remote => {
-            let builder = Remote::builder(&args.nats)
+            let mut builder = Remote::builder(&args.nats)
                 .namespace(&args.namespace)
                 .deadline(Duration::from_millis(args.deadline_ms));
+            if let Some(path) = &args.signing_key_file {
+                builder = builder.signing_key(std::fs::read(path)?);
+            }
             Server::start_yieldable(listener, limits, Arc::new(builder.connect()?))?
         }
     };
