@@ -1,9 +1,23 @@
 //! A `Remote` round trip (requester → NATS → `Worker` → its local worker
-//! process and back) against a raw async-nats request-reply through the same
-//! server, to a responder that answers at once, in the same run.
+//! process and back) against raw async-nats request-reply through the same
+//! server, to a responder that answers at once:
+//!
+//! - `raw, one client`: the responder on the requester's own connection;
+//! - `raw, two clients`: the responder on a connection and a runtime of its
+//!   own, as a worker on another machine is (the fair baseline: a call
+//!   crosses two clients);
+//! - `local hop`: the worker's own round trip to its local process;
+//! - `remote` and `remote, signed` (`signing_key`).
+//!
+//! The variants take turns, round after round, in one run (this machine's
+//! speed drifts over seconds: variants timed one after the other would
+//! compare drifts); each is reported as the median over the rounds of its
+//! mean per call, and the verdict is the ratio of `remote` to `raw, two
+//! clients` plus `local hop` (issue 18's target: at most 1.2).
 //!
 //! Needs `nats-server` (the README's test command installs it); run with:
 //! `cargo bench -p ythread --features remote --bench remote`
+//! (`-- --rounds N --calls N` to change the run's size).
 
 mod common;
 // The `nats-server` launcher of the `Remote` tests (std only).
@@ -14,7 +28,6 @@ mod nats;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
 use futures_util::StreamExt;
 use ythread::remote::{Remote, Worker, async_nats};
 use ythread::{Processes, Yieldable};
@@ -22,78 +35,172 @@ use ythread::{Processes, Yieldable};
 use crate::common::offload_times;
 use crate::nats::NatsServer;
 
-fn round_trip(c: &mut Criterion, url: &str) {
-    let mut group = c.benchmark_group("remote_round_trip");
+/// One raw request-reply setup: a requester and a responder that echoes.
+struct Raw {
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    subject: &'static str,
+    /// The responder's own runtime, if it has one.
+    _responder: Option<tokio::runtime::Runtime>,
+}
 
-    // Raw: a responder task that answers every request with its payload.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn new_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
+        .unwrap()
+}
+
+/// An echo responder on `subject`, through `client`, on `runtime`.
+fn echo(runtime: &tokio::runtime::Runtime, client: &async_nats::Client, subject: &str) {
+    let mut requests = runtime
+        .block_on(client.subscribe(subject.to_owned()))
         .unwrap();
-    let client = runtime.block_on(async_nats::connect(url)).unwrap();
-    let mut requests = runtime.block_on(client.subscribe("bench.echo")).unwrap();
-    let responder = client.clone();
+    let answering = client.clone();
     runtime.spawn(async move {
         while let Some(message) = requests.next().await {
             if let Some(reply) = message.reply {
-                let _ = responder.publish(reply, message.payload).await;
+                let _ = answering.publish(reply, message.payload).await;
             }
         }
     });
     runtime.block_on(client.flush()).unwrap();
-    group.bench_function("raw_async_nats_request_reply", |b| {
-        b.iter_custom(|iterations| {
-            let started = Instant::now();
-            for i in 0..iterations {
-                let payload = i.to_le_bytes().to_vec();
-                let reply = runtime
-                    .block_on(client.request("bench.echo", payload.into()))
-                    .unwrap();
-                black_box(reply);
-            }
-            started.elapsed()
-        });
-    });
+}
 
-    let worker = Worker::builder(url)
-        .namespace("bench")
-        .processes(Processes::builder().workers(1))
-        .start()
-        .unwrap();
-    let remote = Remote::builder(url).namespace("bench").connect().unwrap();
-    group.bench_function("remote_offload", |b| {
-        b.iter_custom(|iterations| {
-            let started = Instant::now();
-            assert_eq!(offload_times(iterations).run_with(&remote), iterations);
-            started.elapsed()
-        });
-    });
-    // The local hop alone: the worker's process round trip.
-    group.bench_function("processes_offload_for_reference", |b| {
-        let local = worker.processes();
-        b.iter_custom(|iterations| {
-            let started = Instant::now();
-            assert_eq!(offload_times(iterations).run_with(local), iterations);
-            started.elapsed()
-        });
-    });
-    group.finish();
-    drop(remote);
-    worker.stop(Duration::from_secs(5));
+impl Raw {
+    fn new(url: &str, own_responder: bool, subject: &'static str) -> Raw {
+        let runtime = new_runtime();
+        let client = runtime.block_on(async_nats::connect(url)).unwrap();
+        let responder = if own_responder {
+            let responder_runtime = new_runtime();
+            let responder = responder_runtime
+                .block_on(async_nats::connect(url))
+                .unwrap();
+            echo(&responder_runtime, &responder, subject);
+            Some(responder_runtime)
+        } else {
+            echo(&runtime, &client, subject);
+            None
+        };
+        Raw {
+            runtime,
+            client,
+            subject,
+            _responder: responder,
+        }
+    }
+
+    fn calls(&self, calls: u64) {
+        for i in 0..calls {
+            let payload = i.to_le_bytes().to_vec();
+            let reply = self
+                .runtime
+                .block_on(self.client.request(self.subject, payload.into()))
+                .unwrap();
+            black_box(reply);
+        }
+    }
+}
+
+/// A worker and a requester of `namespace`, signed with `key` if given.
+fn pair(url: &str, namespace: &str, key: Option<[u8; 32]>) -> (Worker, Remote) {
+    let mut worker = Worker::builder(url)
+        .namespace(namespace)
+        .processes(Processes::builder().workers(1));
+    let mut remote = Remote::builder(url).namespace(namespace);
+    if let Some(key) = key {
+        worker = worker.signing_key(key);
+        remote = remote.signing_key(key);
+    }
+    (worker.start().unwrap(), remote.connect().unwrap())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn main() {
     // The worker's local processes are this program started again.
     ythread::processes::init();
+    let mut rounds = 21;
+    let mut calls = 400u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(rounds),
+            "--calls" => calls = args.next().and_then(|n| n.parse().ok()).unwrap_or(calls),
+            _ => {} // `--bench`, from cargo
+        }
+    }
     let server = NatsServer::start(&["-js"]).unwrap_or_else(|error| {
         eprintln!("the remote bench needs nats-server: {error}");
         std::process::exit(2);
     });
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(5))
-        .configure_from_args();
-    round_trip(&mut c, server.url());
-    c.final_summary();
+    let url = server.url();
+    let one_client = Raw::new(url, false, "bench.echo1");
+    let two_clients = Raw::new(url, true, "bench.echo2");
+    let (worker, remote) = pair(url, "bench", None);
+    let (signed_worker, signed) = pair(url, "bench-signed", Some([7; 32]));
+
+    type Variant<'a> = (&'static str, Box<dyn Fn(u64) + 'a>);
+    let variants: Vec<Variant<'_>> = vec![
+        ("raw, one client", Box::new(|n| one_client.calls(n))),
+        ("raw, two clients", Box::new(|n| two_clients.calls(n))),
+        (
+            "local hop",
+            Box::new(|n| assert_eq!(offload_times(n).run_with(worker.processes()), n)),
+        ),
+        (
+            "remote",
+            Box::new(|n| assert_eq!(offload_times(n).run_with(&remote), n)),
+        ),
+        (
+            "remote, signed",
+            Box::new(|n| assert_eq!(offload_times(n).run_with(&signed), n)),
+        ),
+    ];
+    // Warm up: connections, processes, caches.
+    for (_, run) in &variants {
+        run(calls / 4 + 1);
+    }
+    let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for _ in 0..rounds {
+        for (i, (_, run)) in variants.iter().enumerate() {
+            let started = Instant::now();
+            run(calls);
+            per_call[i].push(started.elapsed().as_secs_f64() * 1e6 / calls as f64);
+        }
+    }
+    println!(
+        "remote round trip, {rounds} rounds of {calls} calls per variant, taking turns \
+         (median of the rounds' means, with the rounds' spread):"
+    );
+    let medians: Vec<f64> = per_call.iter().cloned().map(median).collect();
+    for ((name, _), (times, median)) in variants.iter().zip(per_call.iter().zip(&medians)) {
+        let low = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = times.iter().copied().fold(0.0, f64::max);
+        println!("  {name:<18} {median:>7.1} µs   ({low:.1} to {high:.1})");
+    }
+    let [raw1, raw2, hop, remote_us, signed_us] = medians[..] else {
+        unreachable!("five variants")
+    };
+    let floor = raw2 + hop;
+    let ratio = remote_us / floor;
+    let signed_ratio = signed_us / floor;
+    println!(
+        "  remote / (raw, two clients + local hop) = {ratio:.2}; signed: {signed_ratio:.2}; \
+         remote / (raw, one client + local hop) = {:.2}",
+        remote_us / (raw1 + hop)
+    );
+    println!(
+        "verdict: {} (target: remote within 1.2x of a raw request-reply between two clients \
+         plus the local process hop)",
+        if ratio <= 1.2 { "met" } else { "missed" }
+    );
+    drop(variants);
+    drop((remote, signed));
+    worker.stop(Duration::from_secs(5));
+    signed_worker.stop(Duration::from_secs(5));
 }

@@ -534,8 +534,7 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
                 let probe = thread::spawn(move || call_echo(vec![]).run_with(&*cpu));
                 eventually("a call of echo was seen", || seen.lock().unwrap().is_some());
                 drop(probe);
-                let subject = seen.lock().unwrap().clone().unwrap();
-                subject
+                seen.lock().unwrap().clone().unwrap()
             };
             let mut args = vec![0xc0, 0x84, 0x3d]; // the varint of 1,000,000
             args.extend(vec![7u8; 1_000_000]);
