@@ -17,16 +17,17 @@ use std::thread::Thread;
 
 use tokio::runtime::{Handle, Runtime};
 
-/// One runtime thread for a connection's I/O.
+/// The runtime threads of a connection's I/O.
 pub(super) struct Io {
     /// `None` once dropped.
     runtime: Option<Runtime>,
 }
 
 impl Io {
-    pub(super) fn new(name: &str) -> io::Result<Io> {
+    /// A runtime of `threads` threads.
+    pub(super) fn new(name: &str, threads: usize) -> io::Result<Io> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(threads)
             .thread_name(name)
             .enable_all()
             .build()?;
@@ -111,7 +112,7 @@ mod tests {
             .build()
             .unwrap();
         outer.block_on(async {
-            let io = Io::new("test-io").unwrap();
+            let io = Io::new("test-io", 1).unwrap();
             assert_eq!(io.wait(async { 7 }).unwrap(), 7);
             assert_eq!(block_on(async { 8 }), 8);
             drop(io);

@@ -347,7 +347,7 @@ impl RemoteBuilder {
             .as_deref()
             .map(|key| Key::new(key, "RemoteBuilder::signing_key"))
             .transpose()?;
-        let io = Io::new("ythread-remote")?;
+        let io = Io::new("ythread-remote", 1)?;
         let (url, options) = credentials_from_url(&self.url, self.options)?;
         let events = Arc::new(Events {
             calls: OnceLock::new(),

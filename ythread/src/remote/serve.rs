@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,6 +73,8 @@ pub(super) struct Serving {
     /// Calls dropped unrun: expired or cancelled before they started
     /// ([`Worker::dropped`](super::Worker::dropped)).
     pub(super) dropped: AtomicU64,
+    /// Whether a short call runs on a runtime thread now (see [`run`]).
+    pub(super) running_here: AtomicBool,
 }
 
 impl Serving {
@@ -195,7 +197,8 @@ pub(super) struct Function {
 /// How long calls of a function take here. A call that finds every local
 /// process busy goes to the shared queue, unless calls here are short: then
 /// it waits for a process here, since the queue's round trip through the server would
-/// cost more than the wait (and more of the server's CPU).
+/// cost more than the wait (and more of the server's CPU); and a short call
+/// runs on the runtime thread that took it in (see [`run`]).
 #[derive(Default)]
 pub(super) struct Load {
     /// The mean run time of recent calls, in ns (a moving average); 0 until
@@ -560,19 +563,32 @@ pub(super) async fn pull_calls(
     }
 }
 
-/// Runs `call` in a local worker process and sends the reply, in a task of
-/// its own that holds its thread meanwhile (`block_in_place`: the runtime's
-/// other work moves to another thread, so a long call holds up nothing).
-/// The call starts on the thread that took it in, without waking another
-/// (`spawn_blocking` would: measured, 25-30% of a round trip on a VM), and
-/// its reply leaves from there (handing it back to an async task first
-/// would cost one more thread wake-up per call).
+/// Runs `call` in a local worker process and sends the reply.
+///
+/// A call of a function whose calls are short here (under 1 ms: see
+/// [`Load`]) runs right here, on the runtime thread that took it in, one at
+/// a time (the runtime's other thread keeps the connection going
+/// meanwhile): waking another thread for it, then waking this one for the
+/// reply, would cost more than the call (measured: 1.31x against 1.18x a
+/// raw request-reply plus the local hop; see `benches/remote.rs`). Any
+/// other call runs on a blocking thread of its own (`spawn_blocking`), and
+/// sends its reply from there.
 fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
     let serving = Arc::clone(serving);
-    tokio::spawn(async move { tokio::task::block_in_place(|| run_here(&serving, slot, call)) });
+    if call.function.load.short()
+        && serving
+            .running_here
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    {
+        run_here(&serving, slot, call);
+        serving.running_here.store(false, Ordering::Release);
+        return;
+    }
+    tokio::task::spawn_blocking(move || run_here(&serving, slot, call));
 }
 
-/// [`run`]'s work, on the thread it holds.
+/// [`run`]'s work, on the thread it is given.
 fn run_here(serving: &Arc<Serving>, slot: Slot, call: Call) {
     let _slot = slot;
     if call.abandoned(serving) {

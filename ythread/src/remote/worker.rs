@@ -5,7 +5,7 @@
 //! `serve.rs`.)
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -348,7 +348,8 @@ impl WorkerBuilder {
             .map(|key| Key::new(key, "WorkerBuilder::signing_key"))
             .transpose()?;
         let processes = Arc::new(self.processes.unwrap_or_else(Processes::builder).build()?);
-        let io = Io::new("ythread-remote-worker")?;
+        // Two threads: a short call may hold one (see `serve.rs`'s `run`).
+        let io = Io::new("ythread-remote-worker", 2)?;
         let (url, options) = credentials_from_url(&self.url, self.options)?;
         let events = Arc::new(Events::default());
         let options = options
@@ -397,6 +398,7 @@ impl WorkerBuilder {
                 dequeued: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                running_here: AtomicBool::new(false),
             });
             let _ = starting.serving.set(Arc::clone(&serving));
             let tasks = subscribe(&serving, &namespace, &stopping).await?;
