@@ -262,7 +262,9 @@ impl RemoteBuilder {
     /// 30 s). A worker that is lost (its machine gone) fails its call here.
     /// The worker is told: it drops the call unrun once this has passed
     /// (by the machines' clocks: keep them in step, with NTP), and kills it
-    /// if it runs past it.
+    /// if it runs past it. (A worker also bounds every call by its own
+    /// [`WorkerBuilder::deadline`], 60 s unless set: raise both for longer
+    /// calls.)
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
