@@ -129,8 +129,11 @@ pub enum OffloadErrorKind {
     /// encoding error, or a malformed, truncated or oversized frame.
     Protocol,
     /// No worker could take the call: none could be started, none serves
-    /// it, or the strategy is shut down. The call did not run: trying again
-    /// cannot run it twice.
+    /// it, or the strategy is shut down. The call did not run, so trying
+    /// again cannot run it twice (save for an
+    /// [`#[offloadable(idempotent)]`](crate::offloadable) call that
+    /// [`Processes`](crate::Processes) ran before on workers that died: its
+    /// message says how many times).
     Unavailable,
     /// The call left for another machine
     /// ([`Remote`](crate::remote::Remote)), and then its outcome was lost

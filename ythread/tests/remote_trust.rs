@@ -283,7 +283,12 @@ fn without_the_signing_key_no_one_forges_redirects_or_injects() {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert("Ythread-Signature", "ab".repeat(32).as_str());
                     let _ = client
-                        .publish_with_headers(reply, headers, forged_done(667).into())
+                        .publish_with_headers(reply.clone(), headers, forged_done(667).into())
+                        .await;
+                    // A call of its own with the victim's reply subject: the
+                    // worker's refusal of it must not count as the answer.
+                    let _ = client
+                        .publish_with_reply(message.subject.clone(), reply.clone(), vec![].into())
                         .await;
                     // Then: the call again, its answer to come to us.
                     let _ = client
@@ -310,13 +315,16 @@ fn without_the_signing_key_no_one_forges_redirects_or_injects() {
         // The real subject of `record`, from a real call.
         let id = call_record(log.clone(), 1, 0).run_with(&cpu).unwrap();
         assert_eq!(id, 1);
-        let record_call = sniffed
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|message| message.subject.contains("record"))
-            .cloned()
-            .unwrap();
+        let seen = || {
+            sniffed
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|message| message.subject.contains("record"))
+                .cloned()
+        };
+        eventually("the attacker saw the call of record", || seen().is_some());
+        let record_call = seen().unwrap();
         // Sent again unsigned with other arguments, and into the shared
         // queue with a reply subject of the attacker's.
         let args = {
@@ -575,6 +583,67 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
             );
             assert!(refused >= 900, "{refused} refused");
             assert_eq!(busy.join().unwrap().unwrap(), 1);
+        }
+    });
+}
+
+/// A burst of short calls, buffered at the worker all at once: each is
+/// answered. (Short calls run on a runtime thread; a reply sent from there
+/// once waited, forever, for the task's cooperative budget, after 63.)
+#[test]
+fn a_burst_of_short_calls_is_answered_whole() {
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&[]);
+        let url = server.url();
+        let _worker = worker(url, "burst", 2).start().unwrap();
+        let cpu = Remote::builder(url).namespace("burst").connect().unwrap();
+        let sniffer = Raw::connect(url, async_nats::ConnectOptions::new());
+        let seen: Arc<Mutex<Option<String>>> = Arc::default();
+        {
+            let seen = Arc::clone(&seen);
+            sniffer.on("ythread.burst.>", move |message| {
+                *seen.lock().unwrap() = Some(message.subject.to_string());
+            });
+        }
+        // Known as short here, after a few calls.
+        for n in 0..10 {
+            assert_eq!(call_slow_sum(n, 0).run_with(&cpu).unwrap(), n * (n + 1) / 2);
+        }
+        eventually("a call was seen", || seen.lock().unwrap().is_some());
+        let subject = seen.lock().unwrap().clone().unwrap();
+        let answers: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        {
+            let answers = Arc::clone(&answers);
+            sniffer.on("burst.inbox.>", move |message| {
+                answers.lock().unwrap().push(message.payload.to_vec());
+            });
+        }
+        let client = sniffer.client.clone();
+        sniffer.runtime.block_on(async {
+            for i in 0..500u32 {
+                // `slow_sum(3, 0)`: two varints.
+                client
+                    .publish_with_reply(
+                        subject.clone(),
+                        format!("burst.inbox.{i}"),
+                        vec![3, 0].into(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            client.flush().await.unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answers.lock().unwrap().len() < 500 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of 500 answered",
+                answers.lock().unwrap().len()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        for answer in answers.lock().unwrap().iter() {
+            assert_eq!(answer, &forged_done(6), "a wrong answer");
         }
     });
 }
@@ -986,24 +1055,27 @@ fn permission_mistakes_fail_at_once_naming_the_permission() {
         );
         drop(_good);
 
-        // A worker that may not reply stops serving at its first refused
-        // reply; the next call hears at once that no worker serves it.
+        // A worker that may not reply says so. With a signing key, a refused
+        // reply to a call that verified proves it: it stops serving, and
+        // the next call hears at once that no worker serves it.
         let noreply = worker(url, "perm2", 1)
             .connect_options(as_user("noreply", "r"))
+            .signing_key(KEY)
             .start()
             .unwrap();
         let cpu = Remote::builder(url)
             .namespace("perm2")
             .deadline(Duration::from_secs(2))
+            .signing_key(KEY)
             .connect_options(as_user("good", "g"))
             .connect()
             .unwrap();
         let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
         eventually("the worker says why it does not serve", || {
-            noreply
-                .ready()
-                .is_err_and(|why| why.contains("refused its reply"))
+            noreply.ready().is_err_and(|why| {
+                why.contains("refused 1 of its replies") && why.contains("no longer takes calls")
+            })
         });
         let started = Instant::now();
         let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
@@ -1013,6 +1085,32 @@ fn permission_mistakes_fail_at_once_naming_the_permission() {
             "{:?}",
             started.elapsed()
         );
+        drop(noreply);
+
+        // Without a key, a refused reply may be a caller's made-up reply
+        // subject: the worker says what was refused, and goes on serving
+        // (a caller cannot stop a fleet by naming reply subjects NATS
+        // refuses).
+        let unsure = worker(url, "perm3", 1)
+            .connect_options(as_user("noreply", "r"))
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(url)
+            .namespace("perm3")
+            .deadline(Duration::from_secs(2))
+            .connect_options(as_user("good", "g"))
+            .connect()
+            .unwrap();
+        let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        eventually("the worker says what NATS refused", || {
+            unsure
+                .ready()
+                .is_err_and(|why| why.contains("Permissions Violation for Publish"))
+        });
+        assert_eq!(unsure.refused_replies(), 1);
+        let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
     });
 }
 

@@ -156,7 +156,7 @@ use crate::{Apply, Job};
 /// | `MayHaveRun` | may have run: the connection was lost while it was in flight (it is then cancelled at the workers, which drop it unless they started it) |
 /// | `DeadlineExceeded` | may have run: no answer within [`RemoteBuilder::deadline`] (workers drop it unrun past that time, and kill it if it runs past it) |
 /// | `Panicked`, `WorkerDied` | ran (or started) on the worker machine: the message, the signal |
-/// | `Protocol` | did not run if its arguments were over a cap (named); otherwise a malformed reply |
+/// | `Protocol` | did not run if its arguments were over a cap (named); ran if its result was (it says so); otherwise a malformed reply |
 /// | `NotPortable` | did not run: the work cannot leave the process |
 pub struct Remote {
     /// The runtime of the connection's I/O: it lives as long as this.
@@ -444,8 +444,10 @@ impl Events {
                     return;
                 };
                 // Queued by the client until it reconnects, behind the calls
-                // it could not send yet: workers learn of the cancellation
-                // before or as they get those calls.
+                // it could not send yet: a worker may get such a call just
+                // before the cancellation, and start it; those still waiting
+                // at a worker (in the shared queue, or for a process) are
+                // dropped.
                 let mut headers = async_nats::HeaderMap::new();
                 if let Some(key) = calls.key() {
                     let signed = Signed::Cancel {

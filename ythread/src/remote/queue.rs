@@ -217,7 +217,16 @@ impl Queue {
                 Forwarded::Unknown
             }
             // The server's answer: not stored (no stream, the queue full).
-            Err(_) => Forwarded::NotStored,
+            Err(error)
+                if error.kind() == PublishErrorKind::StreamNotFound
+                    || std::error::Error::source(&error)
+                        .is_some_and(|source| source.is::<jetstream::Error>()) =>
+            {
+                Forwarded::NotStored
+            }
+            // An answer that is not the server's (it does not parse): it
+            // may be stored.
+            Err(_) => Forwarded::Unknown,
         }
     }
 

@@ -6,8 +6,10 @@
 //! as the answer: here a reply counts only if it verifies (with a signing
 //! key), a lost connection or a refused publish answers the calls it
 //! concerns at once and says what is known of them, and the calls a lost
-//! connection answered are cancelled at the workers, so that none starts
-//! after its requester was told it "may have run".
+//! connection answered "may have run" are cancelled at the workers, which
+//! drop those still waiting there (in the shared queue, or for a process).
+//! One that reached a worker just before the cancellation may still start:
+//! "may have run" is the honest answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use super::io::block_on;
 use super::queue::{self, Backlog, Forwarded, Queue};
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::wire::{
-    Reply, WireError, deadline_of, expires_of, is_past, signature_of, signed_headers,
+    Reply, WireError, deadline_of, epoch_ms_in, expires_of, is_past, signature_of, signed_headers,
 };
 use crate::Processes;
 use crate::error::OffloadError;
@@ -60,8 +60,12 @@ pub(super) struct Serving {
     pub(super) key: Option<Key>,
     /// Calls whose requesters cancelled them.
     pub(super) cancelled: Cancelled,
-    /// Why this worker no longer serves (NATS refused its replies), if so.
+    /// Why this worker no longer serves (stopped, or NATS refused replies
+    /// to verified calls), if so.
     pub(super) not_serving: Mutex<Option<String>>,
+    /// What NATS refused of its replies, when it cannot tell whether the
+    /// fault is its own (see [`Worker::ready`](super::Worker::ready)).
+    pub(super) reply_trouble: Mutex<Option<String>>,
     /// Tells the tasks that take calls to stop.
     pub(super) stop: watch::Sender<bool>,
     /// Calls put in the shared queue ([`Worker::forwarded`](super::Worker::forwarded)).
@@ -75,12 +79,20 @@ pub(super) struct Serving {
     pub(super) dropped: AtomicU64,
     /// Whether a short call runs on a runtime thread now (see [`run`]).
     pub(super) running_here: AtomicBool,
+    /// Where signed replies went lately.
+    pub(super) signed_replies: SignedReplies,
+    /// Replies NATS refused ([`Worker::refused_replies`](super::Worker::refused_replies)).
+    pub(super) refused_replies: AtomicU64,
 }
 
 impl Serving {
-    /// Answers `reply_to` with `reply`, signed with the key if there is one.
+    /// Answers `reply_to` with `reply`, signed with the key if there is one
+    /// (the call was verified with it).
     async fn answer(&self, reply_to: async_nats::Subject, reply: Vec<u8>) {
         let headers = self.reply_headers(&reply_to, &reply);
+        if self.key.is_some() {
+            self.signed_replies.note(&reply_to);
+        }
         // A requester that is gone (its deadline passed) is no error.
         let _ = self
             .client
@@ -100,14 +112,51 @@ impl Serving {
         headers
     }
 
-    /// Refuses a call, unrun, saying why.
-    async fn refuse(&self, function: &Registration, reply_to: async_nats::Subject, why: String) {
+    /// Refuses a call, unrun, saying why: signed if the call verified
+    /// (`signed`), unsigned otherwise. (A signed refusal sent to the reply
+    /// subject an unverified call names would let anyone give another
+    /// requester's call a valid "did not run" while it runs elsewhere.)
+    async fn refuse(
+        &self,
+        function: &Registration,
+        reply_to: async_nats::Subject,
+        why: String,
+        signed: bool,
+    ) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let reply = Reply::Failed(WireError::of(&OffloadError::unavailable(
             function.name,
             why,
         )));
-        self.answer(reply_to, reply.encode()).await;
+        let reply = reply.encode();
+        if signed {
+            self.answer(reply_to, reply).await;
+        } else {
+            let _ = self.client.publish(reply_to, reply.into()).await;
+        }
+    }
+}
+
+/// The reply subjects of the latest signed replies (to calls that verified
+/// with the key): NATS refusing one of them means this worker cannot answer
+/// its requesters, where a refused reply to an unverified call may be a
+/// stranger's made-up reply subject.
+#[derive(Default)]
+pub(super) struct SignedReplies(Mutex<std::collections::VecDeque<String>>);
+
+impl SignedReplies {
+    const KEPT: usize = 1024;
+
+    fn note(&self, reply_to: &str) {
+        let mut latest = self.0.lock();
+        if latest.len() == Self::KEPT {
+            latest.pop_front();
+        }
+        latest.push_back(reply_to.to_owned());
+    }
+
+    pub(super) fn contains(&self, reply_to: &str) -> bool {
+        self.0.lock().iter().any(|subject| subject == reply_to)
     }
 }
 
@@ -128,12 +177,18 @@ impl Cancelled {
     }
 
     /// Takes the cancellations of one message: lines `<reply subject>
-    /// <expiry, ms since the epoch>`.
+    /// <expiry, ms since the epoch>`. An expiry is kept no further than
+    /// [`MAX_CANCELLED_FOR`] from now (a made-up one cannot hold an entry
+    /// for good); once the store is full of live entries, new ones are not
+    /// kept.
     fn add(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
         };
+        let now = epoch_ms_in(Duration::ZERO);
+        let latest = epoch_ms_in(MAX_CANCELLED_FOR);
         let mut cancelled = self.0.lock();
+        let mut swept = false;
         for line in text.lines() {
             let Some((reply_to, expires)) = line.split_once(' ') else {
                 continue;
@@ -141,19 +196,30 @@ impl Cancelled {
             let Ok(expires) = expires.parse::<u64>() else {
                 continue;
             };
-            if is_past(expires) || reply_to.len() > 1024 {
+            if expires <= now || reply_to.len() > 1024 {
                 continue;
             }
             if cancelled.len() >= MAX_CANCELLED {
-                cancelled.retain(|_, expires| !is_past(*expires));
+                // Once a message: a full store of live entries is not
+                // swept again for each line.
+                if swept {
+                    return;
+                }
+                swept = true;
+                cancelled.retain(|_, expires| *expires > now);
                 if cancelled.len() >= MAX_CANCELLED {
                     return;
                 }
             }
-            cancelled.insert(reply_to.to_owned(), expires);
+            cancelled.insert(reply_to.to_owned(), expires.min(latest));
         }
     }
 }
+
+/// How long a cancellation is kept at most: calls wait in the shared queue
+/// no longer than their requester's deadline, and cancellations for calls
+/// that would wait longer are not worth a store that anyone may fill.
+const MAX_CANCELLED_FOR: Duration = Duration::from_secs(3600);
 
 /// Takes the requesters' cancellations until the worker stops taking calls.
 pub(super) async fn take_cancellations(
@@ -391,7 +457,9 @@ pub(super) async fn serve_function(
                 let why = "it is not signed with this worker's signing key \
                            (`WorkerBuilder::signing_key`): give its requester the same key \
                            (`RemoteBuilder::signing_key`)";
-                serving.refuse(registration, reply_to, why.to_owned()).await;
+                serving
+                    .refuse(registration, reply_to, why.to_owned(), false)
+                    .await;
                 continue;
             }
         }
@@ -407,7 +475,9 @@ pub(super) async fn serve_function(
                  (`WorkerBuilder::max_pending_bytes`); try another time or another worker",
                 serving.max_pending_bytes
             );
-            serving.refuse(registration, reply_to, why).await;
+            serving
+                .refuse(registration, reply_to, why, serving.key.is_some())
+                .await;
             continue;
         };
         let call = Call {
@@ -566,13 +636,17 @@ pub(super) async fn pull_calls(
 /// Runs `call` in a local worker process and sends the reply.
 ///
 /// A call of a function whose calls are short here (under 1 ms: see
-/// [`Load`]) runs right here, on the runtime thread that took it in, one at
-/// a time (the runtime's other thread keeps the connection going
-/// meanwhile): waking another thread for it, then waking this one for the
-/// reply, would cost more than the call (measured: 1.31x against 1.18x a
-/// raw request-reply plus the local hop; see `benches/remote.rs`). Any
-/// other call runs on a blocking thread of its own (`spawn_blocking`), and
-/// sends its reply from there.
+/// [`Load`]) runs in a task of its own on a runtime thread, one such call at
+/// a time, and its reply is sent from that task: waking a blocking thread
+/// for it, then the runtime's thread for the reply, would cost more than the
+/// call (measured: 1.31x against 1.10-1.20x a raw request-reply plus the
+/// local hop; see `benches/remote.rs`). The task is spawned, not run in the
+/// loop that reads the calls, so that loop goes on reading (the next calls
+/// go to blocking threads), and it starts with nothing queued behind it on
+/// its thread; the runtime has a second thread for the connection
+/// meanwhile, so a call that turns out long holds up only its own thread.
+/// Any other call runs on a blocking thread of its own (`spawn_blocking`),
+/// and sends its reply from there.
 fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
     let serving = Arc::clone(serving);
     if call.function.load.short()
@@ -581,27 +655,46 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
     {
-        run_here(&serving, slot, call);
-        serving.running_here.store(false, Ordering::Release);
+        tokio::spawn(async move {
+            let reply = run_here(&serving, slot, call);
+            serving.running_here.store(false, Ordering::Release);
+            if let Some((reply_to, reply)) = reply {
+                serving.answer(reply_to, reply).await;
+            }
+        });
         return;
     }
-    tokio::task::spawn_blocking(move || run_here(&serving, slot, call));
+    tokio::task::spawn_blocking(move || {
+        if let Some((reply_to, reply)) = run_here(&serving, slot, call) {
+            // Handing the reply to the client's channel: ready at once
+            // unless the channel is full. (Not on a runtime thread: this
+            // thread may wait.)
+            block_on(serving.answer(reply_to, reply));
+        }
+    });
 }
 
-/// [`run`]'s work, on the thread it is given.
-fn run_here(serving: &Arc<Serving>, slot: Slot, call: Call) {
+/// [`run`]'s work: runs the call unless no one waits for it any more;
+/// returns where to send what reply.
+fn run_here(serving: &Serving, slot: Slot, call: Call) -> Option<(async_nats::Subject, Vec<u8>)> {
     let _slot = slot;
     if call.abandoned(serving) {
         serving.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+        return None;
     }
     let registration = call.function.registration;
-    // Within the requester's deadline and this worker's.
-    let left = call.deadline.map_or(serving.deadline, |deadline| {
+    // Within the requester's deadline (counted from when the call arrived,
+    // and bounded by its expiry, which counts the time it took to come) and
+    // this worker's.
+    let mut left = call.deadline.map_or(serving.deadline, |deadline| {
         deadline
             .saturating_sub(call.received.elapsed())
             .min(serving.deadline)
     });
+    if let Some(expires) = call.expires {
+        let now = epoch_ms_in(Duration::ZERO);
+        left = left.min(Duration::from_millis(expires.saturating_sub(now)));
+    }
     let started = call.function.load.started();
     let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_locally(&serving.processes, registration, &call.args, left)
@@ -620,15 +713,13 @@ fn run_here(serving: &Arc<Serving>, slot: Slot, call: Call) {
             registration.name,
             format_args!(
                 "it ran, and its result takes {} bytes, over the NATS server's maximum \
-                     payload of {max_payload} bytes: {SERVER_CAP}",
+                 payload of {max_payload} bytes: {SERVER_CAP}",
                 answer.len(),
             ),
         )))
         .encode();
     }
-    // Handing the reply to the client's channel: ready at once unless
-    // the channel is full.
-    block_on(serving.answer(call.reply_to.clone(), answer));
+    Some((call.reply_to.clone(), answer))
 }
 
 /// Runs one call in a local worker process, within `left`; returns the

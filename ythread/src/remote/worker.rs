@@ -15,8 +15,8 @@ use super::DEFAULT_NAMESPACE;
 use super::io::Io;
 use super::queue::{Backlog, Queue};
 use super::serve::{
-    Cancelled, Function, Load, MAX_FORWARDING, Serving, Slots, pull_calls, serve_function,
-    take_cancellations,
+    Cancelled, Function, Load, MAX_FORWARDING, Serving, SignedReplies, Slots, pull_calls,
+    serve_function, take_cancellations,
 };
 use super::signing::Key;
 use super::wire::{
@@ -142,19 +142,31 @@ impl Worker {
         &self.serving.processes
     }
 
-    /// Whether this worker serves calls.
+    /// Whether this worker serves calls and can answer them.
     ///
     /// # Errors
     ///
-    /// Why it does not: NATS refused one of its replies (a permission,
-    /// named), so it stopped taking calls, which go to the other workers
-    /// (with none, their requesters hear at once that no worker serves
-    /// them); or it was stopped.
+    /// Why not: it was stopped; or NATS refused its replies (a permission,
+    /// named). With a [signing key](WorkerBuilder::signing_key), a refused
+    /// reply to a call that verified proves that the worker cannot answer
+    /// its requesters: it then stops taking calls, which go to the other
+    /// workers (with none, their requesters hear at once that no worker
+    /// serves them). Without one, a refused reply may as well be a caller's
+    /// made-up reply subject: the worker goes on serving, and this says
+    /// what NATS refused.
     pub fn ready(&self) -> Result<(), String> {
-        match &*self.serving.not_serving.lock() {
+        if let Some(why) = &*self.serving.not_serving.lock() {
+            return Err(why.clone());
+        }
+        match &*self.serving.reply_trouble.lock() {
             None => Ok(()),
             Some(why) => Err(why.clone()),
         }
+    }
+
+    /// Replies of this worker that NATS refused (see [`ready`](Worker::ready)).
+    pub fn refused_replies(&self) -> u64 {
+        self.serving.refused_replies.load(Ordering::Relaxed)
     }
 
     /// Whether calls that find this worker's processes busy go to the
@@ -233,7 +245,9 @@ impl Worker {
                 let _ = serving.slots.permits.acquire_many(capacity).await;
             })
             .await;
-            let _ = serving.client.flush().await;
+            // (Not past `grace` either: a client that lost its connection
+            // holds a flush until it is back.)
+            let _ = tokio::time::timeout(Duration::from_secs(1), serving.client.flush()).await;
         });
         // Calls still running after `grace` cannot answer; the runtime is
         // shut down without waiting for them (dropping `io`).
@@ -310,8 +324,10 @@ impl WorkerBuilder {
     /// running. A call that would take more is refused at once, unrun,
     /// with [`Unavailable`](crate::OffloadErrorKind::Unavailable) ("the
     /// worker is busy"). The worker reads its subscriptions as fast as calls
-    /// come, so what NATS's client buffers stays small: this bounds the
-    /// worker's memory for calls, however many arrive.
+    /// come, so what NATS's client buffers (up to 1,024 messages per
+    /// function) stays small: this bounds the worker's memory for calls,
+    /// however many arrive (1,200 calls of 1 MB at a busy worker: 130-220
+    /// MiB more, in a test).
     pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
         self.max_pending_bytes = bytes;
         self
@@ -393,12 +409,15 @@ impl WorkerBuilder {
                 key,
                 cancelled: Cancelled::default(),
                 not_serving: Mutex::new(None),
+                reply_trouble: Mutex::new(None),
                 stop,
                 forwarded: AtomicU64::new(0),
                 dequeued: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 running_here: AtomicBool::new(false),
+                signed_replies: SignedReplies::default(),
+                refused_replies: AtomicU64::new(0),
             });
             let _ = starting.serving.set(Arc::clone(&serving));
             let tasks = subscribe(&serving, &namespace, &stopping).await?;
@@ -444,8 +463,10 @@ impl WorkerBuilder {
     }
 }
 
-/// Messages NATS's client buffers per subscription at most.
-const SUBSCRIPTION_CAPACITY: usize = 128;
+/// Messages NATS's client buffers per subscription at most (it drops more,
+/// "slow consumer"). The worker reads as fast as calls come, so this holds
+/// only bursts; 128 dropped calls of a burst of 500 small ones (a test).
+const SUBSCRIPTION_CAPACITY: usize = 1024;
 
 /// Subscribes every `#[offloadable]` function and the cancellations, and
 /// starts the tasks that take calls; returns once the server has the
@@ -552,19 +573,31 @@ impl Events {
                              calls wait for this worker's processes instead"
                         );
                     }
-                    Some(Refused::Publish(_)) => {
-                        // Its replies cannot reach its requesters: it stops
-                        // taking calls, which go to the other workers.
+                    Some(Refused::Publish(subject)) => {
+                        // A reply. Refused for a call that verified with the
+                        // key, it means this worker cannot answer its
+                        // requesters: it stops taking calls, which go to
+                        // the other workers. Without a key it cannot tell a
+                        // missing permission from a caller's made-up reply
+                        // subject: it says so, and goes on.
+                        let refused = serving.refused_replies.fetch_add(1, Ordering::Relaxed) + 1;
                         let why = format!(
-                            "NATS refused its reply ({text}): its user needs permission to \
-                             publish replies (`allow_responses`, or publish on the requesters' \
-                             inbox prefix, `_INBOX.>`); it no longer takes calls"
+                            "NATS refused {refused} of its replies (the last: {text}): its user \
+                             needs permission to publish replies (`allow_responses`, or publish \
+                             on the requesters' inbox prefix, `_INBOX.>`)"
                         );
-                        let first = serving.not_serving.lock().is_none();
-                        if first {
+                        if refused == 1 {
                             eprintln!("ythread::remote::Worker: {why}");
-                            *serving.not_serving.lock() = Some(why);
-                            let _ = serving.stop.send(true);
+                        }
+                        if serving.key.is_some() && serving.signed_replies.contains(&subject) {
+                            let why = format!("{why}; it no longer takes calls");
+                            if serving.not_serving.lock().is_none() {
+                                eprintln!("ythread::remote::Worker: {why}");
+                                *serving.not_serving.lock() = Some(why);
+                                let _ = serving.stop.send(true);
+                            }
+                        } else {
+                            *serving.reply_trouble.lock() = Some(why);
                         }
                     }
                     None => {}
