@@ -775,3 +775,30 @@ impl WireCall for RawCall<'_> {
         self.outcome = Some(Err(error));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancellations_are_bounded_in_number_and_in_time() {
+        let cancelled = Cancelled::default();
+        let far = epoch_ms_in(Duration::from_secs(100 * 365 * 24 * 3600));
+        let soon = epoch_ms_in(Duration::from_secs(60));
+        let past = epoch_ms_in(Duration::ZERO).saturating_sub(1000);
+        cancelled.add(format!("a.1 {far}\na.2 {soon}\na.3 {past}\nno-expiry\na.4 x\n").as_bytes());
+        assert!(cancelled.contains("a.1") && cancelled.contains("a.2"));
+        assert!(!cancelled.contains("a.3") && !cancelled.contains("a.4"));
+        // A made-up expiry is kept an hour at most.
+        let kept = cancelled.0.lock()["a.1"];
+        assert!(kept <= epoch_ms_in(MAX_CANCELLED_FOR), "{kept}");
+        assert!(!cancelled.contains(&"x".repeat(2000)));
+        cancelled.add(&[0xff, 0xfe]);
+        // Full of live entries: no more are kept.
+        let lines: String = (0..MAX_CANCELLED + 10)
+            .map(|i| format!("b.{i} {soon}\n"))
+            .collect();
+        cancelled.add(lines.as_bytes());
+        assert_eq!(cancelled.0.lock().len(), MAX_CANCELLED);
+    }
+}
