@@ -86,6 +86,9 @@ enum Repr {
         function: String,
         deadline: Duration,
         killed: bool,
+        /// What else is known (a remote call's replies that did not
+        /// verify).
+        note: Option<String>,
     },
     /// A message to or from the worker could not be encoded or decoded.
     Protocol { function: String, detail: String },
@@ -94,6 +97,7 @@ enum Repr {
     Unavailable { function: String, detail: String },
     /// The call was sent to another machine, and then its outcome was lost
     /// (the connection failed): it may have run, may be running.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))] // Made by `Remote` alone.
     MayHaveRun { function: String, detail: String },
     /// The strategy was shut down before the call reached it.
     ShutDown { strategy: &'static str },
@@ -205,6 +209,7 @@ impl OffloadError {
                 function: function.to_owned(),
                 deadline,
                 killed: true,
+                note: None,
             },
         }
     }
@@ -217,6 +222,24 @@ impl OffloadError {
                 function: function.to_owned(),
                 deadline,
                 killed: false,
+                note: None,
+            },
+        }
+    }
+
+    /// [`no_answer_by`](Self::no_answer_by), with what else is known.
+    #[cfg(feature = "remote")]
+    pub(crate) fn no_answer_by_noting(
+        function: &str,
+        deadline: Duration,
+        note: impl fmt::Display,
+    ) -> Self {
+        OffloadError {
+            repr: Repr::DeadlineExceeded {
+                function: function.to_owned(),
+                deadline,
+                killed: false,
+                note: Some(note.to_string()),
             },
         }
     }
@@ -492,6 +515,7 @@ impl fmt::Display for OffloadError {
                 function,
                 deadline,
                 killed: true,
+                ..
             } => write!(
                 f,
                 "`{function}` ran past its deadline of {deadline:?}; its worker process was \
@@ -501,10 +525,17 @@ impl fmt::Display for OffloadError {
                 function,
                 deadline,
                 killed: false,
-            } => write!(
-                f,
-                "`{function}` got no answer within its deadline of {deadline:?}"
-            ),
+                note,
+            } => {
+                write!(
+                    f,
+                    "`{function}` got no answer within its deadline of {deadline:?}"
+                )?;
+                match note {
+                    Some(note) => write!(f, ": {note}"),
+                    None => Ok(()),
+                }
+            }
             Repr::Protocol { function, detail } => write!(
                 f,
                 "the call of `{function}` could not be carried to or from its worker: {detail}"

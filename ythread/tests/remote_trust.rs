@@ -362,6 +362,86 @@ fn without_the_signing_key_no_one_forges_redirects_or_injects() {
     });
 }
 
+/// Requester and worker with different keys: the worker refuses the call
+/// unrun, the requester cannot trust that refusal, and its deadline error
+/// says what it dropped and what to check.
+#[test]
+fn different_keys_fail_naming_the_key() {
+    common::watchdog(Duration::from_secs(60), || {
+        let server = nats(&[]);
+        let worker = worker(server.url(), "keys", 1)
+            .signing_key(KEY)
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(server.url())
+            .namespace("keys")
+            .deadline(Duration::from_secs(1))
+            .signing_key([9; 32])
+            .connect()
+            .unwrap();
+        let error = call_slow_sum(3, 0).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("did not verify with the signing key")
+                && error.to_string().contains("same key"),
+            "{error}"
+        );
+        assert_eq!((worker.refused(), cpu.rejected()), (1, 1));
+    });
+}
+
+/// A worker never answers on the system's subjects or ythread's own, where
+/// a caller's made-up reply subject would have it publish with its own
+/// permissions.
+#[test]
+fn a_worker_answers_on_no_subject_of_its_own_or_the_systems() {
+    common::watchdog(Duration::from_secs(60), || {
+        let server = nats(&["-js"]);
+        let url = server.url();
+        let worker = worker(url, "reply", 1).start().unwrap();
+        let cpu = Remote::builder(url).namespace("reply").connect().unwrap();
+        let sniffer = Raw::connect(url, async_nats::ConnectOptions::new());
+        let seen: Arc<Mutex<Option<String>>> = Arc::default();
+        let published: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let seen = Arc::clone(&seen);
+            sniffer.on("ythread.reply.>", move |message| {
+                seen.lock()
+                    .unwrap()
+                    .get_or_insert(message.subject.to_string());
+            });
+            for subject in ["$JS.API.>", "ythread-queue.>", "ythread-cancel.>"] {
+                let published = Arc::clone(&published);
+                sniffer.on(subject, move |message| {
+                    published.lock().unwrap().push(message.subject.to_string());
+                });
+            }
+        }
+        assert_eq!(call_slow_sum(3, 0).run_with(&cpu).unwrap(), 6);
+        eventually("a call was seen", || seen.lock().unwrap().is_some());
+        let subject = seen.lock().unwrap().clone().unwrap();
+        published.lock().unwrap().clear();
+        for reply in [
+            "$JS.API.STREAM.DELETE.ythread-reply",
+            "ythread-queue.reply.x",
+            "ythread-cancel.reply",
+            "ythread.reply.y",
+        ] {
+            sniffer.publish(
+                &subject,
+                Some(reply),
+                async_nats::HeaderMap::new(),
+                vec![3, 0],
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(*published.lock().unwrap(), Vec::<String>::new());
+        assert_eq!(worker.refused(), 4);
+    });
+}
+
 /// The deployment without a shared credential: per-role NATS permissions.
 /// Each requester has a user of its own that may publish calls and read its
 /// own inbox prefix only; workers may read calls and answer. A second
@@ -510,7 +590,9 @@ impl Drop for RemoteWorker {
 #[test]
 fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
     common::watchdog(Duration::from_secs(240), || {
-        for jetstream in [false, true] {
+        // The third round: empty arguments, 900 KB of headers ythread does
+        // not read.
+        for (jetstream, in_headers) in [(false, false), (true, false), (false, true)] {
             let server = nats(if jetstream { &["-js"] } else { &[] });
             let url = server.url();
             let remote_worker = RemoteWorker::start(url, "flood");
@@ -546,13 +628,19 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
             };
             let mut args = vec![0xc0, 0x84, 0x3d]; // the varint of 1,000,000
             args.extend(vec![7u8; 1_000_000]);
+            let mut headers = async_nats::HeaderMap::new();
+            if in_headers {
+                args = vec![0];
+                headers.insert("X-Junk", "a".repeat(900_000).as_str());
+            }
             let client = flood.client.clone();
             flood.runtime.block_on(async {
                 for i in 0..1_200 {
                     client
-                        .publish_with_reply(
+                        .publish_with_reply_and_headers(
                             subject.clone(),
                             format!("flood.inbox.{i}"),
+                            headers.clone(),
                             args.clone().into(),
                         )
                         .await
@@ -571,7 +659,8 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
                 .filter(|reply| String::from_utf8_lossy(reply).contains("the worker is busy"))
                 .count();
             eprintln!(
-                "jetstream {jetstream}: peak {} MiB (from {} MiB), {refused} of {} replies refused",
+                "jetstream {jetstream}, in headers {in_headers}: peak {} MiB (from {} MiB), \
+                 {refused} of {} replies refused",
                 peak / 1024,
                 base / 1024,
                 replies.lock().unwrap().len()
@@ -581,8 +670,21 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
                 "the worker grew by {} MiB",
                 (peak - base) / 1024
             );
-            assert!(refused >= 900, "{refused} refused");
-            assert_eq!(busy.join().unwrap().unwrap(), 1);
+            // (Headers are not kept: those calls are held at the cost of
+            // their arguments, and wait.)
+            if !in_headers {
+                assert!(refused >= 900, "{refused} refused");
+            }
+            match busy.join().unwrap() {
+                Ok(n) => assert_eq!(n, 1),
+                // A gigabyte of headers is slow for the worker's client to
+                // read: the server drops it as a slow consumer, and the
+                // reply it had written is lost. (Honest: it may have run.)
+                Err(error) if in_headers => {
+                    assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
+                }
+                Err(error) => panic!("{error}"),
+            }
         }
     });
 }
@@ -972,6 +1074,168 @@ fn a_queue_found_on_the_server_is_checked() {
                 .shared_queue()
                 .is_err_and(|problem| problem.contains("ack_wait 1s"))
         });
+    });
+}
+
+#[offloadable]
+fn identity(n: u64) -> u64 {
+    n
+}
+
+#[offloadable]
+fn plus_million(n: u64) -> u64 {
+    n + 1_000_000
+}
+
+#[yieldable]
+fn call_plus_million(n: u64) -> Result<u64, OffloadError> {
+    try_offload!(plus_million, n)
+}
+
+/// The consumers of two functions of the same signature, swapped on the
+/// server after the worker checked them: a call is never run as the other
+/// function (its answer would look right).
+#[test]
+fn a_consumer_swapped_after_its_check_never_runs_another_functions_call() {
+    use async_nats::jetstream::consumer;
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&["-js"]);
+        let url = server.url();
+        let worker = worker(url, "swap", 1).start().unwrap();
+        let look = Raw::connect(url, async_nats::ConnectOptions::new());
+        let jetstream = {
+            let _inside = look.runtime.enter();
+            async_nats::jetstream::new(look.client.clone())
+        };
+        let stream = look
+            .runtime
+            .block_on(jetstream.get_stream("ythread-swap"))
+            .unwrap();
+        let filters = || -> Vec<(String, String)> {
+            look.runtime.block_on(async {
+                let names: Vec<String> = stream
+                    .consumer_names()
+                    .map(|name| name.unwrap())
+                    .collect()
+                    .await;
+                let mut filters = Vec::new();
+                for name in names {
+                    let info = stream.clone().consumer_info(&name).await.unwrap();
+                    filters.push((name, info.config.filter_subject.clone()));
+                }
+                filters
+            })
+        };
+        eventually("the consumers are made", || filters().len() >= 7);
+        let of = |function: &str| {
+            filters()
+                .into_iter()
+                .find(|(_, filter)| filter.contains(&format!("::{function}.")))
+                .unwrap()
+        };
+        let (identity_consumer, identity_filter) = of("identity");
+        let (plus_consumer, plus_filter) = of("plus_million");
+        let cpu = Arc::new(
+            Remote::builder(url)
+                .namespace("swap")
+                .deadline(Duration::from_secs(10))
+                .connect()
+                .unwrap(),
+        );
+        // The worker busy: once their pulls under way have ended (2 s), its
+        // pull loops wait, holding their consumers, unchecked.
+        let busy = {
+            let cpu = Arc::clone(&cpu);
+            thread::spawn(move || call_slow_sum(1, 4_000).run_with(&*cpu))
+        };
+        thread::sleep(Duration::from_millis(2_500));
+        look.runtime.block_on(async {
+            // (Both gone first: a work queue takes one consumer per filter.)
+            for name in [&identity_consumer, &plus_consumer] {
+                stream.delete_consumer(name).await.unwrap();
+            }
+            for (name, filter) in [
+                (&identity_consumer, &plus_filter),
+                (&plus_consumer, &identity_filter),
+            ] {
+                stream
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some(name.clone()),
+                        filter_subject: filter.clone(),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+        // Goes to the queue (the worker is busy), then reaches the consumer
+        // named after `identity`.
+        let outcome = call_plus_million(7).run_with(&*cpu);
+        match &outcome {
+            Ok(n) => assert_eq!(*n, 1_000_007, "run as another function"),
+            Err(error) => assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}"),
+        }
+        assert_eq!(busy.join().unwrap().unwrap(), 1);
+        eventually("the worker says what it found", || {
+            worker.shared_queue().is_err_and(|problem| {
+                problem.contains("another function's") || problem.contains("filter")
+            })
+        });
+    });
+}
+
+/// A signed call replayed at a busy worker: the copies are dropped, and
+/// none gives the requester a valid "did not run" while the first runs.
+#[test]
+fn a_replayed_signed_call_draws_no_answer() {
+    common::watchdog(Duration::from_secs(120), || {
+        let server = nats(&[]);
+        let url = server.url();
+        let worker = worker(url, "replay", 1)
+            .signing_key(KEY)
+            .max_pending_bytes(8 << 10)
+            .start()
+            .unwrap();
+        let cpu = Remote::builder(url)
+            .namespace("replay")
+            .signing_key(KEY)
+            .connect()
+            .unwrap();
+        let attacker = Raw::connect(url, async_nats::ConnectOptions::new());
+        {
+            let client = attacker.client.clone();
+            attacker.on("ythread.replay.>", move |message| {
+                let Some(reply) = message.reply.clone() else {
+                    return;
+                };
+                if reply.starts_with("attacker.") {
+                    return;
+                }
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        let _ = client
+                            .publish_with_reply_and_headers(
+                                message.subject.clone(),
+                                reply.clone(),
+                                message.headers.clone().unwrap_or_default(),
+                                message.payload.clone(),
+                            )
+                            .await;
+                    }
+                });
+            });
+        }
+        let log = scratch("replay").join("runs");
+        let id = call_record(log.display().to_string(), 9, 500)
+            .run_with(&cpu)
+            .unwrap();
+        assert_eq!(id, 9);
+        thread::sleep(Duration::from_secs(1));
+        assert_eq!(records(&log).len(), 1, "a replay ran");
+        assert!(worker.dropped() >= 100, "{:?}", worker);
     });
 }
 

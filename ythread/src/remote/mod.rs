@@ -635,7 +635,18 @@ impl Remote {
                     self.namespace
                 ),
             )),
-            Err(_) => Err(OffloadError::no_answer_by(name, self.deadline)),
+            Err(_) => Err(match in_flight.rejected() {
+                0 => OffloadError::no_answer_by(name, self.deadline),
+                rejected => OffloadError::no_answer_by_noting(
+                    name,
+                    self.deadline,
+                    format_args!(
+                        "{rejected} repl(ies) to it did not verify with the signing key and were \
+                         dropped: from a worker with another key or none (check that requesters \
+                         and workers hold the same key), or forged"
+                    ),
+                ),
+            }),
         }
     }
 }

@@ -162,8 +162,19 @@ impl Queue {
         self.reconnected.subscribe()
     }
 
-    fn subject(&self, registration: &Registration) -> String {
+    /// The subject of `registration`'s calls in this queue.
+    pub(super) fn subject(&self, registration: &Registration) -> String {
         queue_subject(&self.namespace, registration)
+    }
+
+    /// A consumer delivered a call of another function than its own: not
+    /// the consumer ythread made (it was replaced after it was checked).
+    /// The queue is not used until it is opened and checked again.
+    pub(super) fn misdelivered(&self, consumer: &str, subject: &str) {
+        *self.problem.lock() = Some(format!(
+            "the consumer `{consumer}` delivered a call on `{subject}`, another function's: it \
+             is not the consumer ythread made; delete it for the workers to make it again"
+        ));
     }
 
     /// Puts a call in the queue (signed with `key`, if there is one);
@@ -407,9 +418,14 @@ pub(super) struct Pulled {
 }
 
 impl Pulled {
-    /// The call's arguments' size, in bytes.
+    /// The call's size, in bytes: its arguments, headers and subjects.
     pub(super) fn len(&self) -> usize {
-        self.message.payload.len()
+        self.message.length.max(self.message.payload.len())
+    }
+
+    /// The subject it was queued on.
+    pub(super) fn subject(&self) -> &str {
+        &self.message.subject
     }
 
     /// Takes the call out of the queue, to run it now; `None` if it must
@@ -449,6 +465,9 @@ impl Pulled {
             since(info.published.unix_timestamp_nanos())
         });
         let reply_to = reply_to_of(headers)?;
+        if reply_to.starts_with('$') || reply_to.starts_with("ythread") {
+            return None;
+        }
         // A second of slack for the clocks of the server and of this
         // machine, which measure `waited` between them.
         let left =
@@ -521,7 +540,7 @@ fn stream_name(namespace: &str) -> String {
 }
 
 /// A consumer name for `registration`: its path can hold `::`, so a hash of it.
-fn consumer_name(registration: &Registration) -> String {
+pub(super) fn consumer_name(registration: &Registration) -> String {
     format!(
         "ythread-{:016x}-{:016x}",
         crate::offloadable::fingerprint(registration.name),

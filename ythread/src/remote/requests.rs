@@ -51,6 +51,8 @@ struct Pending {
     /// cancellation).
     expires: u64,
     answer: Sender<Answer>,
+    /// Replies to it that did not verify with the key.
+    rejected: u32,
 }
 
 /// The calls in flight of one `Remote`.
@@ -76,6 +78,17 @@ pub(super) struct InFlight<'a> {
     number: u64,
     pub(super) reply_to: String,
     pub(super) answer: Receiver<Answer>,
+}
+
+impl InFlight<'_> {
+    /// Replies to this call that did not verify with the key so far.
+    pub(super) fn rejected(&self) -> u32 {
+        self.calls
+            .pending
+            .lock()
+            .get(&self.number)
+            .map_or(0, |pending| pending.rejected)
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -126,6 +139,7 @@ impl Calls {
                 subject,
                 expires,
                 answer,
+                rejected: 0,
             },
         );
         InFlight {
@@ -161,6 +175,9 @@ impl Calls {
                     payload: &message.payload,
                 };
                 if !key.verify(&signed, signature_of(message.headers.as_ref())) {
+                    if let Some(pending) = self.pending.lock().get_mut(&number) {
+                        pending.rejected = pending.rejected.saturating_add(1);
+                    }
                     let first = self.rejected.fetch_add(1, Ordering::Relaxed) == 0;
                     if first {
                         eprintln!(

@@ -31,6 +31,19 @@ pub(super) const MAX_FORWARDING: usize = 256;
 /// in bytes: what keeps a flood of empty calls bounded too.
 const CALL_COST: usize = 1024;
 
+/// Arguments up to this size are copied out of the message as it arrives,
+/// so that the client's read buffer (and a large header block an attacker
+/// may add) is not kept alive by a call that waits.
+const COPIED: usize = 64 << 10;
+
+/// Whether a worker may answer on `reply_to`: not on the system's subjects
+/// (`$JS.API...`, `$SYS...`), nor on ythread's own (calls, the shared
+/// queue, cancellations), where a caller's made-up reply subject would have
+/// the worker publish with its own permissions.
+fn answerable(reply_to: &str) -> bool {
+    !(reply_to.starts_with('$') || reply_to.starts_with("ythread"))
+}
+
 /// What serving calls needs, shared by every function's tasks.
 pub(super) struct Serving {
     /// The connection to NATS.
@@ -59,7 +72,9 @@ pub(super) struct Serving {
     /// are.
     pub(super) key: Option<Key>,
     /// Calls whose requesters cancelled them.
-    pub(super) cancelled: Cancelled,
+    pub(super) cancelled: ReplySubjects,
+    /// Signed calls received (with a key): a second copy is a replay.
+    pub(super) seen: ReplySubjects,
     /// Why this worker no longer serves (stopped, or NATS refused replies
     /// to verified calls), if so.
     pub(super) not_serving: Mutex<Option<String>>,
@@ -160,33 +175,78 @@ impl SignedReplies {
     }
 }
 
-/// Reply subjects of calls their requesters cancelled, until the calls
-/// expire. Bounded: past [`MAX_CANCELLED`], what has expired is forgotten,
-/// and then new cancellations are not kept (those calls run if they reach a
-/// process, as they may have anyway: their requesters were told "may have
-/// run").
+/// Reply subjects of calls, each until its call expires: the calls
+/// requesters cancelled, and the signed calls a worker has received (a
+/// second copy of one is a replay). Bounded: past [`MAX_KEPT`] subjects,
+/// what has expired is forgotten, and then new ones are not kept; an expiry
+/// is kept no further than [`MAX_KEPT_FOR`] from now (a made-up one cannot
+/// hold an entry for good).
 #[derive(Default)]
-pub(super) struct Cancelled(Mutex<HashMap<String, u64>>);
+pub(super) struct ReplySubjects(Mutex<HashMap<String, u64>>);
 
-/// Cancellations kept at most.
-const MAX_CANCELLED: usize = 65_536;
+/// Subjects kept at most, each store.
+const MAX_KEPT: usize = 65_536;
 
-impl Cancelled {
+/// How long a subject is kept at most: calls wait in the shared queue no
+/// longer than their requester's deadline, and calls that would wait longer
+/// are not worth a store that anyone may fill.
+const MAX_KEPT_FOR: Duration = Duration::from_secs(3600);
+
+/// What [`ReplySubjects::insert`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Kept {
+    New,
+    /// It was there already.
+    Known,
+    /// The store is full of live subjects.
+    Full,
+}
+
+impl ReplySubjects {
     fn contains(&self, reply_to: &str) -> bool {
         self.0.lock().contains_key(reply_to)
     }
 
+    /// Keeps `reply_to` until `expires` (ms since the epoch); `swept`: the
+    /// store was swept of expired subjects in this batch already.
+    fn insert(
+        kept: &mut HashMap<String, u64>,
+        reply_to: &str,
+        expires: u64,
+        swept: &mut bool,
+    ) -> Kept {
+        let now = epoch_ms_in(Duration::ZERO);
+        if kept.contains_key(reply_to) {
+            return Kept::Known;
+        }
+        if kept.len() >= MAX_KEPT {
+            // Once a batch: a full store of live subjects is not swept again
+            // for each line.
+            if *swept {
+                return Kept::Full;
+            }
+            *swept = true;
+            kept.retain(|_, expires| *expires > now);
+            if kept.len() >= MAX_KEPT {
+                return Kept::Full;
+            }
+        }
+        kept.insert(reply_to.to_owned(), expires.min(epoch_ms_in(MAX_KEPT_FOR)));
+        Kept::New
+    }
+
+    /// Keeps the reply subject of a call received, until it expires.
+    fn note(&self, reply_to: &str, expires: u64) -> Kept {
+        Self::insert(&mut self.0.lock(), reply_to, expires, &mut false)
+    }
+
     /// Takes the cancellations of one message: lines `<reply subject>
-    /// <expiry, ms since the epoch>`. An expiry is kept no further than
-    /// [`MAX_CANCELLED_FOR`] from now (a made-up one cannot hold an entry
-    /// for good); once the store is full of live entries, new ones are not
-    /// kept.
+    /// <expiry, ms since the epoch>`.
     fn add(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
         };
         let now = epoch_ms_in(Duration::ZERO);
-        let latest = epoch_ms_in(MAX_CANCELLED_FOR);
         let mut cancelled = self.0.lock();
         let mut swept = false;
         for line in text.lines() {
@@ -199,27 +259,12 @@ impl Cancelled {
             if expires <= now || reply_to.len() > 1024 {
                 continue;
             }
-            if cancelled.len() >= MAX_CANCELLED {
-                // Once a message: a full store of live entries is not
-                // swept again for each line.
-                if swept {
-                    return;
-                }
-                swept = true;
-                cancelled.retain(|_, expires| *expires > now);
-                if cancelled.len() >= MAX_CANCELLED {
-                    return;
-                }
+            if Self::insert(&mut cancelled, reply_to, expires, &mut swept) == Kept::Full {
+                return;
             }
-            cancelled.insert(reply_to.to_owned(), expires.min(latest));
         }
     }
 }
-
-/// How long a cancellation is kept at most: calls wait in the shared queue
-/// no longer than their requester's deadline, and cancellations for calls
-/// that would wait longer are not worth a store that anyone may fill.
-const MAX_CANCELLED_FOR: Duration = Duration::from_secs(3600);
 
 /// Takes the requesters' cancellations until the worker stops taking calls.
 pub(super) async fn take_cancellations(
@@ -445,6 +490,10 @@ pub(super) async fn serve_function(
         let Some(reply_to) = message.reply.clone() else {
             continue;
         };
+        if !answerable(&reply_to) {
+            serving.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let headers = message.headers.as_ref();
         if let Some(key) = &serving.key {
             let signed = Signed::Call {
@@ -463,7 +512,44 @@ pub(super) async fn serve_function(
                 continue;
             }
         }
-        let cost = message.payload.len().saturating_add(CALL_COST);
+        // A replay: a second copy of a signed call (reply subjects are one
+        // per call). Dropped, unanswered: an answer would reach the
+        // original call's requester, a refusal as a "did not run" while the
+        // first copy runs. Past the store's bound, a call that cannot be
+        // told from a replay is refused unsigned.
+        let mut sign_refusals = serving.key.is_some();
+        if serving.key.is_some() {
+            let expires = expires_of(headers).unwrap_or(u64::MAX);
+            match serving.seen.note(&reply_to, expires) {
+                Kept::New => {}
+                Kept::Known => {
+                    serving.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Kept::Full => sign_refusals = false,
+            }
+        }
+        // Small arguments are copied (below), and the rest of the message
+        // let go; large ones are kept as the client read them, with their
+        // headers: those count too.
+        let kept_headers = if message.payload.len() <= COPIED {
+            0
+        } else {
+            headers.map_or(0, |headers| {
+                headers
+                    .iter()
+                    .map(|(name, values)| {
+                        let name: &str = name.as_ref();
+                        name.len() + values.iter().map(|v| v.as_str().len() + 4).sum::<usize>()
+                    })
+                    .sum()
+            })
+        };
+        let cost = message
+            .payload
+            .len()
+            .saturating_add(kept_headers)
+            .saturating_add(CALL_COST);
         let permit = u32::try_from(cost).ok().and_then(|cost| {
             Arc::clone(&serving.pending)
                 .try_acquire_many_owned(cost)
@@ -476,15 +562,22 @@ pub(super) async fn serve_function(
                 serving.max_pending_bytes
             );
             serving
-                .refuse(registration, reply_to, why, serving.key.is_some())
+                .refuse(registration, reply_to, why, sign_refusals)
                 .await;
             continue;
+        };
+        // Small arguments are copied: the slice would keep the client's read
+        // buffer alive, however large the rest of the message was.
+        let args = if message.payload.len() <= COPIED {
+            Bytes::copy_from_slice(&message.payload)
+        } else {
+            message.payload
         };
         let call = Call {
             function: Arc::clone(&function),
             deadline: deadline_of(headers),
             expires: expires_of(headers),
-            args: message.payload,
+            args,
             reply_to,
             received: Instant::now(),
             _pending: permit,
@@ -587,6 +680,18 @@ pub(super) async fn pull_calls(
             Ok(None) => pause = Duration::from_millis(10),
             Ok(Some(pulled)) => {
                 pause = Duration::from_millis(10);
+                // The consumer is shared, and named: one replaced after it
+                // was checked could hand this worker another function's
+                // call, whose arguments would then be taken for this one's.
+                if pulled.subject() != queue.subject(function.registration) {
+                    queue.misdelivered(
+                        &queue::consumer_name(function.registration),
+                        pulled.subject(),
+                    );
+                    pulled.put_back().await;
+                    consumer = None;
+                    continue;
+                }
                 // A direct call may have taken the process meanwhile (or
                 // the calls held here take all the room): then the call
                 // goes back to the head of the line, for a worker that is
@@ -782,7 +887,7 @@ mod tests {
 
     #[test]
     fn cancellations_are_bounded_in_number_and_in_time() {
-        let cancelled = Cancelled::default();
+        let cancelled = ReplySubjects::default();
         let far = epoch_ms_in(Duration::from_secs(100 * 365 * 24 * 3600));
         let soon = epoch_ms_in(Duration::from_secs(60));
         let past = epoch_ms_in(Duration::ZERO).saturating_sub(1000);
@@ -791,14 +896,18 @@ mod tests {
         assert!(!cancelled.contains("a.3") && !cancelled.contains("a.4"));
         // A made-up expiry is kept an hour at most.
         let kept = cancelled.0.lock()["a.1"];
-        assert!(kept <= epoch_ms_in(MAX_CANCELLED_FOR), "{kept}");
+        assert!(kept <= epoch_ms_in(MAX_KEPT_FOR), "{kept}");
         assert!(!cancelled.contains(&"x".repeat(2000)));
         cancelled.add(&[0xff, 0xfe]);
         // Full of live entries: no more are kept.
-        let lines: String = (0..MAX_CANCELLED + 10)
+        let lines: String = (0..MAX_KEPT + 10)
             .map(|i| format!("b.{i} {soon}\n"))
             .collect();
         cancelled.add(lines.as_bytes());
-        assert_eq!(cancelled.0.lock().len(), MAX_CANCELLED);
+        assert_eq!(cancelled.0.lock().len(), MAX_KEPT);
+        assert_eq!(cancelled.note("c.1", soon), Kept::Full);
+        let seen = ReplySubjects::default();
+        assert_eq!(seen.note("d.1", soon), Kept::New);
+        assert_eq!(seen.note("d.1", soon), Kept::Known);
     }
 }

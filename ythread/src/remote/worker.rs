@@ -15,7 +15,7 @@ use super::DEFAULT_NAMESPACE;
 use super::io::Io;
 use super::queue::{Backlog, Queue};
 use super::serve::{
-    Cancelled, Function, Load, MAX_FORWARDING, Serving, SignedReplies, Slots, pull_calls,
+    Function, Load, MAX_FORWARDING, ReplySubjects, Serving, SignedReplies, Slots, pull_calls,
     serve_function, take_cancellations,
 };
 use super::signing::Key;
@@ -237,8 +237,13 @@ impl Worker {
         let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
         let serving = Arc::clone(&self.serving);
         let tasks = std::mem::take(&mut self.tasks);
+        let now = tokio::time::Instant::now();
+        // (A grace too long to add, `Duration::MAX`, is a century.)
+        let until = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let _ = self.io.wait(async move {
-            let _ = tokio::time::timeout(grace, async {
+            let _ = tokio::time::timeout_at(until, async {
                 for task in tasks {
                     let _ = task.await;
                 }
@@ -247,7 +252,7 @@ impl Worker {
             .await;
             // (Not past `grace` either: a client that lost its connection
             // holds a flush until it is back.)
-            let _ = tokio::time::timeout(Duration::from_secs(1), serving.client.flush()).await;
+            let _ = tokio::time::timeout_at(until, serving.client.flush()).await;
         });
         // Calls still running after `grace` cannot answer; the runtime is
         // shut down without waiting for them (dropping `io`).
@@ -407,7 +412,8 @@ impl WorkerBuilder {
                 max_pending_bytes,
                 deadline,
                 key,
-                cancelled: Cancelled::default(),
+                cancelled: ReplySubjects::default(),
+                seen: ReplySubjects::default(),
                 not_serving: Mutex::new(None),
                 reply_trouble: Mutex::new(None),
                 stop,
@@ -438,7 +444,8 @@ impl WorkerBuilder {
                     format!(
                         "NATS refused this worker a subscription ({refused}): its user needs \
                          permission to subscribe to `ythread.{namespace}.>` (in queue group \
-                         `{}`) and `{}`",
+                         `{}`), `{}`, and its own inbox (`_INBOX.>`, or the prefix set with \
+                         `ConnectOptions::custom_inbox_prefix`: JetStream's answers come there)",
                         queue_group(&namespace),
                         cancel_subject(&namespace),
                     ),
@@ -542,6 +549,17 @@ impl Events {
     }
 
     async fn on(&self, event: async_nats::Event) {
+        if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = &event
+            && let Some(Refused::Subscribe(_)) = Refused::parse(text)
+        {
+            // (Before the worker is built too: its queue's first request
+            // subscribes to its inbox.)
+            eprintln!("ythread::remote::Worker: NATS refused a subscription: {text}");
+            self.refused_subscription
+                .lock()
+                .get_or_insert_with(|| text.clone());
+            return;
+        }
         let Some(serving) = self.serving.get() else {
             return;
         };
@@ -556,12 +574,7 @@ impl Events {
             }
             async_nats::Event::ServerError(async_nats::ServerError::Other(text)) => {
                 match Refused::parse(&text) {
-                    Some(Refused::Subscribe(_)) => {
-                        eprintln!("ythread::remote::Worker: NATS refused a subscription: {text}");
-                        self.refused_subscription
-                            .lock()
-                            .get_or_insert_with(|| text.clone());
-                    }
+                    Some(Refused::Subscribe(_)) => {} // (Above.)
                     Some(Refused::Publish(subject))
                         if subject.starts_with("$JS.") || subject.starts_with("ythread-queue.") =>
                     {
