@@ -67,8 +67,12 @@
 //! [`async_nats::ConnectOptions`]) where the network is not yours. What
 //! remains by design:
 //!
-//! - A call sent again unchanged (a replay) before its deadline runs again:
-//!   work with side effects should be idempotent.
+//! - A call sent again unchanged (a replay) before its deadline may run
+//!   again (a worker drops a second copy it receives itself; another worker
+//!   runs it): work with side effects should be idempotent.
+//! - async-nats drops its connection on a header block it cannot parse:
+//!   whoever may publish calls can make workers reconnect (calls in flight
+//!   then fail `MayHaveRun`).
 //! - Under a shared credential, a forged "no responders" notice can fail a
 //!   call `Unavailable` that a worker then runs; per-role permissions (no
 //!   one but workers publishes on requesters' inboxes) exclude it.
@@ -272,7 +276,8 @@ impl RemoteBuilder {
 
     /// The largest arguments a call may carry, in bytes (default: the NATS
     /// server's `max_payload`, 1 MiB unless its configuration raises it, up
-    /// to 64 MiB). A call over it fails with
+    /// to 64 MiB; the call's headers, about 100 bytes, count toward the
+    /// server's cap). A call over it fails with
     /// [`Protocol`](crate::OffloadErrorKind::Protocol) before it is sent,
     /// naming the setting to raise.
     pub fn max_payload(mut self, bytes: usize) -> Self {
