@@ -636,7 +636,8 @@ impl Remote {
                 name,
                 format_args!(
                     "it did not run: NATS refused it ({text}): this requester's user needs \
-                     permission to publish to `ythread.{}.>`",
+                     permission to publish to `ythread.{}.>` (or its permissions name another \
+                     namespace than this requester's)",
                     self.namespace
                 ),
             )),
@@ -677,7 +678,8 @@ fn no_responders(registration: &Registration, namespace: &str) -> OffloadError {
         registration.name,
         format_args!(
             "it did not run: no worker serves it on NATS (namespace `{namespace}`, signature \
-             `{}`): none is running, or they run another build of it",
+             `{}`): none is running, they serve another namespace, or they run another build \
+             of it",
             registration.signature
         ),
     )

@@ -83,7 +83,10 @@ pub(super) fn check_token(namespace: &str) -> io::Result<()> {
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("the namespace {namespace:?} is not a NATS subject token"),
+            format!(
+                "the namespace {namespace:?} (`namespace(..)` of the builder) is not a NATS \
+                 subject token: no `.`, `*`, `>` or whitespace, and not empty"
+            ),
         ));
     }
     Ok(())
