@@ -530,8 +530,9 @@ pub(super) async fn serve_function(
             }
         }
         // Small arguments are copied (below), and the rest of the message
-        // let go; large ones are kept as the client read them, with their
-        // headers: those count too.
+        // let go (a slice of it would keep the client's read buffer alive,
+        // however large the rest was); large ones are kept as the client
+        // read them, with their headers: those count too.
         let kept_headers = if message.payload.len() <= COPIED {
             0
         } else {
@@ -566,8 +567,6 @@ pub(super) async fn serve_function(
                 .await;
             continue;
         };
-        // Small arguments are copied: the slice would keep the client's read
-        // buffer alive, however large the rest of the message was.
         let args = if message.payload.len() <= COPIED {
             Bytes::copy_from_slice(&message.payload)
         } else {
