@@ -10,12 +10,10 @@
 
 mod common;
 
-use common::eventually;
 use common::nats::NatsServer;
 use common::worker_processes as local_workers;
+use common::{EntryProcess, eventually};
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -100,45 +98,16 @@ fn remote_worker_entry() {
     worker.wait();
 }
 
-/// A remote worker process; killed (and reaped) when dropped.
-struct RemoteWorker {
-    child: Child,
-}
+/// Remote worker processes (see `remote_worker_entry`).
+struct RemoteWorker;
 
 impl RemoteWorker {
-    fn start(url: &str, namespace: &str) -> RemoteWorker {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(common::entry_args("remote_worker_entry"))
-            .arg("--nocapture")
-            .env(REMOTE_WORKER_ENV, format!("{url} {namespace}"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("the remote worker started").unwrap();
-            if line.starts_with("ready") {
-                break;
-            }
-        }
-        // Keep reading its stdout, so that it never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        RemoteWorker { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RemoteWorker {
-    fn drop(&mut self) {
-        self.kill();
+    fn start(url: &str, namespace: &str) -> EntryProcess {
+        EntryProcess::start(
+            "remote_worker_entry",
+            REMOTE_WORKER_ENV,
+            &format!("{url} {namespace}"),
+        )
     }
 }
 
@@ -181,7 +150,7 @@ fn the_seed_handler_answers_through_two_workers() {
             }
         });
         let served = served.into_inner().unwrap();
-        let pids: std::collections::HashSet<u32> = workers.iter().map(RemoteWorker::pid).collect();
+        let pids: std::collections::HashSet<u32> = workers.iter().map(EntryProcess::pid).collect();
         assert_eq!(served, pids, "both workers took calls");
     });
 }

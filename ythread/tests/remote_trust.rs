@@ -15,10 +15,9 @@ mod common;
 
 use common::nats::NatsServer;
 use common::worker_processes as local_workers;
-use common::{eventually, scratch};
+use common::{EntryProcess, eventually, scratch};
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -548,39 +547,16 @@ fn trust_worker_entry() {
     worker.wait();
 }
 
-/// A remote worker in a process of its own; killed when dropped.
-struct RemoteWorker(Child);
+/// Remote worker processes (see `trust_worker_entry`).
+struct RemoteWorker;
 
 impl RemoteWorker {
-    fn start(url: &str, namespace: &str) -> RemoteWorker {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(common::entry_args("trust_worker_entry"))
-            .arg("--nocapture")
-            .env(TRUST_WORKER_ENV, format!("{url} {namespace}"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while !lines.next().unwrap().unwrap().starts_with("ready") {}
-        thread::spawn(move || for _ in lines {});
-        RemoteWorker(child)
-    }
-
-    /// Its peak resident memory, in KiB.
-    fn peak_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|line| line.starts_with("VmHWM:"))
-            .unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for RemoteWorker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    fn start(url: &str, namespace: &str) -> EntryProcess {
+        EntryProcess::start(
+            "trust_worker_entry",
+            TRUST_WORKER_ENV,
+            &format!("{url} {namespace}"),
+        )
     }
 }
 

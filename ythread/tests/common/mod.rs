@@ -181,3 +181,62 @@ pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A process running `entry`, one of this test binary's entry points (see
+/// [`entry_args`]), with the variable `name` set to `value`; started once it
+/// prints a line beginning with "ready"; killed (and reaped) when dropped.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) struct EntryProcess {
+    child: std::process::Child,
+}
+
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+impl EntryProcess {
+    pub(crate) fn start(entry: &str, name: &str, value: &str) -> EntryProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(entry_args(entry))
+            .arg("--nocapture")
+            .env(name, value)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // (Dropped on a failure to start: killed.)
+        let process = EntryProcess { child };
+        loop {
+            let line = lines.next().expect("the entry point started").unwrap();
+            if line.starts_with("ready") {
+                break;
+            }
+        }
+        // Keep reading its stdout, so that it never blocks on a full pipe.
+        thread::spawn(move || for _ in lines {});
+        process
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its peak resident memory (`VmHWM`), in KiB.
+    pub(crate) fn peak_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EntryProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
