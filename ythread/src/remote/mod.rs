@@ -70,9 +70,12 @@
 //! - A call sent again unchanged (a replay) before its deadline may run
 //!   again (a worker drops a second copy it receives itself; another worker
 //!   runs it): work with side effects should be idempotent.
-//! - async-nats drops its connection on a header block it cannot parse:
-//!   whoever may publish calls can make workers reconnect (calls in flight
-//!   then fail `MayHaveRun`).
+//! - A replay can draw a worker's signed "busy" refusal while the original
+//!   runs on another worker: under a shared credential, `Unavailable` from
+//!   a worker describes the copy that worker received.
+//! - async-nats drops its connection on a header block it cannot parse, or
+//!   a reply subject that is not UTF-8: whoever may publish calls can make
+//!   workers reconnect (calls in flight then fail `MayHaveRun`).
 //! - Under a shared credential, a forged "no responders" notice can fail a
 //!   call `Unavailable` that a worker then runs; per-role permissions (no
 //!   one but workers publishes on requesters' inboxes) exclude it.

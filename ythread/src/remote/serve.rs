@@ -31,11 +31,6 @@ pub(super) const MAX_FORWARDING: usize = 256;
 /// in bytes: what keeps a flood of empty calls bounded too.
 const CALL_COST: usize = 1024;
 
-/// Arguments up to this size are copied out of the message as it arrives,
-/// so that the client's read buffer (and a large header block an attacker
-/// may add) is not kept alive by a call that waits.
-const COPIED: usize = 64 << 10;
-
 /// Whether a worker may answer on `reply_to`: not on the system's subjects
 /// (`$JS.API...`, `$SYS...`), nor on ythread's own (calls, the shared
 /// queue, cancellations), where a caller's made-up reply subject would have
@@ -181,11 +176,19 @@ impl SignedReplies {
 /// what has expired is forgotten, and then new ones are not kept; an expiry
 /// is kept no further than [`MAX_KEPT_FOR`] from now (a made-up one cannot
 /// hold an entry for good).
+///
+/// A subject is kept as a 64-bit hash of it (SipHash, with a key of this
+/// process's: no one can aim for a collision), so a million of them take
+/// about 32 MiB.
 #[derive(Default)]
-pub(super) struct ReplySubjects(Mutex<HashMap<String, u64>>);
+pub(super) struct ReplySubjects {
+    kept: Mutex<HashMap<u64, u64>>,
+    hasher: std::collections::hash_map::RandomState,
+}
 
-/// Subjects kept at most, each store.
-const MAX_KEPT: usize = 65_536;
+/// Subjects kept at most, each store: a million calls within their
+/// deadlines (17,000 a second with one-minute deadlines).
+const MAX_KEPT: usize = 1 << 20;
 
 /// How long a subject is kept at most: calls wait in the shared queue no
 /// longer than their requester's deadline, and calls that would wait longer
@@ -203,20 +206,22 @@ enum Kept {
 }
 
 impl ReplySubjects {
-    fn contains(&self, reply_to: &str) -> bool {
-        self.0.lock().contains_key(reply_to)
+    fn hash(&self, reply_to: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(reply_to)
     }
 
-    /// Keeps `reply_to` until `expires` (ms since the epoch); `swept`: the
-    /// store was swept of expired subjects in this batch already.
-    fn insert(
-        kept: &mut HashMap<String, u64>,
-        reply_to: &str,
-        expires: u64,
-        swept: &mut bool,
-    ) -> Kept {
+    fn contains(&self, reply_to: &str) -> bool {
+        let hash = self.hash(reply_to);
+        self.kept.lock().contains_key(&hash)
+    }
+
+    /// Keeps `reply_to` (its hash) until `expires` (ms since the epoch);
+    /// `swept`: the store was swept of expired subjects in this batch
+    /// already.
+    fn insert(kept: &mut HashMap<u64, u64>, hash: u64, expires: u64, swept: &mut bool) -> Kept {
         let now = epoch_ms_in(Duration::ZERO);
-        if kept.contains_key(reply_to) {
+        if kept.contains_key(&hash) {
             return Kept::Known;
         }
         if kept.len() >= MAX_KEPT {
@@ -231,13 +236,14 @@ impl ReplySubjects {
                 return Kept::Full;
             }
         }
-        kept.insert(reply_to.to_owned(), expires.min(epoch_ms_in(MAX_KEPT_FOR)));
+        kept.insert(hash, expires.min(epoch_ms_in(MAX_KEPT_FOR)));
         Kept::New
     }
 
     /// Keeps the reply subject of a call received, until it expires.
     fn note(&self, reply_to: &str, expires: u64) -> Kept {
-        Self::insert(&mut self.0.lock(), reply_to, expires, &mut false)
+        let hash = self.hash(reply_to);
+        Self::insert(&mut self.kept.lock(), hash, expires, &mut false)
     }
 
     /// Takes the cancellations of one message: lines `<reply subject>
@@ -247,7 +253,7 @@ impl ReplySubjects {
             return;
         };
         let now = epoch_ms_in(Duration::ZERO);
-        let mut cancelled = self.0.lock();
+        let mut cancelled = self.kept.lock();
         let mut swept = false;
         for line in text.lines() {
             let Some((reply_to, expires)) = line.split_once(' ') else {
@@ -259,7 +265,8 @@ impl ReplySubjects {
             if expires <= now || reply_to.len() > 1024 {
                 continue;
             }
-            if Self::insert(&mut cancelled, reply_to, expires, &mut swept) == Kept::Full {
+            let hash = self.hash(reply_to);
+            if Self::insert(&mut cancelled, hash, expires, &mut swept) == Kept::Full {
                 return;
             }
         }
@@ -529,28 +536,11 @@ pub(super) async fn serve_function(
                 Kept::Full => sign_refusals = false,
             }
         }
-        // Small arguments are copied (below), and the rest of the message
-        // let go (a slice of it would keep the client's read buffer alive,
-        // however large the rest was); large ones are kept as the client
-        // read them, with their headers: those count too.
-        let kept_headers = if message.payload.len() <= COPIED {
-            0
-        } else {
-            headers.map_or(0, |headers| {
-                headers
-                    .iter()
-                    .map(|(name, values)| {
-                        let name: &str = name.as_ref();
-                        name.len() + values.iter().map(|v| v.as_str().len() + 4).sum::<usize>()
-                    })
-                    .sum()
-            })
-        };
-        let cost = message
-            .payload
-            .len()
-            .saturating_add(kept_headers)
-            .saturating_add(CALL_COST);
+        // The arguments are copied out of the message, and the rest of it let
+        // go: a slice of it would keep the client's read buffer alive, with
+        // whatever else came in it (a header block of any size, padded so
+        // that its parsed values look small).
+        let cost = message.payload.len().saturating_add(CALL_COST);
         let permit = u32::try_from(cost).ok().and_then(|cost| {
             Arc::clone(&serving.pending)
                 .try_acquire_many_owned(cost)
@@ -567,11 +557,8 @@ pub(super) async fn serve_function(
                 .await;
             continue;
         };
-        let args = if message.payload.len() <= COPIED {
-            Bytes::copy_from_slice(&message.payload)
-        } else {
-            message.payload
-        };
+        let args = Bytes::copy_from_slice(&message.payload);
+        drop(message.payload);
         let call = Call {
             function: Arc::clone(&function),
             deadline: deadline_of(headers),
@@ -894,7 +881,7 @@ mod tests {
         assert!(cancelled.contains("a.1") && cancelled.contains("a.2"));
         assert!(!cancelled.contains("a.3") && !cancelled.contains("a.4"));
         // A made-up expiry is kept an hour at most.
-        let kept = cancelled.0.lock()["a.1"];
+        let kept = cancelled.kept.lock()[&cancelled.hash("a.1")];
         assert!(kept <= epoch_ms_in(MAX_KEPT_FOR), "{kept}");
         assert!(!cancelled.contains(&"x".repeat(2000)));
         cancelled.add(&[0xff, 0xfe]);
@@ -903,7 +890,7 @@ mod tests {
             .map(|i| format!("b.{i} {soon}\n"))
             .collect();
         cancelled.add(lines.as_bytes());
-        assert_eq!(cancelled.0.lock().len(), MAX_KEPT);
+        assert_eq!(cancelled.kept.lock().len(), MAX_KEPT);
         assert_eq!(cancelled.note("c.1", soon), Kept::Full);
         let seen = ReplySubjects::default();
         assert_eq!(seen.note("d.1", soon), Kept::New);
