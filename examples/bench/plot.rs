@@ -12,9 +12,12 @@ use plotters::prelude::*;
 use crate::model::{Load, Results};
 use crate::variants::Family;
 
-/// Distinct on white and for the common colour-blindnesses (Okabe–Ito plus
-/// greys); cycled if there are more rows.
-const COLORS: [RGBColor; 10] = [
+/// Distinct on white and for the common colour-blindnesses (Okabe–Ito, its
+/// yellow darkened for contrast on white, plus greys and browns): one for
+/// each of the benchmark's 11 rows and one to spare, so no two rows share a
+/// colour (with 10, the 11th row was black like the first); cycled only if
+/// there are more rows.
+const COLORS: [RGBColor; 12] = [
     RGBColor(0, 0, 0),
     RGBColor(230, 159, 0),
     RGBColor(86, 180, 233),
@@ -23,8 +26,10 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(0, 114, 178),
     RGBColor(204, 121, 167),
     RGBColor(140, 140, 140),
-    RGBColor(240, 228, 66),
-    RGBColor(90, 60, 20),
+    RGBColor(180, 160, 0),
+    RGBColor(120, 70, 20),
+    RGBColor(100, 60, 160),
+    RGBColor(170, 30, 60),
 ];
 
 /// Draws the plot into `path`.
@@ -205,8 +210,12 @@ where
             chart.draw_series(LineSeries::new(points.clone(), style))
         }
         .map_err(|e| e.to_string())?;
+        // The legend draws a row's line as the plot does: dashed for peers.
+        let gap = if family == Family::Peer { (8, 13) } else { (20, 20) };
         drawn.label(name).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            EmptyElement::at((x, y))
+                + PathElement::new(vec![(0, 0), (gap.0, 0)], color.stroke_width(2))
+                + PathElement::new(vec![(gap.1, 0), (20, 0)], color.stroke_width(2))
         });
         chart
             .draw_series(
