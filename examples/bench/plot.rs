@@ -211,7 +211,11 @@ where
         }
         .map_err(|e| e.to_string())?;
         // The legend draws a row's line as the plot does: dashed for peers.
-        let gap = if family == Family::Peer { (8, 13) } else { (20, 20) };
+        let gap = if family == Family::Peer {
+            (8, 13)
+        } else {
+            (20, 20)
+        };
         drawn.label(name).legend(move |(x, y)| {
             EmptyElement::at((x, y))
                 + PathElement::new(vec![(0, 0), (gap.0, 0)], color.stroke_width(2))
