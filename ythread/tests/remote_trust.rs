@@ -1365,6 +1365,44 @@ fn permission_mistakes_fail_at_once_naming_the_permission() {
     });
 }
 
+/// A worker whose user may not read its own inbox (where JetStream's
+/// answers come) fails to start at once, naming its inbox: it used to wait
+/// out the queue's timeouts (10 s), then start, blaming JetStream.
+#[test]
+fn a_worker_that_may_not_read_its_inbox_fails_to_start_at_once() {
+    common::watchdog(Duration::from_secs(60), || {
+        let config = r#"
+            authorization {
+              users = [
+                { user: blind, password: b, permissions: {
+                    subscribe = ["ythread.>", "ythread-cancel.>"]
+                } }
+              ]
+            }
+        "#;
+        let server = nats_with("inbox", config, &["-js"]);
+        let started = Instant::now();
+        let error = worker(server.url(), "inbox", 1)
+            .connect_options(async_nats::ConnectOptions::with_user_and_password(
+                "blind".into(),
+                "b".into(),
+            ))
+            .start()
+            .unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{error}"
+        );
+        assert!(error.to_string().contains("its own inbox"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
+
 // --- 8. payloads as large as the server allows ------------------------------
 
 #[test]

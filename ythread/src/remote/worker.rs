@@ -395,7 +395,13 @@ impl WorkerBuilder {
                 .map_err(|error| io::Error::other(format!("NATS at {url}: {error}")))?;
             let queue = shared_queue.then(|| Arc::new(Queue::new(&client, &namespace)));
             if let Some(queue) = &queue {
-                let _ = queue.open().await;
+                // Its requests' answers come to this worker's inbox: if NATS
+                // refuses that subscription, they never come, and opening
+                // would wait out its timeouts. Fail at once instead (below).
+                tokio::select! {
+                    _ = queue.open() => {}
+                    () = starting.refused.notified() => {}
+                }
             }
             let (stop, stopping) = watch::channel(false);
             let (deadline, max_pending_bytes) = settings;
@@ -541,6 +547,8 @@ struct Events {
     serving: OnceLock<Arc<Serving>>,
     /// The first subscription NATS refused, in its words.
     refused_subscription: Mutex<Option<String>>,
+    /// Told when one is.
+    refused: tokio::sync::Notify,
 }
 
 impl Events {
@@ -558,6 +566,7 @@ impl Events {
             self.refused_subscription
                 .lock()
                 .get_or_insert_with(|| text.clone());
+            self.refused.notify_one();
             return;
         }
         let Some(serving) = self.serving.get() else {
