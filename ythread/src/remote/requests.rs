@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -64,9 +64,6 @@ pub(super) struct Calls {
     key: Option<Key>,
     /// Replies dropped because they did not verify with the key.
     rejected: AtomicU64,
-    /// Messages on the inbox that answered no call in flight (late replies
-    /// to calls out of time, duplicates, strangers').
-    strays: AtomicUsize,
     /// Why the server refused the inbox's subscription, if it did: no reply
     /// can come, so no call is sent.
     inbox_refused: Mutex<Option<String>>,
@@ -105,7 +102,6 @@ impl Calls {
             pending: Mutex::new(HashMap::new()),
             key,
             rejected: AtomicU64::new(0),
-            strays: AtomicUsize::new(0),
             inbox_refused: Mutex::new(None),
         }
     }
@@ -158,15 +154,15 @@ impl Calls {
             .strip_prefix(self.inbox.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
             .and_then(|number| u64::from_str_radix(number, 16).ok());
+        // (Anything else on the inbox, a late reply to a call out of time
+        // included, answers nothing.)
         let Some(number) = number else {
-            self.strays.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let answer = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             Answer::NoResponders
         } else if message.status.is_some() {
             // Another status (a server's notice, not a reply).
-            self.strays.fetch_add(1, Ordering::Relaxed);
             return;
         } else {
             if let Some(key) = &self.key {
@@ -191,13 +187,8 @@ impl Calls {
             }
             Answer::Reply(message.payload)
         };
-        match self.pending.lock().remove(&number) {
-            Some(pending) => {
-                let _ = pending.answer.try_send(answer);
-            }
-            None => {
-                self.strays.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(pending) = self.pending.lock().remove(&number) {
+            let _ = pending.answer.try_send(answer);
         }
     }
 
