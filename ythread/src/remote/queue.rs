@@ -273,7 +273,7 @@ impl Queue {
                 .get_or_create_consumer(&name, config.clone())
                 .await
                 .map_err(|error| error.to_string())?;
-            check_consumer(&consumer.cached_info().config, &config)?;
+            check_consumer(&self.config.name, &consumer.cached_info().config, &config)?;
             Ok(consumer)
         }
         .await;
@@ -320,21 +320,32 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
     if found.allow_rollup || found.sealed {
         wrong.push("rollups allowed, or sealed".to_owned());
     }
+    not_ythreads(
+        &format!("the stream `{}`", found.name),
+        &wrong,
+        &format!("`nats stream rm {}`", found.name),
+    )
+}
+
+/// `Ok` if nothing is `wrong` with what was found on the server; otherwise
+/// what is, and how to remove `what` for the workers to make it again.
+fn not_ythreads(what: &str, wrong: &[String], remove: &str) -> Result<(), String> {
     if wrong.is_empty() {
         return Ok(());
     }
     Err(format!(
-        "the stream `{}` on the NATS server is not the one ythread makes ({}): ythread did not \
-         make it, or it was changed; delete it (`nats stream rm {}`) for the workers to make it \
-         again",
-        found.name,
-        wrong.join("; "),
-        found.name
+        "{what} on the NATS server is not the one ythread makes ({}): ythread did not make it, \
+         or it was changed; delete it ({remove}) for the workers to make it again",
+        wrong.join("; ")
     ))
 }
 
 /// Checks a consumer found on the server against the one ythread makes.
-fn check_consumer(found: &consumer::Config, wanted: &consumer::pull::Config) -> Result<(), String> {
+fn check_consumer(
+    stream: &str,
+    found: &consumer::Config,
+    wanted: &consumer::pull::Config,
+) -> Result<(), String> {
     let mut wrong = Vec::new();
     if found.ack_policy != wanted.ack_policy {
         wrong.push(format!("ack_policy {:?}, not Explicit", found.ack_policy));
@@ -363,15 +374,12 @@ fn check_consumer(found: &consumer::Config, wanted: &consumer::pull::Config) -> 
             found.deliver_policy
         ));
     }
-    if wrong.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "the consumer `{}` on the NATS server is not the one ythread makes ({}): ythread did \
-         not make it, or it was changed; delete it for the workers to make it again",
-        found.durable_name.as_deref().unwrap_or_default(),
-        wrong.join("; ")
-    ))
+    let name = found.durable_name.as_deref().unwrap_or_default();
+    not_ythreads(
+        &format!("the consumer `{name}`"),
+        &wrong,
+        &format!("`nats consumer rm {stream} {name}`"),
+    )
 }
 
 /// A function's pull consumer.
