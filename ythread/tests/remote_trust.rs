@@ -200,6 +200,32 @@ impl Raw {
         });
     }
 
+    /// The subject of the calls of `namespace` that `call` makes, as this
+    /// client sees one go by. `call` runs on a thread of its own, again
+    /// each second until a call is seen (once, under the load of the other
+    /// tests, a single one was not seen within 10 s).
+    fn subject_of(&self, namespace: &str, call: impl Fn() + Send + Sync + 'static) -> String {
+        let seen: Arc<Mutex<Option<String>>> = Arc::default();
+        let found = Arc::clone(&seen);
+        self.on(&format!("ythread.{namespace}.>"), move |message| {
+            found
+                .lock()
+                .unwrap()
+                .get_or_insert(message.subject.to_string());
+        });
+        let call = Arc::new(call);
+        let mut called = Instant::now() - Duration::from_secs(1);
+        eventually("a call was seen", || {
+            if called.elapsed() >= Duration::from_secs(1) {
+                called = Instant::now();
+                let call = Arc::clone(&call);
+                thread::spawn(move || call());
+            }
+            seen.lock().unwrap().is_some()
+        });
+        seen.lock().unwrap().clone().unwrap()
+    }
+
     fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap().clone()
     }
@@ -400,27 +426,19 @@ fn a_worker_answers_on_no_subject_of_its_own_or_the_systems() {
         let server = nats(&["-js"]);
         let url = server.url();
         let worker = worker(url, "reply", 1).start().unwrap();
-        let cpu = Remote::builder(url).namespace("reply").connect().unwrap();
+        let cpu = Arc::new(Remote::builder(url).namespace("reply").connect().unwrap());
         let sniffer = Raw::connect(url, async_nats::ConnectOptions::new());
-        let seen: Arc<Mutex<Option<String>>> = Arc::default();
         let published: Arc<Mutex<Vec<String>>> = Arc::default();
-        {
-            let seen = Arc::clone(&seen);
-            sniffer.on("ythread.reply.>", move |message| {
-                seen.lock()
-                    .unwrap()
-                    .get_or_insert(message.subject.to_string());
+        for subject in ["$JS.API.>", "ythread-queue.>", "ythread-cancel.>"] {
+            let published = Arc::clone(&published);
+            sniffer.on(subject, move |message| {
+                published.lock().unwrap().push(message.subject.to_string());
             });
-            for subject in ["$JS.API.>", "ythread-queue.>", "ythread-cancel.>"] {
-                let published = Arc::clone(&published);
-                sniffer.on(subject, move |message| {
-                    published.lock().unwrap().push(message.subject.to_string());
-                });
-            }
         }
-        assert_eq!(call_slow_sum(3, 0).run_with(&cpu).unwrap(), 6);
-        eventually("a call was seen", || seen.lock().unwrap().is_some());
-        let subject = seen.lock().unwrap().clone().unwrap();
+        assert_eq!(call_slow_sum(3, 0).run_with(&*cpu).unwrap(), 6);
+        let subject = sniffer.subject_of("reply", move || {
+            let _ = call_slow_sum(3, 0).run_with(&*cpu);
+        });
         published.lock().unwrap().clear();
         for reply in [
             "$JS.API.STREAM.DELETE.ythread-reply",
@@ -591,24 +609,10 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
             }
             // A call of `echo` with 1,000,000 bytes of arguments.
             let subject = {
-                let sniffer = Raw::connect(url, async_nats::ConnectOptions::new());
-                let seen: Arc<Mutex<Option<String>>> = Arc::default();
-                let found = Arc::clone(&seen);
-                sniffer.on("ythread.flood.>", move |message| {
-                    *found.lock().unwrap() = Some(message.subject.to_string());
-                });
-                // (Sent again each second until seen: once, under the load
-                // of the other tests, it was not seen within 10 s.)
-                let mut probed = Instant::now() - Duration::from_secs(1);
-                eventually("a call of echo was seen", || {
-                    if probed.elapsed() >= Duration::from_secs(1) {
-                        probed = Instant::now();
-                        let cpu = Arc::clone(&cpu);
-                        thread::spawn(move || call_echo(vec![]).run_with(&*cpu));
-                    }
-                    seen.lock().unwrap().is_some()
-                });
-                seen.lock().unwrap().clone().unwrap()
+                let cpu = Arc::clone(&cpu);
+                flood.subject_of("flood", move || {
+                    let _ = call_echo(vec![]).run_with(&*cpu);
+                })
             };
             let mut args = vec![0xc0, 0x84, 0x3d]; // the varint of 1,000,000
             args.extend(vec![7u8; 1_000_000]);
@@ -685,21 +689,18 @@ fn a_burst_of_short_calls_is_answered_whole() {
         let server = nats(&[]);
         let url = server.url();
         let _worker = worker(url, "burst", 2).start().unwrap();
-        let cpu = Remote::builder(url).namespace("burst").connect().unwrap();
+        let cpu = Arc::new(Remote::builder(url).namespace("burst").connect().unwrap());
         let sniffer = Raw::connect(url, async_nats::ConnectOptions::new());
-        let seen: Arc<Mutex<Option<String>>> = Arc::default();
-        {
-            let seen = Arc::clone(&seen);
-            sniffer.on("ythread.burst.>", move |message| {
-                *seen.lock().unwrap() = Some(message.subject.to_string());
-            });
-        }
         // Known as short here, after a few calls.
         for n in 0..10 {
-            assert_eq!(call_slow_sum(n, 0).run_with(&cpu).unwrap(), n * (n + 1) / 2);
+            assert_eq!(
+                call_slow_sum(n, 0).run_with(&*cpu).unwrap(),
+                n * (n + 1) / 2
+            );
         }
-        eventually("a call was seen", || seen.lock().unwrap().is_some());
-        let subject = seen.lock().unwrap().clone().unwrap();
+        let subject = sniffer.subject_of("burst", move || {
+            let _ = call_slow_sum(3, 0).run_with(&*cpu);
+        });
         let answers: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         {
             let answers = Arc::clone(&answers);
