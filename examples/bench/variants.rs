@@ -88,6 +88,25 @@ impl Variant {
         }
     }
 
+    /// The yieldable server as the 2009 post runs it, a new thread for every
+    /// connection, beside the rows that reuse threads: what the reuse saves.
+    fn new_threads<A>(name: &'static str, make: fn() -> A) -> Variant
+    where
+        A: Apply + Clone + Send + 'static,
+    {
+        Variant {
+            name,
+            family: Family::Ours,
+            start: Box::new(move |listener| {
+                Ok(Box::new(Server::start_yieldable_new_threads(
+                    listener,
+                    limits(),
+                    make(),
+                )?))
+            }),
+        }
+    }
+
     /// A peer server.
     fn peer(name: &'static str, start: fn(TcpListener) -> io::Result<Box<dyn Running>>) -> Variant {
         Variant {
@@ -109,6 +128,7 @@ impl Variant {
 /// The row names the targets refer to.
 pub(crate) const PLAIN: &str = "plain threads";
 pub(crate) const INLINE: &str = "ythread Inline";
+pub(crate) const INLINE_NEW_THREADS: &str = "ythread Inline, a new thread each";
 pub(crate) const POOL: &str = "ythread Pool";
 pub(crate) const BOUNDED: &str = "ythread Bounded(cores)";
 pub(crate) const PROCESSES: &str = "ythread Processes";
@@ -134,6 +154,7 @@ pub(crate) fn all() -> Vec<Variant> {
         Variant::ythread(POOL, Family::Seed, Pool::default),
         Variant::ythread(PROCESSES, Family::Seed, processes),
         Variant::ythread(BOUNDED, Family::Ours, Bounded::per_core),
+        Variant::new_threads(INLINE_NEW_THREADS, || Inline),
         Variant::ythread(REMOTE, Family::Ours, crate::remote::remote),
         Variant::ythread(REMOTE_RANDOM, Family::Ours, crate::remote::remote_random),
         Variant::peer("tokio + spawn_blocking", |l| {

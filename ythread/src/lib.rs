@@ -122,6 +122,7 @@ pub mod processes;
 pub mod remote;
 mod sync;
 mod thread;
+mod thread_cache;
 
 pub use apply::{
     Apply, ApplyFn, Bounded, Exclusive, Inline, Pool, PoolBuilder, WhenFull, apply_fn,
@@ -133,6 +134,7 @@ pub use handler::{BoxYieldable, WithStackSize, Yieldable};
 pub use job::Job;
 pub use processes::{Processes, ProcessesBuilder};
 pub use thread::{YieldableThread, spawn};
+pub use thread_cache::{CachedJoinHandle, DEFAULT_KEEP_ALIVE, ThreadCache, ThreadCacheBuilder};
 
 /// Marks a function as a yieldable handler.
 ///

@@ -1,0 +1,513 @@
+//! `ThreadCache`: OS threads kept after their handler returns, to run the
+//! next one, so that a thread-per-connection server pays for a thread once,
+//! not once per connection.
+
+use std::fmt;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::apply::Apply;
+use crate::coroutine::default_stack_size;
+use crate::handler::Yieldable;
+
+/// How long an idle thread waits for a handler before it exits, unless
+/// [`ThreadCacheBuilder::keep_alive`] says otherwise: tokio's blocking pool's
+/// default.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Keeps the OS threads that ran handlers once they return, and runs the
+/// next handler on one of them instead of on a new thread; Java's *cached
+/// thread pool*, for [`YieldableThread`](crate::YieldableThread)s.
+///
+/// Creating an OS thread costs tens of microseconds (its stack mapped, its
+/// guard page, `clone`, and its exit); a server that starts one per
+/// connection pays that on every connection, where an async server pays for
+/// a task. [`spawn`](ThreadCache::spawn) hands the handler to a thread that
+/// has finished its last one and waits, the one that finished last (its
+/// caches are the warmest); only when none waits does it start a new
+/// thread. So the server keeps its straight-line handlers and one thread
+/// per connection in flight, and pays for threads only as the number of
+/// connections in flight grows.
+///
+/// A thread waits [`DEFAULT_KEEP_ALIVE`] for its next handler, then exits;
+/// at most [`max_idle`](ThreadCacheBuilder::max_idle) threads wait at once.
+/// Clones share the threads. Once the last clone is dropped, idle threads
+/// exit at once and busy ones once their handler returns.
+///
+/// # What a reused thread means
+///
+/// A handler may find the thread it runs on used before, which code written
+/// for a fresh thread may not expect:
+///
+/// - **Thread-locals** keep the values the previous handlers on this thread
+///   left in them, and their destructors run when the thread exits, not when
+///   a handler returns. Keep per-request state in the handler's locals, not
+///   in thread-locals (or reset it when the handler starts). ythread's own
+///   per-thread state (the running handler, the permits of `Bounded`) is
+///   back to empty whenever a handler returns.
+/// - **A panic** in a handler is caught on its thread and returned by
+///   [`CachedJoinHandle::join`], as a std thread's is; the panic hook runs
+///   (and prints) first, as for a std thread. The thread then takes the next
+///   handler.
+/// - **The thread's name and stack size** are the cache's, set once with
+///   [`ThreadCacheBuilder`]: a handler cannot rename its thread for itself.
+///
+/// # Example
+///
+/// ```
+/// use ythread::{Pool, ThreadCache, offload, yieldable};
+///
+/// fn sumn(n: u64) -> u64 { (1..=n).sum() }
+///
+/// #[yieldable]
+/// fn handle(n: u64) -> u64 {
+///     offload!(sumn, n)
+/// }
+///
+/// let threads = ThreadCache::builder().name("handler").build();
+/// let pool = Pool::new(2);
+/// for n in 1..=3 {
+///     // After the first, each handler runs on the thread the last one used.
+///     let handle = threads.spawn(pool.clone(), handle(n * 100))?;
+///     assert_eq!(handle.join().unwrap(), (1..=n * 100).sum::<u64>());
+/// }
+/// assert_eq!(threads.threads(), 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ThreadCache {
+    shared: Arc<Shared>,
+    /// Dropped with the last clone: then the idle threads exit.
+    _owner: Arc<Owner>,
+}
+
+/// Builds a [`ThreadCache`]: the settings of its threads, and how long and
+/// how many of them wait for the next handler.
+#[derive(Debug, Clone)]
+#[must_use = "call `build` to get the cache"]
+pub struct ThreadCacheBuilder {
+    settings: Settings,
+}
+
+/// Waits for a handler spawned on a [`ThreadCache`] and takes its result:
+/// [`std::thread::JoinHandle`]'s counterpart for a thread that outlives its
+/// handler.
+///
+/// Dropping it detaches the handler, which runs on.
+pub struct CachedJoinHandle<T> {
+    packet: Arc<Packet<T>>,
+    thread: Thread,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    name: Option<String>,
+    stack_size: Option<usize>,
+    coroutine_stack_size: Option<usize>,
+    keep_alive: Duration,
+    max_idle: usize,
+}
+
+/// What the cache and its threads share.
+struct Shared {
+    settings: Settings,
+    state: Mutex<State>,
+    /// Signalled when a thread exits.
+    exited: Condvar,
+}
+
+struct State {
+    /// The threads waiting for a handler, the one that became idle last at
+    /// the end.
+    idle: Vec<Arc<Slot>>,
+    /// Threads started and not yet exited.
+    threads: usize,
+    /// The last clone was dropped, or `shutdown` called: no thread waits
+    /// for another handler.
+    closed: bool,
+}
+
+/// Where an idle thread waits for its next handler.
+struct Slot {
+    next: Mutex<Next>,
+    wake: Condvar,
+    thread: Thread,
+}
+
+enum Next {
+    Wait,
+    Run(Task),
+    Exit,
+}
+
+/// Runs a handler; returns what hands its result to its join handle.
+type Task = Box<dyn FnOnce() -> Publish + Send>;
+
+/// Hands a handler's result to its join handle.
+type Publish = Box<dyn FnOnce() + Send>;
+
+struct Owner(Arc<Shared>);
+
+/// Where a handler's result waits for [`CachedJoinHandle::join`].
+struct Packet<T> {
+    result: Mutex<Option<thread::Result<T>>>,
+    done: Condvar,
+}
+
+impl ThreadCache {
+    /// A cache with the default settings: threads named as std names them
+    /// (not at all), std's stack size, waiting [`DEFAULT_KEEP_ALIVE`], any
+    /// number of them.
+    pub fn new() -> ThreadCache {
+        ThreadCache::builder().build()
+    }
+
+    /// A builder, to name the threads or set their stack sizes, how long
+    /// they wait and how many wait at once.
+    pub fn builder() -> ThreadCacheBuilder {
+        ThreadCacheBuilder {
+            settings: Settings {
+                name: None,
+                stack_size: None,
+                coroutine_stack_size: None,
+                keep_alive: DEFAULT_KEEP_ALIVE,
+                max_idle: usize::MAX,
+            },
+        }
+    }
+
+    /// Runs `handler` to completion on a thread of the cache, handing its
+    /// offloaded work to `apply`, as
+    /// [`YieldableThread::apply(apply).spawn(handler)`](crate::YieldableThread::spawn)
+    /// does on a new thread: on the idle thread that finished last, or on a
+    /// new thread if none is idle.
+    ///
+    /// The handler's coroutine is created on that thread and never leaves
+    /// it, as with [`YieldableThread`](crate::YieldableThread).
+    ///
+    /// # Errors
+    ///
+    /// Fails if no thread is idle and the OS cannot create one, as
+    /// [`std::thread::Builder::spawn`] does.
+    pub fn spawn<A, H>(&self, apply: A, handler: H) -> io::Result<CachedJoinHandle<H::Output>>
+    where
+        A: Apply + Send + 'static,
+        H: Yieldable + Send + 'static,
+        H::Output: Send + 'static,
+    {
+        let packet = Arc::new(Packet {
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        let coroutine_stack_size = self.shared.settings.coroutine_stack_size;
+        let result = Arc::clone(&packet);
+        let task: Task = Box::new(move || {
+            let stack_size = coroutine_stack_size.unwrap_or_else(default_stack_size);
+            let outcome = catch_unwind(AssertUnwindSafe(|| handler.__drive(&apply, stack_size)));
+            Box::new(move || result.set(outcome))
+        });
+        let thread = match self.shared.take_idle() {
+            Some(slot) => {
+                let thread = slot.thread.clone();
+                slot.hand(task);
+                thread
+            }
+            None => self.shared.start(task)?,
+        };
+        Ok(CachedJoinHandle { packet, thread })
+    }
+
+    /// The threads of this cache now: running a handler or idle.
+    pub fn threads(&self) -> usize {
+        self.shared.state.lock().threads
+    }
+
+    /// The threads idle now, waiting for a handler.
+    pub fn idle(&self) -> usize {
+        self.shared.state.lock().idle.len()
+    }
+
+    /// Stops keeping threads and waits until every thread of the cache has
+    /// exited: the idle ones at once, the busy ones once their handler
+    /// returns. Every clone sees it. Handlers spawned from now on still run,
+    /// each on a new thread that exits when it returns.
+    ///
+    /// Called from a handler on one of the cache's threads, it waits for
+    /// the others, not for its own.
+    pub fn shutdown(&self) {
+        self.shared.close();
+        let mine = usize::from(self.shared.is_one_of_mine());
+        let mut state = self.shared.state.lock();
+        while state.threads > mine {
+            self.shared.exited.wait(&mut state);
+        }
+    }
+}
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        ThreadCache::new()
+    }
+}
+
+impl fmt::Debug for ThreadCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("ThreadCache")
+            .field("settings", &self.shared.settings)
+            .field("threads", &state.threads)
+            .field("idle", &state.idle.len())
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+impl ThreadCacheBuilder {
+    /// Names every thread of the cache, as [`std::thread::Builder::name`]
+    /// does.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = Some(name.into());
+        self
+    }
+
+    /// Sets the OS stack size of every thread of the cache, as
+    /// [`std::thread::Builder::stack_size`] does. Work run
+    /// [`Inline`](crate::Inline) or under [`Bounded`](crate::Bounded) runs on
+    /// this stack.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.settings.stack_size = Some(bytes);
+        self
+    }
+
+    /// Sets the size of the coroutine stack handlers run on, as
+    /// [`YieldableThread::coroutine_stack_size`](crate::YieldableThread::coroutine_stack_size)
+    /// does. A thread keeps the stack of its last handler for its next.
+    pub fn coroutine_stack_size(mut self, bytes: usize) -> Self {
+        self.settings.coroutine_stack_size = Some(bytes);
+        self
+    }
+
+    /// How long a thread waits for its next handler before it exits;
+    /// [`DEFAULT_KEEP_ALIVE`] unless set. `Duration::ZERO` keeps no thread
+    /// waiting.
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.settings.keep_alive = keep_alive;
+        self
+    }
+
+    /// How many threads may wait for a handler at once; a thread whose
+    /// handler returns while that many wait exits. Any number unless set.
+    /// An idle thread holds its OS stack (what it touched of it stays
+    /// resident) and one coroutine stack.
+    pub fn max_idle(mut self, threads: usize) -> Self {
+        self.settings.max_idle = threads;
+        self
+    }
+
+    /// The cache. It starts no thread until the first
+    /// [`spawn`](ThreadCache::spawn).
+    pub fn build(self) -> ThreadCache {
+        let shared = Arc::new(Shared {
+            settings: self.settings,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                threads: 0,
+                closed: false,
+            }),
+            exited: Condvar::new(),
+        });
+        ThreadCache {
+            _owner: Arc::new(Owner(Arc::clone(&shared))),
+            shared,
+        }
+    }
+}
+
+impl Shared {
+    /// The idle thread that became idle last, taken out of the idle list.
+    fn take_idle(&self) -> Option<Arc<Slot>> {
+        self.state.lock().idle.pop()
+    }
+
+    /// Starts a new thread running `task`, then waiting for more.
+    fn start(self: &Arc<Self>, task: Task) -> io::Result<Thread> {
+        let mut builder = thread::Builder::new();
+        if let Some(name) = &self.settings.name {
+            builder = builder.name(name.clone());
+        }
+        if let Some(bytes) = self.settings.stack_size {
+            builder = builder.stack_size(bytes);
+        }
+        self.state.lock().threads += 1;
+        let shared = Arc::clone(self);
+        match builder.spawn(move || shared.work(task)) {
+            Ok(handle) => Ok(handle.thread().clone()),
+            Err(error) => {
+                // Never started: undo the count, as an exit would.
+                self.exit();
+                Err(error)
+            }
+        }
+    }
+
+    /// A thread of the cache: runs `task`, then waits for the next one
+    /// until the cache closes, too many wait, or none comes in time.
+    fn work(self: Arc<Self>, task: Task) {
+        MINE.with(|mine| mine.set(Arc::as_ptr(&self) as usize));
+        let slot = Arc::new(Slot {
+            next: Mutex::new(Next::Wait),
+            wake: Condvar::new(),
+            thread: thread::current(),
+        });
+        let mut task = Some(task);
+        while let Some(run) = task.take() {
+            let publish = run();
+            // Idle before the result is out: whoever waits for it and
+            // spawns the next handler at once finds this thread, rather
+            // than racing it to the idle list and starting another.
+            let idle = self.become_idle(&slot);
+            publish();
+            if idle {
+                task = self.wait_for_next(&slot);
+            }
+        }
+        self.exit();
+    }
+
+    /// Puts `slot` in the idle list, unless the cache is closed or enough
+    /// threads wait; returns whether it did.
+    fn become_idle(&self, slot: &Arc<Slot>) -> bool {
+        let mut state = self.state.lock();
+        if state.closed || state.idle.len() >= self.settings.max_idle {
+            return false;
+        }
+        state.idle.push(Arc::clone(slot));
+        true
+    }
+
+    /// Waits in `slot`, which is in the idle list, for a task.
+    fn wait_for_next(&self, slot: &Arc<Slot>) -> Option<Task> {
+        let deadline = Instant::now() + self.settings.keep_alive;
+        let mut next = slot.next.lock();
+        loop {
+            match std::mem::replace(&mut *next, Next::Wait) {
+                Next::Run(task) => return Some(task),
+                Next::Exit => return None,
+                Next::Wait => {}
+            }
+            if slot.wake.wait_until(&mut next, deadline).timed_out() && matches!(*next, Next::Wait)
+            {
+                // Out of the idle list, unless a spawn took this slot out
+                // already: then its task is on its way, wait for it. (The
+                // two locks are never held together.)
+                drop(next);
+                let left = {
+                    let mut state = self.state.lock();
+                    let at = state.idle.iter().position(|s| Arc::ptr_eq(s, slot));
+                    at.map(|at| state.idle.remove(at)).is_some()
+                };
+                if left {
+                    return None;
+                }
+                next = slot.next.lock();
+                while matches!(*next, Next::Wait) {
+                    slot.wake.wait(&mut next);
+                }
+            }
+        }
+    }
+
+    /// No thread waits for another handler any more.
+    fn close(&self) {
+        let idle = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.idle)
+        };
+        for slot in idle {
+            *slot.next.lock() = Next::Exit;
+            slot.wake.notify_one();
+        }
+    }
+
+    /// One thread fewer.
+    fn exit(&self) {
+        self.state.lock().threads -= 1;
+        self.exited.notify_all();
+    }
+
+    /// Whether the current thread is one of this cache's.
+    fn is_one_of_mine(self: &Arc<Self>) -> bool {
+        MINE.with(|mine| mine.get() == Arc::as_ptr(self) as usize)
+    }
+}
+
+thread_local! {
+    /// The cache whose thread this is (its address), or 0.
+    static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl Slot {
+    /// Wakes the thread waiting here with `task`.
+    fn hand(&self, task: Task) {
+        *self.next.lock() = Next::Run(task);
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl<T> Packet<T> {
+    fn set(&self, outcome: thread::Result<T>) {
+        *self.result.lock() = Some(outcome);
+        self.done.notify_all();
+    }
+}
+
+impl<T> CachedJoinHandle<T> {
+    /// Waits for the handler to return and returns its result, or the
+    /// payload of its panic, as [`std::thread::JoinHandle::join`] does. The
+    /// thread itself goes on to wait for the next handler.
+    ///
+    /// # Errors
+    ///
+    /// The handler's panic payload, if it panicked.
+    pub fn join(self) -> thread::Result<T> {
+        let mut result = self.packet.result.lock();
+        loop {
+            if let Some(outcome) = result.take() {
+                return outcome;
+            }
+            self.packet.done.wait(&mut result);
+        }
+    }
+
+    /// Whether the handler has returned (or panicked), so that
+    /// [`join`](CachedJoinHandle::join) would not wait.
+    pub fn is_finished(&self) -> bool {
+        self.packet.result.lock().is_some()
+    }
+
+    /// The thread the handler runs on.
+    pub fn thread(&self) -> &Thread {
+        &self.thread
+    }
+}
+
+impl<T> fmt::Debug for CachedJoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedJoinHandle")
+            .field("thread", &self.thread)
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}

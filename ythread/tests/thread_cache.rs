@@ -1,0 +1,311 @@
+//! `ThreadCache`: handlers run on threads that ran handlers before, and
+//! what that means (thread-locals, panics, idle threads' lifetimes).
+
+use std::cell::Cell;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread::{self, ThreadId};
+use std::time::{Duration, Instant};
+
+use ythread::{Bounded, Inline, Pool, ThreadCache, offload, yieldable};
+
+#[yieldable]
+fn sum_on_pool(n: u64) -> (u64, ThreadId) {
+    let sum = offload!(|| (1..=n).sum::<u64>());
+    (sum, thread::current().id())
+}
+
+/// Polls `condition` until it holds; fails after 10 s.
+fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn handlers_one_after_another_run_on_one_thread() {
+    let cache = ThreadCache::builder().name("cached").build();
+    let pool = Pool::new(2);
+    let mut threads = Vec::new();
+    for n in 1..=5u64 {
+        let handle = cache.spawn(pool.clone(), sum_on_pool(n * 1000)).unwrap();
+        assert_eq!(handle.thread().name(), Some("cached"));
+        let (sum, thread) = handle.join().unwrap();
+        assert_eq!(sum, (1..=n * 1000).sum::<u64>());
+        threads.push(thread);
+    }
+    assert!(threads.iter().all(|t| *t == threads[0]), "{threads:?}");
+    assert_eq!(cache.threads(), 1);
+}
+
+#[test]
+fn handlers_at_once_get_a_thread_each_and_the_next_ones_reuse_them() {
+    let cache = ThreadCache::new();
+    for round in 0..3 {
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                cache
+                    .spawn(Inline, move || {
+                        // All four run at once: four threads.
+                        barrier.wait();
+                        thread::current().id()
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let mut ids: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        ids.sort_by_key(|id| format!("{id:?}"));
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "round {round}");
+        eventually("four idle threads", || cache.idle() == 4);
+        assert_eq!(cache.threads(), 4, "round {round}: no thread more");
+    }
+}
+
+#[test]
+fn idle_threads_exit_after_the_keep_alive() {
+    let cache = ThreadCache::builder()
+        .keep_alive(Duration::from_millis(50))
+        .build();
+    let barrier = Arc::new(Barrier::new(3));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            cache.spawn(Inline, move || barrier.wait()).unwrap()
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    eventually("every idle thread gone", || cache.threads() == 0);
+    assert_eq!(cache.idle(), 0);
+    // The cache still works: a new thread.
+    assert_eq!(cache.spawn(Inline, || 7).unwrap().join().unwrap(), 7);
+}
+
+#[test]
+fn at_most_max_idle_threads_wait() {
+    let cache = ThreadCache::builder().max_idle(2).build();
+    let barrier = Arc::new(Barrier::new(5));
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            cache.spawn(Inline, move || barrier.wait()).unwrap()
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    eventually("three threads gone", || cache.threads() == 2);
+    assert_eq!(cache.idle(), 2);
+}
+
+#[test]
+fn a_panic_comes_back_from_join_and_the_thread_takes_the_next_handler() {
+    let cache = ThreadCache::new();
+    let first = cache.spawn(Inline, || thread::current().id()).unwrap();
+    let thread = first.join().unwrap();
+    let panicked = cache
+        .spawn(Inline, || -> u32 { panic!("handler failed: 42") })
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert_eq!(
+        panicked.downcast_ref::<&str>(),
+        Some(&"handler failed: 42"),
+        "the payload as it was thrown"
+    );
+    let after = cache
+        .spawn(Inline, sum_on_pool(10))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(after, (55, thread), "the same thread, working");
+}
+
+#[test]
+fn thread_locals_carry_over_from_one_handler_to_the_next() {
+    thread_local! {
+        static SEEN: Cell<u32> = const { Cell::new(0) };
+    }
+    let cache = ThreadCache::new();
+    let counts: Vec<u32> = (0..3)
+        .map(|_| {
+            cache
+                .spawn(Inline, || SEEN.with(|seen| seen.replace(seen.get() + 1)))
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(counts, [0, 1, 2], "as documented: a reused thread's locals");
+}
+
+#[yieldable]
+fn bounded_work(tell: mpsc::Sender<&'static str>) {
+    offload!(|| tell.send("ran").unwrap());
+}
+
+#[test]
+fn a_permit_of_bounded_does_not_outlive_the_handler_that_held_it() {
+    let cache = ThreadCache::new();
+    let cpu = Bounded::new(1);
+    let (tell, told) = mpsc::channel();
+    // A first handler takes and releases the only permit on the cache's
+    // thread.
+    cache
+        .spawn(cpu.clone(), bounded_work(tell.clone()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(told.recv().unwrap(), "ran");
+    // Another thread holds the permit now.
+    let (release, released) = mpsc::channel::<()>();
+    let (holding, held) = mpsc::channel();
+    let holder = {
+        let cpu = cpu.clone();
+        thread::spawn(move || {
+            ythread::YieldableThread::new()
+                .apply(cpu)
+                .spawn(hold(holding, released))
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    };
+    held.recv().unwrap();
+    // The cache's thread runs a second handler: its work must wait for the
+    // permit, not run in place as if the first handler's permit were held.
+    let second = cache.spawn(cpu.clone(), bounded_work(tell)).unwrap();
+    assert!(
+        told.recv_timeout(Duration::from_millis(200)).is_err(),
+        "work ran while another thread held the only permit"
+    );
+    release.send(()).unwrap();
+    second.join().unwrap();
+    assert_eq!(told.recv().unwrap(), "ran");
+    holder.join().unwrap();
+}
+
+#[yieldable]
+fn hold(holding: mpsc::Sender<()>, released: mpsc::Receiver<()>) {
+    offload!(move || {
+        holding.send(()).unwrap();
+        released.recv().unwrap();
+    });
+}
+
+#[test]
+fn shutdown_waits_for_busy_threads_and_lets_idle_ones_go() {
+    let cache = ThreadCache::new();
+    cache.spawn(Inline, || ()).unwrap().join().unwrap();
+    eventually("one idle thread", || cache.idle() == 1);
+    let (release, released) = mpsc::channel::<()>();
+    let busy = cache
+        .spawn(Inline, move || released.recv().unwrap())
+        .unwrap();
+    let (done, shut) = mpsc::channel();
+    let stopper = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.shutdown();
+            done.send(cache.threads()).unwrap();
+        })
+    };
+    assert!(
+        shut.recv_timeout(Duration::from_millis(200)).is_err(),
+        "shutdown returned while a handler ran"
+    );
+    release.send(()).unwrap();
+    busy.join().unwrap();
+    assert_eq!(shut.recv().unwrap(), 0, "every thread exited");
+    stopper.join().unwrap();
+    // After shutdown, handlers still run, on threads that are not kept.
+    assert_eq!(cache.spawn(Inline, || 3).unwrap().join().unwrap(), 3);
+    eventually("no thread kept", || cache.threads() == 0);
+}
+
+#[test]
+fn shutdown_from_a_handler_of_the_cache_waits_for_the_others_only() {
+    let cache = ThreadCache::new();
+    let inner = cache.clone();
+    let handle = cache
+        .spawn(Inline, move || {
+            inner.shutdown();
+            inner.threads()
+        })
+        .unwrap();
+    assert_eq!(handle.join().unwrap(), 1, "only the caller's own thread");
+    eventually("no thread", || cache.threads() == 0);
+}
+
+/// The threads of this process with this name.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn dropping_the_last_clone_lets_idle_threads_exit() {
+    let cache = ThreadCache::builder().name("tc-dropped").build();
+    let clone = cache.clone();
+    let barrier = Arc::new(Barrier::new(3));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            cache.spawn(Inline, move || barrier.wait()).unwrap()
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    eventually("three idle", || cache.idle() == 3);
+    drop(cache);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(threads_named("tc-dropped"), 3, "a clone still holds them");
+    drop(clone);
+    eventually("the idle threads exited", || {
+        threads_named("tc-dropped") == 0
+    });
+}
+
+#[test]
+fn a_detached_handler_runs_to_the_end() {
+    let cache = ThreadCache::new();
+    let (tell, told) = mpsc::channel();
+    drop(cache.spawn(Inline, sum_on_pool(100)).unwrap());
+    drop(cache.spawn(Inline, move || tell.send(5).unwrap()).unwrap());
+    assert_eq!(told.recv().unwrap(), 5);
+}
+
+#[test]
+fn handlers_ask_for_their_coroutine_stack() {
+    // A handler that needs more than the default coroutine stack runs under
+    // a cache that gives it more (an overflow would abort the test run).
+    #[yieldable]
+    fn deep(depth: u32) -> u64 {
+        fn recurse(depth: u32) -> u64 {
+            let pad = std::hint::black_box([depth as u64; 128]);
+            if depth == 0 {
+                pad[0]
+            } else {
+                recurse(depth - 1) + pad[1]
+            }
+        }
+        let here = recurse(depth);
+        here + offload!(|| 1)
+    }
+    let cache = ThreadCache::builder()
+        .coroutine_stack_size(64 << 20)
+        .build();
+    // At least 1 KiB a frame: more than the default 2 MiB.
+    let sum = cache.spawn(Inline, deep(4000)).unwrap().join().unwrap();
+    assert_eq!(sum, (1..=4000).sum::<u64>() + 1);
+}
