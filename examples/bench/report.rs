@@ -1,11 +1,11 @@
-//! The report: Markdown tables (printed, and written as `report.md`), the
-//! target checks, and a CSV of every cell.
+//! The report: Markdown tables (written as `report.md`), the target checks
+//! first, the short summary the terminal shows, and a CSV of every cell.
 
 use std::fmt::Write as _;
 
 use crate::model::{Load, Results, ms};
 use crate::table::Table;
-use crate::variants::{BOUNDED, Family, INLINE, PLAIN, POOL, PROCESSES};
+use crate::verdict;
 
 /// The Python seed's figures (Python 2.7, 4-core Mac Pro, n = 25000, 1000
 /// requests, seconds), from the blog post, for reference beside ours.
@@ -23,8 +23,9 @@ const SEED_CLIENTS: [usize; 4] = [1, 2, 4, 8];
 pub(crate) fn render(r: &Results) -> String {
     let mut out = String::new();
     header(&mut out, r);
+    let _ = writeln!(out, "## Targets\n");
+    out.push_str(&verdict::table(&verdict::check(r)));
     seed_tables(&mut out, r);
-    targets(&mut out, r);
     same_work(&mut out, r);
     latency_tables(&mut out, r);
     if !r.warnings.is_empty() {
@@ -34,6 +35,35 @@ pub(crate) fn render(r: &Results) -> String {
         }
         out.push('\n');
     }
+    out
+}
+
+/// What the terminal shows: one line on the run, then the verdict table.
+/// The tables behind each verdict are in the report.
+pub(crate) fn summary(r: &Results) -> String {
+    let shares: Vec<f64> = r
+        .cells
+        .iter()
+        .filter_map(|c| c.cpu.map(|u| u.others_share))
+        .collect();
+    let others = if shares.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; other processes took {:.0}% of the machine on average",
+            shares.iter().sum::<f64>() / shares.len() as f64 * 100.0
+        )
+    };
+    let mut out = format!(
+        "ythread benchmark ({} run), {}, {} cores; took {:.0} s; {} wrong answers, {} failed{others}\n\n",
+        if r.full { "full" } else { "quick" },
+        r.date,
+        r.machine.cores,
+        r.elapsed.as_secs_f64(),
+        r.cells.iter().map(|c| c.report.wrong).sum::<u64>(),
+        r.cells.iter().map(|c| c.report.errors).sum::<u64>()
+    );
+    out.push_str(&verdict::table(&verdict::check(r)));
     out
 }
 
@@ -156,161 +186,6 @@ fn seed_tables(out: &mut String, r: &Results) {
         t.row(row);
     }
     t.write_to(out);
-}
-
-/// The targets ythread is held to, checked against this run:
-/// 1. work-dominated, closed loop, 4 clients or more: `Pool` and `Bounded`
-///    within 1.1x the measured floor, and no slower than the best peer;
-/// 2. work-dominated, 64 clients: their p99 at most 0.7x plain threads';
-/// 3. work-dominated, open loop at 90%: their p99 at most 0.5x plain
-///    threads' (and, for information, the same at n = 25000);
-/// 4. n = 25000: `Inline` costs nothing, plain threads' throughput over
-///    Inline's at most 1.05 across the seed's four columns;
-/// 5. work-dominated, 64 clients: `Processes` within 1.1x of `Pool`'s
-///    throughput and 1.2x of its p99 (isolation costs little).
-fn targets(out: &mut String, r: &Results) {
-    let _ = writeln!(out, "## Targets\n");
-    let Some(work) = r.workloads.iter().position(|w| w.key == "work") else {
-        return;
-    };
-    let seed = r.workloads.iter().position(|w| w.key == "seed");
-    let (plain, inline, pool, bounded) = (
-        r.variant(PLAIN),
-        r.variant(INLINE),
-        r.variant(POOL),
-        r.variant(BOUNDED),
-    );
-    let peers: Vec<usize> = r
-        .variants
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, f))| *f == Family::Peer)
-        .map(|(v, _)| v)
-        .collect();
-    let ours: Vec<(&str, usize)> = [(POOL, pool), (BOUNDED, bounded)]
-        .into_iter()
-        .filter_map(|(name, v)| Some((name, v?)))
-        .collect();
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let wall =
-        |w: usize, load: Load, v: usize| r.cell(w, load, v).map(|c| c.report.wall.as_secs_f64());
-    let p99 = |w: usize, load: Load, v: usize| r.cell(w, load, v).map(|c| c.report.p99_us() as f64);
-
-    // 1. Work-dominated, closed loop, C >= 4: near the floor, ahead of peers.
-    for &c in r.closed_clients.iter().filter(|&&c| c >= 4) {
-        let load = Load::Closed(c);
-        let floor = r
-            .floor(work, c)
-            .map_or_else(|| computed_floor(r, work, c), |f| f.as_secs_f64());
-        let best_peer = peers
-            .iter()
-            .filter_map(|&p| wall(work, load, p).map(|s| (s, r.variants[p].0)))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        for &(name, v) in &ours {
-            let Some(ours) = wall(work, load, v) else {
-                continue;
-            };
-            let to_floor = ours / floor;
-            let mut line = format!(
-                "- work-dominated C={c}, {name}: {:.3} s = {:.3}x the measured floor ({:.3} s; target <= 1.1x, {})",
-                ours,
-                to_floor,
-                floor,
-                verdict(to_floor <= 1.1)
-            );
-            if let Some((peer, peer_name)) = best_peer {
-                let _ = write!(
-                    line,
-                    "; {:.3}x the best peer ({peer_name}, {peer:.3} s; target <= 1.0x, {})",
-                    ours / peer,
-                    verdict(ours <= peer)
-                );
-            }
-            let _ = writeln!(out, "{line}");
-        }
-    }
-
-    // 2. Work-dominated, C = 64: the tail against plain threads.
-    // 3. Open loop at 90%: the tail against plain threads.
-    let tails: [(usize, Load, f64, &str); 3] = [
-        (work, Load::Closed(64), 0.7, "work-dominated C=64"),
-        (work, Load::Open(90), 0.5, "work-dominated open loop 90%"),
-        (
-            seed.unwrap_or(usize::MAX),
-            Load::Open(90),
-            0.5,
-            "n = 25000 open loop 90% (for information)",
-        ),
-    ];
-    for (w, load, limit, what) in tails {
-        let Some(base) = plain.and_then(|p| p99(w, load, p)) else {
-            continue;
-        };
-        for &(name, v) in &ours {
-            let Some(ours) = p99(w, load, v) else {
-                continue;
-            };
-            let ratio = ours / base;
-            let _ = writeln!(
-                out,
-                "- {what}, {name}: p99 {:.2} ms = {:.2}x plain threads' {:.2} ms (target <= {limit}x, {})",
-                ours / 1000.0,
-                ratio,
-                base / 1000.0,
-                verdict(ratio <= limit)
-            );
-        }
-    }
-
-    // 4. n = 25000: Inline costs nothing.
-    if let (Some(seed), Some(plain), Some(inline)) = (seed, plain, inline) {
-        let mut cells = Vec::new();
-        let (mut plain_total, mut inline_total) = (0.0, 0.0);
-        for c in SEED_CLIENTS {
-            if let (Some(p), Some(i)) = (
-                wall(seed, Load::Closed(c), plain),
-                wall(seed, Load::Closed(c), inline),
-            ) {
-                // Same requests, so the throughput ratio is the wall ratio.
-                cells.push(format!("C={c}: {:.3}x", i / p));
-                plain_total += p;
-                inline_total += i;
-            }
-        }
-        if plain_total > 0.0 {
-            let ratio = inline_total / plain_total;
-            let _ = writeln!(
-                out,
-                "- n = 25000, {INLINE}: plain threads' throughput / Inline's = {ratio:.3} over the seed's four columns (target <= 1.05, {}); per column {}",
-                verdict(ratio <= 1.05),
-                cells.join(", ")
-            );
-        }
-    }
-
-    // 5. Work-dominated, C = 64: worker processes against worker threads.
-    let load = Load::Closed(64);
-    if let (Some(pool), Some(processes)) = (pool, r.variant(PROCESSES))
-        && let (Some(pool_wall), Some(proc_wall), Some(pool_p99), Some(proc_p99)) = (
-            wall(work, load, pool),
-            wall(work, load, processes),
-            p99(work, load, pool),
-            p99(work, load, processes),
-        )
-    {
-        // Same requests, so the throughput ratio is the wall ratio.
-        let throughput = proc_wall / pool_wall;
-        let tail = proc_p99 / pool_p99;
-        let _ = writeln!(
-            out,
-            "- work-dominated C=64, {PROCESSES}: throughput 1/{throughput:.3} of {POOL}'s (target within 1.1x, {}); p99 {:.2} ms = {tail:.2}x {POOL}'s {:.2} ms (target <= 1.2x, {})",
-            verdict(throughput <= 1.1),
-            proc_p99 / 1000.0,
-            pool_p99 / 1000.0,
-            verdict(tail <= 1.2)
-        );
-    }
-    out.push('\n');
 }
 
 /// Whether every server's `sumn` costs the same: the CPU time of one

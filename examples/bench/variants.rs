@@ -121,13 +121,20 @@ impl Variant {
     /// with std's 128, 256 clients overflowed it and the tail latency
     /// measured the clients' one-second SYN retries, not the servers.
     pub(crate) fn start(&self) -> io::Result<Box<dyn Running>> {
-        (self.start)(ythread_demo::server::bind("127.0.0.1:0")?)
+        self.start_on(ythread_demo::server::bind("127.0.0.1:0")?)
+    }
+
+    /// Starts this server on `listener`.
+    pub(crate) fn start_on(&self, listener: TcpListener) -> io::Result<Box<dyn Running>> {
+        (self.start)(listener)
     }
 }
 
 /// The row names the targets refer to.
 pub(crate) const PLAIN: &str = "plain threads";
 pub(crate) const INLINE: &str = "ythread Inline";
+pub(crate) const EXCLUSIVE: &str = "ythread Exclusive";
+pub(crate) const TOKIO: &str = "tokio + spawn_blocking";
 pub(crate) const INLINE_NEW_THREADS: &str = "ythread Inline, a new thread each";
 pub(crate) const POOL: &str = "ythread Pool";
 pub(crate) const BOUNDED: &str = "ythread Bounded(cores)";
@@ -150,14 +157,14 @@ pub(crate) fn all() -> Vec<Variant> {
     let mut all = vec![
         Variant::plain(PLAIN),
         Variant::ythread(INLINE, Family::Seed, || Inline),
-        Variant::ythread("ythread Exclusive", Family::Seed, Exclusive::new),
+        Variant::ythread(EXCLUSIVE, Family::Seed, Exclusive::new),
         Variant::ythread(POOL, Family::Seed, Pool::default),
         Variant::ythread(PROCESSES, Family::Seed, processes),
         Variant::ythread(BOUNDED, Family::Ours, Bounded::per_core),
         Variant::new_threads(INLINE_NEW_THREADS, || Inline),
         Variant::ythread(REMOTE, Family::Ours, crate::remote::remote),
         Variant::ythread(REMOTE_RANDOM, Family::Ours, crate::remote::remote_random),
-        Variant::peer("tokio + spawn_blocking", |l| {
+        Variant::peer(TOKIO, |l| {
             Ok(Box::new(TokioServer::start(l, TokioStep::SpawnBlocking)?))
         }),
         Variant::peer("tokio + rayon::spawn", |l| {
