@@ -30,6 +30,7 @@ mod plot;
 mod remote;
 mod report;
 mod run;
+mod scale;
 mod soak;
 mod sys;
 mod table;
@@ -89,6 +90,21 @@ struct Args {
     /// PORT`) to measure, e.g. `--serve "tokio + spawn_blocking"`.
     #[arg(long, value_name = "ROW")]
     serve: Option<String>,
+    /// Instead of the benchmark: hold 1,000, 4,000 and 10,000 connections
+    /// open against plain threads, ythread and tokio, each in a fresh
+    /// process, and measure resident memory per connection; then the tail
+    /// at 1,024 closed-loop clients. Writes scale.md.
+    #[arg(long)]
+    scale: bool,
+    /// (One cell of `--scale`, run in a process of its own.)
+    #[arg(long, hide = true, value_name = "ROW", requires = "connections")]
+    scale_cell: Option<String>,
+    /// (The clients of a `--scale` cell, in a process of their own.)
+    #[arg(long, hide = true, value_name = "ADDR", requires = "connections")]
+    scale_client: Option<String>,
+    /// (With `--scale-cell` and `--scale-client`: how many connections.)
+    #[arg(long, hide = true)]
+    connections: Option<usize>,
     /// With `--serve`: the port.
     #[arg(long, default_value_t = ythread_demo::DEFAULT_PORT)]
     port: u16,
@@ -102,6 +118,12 @@ fn main() {
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     let machine = Machine::detect();
     let load_before = sys::load_average();
+    if let (Some(row), Some(count)) = (&args.scale_cell, args.connections) {
+        scale::cell(row, count);
+    }
+    if let (Some(addr), Some(count)) = (&args.scale_client, args.connections) {
+        scale::clients(addr, count);
+    }
     if let Some(row) = &args.serve {
         serve(row, args.port);
     }
@@ -133,6 +155,26 @@ fn main() {
         calibration.ns_per_iteration.1,
     );
 
+    if args.scale {
+        let requests = args.requests.unwrap_or(4 * 1024);
+        let text = format!(
+            "# ythread benchmark: scale\n\n- date: {} (UTC)\n- command: `{}`\n- machine: {} cores, {}, Linux {}\n\n{}",
+            sys::today(),
+            command_line(),
+            machine.cores,
+            machine.cpu_model,
+            machine.kernel,
+            scale::run(calibration.n, requests)
+        );
+        println!("{text}");
+        let path = out.join("scale.md");
+        if let Err(e) = std::fs::create_dir_all(&out).and_then(|()| std::fs::write(&path, &text)) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+        eprintln!("bench: wrote {}", path.display());
+        return;
+    }
     let workloads = workloads(&args, &calibration);
     let closed_clients = vec![1, 2, 4, 8, 64, 256];
     // The targets judge the tails at 70% and 90%.

@@ -51,11 +51,13 @@ pub(crate) struct Variant {
 }
 
 /// The servers' limits: any `n` the benchmark may ask for (`--work-ms` sets
-/// it) is taken.
+/// it) is taken, and `--scale`'s connections are all served at once, each
+/// waiting up to a minute for its request.
 pub(crate) fn limits() -> server::Limits {
     server::Limits {
         max_n: ythread_demo::MAX_SUMMABLE_N,
-        ..server::Limits::default()
+        max_connections: 2 * crate::scale::COUNTS[crate::scale::COUNTS.len() - 1],
+        read_timeout: std::time::Duration::from_secs(60),
     }
 }
 
