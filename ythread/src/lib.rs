@@ -54,6 +54,10 @@
 //! # Ok::<(), io::Error>(())
 //! ```
 //!
+//! A server that starts a handler per connection can keep the threads for
+//! the next connection with [`ThreadCache`]: one thread per connection in
+//! flight, paid for once instead of per connection.
+//!
 //! # The rules
 //!
 //! - `offload!(f, a, b)` is an expression whose value is `f(a, b)`. The
