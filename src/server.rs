@@ -270,7 +270,9 @@ impl Server {
     where
         A: Apply + Clone + Send + 'static,
     {
-        let threads = ThreadCache::builder().name("ysumserver-conn").build();
+        let threads = ThreadCache::builder()
+            .name("ysumserver-conn".into())
+            .build();
         let cache = threads.clone();
         let mut server = Server::start(listener, limits, move |stream, registration| {
             cache
@@ -301,7 +303,7 @@ impl Server {
     {
         Server::start(listener, limits, move |stream, registration| {
             YieldableThread::new()
-                .name("ysumserver-conn")
+                .name("ysumserver-conn".into())
                 .apply(apply.clone())
                 .spawn(handle_registered(stream, limits.max_n, registration))
                 .map(Served::Thread)

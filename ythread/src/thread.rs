@@ -34,7 +34,7 @@ use crate::handler::Yieldable;
 /// }
 ///
 /// let thread = YieldableThread::new()
-///     .name("handler-1")
+///     .name("handler-1".into())
 ///     .apply(Pool::new(2))
 ///     .spawn(handle(100))
 ///     .expect("spawn failed");
@@ -71,9 +71,11 @@ impl<A> YieldableThread<A>
 where
     A: Apply + Send + 'static,
 {
-    /// Names the thread, as [`std::thread::Builder::name`] does.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.thread = self.thread.name(name.into());
+    /// Names the thread, as [`std::thread::Builder::name`] does (and takes
+    /// what it takes: a name with a NUL byte makes
+    /// [`spawn`](YieldableThread::spawn) panic, as std's does).
+    pub fn name(mut self, name: String) -> Self {
+        self.thread = self.thread.name(name);
         self
     }
 
@@ -119,6 +121,11 @@ where
     ///
     /// Fails if the OS cannot create the thread, as
     /// [`std::thread::Builder::spawn`] does.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the thread's [`name`](YieldableThread::name) has a NUL
+    /// byte, as std's `spawn` does.
     pub fn spawn<H>(self, handler: H) -> io::Result<JoinHandle<H::Output>>
     where
         H: Yieldable + Send + 'static,

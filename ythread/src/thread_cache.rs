@@ -69,7 +69,7 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 ///     offload!(sumn, n)
 /// }
 ///
-/// let threads = ThreadCache::builder().name("handler").build();
+/// let threads = ThreadCache::builder().name("handler".into()).build();
 /// let pool = Pool::new(2);
 /// for n in 1..=3 {
 ///     // After the first, each handler runs on the thread the last one used.
@@ -194,6 +194,12 @@ impl ThreadCache {
     ///
     /// Fails if no thread is idle and the OS cannot create one, as
     /// [`std::thread::Builder::spawn`] does.
+    ///
+    /// # Panics
+    ///
+    /// Panics when it starts a thread if the cache's
+    /// [`name`](ThreadCacheBuilder::name) has a NUL byte, as std's `spawn`
+    /// does.
     pub fn spawn<A, H>(&self, apply: A, handler: H) -> io::Result<CachedJoinHandle<H::Output>>
     where
         A: Apply + Send + 'static,
@@ -269,9 +275,11 @@ impl fmt::Debug for ThreadCache {
 
 impl ThreadCacheBuilder {
     /// Names every thread of the cache, as [`std::thread::Builder::name`]
-    /// does.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.settings.name = Some(name.into());
+    /// does (and takes what it takes: a name with a NUL byte makes
+    /// [`ThreadCache::spawn`] panic when it starts a thread, as std's
+    /// `spawn` does).
+    pub fn name(mut self, name: String) -> Self {
+        self.settings.name = Some(name);
         self
     }
 
@@ -338,6 +346,12 @@ impl Shared {
     fn start(self: &Arc<Self>, task: Task) -> io::Result<Thread> {
         let mut builder = thread::Builder::new();
         if let Some(name) = &self.settings.name {
+            // std's `spawn` would panic on it too, but after the count
+            // below took the thread in: `shutdown` would wait for it.
+            assert!(
+                !name.contains('\0'),
+                "thread name may not contain interior null bytes"
+            );
             builder = builder.name(name.clone());
         }
         if let Some(bytes) = self.settings.stack_size {

@@ -70,7 +70,7 @@ fn the_function_form_offloads_from_any_depth_to_the_running_strategy() {
     for (name, strategy) in strategies {
         let (jobs, apply) = counting(strategy);
         let thread = YieldableThread::new()
-            .name("handler")
+            .name("handler".into())
             .apply(apply)
             .spawn(deep(10))
             .unwrap();
@@ -143,7 +143,7 @@ fn steps_another_handler_by_hand() -> (Option<String>, usize, Option<String>) {
 #[test]
 fn the_innermost_running_handler_gets_the_work() {
     let thread = YieldableThread::new()
-        .name("outer")
+        .name("outer".into())
         .apply(Pool::new(1))
         .spawn(steps_another_handler_by_hand())
         .unwrap();

@@ -486,7 +486,7 @@ fn yieldable_threads_from_async_code(flavour: Flavour) {
             let _worker = start_worker(&url, &ns);
 
             let owned = YieldableThread::new()
-                .name("handler-owned")
+                .name("handler-owned".into())
                 .apply(connect(&url, &ns))
                 .spawn(call_sumn_each(vec![1, 2, 3, 100]))
                 .unwrap();

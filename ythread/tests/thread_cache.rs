@@ -26,7 +26,7 @@ fn eventually(what: &str, condition: impl Fn() -> bool) {
 
 #[test]
 fn handlers_one_after_another_run_on_one_thread() {
-    let cache = ThreadCache::builder().name("cached").build();
+    let cache = ThreadCache::builder().name("cached".into()).build();
     let pool = Pool::new(2);
     let mut threads = Vec::new();
     for n in 1..=5u64 {
@@ -254,7 +254,7 @@ fn threads_named(name: &str) -> usize {
 
 #[test]
 fn dropping_the_last_clone_lets_idle_threads_exit() {
-    let cache = ThreadCache::builder().name("tc-dropped").build();
+    let cache = ThreadCache::builder().name("tc-dropped".into()).build();
     let clone = cache.clone();
     let barrier = Arc::new(Barrier::new(3));
     let handles: Vec<_> = (0..3)
@@ -308,4 +308,16 @@ fn handlers_ask_for_their_coroutine_stack() {
     // At least 1 KiB a frame: more than the default 2 MiB.
     let sum = cache.spawn(Inline, deep(4000)).unwrap().join().unwrap();
     assert_eq!(sum, (1..=4000).sum::<u64>() + 1);
+}
+
+#[test]
+fn a_name_with_a_nul_byte_panics_as_std_and_leaves_the_cache_whole() {
+    let cache = ThreadCache::builder().name("bad\0name".into()).build();
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.spawn(Inline, || 1).map(|h| h.join())
+    }));
+    assert!(spawned.is_err(), "spawned a thread with a NUL in its name");
+    assert_eq!(cache.threads(), 0, "no thread counted that never started");
+    // `shutdown` has nothing to wait for.
+    cache.shutdown();
 }

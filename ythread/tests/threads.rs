@@ -18,7 +18,7 @@ fn reports_its_thread() -> Option<String> {
 #[test]
 fn the_thread_gets_its_name_and_join_returns_the_handlers_value() {
     let handle = YieldableThread::new()
-        .name("conn-7")
+        .name("conn-7".into())
         .spawn(reports_its_thread())
         .unwrap();
     assert_eq!(handle.thread().name(), Some("conn-7"));
@@ -75,7 +75,7 @@ fn stack_sizes_are_configurable() {
 #[test]
 fn a_plain_closure_runs_as_an_ordinary_thread() {
     let handle = YieldableThread::new()
-        .name("plain")
+        .name("plain".into())
         .spawn(|| thread::current().name().map(str::to_owned));
     assert_eq!(handle.unwrap().join().unwrap().as_deref(), Some("plain"));
 }
