@@ -103,6 +103,8 @@
 //! refuse an `n` over `--max-n`), and run work that may run away despite
 //! that under `Processes` with a deadline (`--deadline-ms`).
 #![warn(missing_docs, missing_debug_implementations)]
+// docs.rs (see `package.metadata.docs.rs`) marks what a feature gates.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
 #[cfg(not(target_os = "linux"))]
@@ -123,6 +125,7 @@ mod portable;
 mod private;
 pub mod processes;
 #[cfg(feature = "remote")]
+#[cfg_attr(docsrs, doc(cfg(feature = "remote")))]
 pub mod remote;
 mod sync;
 mod thread;

@@ -176,6 +176,7 @@ pub(crate) fn cores() -> usize {
 }
 
 #[cfg(feature = "rayon")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rayon")))]
 impl Apply for rayon::ThreadPool {
     /// Runs the job on this pool, with `install`: from one of the pool's
     /// own threads (work that itself offloads to the same pool), in place.
