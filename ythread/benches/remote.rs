@@ -150,7 +150,12 @@ fn main() {
         ("raw, two clients", Box::new(|n| two_clients.calls(n))),
         (
             "local hop",
-            Box::new(|n| assert_eq!(offload_times(n).run_with(worker.processes()), n)),
+            Box::new(|n| {
+                assert_eq!(
+                    offload_times(n).run_with(worker.processes().expect("a worker on processes")),
+                    n
+                )
+            }),
         ),
         (
             "remote",
