@@ -35,7 +35,9 @@ use crate::{Processes, ProcessesBuilder};
 /// on any number of machines, share the calls, and each call goes to one of
 /// them. Calls run in a local [`Processes`] (one worker process per core by
 /// default): a call that crashes its process comes back to the requester as
-/// `WorkerDied` with the signal named, and this worker goes on.
+/// `WorkerDied` with the signal named, and this worker goes on. (Or on
+/// threads of this process, without that isolation and without the hop to
+/// a process: [`WorkerBuilder::threads`].)
 ///
 /// # The fleet's shared queue
 ///
