@@ -3,8 +3,10 @@
 //! The worker of the seed's server under `ysumserver --apply remote`: it
 //! serves `ythread_demo::sumn` (every `#[offloadable]` function this program
 //! links) on NATS, and runs each call in a local worker process, so that a
-//! crash on this machine fails only its call. Start one or more on each
-//! machine that should take work; they share the calls (a NATS queue group).
+//! crash on this machine fails only its call (or, with `--threads N`, on
+//! threads of its own: a faster round trip, no isolation). Start one or more
+//! on each machine that should take work; they share the calls (a NATS
+//! queue group).
 
 use std::io;
 use std::process::ExitCode;
@@ -26,8 +28,15 @@ struct Args {
     /// Local worker processes [default: the number of cores].
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     workers: Option<usize>,
+    /// Run the calls on N threads of this process instead of local worker
+    /// processes: no hop to a local process, but a crash in a call takes
+    /// this worker down, and a call past the deadline runs on.
+    #[arg(long, value_name = "N", conflicts_with = "workers",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    threads: Option<usize>,
     /// A call that runs longer than this, in milliseconds, fails, and its
-    /// local worker process is killed and replaced.
+    /// local worker process is killed and replaced (with --threads: it
+    /// fails, and runs on until it returns).
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     deadline_ms: u64,
@@ -64,6 +73,9 @@ fn serve(args: &Args) -> io::Result<()> {
         .namespace(&args.namespace)
         .processes(processes)
         .deadline(Duration::from_millis(args.deadline_ms));
+    if let Some(threads) = args.threads {
+        worker = worker.threads(threads);
+    }
     if let Some(path) = &args.signing_key_file {
         worker = worker.signing_key(std::fs::read(path)?);
     }
@@ -74,10 +86,13 @@ fn serve(args: &Args) -> io::Result<()> {
         .nats
         .rsplit_once('@')
         .map_or(args.nats.as_str(), |(_, host)| host);
+    let runs_on = match (worker.processes(), args.threads) {
+        (Some(processes), _) => format!("{} local worker processes", processes.workers()),
+        (None, threads) => format!("{} threads", threads.unwrap_or_default()),
+    };
     println!(
-        "worker serving namespace {:?} on {server} with {} local worker processes",
-        args.namespace,
-        worker.processes().workers()
+        "worker serving namespace {:?} on {server} with {runs_on}",
+        args.namespace
     );
     if let Err(why) = worker.shared_queue() {
         eprintln!(

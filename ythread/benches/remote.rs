@@ -7,13 +7,16 @@
 //!   own, as a worker on another machine is (the fair baseline: a call
 //!   crosses two clients);
 //! - `local hop`: the worker's own round trip to its local process;
-//! - `remote` and `remote, signed` (`signing_key`).
+//! - `remote` and `remote, signed` (`signing_key`);
+//! - `remote, threads`: a worker that runs the calls on threads of its own
+//!   (`WorkerBuilder::threads`), no local hop.
 //!
 //! The variants take turns, round after round, in one run (this machine's
 //! speed drifts over seconds: variants timed one after the other would
 //! compare drifts); each is reported as the median over the rounds of its
-//! mean per call, and the verdict is the ratio of `remote` to `raw, two
-//! clients` plus `local hop` (issue 18's target: at most 1.2).
+//! mean per call. Two verdicts (issue 19's targets, at most 1.2 each): the
+//! ratio of `remote` to `raw, two clients` plus `local hop`, and of
+//! `remote, threads` to `raw, two clients`.
 //!
 //! Needs `nats-server` (the README's test command installs it); run with:
 //! `cargo bench -p ythread --features remote --bench remote`
@@ -103,11 +106,15 @@ impl Raw {
     }
 }
 
-/// A worker and a requester of `namespace`, signed with `key` if given.
-fn pair(url: &str, namespace: &str, key: Option<[u8; 32]>) -> (Worker, Remote) {
+/// A worker and a requester of `namespace`, signed with `key` if given; the
+/// worker on one thread of its own if `threads`, else one local process.
+fn pair(url: &str, namespace: &str, key: Option<[u8; 32]>, threads: bool) -> (Worker, Remote) {
     let mut worker = Worker::builder(url)
         .namespace(namespace)
         .processes(Processes::builder().workers(1));
+    if threads {
+        worker = worker.threads(1);
+    }
     let mut remote = Remote::builder(url).namespace(namespace);
     if let Some(key) = key {
         worker = worker.signing_key(key);
@@ -141,8 +148,9 @@ fn main() {
     let url = server.url();
     let one_client = Raw::new(url, false, "bench.echo1");
     let two_clients = Raw::new(url, true, "bench.echo2");
-    let (worker, remote) = pair(url, "bench", None);
-    let (signed_worker, signed) = pair(url, "bench-signed", Some([7; 32]));
+    let (worker, remote) = pair(url, "bench", None, false);
+    let (signed_worker, signed) = pair(url, "bench-signed", Some([7; 32]), false);
+    let (threads_worker, on_threads) = pair(url, "bench-threads", None, true);
 
     type Variant<'a> = (&'static str, Box<dyn Fn(u64) + 'a>);
     let variants: Vec<Variant<'_>> = vec![
@@ -150,7 +158,12 @@ fn main() {
         ("raw, two clients", Box::new(|n| two_clients.calls(n))),
         (
             "local hop",
-            Box::new(|n| assert_eq!(offload_times(n).run_with(worker.processes()), n)),
+            Box::new(|n| {
+                assert_eq!(
+                    offload_times(n).run_with(worker.processes().expect("a worker on processes")),
+                    n
+                )
+            }),
         ),
         (
             "remote",
@@ -159,6 +172,10 @@ fn main() {
         (
             "remote, signed",
             Box::new(|n| assert_eq!(offload_times(n).run_with(&signed), n)),
+        ),
+        (
+            "remote, threads",
+            Box::new(|n| assert_eq!(offload_times(n).run_with(&on_threads), n)),
         ),
     ];
     // Warm up: connections, processes, caches.
@@ -183,8 +200,8 @@ fn main() {
         let high = times.iter().copied().fold(0.0, f64::max);
         println!("  {name:<18} {median:>7.1} µs   ({low:.1} to {high:.1})");
     }
-    let [raw1, raw2, hop, remote_us, signed_us] = medians[..] else {
-        unreachable!("five variants")
+    let [raw1, raw2, hop, remote_us, signed_us, threads_us] = medians[..] else {
+        unreachable!("six variants")
     };
     let floor = raw2 + hop;
     let ratio = remote_us / floor;
@@ -194,13 +211,25 @@ fn main() {
          remote / (raw, one client + local hop) = {:.2}",
         remote_us / (raw1 + hop)
     );
+    let threads_ratio = threads_us / raw2;
+    println!(
+        "  remote, threads / raw, two clients = {threads_ratio:.2}; / raw, one client = {:.2}",
+        threads_us / raw1
+    );
+    let verdict = |ratio: f64| if ratio <= 1.2 { "met" } else { "missed" };
     println!(
         "verdict: {} (target: remote within 1.2x of a raw request-reply between two clients \
          plus the local process hop)",
-        if ratio <= 1.2 { "met" } else { "missed" }
+        verdict(ratio)
+    );
+    println!(
+        "verdict: {} (target: remote, threads within 1.2x of a raw request-reply between two \
+         clients)",
+        verdict(threads_ratio)
     );
     drop(variants);
-    drop((remote, signed));
+    drop((remote, signed, on_threads));
     worker.stop(Duration::from_secs(5));
     signed_worker.stop(Duration::from_secs(5));
+    threads_worker.stop(Duration::from_secs(5));
 }

@@ -250,6 +250,6 @@ fn remote() {
                 .unwrap(),
         );
         under_load(Arc::clone(&remote), drive_portable);
-        both_processes_serve(&remote, worker.processes());
+        both_processes_serve(&remote, worker.processes().expect("a worker on processes"));
     });
 }

@@ -784,9 +784,13 @@ fn a_call_is_killed_at_its_requesters_deadline() {
             started.elapsed()
         );
         assert!(
-            worker.processes().restarts() >= 2,
+            worker
+                .processes()
+                .expect("a worker on processes")
+                .restarts()
+                >= 2,
             "{:?}",
-            worker.processes()
+            worker.processes().expect("a worker on processes")
         );
     });
 }

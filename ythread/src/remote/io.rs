@@ -26,11 +26,26 @@ pub(super) struct Io {
 impl Io {
     /// A runtime of `threads` threads.
     pub(super) fn new(name: &str, threads: usize) -> io::Result<Io> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        Io::with_stack(name, threads, None)
+    }
+
+    /// A runtime of `threads` threads, whose threads (its blocking ones
+    /// too) have stacks of `stack_size` bytes (`None`: tokio's default,
+    /// 2 MiB).
+    pub(super) fn with_stack(
+        name: &str,
+        threads: usize,
+        stack_size: Option<usize>,
+    ) -> io::Result<Io> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder
             .worker_threads(threads)
             .thread_name(name)
-            .enable_all()
-            .build()?;
+            .enable_all();
+        if let Some(stack_size) = stack_size {
+            builder.thread_stack_size(stack_size);
+        }
+        let runtime = builder.build()?;
         Ok(Io {
             runtime: Some(runtime),
         })

@@ -119,6 +119,7 @@ mod queue;
 mod requests;
 mod serve;
 mod signing;
+mod threads;
 mod wire;
 mod worker;
 

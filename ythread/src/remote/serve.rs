@@ -1,6 +1,7 @@
 //! The serving side of a remote [`Worker`](super::Worker): the tasks that
 //! take calls (from NATS directly, or from the fleet's shared queue), run
-//! each in a local worker process and send the reply.
+//! each in a local worker process (or on a thread, `threads.rs`) and send
+//! the reply.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::SERVER_CAP;
 use super::io::block_on;
 use super::queue::{self, Backlog, Forwarded, Queue};
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
+use super::threads::Threads;
 use super::wire::{
     Reply, WireError, deadline_of, epoch_ms_in, expires_of, is_past, signature_of, signed_headers,
 };
@@ -43,9 +45,9 @@ fn answerable(reply_to: &str) -> bool {
 pub(super) struct Serving {
     /// The connection to NATS.
     pub(super) client: async_nats::Client,
-    /// The local worker processes that run the calls.
-    pub(super) processes: Arc<Processes>,
-    /// Which of them are free.
+    /// What runs the calls.
+    pub(super) runner: Runner,
+    /// Which of its places are free.
     pub(super) slots: Arc<Slots>,
     /// The server's largest payload (as it said when this worker last
     /// connected): a larger reply is replaced by an error.
@@ -95,10 +97,32 @@ pub(super) struct Serving {
     pub(super) refused_replies: AtomicU64,
 }
 
+/// What runs a worker's calls: the one step in which the two modes
+/// differ.
+#[derive(Debug)]
+pub(super) enum Runner {
+    /// Local worker processes (the default): a call that crashes fails
+    /// alone, and one past its deadline is killed.
+    Processes(Arc<Processes>),
+    /// Threads of the worker's own process
+    /// ([`WorkerBuilder::threads`](super::WorkerBuilder::threads)).
+    Threads(Arc<Threads>),
+}
+
+impl Runner {
+    /// How many calls it runs at once.
+    pub(super) fn capacity(&self) -> usize {
+        match self {
+            Runner::Processes(processes) => processes.workers(),
+            Runner::Threads(threads) => threads.count,
+        }
+    }
+}
+
 impl Serving {
     /// Answers `reply_to` with `reply`, signed with the key if there is one
     /// (the call was verified with it).
-    async fn answer(&self, reply_to: async_nats::Subject, reply: Vec<u8>) {
+    pub(super) async fn answer(&self, reply_to: async_nats::Subject, reply: Vec<u8>) {
         let headers = self.reply_headers(&reply_to, &reply);
         if self.key.is_some() {
             self.signed_replies.note(&reply_to);
@@ -372,9 +396,11 @@ impl Load {
     }
 }
 
-/// Free local worker processes: a call runs once it holds a [`Slot`].
+/// Free local worker processes (or threads): a call runs once it holds a
+/// [`Slot`].
 pub(super) struct Slots {
-    /// One per local worker process; a call holds one while it runs.
+    /// One per local worker process (or thread); a call holds one while it
+    /// runs.
     pub(super) permits: Arc<Semaphore>,
     /// How many are free, for the tasks that pull from the shared queue
     /// only while one is.
@@ -724,7 +750,8 @@ pub(super) async fn pull_calls(
     }
 }
 
-/// Runs `call` in a local worker process and sends the reply.
+/// Runs `call` in a local worker process (or on a thread of this one, with
+/// [`Runner::Threads`]) and sends the reply.
 ///
 /// A call of a function whose calls are short here (under 1 ms: see
 /// [`Load`]) runs in a task of its own on a runtime thread, one such call at
@@ -788,16 +815,26 @@ fn run_here(serving: &Serving, slot: Slot, call: Call) -> Option<(async_nats::Su
     }
     let started = call.function.load.started();
     let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_locally(&serving.processes, registration, &call.args, left)
+        match &serving.runner {
+            Runner::Processes(processes) => {
+                Some(run_locally(processes, registration, &call.args, left))
+            }
+            // (Within the worker's deadline, kept by `watch_overruns`; the
+            // requester keeps its own.)
+            Runner::Threads(threads) => threads.run(registration, &call.args, &call.reply_to),
+        }
     }));
     call.function.load.finished(started);
-    let mut answer = answer.unwrap_or_else(|_| {
-        Reply::Failed(WireError::of(&OffloadError::may_have_run(
+    let mut answer = match answer {
+        Ok(Some(answer)) => answer,
+        // It ran past the worker's deadline, and was answered for then.
+        Ok(None) => return None,
+        Err(_) => Reply::Failed(WireError::of(&OffloadError::may_have_run(
             registration.name,
             "the worker's call thread panicked while the call was under way",
         )))
-        .encode()
-    });
+        .encode(),
+    };
     let max_payload = serving.max_payload.load(Ordering::Relaxed);
     if answer.len() > max_payload {
         answer = Reply::Failed(WireError::of(&OffloadError::protocol(

@@ -329,6 +329,11 @@ pub(super) enum WireError {
     /// The call's outcome was lost on the worker's side (no ythread worker
     /// sends it today: a worker's calls run in its own processes).
     MayHaveRun { detail: String },
+    /// The call ran past the worker's deadline, in ms, on a thread of the
+    /// worker ([`WorkerBuilder::threads`](super::WorkerBuilder::threads)),
+    /// which cannot be killed: it runs on there until it returns. (Last:
+    /// the variants before it keep their tags.)
+    Overran { deadline_ms: u64 },
 }
 
 impl WireError {
@@ -385,6 +390,13 @@ impl WireError {
             WireError::MayHaveRun { detail } => {
                 OffloadError::may_have_run(function, format_args!("on the remote worker: {detail}"))
             }
+            WireError::Overran { deadline_ms } => OffloadError::no_answer_by_noting(
+                function,
+                Duration::from_millis(deadline_ms),
+                "it ran past the remote worker's deadline (`WorkerBuilder::deadline`) on one of \
+                 its threads (`WorkerBuilder::threads`), which cannot be killed: it runs on \
+                 there until it returns, and its result is dropped",
+            ),
         }
     }
 }
@@ -455,6 +467,18 @@ mod tests {
                 "{unavailable}"
             );
         }
+
+        // A call past the deadline of a worker on threads runs on there: the
+        // requester's error says so, and not that something was killed.
+        let bytes = Reply::Failed(WireError::Overran { deadline_ms: 1500 }).encode();
+        let Ok(Reply::Failed(wire)) = Reply::decode(&bytes) else {
+            panic!("an overrun did not cross as a failure");
+        };
+        let overran = wire.into_error("f");
+        assert_eq!(overran.kind(), OffloadErrorKind::DeadlineExceeded);
+        let text = overran.to_string();
+        assert!(text.contains("1.5s") && text.contains("runs on"), "{text}");
+        assert!(!text.contains("killed and replaced"), "{text}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The public face of a remote worker: [`Worker`], which serves this
 //! program's `#[offloadable]` functions to [`Remote`](super::Remote)
-//! requesters on NATS and runs each call in a local [`Processes`], and
-//! [`WorkerBuilder`]. (The loops that take and answer the calls are
-//! `serve.rs`.)
+//! requesters on NATS and runs each call in a local [`Processes`] (or on
+//! threads of its own, `threads.rs`), and [`WorkerBuilder`]. (The loops that
+//! take and answer the calls are `serve.rs`.)
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +15,11 @@ use super::DEFAULT_NAMESPACE;
 use super::io::Io;
 use super::queue::{Backlog, Queue};
 use super::serve::{
-    Function, Load, MAX_FORWARDING, ReplySubjects, Serving, SignedReplies, Slots, pull_calls,
-    serve_function, take_cancellations,
+    Function, Load, MAX_FORWARDING, ReplySubjects, Runner, Serving, SignedReplies, Slots,
+    pull_calls, serve_function, take_cancellations,
 };
 use super::signing::Key;
+use super::threads::{self, Threads};
 use super::wire::{
     Refused, cancel_subject, check_token, credentials_from_url, queue_group, redacted, subject,
 };
@@ -34,7 +35,9 @@ use crate::{Processes, ProcessesBuilder};
 /// on any number of machines, share the calls, and each call goes to one of
 /// them. Calls run in a local [`Processes`] (one worker process per core by
 /// default): a call that crashes its process comes back to the requester as
-/// `WorkerDied` with the signal named, and this worker goes on.
+/// `WorkerDied` with the signal named, and this worker goes on. (Or on
+/// threads of this process, without that isolation and without the hop to
+/// a process: [`WorkerBuilder::threads`].)
 ///
 /// # The fleet's shared queue
 ///
@@ -79,7 +82,7 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("processes", &self.serving.processes)
+            .field("runner", &self.serving.runner)
             .field("ready", &self.ready())
             .field("shared_queue", &self.shared_queue())
             .field("forwarded", &self.forwarded())
@@ -94,7 +97,7 @@ impl std::fmt::Debug for Worker {
 pub struct WorkerBuilder {
     url: String,
     namespace: String,
-    processes: Option<ProcessesBuilder>,
+    run_on: RunOn,
     options: Option<async_nats::ConnectOptions>,
     shared_queue: bool,
     deadline: Duration,
@@ -107,13 +110,23 @@ impl std::fmt::Debug for WorkerBuilder {
         f.debug_struct("WorkerBuilder")
             .field("url", &redacted(&self.url))
             .field("namespace", &self.namespace)
-            .field("processes", &self.processes)
+            .field("run_on", &self.run_on)
             .field("shared_queue", &self.shared_queue)
             .field("deadline", &self.deadline)
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
+}
+
+/// Where a worker runs its calls: [`WorkerBuilder::processes`] or
+/// [`WorkerBuilder::threads`], whichever was called last.
+#[derive(Debug)]
+enum RunOn {
+    /// Local worker processes (`None`: the default ones).
+    Processes(Option<ProcessesBuilder>),
+    /// This many threads of the worker's own process.
+    Threads(usize),
 }
 
 /// The longest a call may run on a worker unless its builder says.
@@ -128,7 +141,7 @@ impl Worker {
         WorkerBuilder {
             url: url.to_owned(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
-            processes: None,
+            run_on: RunOn::Processes(None),
             options: None,
             shared_queue: true,
             deadline: DEFAULT_DEADLINE,
@@ -137,9 +150,13 @@ impl Worker {
         }
     }
 
-    /// The local worker processes that run the calls.
-    pub fn processes(&self) -> &Processes {
-        &self.serving.processes
+    /// The local worker processes that run the calls; `None` for a worker
+    /// on [threads](WorkerBuilder::threads).
+    pub fn processes(&self) -> Option<&Processes> {
+        match &self.serving.runner {
+            Runner::Processes(processes) => Some(processes),
+            Runner::Threads(_) => None,
+        }
     }
 
     /// Whether this worker serves calls and can answer them.
@@ -234,7 +251,7 @@ impl Worker {
             .not_serving
             .lock()
             .get_or_insert_with(|| "stopped".to_owned());
-        let capacity = u32::try_from(self.serving.processes.workers()).unwrap_or(u32::MAX);
+        let capacity = u32::try_from(self.serving.runner.capacity()).unwrap_or(u32::MAX);
         let serving = Arc::clone(&self.serving);
         let tasks = std::mem::take(&mut self.tasks);
         let now = tokio::time::Instant::now();
@@ -287,9 +304,75 @@ impl WorkerBuilder {
     }
 
     /// The local worker processes (default: `Processes::builder()`, one per
-    /// core).
+    /// core). Replaces [`threads`](WorkerBuilder::threads).
     pub fn processes(mut self, processes: ProcessesBuilder) -> Self {
-        self.processes = Some(processes);
+        self.run_on = RunOn::Processes(Some(processes));
+        self
+    }
+
+    /// Runs the calls on `threads` threads of this process instead of in
+    /// local worker processes, for work that needs no isolation: the
+    /// round trip is then a NATS request-reply's (within 1.2x of a raw one,
+    /// `benches/remote.rs`), without the hop to a local process. Replaces
+    /// [`processes`](WorkerBuilder::processes).
+    ///
+    /// Everything else is as with processes: the same registered functions,
+    /// found by the same subjects; arguments decoded and results encoded
+    /// within the same bounds (128 levels deep, the default of
+    /// [`ProcessesBuilder::max_depth`]; a result within the server's
+    /// `max_payload`), with the same errors; a panic in the function comes
+    /// back [`Panicked`](crate::OffloadErrorKind::Panicked) with its
+    /// message, and the worker goes on; signatures, replays, expiry,
+    /// cancellation, [`max_pending_bytes`](WorkerBuilder::max_pending_bytes)
+    /// and the shared queue apply unchanged. At most `threads` calls run at
+    /// once; the others wait, within `max_pending_bytes` (or in the shared
+    /// queue), or are refused "busy", unrun, beyond it. Short calls (under
+    /// 1 ms here) run on the thread that took them in, one at a time, as
+    /// with processes; the others on threads of their own (8 MiB stacks, as
+    /// roomy as a worker process's main thread).
+    ///
+    /// What isolation bought, and this gives up:
+    ///
+    /// - **A crash takes the worker down**: a segfault, an abort (a stack
+    ///   overflow, a failed allocation, a panic while panicking) in a
+    ///   function ends this whole process, and every call it holds fails
+    ///   at its requester's deadline (or at once
+    ///   [`MayHaveRun`](crate::OffloadErrorKind::MayHaveRun), if the
+    ///   requester sees the connection go). With processes, only the call
+    ///   that crashed fails.
+    /// - **A call past its deadline is not stopped**: a thread cannot be
+    ///   killed. At the worker's [`deadline`](WorkerBuilder::deadline) its
+    ///   requester is answered
+    ///   [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded),
+    ///   saying that it runs on (at the requester's own deadline, if that
+    ///   is sooner, the requester stops waiting by itself), but the call
+    ///   keeps its thread, and its place among the `threads`, until it
+    ///   returns; its result is then dropped. The worker takes no more than
+    ///   `threads` calls at once however many overrun: calls that never
+    ///   return leave it serving with fewer places, and with none it only
+    ///   holds calls (within `max_pending_bytes`) until their deadlines.
+    ///   Restart such a worker.
+    /// - Memory and globals are shared with the worker itself (no
+    ///   [`ProcessesBuilder::memory_limit`]).
+    ///
+    /// ```no_run
+    /// fn main() -> std::io::Result<()> {
+    ///     ythread::remote::Worker::builder("nats://10.0.0.1:4222")
+    ///         .namespace("sums")
+    ///         .threads(4)
+    ///         .serve()
+    /// }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Panics if `threads` is zero.
+    pub fn threads(mut self, threads: usize) -> Self {
+        assert!(
+            threads > 0,
+            "WorkerBuilder::threads: at least one is needed"
+        );
+        self.run_on = RunOn::Threads(threads);
         self
     }
 
@@ -317,7 +400,9 @@ impl WorkerBuilder {
     /// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded). A
     /// call that never ends cannot take a process for good. (The
     /// processes' own [`ProcessesBuilder::deadline`], if set, bounds it
-    /// too.)
+    /// too.) On [threads](WorkerBuilder::threads), the requester is
+    /// answered `DeadlineExceeded` at this deadline, but the call runs on
+    /// until it returns.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -356,7 +441,8 @@ impl WorkerBuilder {
     /// # Errors
     ///
     /// If the worker processes cannot start (see
-    /// [`ProcessesBuilder::build`]), the namespace is not a subject token,
+    /// [`ProcessesBuilder::build`]), the runtime's threads cannot, the
+    /// namespace is not a subject token,
     /// the signing key is shorter than 32 bytes, NATS cannot be reached or
     /// refuses the connection, or it refuses a subscription (a permission:
     /// the error names it). (A server without JetStream is no error: see
@@ -368,9 +454,20 @@ impl WorkerBuilder {
             .as_deref()
             .map(|key| Key::new(key, "WorkerBuilder::signing_key"))
             .transpose()?;
-        let processes = Arc::new(self.processes.unwrap_or_else(Processes::builder).build()?);
+        let (runner, stack_size) = match self.run_on {
+            RunOn::Processes(processes) => {
+                let processes = processes.unwrap_or_else(Processes::builder).build()?;
+                (Runner::Processes(Arc::new(processes)), None)
+            }
+            // The runtime's threads run calls too (the short ones, and the
+            // others on its blocking threads).
+            RunOn::Threads(count) => (
+                Runner::Threads(Arc::new(Threads::new(count))),
+                Some(threads::STACK_SIZE),
+            ),
+        };
         // Two threads: a short call may hold one (see `serve.rs`'s `run`).
-        let io = Io::new("ythread-remote-worker", 2)?;
+        let io = Io::with_stack("ythread-remote-worker", 2, stack_size)?;
         let (url, options) = credentials_from_url(&self.url, self.options)?;
         let events = Arc::new(Events::default());
         let options = options
@@ -408,8 +505,8 @@ impl WorkerBuilder {
             let serving = Arc::new(Serving {
                 max_payload: AtomicUsize::new(client.server_info().max_payload),
                 client,
-                slots: Slots::new(processes.workers()),
-                processes,
+                slots: Slots::new(runner.capacity()),
+                runner,
                 queue,
                 forwarding: Arc::new(Semaphore::new(MAX_FORWARDING)),
                 pending: Arc::new(Semaphore::new(
@@ -432,6 +529,14 @@ impl WorkerBuilder {
                 refused_replies: AtomicU64::new(0),
             });
             let _ = starting.serving.set(Arc::clone(&serving));
+            if let Runner::Threads(threads) = &serving.runner {
+                // (Not one of `tasks`: it answers for calls that overrun
+                // while the worker stops, too; it ends with the runtime.)
+                tokio::spawn(threads::watch_overruns(
+                    Arc::clone(&serving),
+                    Arc::clone(threads),
+                ));
+            }
             let tasks = subscribe(&serving, &namespace, &stopping).await?;
             // The server answers a refused subscription before the flush's
             // reply; its event reaches the callback a moment later.

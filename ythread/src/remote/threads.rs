@@ -1,0 +1,205 @@
+//! A remote [`Worker`](super::Worker)'s calls on threads of its own process
+//! ([`WorkerBuilder::threads`](super::WorkerBuilder::threads)): the step that
+//! runs a call there, in place of the hop to a local worker process, and the
+//! watch that answers for a call that runs past the worker's deadline.
+//!
+//! Everything before and after that step (signatures, replays, expiry,
+//! cancellation, the byte budget, the bound on calls at once, the shared
+//! queue) is `serve.rs`'s, the same for both modes.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::serve::Serving;
+use super::wire::{Reply, WireError};
+use crate::error::OffloadError;
+use crate::offloadable::{InvokeError, Registration};
+use crate::sync::Mutex;
+
+/// The deepest nesting decoded in a call's arguments and encoded in its
+/// result on threads: [`ProcessesBuilder::max_depth`](crate::ProcessesBuilder::max_depth)'s
+/// default, so that a call is bounded as it is in a worker process.
+const MAX_DEPTH: usize = crate::codec::Limits::DEFAULT.max_depth;
+
+/// What an error of a value nested deeper than [`MAX_DEPTH`] names.
+const DEPTH_SETTING: &str =
+    "WorkerBuilder::threads: 128 levels, as ProcessesBuilder::max_depth by default";
+
+/// The stack of the threads that run calls: a worker process runs them on
+/// its main thread, whose stack is usually 8 MiB (`ulimit -s`), not a
+/// spawned thread's 2 MiB; a call that fits there fits here.
+pub(super) const STACK_SIZE: usize = 8 << 20;
+
+/// The calls running on a worker's threads.
+pub(super) struct Threads {
+    /// How many run at once, at most: the worker's slots.
+    pub(super) count: usize,
+    /// The calls running now, for [`watch_overruns`].
+    running: Mutex<Running>,
+}
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Threads")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Running {
+    /// The number the next call gets.
+    next: u64,
+    /// Each call running now (at most [`Threads::count`] of them, plus those
+    /// the watch answered for, which run on).
+    calls: Vec<RunningCall>,
+}
+
+struct RunningCall {
+    number: u64,
+    started: Instant,
+    reply_to: async_nats::Subject,
+    /// The watch answered for it: it ran past the worker's deadline.
+    answered: bool,
+}
+
+impl Threads {
+    pub(super) fn new(count: usize) -> Threads {
+        Threads {
+            count,
+            running: Mutex::new(Running::default()),
+        }
+    }
+
+    /// Runs a call of `registration` with its encoded `args` on this thread;
+    /// returns the encoded reply, or `None` if [`watch_overruns`] answered
+    /// for it meanwhile (it ran past the worker's deadline).
+    ///
+    /// The arguments are decoded and the result encoded as a worker process
+    /// does it (`processes/child.rs`), within the same depth, and each
+    /// failure is the error the process mode gives: a requester cannot tell
+    /// the modes apart by what comes back.
+    pub(super) fn run(
+        &self,
+        registration: &'static Registration,
+        args: &[u8],
+        reply_to: &async_nats::Subject,
+    ) -> Option<Vec<u8>> {
+        let number = {
+            let mut running = self.running.lock();
+            let number = running.next;
+            running.next += 1;
+            running.calls.push(RunningCall {
+                number,
+                started: Instant::now(),
+                reply_to: reply_to.clone(),
+                answered: false,
+            });
+            number
+        };
+        let mut out = Vec::new();
+        let invoked = panic::catch_unwind(AssertUnwindSafe(|| {
+            (registration.invoke)(args, &mut out, MAX_DEPTH)
+        }));
+        let answered = {
+            let mut running = self.running.lock();
+            let at = running.calls.iter().position(|call| call.number == number);
+            at.is_some_and(|at| running.calls.swap_remove(at).answered)
+        };
+        let name = registration.name;
+        let reply = match invoked {
+            Ok(Ok(())) => Reply::Done(&out).encode(),
+            Ok(Err(InvokeError::Arguments(error))) => failed(OffloadError::protocol(
+                name,
+                format_args!(
+                    "the worker could not decode its arguments, so it did not run: {}",
+                    error.explain(DEPTH_SETTING)
+                ),
+            )),
+            Ok(Err(InvokeError::Result(error))) => failed(OffloadError::protocol(
+                name,
+                format_args!(
+                    "it ran, but the worker could not encode its result: {}",
+                    error.explain(DEPTH_SETTING)
+                ),
+            )),
+            Err(payload) => {
+                // The panic hook has printed it, on this worker's stderr, as
+                // a worker process's would; the requester gets its message.
+                let message = crate::error::payload_text(&*payload)
+                    .unwrap_or("Box<dyn Any>")
+                    .to_owned();
+                // Dropping the payload could panic again: keep it.
+                std::mem::forget(payload);
+                failed(OffloadError::remote_panic(name, message))
+            }
+        };
+        (!answered).then_some(reply)
+    }
+
+    /// Marks the calls running since `deadline` before `now` as answered;
+    /// returns where their answers go, and when the next one will be due
+    /// (`None`: no call is running).
+    fn overdue(
+        &self,
+        now: Instant,
+        deadline: Duration,
+    ) -> (Vec<async_nats::Subject>, Option<Instant>) {
+        let mut overdue = Vec::new();
+        let mut next: Option<Instant> = None;
+        for call in &mut self.running.lock().calls {
+            if call.answered {
+                continue;
+            }
+            // (A deadline too far to add, `Duration::MAX`, is never due.)
+            let Some(due) = call.started.checked_add(deadline) else {
+                continue;
+            };
+            if due <= now {
+                call.answered = true;
+                overdue.push(call.reply_to.clone());
+            } else {
+                next = Some(next.map_or(due, |next| next.min(due)));
+            }
+        }
+        (overdue, next)
+    }
+}
+
+fn failed(error: OffloadError) -> Vec<u8> {
+    Reply::Failed(WireError::of(&error)).encode()
+}
+
+/// Answers each call on the worker's threads that runs past the worker's
+/// [`deadline`](super::WorkerBuilder::deadline), at that deadline, with
+/// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded): a thread
+/// cannot be killed, so the call runs on, holding its place among the
+/// worker's threads, until it returns, and its result is dropped. Runs until
+/// the worker's runtime is shut down.
+///
+/// It is never told of a call: every call's deadline is its start plus the
+/// same duration, so one that starts while this sleeps is due after the
+/// time this wakes at (at the latest, one deadline from now). Running a call
+/// costs two uncontended locks, no wake-up. (The requester's own deadline
+/// is the requester's to keep: it stops waiting by itself.)
+pub(super) async fn watch_overruns(serving: Arc<Serving>, threads: Arc<Threads>) {
+    // Wakes at least this often, a deadline too long to add included.
+    const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
+    loop {
+        let now = Instant::now();
+        let (overdue, next) = threads.overdue(now, serving.deadline);
+        for reply_to in overdue {
+            let reply = Reply::Failed(WireError::Overran {
+                deadline_ms: u64::try_from(serving.deadline.as_millis()).unwrap_or(u64::MAX),
+            });
+            serving.answer(reply_to, reply.encode()).await;
+        }
+        // (Not sooner than a millisecond from now: a zero deadline must not
+        // make this spin.)
+        let wake = next
+            .unwrap_or_else(|| now + serving.deadline.min(LONGEST_SLEEP))
+            .clamp(now + Duration::from_millis(1), now + LONGEST_SLEEP);
+        tokio::time::sleep_until(wake.into()).await;
+    }
+}
