@@ -2,11 +2,12 @@
 //! next one, so that a thread-per-connection server pays for a thread once,
 //! not once per connection.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::thread::{self, Thread};
+use std::thread::{self, JoinHandle, Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -14,6 +15,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::apply::Apply;
 use crate::coroutine::default_stack_size;
 use crate::handler::Yieldable;
+use crate::sync::semaphore::forget_held_here;
 
 /// How long an idle thread waits for a handler before it exits, unless
 /// [`ThreadCacheBuilder::keep_alive`] says otherwise: tokio's blocking pool's
@@ -48,8 +50,10 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 ///   left in them, and their destructors run when the thread exits, not when
 ///   a handler returns. Keep per-request state in the handler's locals, not
 ///   in thread-locals (or reset it when the handler starts). ythread's own
-///   per-thread state (the running handler, the permits of `Bounded`) is
-///   back to empty whenever a handler returns.
+///   per-thread state is back to empty before the next handler: the running
+///   handler, and the permits of `Bounded` its work holds (even those of a
+///   suspended handler it leaked with `mem::forget`: the permit stays
+///   taken, but the next handler's work does not run under it).
 /// - **A panic** in a handler is caught on its thread and returned by
 ///   [`CachedJoinHandle::join`], as a std thread's is; the panic hook runs
 ///   (and prints) first, as for a std thread. The thread then takes the next
@@ -98,7 +102,10 @@ pub struct ThreadCacheBuilder {
 /// [`std::thread::JoinHandle`]'s counterpart for a thread that outlives its
 /// handler.
 ///
-/// Dropping it detaches the handler, which runs on.
+/// Dropping it detaches the handler, which runs on; its result is dropped
+/// when it comes, on the handler's thread, before that thread takes another
+/// handler. A panic in that drop is reported by the panic hook and goes no
+/// further: the thread stays in the cache (std's would abort the process).
 pub struct CachedJoinHandle<T> {
     packet: Arc<Packet<T>>,
     thread: Thread,
@@ -130,6 +137,15 @@ struct State {
     /// The last clone was dropped, or `shutdown` called: no thread waits
     /// for another handler.
     closed: bool,
+    /// The threads started and not joined yet, by id, so that `shutdown`
+    /// can wait until they have exited (their thread-locals destroyed).
+    handles: HashMap<ThreadId, JoinHandle<()>>,
+    /// Threads that have left the cache; their handles are dropped (they
+    /// are finished) when the next thread starts.
+    exited: Vec<ThreadId>,
+    /// The cache's own threads waiting in `shutdown` (from a handler), which
+    /// a `shutdown` must not wait for.
+    shutting_down_here: usize,
 }
 
 /// Where an idle thread waits for its next handler.
@@ -148,15 +164,25 @@ enum Next {
 /// Runs a handler; returns what hands its result to its join handle.
 type Task = Box<dyn FnOnce() -> Publish + Send>;
 
-/// Hands a handler's result to its join handle.
-type Publish = Box<dyn FnOnce() + Send>;
+/// Hands a handler's result to its join handle; returns it instead if the
+/// handle is gone, for the thread to drop.
+type Publish = Box<dyn FnOnce() -> Option<Leftover> + Send>;
+
+/// A result nobody will take, kept only to be dropped.
+type Leftover = Box<dyn Send>;
 
 struct Owner(Arc<Shared>);
 
 /// Where a handler's result waits for [`CachedJoinHandle::join`].
 struct Packet<T> {
-    result: Mutex<Option<thread::Result<T>>>,
+    state: Mutex<Delivery<T>>,
     done: Condvar,
+}
+
+struct Delivery<T> {
+    result: Option<thread::Result<T>>,
+    /// The join handle was dropped: nobody will take the result.
+    detached: bool,
 }
 
 impl ThreadCache {
@@ -207,15 +233,24 @@ impl ThreadCache {
         H::Output: Send + 'static,
     {
         let packet = Arc::new(Packet {
-            result: Mutex::new(None),
+            state: Mutex::new(Delivery {
+                result: None,
+                detached: false,
+            }),
             done: Condvar::new(),
         });
         let coroutine_stack_size = self.shared.settings.coroutine_stack_size;
         let result = Arc::clone(&packet);
         let task: Task = Box::new(move || {
             let stack_size = coroutine_stack_size.unwrap_or_else(default_stack_size);
-            let outcome = catch_unwind(AssertUnwindSafe(|| handler.__drive(&apply, stack_size)));
-            Box::new(move || result.set(outcome))
+            // The strategy is dropped in here too: a panic in its `Drop` is
+            // the handler's, as a panic dropping a std thread's closure is.
+            let outcome = catch_unwind(AssertUnwindSafe(move || {
+                let output = handler.__drive(&apply, stack_size);
+                drop(apply);
+                output
+            }));
+            Box::new(move || result.deliver(outcome))
         });
         let thread = match self.shared.take_idle() {
             Some(slot) => {
@@ -239,18 +274,36 @@ impl ThreadCache {
     }
 
     /// Stops keeping threads and waits until every thread of the cache has
-    /// exited: the idle ones at once, the busy ones once their handler
-    /// returns. Every clone sees it. Handlers spawned from now on still run,
-    /// each on a new thread that exits when it returns.
+    /// exited, its thread-locals destroyed: the idle ones at once, the busy
+    /// ones once their handler returns. Every clone sees it. Handlers
+    /// spawned from now on still run, each on a new thread that exits when
+    /// it returns.
     ///
-    /// Called from a handler on one of the cache's threads, it waits for
-    /// the others, not for its own.
+    /// Called from handlers on the cache's own threads, it waits for the
+    /// others, not for them: each such call returns once every thread not
+    /// in a `shutdown` of its own has exited.
     pub fn shutdown(&self) {
         self.shared.close();
-        let mine = usize::from(self.shared.is_one_of_mine());
+        let mine = self.shared.is_one_of_mine();
         let mut state = self.shared.state.lock();
-        while state.threads > mine {
+        state.shutting_down_here += usize::from(mine);
+        while state.threads > state.shutting_down_here {
             self.shared.exited.wait(&mut state);
+        }
+        state.shutting_down_here -= usize::from(mine);
+        // Every other thread has left; wait for them to be gone, their
+        // thread-locals destroyed. (Threads still counted are in a
+        // handler, in `shutdown` like this one.)
+        let exited = std::mem::take(&mut state.exited);
+        let handles: Vec<_> = exited
+            .iter()
+            .filter_map(|id| state.handles.remove(id))
+            .collect();
+        drop(state);
+        for handle in handles {
+            // A thread of the cache catches its handlers' panics; one that
+            // panicked anyway has nothing more to say.
+            let _ = handle.join();
         }
     }
 }
@@ -269,7 +322,7 @@ impl fmt::Debug for ThreadCache {
             .field("threads", &state.threads)
             .field("idle", &state.idle.len())
             .field("closed", &state.closed)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -302,7 +355,8 @@ impl ThreadCacheBuilder {
 
     /// How long a thread waits for its next handler before it exits;
     /// [`DEFAULT_KEEP_ALIVE`] unless set. `Duration::ZERO` keeps no thread
-    /// waiting.
+    /// waiting (beyond the moment its handler's result is handed over);
+    /// `Duration::MAX` keeps them until the cache is dropped or shut down.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
         self.settings.keep_alive = keep_alive;
         self
@@ -326,6 +380,9 @@ impl ThreadCacheBuilder {
                 idle: Vec::new(),
                 threads: 0,
                 closed: false,
+                handles: HashMap::new(),
+                exited: Vec::new(),
+                shutting_down_here: 0,
             }),
             exited: Condvar::new(),
         });
@@ -357,13 +414,32 @@ impl Shared {
         if let Some(bytes) = self.settings.stack_size {
             builder = builder.stack_size(bytes);
         }
-        self.state.lock().threads += 1;
+        let mut state = self.state.lock();
+        state.threads += 1;
+        // Forget the handles of threads that have left the cache and ended.
+        let State {
+            exited, handles, ..
+        } = &mut *state;
+        exited.retain(|id| match handles.get(id) {
+            Some(handle) if handle.is_finished() => {
+                handles.remove(id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
         let shared = Arc::clone(self);
+        // (Spawned under the lock, so that the handle is in before the
+        // thread can exit and be reaped.)
         match builder.spawn(move || shared.work(task)) {
-            Ok(handle) => Ok(handle.thread().clone()),
+            Ok(handle) => {
+                let thread = handle.thread().clone();
+                state.handles.insert(thread.id(), handle);
+                Ok(thread)
+            }
             Err(error) => {
-                // Never started: undo the count, as an exit would.
-                self.exit();
+                // Never started: undo the count.
+                state.threads -= 1;
                 Err(error)
             }
         }
@@ -378,19 +454,47 @@ impl Shared {
             wake: Condvar::new(),
             thread: thread::current(),
         });
+        // However this thread ends, it leaves the idle list and the count.
+        let _leave = Leave {
+            shared: &self,
+            slot: &slot,
+        };
         let mut task = Some(task);
         while let Some(run) = task.take() {
             let publish = run();
             // Idle before the result is out: whoever waits for it and
             // spawns the next handler at once finds this thread, rather
             // than racing it to the idle list and starting another.
-            let idle = self.become_idle(&slot);
-            publish();
+            let mut idle = self.become_idle(&slot);
+            if let Some(leftover) = publish() {
+                // Nobody takes the result: drop it, but not as an idle
+                // thread: its `Drop` may spawn on this cache and wait for
+                // the handler, which must not be handed to this thread.
+                let left = idle && self.leave_idle(&slot);
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(leftover))) {
+                    // The panic hook has reported it; its payload could
+                    // panic again when dropped.
+                    std::mem::forget(payload);
+                }
+                if left {
+                    idle = self.become_idle(&slot);
+                }
+            }
             if idle {
+                // Nothing of the last handler's may shape the next one's
+                // work (see `forget_held_here`).
+                forget_held_here();
                 task = self.wait_for_next(&slot);
             }
         }
-        self.exit();
+    }
+
+    /// Takes `slot` out of the idle list; false if it was not there (a
+    /// spawn took it: its task is on its way).
+    fn leave_idle(&self, slot: &Arc<Slot>) -> bool {
+        let mut state = self.state.lock();
+        let at = state.idle.iter().position(|s| Arc::ptr_eq(s, slot));
+        at.map(|at| state.idle.remove(at)).is_some()
     }
 
     /// Puts `slot` in the idle list, unless the cache is closed or enough
@@ -406,7 +510,8 @@ impl Shared {
 
     /// Waits in `slot`, which is in the idle list, for a task.
     fn wait_for_next(&self, slot: &Arc<Slot>) -> Option<Task> {
-        let deadline = Instant::now() + self.settings.keep_alive;
+        // (A keep-alive too long for the clock is forever.)
+        let deadline = Instant::now().checked_add(self.settings.keep_alive);
         let mut next = slot.next.lock();
         loop {
             match std::mem::replace(&mut *next, Next::Wait) {
@@ -414,18 +519,19 @@ impl Shared {
                 Next::Exit => return None,
                 Next::Wait => {}
             }
-            if slot.wake.wait_until(&mut next, deadline).timed_out() && matches!(*next, Next::Wait)
-            {
+            let timed_out = match deadline {
+                Some(deadline) => slot.wake.wait_until(&mut next, deadline).timed_out(),
+                None => {
+                    slot.wake.wait(&mut next);
+                    false
+                }
+            };
+            if timed_out && matches!(*next, Next::Wait) {
                 // Out of the idle list, unless a spawn took this slot out
                 // already: then its task is on its way, wait for it. (The
                 // two locks are never held together.)
                 drop(next);
-                let left = {
-                    let mut state = self.state.lock();
-                    let at = state.idle.iter().position(|s| Arc::ptr_eq(s, slot));
-                    at.map(|at| state.idle.remove(at)).is_some()
-                };
-                if left {
+                if self.leave_idle(slot) {
                     return None;
                 }
                 next = slot.next.lock();
@@ -449,12 +555,6 @@ impl Shared {
         }
     }
 
-    /// One thread fewer.
-    fn exit(&self) {
-        self.state.lock().threads -= 1;
-        self.exited.notify_all();
-    }
-
     /// Whether the current thread is one of this cache's.
     fn is_one_of_mine(self: &Arc<Self>) -> bool {
         MINE.with(|mine| mine.get() == Arc::as_ptr(self) as usize)
@@ -474,16 +574,41 @@ impl Slot {
     }
 }
 
+/// Takes a thread out of the cache when it ends, by returning or by a
+/// panic of the cache's own (a handler's panics are caught before).
+struct Leave<'a> {
+    shared: &'a Shared,
+    slot: &'a Arc<Slot>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.shared.leave_idle(self.slot);
+        let mut state = self.shared.state.lock();
+        state.threads -= 1;
+        state.exited.push(thread::current().id());
+        drop(state);
+        self.shared.exited.notify_all();
+    }
+}
+
 impl Drop for Owner {
     fn drop(&mut self) {
         self.0.close();
     }
 }
 
-impl<T> Packet<T> {
-    fn set(&self, outcome: thread::Result<T>) {
-        *self.result.lock() = Some(outcome);
+impl<T: Send + 'static> Packet<T> {
+    /// Hands `outcome` to the join handle, or back if it was dropped.
+    fn deliver(&self, outcome: thread::Result<T>) -> Option<Leftover> {
+        let mut state = self.state.lock();
+        if state.detached {
+            return Some(Box::new(outcome));
+        }
+        state.result = Some(outcome);
+        drop(state);
         self.done.notify_all();
+        None
     }
 }
 
@@ -496,24 +621,36 @@ impl<T> CachedJoinHandle<T> {
     ///
     /// The handler's panic payload, if it panicked.
     pub fn join(self) -> thread::Result<T> {
-        let mut result = self.packet.result.lock();
+        let mut state = self.packet.state.lock();
         loop {
-            if let Some(outcome) = result.take() {
+            if let Some(outcome) = state.result.take() {
                 return outcome;
             }
-            self.packet.done.wait(&mut result);
+            self.packet.done.wait(&mut state);
         }
     }
 
     /// Whether the handler has returned (or panicked), so that
     /// [`join`](CachedJoinHandle::join) would not wait.
     pub fn is_finished(&self) -> bool {
-        self.packet.result.lock().is_some()
+        self.packet.state.lock().result.is_some()
     }
 
     /// The thread the handler runs on.
     pub fn thread(&self) -> &Thread {
         &self.thread
+    }
+}
+
+impl<T> Drop for CachedJoinHandle<T> {
+    /// Detaches the handler: its result, when it comes, is dropped on its
+    /// thread; one already there is dropped here.
+    fn drop(&mut self) {
+        let mut state = self.packet.state.lock();
+        state.detached = true;
+        let result = state.result.take();
+        drop(state);
+        drop(result);
     }
 }
 

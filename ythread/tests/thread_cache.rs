@@ -321,3 +321,227 @@ fn a_name_with_a_nul_byte_panics_as_std_and_leaves_the_cache_whole() {
     // `shutdown` has nothing to wait for.
     cache.shutdown();
 }
+
+/// Runs `body` on a thread of its own; fails the test if it has not
+/// returned within 10 s (a hang), rather than hanging the test run.
+fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || done.send(body()));
+    result
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("hung: {what}"))
+}
+
+#[test]
+fn a_keep_alive_too_long_for_the_clock_waits_forever_and_the_cache_works() {
+    let cache = ThreadCache::builder().keep_alive(Duration::MAX).build();
+    let first = cache.spawn(Inline, || thread::current().id()).unwrap();
+    let thread = first.join().unwrap();
+    let again = cache.clone();
+    let second = within("the second handler", move || {
+        again
+            .spawn(Inline, || thread::current().id())
+            .unwrap()
+            .join()
+            .unwrap()
+    });
+    assert_eq!(second, thread, "the idle thread took it");
+    within("shutdown", move || cache.shutdown());
+}
+
+/// A value whose `Drop` panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("dropping this panics");
+    }
+}
+
+#[test]
+fn a_detached_result_or_payload_that_panics_when_dropped_costs_no_thread() {
+    let cache = ThreadCache::new();
+    let (ran, told) = mpsc::channel();
+    let tell = ran.clone();
+    drop(
+        cache
+            .spawn(Inline, move || {
+                tell.send(()).unwrap();
+                PanicsOnDrop
+            })
+            .unwrap(),
+    );
+    told.recv().unwrap();
+    drop(
+        cache
+            .spawn(Inline, move || -> () {
+                ran.send(()).unwrap();
+                std::panic::panic_any(PanicsOnDrop)
+            })
+            .unwrap(),
+    );
+    told.recv().unwrap();
+    let again = cache.clone();
+    let sum = within("a handler after them", move || {
+        again
+            .spawn(Inline, sum_on_pool(10))
+            .unwrap()
+            .join()
+            .unwrap()
+            .0
+    });
+    assert_eq!(sum, 55);
+    within("shutdown", move || cache.shutdown());
+}
+
+#[test]
+fn a_strategy_that_panics_when_dropped_is_the_handlers_panic() {
+    /// A strategy carrying a value that panics when dropped.
+    struct Carrying(PanicsOnDrop);
+    impl ythread::Apply for Carrying {
+        fn apply(&self, job: ythread::Job<'_>) {
+            job.run();
+        }
+    }
+    let cache = ThreadCache::new();
+    let joined = within("join", {
+        let cache = cache.clone();
+        move || {
+            cache
+                .spawn(Carrying(PanicsOnDrop), sum_on_pool(3))
+                .unwrap()
+                .join()
+        }
+    });
+    assert!(joined.is_err(), "the strategy's drop panicked");
+    within("shutdown", move || cache.shutdown());
+}
+
+/// A result whose `Drop` runs a handler on the same cache and waits for it.
+struct SpawnsWhenDropped(ThreadCache, mpsc::Sender<u64>);
+
+impl Drop for SpawnsWhenDropped {
+    fn drop(&mut self) {
+        let sum = self
+            .0
+            .spawn(Inline, sum_on_pool(4))
+            .unwrap()
+            .join()
+            .unwrap()
+            .0;
+        self.1.send(sum).unwrap();
+    }
+}
+
+#[test]
+fn a_detached_result_whose_drop_waits_for_a_handler_of_the_same_cache_gets_it() {
+    let cache = ThreadCache::new();
+    let (tell, told) = mpsc::channel();
+    let inner = cache.clone();
+    drop(
+        cache
+            .spawn(Inline, move || SpawnsWhenDropped(inner, tell))
+            .unwrap(),
+    );
+    assert_eq!(
+        told.recv_timeout(Duration::from_secs(10)),
+        Ok(10),
+        "the drop's handler ran"
+    );
+}
+
+#[test]
+fn handlers_shutting_down_their_own_cache_at_once_both_return() {
+    let cache = ThreadCache::new();
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (inner, barrier) = (cache.clone(), Arc::clone(&barrier));
+            cache
+                .spawn(Inline, move || {
+                    barrier.wait();
+                    inner.shutdown();
+                })
+                .unwrap()
+        })
+        .collect();
+    within("both shutdowns", move || {
+        for handle in handles {
+            handle.join().unwrap();
+        }
+    });
+    eventually("no thread", || cache.threads() == 0);
+}
+
+#[test]
+fn shutdown_returns_once_the_threads_locals_are_destroyed() {
+    struct Slow(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Slow {
+        fn drop(&mut self) {
+            thread::sleep(Duration::from_millis(200));
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    thread_local! {
+        static SLOW: std::cell::RefCell<Option<Slow>> = const { std::cell::RefCell::new(None) };
+    }
+    let destroyed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cache = ThreadCache::new();
+    let flag = Arc::clone(&destroyed);
+    cache
+        .spawn(Inline, move || {
+            SLOW.with(|slow| *slow.borrow_mut() = Some(Slow(flag)))
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    cache.shutdown();
+    assert!(
+        destroyed.load(std::sync::atomic::Ordering::SeqCst),
+        "shutdown returned before the thread's locals were destroyed"
+    );
+}
+
+#[yieldable]
+fn offloads_from_inside(cpu: Bounded) {
+    use ythread::Yieldable;
+    inner_offload().run_with(&cpu)
+}
+
+#[yieldable]
+fn inner_offload() {
+    // Work holding the permit suspends the handler started by hand.
+    offload!(|| ythread::offload(|| ()))
+}
+
+#[test]
+fn a_permit_leaked_by_a_forgotten_handler_lets_no_later_handler_in_place() {
+    use ythread::{GeneratorState, Yieldable};
+    let cpu = Bounded::new(1);
+    let cache = ThreadCache::new();
+    let leaking = cpu.clone();
+    let thread = cache
+        .spawn(Inline, move || {
+            let mut generator = offloads_from_inside(leaking).start();
+            match generator.resume() {
+                GeneratorState::Yielded(_job) => {}
+                GeneratorState::Complete(()) => panic!("did not suspend"),
+            }
+            // Safe code may leak it, holding the only permit.
+            std::mem::forget(generator);
+            thread::current().id()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    // The permit is gone for good; work under it must wait, here as on a
+    // fresh thread, not run in place as if this handler held it.
+    let (tell, told) = mpsc::channel();
+    let next = cache.spawn(cpu, bounded_work(tell)).unwrap();
+    assert_eq!(next.thread().id(), thread, "the same thread, reused");
+    assert!(
+        told.recv_timeout(Duration::from_millis(300)).is_err(),
+        "work ran in place under a permit a forgotten handler leaked"
+    );
+    drop(next);
+}

@@ -229,6 +229,15 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// Forgets every permit this thread's record says its work holds: for a
+/// thread about to run an unrelated handler (a `ThreadCache` thread). The
+/// record is empty then unless a handler leaked a suspended one that held a
+/// permit (`mem::forget`); that permit stays taken, but the next handler's
+/// work must not run in place under it.
+pub(crate) fn forget_held_here() {
+    HELD.with(|held| held.len.set(0));
+}
+
 impl HeldHere {
     const fn new() -> Self {
         HeldHere {
