@@ -129,6 +129,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use self::worker::{Worker, WorkerBuilder};
+/// The NATS client `Remote` and `Worker` are built on, re-exported because
+/// [`RemoteBuilder::connect_options`] and `WorkerBuilder::connect_options`
+/// take its `ConnectOptions` (credentials, TLS, nkeys): use it from here to
+/// get the version ythread was built with.
+///
+/// It is part of ythread's public API, pinned to async-nats 0.51.x: moving
+/// to another async-nats minor version changes this re-export, so it is a
+/// breaking change of ythread (a new minor version while ythread is 0.x),
+/// listed in the changelog.
 pub use async_nats;
 
 use self::io::{Io, block_on};
