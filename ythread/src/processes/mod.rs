@@ -14,7 +14,7 @@
 //! | a crash (SIGSEGV, abort, out of memory) in work | kills the server | fails that call; the worker is replaced |
 //! | work that never ends | holds a thread forever | killed at the deadline |
 //! | what can be offloaded | any `Send` work | `#[offloadable]` functions with serde arguments and results |
-//! | round trip, this repository's 2-vCPU VM (BENCHMARKS.md) | ~0.4 µs | 46-48 µs: a raw pipe round trip (two process wake-ups) and 1-4% more |
+//! | round trip, measured on a 2-vCPU Linux VM | ~0.4 µs | 46-48 µs: a raw pipe round trip (two process wake-ups) and 1-4% more |
 //!
 //! Pick `Pool` for trusted work; pick `Processes` when one bad input must not
 //! cost more than its own request, and the work is long enough (the seed's
@@ -125,7 +125,7 @@
 //! closing, and kills its group). Only processes the work moves out of the
 //! group (`setsid`, a daemon's double fork) escape. What a worker prints
 //! reaches the program's stderr, each line labelled with the worker and the
-//! function it runs. The README's "What `Processes` promises" lists it all.
+//! function it runs.
 
 // The files of this module. The parent side: `builder.rs` (the settings,
 // and starting the first worker processes), `checkout.rs` (idle worker

@@ -53,8 +53,7 @@
 //!   inbox, and publish `_INBOX.>` (the requesters' replies), `$JS.API.>`,
 //!   `$JS.ACK.>` and `ythread-queue.<namespace>.>` (the shared queue). Then
 //!   a requester can neither read another's calls nor answer them; only
-//!   workers answer. (The README's "Scale out" shows the server's
-//!   configuration.)
+//!   workers answer.
 //! - **One shared credential plus a signing key**
 //!   ([`RemoteBuilder::signing_key`], [`WorkerBuilder::signing_key`]): every
 //!   call and reply is signed (HMAC-SHA256 over the subject, the reply

@@ -54,7 +54,7 @@ use crate::{Processes, ProcessesBuilder};
 /// more than the wait. The queue needs a server with JetStream
 /// (`nats-server -js`); without it (see [`Worker::shared_queue`]) a call
 /// waits for this worker's processes, and the fleet's tail latency under
-/// load suffers (see `BENCHMARKS.md`).
+/// load suffers.
 ///
 /// Delivery stays at most once: a worker runs a queued call only after the
 /// server has confirmed that the worker took it, and a call whose fate is
