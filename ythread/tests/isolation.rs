@@ -406,8 +406,7 @@ fn a_stack_overflow_in_a_worker_is_named_as_one() {
             try_offload!(recurse, 0)
         }
         // With a memory limit too: an abort must not be blamed on it.
-        let cpu = Processes::builder()
-            .workers(1)
+        let cpu = common::worker_processes(1)
             .memory_limit(4 << 30)
             .build()
             .unwrap();
@@ -662,7 +661,7 @@ fn try_picky(argument: Picky, word: String) -> Result<Picky, OffloadError> {
 #[test]
 fn each_failure_names_its_side_and_keeps_its_message() {
     common::watchdog(Duration::from_secs(60), || {
-        let cpu = Processes::new(1).unwrap();
+        let cpu = common::worker_processes(1).build().unwrap();
         let ok = || Picky("ok".into());
         let cases = [
             // In this process, before anything is sent.
@@ -1080,8 +1079,7 @@ fn a_call_too_large_for_a_workers_memory_costs_two_workers_and_says_it_did_not_r
         }
         // The frame fits the maximum, not the worker's memory: each worker
         // it is sent to dies taking it in.
-        let cpu = Processes::builder()
-            .workers(1)
+        let cpu = common::worker_processes(1)
             .memory_limit(256 << 20)
             .max_frame(1 << 30)
             .build()
@@ -1335,15 +1333,13 @@ fn max_calls_replaces_a_worker_after_its_calls() {
         assert_eq!(cpu.restarts(), 0, "a retired worker is no restart");
         // Work that leaks 100 MiB a call, under a 512 MiB limit: without a
         // bound, the fifth call or so dies; replaced every 2 calls, none.
-        let leaky = Processes::builder()
-            .workers(1)
+        let leaky = common::worker_processes(1)
             .memory_limit(512 << 20)
             .build()
             .unwrap();
         let died = (0..8).find_map(|_| handle(100).run_with(&leaky).err());
         assert_eq!(died.map(|e| e.kind()), Some(OffloadErrorKind::WorkerDied));
-        let recycled = Processes::builder()
-            .workers(1)
+        let recycled = common::worker_processes(1)
             .memory_limit(512 << 20)
             .max_calls(2)
             .build()

@@ -1113,3 +1113,46 @@ fn a_namesake_of_a_registered_function_is_not_sent_under_its_registration() {
         });
     }
 }
+
+#[test]
+fn worker_output_takes_every_line_labelled_instead_of_stderr() {
+    #[yieldable]
+    fn talk(n: u64) -> u64 {
+        offload!(chatty, n)
+    }
+    #[yieldable]
+    fn try_fail(message: String) -> Result<u64, OffloadError> {
+        try_offload!(fails, message)
+    }
+    common::watchdog(Duration::from_secs(60), || {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = Arc::clone(&lines);
+        let cpu = Processes::builder()
+            .workers(1)
+            .worker_output(move |line| sink.lock().unwrap().push(line.to_owned()))
+            .build()
+            .unwrap();
+        assert_eq!(talk(21).run_with(&cpu), 42);
+        let pid = cpu.idle_pids()[0];
+        let error = try_fail("bad input 7".into()).run_with(&cpu).unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Panicked);
+        // (A line is labelled with the call the worker runs when the relay
+        // reads it, which may be the next one: the worker's label only.)
+        let label = format!("[ythread worker 1 pid {pid} processes::");
+        // The relay is a thread of its own: wait for the lines.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = lines.lock().unwrap().clone();
+            let has = |prefix: &str, text: &str| {
+                got.iter()
+                    .any(|l| l.starts_with(prefix) && l.contains(text))
+            };
+            if has(&label, "a worker printing on stdout: 21") && has(&label, "bad input 7") {
+                assert!(got.iter().all(|l| !l.ends_with('\n')), "{got:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "lines: {got:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    });
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::Processes;
 use super::checkout::{Idle, Shared};
 use super::entry;
+use super::output::WorkerOutput;
 use super::process::Spec;
 use super::supervise::{Request, supervise};
 use crate::sync::Mutex;
@@ -40,6 +41,8 @@ pub struct ProcessesBuilder {
     args: Vec<OsString>,
     /// How long a worker process may take to say it is ready.
     start_timeout: Duration,
+    /// Where the workers' lines go; `None`: this process's stderr.
+    worker_output: Option<WorkerOutput>,
 }
 
 /// The default maximum frame: 64 MiB.
@@ -173,6 +176,24 @@ impl ProcessesBuilder {
         self
     }
 
+    /// Sends each line the worker processes print (their stdout and stderr,
+    /// a panic's message, a crash's last words) to `sink` instead of this
+    /// process's stderr: to a logger, to a test's own record, or nowhere
+    /// (`|_| {}`). A line comes labelled as it would on stderr, `[ythread
+    /// worker 1 pid 4242 app::digest] text`, without its newline, control
+    /// characters escaped; at most 64 KiB of a longer line, then the rest as
+    /// further lines.
+    ///
+    /// `sink` runs on the thread that reads that worker's output, one line
+    /// at a time per worker: a sink that blocks holds back that worker's
+    /// output, and then the worker itself once its pipe is full. What a
+    /// worker printed last is kept beside it either way, to explain a crash
+    /// in [`OffloadError`](crate::OffloadError)'s message.
+    pub fn worker_output(mut self, sink: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.worker_output = Some(WorkerOutput(Arc::new(sink)));
+        self
+    }
+
     /// Starts the workers and waits until each is ready.
     ///
     /// # Errors
@@ -219,6 +240,7 @@ impl ProcessesBuilder {
             max_depth: self.max_depth,
             start: entry::start_of_workers(),
             start_timeout: self.start_timeout,
+            worker_output: self.worker_output.clone(),
         };
         let shared = Arc::new(Shared {
             idle: Mutex::new(Idle::default()),
@@ -309,6 +331,7 @@ impl Processes {
             program: None,
             args: Vec::new(),
             start_timeout: Duration::from_secs(10),
+            worker_output: None,
         }
     }
 }

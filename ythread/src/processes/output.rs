@@ -73,8 +73,17 @@ impl Output {
     /// process id. Spawns a thread named "ythread-output".
     ///
     /// Errors: the thread could not be spawned.
-    pub(crate) fn relay(reader: PipeReader, worker: usize, pid: u32) -> io::Result<Output> {
-        relay_to(reader, worker, pid, StderrQueue)
+    /// The lines go to `sink` if given, else to this process's stderr.
+    pub(crate) fn relay(
+        reader: PipeReader,
+        worker: usize,
+        pid: u32,
+        sink: Option<WorkerOutput>,
+    ) -> io::Result<Output> {
+        match sink {
+            None => relay_to(reader, worker, pid, StderrQueue),
+            Some(sink) => relay_to(reader, worker, pid, Callback(sink)),
+        }
     }
 
     /// The function the worker runs from now on (its path,
@@ -244,6 +253,33 @@ fn stderr_writer() -> Option<Sender<Vec<u8>>> {
         }
     }
     writer.clone()
+}
+
+/// A callback that takes each line a worker process prints
+/// (`ProcessesBuilder::worker_output`).
+#[derive(Clone)]
+pub(crate) struct WorkerOutput(pub(crate) Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for WorkerOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerOutput(a callback)")
+    }
+}
+
+/// A user's callback as the relay's sink: each write is one whole line
+/// (see `Relay::flush_line`), handed over without its newline.
+struct Callback(WorkerOutput);
+
+impl Write for Callback {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        (self.0.0)(&String::from_utf8_lossy(line));
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the
@@ -843,7 +879,7 @@ mod tests {
     #[test]
     fn relay_writes_to_stderr() {
         let (reader, mut writer) = io::pipe().unwrap();
-        let output = Output::relay(reader, 1, 0).unwrap();
+        let output = Output::relay(reader, 1, 0, None).unwrap();
         writer.write_all(b"relayed to the test's stderr\n").unwrap();
         drop(writer);
         assert_eq!(output.last_lines(LONG), "relayed to the test's stderr\n");

@@ -18,7 +18,7 @@ use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdO
 use super::death::Death;
 use super::frame::{self, Exited, HELLO, PROTOCOL, ReadError, Watch};
 use super::handoff::{CALLS_FD, REPLIES_FD, Setting, Start, WORKER_ENV, parent_death_signal};
-use super::output::{self, Output};
+use super::output::{self, Output, WorkerOutput};
 use super::sigpipe;
 use super::started::{STARTED_FD, Started};
 
@@ -37,6 +37,8 @@ pub(crate) struct Spec {
     pub(crate) start: Start,
     /// How long a worker may take from `exec` to its hello.
     pub(crate) start_timeout: Duration,
+    /// Where its lines go; `None`: this process's stderr.
+    pub(crate) worker_output: Option<WorkerOutput>,
 }
 
 /// Why a worker did not start.
@@ -215,7 +217,7 @@ impl Process {
         // writer of its output the relay from seeing the output end. (The
         // command holds the output's ends.)
         drop((calls_in, replies_out, started_fd, command));
-        let output = Output::relay(output_in, number, child.id());
+        let output = Output::relay(output_in, number, child.id(), spec.worker_output.clone());
         // Writes to the worker wait in `poll`, beside its end (`frame::write`).
         rustix::io::ioctl_fionbio(&calls_out, true)
             .map_err(|e| format!("a non-blocking pipe for calls: {e}"))?;

@@ -148,10 +148,42 @@ pub(crate) fn entry_args(entry: &str) -> [&str; 5] {
 }
 
 /// `n` worker processes for the tests: this test binary, which serves
-/// before its harness starts, with no setup.
+/// before its harness starts, with no setup. What they print (the panics
+/// and crashes the tests cause on purpose) is kept by [`keep_line`], not
+/// printed: a green run prints no failure-looking line.
 #[allow(dead_code)] // Not every test file that includes this module uses it.
 pub(crate) fn worker_processes(n: usize) -> ythread::ProcessesBuilder {
-    ythread::Processes::builder().workers(n)
+    ythread::Processes::builder()
+        .workers(n)
+        .worker_output(keep_line)
+}
+
+/// The last lines that worker processes and entry processes of this test
+/// binary printed, for a failing test to show.
+static LINES: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Keeps `line` among the last 1000 printed (see [`printed_lines`]).
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn keep_line(line: &str) {
+    let mut lines = LINES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if lines.len() == 1000 {
+        lines.pop_front();
+    }
+    lines.push_back(line.to_owned());
+}
+
+/// The lines [`keep_line`] kept, oldest first.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn printed_lines() -> Vec<String> {
+    LINES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// `R` (running), `S` (sleeping), `Z` (zombie), ... of the process `pid`, or
@@ -199,8 +231,18 @@ impl EntryProcess {
             .arg("--nocapture")
             .env(name, value)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // What it prints on stderr (its workers' lines, panics it causes on
+        // purpose) is kept, not shown.
+        let errors = std::io::BufReader::new(child.stderr.take().unwrap());
+        thread::spawn(move || {
+            errors
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|l| keep_line(&l))
+        });
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         // (Dropped on a failure to start: killed.)
         let process = EntryProcess { child };
