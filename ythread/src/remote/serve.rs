@@ -904,6 +904,39 @@ impl WireCall for RawCall<'_> {
     }
 }
 
+/// Answers each call on the worker's threads that runs past the worker's
+/// [`deadline`](super::WorkerBuilder::deadline), at that deadline, with
+/// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded): a thread
+/// cannot be killed, so the call runs on, holding its place among the
+/// worker's threads, until it returns, and its result is dropped. Runs until
+/// the worker's runtime is shut down.
+///
+/// It is never told of a call: every call's deadline is its start plus the
+/// same duration, so one that starts while this sleeps is due after the
+/// time this wakes at (at the latest, one deadline from now). Running a call
+/// costs two uncontended locks, no wake-up. (The requester's own deadline
+/// is the requester's to keep: it stops waiting by itself.)
+pub(super) async fn watch_overruns(serving: Arc<Serving>, threads: Arc<Threads>) {
+    // Wakes at least this often, a deadline too long to add included.
+    const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
+    loop {
+        let now = Instant::now();
+        let (overdue, next) = threads.overdue(now, serving.deadline);
+        for reply_to in overdue {
+            let reply = Reply::Failed(WireError::Overran {
+                deadline_ms: u64::try_from(serving.deadline.as_millis()).unwrap_or(u64::MAX),
+            });
+            serving.answer(reply_to, reply.encode()).await;
+        }
+        // (Not sooner than a millisecond from now: a zero deadline must not
+        // make this spin.)
+        let wake = next
+            .unwrap_or_else(|| now + serving.deadline.min(LONGEST_SLEEP))
+            .clamp(now + Duration::from_millis(1), now + LONGEST_SLEEP);
+        tokio::time::sleep_until(wake.into()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,8 @@
 //! queue) is `serve.rs`'s, the same for both modes.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::serve::Serving;
 use super::wire::{Reply, WireError};
 use crate::error::OffloadError;
 use crate::offloadable::{InvokeError, Registration};
@@ -35,7 +33,7 @@ pub(super) const STACK_SIZE: usize = 8 << 20;
 pub(super) struct Threads {
     /// How many run at once, at most: the worker's slots.
     pub(super) count: usize,
-    /// The calls running now, for [`watch_overruns`].
+    /// The calls running now, for [`watch_overruns`](super::serve::watch_overruns).
     running: Mutex<Running>,
 }
 
@@ -73,7 +71,7 @@ impl Threads {
     }
 
     /// Runs a call of `registration` with its encoded `args` on this thread;
-    /// returns the encoded reply, or `None` if [`watch_overruns`] answered
+    /// returns the encoded reply, or `None` if [`watch_overruns`](super::serve::watch_overruns) answered
     /// for it meanwhile (it ran past the worker's deadline).
     ///
     /// The arguments are decoded and the result encoded as a worker process
@@ -141,7 +139,7 @@ impl Threads {
     /// Marks the calls running since `deadline` before `now` as answered;
     /// returns where their answers go, and when the next one will be due
     /// (`None`: no call is running).
-    fn overdue(
+    pub(super) fn overdue(
         &self,
         now: Instant,
         deadline: Duration,
@@ -169,37 +167,4 @@ impl Threads {
 
 fn failed(error: OffloadError) -> Vec<u8> {
     Reply::Failed(WireError::of(&error)).encode()
-}
-
-/// Answers each call on the worker's threads that runs past the worker's
-/// [`deadline`](super::WorkerBuilder::deadline), at that deadline, with
-/// [`DeadlineExceeded`](crate::OffloadErrorKind::DeadlineExceeded): a thread
-/// cannot be killed, so the call runs on, holding its place among the
-/// worker's threads, until it returns, and its result is dropped. Runs until
-/// the worker's runtime is shut down.
-///
-/// It is never told of a call: every call's deadline is its start plus the
-/// same duration, so one that starts while this sleeps is due after the
-/// time this wakes at (at the latest, one deadline from now). Running a call
-/// costs two uncontended locks, no wake-up. (The requester's own deadline
-/// is the requester's to keep: it stops waiting by itself.)
-pub(super) async fn watch_overruns(serving: Arc<Serving>, threads: Arc<Threads>) {
-    // Wakes at least this often, a deadline too long to add included.
-    const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
-    loop {
-        let now = Instant::now();
-        let (overdue, next) = threads.overdue(now, serving.deadline);
-        for reply_to in overdue {
-            let reply = Reply::Failed(WireError::Overran {
-                deadline_ms: u64::try_from(serving.deadline.as_millis()).unwrap_or(u64::MAX),
-            });
-            serving.answer(reply_to, reply.encode()).await;
-        }
-        // (Not sooner than a millisecond from now: a zero deadline must not
-        // make this spin.)
-        let wake = next
-            .unwrap_or_else(|| now + serving.deadline.min(LONGEST_SLEEP))
-            .clamp(now + Duration::from_millis(1), now + LONGEST_SLEEP);
-        tokio::time::sleep_until(wake.into()).await;
-    }
 }

@@ -16,7 +16,7 @@ use super::io::Io;
 use super::queue::{Backlog, Queue};
 use super::serve::{
     Function, Load, MAX_FORWARDING, ReplySubjects, Runner, Serving, SignedReplies, Slots,
-    pull_calls, serve_function, take_cancellations,
+    pull_calls, serve_function, take_cancellations, watch_overruns,
 };
 use super::signing::Key;
 use super::threads::{self, Threads};
@@ -532,10 +532,7 @@ impl WorkerBuilder {
             if let Runner::Threads(threads) = &serving.runner {
                 // (Not one of `tasks`: it answers for calls that overrun
                 // while the worker stops, too; it ends with the runtime.)
-                tokio::spawn(threads::watch_overruns(
-                    Arc::clone(&serving),
-                    Arc::clone(threads),
-                ));
+                tokio::spawn(watch_overruns(Arc::clone(&serving), Arc::clone(threads)));
             }
             let tasks = subscribe(&serving, &namespace, &stopping).await?;
             // The server answers a refused subscription before the flush's
