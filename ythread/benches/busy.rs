@@ -1,6 +1,7 @@
 //! How busy a strategy keeps the cores when CPU work outnumbers them: 16
 //! handler threads each offload 20 pieces of about 4 ms of work to one shared
-//! `Bounded(cores)` or `Pool(cores)`, with no I/O at all. Prints the share of
+//! `Bounded(cores)` or `Pool(cores)` (or `Exclusive`, which should keep one
+//! core busy), with no I/O at all. Prints the share of
 //! the cores the process kept busy (CPU time / (wall time x cores)), the
 //! share the machine sat idle, and the share other processes took (when
 //! they run, they fill the gaps this process leaves, and "busy" reads low
@@ -12,7 +13,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use ythread::{Apply, Bounded, Pool, YieldableThread, offload, yieldable};
+use ythread::{Apply, Bounded, Exclusive, Pool, YieldableThread, offload, yieldable};
 
 #[inline(never)]
 fn spin(n: u64) -> u64 {
@@ -109,6 +110,14 @@ fn main() {
     for round in 1..=rounds {
         let bounded = run(Bounded::new(cores), n, cores);
         let pool = run(Pool::new(cores), n, cores);
+        // One at a time: at best one core's worth of work, 1/cores busy.
+        let exclusive = run(Exclusive::new(), n, cores);
+        println!(
+            "round {round}: Exclusive busy {:.0}% of its one core, idle {:.0}%, others {:.0}%",
+            pct(exclusive.busy) * cores as f64,
+            pct(exclusive.idle),
+            pct(exclusive.others),
+        );
         println!(
             "round {round}: Bounded({cores}) busy {:.0}% idle {:.0}% others {:.0}% | \
              Pool({cores}) busy {:.0}% idle {:.0}% others {:.0}% | wall Bounded/Pool {:.2}",
