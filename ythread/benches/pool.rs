@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::{Sender, bounded, unbounded};
+use crossbeam_utils::CachePadded;
 use ythread::{GeneratorState, Pool, Yieldable, YieldableThread};
 
 use crate::common::{add_one, offload_forever, offload_times};
@@ -40,9 +41,16 @@ impl CrossbeamWorker {
 
 /// Baseline 2: a one-slot handoff in both directions; each side spins on the
 /// slot for a while and then parks.
+///
+/// Baseline 3, the same with the job "borrowed": the argument and the result
+/// travel in a cache line of their own, as a `Pool` job's do (they live in
+/// the caller's frame), and the slots carry only the signal. The floor of a
+/// handoff whose work borrows the caller's data.
 struct SpinPark {
     request: AtomicU64,
     response: AtomicU64,
+    /// Baseline 3's job: its argument, then its result.
+    job: Option<CachePadded<AtomicU64>>,
     worker_sleeping: AtomicBool,
     caller_sleeping: AtomicBool,
     worker: std::sync::OnceLock<Thread>,
@@ -81,10 +89,11 @@ fn post(slot: &AtomicU64, value: u64, sleeping: &AtomicBool, thread: &Thread) {
 }
 
 impl SpinPark {
-    fn start() -> Arc<Self> {
+    fn start(borrowed: bool) -> Arc<Self> {
         let shared = Arc::new(SpinPark {
             request: AtomicU64::new(EMPTY),
             response: AtomicU64::new(EMPTY),
+            job: borrowed.then(|| CachePadded::new(AtomicU64::new(0))),
             worker_sleeping: AtomicBool::new(false),
             caller_sleeping: AtomicBool::new(false),
             worker: std::sync::OnceLock::new(),
@@ -97,9 +106,16 @@ impl SpinPark {
                 if x == EMPTY - 1 {
                     return;
                 }
+                let y = match &worker_side.job {
+                    Some(job) => {
+                        job.store(add_one(job.load(Ordering::Acquire)), Ordering::Release);
+                        0
+                    }
+                    None => add_one(x),
+                };
                 post(
                     &worker_side.response,
-                    add_one(x),
+                    y,
                     &worker_side.caller_sleeping,
                     &worker_side.caller,
                 );
@@ -110,13 +126,20 @@ impl SpinPark {
     }
 
     fn call(&self, x: u64) -> u64 {
+        if let Some(job) = &self.job {
+            job.store(x, Ordering::Relaxed);
+        }
         post(
             &self.request,
             x,
             &self.worker_sleeping,
             self.worker.get().unwrap(),
         );
-        wait_for(&self.response, &self.caller_sleeping)
+        let y = wait_for(&self.response, &self.caller_sleeping);
+        match &self.job {
+            Some(job) => job.load(Ordering::Acquire),
+            None => y,
+        }
     }
 
     fn stop(&self) {
@@ -141,7 +164,13 @@ fn one_caller(c: &mut Criterion) {
         });
     });
     group.bench_function("raw_spin_then_park", |b| {
-        let handoff = SpinPark::start();
+        let handoff = SpinPark::start(false);
+        let mut x = 0;
+        b.iter(|| x = handoff.call(black_box(x)));
+        handoff.stop();
+    });
+    group.bench_function("raw_spin_then_park_borrowed_job", |b| {
+        let handoff = SpinPark::start(true);
         let mut x = 0;
         b.iter(|| x = handoff.call(black_box(x)));
         handoff.stop();
