@@ -25,7 +25,7 @@ use ythread_demo::expected_sum;
 /// Senders started before the first arrival; more start on demand. With 8,
 /// at the seed's n = 25000 above about 14,000 arrivals/s, senders slow to
 /// wake made the driver start a thread per arrival, 500-800 of them, whose
-/// creation took the cores the server needed: it sent at 35-70% of the
+/// creation took the cores the server needed: it sent at 45-70% of the
 /// asked rate. 64 held up to 20,000/s in two runs of three (BENCHMARKS.md,
 /// issue 19); a driver without a thread per request would be the fix.
 const INITIAL_SENDERS: usize = 64;
