@@ -22,8 +22,13 @@ use rand_distr::Exp;
 use ythread_demo::client::{LoadReport, latency_histogram, request_with_retries};
 use ythread_demo::expected_sum;
 
-/// Senders started before the first arrival; more start on demand.
-const INITIAL_SENDERS: usize = 8;
+/// Senders started before the first arrival; more start on demand. With 8,
+/// at the seed's n = 25000 above about 14,000 arrivals/s, senders slow to
+/// wake made the driver start a thread per arrival, 500-800 of them, whose
+/// creation took the cores the server needed: it sent at 45-70% of the
+/// asked rate. 64 held up to 20,000/s in two runs of three (BENCHMARKS.md,
+/// issue 19); a driver without a thread per request would be the fix.
+const INITIAL_SENDERS: usize = 64;
 
 /// A sender only makes one request at a time; it needs little stack.
 const SENDER_STACK: usize = 128 * 1024;
@@ -42,16 +47,24 @@ pub(crate) struct OpenStats {
 }
 
 /// Arrival offsets from the start of the run: `requests` exponential gaps
-/// with mean `1 / rate`.
+/// with mean `1 / rate`, scaled so that the last arrival falls at
+/// `requests / rate`: the schedule offers exactly `rate` on average. (A
+/// sample of 200 gaps has a mean off by 7% either way, one time in three;
+/// at 90% load that alone can make the offered load 97% or 83%.)
 pub(crate) fn poisson_schedule(requests: u64, rate_per_sec: f64, seed: u64) -> Vec<Duration> {
     let gaps = Exp::new(rate_per_sec).expect("a positive, finite arrival rate");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut at = 0.0f64;
-    (0..requests)
+    let offsets: Vec<f64> = (0..requests)
         .map(|_| {
             at += rng.sample(gaps);
-            Duration::from_secs_f64(at)
+            at
         })
+        .collect();
+    let scale = requests as f64 / rate_per_sec / at;
+    offsets
+        .into_iter()
+        .map(|at| Duration::from_secs_f64(at * scale))
         .collect()
 }
 
@@ -83,12 +96,14 @@ pub(crate) fn open_loop(
     // Give the first senders time to park, so the first arrivals do not pay
     // for their start.
     let start = Instant::now() + Duration::from_millis(5);
+    let mut dispatched = None;
     for &offset in schedule {
         let due = start + offset;
         let now = Instant::now();
         if due > now {
             thread::sleep(due - now);
         }
+        dispatched.get_or_insert_with(Instant::now);
         let mut state = shared.lock();
         state.due.push_back(due);
         if state.due.len() > state.idle {
@@ -97,6 +112,17 @@ pub(crate) fn open_loop(
         } else {
             drop(state);
             shared.wake.notify_one();
+        }
+    }
+    // What the client really offered: arrivals handed to senders, first to
+    // last, per second (the report's "offered" is the rate asked for).
+    if let Some(first) = dispatched {
+        let span = first.elapsed().as_secs_f64();
+        if schedule.len() > 1 && span > 0.0 {
+            eprintln!(
+                "open loop: asked {offered_per_sec:.1} requests/s, sent {:.1}/s",
+                (schedule.len() - 1) as f64 / span
+            );
         }
     }
     shared.lock().done = true;

@@ -1,15 +1,19 @@
 //! How busy a strategy keeps the cores when CPU work outnumbers them: 16
 //! handler threads each offload 20 pieces of about 4 ms of work to one shared
-//! `Bounded(cores)` or `Pool(cores)`, with no I/O at all. Prints the share of
-//! the cores the process kept busy (CPU time / (wall time x cores)); wall
-//! times drift too much on a virtual machine to compare directly. Linux only.
+//! `Bounded(cores)` or `Pool(cores)` (or `Exclusive`, which should keep one
+//! core busy), with no I/O at all. Prints the share of
+//! the cores the process kept busy (CPU time / (wall time x cores)), the
+//! share the machine sat idle, and the share other processes took (when
+//! they run, they fill the gaps this process leaves, and "busy" reads low
+//! for both strategies: read the rounds where others took little); and the
+//! wall time of `Bounded` over `Pool`'s, run back to back. Linux only.
 //!
 //! Run with: `cargo bench -p ythread --bench busy`
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use ythread::{Apply, Bounded, Pool, YieldableThread, offload, yieldable};
+use ythread::{Apply, Bounded, Exclusive, Pool, YieldableThread, offload, yieldable};
 
 #[inline(never)]
 fn spin(n: u64) -> u64 {
@@ -39,8 +43,33 @@ fn process_cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-fn cores_busy<A: Apply + Clone + Send + 'static>(apply: A, n: u64, cores: usize) -> f64 {
+/// Idle and total time of the whole machine, in ticks (`/proc/stat`).
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("Linux /proc");
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap())
+        .collect();
+    // idle + iowait; the total of every field.
+    (ticks[3] + ticks[4], ticks.iter().sum())
+}
+
+/// One run: the share of the cores this process kept busy, the share the
+/// machine sat idle, the share other processes took, and the wall time.
+struct Run {
+    busy: f64,
+    idle: f64,
+    others: f64,
+    wall: f64,
+}
+
+fn run<A: Apply + Clone + Send + 'static>(apply: A, n: u64, cores: usize) -> Run {
     let cpu = process_cpu_seconds();
+    let (idle, total) = machine_ticks();
     let start = Instant::now();
     let threads: Vec<_> = (0..16)
         .map(|_| {
@@ -53,7 +82,16 @@ fn cores_busy<A: Apply + Clone + Send + 'static>(apply: A, n: u64, cores: usize)
     for thread in threads {
         black_box(thread.join().unwrap());
     }
-    (process_cpu_seconds() - cpu) / (start.elapsed().as_secs_f64() * cores as f64)
+    let wall = start.elapsed().as_secs_f64();
+    let busy = (process_cpu_seconds() - cpu) / (wall * cores as f64);
+    let (idle_after, total_after) = machine_ticks();
+    let idle = (idle_after - idle) / (total_after - total);
+    Run {
+        busy,
+        idle,
+        others: (1.0 - idle - busy).max(0.0),
+        wall,
+    }
 }
 
 fn main() {
@@ -64,13 +102,32 @@ fn main() {
     let start = Instant::now();
     black_box(spin(probe));
     let n = (probe as f64 * 4e-3 / start.elapsed().as_secs_f64()) as u64;
-    for round in 1..=3 {
-        let bounded = cores_busy(Bounded::new(cores), n, cores);
-        let pool = cores_busy(Pool::new(cores), n, cores);
+    let rounds = std::env::args()
+        .skip(1)
+        .find_map(|a| a.strip_prefix("--rounds=")?.parse().ok())
+        .unwrap_or(3);
+    let pct = |x: f64| x * 100.0;
+    for round in 1..=rounds {
+        let bounded = run(Bounded::new(cores), n, cores);
+        let pool = run(Pool::new(cores), n, cores);
+        // One at a time: at best one core's worth of work, 1/cores busy.
+        let exclusive = run(Exclusive::new(), n, cores);
         println!(
-            "round {round}: cores busy with Bounded({cores}) {:.0}%, with Pool({cores}) {:.0}%",
-            bounded * 100.0,
-            pool * 100.0
+            "round {round}: Exclusive busy {:.0}% of its one core, idle {:.0}%, others {:.0}%",
+            pct(exclusive.busy) * cores as f64,
+            pct(exclusive.idle),
+            pct(exclusive.others),
+        );
+        println!(
+            "round {round}: Bounded({cores}) busy {:.0}% idle {:.0}% others {:.0}% | \
+             Pool({cores}) busy {:.0}% idle {:.0}% others {:.0}% | wall Bounded/Pool {:.2}",
+            pct(bounded.busy),
+            pct(bounded.idle),
+            pct(bounded.others),
+            pct(pool.busy),
+            pct(pool.idle),
+            pct(pool.others),
+            bounded.wall / pool.wall,
         );
     }
 }

@@ -15,6 +15,12 @@ use crate::sync::semaphore::FairSemaphore;
 ///
 /// Clones share the same limit.
 ///
+/// On Linux, a thread handed a permit by another is woken on the core that
+/// thread is about to free: for that one wake-up its allowed cores are that
+/// one core, and it restores its own set as soon as it runs (a thread
+/// pinned to one core is left alone). Woken anywhere else, it would queue
+/// behind other work while the freed core idled.
+///
 /// # Example
 ///
 /// ```

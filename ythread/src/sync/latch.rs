@@ -1,15 +1,29 @@
-//! How a `Pool`'s driving thread waits for its job: a flag the pool's
-//! thread sets once the job has run, and a wake-up.
+//! How a `Pool`'s driving thread waits for its job: a state the pool's
+//! thread sets once the job has run, and a wake-up if the driving thread
+//! went to sleep.
 
 use super::loom::thread::{self, Thread};
-use super::loom::{AtomicBool, Ordering};
+use super::loom::{AtomicU8, Ordering};
+
+/// The job has not run yet; the driving thread polls.
+const WAITING: u8 = 0;
+/// The job has run (the driving thread was polling: it may leave at once).
+const DONE: u8 = 1;
+/// The driving thread has parked, or is about to: the pool's thread must
+/// wake it, and it stays until told `WOKEN`.
+const PARKED: u8 = 2;
+/// The job has run and the pool's thread is done with the latch.
+const WOKEN: u8 = 3;
 
 /// Lives on the driving thread's stack while its job is in the pool.
 pub(crate) struct Latch {
-    /// Set by the pool's thread once the job has run; the driving thread may
-    /// then return (and the latch disappear).
-    done: AtomicBool,
-    /// The driving thread, unparked after `done` is set.
+    /// `WAITING`, then `DONE` (set by the pool's thread; the driving thread
+    /// may then return and the latch disappear); or `WAITING`, `PARKED` (by
+    /// the driving thread), `WOKEN` (by the pool's thread, the last thing it
+    /// does with the latch).
+    state: AtomicU8,
+    /// The driving thread, unparked if it parked. Touched by the pool's
+    /// thread only then: the fast path moves no cache line but `state`'s.
     waiter: Thread,
 }
 
@@ -17,20 +31,24 @@ impl Latch {
     /// A latch for the current thread to wait on.
     pub(crate) fn new() -> Self {
         Latch {
-            done: AtomicBool::new(false),
+            state: AtomicU8::new(WAITING),
             waiter: thread::current(),
         }
     }
 
-    /// The pool thread's side: the job has run. The latch may be gone as
-    /// soon as `done` is set, so the waiter's handle is cloned first.
+    /// The pool thread's side: the job has run. A driving thread that was
+    /// polling may be gone, with the latch, as soon as `state` says `DONE`,
+    /// so the latch is not touched after that; one that parked waits for
+    /// `WOKEN`, so its handle is still there to wake it with.
     pub(crate) fn open(&self) {
-        let waiter = self.waiter.clone();
-        self.done.store(true, Ordering::Release);
-        waiter.unpark();
+        if self.state.swap(DONE, Ordering::AcqRel) == PARKED {
+            let waiter = self.waiter.clone();
+            self.state.store(WOKEN, Ordering::Release);
+            waiter.unpark();
+        }
     }
 
-    /// Waits for the pool's thread to set `done`: spins, then yields, then
+    /// Waits for the pool's thread to run the job: spins, then yields, then
     /// parks.
     ///
     /// Tiny work comes back within a microsecond, and a wake-up from `park`
@@ -42,15 +60,23 @@ impl Latch {
         {
             let backoff = crossbeam_utils::Backoff::new();
             while !backoff.is_completed() {
-                if self.done.load(Ordering::Acquire) {
+                if self.state.load(Ordering::Acquire) == DONE {
                     return;
                 }
                 backoff.snooze();
             }
         }
+        if self
+            .state
+            .compare_exchange(WAITING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // `DONE` meanwhile.
+            return;
+        }
         // `park` may wake spuriously, and other code on this thread may
-        // have left an unpark token behind: only `done` counts.
-        while !self.done.load(Ordering::Acquire) {
+        // have left an unpark token behind: only `WOKEN` counts.
+        while self.state.load(Ordering::Acquire) != WOKEN {
             thread::park();
         }
     }

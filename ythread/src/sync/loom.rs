@@ -4,7 +4,7 @@
 //! code that uses them; otherwise parking_lot's lock and std's atomics,
 //! `Arc` and threads.
 //!
-//! Code modelled by loom (`semaphore.rs`, `latch.rs`) takes all of its
+//! Code modelled by loom (`semaphore.rs`, `steer.rs`, `latch.rs`) takes all of its
 //! primitives from here. Other code takes only [`Mutex`] (through
 //! `crate::sync`), so that the whole crate builds under `--cfg loom`.
 
@@ -15,7 +15,7 @@ mod imp {
     #[allow(unused_imports)]
     pub(crate) use parking_lot::MutexGuard;
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
     pub(crate) use std::thread;
 }
 
@@ -24,7 +24,7 @@ mod imp {
     pub(crate) use ::loom::sync::Arc;
     #[allow(unused_imports)]
     pub(crate) use ::loom::sync::MutexGuard;
-    pub(crate) use ::loom::sync::atomic::{AtomicBool, Ordering};
+    pub(crate) use ::loom::sync::atomic::{AtomicBool, AtomicU8, Ordering};
     pub(crate) use ::loom::thread;
 
     /// loom's mutex, with parking_lot's `lock` (no poisoning).

@@ -3,6 +3,8 @@
 //!
 //! - [`semaphore`]: the first-come, first-served semaphore of `Bounded` and
 //!   `Exclusive` (and of `Remote`'s calls in flight);
+//! - [`steer`]: wakes a thread given a permit on the core its releaser
+//!   frees;
 //! - [`gate`]: what lets `Pool` and `Processes` shut down while calls race
 //!   to enter them;
 //! - [`latch`]: how a `Pool`'s driving thread waits for its job;
@@ -28,6 +30,7 @@ pub(crate) mod gate;
 pub(crate) mod latch;
 pub(crate) mod loom;
 pub(crate) mod semaphore;
+pub(crate) mod steer;
 pub(crate) mod wrapper;
 
 pub(crate) use self::loom::Mutex;

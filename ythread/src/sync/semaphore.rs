@@ -22,6 +22,7 @@ use std::ptr;
 // model checker explores every interleaving of the admission.
 use super::loom::thread::{self, Thread};
 use super::loom::{Arc, AtomicBool, Mutex, Ordering};
+use super::steer::Steer;
 
 pub(crate) struct FairSemaphore {
     /// Permits not held by anyone, and the queue of threads waiting for one.
@@ -36,10 +37,12 @@ struct State {
 }
 
 /// A thread waiting for a permit; the releasing thread sets `granted` and
-/// unparks `thread`, handing its permit over.
+/// unparks `thread`, handing its permit over, and steers the wake-up to the
+/// core it frees (see `steer.rs`).
 struct Waiter {
     granted: AtomicBool,
     thread: Thread,
+    steer: Steer,
 }
 
 /// A held permit; dropping it releases the permit.
@@ -144,6 +147,7 @@ impl FairSemaphore {
         };
         loop {
             if waiter.granted.load(Ordering::Acquire) {
+                waiter.steer.running();
                 return Some(Permit { semaphore: self });
             }
             let now = std::time::Instant::now();
@@ -160,6 +164,7 @@ impl FairSemaphore {
                 // and granted it the permit under the lock. Take it, or it
                 // would be lost.
                 debug_assert!(waiter.granted.load(Ordering::Acquire));
+                waiter.steer.running();
                 return Some(Permit { semaphore: self });
             }
             thread::park_timeout(deadline - now);
@@ -183,22 +188,40 @@ impl FairSemaphore {
         while !waiter.granted.load(Ordering::Acquire) {
             thread::park();
         }
+        waiter.steer.running();
         Permit { semaphore: self }
     }
 
     /// A permit if one is free and no one waits; else this thread, queued.
     fn take_or_queue(&self) -> Result<Permit<'_>, Arc<Waiter>> {
+        if let Some(permit) = self.try_take() {
+            return Ok(permit);
+        }
+        // Made outside the lock: it allocates, and `Steer` asks the system
+        // which cores this thread may use.
+        let waiter = Arc::new(Waiter {
+            granted: AtomicBool::new(false),
+            thread: thread::current(),
+            steer: Steer::current(),
+        });
         let mut state = self.state.lock();
+        // A permit may have come back meanwhile.
         if state.available > 0 {
             state.available -= 1;
             return Ok(Permit { semaphore: self });
         }
-        let waiter = Arc::new(Waiter {
-            granted: AtomicBool::new(false),
-            thread: thread::current(),
-        });
         state.waiters.push_back(Arc::clone(&waiter));
         Err(waiter)
+    }
+
+    /// A permit if one is free (then no one waits).
+    fn try_take(&self) -> Option<Permit<'_>> {
+        let mut state = self.state.lock();
+        if state.available == 0 {
+            return None;
+        }
+        state.available -= 1;
+        Some(Permit { semaphore: self })
     }
 
     fn release(&self) {
@@ -219,6 +242,8 @@ impl FairSemaphore {
                 }
             }
         };
+        // Woken where this thread runs: the core it is about to free.
+        next.steer.to_this_core();
         next.thread.unpark();
     }
 }
