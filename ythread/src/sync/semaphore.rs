@@ -645,3 +645,49 @@ mod loom_tests {
         });
     }
 }
+
+/// The steering of a woken waiter (`steer.rs`), through the semaphore that
+/// does it.
+#[cfg(all(test, not(loom)))]
+mod steering_tests {
+    use super::*;
+    use rustix::thread::{CpuSet, sched_getaffinity};
+    use std::sync::atomic::AtomicUsize;
+
+    fn cores_of_this_thread() -> Vec<usize> {
+        let set = sched_getaffinity(None).unwrap();
+        (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+    }
+
+    /// A waiter steered to its releaser's core gets its own cores back once
+    /// it runs, every time, while threads race through a semaphore of one:
+    /// a restriction never outlives the wake-up it was made for.
+    #[test]
+    fn a_woken_waiter_runs_with_its_own_cores_again() {
+        let semaphore = Arc::new(FairSemaphore::new(1));
+        let own = cores_of_this_thread();
+        let mismatches = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (semaphore, own, mismatches) =
+                    (Arc::clone(&semaphore), own.clone(), Arc::clone(&mismatches));
+                thread::spawn(move || {
+                    for _ in 0..300 {
+                        semaphore.run(|| {
+                            if cores_of_this_thread() != own {
+                                mismatches.fetch_add(1, Ordering::Relaxed);
+                            }
+                            std::hint::black_box((0..2_000u64).sum::<u64>());
+                        });
+                    }
+                    // And after the permit is gone.
+                    cores_of_this_thread() == own
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().unwrap());
+        }
+        assert_eq!(mismatches.load(Ordering::Relaxed), 0);
+    }
+}

@@ -23,8 +23,8 @@
 //! restricted waits until that is done before it undoes it. So the
 //! restriction never outlives the wake-up.
 //!
-//! Linux only; elsewhere steering does nothing. Under loom the handshake
-//! runs without the system calls, so that the model checker explores it.
+//! Under loom the handshake runs without the system calls, so that the
+//! model checker explores it.
 
 use super::loom::{AtomicU8, Ordering};
 
@@ -101,7 +101,7 @@ impl Steer {
     }
 }
 
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(not(loom))]
 mod imp {
     use rustix::process::Pid;
     use rustix::thread::{CpuSet, gettid, sched_getaffinity, sched_getcpu, sched_setaffinity};
@@ -176,75 +176,15 @@ mod imp {
     }
 }
 
-/// Elsewhere than on Linux: no target, no steering.
-#[cfg(all(not(target_os = "linux"), not(loom)))]
-mod imp {
-    /// Never made.
-    pub(super) enum Target {}
-
-    impl Target {
-        pub(super) fn current() -> Option<Self> {
-            None
-        }
-
-        pub(super) fn allows_this_core(&self) -> Option<usize> {
-            match *self {}
-        }
-
-        pub(super) fn restrict_to(&self, _core: usize) {
-            match *self {}
-        }
-
-        pub(super) fn restore(&self) {
-            match *self {}
-        }
-    }
-}
-
-#[cfg(all(test, target_os = "linux", not(loom)))]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::sync::semaphore::FairSemaphore;
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
     use std::thread;
 
     fn cores_of_this_thread() -> Vec<usize> {
         let set = sched_getaffinity(None).unwrap();
         (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
-    }
-
-    /// A waiter steered to its releaser's core gets its own cores back once
-    /// it runs, every time, while threads race through a semaphore of one:
-    /// a restriction never outlives the wake-up it was made for.
-    #[test]
-    fn a_woken_waiter_runs_with_its_own_cores_again() {
-        let semaphore = Arc::new(FairSemaphore::new(1));
-        let own = cores_of_this_thread();
-        let mismatches = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..6)
-            .map(|_| {
-                let (semaphore, own, mismatches) =
-                    (Arc::clone(&semaphore), own.clone(), Arc::clone(&mismatches));
-                thread::spawn(move || {
-                    for _ in 0..300 {
-                        semaphore.run(|| {
-                            if cores_of_this_thread() != own {
-                                mismatches.fetch_add(1, Ordering::Relaxed);
-                            }
-                            std::hint::black_box((0..2_000u64).sum::<u64>());
-                        });
-                    }
-                    // And after the permit is gone.
-                    cores_of_this_thread() == own
-                })
-            })
-            .collect();
-        for thread in threads {
-            assert!(thread.join().unwrap());
-        }
-        assert_eq!(mismatches.load(Ordering::Relaxed), 0);
     }
 
     /// A thread its owner pinned to one core stays pinned: steering never
