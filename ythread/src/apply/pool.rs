@@ -11,7 +11,6 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -468,16 +467,16 @@ impl Apply for Pool {
 fn run_thread(pool: usize, tasks: Receiver<Message>) {
     POOL_OF.set(pool);
     loop {
-        // Parking costs the next task a wake-up of tens of microseconds on a
-        // virtual machine, so look for more work for a little while first;
-        // an idle pool still goes to sleep within `IDLE_SPIN`.
-        let message = match spin_until(IDLE_SPIN, || tasks.try_recv().ok()) {
-            Some(message) => message,
-            None => match tasks.recv() {
-                Ok(message) => message,
-                // The queue is gone: `build` failed to start every thread.
-                Err(_) => return,
-            },
+        // No polling of our own before this: crossbeam's `recv` spins and
+        // yields briefly before it parks, which catches a caller offloading
+        // again at once. Polling 50 µs more (as this did) made a caller's
+        // round trip slower, not faster, and under load took the cores from
+        // the handlers: at the seed's n = 25000, `Pool`'s server took
+        // 1.2-1.8x tokio's wall time with it, 0.9-1.2x without
+        // (BENCHMARKS.md, "Pool: no idle polling").
+        let Ok(message) = tasks.recv() else {
+            // The queue is gone: `build` failed to start every thread.
+            return;
         };
         let Message::Run(task) = message else {
             return;
@@ -491,27 +490,6 @@ fn run_thread(pool: usize, tasks: Receiver<Message>) {
         // owns the latch, until `done` is set below.
         let latch = unsafe { task.latch.as_ref() };
         latch.open();
-    }
-}
-
-/// How long an idle thread polls the queue before parking.
-const IDLE_SPIN: Duration = Duration::from_micros(50);
-
-/// Polls `ready` until it returns `Some` or `budget` has passed.
-#[inline]
-fn spin_until<T>(budget: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        // Reading the clock costs more than a poll: check it now and then.
-        for _ in 0..64 {
-            if let Some(value) = ready() {
-                return Some(value);
-            }
-            std::hint::spin_loop();
-        }
-        if start.elapsed() > budget {
-            return None;
-        }
     }
 }
 
