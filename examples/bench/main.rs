@@ -164,7 +164,11 @@ fn main() {
             machine.cores,
             machine.cpu_model,
             machine.kernel,
-            scale::run(calibration.n, requests)
+            scale::run(
+                calibration.n,
+                requests,
+                (args.client_nice != 0).then_some(args.client_nice)
+            )
         );
         println!("{text}");
         let path = out.join("scale.md");

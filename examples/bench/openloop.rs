@@ -38,6 +38,9 @@ const SENDER_STACK: usize = 128 * 1024;
 pub(crate) struct OpenStats {
     /// The mean arrival rate asked for, per second.
     pub(crate) offered_per_sec: f64,
+    /// The rate the client really handed arrivals to its senders at, first
+    /// to last, per second; `None` for fewer than two requests.
+    pub(crate) sent_per_sec: Option<f64>,
     /// From an arrival's scheduled time to the moment a sender started its
     /// request, in µs: the client's own lateness, part of every latency.
     pub(crate) send_lag_us: Histogram<u64>,
@@ -115,21 +118,17 @@ pub(crate) fn open_loop(
         }
     }
     // What the client really offered: arrivals handed to senders, first to
-    // last, per second (the report's "offered" is the rate asked for).
-    if let Some(first) = dispatched {
+    // last, per second (`offered_per_sec` is the rate asked for).
+    let sent_per_sec = dispatched.and_then(|first| {
         let span = first.elapsed().as_secs_f64();
-        if schedule.len() > 1 && span > 0.0 {
-            eprintln!(
-                "open loop: asked {offered_per_sec:.1} requests/s, sent {:.1}/s",
-                (schedule.len() - 1) as f64 / span
-            );
-        }
-    }
+        (schedule.len() > 1 && span > 0.0).then(|| (schedule.len() - 1) as f64 / span)
+    });
     shared.lock().done = true;
     shared.wake.notify_all();
     let mut report = LoadReport::new();
     let mut stats = OpenStats {
         offered_per_sec,
+        sent_per_sec,
         send_lag_us: latency_histogram(),
         senders: senders.len(),
     };

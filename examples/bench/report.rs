@@ -313,7 +313,7 @@ fn latency_tables(out: &mut String, r: &Results) {
                 "SYN drops",
             ];
             if matches!(load, Load::Open(_)) {
-                headers.extend(["send lag p99 ms", "senders"]);
+                headers.extend(["sent req/s", "send lag p99 ms", "senders"]);
             }
             let mut t = Table::new(headers);
             for (v, &(name, _)) in r.variants.iter().enumerate() {
@@ -340,6 +340,7 @@ fn latency_tables(out: &mut String, r: &Results) {
                     cell.listen_drops.map_or("-".into(), |d| d.to_string()),
                 ];
                 if let Some(open) = &cell.open {
+                    row.push(open.sent_per_sec.map_or("-".into(), |r| format!("{r:.0}")));
                     row.push(fmt_ms(open.send_lag_us.value_at_quantile(0.99)));
                     row.push(open.senders.to_string());
                 }
@@ -377,7 +378,7 @@ fn fmt_ms(us: u64) -> String {
 /// Every cell, one line each.
 pub(crate) fn csv(r: &Results) -> String {
     let mut out = String::from(
-        "workload,n,load,clients,percent,server,family,requests,wrong,errors,retries,wall_s,requests_per_s,mean_us,p50_us,p99_us,p999_us,max_us,offered_per_s,send_lag_p99_us,senders,cpu_s,others_share,listen_drops\n",
+        "workload,n,load,clients,percent,server,family,requests,wrong,errors,retries,wall_s,requests_per_s,mean_us,p50_us,p99_us,p999_us,max_us,offered_per_s,sent_per_s,send_lag_p99_us,senders,cpu_s,others_share,listen_drops\n",
     );
     for cell in &r.cells {
         let workload = &r.workloads[cell.workload];
@@ -390,7 +391,7 @@ pub(crate) fn csv(r: &Results) -> String {
         let opt = |x: Option<String>| x.unwrap_or_default();
         let _ = writeln!(
             out,
-            "{},{},{kind},{clients},{percent},{name},{family:?},{},{},{},{},{:.6},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{kind},{clients},{percent},{name},{family:?},{},{},{},{},{:.6},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{},{}",
             workload.key,
             workload.n,
             rep.requests,
@@ -408,6 +409,11 @@ pub(crate) fn csv(r: &Results) -> String {
                 .open
                 .as_ref()
                 .map(|o| format!("{:.1}", o.offered_per_sec))),
+            opt(cell
+                .open
+                .as_ref()
+                .and_then(|o| o.sent_per_sec)
+                .map(|r| format!("{r:.1}"))),
             opt(cell
                 .open
                 .as_ref()

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use ythread_demo::client::closed_loop;
@@ -289,7 +290,7 @@ fn raise_descriptor_limit() {
 
 /// The parent's side: every row at every count, each in a fresh process,
 /// then the tail at 1,024 clients; returns the report section.
-pub(crate) fn run(work_n: u64, tail_requests: u64) -> String {
+pub(crate) fn run(work_n: u64, tail_requests: u64, client_nice: Option<i32>) -> String {
     let exe = std::env::current_exe().expect("the path of this program");
     let mut out = String::new();
     let _ = writeln!(
@@ -346,7 +347,14 @@ pub(crate) fn run(work_n: u64, tail_requests: u64) -> String {
         out,
         "### {TAIL_CLIENTS} clients, work-dominated (n = {work_n}), {tail_requests} requests, closed loop\n"
     );
-    let mut t = Table::new(["server", "wall s", "mean ms", "p99 ms", "wrong or failed"]);
+    let mut t = Table::new([
+        "server",
+        "wall s",
+        "mean ms",
+        "p99 ms",
+        "wrong or failed",
+        "SYN drops",
+    ]);
     for row in ROWS {
         eprintln!("bench: scale, {row}, {TAIL_CLIENTS} clients...");
         let Some(variant) = variants::all().into_iter().find(|v| v.name == row) else {
@@ -356,7 +364,22 @@ pub(crate) fn run(work_n: u64, tail_requests: u64) -> String {
             t.row(vec![row.into(), "-".into()]);
             continue;
         };
-        let report = closed_loop(server.addr(), work_n, tail_requests, TAIL_CLIENTS);
+        let drops_before = crate::sys::listen_drops();
+        // The clients at the benchmark's priority (nice), as in its closed
+        // loops: 1,024 server threads doing work would otherwise starve them,
+        // and a request's latency would start only once its client got a
+        // core (it counts from the connect).
+        let addr = server.addr();
+        let report = thread::scope(|s| {
+            s.spawn(|| {
+                if let Some(nice) = client_nice {
+                    let _ = crate::sys::renice_this_thread(nice);
+                }
+                closed_loop(addr, work_n, tail_requests, TAIL_CLIENTS)
+            })
+            .join()
+            .expect("the clients panicked")
+        });
         server.stop();
         t.row(vec![
             row.into(),
@@ -364,6 +387,9 @@ pub(crate) fn run(work_n: u64, tail_requests: u64) -> String {
             format!("{:.0}", report.mean_us() / 1000.0),
             format!("{:.0}", report.p99_us() as f64 / 1000.0),
             (report.wrong + report.errors).to_string(),
+            crate::sys::listen_drops()
+                .zip(drops_before)
+                .map_or("-".into(), |(after, before)| (after - before).to_string()),
         ]);
     }
     t.write_to(&mut out);
