@@ -18,7 +18,7 @@
 //! turns into `table`s and `plot` into a chart.
 //!
 //! ```text
-//! cargo run --release --example bench            # quick: about 6 minutes on 2 cores, once built
+//! cargo run --release --example bench            # quick: about a minute on 2 cores, once built
 //! cargo run --release --example bench -- --full  # the whole matrix
 //! ```
 
