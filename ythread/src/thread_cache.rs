@@ -214,7 +214,16 @@ impl ThreadCache {
     /// new thread if none is idle.
     ///
     /// The handler's coroutine is created on that thread and never leaves
-    /// it, as with [`YieldableThread`](crate::YieldableThread).
+    /// it, as with [`YieldableThread`](crate::YieldableThread). `handler` is
+    /// the call of a `#[yieldable]` function, `handle(stream)`, or a plain
+    /// closure, which runs as on a plain thread. (Beware `spawn(cpu,
+    /// handle)` for a handler that takes no argument: the function itself
+    /// is then the closure, and the handler it returns comes back from
+    /// `join` unrun.)
+    ///
+    /// Dropping the returned handle detaches the handler: what it returns,
+    /// an `Err` included, is dropped unseen. Keep the handle, or report
+    /// errors in the handler, to see them.
     ///
     /// # Errors
     ///
@@ -282,6 +291,10 @@ impl ThreadCache {
     /// Called from handlers on the cache's own threads, it waits for the
     /// others, not for them: each such call returns once every thread not
     /// in a `shutdown` of its own has exited.
+    ///
+    /// It has no time limit: a handler blocked on a client that never sends
+    /// keeps it waiting (give connections a read time-out). It blocks the
+    /// calling thread: from an async runtime, call it in `spawn_blocking`.
     pub fn shutdown(&self) {
         self.shared.close();
         let mine = self.shared.is_one_of_mine();

@@ -104,7 +104,7 @@ impl Steer {
 #[cfg(not(loom))]
 mod imp {
     use rustix::process::Pid;
-    use rustix::thread::{CpuSet, gettid, sched_getaffinity, sched_getcpu, sched_setaffinity};
+    use rustix::thread::{CpuSet, gettid, sched_getaffinity, sched_setaffinity};
 
     /// A thread, and the cores it was allowed to run on when it queued.
     pub(super) struct Target {
@@ -124,7 +124,13 @@ mod imp {
         /// The core the calling thread runs on, if the target may run there
         /// and may run elsewhere too (a thread pinned to one core stays).
         pub(super) fn allows_this_core(&self) -> Option<usize> {
-            let core = sched_getcpu();
+            // glibc's, not rustix's `sched_getcpu`: rustix finds the vDSO by
+            // parsing the ELF image the auxiliary vector points at, which
+            // valgrind does not map, and the first call crashed every test
+            // under `scripts/valgrind` (SIGSEGV in `check_elf_base`).
+            // SAFETY: `sched_getcpu` takes no arguments and has no
+            // preconditions; it returns a core number, or -1 on error.
+            let core = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
             (core < CpuSet::MAX_CPU && self.allowed.is_set(core) && self.allowed.count() > 1)
                 .then_some(core)
         }
