@@ -15,6 +15,21 @@ fn sum_on_pool(n: u64) -> (u64, ThreadId) {
     (sum, thread::current().id())
 }
 
+/// Runs `n` handlers on `cache` that wait for each other, so that each has
+/// a thread of its own, and waits for them all.
+fn run_at_once(cache: &ThreadCache, n: usize) {
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            cache.spawn(Inline, move || barrier.wait()).unwrap()
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
 /// Polls `condition` until it holds; fails after 10 s.
 fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -71,16 +86,7 @@ fn idle_threads_exit_after_the_keep_alive() {
     let cache = ThreadCache::builder()
         .keep_alive(Duration::from_millis(50))
         .build();
-    let barrier = Arc::new(Barrier::new(3));
-    let handles: Vec<_> = (0..3)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            cache.spawn(Inline, move || barrier.wait()).unwrap()
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    run_at_once(&cache, 3);
     eventually("every idle thread gone", || cache.threads() == 0);
     assert_eq!(cache.idle(), 0);
     // The cache still works: a new thread.
@@ -90,16 +96,7 @@ fn idle_threads_exit_after_the_keep_alive() {
 #[test]
 fn at_most_max_idle_threads_wait() {
     let cache = ThreadCache::builder().max_idle(2).build();
-    let barrier = Arc::new(Barrier::new(5));
-    let handles: Vec<_> = (0..5)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            cache.spawn(Inline, move || barrier.wait()).unwrap()
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    run_at_once(&cache, 5);
     eventually("three threads gone", || cache.threads() == 2);
     assert_eq!(cache.idle(), 2);
 }
@@ -256,16 +253,7 @@ fn threads_named(name: &str) -> usize {
 fn dropping_the_last_clone_lets_idle_threads_exit() {
     let cache = ThreadCache::builder().name("tc-dropped".into()).build();
     let clone = cache.clone();
-    let barrier = Arc::new(Barrier::new(3));
-    let handles: Vec<_> = (0..3)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            cache.spawn(Inline, move || barrier.wait()).unwrap()
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    run_at_once(&cache, 3);
     eventually("three idle", || cache.idle() == 3);
     drop(cache);
     thread::sleep(Duration::from_millis(50));
