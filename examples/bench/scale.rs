@@ -264,27 +264,22 @@ fn status(field: &str) -> Option<u64> {
 /// the usual soft limit: raise it to the hard one, or beyond where allowed
 /// (`CAP_SYS_RESOURCE`).
 fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = 4 * COUNTS[COUNTS.len() - 1] as u64;
+    let raised = Rlimit {
+        current: Some(limit.current.map_or(wanted, |c| c.max(wanted))),
+        maximum: limit.maximum.map(|m| m.max(wanted)),
     };
-    // SAFETY: `limit` is a valid, writable rlimit for the call to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    let wanted = (4 * COUNTS[COUNTS.len() - 1] as libc::rlim_t).max(limit.rlim_cur);
-    let raised = libc::rlimit {
-        rlim_cur: wanted,
-        rlim_max: wanted.max(limit.rlim_max),
-    };
-    // SAFETY: `raised` is a valid rlimit; failing leaves the limit as it was.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-        let soft = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: as above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        // Not allowed beyond the hard limit: up to it, then.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
     }
 }
 
