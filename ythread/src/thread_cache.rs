@@ -297,8 +297,11 @@ impl ThreadCache {
     /// calling thread: from an async runtime, call it in `spawn_blocking`.
     pub fn shutdown(&self) {
         self.shared.close();
-        let mine = self.shared.is_one_of_mine();
+        let me = thread::current().id();
         let mut state = self.shared.state.lock();
+        // Called from one of the cache's threads, still counted (not one
+        // that has left, in its thread-locals' destructors).
+        let mine = state.handles.contains_key(&me) && !state.exited.contains(&me);
         state.shutting_down_here += usize::from(mine);
         while state.threads > state.shutting_down_here {
             self.shared.exited.wait(&mut state);
@@ -461,7 +464,6 @@ impl Shared {
     /// A thread of the cache: runs `task`, then waits for the next one
     /// until the cache closes, too many wait, or none comes in time.
     fn work(self: Arc<Self>, task: Task) {
-        MINE.with(|mine| mine.set(Arc::as_ptr(&self) as usize));
         let slot = Arc::new(Slot {
             next: Mutex::new(Next::Wait),
             wake: Condvar::new(),
@@ -567,16 +569,6 @@ impl Shared {
             slot.wake.notify_one();
         }
     }
-
-    /// Whether the current thread is one of this cache's.
-    fn is_one_of_mine(self: &Arc<Self>) -> bool {
-        MINE.with(|mine| mine.get() == Arc::as_ptr(self) as usize)
-    }
-}
-
-thread_local! {
-    /// The cache whose thread this is (its address), or 0.
-    static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Slot {
