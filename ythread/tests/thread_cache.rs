@@ -5,9 +5,11 @@ use std::cell::Cell;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread::{self, ThreadId};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ythread::{Bounded, Inline, Pool, ThreadCache, offload, yieldable};
+
+mod common;
 
 #[yieldable]
 fn sum_on_pool(n: u64) -> (u64, ThreadId) {
@@ -27,15 +29,6 @@ fn run_at_once(cache: &ThreadCache, n: usize) {
         .collect();
     for handle in handles {
         handle.join().unwrap();
-    }
-}
-
-/// Polls `condition` until it holds; fails after 10 s.
-fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -76,7 +69,7 @@ fn handlers_at_once_get_a_thread_each_and_the_next_ones_reuse_them() {
         ids.sort_by_key(|id| format!("{id:?}"));
         ids.dedup();
         assert_eq!(ids.len(), 4, "round {round}");
-        eventually("four idle threads", || cache.idle() == 4);
+        common::eventually("four idle threads", || cache.idle() == 4);
         assert_eq!(cache.threads(), 4, "round {round}: no thread more");
     }
 }
@@ -87,7 +80,7 @@ fn idle_threads_exit_after_the_keep_alive() {
         .keep_alive(Duration::from_millis(50))
         .build();
     run_at_once(&cache, 3);
-    eventually("every idle thread gone", || cache.threads() == 0);
+    common::eventually("every idle thread gone", || cache.threads() == 0);
     assert_eq!(cache.idle(), 0);
     // The cache still works: a new thread.
     assert_eq!(cache.spawn(Inline, || 7).unwrap().join().unwrap(), 7);
@@ -97,7 +90,7 @@ fn idle_threads_exit_after_the_keep_alive() {
 fn at_most_max_idle_threads_wait() {
     let cache = ThreadCache::builder().max_idle(2).build();
     run_at_once(&cache, 5);
-    eventually("three threads gone", || cache.threads() == 2);
+    common::eventually("three threads gone", || cache.threads() == 2);
     assert_eq!(cache.idle(), 2);
 }
 
@@ -200,7 +193,7 @@ fn hold(holding: mpsc::Sender<()>, released: mpsc::Receiver<()>) {
 fn shutdown_waits_for_busy_threads_and_lets_idle_ones_go() {
     let cache = ThreadCache::new();
     cache.spawn(Inline, || ()).unwrap().join().unwrap();
-    eventually("one idle thread", || cache.idle() == 1);
+    common::eventually("one idle thread", || cache.idle() == 1);
     let (release, released) = mpsc::channel::<()>();
     let busy = cache
         .spawn(Inline, move || released.recv().unwrap())
@@ -223,7 +216,7 @@ fn shutdown_waits_for_busy_threads_and_lets_idle_ones_go() {
     stopper.join().unwrap();
     // After shutdown, handlers still run, on threads that are not kept.
     assert_eq!(cache.spawn(Inline, || 3).unwrap().join().unwrap(), 3);
-    eventually("no thread kept", || cache.threads() == 0);
+    common::eventually("no thread kept", || cache.threads() == 0);
 }
 
 #[test]
@@ -237,7 +230,7 @@ fn shutdown_from_a_handler_of_the_cache_waits_for_the_others_only() {
         })
         .unwrap();
     assert_eq!(handle.join().unwrap(), 1, "only the caller's own thread");
-    eventually("no thread", || cache.threads() == 0);
+    common::eventually("no thread", || cache.threads() == 0);
 }
 
 /// The threads of this process with this name.
@@ -254,12 +247,12 @@ fn dropping_the_last_clone_lets_idle_threads_exit() {
     let cache = ThreadCache::builder().name("tc-dropped".into()).build();
     let clone = cache.clone();
     run_at_once(&cache, 3);
-    eventually("three idle", || cache.idle() == 3);
+    common::eventually("three idle", || cache.idle() == 3);
     drop(cache);
     thread::sleep(Duration::from_millis(50));
     assert_eq!(threads_named("tc-dropped"), 3, "a clone still holds them");
     drop(clone);
-    eventually("the idle threads exited", || {
+    common::eventually("the idle threads exited", || {
         threads_named("tc-dropped") == 0
     });
 }
@@ -310,23 +303,13 @@ fn a_name_with_a_nul_byte_panics_as_std_and_leaves_the_cache_whole() {
     cache.shutdown();
 }
 
-/// Runs `body` on a thread of its own; fails the test if it has not
-/// returned within 10 s (a hang), rather than hanging the test run.
-fn within<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    thread::spawn(move || done.send(body()));
-    result
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("hung: {what}"))
-}
-
 #[test]
 fn a_keep_alive_too_long_for_the_clock_waits_forever_and_the_cache_works() {
     let cache = ThreadCache::builder().keep_alive(Duration::MAX).build();
     let first = cache.spawn(Inline, || thread::current().id()).unwrap();
     let thread = first.join().unwrap();
     let again = cache.clone();
-    let second = within("the second handler", move || {
+    let second = common::watchdog(Duration::from_secs(10), move || {
         again
             .spawn(Inline, || thread::current().id())
             .unwrap()
@@ -334,7 +317,7 @@ fn a_keep_alive_too_long_for_the_clock_waits_forever_and_the_cache_works() {
             .unwrap()
     });
     assert_eq!(second, thread, "the idle thread took it");
-    within("shutdown", move || cache.shutdown());
+    common::watchdog(Duration::from_secs(10), move || cache.shutdown());
 }
 
 /// A value whose `Drop` panics.
@@ -370,7 +353,7 @@ fn a_detached_result_or_payload_that_panics_when_dropped_costs_no_thread() {
     );
     told.recv().unwrap();
     let again = cache.clone();
-    let sum = within("a handler after them", move || {
+    let sum = common::watchdog(Duration::from_secs(10), move || {
         again
             .spawn(Inline, sum_on_pool(10))
             .unwrap()
@@ -379,7 +362,7 @@ fn a_detached_result_or_payload_that_panics_when_dropped_costs_no_thread() {
             .0
     });
     assert_eq!(sum, 55);
-    within("shutdown", move || cache.shutdown());
+    common::watchdog(Duration::from_secs(10), move || cache.shutdown());
 }
 
 #[test]
@@ -392,7 +375,7 @@ fn a_strategy_that_panics_when_dropped_is_the_handlers_panic() {
         }
     }
     let cache = ThreadCache::new();
-    let joined = within("join", {
+    let joined = common::watchdog(Duration::from_secs(10), {
         let cache = cache.clone();
         move || {
             cache
@@ -402,7 +385,7 @@ fn a_strategy_that_panics_when_dropped_is_the_handlers_panic() {
         }
     });
     assert!(joined.is_err(), "the strategy's drop panicked");
-    within("shutdown", move || cache.shutdown());
+    common::watchdog(Duration::from_secs(10), move || cache.shutdown());
 }
 
 /// A result whose `Drop` runs a handler on the same cache and waits for it.
@@ -453,12 +436,12 @@ fn handlers_shutting_down_their_own_cache_at_once_both_return() {
                 .unwrap()
         })
         .collect();
-    within("both shutdowns", move || {
+    common::watchdog(Duration::from_secs(10), move || {
         for handle in handles {
             handle.join().unwrap();
         }
     });
-    eventually("no thread", || cache.threads() == 0);
+    common::eventually("no thread", || cache.threads() == 0);
 }
 
 #[test]

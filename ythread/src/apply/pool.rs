@@ -472,8 +472,8 @@ fn run_thread(pool: usize, tasks: Receiver<Message>) {
         // again at once. Polling 50 µs more (as this did) made a caller's
         // round trip slower, not faster, and under load took the cores from
         // the handlers: at the seed's n = 25000, `Pool`'s server took
-        // 1.2-1.8x tokio's wall time with it, 0.9-1.2x without
-        // (BENCHMARKS.md, "Pool: no idle polling").
+        // 0.9-2.0x tokio's wall time with it, 0.9-1.2x without (measured in
+        // turns; the repository's BENCHMARKS.md, "`Pool` handoffs").
         let Ok(message) = tasks.recv() else {
             // The queue is gone: `build` failed to start every thread.
             return;

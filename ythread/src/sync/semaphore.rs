@@ -651,13 +651,8 @@ mod loom_tests {
 #[cfg(all(test, not(loom)))]
 mod steering_tests {
     use super::*;
-    use rustix::thread::{CpuSet, sched_getaffinity};
+    use crate::sync::steer::cores_of_this_thread;
     use std::sync::atomic::AtomicUsize;
-
-    fn cores_of_this_thread() -> Vec<usize> {
-        let set = sched_getaffinity(None).unwrap();
-        (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
-    }
 
     /// A waiter steered to its releaser's core gets its own cores back once
     /// it runs, every time, while threads race through a semaphore of one:

@@ -182,16 +182,20 @@ mod imp {
     }
 }
 
+/// The cores the calling thread may run on, for the tests of steering
+/// (here and in `semaphore.rs`).
+#[cfg(all(test, not(loom)))]
+pub(super) fn cores_of_this_thread() -> Vec<usize> {
+    use rustix::thread::{CpuSet, sched_getaffinity};
+    let set = sched_getaffinity(None).unwrap();
+    (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use rustix::thread::{CpuSet, sched_setaffinity};
     use std::thread;
-
-    fn cores_of_this_thread() -> Vec<usize> {
-        let set = sched_getaffinity(None).unwrap();
-        (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
-    }
 
     /// A thread its owner pinned to one core stays pinned: steering never
     /// changes a thread that may run on one core only.
