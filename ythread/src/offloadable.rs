@@ -281,6 +281,25 @@ pub enum InvokeError {
     Result(Failure),
 }
 
+impl InvokeError {
+    /// What went wrong, for the requester: whether the function ran, and
+    /// why not, naming `setting` (the depth limit that applied) if the
+    /// value was nested too deep. The same words wherever a worker runs the
+    /// call (a worker process, a remote worker's threads).
+    pub(crate) fn describe(&self, setting: &str) -> String {
+        match self {
+            InvokeError::Arguments(error) => format!(
+                "the worker could not decode its arguments, so it did not run: {}",
+                error.explain(setting)
+            ),
+            InvokeError::Result(error) => format!(
+                "it ran, but the worker could not encode its result: {}",
+                error.explain(setting)
+            ),
+        }
+    }
+}
+
 /// What encoding a call's arguments gives: nothing, or why not.
 #[doc(hidden)]
 pub type EncodeOutcome = Result<(), Failure>;

@@ -271,26 +271,19 @@ fn answer(
                 );
             }
         }
-        Ok(Err(InvokeError::Arguments(error))) => refuse(
-            out,
-            call,
-            max_frame,
-            frame::REFUSED_ARGUMENTS,
-            format!(
-                "the worker could not decode its arguments, so it did not run: {}",
-                error.explain("ProcessesBuilder::max_depth")
-            ),
-        ),
-        Ok(Err(InvokeError::Result(error))) => refuse(
-            out,
-            call,
-            max_frame,
-            frame::REFUSED_RESULT,
-            format!(
-                "it ran, but the worker could not encode its result: {}",
-                error.explain("ProcessesBuilder::max_depth")
-            ),
-        ),
+        Ok(Err(error)) => {
+            let reason = match error {
+                InvokeError::Arguments(_) => frame::REFUSED_ARGUMENTS,
+                InvokeError::Result(_) => frame::REFUSED_RESULT,
+            };
+            refuse(
+                out,
+                call,
+                max_frame,
+                reason,
+                error.describe("ProcessesBuilder::max_depth"),
+            );
+        }
         Err(payload) => {
             // The panic hook has printed it, on this worker's stderr; the
             // parent gets its message.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::wire::{Reply, WireError};
 use crate::error::OffloadError;
-use crate::offloadable::{InvokeError, Registration};
+use crate::offloadable::Registration;
 use crate::sync::Mutex;
 
 /// The deepest nesting decoded in a call's arguments and encoded in its
@@ -108,20 +108,7 @@ impl Threads {
         let name = registration.name;
         let reply = match invoked {
             Ok(Ok(())) => Reply::Done(&out).encode(),
-            Ok(Err(InvokeError::Arguments(error))) => failed(OffloadError::protocol(
-                name,
-                format_args!(
-                    "the worker could not decode its arguments, so it did not run: {}",
-                    error.explain(DEPTH_SETTING)
-                ),
-            )),
-            Ok(Err(InvokeError::Result(error))) => failed(OffloadError::protocol(
-                name,
-                format_args!(
-                    "it ran, but the worker could not encode its result: {}",
-                    error.explain(DEPTH_SETTING)
-                ),
-            )),
+            Ok(Err(error)) => failed(OffloadError::protocol(name, error.describe(DEPTH_SETTING))),
             Err(payload) => {
                 // The panic hook has printed it, on this worker's stderr, as
                 // a worker process's would; the requester gets its message.
