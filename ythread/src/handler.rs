@@ -354,7 +354,12 @@ where
             // The borrow invariant every strategy relies on: `apply` returns
             // only after the job has run (or was dropped unrun), and only then
             // is the handler resumed.
-            GeneratorState::Yielded(job) => apply.apply(job),
+            GeneratorState::Yielded(job) => {
+                #[cfg(any(feature = "tracing", feature = "metrics"))]
+                crate::observe::offload(apply, job);
+                #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+                apply.apply(job);
+            }
             GeneratorState::Complete(value) => return value,
         }
     }

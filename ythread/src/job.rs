@@ -9,6 +9,10 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 use crate::error::{HandlerDropped, OffloadError};
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+use crate::error::OffloadErrorKind;
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+use crate::observe::Probe;
 use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::{FunctionId, NotPortable, Portability, WireCall};
 
@@ -69,18 +73,53 @@ pub struct Job<'a> {
     /// The work and its result slot, living in the suspended `offload` frame
     /// on the handler's coroutine stack.
     work: &'a mut (dyn RunOnce + Send + 'a),
+    /// Where the thread that runs the work notes it, for the `tracing` and
+    /// `metrics` features (see `observe.rs`).
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    probe: Option<&'a Probe>,
 }
 
 impl<'a> Job<'a> {
     pub(crate) fn new(work: &'a mut (dyn RunOnce + Send + 'a)) -> Self {
-        Job { work }
+        Job {
+            work,
+            #[cfg(any(feature = "tracing", feature = "metrics"))]
+            probe: None,
+        }
     }
 
     /// Runs the work on the current thread and stores its result (or its
     /// panic) for the handler. Consumes the job: work runs at most once.
     #[inline]
     pub fn run(self) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let Some(probe) = self.probe {
+            return probe.running(|| self.work.run_once());
+        }
         self.work.run_once();
+    }
+
+    /// This job, lent to a strategy with `probe` watching it; this one
+    /// stays with the driver, to read the outcome once the strategy is done.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    pub(crate) fn observed_by<'b>(&'b mut self, probe: &'b Probe) -> Job<'b> {
+        Job {
+            work: &mut *self.work,
+            probe: Some(probe),
+        }
+    }
+
+    /// How the job ended, once its strategy is done with it.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    pub(crate) fn settled(&self) -> Settled {
+        self.work.settled()
+    }
+
+    /// The function the work calls, by its path (`my_app::digest`), or the
+    /// closure's type name.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    pub(crate) fn function(&self) -> &'static str {
+        self.work.function()
     }
 
     /// Gives the work up with `error`: the handler's `offload!` point panics
@@ -126,6 +165,46 @@ pub(crate) trait RunOnce {
     /// The work as a call that can cross to another process, with the
     /// function it calls, or why it cannot.
     fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable>;
+    /// How the work ended (or that it did not run).
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn settled(&self) -> Settled;
+    /// The function the work calls, or the closure's type name.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn function(&self) -> &'static str;
+}
+
+/// How one offload ended, as the `tracing` and `metrics` features report it.
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// The work returned.
+    Ran,
+    /// The work panicked.
+    Panicked,
+    /// The strategy could not run it, or its outcome was lost.
+    Failed(OffloadErrorKind),
+    /// The strategy returned without running it.
+    NotRun,
+}
+
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+impl Settled {
+    /// The outcome's name: `ok`, `panicked`, or the failure's kind in
+    /// snake case (`worker_died`, `deadline_exceeded`, ...).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Settled::Ran => "ok",
+            Settled::Panicked | Settled::Failed(OffloadErrorKind::Panicked) => "panicked",
+            Settled::NotRun | Settled::Failed(OffloadErrorKind::NotRun) => "not_run",
+            Settled::Failed(OffloadErrorKind::NotPortable) => "not_portable",
+            Settled::Failed(OffloadErrorKind::WorkerDied) => "worker_died",
+            Settled::Failed(OffloadErrorKind::DeadlineExceeded) => "deadline_exceeded",
+            Settled::Failed(OffloadErrorKind::Protocol) => "protocol",
+            Settled::Failed(OffloadErrorKind::Unavailable) => "unavailable",
+            Settled::Failed(OffloadErrorKind::MayHaveRun) => "may_have_run",
+            Settled::Failed(OffloadErrorKind::QueueFull) => "queue_full",
+        }
+    }
 }
 
 /// Offloaded work that can be run by value: a closure, or a function and its
@@ -200,6 +279,21 @@ impl<W: Work<Output = R>, R> RunOnce for WorkSlot<W, R> {
 
     fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable> {
         Err(NotPortable::closure(std::any::type_name::<W>()))
+    }
+
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn settled(&self) -> Settled {
+        match self {
+            WorkSlot::Done(Ok(_)) => Settled::Ran,
+            WorkSlot::Done(Err(_)) => Settled::Panicked,
+            WorkSlot::Failed(error) => Settled::Failed(error.kind()),
+            WorkSlot::Pending(_) | WorkSlot::Running | WorkSlot::Dropped => Settled::NotRun,
+        }
+    }
+
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn function(&self) -> &'static str {
+        std::any::type_name::<W>()
     }
 }
 
@@ -311,6 +405,19 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
                 function.name,
                 "the work is no longer pending",
             )),
+        }
+    }
+
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn settled(&self) -> Settled {
+        self.slot.settled()
+    }
+
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn function(&self) -> &'static str {
+        match (self.wire)() {
+            Ok(function) => function.name,
+            Err(not_portable) => not_portable.function,
         }
     }
 }

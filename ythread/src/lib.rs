@@ -120,6 +120,10 @@ mod current;
 mod error;
 mod handler;
 mod job;
+#[cfg(feature = "metrics")]
+mod meters;
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+mod observe;
 mod offloadable;
 mod portable;
 mod private;
@@ -139,6 +143,8 @@ pub use current::{in_handler, offload};
 pub use error::{HandlerDropped, OffloadError, OffloadErrorKind};
 pub use handler::{BoxYieldable, WithStackSize, Yieldable};
 pub use job::Job;
+#[cfg(feature = "metrics")]
+pub use meters::describe_metrics;
 pub use processes::{Processes, ProcessesBuilder};
 pub use thread::{YieldableThread, spawn};
 pub use thread_cache::{CachedJoinHandle, DEFAULT_KEEP_ALIVE, ThreadCache, ThreadCacheBuilder};

@@ -116,6 +116,10 @@ impl Apply for Bounded {
     fn apply(&self, job: Job<'_>) {
         self.semaphore.run(|| job.run());
     }
+
+    fn name(&self) -> &'static str {
+        "Bounded"
+    }
 }
 
 impl Default for Bounded {

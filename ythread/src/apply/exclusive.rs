@@ -66,4 +66,8 @@ impl Apply for Exclusive {
     fn apply(&self, job: Job<'_>) {
         self.bounded.apply(job);
     }
+
+    fn name(&self) -> &'static str {
+        "Exclusive"
+    }
 }

@@ -30,4 +30,8 @@ impl Apply for Inline {
     fn apply(&self, job: Job<'_>) {
         job.run();
     }
+
+    fn name(&self) -> &'static str {
+        "Inline"
+    }
 }

@@ -109,12 +109,42 @@ use crate::Job;
 pub trait Apply {
     /// Runs `job`, on this thread or another, and returns once it has run.
     fn apply(&self, job: Job<'_>);
+
+    /// The strategy's name where offloads are observed: the `strategy`
+    /// field of the `tracing` feature's spans and the `strategy` label of
+    /// the `metrics` feature's series. The built-in strategies answer
+    /// `"Inline"`, `"Exclusive"`, `"Bounded"`, `"Pool"`, `"rayon"`,
+    /// `"Processes"`, `"Remote"` and `"apply_fn"`; any other, by default,
+    /// its type's name ([`std::any::type_name`]).
+    ///
+    /// A name is a label: keep it to a few fixed values (one per strategy
+    /// type or role, not one per instance), as time series are made per
+    /// label value.
+    ///
+    /// ```
+    /// use ythread::{Apply, Job, Pool};
+    ///
+    /// struct Gpu;
+    /// impl Apply for Gpu {
+    ///     fn apply(&self, job: Job<'_>) { job.run() }
+    ///     fn name(&self) -> &'static str { "gpu" }
+    /// }
+    ///
+    /// assert_eq!(Pool::default().name(), "Pool");
+    /// assert_eq!(Gpu.name(), "gpu");
+    /// ```
+    fn name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
 }
 
 impl<A: Apply + ?Sized> Apply for &A {
     #[inline]
     fn apply(&self, job: Job<'_>) {
         (**self).apply(job);
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
     }
 }
 
@@ -123,12 +153,18 @@ impl<A: Apply + ?Sized> Apply for Box<A> {
     fn apply(&self, job: Job<'_>) {
         (**self).apply(job);
     }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
 }
 
 impl<A: Apply + ?Sized> Apply for Arc<A> {
     #[inline]
     fn apply(&self, job: Job<'_>) {
         (**self).apply(job);
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
     }
 }
 
@@ -168,6 +204,10 @@ impl<F: Fn(Job<'_>)> Apply for ApplyFn<F> {
     fn apply(&self, job: Job<'_>) {
         (self.0)(job);
     }
+
+    fn name(&self) -> &'static str {
+        "apply_fn"
+    }
 }
 
 /// How many threads the process may run at once: what `per_core` means.
@@ -183,5 +223,9 @@ impl Apply for rayon::ThreadPool {
     #[inline]
     fn apply(&self, job: Job<'_>) {
         self.install(move || job.run());
+    }
+
+    fn name(&self) -> &'static str {
+        "rayon"
     }
 }

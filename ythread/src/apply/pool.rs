@@ -462,6 +462,10 @@ impl Apply for Pool {
         }
         latch.wait();
     }
+
+    fn name(&self) -> &'static str {
+        "Pool"
+    }
 }
 
 fn run_thread(pool: usize, tasks: Receiver<Message>) {

@@ -26,6 +26,10 @@ impl Apply for Processes {
             Err(error) => job.fail(error),
         }
     }
+
+    fn name(&self) -> &'static str {
+        "Processes"
+    }
 }
 
 impl Processes {
@@ -230,6 +234,8 @@ impl Processes {
             *deadline.get_or_insert_with(|| budget.and_then(|d| Instant::now().checked_add(d)));
         process.set_running(name);
         let large = buf.len() > LARGE_CALL;
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        crate::observe::sent();
         if let Err((error, written)) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut && written == 0 {
                 // Out of time before a byte went: the worker is as good as

@@ -585,6 +585,10 @@ impl Apply for Remote {
             )),
         }
     }
+
+    fn name(&self) -> &'static str {
+        "Remote"
+    }
 }
 
 impl Remote {
@@ -609,6 +613,8 @@ impl Remote {
             };
             headers.insert(SIGNATURE_HEADER, key.sign(&signed).as_str());
         }
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        crate::observe::sent();
         // Handing the call to the client's channel: ready at once unless
         // the channel is full.
         let sent = block_on(self.client.publish_with_reply_and_headers(

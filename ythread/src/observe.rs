@@ -1,0 +1,162 @@
+//! What the `tracing` and `metrics` features see of each offload: the
+//! driver hands every job to its strategy through [`offload`], which times
+//! it, names it and reports its outcome.
+//!
+//! One [`Probe`] lives on the driving thread's stack for one `offload!`. The
+//! job carries a reference to it to whichever thread runs the work, which
+//! notes when the work started and ended there and enters the offload's span
+//! for it (the span is `Sync`, the times are atomics); the driver reads them
+//! once the strategy's `apply` has returned, which is after the work ended.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Apply;
+use crate::job::{Job, Settled};
+
+/// Hands `job` to `apply`, observed: the strategy sees the job as it would
+/// unobserved; around it go the span and the measures.
+#[inline]
+pub(crate) fn offload<A: Apply + ?Sized>(apply: &A, mut job: Job<'_>) {
+    let probe = Probe::start(apply.name(), job.function());
+    SENT.set(None);
+    {
+        #[cfg(feature = "tracing")]
+        let _entered = probe.span.enter();
+        apply.apply(job.observed_by(&probe));
+    }
+    if let Some(at) = SENT.take() {
+        probe.mark_at(&probe.started, at);
+    }
+    probe.finish(job.settled());
+}
+
+thread_local! {
+    /// When the offload this thread drives left for another process, as
+    /// [`sent`] noted it.
+    static SENT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Notes that the call of the offload this thread is driving has just been
+/// sent to a worker process or another machine: its queue wait ends here,
+/// its run time starts. For strategies that do not run the work on a thread
+/// of this process (where `Job::run` notes it). The first note counts.
+pub(crate) fn sent() {
+    if SENT.get().is_none() {
+        SENT.set(Some(Instant::now()));
+    }
+}
+
+/// One offload being observed.
+pub(crate) struct Probe {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    strategy: &'static str,
+    offloaded: Instant,
+    /// When the work started running, in nanoseconds after `offloaded`,
+    /// plus one (zero: not started).
+    started: AtomicU64,
+    /// When it ended, likewise.
+    ended: AtomicU64,
+    /// The offload's span; when a subscriber does not want it, the
+    /// handler's span, so that events of the work keep the request they
+    /// belong to on any thread.
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+impl Probe {
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+    fn start(strategy: &'static str, function: &'static str) -> Self {
+        #[cfg(feature = "metrics")]
+        crate::meters::describe_once();
+        Probe {
+            strategy,
+            offloaded: Instant::now(),
+            started: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            #[cfg(feature = "tracing")]
+            span: {
+                let span = tracing::debug_span!(
+                    target: "ythread",
+                    "offload",
+                    function,
+                    strategy,
+                    queue_wait_us = tracing::field::Empty,
+                    run_us = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
+                );
+                if span.is_disabled() {
+                    tracing::Span::current()
+                } else {
+                    span
+                }
+            },
+        }
+    }
+
+    /// Runs `work` (the job's) on this thread inside the offload's span,
+    /// noting when it started and ended.
+    #[inline]
+    pub(crate) fn running(&self, work: impl FnOnce()) {
+        self.mark(&self.started);
+        {
+            #[cfg(feature = "tracing")]
+            let _entered = self.span.enter();
+            work();
+        }
+        self.mark(&self.ended);
+    }
+
+    fn mark(&self, at: &AtomicU64) {
+        self.mark_at(at, Instant::now());
+    }
+
+    /// Notes `now` in `at`, unless a time is there already: the first mark
+    /// counts.
+    fn mark_at(&self, at: &AtomicU64, now: Instant) {
+        let since = now.saturating_duration_since(self.offloaded);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
+        let _ = at.compare_exchange(0, nanos + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The queue wait and the run time: from the offload to the start, and
+    /// from the start to the end (or, for work run elsewhere, to now, when
+    /// its outcome is back). Work that never started has neither.
+    fn times(&self) -> Option<(Duration, Duration)> {
+        let from_offload = |nanos: u64| Duration::from_nanos(nanos - 1);
+        // `apply` has returned, so the work's thread is done with the
+        // probe, and that return happened after the thread's last write.
+        let started = match self.started.load(Ordering::Relaxed) {
+            0 => return None,
+            nanos => from_offload(nanos),
+        };
+        let ended = match self.ended.load(Ordering::Relaxed) {
+            0 => self.offloaded.elapsed(),
+            nanos => from_offload(nanos),
+        };
+        Some((started, ended.saturating_sub(started)))
+    }
+
+    fn finish(&self, settled: Settled) {
+        let times = self.times();
+        #[cfg(feature = "tracing")]
+        {
+            if let Some((wait, run)) = times {
+                self.span.record("queue_wait_us", micros(wait));
+                self.span.record("run_us", micros(run));
+            }
+            self.span.record("outcome", settled.name());
+        }
+        #[cfg(feature = "metrics")]
+        crate::meters::offloaded(self.strategy, settled, times);
+        #[cfg(not(feature = "metrics"))]
+        let _ = times;
+    }
+}
+
+#[cfg(feature = "tracing")]
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
