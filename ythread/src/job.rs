@@ -80,14 +80,6 @@ pub struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    pub(crate) fn new(work: &'a mut (dyn RunOnce + Send + 'a)) -> Self {
-        Job {
-            work,
-            #[cfg(any(feature = "tracing", feature = "metrics"))]
-            probe: None,
-        }
-    }
-
     /// Runs the work on the current thread and stores its result (or its
     /// panic) for the handler. Consumes the job: work runs at most once.
     #[inline]
@@ -139,9 +131,17 @@ impl<'a> Job<'a> {
     /// ([`ErasedJob::as_job`]).
     #[inline]
     pub(crate) fn erase(self) -> ErasedJob {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        let probe = self.probe.map(NonNull::from);
         // SAFETY: `as_job`, the only way back, requires that the work is
         // still alive and unaliased.
-        unsafe { ErasedJob::erase(self.work) }
+        #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(unused_mut))]
+        let mut erased = unsafe { ErasedJob::erase(self.work) };
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        {
+            erased.probe = probe;
+        }
+        erased
     }
 }
 
@@ -510,9 +510,15 @@ fn unwind_dropped_handler() -> ! {
 }
 
 /// A [`Job`] with its lifetime erased, as it travels out of the coroutine
-/// through `Yielder::suspend` (whose yield type must be `'static`).
+/// through `Yielder::suspend` (whose yield type must be `'static`), or
+/// through a pool's queue.
 #[derive(Clone, Copy)]
-pub(crate) struct ErasedJob(NonNull<dyn RunOnce + Send + 'static>);
+pub(crate) struct ErasedJob {
+    work: NonNull<dyn RunOnce + Send + 'static>,
+    /// The job's probe, borrowed for as long as its work.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    probe: Option<NonNull<Probe>>,
+}
 
 impl ErasedJob {
     /// Erases the lifetime of `work`.
@@ -528,11 +534,16 @@ impl ErasedJob {
         // SAFETY: only the trait object's lifetime bound changes; the layout of
         // the fat pointer is identical. The caller promises not to use the
         // pointer after 'a ends.
-        ErasedJob(unsafe {
+        let work = unsafe {
             mem::transmute::<NonNull<dyn RunOnce + Send + 'a>, NonNull<dyn RunOnce + Send + 'static>>(
                 ptr,
             )
-        })
+        };
+        ErasedJob {
+            work,
+            #[cfg(any(feature = "tracing", feature = "metrics"))]
+            probe: None,
+        }
     }
 
     /// Restores the job for a lifetime chosen by the caller.
@@ -541,11 +552,19 @@ impl ErasedJob {
     ///
     /// The work slot this was made from must stay alive and unaliased for all
     /// of `'a`: in practice, the coroutine that yielded it stays suspended
-    /// (neither resumed nor dropped) for `'a`.
+    /// (neither resumed nor dropped) for `'a`. (Its probe, if any, was
+    /// borrowed with it for as long, so it lives as long.)
     #[inline]
     pub(crate) unsafe fn as_job<'a>(self) -> Job<'a> {
-        // SAFETY: guaranteed by the caller, see above.
-        Job::new(unsafe { &mut *self.0.as_ptr() })
+        Job {
+            // SAFETY: guaranteed by the caller, see above.
+            work: unsafe { &mut *self.work.as_ptr() },
+            // SAFETY: the probe was borrowed (shared) for the same lifetime
+            // as the work when the job was erased (`Job::erase`), and the
+            // work is alive, so the probe is too; it is only ever shared.
+            #[cfg(any(feature = "tracing", feature = "metrics"))]
+            probe: self.probe.map(|probe| unsafe { probe.as_ref() }),
+        }
     }
 
     /// Marks the slot so that the handler unwinds when it takes its result.
@@ -556,6 +575,6 @@ impl ErasedJob {
     /// still suspended on it, and no [`Job`] made from it is alive.
     pub(crate) unsafe fn mark_dropped(self) {
         // SAFETY: guaranteed by the caller, see above.
-        unsafe { (*self.0.as_ptr()).mark_dropped() }
+        unsafe { (*self.work.as_ptr()).mark_dropped() }
     }
 }

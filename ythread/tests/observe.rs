@@ -1,0 +1,278 @@
+//! The `tracing` and `metrics` features on the strategies of this process:
+//! each offload is a span, the child of the handler's, entered on the thread
+//! that runs the work; its counts and times reach the installed recorder.
+//! (Worker processes and `Remote`: `processes_observe.rs`,
+//! `remote_observe.rs`.)
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{SharedString, Unit};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::{CompositeKey, MetricKind};
+use tracing::info_span;
+use ythread::{
+    Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, YieldableThread, Yieldable,
+    apply_fn, offload, try_offload, yieldable,
+};
+
+use common::spans::{self, Records};
+
+/// A request id of its own for each test, to find its records among the
+/// other tests'.
+fn request_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn digest(n: u64) -> u64 {
+    tracing::info!(n, "digesting");
+    (1..=n).sum()
+}
+
+#[yieldable]
+fn handle(id: u64, n: u64) -> u64 {
+    let span = info_span!("request", id);
+    let _entered = span.enter();
+    offload!(digest, n)
+}
+
+/// The `digesting` event of request `id`, and the names of the spans it
+/// happened in.
+fn digesting_in<'r>(records: &'r Records, id: u64) -> (&'r common::spans::EventRecord, Vec<&'r str>) {
+    let event = records
+        .events_saying("digesting")
+        .into_iter()
+        .find(|event| {
+            records
+                .scope(event)
+                .iter()
+                .any(|span| span.name == "request" && span.fields["id"] == id.to_string())
+        })
+        .unwrap_or_else(|| panic!("no `digesting` event inside request {id}: {records:#?}"));
+    let names = records.scope_names(event);
+    (event, names)
+}
+
+#[test]
+fn the_work_runs_inside_the_offload_span_a_child_of_the_handlers_on_any_thread() {
+    let recorder = spans::recorder();
+    let strategies: Vec<(&str, Box<dyn Apply + Send + Sync>)> = vec![
+        ("Inline", Box::new(Inline)),
+        ("Exclusive", Box::new(Exclusive::new())),
+        ("Bounded", Box::new(Bounded::new(2))),
+        ("Pool", Box::new(Pool::new(2))),
+        (
+            "rayon",
+            Box::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()),
+        ),
+    ];
+    for (name, strategy) in strategies {
+        let id = request_id();
+        let thread = YieldableThread::new()
+            .apply(strategy)
+            .spawn(handle(id, 10))
+            .unwrap();
+        assert_eq!(thread.join().unwrap(), 55);
+        let records = recorder.records();
+        let (event, scope) = digesting_in(&records, id);
+        assert_eq!(scope, ["offload", "request"], "{name}: {event:#?}");
+        let offload = records.scope(event)[0];
+        assert_eq!(offload.target, "ythread");
+        assert_eq!(offload.fields["strategy"], name);
+        assert!(
+            offload.fields["function"].ends_with("digest"),
+            "{name}: {offload:#?}"
+        );
+        assert_eq!(offload.fields["outcome"], "ok", "{name}");
+        for time in ["queue_wait_us", "run_us"] {
+            let micros: u64 = offload.fields[time].parse().unwrap();
+            assert!(micros < 60_000_000, "{name}: {time} = {micros}");
+        }
+        assert_eq!(event.fields["n"], "10");
+    }
+}
+
+#[test]
+fn the_work_runs_on_the_pools_thread_inside_the_handlers_span() {
+    let recorder = spans::recorder();
+    let id = request_id();
+    let pool = Pool::new(1);
+    let handler_thread = std::thread::current().id();
+    #[yieldable]
+    fn where_it_runs(id: u64) -> std::thread::ThreadId {
+        let span = info_span!("request", id);
+        let _entered = span.enter();
+        offload!(|| {
+            tracing::info!("running where?");
+            std::thread::current().id()
+        })
+    }
+    let ran_on = where_it_runs(id).run_with(&pool);
+    assert_ne!(ran_on, handler_thread, "the pool's thread ran it");
+    let records = recorder.records();
+    let event = records
+        .events_saying("running where?")
+        .into_iter()
+        .find(|event| {
+            records
+                .scope(event)
+                .iter()
+                .any(|span| span.fields.get("id") == Some(&id.to_string()))
+        })
+        .unwrap_or_else(|| panic!("the event on the pool's thread is inside the request: {records:#?}"));
+    assert_eq!(records.scope_names(event), ["offload", "request"]);
+    // A closure is named by its type.
+    assert!(records.scope(event)[0].fields["function"].contains("{{closure}}"));
+}
+
+#[test]
+fn with_ythreads_spans_filtered_out_the_work_keeps_the_handlers_span() {
+    let recorder = spans::recorder();
+    let id = request_id();
+    let pool = Pool::new(1);
+    spans::hide_ythread_spans(|| assert_eq!(handle(id, 4).run_with(&pool), 10));
+    let records = recorder.records();
+    let (_, scope) = digesting_in(&records, id);
+    assert_eq!(scope, ["request"]);
+}
+
+#[test]
+fn outcomes_name_what_happened() {
+    let recorder = spans::recorder();
+    #[yieldable]
+    fn failing(id: u64) -> Vec<Result<u64, OffloadErrorKind>> {
+        let span = info_span!("outcomes", id);
+        let _entered = span.enter();
+        vec![
+            try_offload!(|| 1).map_err(|e| e.kind()),
+            common::quietly(|| try_offload!(|| -> u64 { panic!("on purpose") }))
+                .map_err(|e| e.kind()),
+        ]
+    }
+    let id = request_id();
+    let results = failing(id).run_with(&Inline);
+    assert_eq!(results, [Ok(1), Err(OffloadErrorKind::Panicked)]);
+    // A strategy that drops its job: the work did not run.
+    let dropping = apply_fn(|job| drop(job));
+    let id_dropped = request_id();
+    #[yieldable]
+    fn one(id: u64) -> Result<u64, OffloadErrorKind> {
+        let span = info_span!("outcomes", id);
+        let _entered = span.enter();
+        try_offload!(|| 1).map_err(|e| e.kind())
+    }
+    assert_eq!(one(id_dropped).run_with(&dropping), Err(OffloadErrorKind::NotRun));
+
+    let records = recorder.records();
+    let outcomes = |id: u64| -> Vec<(String, String)> {
+        records
+            .spans
+            .iter()
+            .enumerate()
+            .filter(|(i, span)| {
+                span.name == "offload"
+                    && records.ancestry(*i).iter().any(|s| {
+                        s.name == "outcomes" && s.fields["id"] == id.to_string()
+                    })
+            })
+            .map(|(_, span)| (span.fields["strategy"].clone(), span.fields["outcome"].clone()))
+            .collect()
+    };
+    let inline = |o: &str| ("Inline".to_owned(), o.to_owned());
+    assert_eq!(outcomes(id), [inline("ok"), inline("panicked")]);
+    assert_eq!(
+        outcomes(id_dropped),
+        [("apply_fn".to_owned(), "not_run".to_owned())]
+    );
+    // Work that never started has no times.
+    let dropped = records
+        .spans
+        .iter()
+        .find(|span| span.name == "offload" && span.fields.get("strategy").is_some_and(|s| s == "apply_fn"))
+        .unwrap();
+    assert!(!dropped.fields.contains_key("run_us"), "{dropped:#?}");
+}
+
+/// What a `DebuggingRecorder` snapshot holds.
+type Snapshot = [(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)];
+
+/// The value of counter `name` with exactly `labels` in `snapshot`.
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| {
+            let key_labels: Vec<(&str, &str)> =
+                key.key().labels().map(|l| (l.key(), l.value())).collect();
+            let matches = key.kind() == MetricKind::Counter
+                && key.key().name() == name
+                && labels.iter().all(|l| key_labels.contains(l))
+                && key_labels.len() == labels.len();
+            match value {
+                DebugValue::Counter(n) if matches => Some(*n),
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+}
+
+/// The values recorded in histogram `name` for `strategy`.
+fn histogram(snapshot: &Snapshot, name: &str, strategy: &str) -> Vec<f64> {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| {
+            let matches = key.kind() == MetricKind::Histogram
+                && key.key().name() == name
+                && key.key().labels().any(|l| l.key() == "strategy" && l.value() == strategy);
+            match value {
+                DebugValue::Histogram(values) if matches => {
+                    Some(values.iter().map(|v| v.into_inner()).collect())
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A local recorder: what the handler's thread records goes to it, and
+    // the driver records on the handler's thread (this one: `run_with`).
+    metrics::with_local_recorder(&recorder, || {
+        ythread::describe_metrics();
+        let pool = Pool::new(2);
+        for n in 0..5 {
+            assert_eq!(handle(0, n).run_with(&pool), (1..=n).sum::<u64>());
+        }
+        #[yieldable]
+        fn sleepy() -> Result<(), OffloadErrorKind> {
+            offload!(|| std::thread::sleep(std::time::Duration::from_millis(20)));
+            common::quietly(|| try_offload!(|| panic!("on purpose"))).map_err(|e| e.kind())
+        }
+        assert_eq!(sleepy().run_with(&Bounded::new(1)), Err(OffloadErrorKind::Panicked));
+    });
+    // Taking a snapshot drains the recorder: one, read for everything.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let offloads = |labels: &[(&str, &str)]| counter(&snapshot, "ythread_offloads_total", labels);
+    assert_eq!(offloads(&[("strategy", "Pool"), ("outcome", "ok")]), 5);
+    assert_eq!(offloads(&[("strategy", "Bounded"), ("outcome", "ok")]), 1);
+    assert_eq!(offloads(&[("strategy", "Bounded"), ("outcome", "panicked")]), 1);
+    assert_eq!(offloads(&[("strategy", "Pool"), ("outcome", "panicked")]), 0);
+
+    let run = histogram(&snapshot, "ythread_offload_run_seconds", "Bounded");
+    assert_eq!(run.len(), 2, "{run:?}");
+    assert!(run.iter().any(|&s| s >= 0.020), "the 20 ms sleep is timed: {run:?}");
+    let waits = histogram(&snapshot, "ythread_offload_queue_wait_seconds", "Pool");
+    assert_eq!(waits.len(), 5);
+    assert!(waits.iter().all(|&s| (0.0..60.0).contains(&s)), "{waits:?}");
+
+    // Described, for `# HELP` lines.
+    let described = snapshot
+        .iter()
+        .filter(|(_, unit, description, _)| unit.is_some() && description.is_some())
+        .count();
+    assert!(described >= 3, "{described} series described");
+}
