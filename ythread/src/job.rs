@@ -8,9 +8,9 @@ use std::panic::Location;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use crate::error::{HandlerDropped, OffloadError};
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 use crate::error::OffloadErrorKind;
+use crate::error::{HandlerDropped, OffloadError};
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 use crate::observe::Probe;
 use crate::offloadable::{DepthLimit, Registration};

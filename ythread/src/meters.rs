@@ -6,10 +6,11 @@
 //! happen (`processes/`, `remote/`), and described here, so that one call
 //! describes them all.
 
+use std::cell::RefCell;
 use std::sync::Once;
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
 
 use crate::job::Settled;
 
@@ -69,9 +70,76 @@ pub(crate) fn offloaded(
     settled: Settled,
     times: Option<(Duration, Duration)>,
 ) {
-    counter!(OFFLOADS, "strategy" => strategy, "outcome" => settled.name()).increment(1);
-    if let Some((wait, run)) = times {
-        histogram!(QUEUE_WAIT, "strategy" => strategy).record(wait);
-        histogram!(RUN_TIME, "strategy" => strategy).record(run);
+    let outcome = settled.name();
+    HANDLES.with_borrow_mut(|handles| {
+        let series = handles.series(strategy, outcome);
+        series.offloads.increment(1);
+        if let Some((wait, run)) = times {
+            series.queue_wait.record(wait);
+            series.run_time.record(run);
+        }
+    });
+}
+
+thread_local! {
+    /// The handles of the series this thread recorded into, so that an
+    /// offload neither builds a key (which allocates) nor has the recorder
+    /// look it up: the handles of `metrics` are made for keeping.
+    static HANDLES: RefCell<Handles> = const {
+        RefCell::new(Handles { recorder: 0, series: Vec::new() })
+    };
+}
+
+/// The handles of one thread, for one recorder.
+struct Handles {
+    /// The address of the recorder they came from: a local recorder
+    /// (`metrics::with_local_recorder`) or a new global one needs handles
+    /// of its own.
+    recorder: usize,
+    series: Vec<Series>,
+}
+
+/// The handles of one strategy and outcome.
+struct Series {
+    strategy: &'static str,
+    outcome: &'static str,
+    offloads: Counter,
+    queue_wait: Histogram,
+    run_time: Histogram,
+}
+
+/// How many series a thread keeps handles for: strategies times outcomes,
+/// a handful in practice. Past it, handles are made for each offload.
+const MAX_KEPT: usize = 64;
+
+impl Handles {
+    fn series(&mut self, strategy: &'static str, outcome: &'static str) -> &Series {
+        let recorder =
+            metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize);
+        if recorder != self.recorder {
+            self.series.clear();
+            self.recorder = recorder;
+        }
+        let found = self
+            .series
+            .iter()
+            .position(|series| series.strategy == strategy && series.outcome == outcome);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                if self.series.len() == MAX_KEPT {
+                    self.series.remove(0);
+                }
+                self.series.push(Series {
+                    strategy,
+                    outcome,
+                    offloads: counter!(OFFLOADS, "strategy" => strategy, "outcome" => outcome),
+                    queue_wait: histogram!(QUEUE_WAIT, "strategy" => strategy),
+                    run_time: histogram!(RUN_TIME, "strategy" => strategy),
+                });
+                self.series.len() - 1
+            }
+        };
+        &self.series[index]
     }
 }

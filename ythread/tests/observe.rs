@@ -13,7 +13,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::{CompositeKey, MetricKind};
 use tracing::info_span;
 use ythread::{
-    Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, YieldableThread, Yieldable,
+    Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, Yieldable, YieldableThread,
     apply_fn, offload, try_offload, yieldable,
 };
 
@@ -40,7 +40,10 @@ fn handle(id: u64, n: u64) -> u64 {
 
 /// The `digesting` event of request `id`, and the names of the spans it
 /// happened in.
-fn digesting_in<'r>(records: &'r Records, id: u64) -> (&'r common::spans::EventRecord, Vec<&'r str>) {
+fn digesting_in<'r>(
+    records: &'r Records,
+    id: u64,
+) -> (&'r common::spans::EventRecord, Vec<&'r str>) {
     let event = records
         .events_saying("digesting")
         .into_iter()
@@ -65,7 +68,12 @@ fn the_work_runs_inside_the_offload_span_a_child_of_the_handlers_on_any_thread()
         ("Pool", Box::new(Pool::new(2))),
         (
             "rayon",
-            Box::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()),
+            Box::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap(),
+            ),
         ),
     ];
     for (name, strategy) in strategies {
@@ -121,7 +129,9 @@ fn the_work_runs_on_the_pools_thread_inside_the_handlers_span() {
                 .iter()
                 .any(|span| span.fields.get("id") == Some(&id.to_string()))
         })
-        .unwrap_or_else(|| panic!("the event on the pool's thread is inside the request: {records:#?}"));
+        .unwrap_or_else(|| {
+            panic!("the event on the pool's thread is inside the request: {records:#?}")
+        });
     assert_eq!(records.scope_names(event), ["offload", "request"]);
     // A closure is named by its type.
     assert!(records.scope(event)[0].fields["function"].contains("{{closure}}"));
@@ -163,7 +173,10 @@ fn outcomes_name_what_happened() {
         let _entered = span.enter();
         try_offload!(|| 1).map_err(|e| e.kind())
     }
-    assert_eq!(one(id_dropped).run_with(&dropping), Err(OffloadErrorKind::NotRun));
+    assert_eq!(
+        one(id_dropped).run_with(&dropping),
+        Err(OffloadErrorKind::NotRun)
+    );
 
     let records = recorder.records();
     let outcomes = |id: u64| -> Vec<(String, String)> {
@@ -173,11 +186,17 @@ fn outcomes_name_what_happened() {
             .enumerate()
             .filter(|(i, span)| {
                 span.name == "offload"
-                    && records.ancestry(*i).iter().any(|s| {
-                        s.name == "outcomes" && s.fields["id"] == id.to_string()
-                    })
+                    && records
+                        .ancestry(*i)
+                        .iter()
+                        .any(|s| s.name == "outcomes" && s.fields["id"] == id.to_string())
             })
-            .map(|(_, span)| (span.fields["strategy"].clone(), span.fields["outcome"].clone()))
+            .map(|(_, span)| {
+                (
+                    span.fields["strategy"].clone(),
+                    span.fields["outcome"].clone(),
+                )
+            })
             .collect()
     };
     let inline = |o: &str| ("Inline".to_owned(), o.to_owned());
@@ -190,7 +209,9 @@ fn outcomes_name_what_happened() {
     let dropped = records
         .spans
         .iter()
-        .find(|span| span.name == "offload" && span.fields.get("strategy").is_some_and(|s| s == "apply_fn"))
+        .find(|span| {
+            span.name == "offload" && span.fields.get("strategy").is_some_and(|s| s == "apply_fn")
+        })
         .unwrap();
     assert!(!dropped.fields.contains_key("run_us"), "{dropped:#?}");
 }
@@ -224,7 +245,10 @@ fn histogram(snapshot: &Snapshot, name: &str, strategy: &str) -> Vec<f64> {
         .find_map(|(key, _, _, value)| {
             let matches = key.kind() == MetricKind::Histogram
                 && key.key().name() == name
-                && key.key().labels().any(|l| l.key() == "strategy" && l.value() == strategy);
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "strategy" && l.value() == strategy);
             match value {
                 DebugValue::Histogram(values) if matches => {
                     Some(values.iter().map(|v| v.into_inner()).collect())
@@ -252,19 +276,31 @@ fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
             offload!(|| std::thread::sleep(std::time::Duration::from_millis(20)));
             common::quietly(|| try_offload!(|| panic!("on purpose"))).map_err(|e| e.kind())
         }
-        assert_eq!(sleepy().run_with(&Bounded::new(1)), Err(OffloadErrorKind::Panicked));
+        assert_eq!(
+            sleepy().run_with(&Bounded::new(1)),
+            Err(OffloadErrorKind::Panicked)
+        );
     });
     // Taking a snapshot drains the recorder: one, read for everything.
     let snapshot = snapshotter.snapshot().into_vec();
     let offloads = |labels: &[(&str, &str)]| counter(&snapshot, "ythread_offloads_total", labels);
     assert_eq!(offloads(&[("strategy", "Pool"), ("outcome", "ok")]), 5);
     assert_eq!(offloads(&[("strategy", "Bounded"), ("outcome", "ok")]), 1);
-    assert_eq!(offloads(&[("strategy", "Bounded"), ("outcome", "panicked")]), 1);
-    assert_eq!(offloads(&[("strategy", "Pool"), ("outcome", "panicked")]), 0);
+    assert_eq!(
+        offloads(&[("strategy", "Bounded"), ("outcome", "panicked")]),
+        1
+    );
+    assert_eq!(
+        offloads(&[("strategy", "Pool"), ("outcome", "panicked")]),
+        0
+    );
 
     let run = histogram(&snapshot, "ythread_offload_run_seconds", "Bounded");
     assert_eq!(run.len(), 2, "{run:?}");
-    assert!(run.iter().any(|&s| s >= 0.020), "the 20 ms sleep is timed: {run:?}");
+    assert!(
+        run.iter().any(|&s| s >= 0.020),
+        "the 20 ms sleep is timed: {run:?}"
+    );
     let waits = histogram(&snapshot, "ythread_offload_queue_wait_seconds", "Pool");
     assert_eq!(waits.len(), 5);
     assert!(waits.iter().all(|&s| (0.0..60.0).contains(&s)), "{waits:?}");

@@ -64,7 +64,12 @@ impl Records {
     pub fn events_saying(&self, text: &str) -> Vec<&EventRecord> {
         self.events
             .iter()
-            .filter(|event| event.fields.get("message").is_some_and(|m| m.contains(text)))
+            .filter(|event| {
+                event
+                    .fields
+                    .get("message")
+                    .is_some_and(|m| m.contains(text))
+            })
             .collect()
     }
 
