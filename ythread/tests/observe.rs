@@ -312,3 +312,29 @@ fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
         .count();
     assert!(described >= 3, "{described} series described");
 }
+
+#[test]
+fn prometheus_reads_the_series_in_its_text_format() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let rendering = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        ythread::describe_metrics();
+        let pool = Pool::new(1);
+        for n in 0..3 {
+            handle(0, n).run_with(&pool);
+        }
+    });
+    let text = rendering.render();
+    for line in [
+        "# TYPE ythread_offloads_total counter",
+        r#"ythread_offloads_total{strategy="Pool",outcome="ok"} 3"#,
+        r#"ythread_offload_run_seconds_count{strategy="Pool"} 3"#,
+        r#"ythread_offload_queue_wait_seconds_count{strategy="Pool"} 3"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    assert!(
+        text.contains("# HELP ythread_offload_run_seconds "),
+        "{text}"
+    );
+}
