@@ -102,6 +102,59 @@
 //! So: check a request's cost before offloading it (the example servers
 //! refuse an `n` over `--max-n`), and run work that may run away despite
 //! that under `Processes` with a deadline (`--deadline-ms`).
+//!
+//! # Observing offloads: features `tracing` and `metrics`
+//!
+//! With the `tracing` feature, each offload is a `DEBUG` span named
+//! `offload` (target `ythread`), the child of the span the handler is in,
+//! with the fields `function` (the offloaded function's path, or the
+//! closure's type name), `strategy` ([`Apply::name`]), and, once it has
+//! ended, `queue_wait_us` and `run_us` (microseconds from the offload to the
+//! start of the work, and of the work itself) and `outcome` (`ok`,
+//! `panicked`, or the failure's kind in snake case: `worker_died`,
+//! `deadline_exceeded`, ...). The span is entered on the thread that runs
+//! the work, so an event the work emits on a [`Pool`] thread is inside it.
+//! Where a subscriber leaves `DEBUG` spans of `ythread` out, the work runs
+//! inside the handler's span instead: its events keep their request either
+//! way. [`Processes`] and `remote::Remote` carry the span further: see
+//! their own documentation.
+//!
+//! With the `metrics` feature, each offload is counted and timed through
+//! the [`metrics`](https://docs.rs/metrics) facade, into whichever recorder
+//! the application installed:
+//!
+//! | series | kind | labels |
+//! |---|---|---|
+//! | `ythread_offloads_total` | counter | `strategy`, `outcome` |
+//! | `ythread_offload_queue_wait_seconds` | histogram | `strategy` |
+//! | `ythread_offload_run_seconds` | histogram | `strategy` |
+//!
+//! Worker processes and `Remote` add series of their own (restarts, busy
+//! processes, calls in flight), listed in their documentation. A thread
+//! keeps the handles of the series it recorded into, so that after its
+//! first offloads an offload neither allocates nor has the recorder look a
+//! series up. `describe_metrics` gives the recorder their units and help
+//! texts.
+//!
+//! ```
+//! # #[cfg(feature = "tracing")] {
+//! use ythread::{Pool, Yieldable, offload, yieldable};
+//!
+//! fn digest(data: Vec<u8>) -> u32 {
+//!     tracing::info!(len = data.len(), "digesting"); // inside `request` > `offload`
+//!     data.iter().map(|&b| u32::from(b)).sum()
+//! }
+//!
+//! #[yieldable]
+//! fn handle(id: u64, data: Vec<u8>) -> u32 {
+//!     let span = tracing::info_span!("request", id);
+//!     let _entered = span.enter();
+//!     offload!(digest, data)
+//! }
+//!
+//! assert_eq!(handle(7, vec![1, 2, 3]).run_with(&Pool::new(1)), 6);
+//! # }
+//! ```
 #![warn(missing_docs, missing_debug_implementations)]
 // docs.rs (see `package.metadata.docs.rs`) marks what a feature gates.
 #![cfg_attr(docsrs, feature(doc_cfg))]
