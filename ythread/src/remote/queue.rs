@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 
 use tokio::sync::watch;
 
+use super::observe::{Incoming, TRACEPARENT_HEADER, TraceParent, traceparent_of};
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::wire::{
     deadline_of, expires_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_expires,
@@ -80,6 +81,8 @@ pub(super) struct Queued {
     pub(super) left: Option<Duration>,
     /// When its requester stops waiting, in ms since the Unix epoch.
     pub(super) expires: Option<u64>,
+    /// Its trace context, as its headers say.
+    pub(super) trace: Incoming,
     pub(super) args: Bytes,
 }
 
@@ -185,6 +188,7 @@ impl Queue {
         reply_to: &str,
         left: Option<Duration>,
         expires: Option<u64>,
+        trace: Option<&TraceParent>,
         key: Option<&Key>,
         args: Bytes,
     ) -> Forwarded {
@@ -197,6 +201,10 @@ impl Queue {
         }
         if let Some(expires) = expires {
             set_expires(&mut headers, expires);
+        }
+        // (Only a valid one, as it was read: not signed, a label.)
+        if let Some(trace) = trace {
+            headers.insert(TRACEPARENT_HEADER, trace.header().as_str());
         }
         if let Some(key) = key {
             let signed = Signed::Call {
@@ -484,6 +492,7 @@ impl Pulled {
             reply_to,
             left,
             expires: expires_of(headers),
+            trace: traceparent_of(headers),
             args: message.payload.clone(),
         })
     }

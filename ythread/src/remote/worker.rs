@@ -449,6 +449,7 @@ impl WorkerBuilder {
     /// [`Worker::shared_queue`].)
     pub fn start(self) -> io::Result<Worker> {
         check_token(&self.namespace)?;
+        super::observe::describe();
         let key = self
             .signing_key
             .as_deref()
@@ -505,6 +506,7 @@ impl WorkerBuilder {
             let serving = Arc::new(Serving {
                 max_payload: AtomicUsize::new(client.server_info().max_payload),
                 client,
+                namespace: namespace.clone(),
                 slots: Slots::new(runner.capacity()),
                 runner,
                 queue,
