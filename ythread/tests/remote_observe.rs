@@ -201,12 +201,15 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Keeper {
     }
 }
 
+/// A metric's name and labels (sorted).
+type MetricKey = (String, Vec<(String, String)>);
+
 /// The metrics recorded, added up: the debugging recorder's snapshot takes
 /// each value since the last one (it swaps them to zero), so every test
 /// reads through this one sum.
 struct Metrics {
     snapshotter: Snapshotter,
-    totals: Mutex<HashMap<(String, Vec<(String, String)>), f64>>,
+    totals: Mutex<HashMap<MetricKey, f64>>,
     descriptions: Mutex<HashMap<String, String>>,
 }
 

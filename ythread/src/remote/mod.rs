@@ -176,6 +176,33 @@ use crate::{Apply, Job};
 /// | `Panicked`, `WorkerDied` | ran (or started) on the worker machine: the message, the signal |
 /// | `Protocol` | did not run if its arguments were over a cap (named); ran if its result was (it says so); otherwise a malformed reply |
 /// | `NotPortable` | did not run: the work cannot leave the process |
+///
+/// The texts of these errors that come with a detail end with the call's
+/// name, `{function} call {id}` (plus ` trace {trace id}` with the
+/// `tracing` feature), as the worker's span and events name it: `id` is
+/// this requester's number for the call, in hex, the last token of its
+/// reply subject.
+///
+/// # Observability
+///
+/// With the `tracing` feature, each call carries a W3C Trace Context
+/// header, `traceparent: 00-<trace id>-<parent id>-01`: the trace id is a
+/// random 128-bit one of ythread's (or, for a call made while a [`Worker`]
+/// thread serves one, the trace id of that call: the trace goes on), the
+/// parent id the current span's `tracing` id (the offload's span; random
+/// outside any span). The trace id is recorded in the current span's
+/// `trace_id` field if it declares one, and otherwise told in a `debug`
+/// event inside it (target `ythread::remote`, fields `trace_id` and
+/// `call`). The header is not covered by a call's
+/// [signature](RemoteBuilder::signing_key): it is a label, which a worker
+/// trusts for nothing else (see [`Worker`]'s "Observability").
+///
+/// With the `metrics` feature (each with a `namespace` label):
+///
+/// | metric | what |
+/// |---|---|
+/// | `ythread_remote_calls_in_flight` (gauge) | calls sent and not answered yet |
+/// | `ythread_remote_replies_total{outcome}` (counter) | calls that ended, once each: `ok`, or the failure's [`OffloadErrorKind`](crate::OffloadErrorKind) in snake case (`panicked`, `unavailable`, `may_have_run`, `deadline_exceeded`, `worker_died`, `protocol`, ...) |
 pub struct Remote {
     /// The runtime of the connection's I/O: it lives as long as this.
     _io: Io,

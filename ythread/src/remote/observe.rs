@@ -577,8 +577,8 @@ mod tests {
         ) {
             let strict = text.starts_with("00-")
                 && !text.bytes().any(|b| b.is_ascii_uppercase())
-                && &text[3..35] != "0".repeat(32)
-                && &text[36..52] != "0".repeat(16);
+                && text[3..35] != "0".repeat(32)
+                && text[36..52] != "0".repeat(16);
             proptest::prop_assert_eq!(TraceParent::parse(&text).is_some(), strict);
         }
 

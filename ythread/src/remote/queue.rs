@@ -73,6 +73,17 @@ pub(super) enum Forwarded {
     Unknown,
 }
 
+/// What a call put in the queue carries in headers, besides its reply
+/// subject.
+pub(super) struct Headed<'a> {
+    /// Time left to its requester's deadline, if it has one.
+    pub(super) left: Option<Duration>,
+    /// When its requester stops waiting, in ms since the Unix epoch.
+    pub(super) expires: Option<u64>,
+    /// Its trace context, if it came with a valid one.
+    pub(super) trace: Option<&'a TraceParent>,
+}
+
 /// A call taken from the queue.
 pub(super) struct Queued {
     pub(super) reply_to: async_nats::Subject,
@@ -186,13 +197,16 @@ impl Queue {
         &self,
         registration: &Registration,
         reply_to: &str,
-        left: Option<Duration>,
-        expires: Option<u64>,
-        trace: Option<&TraceParent>,
+        headed: Headed<'_>,
         key: Option<&Key>,
         args: Bytes,
     ) -> Forwarded {
         use async_nats::jetstream::context::PublishErrorKind;
+        let Headed {
+            left,
+            expires,
+            trace,
+        } = headed;
         let subject = self.subject(registration);
         let mut headers = async_nats::HeaderMap::new();
         set_reply_to(&mut headers, reply_to);

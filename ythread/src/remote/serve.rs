@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::SERVER_CAP;
 use super::io::block_on;
 use super::observe::{self, Incoming, Rejected, TraceParent};
-use super::queue::{self, Backlog, Forwarded, Queue};
+use super::queue::{self, Backlog, Forwarded, Headed, Queue};
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::threads::Threads;
 use super::wire::{
@@ -716,9 +716,11 @@ pub(super) async fn serve_function(
                 .forward(
                     registration,
                     &call.reply_to,
-                    left,
-                    call.expires,
-                    call.trace.as_ref(),
+                    Headed {
+                        left,
+                        expires: call.expires,
+                        trace: call.trace.as_ref(),
+                    },
                     serving.key.as_ref(),
                     call.args.clone(),
                 )
