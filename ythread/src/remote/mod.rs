@@ -114,6 +114,7 @@
 //! ```
 
 mod io;
+mod observe;
 mod queue;
 mod requests;
 mod serve;
@@ -140,6 +141,7 @@ pub use self::worker::{Worker, WorkerBuilder};
 pub use async_nats;
 
 use self::io::{Io, block_on};
+use self::observe::{InFlightGauge, TraceParent};
 use self::requests::{Answer, Calls, dispatch};
 use self::signing::{Key, SIGNATURE_HEADER, Signed};
 use self::wire::{
@@ -174,6 +176,33 @@ use crate::{Apply, Job};
 /// | `Panicked`, `WorkerDied` | ran (or started) on the worker machine: the message, the signal |
 /// | `Protocol` | did not run if its arguments were over a cap (named); ran if its result was (it says so); otherwise a malformed reply |
 /// | `NotPortable` | did not run: the work cannot leave the process |
+///
+/// The texts of these errors that come with a detail end with the call's
+/// name, `{function} call {id}` (plus ` trace {trace id}` with the
+/// `tracing` feature), as the worker's span and events name it: `id` is
+/// this requester's number for the call, in hex, the last token of its
+/// reply subject.
+///
+/// # Observability
+///
+/// With the `tracing` feature, each call carries a W3C Trace Context
+/// header, `traceparent: 00-<trace id>-<parent id>-01`: the trace id is a
+/// random 128-bit one of ythread's (or, for a call made while a [`Worker`]
+/// thread serves one, the trace id of that call: the trace goes on), the
+/// parent id the current span's `tracing` id (the offload's span; random
+/// outside any span). The trace id is recorded in the current span's
+/// `trace_id` field if it declares one, and otherwise told in a `debug`
+/// event inside it (target `ythread::remote`, fields `trace_id` and
+/// `call`). The header is not covered by a call's
+/// [signature](RemoteBuilder::signing_key): it is a label, which a worker
+/// trusts for nothing else (see [`Worker`]'s "Observability").
+///
+/// With the `metrics` feature (each with a `namespace` label):
+///
+/// | metric | what |
+/// |---|---|
+/// | `ythread_remote_calls_in_flight` (gauge) | calls sent and not answered yet |
+/// | `ythread_remote_replies_total{outcome}` (counter) | calls that ended, once each: `ok`, or the failure's [`OffloadErrorKind`](crate::OffloadErrorKind) in snake case (`panicked`, `unavailable`, `may_have_run`, `deadline_exceeded`, `worker_died`, `protocol`, ...) |
 pub struct Remote {
     /// The runtime of the connection's I/O: it lives as long as this.
     _io: Io,
@@ -361,6 +390,7 @@ impl RemoteBuilder {
     /// subscription to its inbox (a permission: the error names it).
     pub fn connect(self) -> std::io::Result<Remote> {
         check_token(&self.namespace)?;
+        observe::describe();
         let key = self
             .signing_key
             .as_deref()
@@ -553,9 +583,15 @@ impl Apply for Remote {
         let until = now
             .checked_add(self.deadline)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
-        let outcome = self
-            .in_flight
-            .run_until(until, || self.send_and_wait(registration, payload, until));
+        // Its trace context: this thread's (the offload's span, or the
+        // call a worker runs here), sent as the `traceparent` header.
+        #[cfg(feature = "tracing")]
+        let trace = observe::outgoing();
+        #[cfg(not(feature = "tracing"))]
+        let trace: Option<TraceParent> = None;
+        let outcome = self.in_flight.run_until(until, || {
+            self.send_and_wait(registration, payload, until, trace.as_ref())
+        });
         let outcome = match outcome {
             // Out of time waiting to be sent.
             None => Err(OffloadError::unavailable(
@@ -568,21 +604,23 @@ impl Apply for Remote {
             )),
             Some(outcome) => outcome,
         };
-        let result = match outcome {
-            Ok(result) => result,
-            Err(error) => return call.fail(error),
+        let failure = match outcome {
+            Err(error) => Some(error),
+            Ok((result, named)) => match Reply::decode(&result) {
+                Ok(Reply::Done(result)) => call.finish(registration, result, depth).err(),
+                Ok(Reply::Failed(error)) => Some(error.into_error(name, &named)),
+                Err(error) => Some(OffloadError::protocol(
+                    name,
+                    format_args!("a malformed reply: {error}; {named}"),
+                )),
+            },
         };
-        match Reply::decode(&result) {
-            Ok(Reply::Done(result)) => {
-                if let Err(error) = call.finish(registration, result, depth) {
-                    call.fail(error);
-                }
-            }
-            Ok(Reply::Failed(error)) => call.fail(error.into_error(name)),
-            Err(error) => call.fail(OffloadError::protocol(
-                name,
-                format_args!("a malformed reply: {error}"),
-            )),
+        observe::replied(
+            &self.namespace,
+            observe::outcome(failure.as_ref().map(OffloadError::kind)),
+        );
+        if let Some(error) = failure {
+            call.fail(error);
         }
     }
 
@@ -592,18 +630,33 @@ impl Apply for Remote {
 }
 
 impl Remote {
-    /// Sends one call and waits for what answers it, until `until`.
+    /// Sends one call and waits for what answers it, until `until`;
+    /// returns the reply, and the call's name in texts
+    /// (`observe::designation`), which its errors end with.
     fn send_and_wait(
         &self,
         registration: &'static Registration,
         payload: Vec<u8>,
         until: Instant,
-    ) -> Result<bytes::Bytes, OffloadError> {
+        trace: Option<&TraceParent>,
+    ) -> Result<(bytes::Bytes, Arc<str>), OffloadError> {
         let name = registration.name;
         let subject: Arc<str> = subject(&self.namespace, registration).into();
         let left = until.saturating_duration_since(Instant::now());
         let (mut headers, signed_headers) = call_headers(left);
-        let in_flight = self.calls.register(Arc::clone(&subject), epoch_ms_in(left));
+        let in_flight = self
+            .calls
+            .register(Arc::clone(&subject), epoch_ms_in(left), |id| {
+                observe::designation(name, id, trace)
+            });
+        let _gauge = InFlightGauge::new(&self.namespace);
+        let call = &in_flight.call;
+        // Not signed: a label, trusted for nothing else (see `observe.rs`).
+        #[cfg(feature = "tracing")]
+        if let Some(trace) = trace {
+            headers.insert(observe::TRACEPARENT_HEADER, trace.header().as_str());
+            observe::sending(trace, call);
+        }
         if let Some(key) = self.calls.key() {
             let signed = Signed::Call {
                 subject: &subject,
@@ -627,27 +680,29 @@ impl Remote {
             return Err(match error.kind() {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => OffloadError::protocol(
                     name,
-                    format_args!("it did not run: {error}; {SERVER_CAP}"),
+                    format_args!("it did not run: {error}; {SERVER_CAP}; {call}"),
                 ),
                 _ => OffloadError::unavailable(
                     name,
-                    format_args!("it did not run: NATS could not take it: {error}"),
+                    format_args!("it did not run: NATS could not take it: {error}; {call}"),
                 ),
             });
         }
         match in_flight.answer.recv_deadline(until) {
-            Ok(Answer::Reply(result)) => Ok(result),
-            Ok(Answer::NoResponders) => Err(no_responders(registration, &self.namespace)),
+            Ok(Answer::Reply(result)) => Ok((result, Arc::clone(call))),
+            Ok(Answer::NoResponders) => Err(no_responders(registration, &self.namespace, call)),
             Ok(Answer::Lost) => Err(OffloadError::may_have_run(
                 name,
-                "the connection to NATS was lost while it was in flight; it is cancelled at the \
-                 workers, which drop it unless they started it",
+                format_args!(
+                    "the connection to NATS was lost while it was in flight; it is cancelled at \
+                     the workers, which drop it unless they started it; {call}"
+                ),
             )),
             Ok(Answer::Deaf(text)) => Err(OffloadError::may_have_run(
                 name,
                 format_args!(
                     "NATS refused this requester's inbox after the call was sent ({text}): its \
-                     reply cannot come"
+                     reply cannot come; {call}"
                 ),
             )),
             Ok(Answer::Refused(text)) => Err(OffloadError::unavailable(
@@ -655,19 +710,19 @@ impl Remote {
                 format_args!(
                     "it did not run: NATS refused it ({text}): this requester's user needs \
                      permission to publish to `ythread.{}.>` (or its permissions name another \
-                     namespace than this requester's)",
+                     namespace than this requester's); {call}",
                     self.namespace
                 ),
             )),
             Err(_) => Err(match in_flight.rejected() {
-                0 => OffloadError::no_answer_by(name, self.deadline),
+                0 => OffloadError::no_answer_by_noting(name, self.deadline, call),
                 rejected => OffloadError::no_answer_by_noting(
                     name,
                     self.deadline,
                     format_args!(
                         "{rejected} repl(ies) to it did not verify with the signing key and were \
                          dropped: from a worker with another key or none (check that requesters \
-                         and workers hold the same key), or forged"
+                         and workers hold the same key), or forged; {call}"
                     ),
                 ),
             }),
@@ -691,13 +746,13 @@ fn too_large(what: &str, size: usize, cap: usize, setting: Option<usize>) -> Str
     )
 }
 
-fn no_responders(registration: &Registration, namespace: &str) -> OffloadError {
+fn no_responders(registration: &Registration, namespace: &str, call: &str) -> OffloadError {
     OffloadError::unavailable(
         registration.name,
         format_args!(
             "it did not run: no worker serves it on NATS (namespace `{namespace}`, signature \
              `{}`): none is running, they serve another namespace, or they run another build \
-             of it",
+             of it; {call}",
             registration.signature
         ),
     )

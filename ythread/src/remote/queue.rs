@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 
 use tokio::sync::watch;
 
+use super::observe::{Incoming, TRACEPARENT_HEADER, TraceParent, traceparent_of};
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::wire::{
     deadline_of, expires_of, queue_subject, queue_subjects, reply_to_of, set_deadline, set_expires,
@@ -72,6 +73,17 @@ pub(super) enum Forwarded {
     Unknown,
 }
 
+/// What a call put in the queue carries in headers, besides its reply
+/// subject.
+pub(super) struct Headed<'a> {
+    /// Time left to its requester's deadline, if it has one.
+    pub(super) left: Option<Duration>,
+    /// When its requester stops waiting, in ms since the Unix epoch.
+    pub(super) expires: Option<u64>,
+    /// Its trace context, if it came with a valid one.
+    pub(super) trace: Option<&'a TraceParent>,
+}
+
 /// A call taken from the queue.
 pub(super) struct Queued {
     pub(super) reply_to: async_nats::Subject,
@@ -80,6 +92,8 @@ pub(super) struct Queued {
     pub(super) left: Option<Duration>,
     /// When its requester stops waiting, in ms since the Unix epoch.
     pub(super) expires: Option<u64>,
+    /// Its trace context, as its headers say.
+    pub(super) trace: Incoming,
     pub(super) args: Bytes,
 }
 
@@ -183,12 +197,16 @@ impl Queue {
         &self,
         registration: &Registration,
         reply_to: &str,
-        left: Option<Duration>,
-        expires: Option<u64>,
+        headed: Headed<'_>,
         key: Option<&Key>,
         args: Bytes,
     ) -> Forwarded {
         use async_nats::jetstream::context::PublishErrorKind;
+        let Headed {
+            left,
+            expires,
+            trace,
+        } = headed;
         let subject = self.subject(registration);
         let mut headers = async_nats::HeaderMap::new();
         set_reply_to(&mut headers, reply_to);
@@ -197,6 +215,10 @@ impl Queue {
         }
         if let Some(expires) = expires {
             set_expires(&mut headers, expires);
+        }
+        // (Only a valid one, as it was read: not signed, a label.)
+        if let Some(trace) = trace {
+            headers.insert(TRACEPARENT_HEADER, trace.header().as_str());
         }
         if let Some(key) = key {
             let signed = Signed::Call {
@@ -484,6 +506,7 @@ impl Pulled {
             reply_to,
             left,
             expires: expires_of(headers),
+            trace: traceparent_of(headers),
             args: message.payload.clone(),
         })
     }

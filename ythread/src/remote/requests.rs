@@ -53,6 +53,8 @@ struct Pending {
     answer: Sender<Answer>,
     /// Replies to it that did not verify with the key.
     rejected: u32,
+    /// Its name in texts (`observe::designation`).
+    call: Arc<str>,
 }
 
 /// The calls in flight of one `Remote`.
@@ -75,6 +77,8 @@ pub(super) struct InFlight<'a> {
     number: u64,
     pub(super) reply_to: String,
     pub(super) answer: Receiver<Answer>,
+    /// Its name in texts (`observe::designation`).
+    pub(super) call: Arc<str>,
 }
 
 impl InFlight<'_> {
@@ -125,9 +129,17 @@ impl Calls {
         self.inbox_refused.lock().clone()
     }
 
-    /// Registers a call to `subject` that expires at `expires`.
-    pub(super) fn register(&self, subject: Arc<str>, expires: u64) -> InFlight<'_> {
+    /// Registers a call to `subject` that expires at `expires`, named by
+    /// `name` from its number as it travels (hex, the reply subject's last
+    /// token).
+    pub(super) fn register(
+        &self,
+        subject: Arc<str>,
+        expires: u64,
+        name: impl FnOnce(&str) -> String,
+    ) -> InFlight<'_> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let call: Arc<str> = name(&format!("{number:x}")).into();
         let (answer, answered) = crossbeam_channel::bounded(1);
         self.pending.lock().insert(
             number,
@@ -136,6 +148,7 @@ impl Calls {
                 expires,
                 answer,
                 rejected: 0,
+                call: Arc::clone(&call),
             },
         );
         InFlight {
@@ -143,6 +156,7 @@ impl Calls {
             number,
             reply_to: format!("{}.{number:x}", self.inbox),
             answer: answered,
+            call,
         }
     }
 
@@ -171,14 +185,18 @@ impl Calls {
                     payload: &message.payload,
                 };
                 if !key.verify(&signed, signature_of(message.headers.as_ref())) {
-                    if let Some(pending) = self.pending.lock().get_mut(&number) {
+                    let call = self.pending.lock().get_mut(&number).map(|pending| {
                         pending.rejected = pending.rejected.saturating_add(1);
-                    }
+                        Arc::clone(&pending.call)
+                    });
                     let first = self.rejected.fetch_add(1, Ordering::Relaxed) == 0;
                     if first {
+                        // (Named if it answers a call in flight: the
+                        // subject's text is not repeated, it may be anyone's.)
+                        let to = call.map_or_else(String::new, |call| format!(" to {call}"));
                         eprintln!(
-                            "ythread::remote::Remote: dropped a reply that does not verify with \
-                             the signing key (from a worker with another key or none, or a \
+                            "ythread::remote::Remote: dropped a reply{to} that does not verify \
+                             with the signing key (from a worker with another key or none, or a \
                              forger); `Remote::rejected` counts them"
                         );
                     }

@@ -14,7 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::SERVER_CAP;
 use super::io::block_on;
-use super::queue::{self, Backlog, Forwarded, Queue};
+use super::observe::{self, Incoming, Rejected, TraceParent};
+use super::queue::{self, Backlog, Forwarded, Headed, Queue};
 use super::signing::{Key, SIGNATURE_HEADER, Signed};
 use super::threads::Threads;
 use super::wire::{
@@ -45,6 +46,8 @@ fn answerable(reply_to: &str) -> bool {
 pub(super) struct Serving {
     /// The connection to NATS.
     pub(super) client: async_nats::Client,
+    /// The namespace it serves (its metrics' label).
+    pub(super) namespace: String,
     /// What runs the calls.
     pub(super) runner: Runner,
     /// Which of its places are free.
@@ -134,6 +137,39 @@ impl Serving {
             .await;
     }
 
+    /// Counts a call not run, for `reason`, and tells of it naming it.
+    fn rejected(
+        &self,
+        reason: Rejected,
+        function: &Registration,
+        reply_to: &str,
+        trace: Option<&TraceParent>,
+    ) {
+        observe::rejected(&self.namespace, reason, || {
+            observe::designation(function.name, observe::call_id(reply_to), trace)
+        });
+    }
+
+    /// The trace context a call came with, if valid: anything else is
+    /// ignored (and counted), and the call goes on without.
+    fn trace_of(
+        &self,
+        incoming: Incoming,
+        function: &Registration,
+        reply_to: &str,
+    ) -> Option<TraceParent> {
+        match incoming {
+            Incoming::Valid(trace) => Some(trace),
+            Incoming::Absent => None,
+            Incoming::Invalid => {
+                observe::ignored_traceparent(&self.namespace, || {
+                    observe::designation(function.name, observe::call_id(reply_to), None)
+                });
+                None
+            }
+        }
+    }
+
     fn reply_headers(&self, reply_to: &str, reply: &[u8]) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(key) = &self.key {
@@ -154,10 +190,12 @@ impl Serving {
         &self,
         function: &Registration,
         reply_to: async_nats::Subject,
+        (reason, trace): (Rejected, Option<&TraceParent>),
         why: String,
         signed: bool,
     ) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        self.rejected(reason, function, &reply_to, trace);
         let reply = Reply::Failed(WireError::of(&OffloadError::unavailable(
             function.name,
             why,
@@ -472,19 +510,39 @@ struct Call {
     deadline: Option<Duration>,
     /// When the requester stops waiting, in ms since the Unix epoch.
     expires: Option<u64>,
+    /// Its trace context, if it came with a valid one.
+    trace: Option<TraceParent>,
     /// Its share of [`Serving::pending`], released when it is answered (or
     /// stored in the queue).
     _pending: OwnedSemaphorePermit,
 }
 
 impl Call {
-    /// Whether no one waits for its answer any more: its requester's
-    /// deadline has passed, or its requester cancelled it.
-    fn abandoned(&self, serving: &Serving) -> bool {
-        self.deadline
+    /// Whether no one waits for its answer any more, and why: its
+    /// requester's deadline has passed, or its requester cancelled it.
+    fn abandoned(&self, serving: &Serving) -> Option<Rejected> {
+        if self
+            .deadline
             .is_some_and(|deadline| self.received.elapsed() >= deadline)
             || self.expires.is_some_and(is_past)
-            || serving.cancelled.contains(&self.reply_to)
+        {
+            Some(Rejected::Expired)
+        } else if serving.cancelled.contains(&self.reply_to) {
+            Some(Rejected::Cancelled)
+        } else {
+            None
+        }
+    }
+
+    /// Counts it as dropped unrun, for `reason`.
+    fn drop_unrun(&self, serving: &Serving, reason: Rejected) {
+        serving.dropped.fetch_add(1, Ordering::Relaxed);
+        serving.rejected(
+            reason,
+            self.function.registration,
+            &self.reply_to,
+            self.trace.as_ref(),
+        );
     }
 }
 
@@ -523,11 +581,20 @@ pub(super) async fn serve_function(
         let Some(reply_to) = message.reply.clone() else {
             continue;
         };
+        let headers = message.headers.as_ref();
+        // (Read before anything is refused, so that the refusal names the
+        // call as its requester does.)
+        let trace = serving.trace_of(observe::traceparent_of(headers), registration, &reply_to);
         if !answerable(&reply_to) {
             serving.refused.fetch_add(1, Ordering::Relaxed);
+            serving.rejected(
+                Rejected::ReplySubject,
+                registration,
+                &reply_to,
+                trace.as_ref(),
+            );
             continue;
         }
-        let headers = message.headers.as_ref();
         if let Some(key) = &serving.key {
             let signed = Signed::Call {
                 subject: &message.subject,
@@ -540,7 +607,13 @@ pub(super) async fn serve_function(
                            (`WorkerBuilder::signing_key`): give its requester the same key \
                            (`RemoteBuilder::signing_key`)";
                 serving
-                    .refuse(registration, reply_to, why.to_owned(), false)
+                    .refuse(
+                        registration,
+                        reply_to,
+                        (Rejected::BadSignature, trace.as_ref()),
+                        why.to_owned(),
+                        false,
+                    )
                     .await;
                 continue;
             }
@@ -557,6 +630,7 @@ pub(super) async fn serve_function(
                 Kept::New => {}
                 Kept::Known => {
                     serving.dropped.fetch_add(1, Ordering::Relaxed);
+                    serving.rejected(Rejected::Replay, registration, &reply_to, trace.as_ref());
                     continue;
                 }
                 Kept::Full => sign_refusals = false,
@@ -578,8 +652,19 @@ pub(super) async fn serve_function(
                  (`WorkerBuilder::max_pending_bytes`); try another time or another worker",
                 serving.max_pending_bytes
             );
+            let reason = if cost > serving.max_pending_bytes {
+                Rejected::TooLarge
+            } else {
+                Rejected::Busy
+            };
             serving
-                .refuse(registration, reply_to, why, sign_refusals)
+                .refuse(
+                    registration,
+                    reply_to,
+                    (reason, trace.as_ref()),
+                    why,
+                    sign_refusals,
+                )
                 .await;
             continue;
         };
@@ -589,13 +674,14 @@ pub(super) async fn serve_function(
             function: Arc::clone(&function),
             deadline: deadline_of(headers),
             expires: expires_of(headers),
+            trace,
             args,
             reply_to,
             received: Instant::now(),
             _pending: permit,
         };
-        if call.abandoned(&serving) {
-            serving.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(reason) = call.abandoned(&serving) {
+            call.drop_unrun(&serving, reason);
             continue;
         }
         if !function.backlog.any()
@@ -630,8 +716,11 @@ pub(super) async fn serve_function(
                 .forward(
                     registration,
                     &call.reply_to,
-                    left,
-                    call.expires,
+                    Headed {
+                        left,
+                        expires: call.expires,
+                        trace: call.trace.as_ref(),
+                    },
                     serving.key.as_ref(),
                     call.args.clone(),
                 )
@@ -722,6 +811,7 @@ pub(super) async fn pull_calls(
                     continue;
                 };
                 serving.dequeued.fetch_add(1, Ordering::Relaxed);
+                let trace = serving.trace_of(queued.trace, function.registration, &queued.reply_to);
                 run(
                     &serving,
                     slot,
@@ -732,6 +822,7 @@ pub(super) async fn pull_calls(
                         received: Instant::now(),
                         deadline: queued.left,
                         expires: queued.expires,
+                        trace,
                         _pending: permit,
                     },
                 );
@@ -796,11 +887,30 @@ fn run(serving: &Arc<Serving>, slot: Slot, call: Call) {
 /// returns where to send what reply.
 fn run_here(serving: &Serving, slot: Slot, call: Call) -> Option<(async_nats::Subject, Vec<u8>)> {
     let _slot = slot;
-    if call.abandoned(serving) {
-        serving.dropped.fetch_add(1, Ordering::Relaxed);
+    if let Some(reason) = call.abandoned(serving) {
+        call.drop_unrun(serving, reason);
         return None;
     }
     let registration = call.function.registration;
+    // The call's span, on this thread while it runs: on threads, the
+    // function's own events are in it; with processes, those the worker
+    // process sends back. Calls sent meanwhile from this thread continue
+    // its trace.
+    #[cfg(feature = "tracing")]
+    let span = observe::remote_call_span(
+        registration.name,
+        &observe::designation(
+            registration.name,
+            observe::call_id(&call.reply_to),
+            call.trace.as_ref(),
+        ),
+        call.trace.as_ref(),
+        call.deadline,
+    );
+    #[cfg(feature = "tracing")]
+    let _entered = span.enter();
+    #[cfg(feature = "tracing")]
+    let _trace = observe::TraceScope::enter(call.trace.map(|trace| trace.trace_id));
     // Within the requester's deadline (counted from when the call arrived,
     // and bounded by its expiry, which counts the time it took to come) and
     // this worker's.
@@ -847,6 +957,7 @@ fn run_here(serving: &Serving, slot: Slot, call: Call) -> Option<(async_nats::Su
         )))
         .encode();
     }
+    observe::worker_answered(&serving.namespace, &answer);
     Some((call.reply_to.clone(), answer))
 }
 
@@ -926,6 +1037,7 @@ pub(super) async fn watch_overruns(serving: Arc<Serving>, threads: Arc<Threads>)
             let reply = Reply::Failed(WireError::Overran {
                 deadline_ms: u64::try_from(serving.deadline.as_millis()).unwrap_or(u64::MAX),
             });
+            observe::worker_call(&serving.namespace, "deadline_exceeded");
             serving.answer(reply_to, reply.encode()).await;
         }
         // (Not sooner than a millisecond from now: a zero deadline must not

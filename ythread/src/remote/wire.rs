@@ -11,6 +11,8 @@
 //!                        the Unix epoch (a call that arrives later is dropped unrun)
 //!            header      Ythread-Signature: with a signing key, HMAC-SHA256 of the
 //!                        subject, reply subject, both headers above and the payload
+//!            header      traceparent (feature `tracing`): W3C, 00-<trace id>-<the
+//!                        requester's span id>-01; a label, not signed (`observe.rs`)
 //!            payload     the call's arguments, postcard (the subject names the function)
 //! reply      on the call's reply subject, payload Reply (postcard):
 //!            Done(the result, as the function's registration encodes it)
@@ -21,8 +23,9 @@
 //!            workers drop them if they have not started (signed with a key)
 //! queued     on ythread-queue.<namespace>.<function path>.<fingerprint> (the fleet's
 //!            shared queue, a JetStream stream): the call's payload, with
-//!            headers Ythread-Reply-To (the requester's inbox) and
-//!            Ythread-Deadline-Ms (the time left when it was queued)
+//!            headers Ythread-Reply-To (the requester's inbox),
+//!            Ythread-Deadline-Ms (the time left when it was queued), and the
+//!            call's traceparent if it had a valid one
 //! ```
 //!
 //! Every payload is decoded from bytes of bounded length (NATS's
@@ -337,6 +340,21 @@ pub(super) enum WireError {
 }
 
 impl WireError {
+    /// Its outcome as a worker's metric label (see `observe::outcome`).
+    #[cfg(feature = "metrics")]
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            WireError::Panicked { .. } => "panicked",
+            WireError::NotRun => "not_run",
+            WireError::NotPortable { .. } => "not_portable",
+            WireError::WorkerDied { .. } => "worker_died",
+            WireError::DeadlineExceeded { .. } | WireError::Overran { .. } => "deadline_exceeded",
+            WireError::Protocol { .. } => "protocol",
+            WireError::Unavailable { .. } => "unavailable",
+            WireError::MayHaveRun { .. } => "may_have_run",
+        }
+    }
+
     /// `error`, to send to the requester.
     pub(super) fn of(error: &OffloadError) -> WireError {
         let detail = || error.detail().unwrap_or_default().to_owned();
@@ -369,33 +387,45 @@ impl WireError {
         }
     }
 
-    /// The error the worker sent back, for the call of `function`.
-    pub(super) fn into_error(self, function: &str) -> OffloadError {
+    /// The error the worker sent back, for the call of `function` named
+    /// `call` (`observe::designation`), which the texts that come with a
+    /// detail end with. (A panic's text is the function's own, and the
+    /// other kinds carry none.)
+    pub(super) fn into_error(self, function: &str, call: &str) -> OffloadError {
         match self {
             WireError::Panicked { message } => OffloadError::remote_panic(function, message),
-            WireError::NotRun => {
-                OffloadError::protocol(function, "a reply no ythread worker sends")
+            WireError::NotRun => OffloadError::protocol(
+                function,
+                format_args!("a reply no ythread worker sends; {call}"),
+            ),
+            WireError::NotPortable { reason } => {
+                OffloadError::not_portable(function, &format!("{reason}; {call}"))
             }
-            WireError::NotPortable { reason } => OffloadError::not_portable(function, &reason),
             WireError::WorkerDied { death, runs } => {
                 OffloadError::worker_died(function, death, runs)
             }
             WireError::DeadlineExceeded { deadline_ms } => {
                 OffloadError::deadline_exceeded(function, Duration::from_millis(deadline_ms))
             }
-            WireError::Protocol { detail } => OffloadError::protocol(function, detail),
-            WireError::Unavailable { detail } => {
-                OffloadError::unavailable(function, format_args!("on the remote worker: {detail}"))
+            WireError::Protocol { detail } => {
+                OffloadError::protocol(function, format_args!("{detail}; {call}"))
             }
-            WireError::MayHaveRun { detail } => {
-                OffloadError::may_have_run(function, format_args!("on the remote worker: {detail}"))
-            }
+            WireError::Unavailable { detail } => OffloadError::unavailable(
+                function,
+                format_args!("on the remote worker: {detail}; {call}"),
+            ),
+            WireError::MayHaveRun { detail } => OffloadError::may_have_run(
+                function,
+                format_args!("on the remote worker: {detail}; {call}"),
+            ),
             WireError::Overran { deadline_ms } => OffloadError::no_answer_by_noting(
                 function,
                 Duration::from_millis(deadline_ms),
-                "it ran past the remote worker's deadline (`WorkerBuilder::deadline`) on one of \
-                 its threads (`WorkerBuilder::threads`), which cannot be killed: it runs on \
-                 there until it returns, and its result is dropped",
+                format_args!(
+                    "it ran past the remote worker's deadline (`WorkerBuilder::deadline`) on one \
+                     of its threads (`WorkerBuilder::threads`), which cannot be killed: it runs \
+                     on there until it returns, and its result is dropped; {call}"
+                ),
             ),
         }
     }
@@ -409,7 +439,7 @@ mod tests {
     fn crossed(error: &OffloadError) -> OffloadError {
         let bytes = Reply::Failed(WireError::of(error)).encode();
         match Reply::decode(&bytes).unwrap() {
-            Reply::Failed(wire) => wire.into_error("f"),
+            Reply::Failed(wire) => wire.into_error("f", "f call 1"),
             Reply::Done(_) => panic!("a failure came back as a result"),
         }
     }
@@ -454,6 +484,8 @@ mod tests {
         let protocol = crossed(&OffloadError::protocol("f", "too big"));
         assert_eq!(protocol.kind(), OffloadErrorKind::Protocol);
         assert!(protocol.to_string().contains("too big"));
+        // The texts with a detail name the call as the requester does.
+        assert!(protocol.to_string().ends_with("; f call 1"), "{protocol}");
 
         for error in [
             OffloadError::unavailable("f", "none started"),
@@ -474,7 +506,7 @@ mod tests {
         let Ok(Reply::Failed(wire)) = Reply::decode(&bytes) else {
             panic!("an overrun did not cross as a failure");
         };
-        let overran = wire.into_error("f");
+        let overran = wire.into_error("f", "f call 1");
         assert_eq!(overran.kind(), OffloadErrorKind::DeadlineExceeded);
         let text = overran.to_string();
         assert!(text.contains("1.5s") && text.contains("runs on"), "{text}");
@@ -515,7 +547,7 @@ mod tests {
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
         ) {
             if let Ok(Reply::Failed(wire)) = Reply::decode(&bytes) {
-                let _ = wire.into_error("f").to_string();
+                let _ = wire.into_error("f", "f call 1").to_string();
             }
         }
     }

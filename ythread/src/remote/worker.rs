@@ -63,6 +63,36 @@ use crate::{Processes, ProcessesBuilder};
 /// call's deadline is checked against the server's clock with a second of
 /// slack: keep the machines' clocks in step (NTP).
 ///
+/// # Observability
+///
+/// With the `tracing` feature, each call runs inside a `remote_call` span
+/// (target `ythread::remote`), a root here, entered on the thread that
+/// runs it: on [threads](WorkerBuilder::threads), the worker thread, so the
+/// function's own events are inside it (and calls it makes through a
+/// [`Remote`](super::Remote) go on with its trace id); with processes, the
+/// thread that waits for the worker process, where the events the process
+/// sends back land. Its fields: `function` (the path), `call` (the call's
+/// name, `{function} call {id}` plus ` trace {trace id}`, as its requester's
+/// errors say it), `trace_id` and `parent_id` (from the call's
+/// `traceparent`), `deadline_ms` (the requester's deadline). Calls not run
+/// are told in `debug` events (`call`, `reason`).
+///
+/// The `traceparent` header is read strictly: version `00`, 55 bytes,
+/// lowercase hex, ids not all zero, one header only (the name is
+/// case-sensitive on NATS: `traceparent`). Anything else is ignored and
+/// counted; the call runs, or is refused, exactly as without it. It is not
+/// signed, and trusted for nothing but labels: under a shared credential,
+/// a replayed call may carry a made-up trace id. A call put in the shared
+/// queue carries its valid `traceparent` with it.
+///
+/// With the `metrics` feature (each with a `namespace` label):
+///
+/// | metric | what |
+/// |---|---|
+/// | `ythread_remote_worker_calls_total{outcome}` (counter) | calls run and answered: `ok`, or the failure's kind in snake case (`panicked`, `worker_died`, `deadline_exceeded`, `protocol`, ...) |
+/// | `ythread_remote_worker_rejected_total{reason}` (counter) | calls received and not run: `bad_signature`, `replay`, `expired`, `cancelled`, `too_large` (alone over `max_pending_bytes`), `busy`, `reply_subject` (a system's or ythread's own) |
+/// | `ythread_remote_worker_traceparent_ignored_total` (counter) | calls whose `traceparent` was ignored |
+///
 /// ```no_run
 /// fn main() -> std::io::Result<()> {
 ///     // (Its local worker processes are this program too: they serve
@@ -449,6 +479,7 @@ impl WorkerBuilder {
     /// [`Worker::shared_queue`].)
     pub fn start(self) -> io::Result<Worker> {
         check_token(&self.namespace)?;
+        super::observe::describe();
         let key = self
             .signing_key
             .as_deref()
@@ -505,6 +536,7 @@ impl WorkerBuilder {
             let serving = Arc::new(Serving {
                 max_payload: AtomicUsize::new(client.server_info().max_payload),
                 client,
+                namespace: namespace.clone(),
                 slots: Slots::new(runner.capacity()),
                 runner,
                 queue,
