@@ -356,13 +356,24 @@ where
             // is the handler resumed.
             GeneratorState::Yielded(job) => {
                 #[cfg(any(feature = "tracing", feature = "metrics"))]
-                crate::observe::offload(apply, job);
+                apply_observed(apply, job);
                 #[cfg(not(any(feature = "tracing", feature = "metrics")))]
                 apply.apply(job);
             }
             GeneratorState::Complete(value) => return value,
         }
     }
+}
+
+/// Hands `job` to `apply`, watched (features `tracing` and `metrics`): the
+/// strategy sees the job as it would unwatched; around it go the span and
+/// the measures (`observe.rs`).
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+#[inline]
+fn apply_observed<A: Apply + ?Sized>(apply: &A, mut job: crate::Job<'_>) {
+    let probe = crate::observe::Probe::start(apply.name(), job.function());
+    probe.handing_over(|| apply.apply(job.observed_by(&probe)));
+    probe.finish(job.settled());
 }
 
 /// The name of a handler's type for messages: the path of the

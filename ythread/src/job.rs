@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 #[cfg(any(feature = "tracing", feature = "metrics"))]
-use crate::error::OffloadErrorKind;
+use crate::error::Settled;
 use crate::error::{HandlerDropped, OffloadError};
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 use crate::observe::Probe;
@@ -171,40 +171,6 @@ pub(crate) trait RunOnce {
     /// The function the work calls, or the closure's type name.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     fn function(&self) -> &'static str;
-}
-
-/// How one offload ended, as the `tracing` and `metrics` features report it.
-#[cfg(any(feature = "tracing", feature = "metrics"))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// The work returned.
-    Ran,
-    /// The work panicked.
-    Panicked,
-    /// The strategy could not run it, or its outcome was lost.
-    Failed(OffloadErrorKind),
-    /// The strategy returned without running it.
-    NotRun,
-}
-
-#[cfg(any(feature = "tracing", feature = "metrics"))]
-impl Settled {
-    /// The outcome's name: `ok`, `panicked`, or the failure's kind in
-    /// snake case (`worker_died`, `deadline_exceeded`, ...).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Settled::Ran => "ok",
-            Settled::Panicked | Settled::Failed(OffloadErrorKind::Panicked) => "panicked",
-            Settled::NotRun | Settled::Failed(OffloadErrorKind::NotRun) => "not_run",
-            Settled::Failed(OffloadErrorKind::NotPortable) => "not_portable",
-            Settled::Failed(OffloadErrorKind::WorkerDied) => "worker_died",
-            Settled::Failed(OffloadErrorKind::DeadlineExceeded) => "deadline_exceeded",
-            Settled::Failed(OffloadErrorKind::Protocol) => "protocol",
-            Settled::Failed(OffloadErrorKind::Unavailable) => "unavailable",
-            Settled::Failed(OffloadErrorKind::MayHaveRun) => "may_have_run",
-            Settled::Failed(OffloadErrorKind::QueueFull) => "queue_full",
-        }
-    }
 }
 
 /// Offloaded work that can be run by value: a closure, or a function and its

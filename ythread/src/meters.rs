@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
 
-use crate::job::Settled;
+use crate::error::Settled;
 
 /// Offloads handed to a strategy, labelled `strategy` and `outcome`.
 pub(crate) const OFFLOADS: &str = "ythread_offloads_total";

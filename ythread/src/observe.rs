@@ -1,6 +1,6 @@
 //! What the `tracing` and `metrics` features see of each offload: the
-//! driver hands every job to its strategy through [`offload`], which times
-//! it, names it and reports its outcome.
+//! driver (`handler.rs`) hands every job to its strategy watched by a
+//! [`Probe`], which times it, names it and reports its outcome.
 //!
 //! One [`Probe`] lives on the driving thread's stack for one `offload!`. The
 //! job carries a reference to it to whichever thread runs the work, which
@@ -12,25 +12,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::Apply;
-use crate::job::{Job, Settled};
-
-/// Hands `job` to `apply`, observed: the strategy sees the job as it would
-/// unobserved; around it go the span and the measures.
-#[inline]
-pub(crate) fn offload<A: Apply + ?Sized>(apply: &A, mut job: Job<'_>) {
-    let probe = Probe::start(apply.name(), job.function());
-    SENT.set(None);
-    {
-        #[cfg(feature = "tracing")]
-        let _entered = probe.span.enter();
-        apply.apply(job.observed_by(&probe));
-    }
-    if let Some(at) = SENT.take() {
-        probe.mark_at(&probe.started, at);
-    }
-    probe.finish(job.settled());
-}
+use crate::error::Settled;
 
 thread_local! {
     /// When the offload this thread drives left for another process, as
@@ -66,10 +48,12 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
+    /// Starts watching an offload of `function` by `strategy`.
     #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-    fn start(strategy: &'static str, function: &'static str) -> Self {
+    pub(crate) fn start(strategy: &'static str, function: &'static str) -> Self {
         #[cfg(feature = "metrics")]
         crate::meters::describe_once();
+        SENT.set(None);
         Probe {
             strategy,
             offloaded: Instant::now(),
@@ -94,6 +78,15 @@ impl Probe {
                 }
             },
         }
+    }
+
+    /// Hands the job to its strategy (`apply`), on the driving thread,
+    /// inside the offload's span: what a strategy that sends the call
+    /// elsewhere does is inside it too.
+    pub(crate) fn handing_over(&self, apply: impl FnOnce()) {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.enter();
+        apply();
     }
 
     /// Runs `work` (the job's) on this thread inside the offload's span,
@@ -139,7 +132,11 @@ impl Probe {
         Some((started, ended.saturating_sub(started)))
     }
 
-    fn finish(&self, settled: Settled) {
+    /// Reports the offload, which ended as `settled`.
+    pub(crate) fn finish(&self, settled: Settled) {
+        if let Some(at) = SENT.take() {
+            self.mark_at(&self.started, at);
+        }
         let times = self.times();
         #[cfg(feature = "tracing")]
         {
