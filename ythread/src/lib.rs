@@ -366,8 +366,8 @@ pub mod __private {
         Params6, Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, Wire, never_portable,
     };
     pub use crate::private::{
-        HandlerFn, SendResult, handler, offload, offload_call, try_offload, try_offload_call,
-        yield_from,
+        HandlerFn, Offloadable, SendResult, assert_offloadable, handler, offload, offload_call,
+        try_offload, try_offload_call, yield_from,
     };
     pub use linkme;
 }
