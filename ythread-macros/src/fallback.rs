@@ -39,7 +39,13 @@ pub(crate) fn fallback(mut function: ItemFn, error: syn::Error) -> TokenStream {
     function.sig.constness = None;
     function.attrs.retain(|attr| refused(attr).is_none());
     let cx = context_ident();
-    Rewriter { cx: &cx }.visit_block_mut(&mut function.block);
+    // Not checked for portability: the body is here only to keep reporting
+    // its other mistakes, and the error beside it is the one to fix first.
+    Rewriter {
+        cx: &cx,
+        portable: false,
+    }
+    .visit_block_mut(&mut function.block);
     let ItemFn {
         attrs,
         vis,

@@ -3,8 +3,9 @@
 //!
 //! `#[yieldable]` does not expand these calls itself: it keeps each call as
 //! the user wrote it (so the user's `use ythread::offload` stays used) and
-//! adds the handler's context in front of the arguments, as `@cx;`. A call
-//! without that prefix is outside any handler. That protocol lives here, in
+//! adds the handler's context in front of the arguments, as `@cx;` (or
+//! `@cx portable;` under `#[yieldable(portable)]`). A call without that
+//! prefix is outside any handler. That protocol lives here, in
 //! [`context_ident`], [`with_context`] and [`split_context`].
 
 use proc_macro2::{Delimiter, Group, Ident, Punct, Spacing, Span, TokenStream, TokenTree};
@@ -52,13 +53,16 @@ pub(crate) fn context_ident() -> Ident {
 }
 
 /// Puts the handler's context `cx` in front of a call's arguments, in place
-/// of the context of an outer handler if the call has one.
+/// of the context of an outer handler if the call has one; with the word
+/// `portable` after it when the handler is `#[yieldable(portable)]`.
 ///
 /// ```text
 /// // Input:
 /// offload!(sumn, n)
 /// // Output:
 /// offload!(@__ythread_cx; sumn, n)
+/// // Output, under `#[yieldable(portable)]`:
+/// offload!(@__ythread_cx portable; sumn, n)
 /// ```
 ///
 /// A call can reach a handler already rewritten by an outer one. Handlers
@@ -69,34 +73,59 @@ pub(crate) fn context_ident() -> Ident {
 /// a `#[yieldable] fn h`), has its calls rewritten by the outer handler too.
 /// The last handler to rewrite a call is then the innermost one around it,
 /// whose context is the one in scope: its context replaces the outer one,
-/// where adding a second prefix would make the call unparseable.
-pub(crate) fn with_context(cx: &Ident, args: TokenStream) -> TokenStream {
+/// where adding a second prefix would make the call unparseable. Whether
+/// the call must be portable is the innermost handler's say too.
+pub(crate) fn with_context(cx: &Ident, portable: bool, args: TokenStream) -> TokenStream {
     let (_outer, args) = split_context(args);
     let mut tokens = TokenStream::new();
     tokens.extend([
         TokenTree::Punct(Punct::new('@', Spacing::Alone)),
         TokenTree::Ident(cx.clone()),
-        TokenTree::Punct(Punct::new(';', Spacing::Alone)),
     ]);
+    if portable {
+        tokens.extend([TokenTree::Ident(Ident::new(PORTABLE, Span::mixed_site()))]);
+    }
+    tokens.extend([TokenTree::Punct(Punct::new(';', Spacing::Alone))]);
     tokens.extend(args);
     tokens
 }
 
-/// Splits off the `@cx;` prefix that [`with_context`] added.
-fn split_context(tokens: TokenStream) -> (Option<Ident>, TokenStream) {
+/// The word after the context that says the handler is
+/// `#[yieldable(portable)]`.
+const PORTABLE: &str = "portable";
+
+/// The handler's context as a call's prefix gives it: its name, and
+/// whether the call must be portable.
+struct Prefix {
+    cx: Ident,
+    portable: bool,
+}
+
+/// Splits off the `@cx;` or `@cx portable;` prefix that [`with_context`]
+/// added.
+fn split_context(tokens: TokenStream) -> (Option<Prefix>, TokenStream) {
     let trees: Vec<TokenTree> = tokens.clone().into_iter().collect();
-    if let [
-        TokenTree::Punct(at),
-        TokenTree::Ident(cx),
-        TokenTree::Punct(semi),
-        rest @ ..,
-    ] = trees.as_slice()
-        && at.as_char() == '@'
-        && semi.as_char() == ';'
-    {
-        return (Some(cx.clone()), rest.iter().cloned().collect());
-    }
-    (None, tokens)
+    let (cx, portable, rest) = match trees.as_slice() {
+        [
+            TokenTree::Punct(at),
+            TokenTree::Ident(cx),
+            TokenTree::Punct(semi),
+            rest @ ..,
+        ] if at.as_char() == '@' && semi.as_char() == ';' => (cx, false, rest),
+        [
+            TokenTree::Punct(at),
+            TokenTree::Ident(cx),
+            TokenTree::Ident(word),
+            TokenTree::Punct(semi),
+            rest @ ..,
+        ] if at.as_char() == '@' && word == PORTABLE && semi.as_char() == ';' => (cx, true, rest),
+        _ => return (None, tokens),
+    };
+    let prefix = Prefix {
+        cx: cx.clone(),
+        portable,
+    };
+    (Some(prefix), rest.iter().cloned().collect())
 }
 
 /// What `offload!(...)` may contain.
@@ -206,20 +235,28 @@ impl OffloadInput {
 /// ::ythread::__private::yield_from(__ythread_cx, helper(x))
 /// ```
 pub(crate) fn expand(point: Point, tokens: TokenStream) -> TokenStream {
-    let (cx, tokens) = split_context(tokens);
-    let Some(cx) = cx else {
+    let (prefix, tokens) = split_context(tokens);
+    let Some(Prefix { cx, portable }) = prefix else {
         return outside_handler(point);
     };
     match point {
-        Point::Offload => expand_offload(tokens, &cx, false),
-        Point::TryOffload => expand_offload(tokens, &cx, true),
+        Point::Offload => expand_offload(tokens, &cx, false, portable),
+        Point::TryOffload => expand_offload(tokens, &cx, true, portable),
+        // A nested handler's calls are its own: under `#[yieldable(portable)]`
+        // they are checked if it is portable too.
         Point::YieldFrom => expand_yield_from(tokens, &cx),
     }
     .unwrap_or_else(|err| err.to_compile_error())
 }
 
-/// Expands `offload!`, or `try_offload!` when `fallible`.
-fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Result<TokenStream> {
+/// Expands `offload!`, or `try_offload!` when `fallible`; `portable` when
+/// the handler is `#[yieldable(portable)]`.
+fn expand_offload(
+    tokens: TokenStream,
+    cx: &Ident,
+    fallible: bool,
+    portable: bool,
+) -> syn::Result<TokenStream> {
     let (closure_fn, call_fn) = if fallible {
         (quote!(try_offload), quote!(try_offload_call))
     } else {
@@ -235,11 +272,47 @@ fn expand_offload(tokens: TokenStream, cx: &Ident, fallible: bool) -> syn::Resul
     Ok(match input {
         // The closure keeps its own spans: a capture that is not `Send`
         // points at it.
-        OffloadInput::Closure(closure) => quote_spanned! {call_site=>
-            ::ythread::__private::#closure_fn(#cx, #closure)
-        },
-        OffloadInput::Call { func, args } => expand_call(&func, &args, cx, &call_fn, call_site),
+        OffloadInput::Closure(closure) => {
+            let expansion = quote_spanned! {call_site=>
+                ::ythread::__private::#closure_fn(#cx, #closure)
+            };
+            if portable {
+                let error = not_portable(
+                    &closure,
+                    "a closure cannot be sent to another process; move its work into a \
+                     free function marked `#[ythread::offloadable]` and offload that by \
+                     its path, as `offload!(f, a, b)`",
+                );
+                beside(error, expansion)
+            } else {
+                expansion
+            }
+        }
+        OffloadInput::Call { func, args } => {
+            expand_call(&func, &args, cx, &call_fn, call_site, portable)
+        }
     })
+}
+
+/// The compile error of an `offload!` that a `#[yieldable(portable)]`
+/// handler cannot send to another process, at the user's `tokens`: `why`
+/// it cannot, and what to write instead.
+fn not_portable(tokens: &dyn ToTokens, why: &str) -> syn::Error {
+    syn::Error::new_spanned(
+        tokens,
+        format!(
+            "this work cannot run in another process, as `#[yieldable(portable)]` requires: \
+             {why} (or remove `(portable)`, if the handler never runs under `Processes` or \
+             `Remote`)"
+        ),
+    )
+}
+
+/// The call's expansion, preceded by `error`: the rest of the handler is
+/// typed as usual, so that this error is the only one.
+fn beside(error: syn::Error, expansion: TokenStream) -> TokenStream {
+    let error = error.into_compile_error();
+    quote!({ #error; #expansion })
 }
 
 /// What an `offload!(f, ..)` callee is, for where and how it is evaluated.
@@ -316,13 +389,41 @@ impl Callee {
 /// A closure written as an argument stays in the work's call, so that it is
 /// typed as a plain call types it (its parameters from the callee's `Fn`
 /// bound); creating a closure has no effect to evaluate early.
+///
+/// Under `#[yieldable(portable)]` (`portable`), a call that could never be
+/// sent to another process is a compile error at the user's tokens, and the
+/// probe of one that names a function checks that it is `#[offloadable]`
+/// (see [`portable_check`]):
+///
+/// ```text
+/// // Input:
+/// offload!(@__ythread_cx portable; work::sumn, n + 1)
+/// // Output, as above but for the probe:
+///     probe: {
+///         const _: () = {
+///             mod __ythread_fallback {
+///                 pub(super) struct NotOffloadable;
+///             }
+///             use __ythread_fallback::*;
+///             use work::sumn as NotOffloadable;
+///             ::ythread::__private::assert_offloadable::<NotOffloadable>();
+///         };
+///         (&Callee(&work::sumn, PhantomData::<(_,)>)).__ythread_probe()
+///     },
+/// ```
 fn expand_call(
     func: &Expr,
     args: &[Expr],
     cx: &Ident,
     call_fn: &TokenStream,
     call_site: Span,
+    portable: bool,
 ) -> TokenStream {
+    let (companion_check, portable_error) = match portable.then(|| portable_check(func, args)) {
+        None => (None, None),
+        Some(Ok(check)) => (Some(check), None),
+        Some(Err(error)) => (None, Some(error)),
+    };
     let callee = Callee::of(func);
     // The arguments are evaluated here, in the handler, in order, so that
     // `?`, `return` and borrows in them mean what they mean in a call; only
@@ -388,6 +489,7 @@ fn expand_call(
             let arity = evaluated.iter().map(|_| quote!(_));
             (
                 quote! {{
+                    #companion_check
                     #[allow(unused_imports)]
                     use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
                     (&::ythread::__private::Callee(
@@ -409,7 +511,7 @@ fn expand_call(
             )
         }
     };
-    if evaluated.len() <= MAX_PORTABLE_ARITY {
+    let expansion = if evaluated.len() <= MAX_PORTABLE_ARITY {
         // The callee (if computed), the probe, the work and the arguments
         // become the fields of `ParamsN { callee, probe, work, a0, .. }`: one
         // expression, so that every temporary lives to the end of the
@@ -466,7 +568,135 @@ fn expand_call(
                 #wire,
             )
         }
+    };
+    match portable_error {
+        Some(error) => beside(error, expansion),
+        None => expansion,
     }
+}
+
+/// Under `#[yieldable(portable)]`, what makes an `offload!(f, args..)` call
+/// one that can be sent to another process, where it would otherwise fail
+/// at run time (`NotPortable`): a compile error at the user's tokens for
+/// what is never registered, else the check that `f` is.
+///
+/// A strategy that sends calls elsewhere finds the function by its item's
+/// type in the table of `#[offloadable]` functions; only a path names one
+/// function item, and only a free, non-generic function can be registered.
+/// Those are refused here by their syntax, with the reason.
+///
+/// Whether a path names a registered function, the compiler answers:
+/// `#[offloadable] fn sumn` defines a type `sumn` beside it, which
+/// implements `Offloadable` (see `offloadable::companion_item`). The check
+/// imports the user's path under a name of its own, in a block where a glob
+/// import gives that name to a fallback type first: an explicit import
+/// shadows a glob, one namespace at a time, so the name is the companion
+/// type if the path has one and the fallback if it names only a function.
+/// The fallback does not implement `Offloadable`, whose
+/// `#[diagnostic::on_unimplemented]` message is then the error, at the
+/// user's last segment. It is all in a constant: nothing runs.
+///
+/// Importing the path (rather than naming `path::to::Companion`) is what
+/// lets a function the user imported (`use work::sumn;`, `as`, from another
+/// crate) be checked by the name written at the call.
+fn portable_check(func: &Expr, args: &[Expr]) -> syn::Result<TokenStream> {
+    let Some(path) = callee_path(func) else {
+        return Err(not_portable(
+            func,
+            "only a function named by its path can be sent to another process, not a value \
+             computed in the handler; mark the function `#[ythread::offloadable]` and write \
+             its path here, as `offload!(crate::f, a, b)`",
+        ));
+    };
+    if let Some(closure) = args.iter().find(|arg| is_closure(arg)) {
+        return Err(not_portable(
+            closure,
+            "a closure argument cannot be sent to another process; pass data, and do the \
+             closure's work in the `#[offloadable]` function",
+        ));
+    }
+    if let Some(extra) = args.get(MAX_PORTABLE_ARITY) {
+        return Err(not_portable(
+            extra,
+            "only calls of up to 8 arguments can be sent to another process; pass some of \
+             them together, as a tuple or a struct",
+        ));
+    }
+    let segments = &path.path.segments;
+    let leading_colon = path.path.leading_colon.is_some();
+    let owner_is_a_type = segments
+        .iter()
+        .rev()
+        .skip(1)
+        .enumerate()
+        .any(|(from_end, segment)| {
+            let first = from_end + 2 == segments.len();
+            names_a_type(segment, first && !leading_colon)
+        });
+    if path.qself.is_some() || owner_is_a_type {
+        return Err(not_portable(
+            func,
+            "a method or an associated function cannot be registered to run in another \
+             process; call it from a free function marked `#[ythread::offloadable]`, and \
+             offload that, as `offload!(f, a, b)`",
+        ));
+    }
+    let last = segments.last().expect("a path has a segment");
+    if !last.arguments.is_none() {
+        return Err(not_portable(
+            func,
+            "a generic function cannot be registered to run in another process (it has one \
+             instance per type); register a non-generic wrapper for the type you offload, as \
+             `#[offloadable] fn f_u64(x: u64) -> u64 { f::<u64>(x) }`, and offload that",
+        ));
+    }
+    let fallback = Ident::new("__ythread_fallback", Span::mixed_site());
+    // Located at the user's function name, where the unmet bound is reported.
+    // It is the fallback's name, which an error shows ("not implemented for
+    // `__ythread_fallback::NotOffloadable`").
+    let checked = Ident::new(
+        "NotOffloadable",
+        Span::mixed_site().located_at(last.ident.span()),
+    );
+    let path = &path.path;
+    Ok(quote! {
+        const _: () = {
+            mod #fallback {
+                pub(super) struct #checked;
+            }
+            #[allow(unused_imports)]
+            use #fallback::*;
+            #[allow(unused_imports)]
+            use #path as #checked;
+            ::ythread::__private::assert_offloadable::<#checked>();
+        };
+    })
+}
+
+/// The path of a callee that is one (perhaps passed through a macro's
+/// `$f:path` or `$f:expr`), as [`Callee::Path`] takes it.
+fn callee_path(func: &Expr) -> Option<&syn::ExprPath> {
+    match func {
+        Expr::Path(path) => Some(path),
+        Expr::Group(group) => callee_path(&group.expr),
+        _ => None,
+    }
+}
+
+/// Whether a path segment before the last names a type rather than a
+/// module, so that the path names an associated function (`Vec::<u8>::len`,
+/// `Self::helper`, `Point::new`, `str::len`): it has generic arguments, is
+/// capitalised as types are (a module named so is already warned about),
+/// or is the name of a primitive type at the start of the path (`first`).
+fn names_a_type(segment: &syn::PathSegment, first: bool) -> bool {
+    const PRIMITIVES: &[&str] = &[
+        "bool", "char", "str", "f32", "f64", "i8", "i16", "i32", "i64", "i128", "isize", "u8",
+        "u16", "u32", "u64", "u128", "usize",
+    ];
+    let name = segment.ident.to_string();
+    !segment.arguments.is_none()
+        || name.starts_with(char::is_uppercase)
+        || (first && PRIMITIVES.contains(&name.as_str()))
 }
 
 /// Whether an argument is a closure written in place (perhaps passed

@@ -6,6 +6,9 @@
 //! worker's side (decode the arguments, call, encode the result) and the
 //! parent's (decode the result), and whether it may run again when its
 //! worker dies (`#[offloadable(idempotent)]`).
+//!
+//! Beside the function goes also its companion, which says to the compiler
+//! that it is registered (see [`companion_item`]).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -15,12 +18,41 @@ use syn::{FnArg, ItemFn, ReturnType, Type};
 pub(crate) fn offloadable(args: TokenStream, item: TokenStream) -> TokenStream {
     match expand(args, item.clone()) {
         Ok(tokens) => tokens,
-        // Keep the function, so that its callers do not get errors of their
-        // own on top of this one.
+        // Keep the function, and its companion if it has a name, so that its
+        // callers do not get errors of their own on top of this one.
         Err(err) => {
             let err = err.to_compile_error();
-            quote!(#err #item)
+            // (Not for a method: a type cannot be declared in an `impl`.)
+            let companion = syn::parse2::<ItemFn>(item.clone())
+                .ok()
+                .filter(|function| function.sig.receiver().is_none())
+                .map(|function| companion_item(&function));
+            quote!(#err #item #companion)
         }
+    }
+}
+
+/// The companion of `function`: a type of the same name, hidden, that says
+/// to the compiler that the function is registered. A function's name is a
+/// value and a type may share it, so that `use work::sumn` imports both, and
+/// every path that reaches the function (imported, renamed, from another
+/// crate) reaches its companion: it has the function's visibility and the
+/// span of its name.
+///
+/// In a `#[yieldable(portable)]` handler, `offload!(path::to::f, ..)` checks
+/// that the type the path names implements `Offloadable` (see
+/// `offload::portable_check`); for a function that has no companion that is
+/// a fallback type that does not, and the error is `Offloadable`'s own
+/// (`#[diagnostic::on_unimplemented]`), at the user's `f`.
+fn companion_item(function: &ItemFn) -> TokenStream {
+    let vis = &function.vis;
+    let name = &function.sig.ident;
+    quote! {
+        #[doc(hidden)]
+        #[allow(dead_code, non_camel_case_types, unreachable_pub)]
+        #vis struct #name {}
+
+        impl ::ythread::__private::Offloadable for #name {}
     }
 }
 
@@ -111,8 +143,11 @@ fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         #[allow(dead_code)]
         struct __YthreadResultMustBeOwned where #output: 'static;
     };
+    let companion = companion_item(&function);
     Ok(quote! {
         #function
+
+        #companion
 
         const _: () = {
             #owned_result

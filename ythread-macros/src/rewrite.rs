@@ -117,6 +117,10 @@ fn item_len(trees: &[TokenTree]) -> Option<usize> {
 /// Rewrites calls in a handler body whose context parameter is `cx`.
 pub(crate) struct Rewriter<'a> {
     pub(crate) cx: &'a Ident,
+    /// Whether the handler is `#[yieldable(portable)]`: each call it
+    /// rewrites, in the tree or in tokens, is then told to check that its
+    /// work can run in another process.
+    pub(crate) portable: bool,
 }
 
 impl Rewriter<'_> {
@@ -144,7 +148,11 @@ impl Rewriter<'_> {
                 if bang.as_char() == '!' && is_point(leading_colon, &segments) {
                     let mut group = Group::new(
                         args.delimiter(),
-                        offload::with_context(self.cx, self.rewrite_tokens(args.stream())),
+                        offload::with_context(
+                            self.cx,
+                            self.portable,
+                            self.rewrite_tokens(args.stream()),
+                        ),
                     );
                     group.set_span(args.span());
                     out.extend([trees[at].clone(), trees[at + 1].clone(), group.into()]);
@@ -181,7 +189,7 @@ impl VisitMut for Rewriter<'_> {
         mac.tokens = if is_point(mac.path.leading_colon.is_some(), &segments) {
             // Calls nested in the arguments (`offload!(f, offload!(g, x))`)
             // get the context too.
-            offload::with_context(self.cx, self.rewrite_tokens(tokens))
+            offload::with_context(self.cx, self.portable, self.rewrite_tokens(tokens))
         } else {
             self.rewrite_tokens(tokens)
         };

@@ -574,7 +574,7 @@ fn arguments_are_an_error_beside_the_expansion() {
                 })
             }
             ::core::compile_error! {
-                "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`"
+                "`#[yieldable]` takes no argument but `portable`, as in `#[yieldable(portable)]`, which makes every `offload!` that could not run in another process a compile error; the strategy is chosen by whoever runs the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`"
             }
         "#]],
     );
@@ -945,4 +945,271 @@ fn offload_with_a_closure_argument_keeps_it_in_the_call() {
             }
         "#]],
     );
+}
+
+#[test]
+fn portable_handler_marks_every_call_it_rewrites() {
+    // In the tree, in a closure, in another macro's tokens; a nested `fn`
+    // is still left alone.
+    check_yieldable(
+        quote!(portable),
+        quote! {
+            fn handle(xs: Vec<u64>) -> String {
+                let sums: Vec<u64> = xs.iter().map(|x| offload!(sumn, *x)).collect();
+                fn nested() {}
+                format!("{:?} {}", sums, try_offload!(sumn, 1).unwrap())
+            }
+        },
+        expect![[r#"
+            fn handle(xs: Vec<u64>) -> impl ::ythread::Yieldable<Output = String> {
+                ::ythread::__private::handler(move |
+                    __ythread_cx: &::ythread::__private::Context<'_>,
+                | -> String {
+                    let xs = xs;
+                    let __ythread_ret: String = {
+                        let sums: Vec<u64> = xs
+                            .iter()
+                            .map(|x| offload!(@ __ythread_cx portable; sumn, * x))
+                            .collect();
+                        fn nested() {}
+                        format!(
+                            "{:?} {}", sums, try_offload!(@ __ythread_cx portable; sumn, 1) .unwrap()
+                        )
+                    };
+                    #[allow(unreachable_code)] return __ythread_ret;
+                })
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn unknown_arguments_still_say_what_is_accepted() {
+    let expansion = crate::yieldable::yieldable(
+        quote!(portable = true),
+        quote!(
+            fn handle() {}
+        ),
+    );
+    let text = expansion.to_string();
+    assert!(
+        text.contains("takes no argument but `portable`, as in `#[yieldable(portable)]`"),
+        "{text}"
+    );
+    // Checked as if it had no argument: the prefix has no `portable`.
+    let expansion = crate::yieldable::yieldable(
+        quote!(portable, pool),
+        quote!(
+            fn handle() -> u64 {
+                offload!(sumn, 1)
+            }
+        ),
+    );
+    let text = expansion.to_string();
+    assert!(text.contains("@ __ythread_cx ; sumn"), "{text}");
+}
+
+#[test]
+fn portable_offload_names_the_functions_companion() {
+    check_point(
+        Point::Offload,
+        quote!(@__ythread_cx portable; crate::work::sumn, n),
+        expect![[r#"
+            fn expansion() {
+                match (::ythread::__private::Params1 {
+                    callee: (),
+                    probe: {
+                        const _: () = {
+                            mod __ythread_fallback {
+                                pub(super) struct NotOffloadable;
+                            }
+                            #[allow(unused_imports)]
+                            use __ythread_fallback::*;
+                            #[allow(unused_imports)]
+                            use crate::work::sumn as NotOffloadable;
+                            ::ythread::__private::assert_offloadable::<NotOffloadable>();
+                        };
+                        #[allow(unused_imports)]
+                        use ::ythread::__private::{ProbeAny as _, ProbeCall as _};
+                        (&::ythread::__private::Callee(
+                            &crate::work::sumn,
+                            ::core::marker::PhantomData::<(_,)>,
+                        ))
+                            .__ythread_probe()
+                    },
+                    work: |_, (__arg0,)| crate::work::sumn(__arg0),
+                    a0: n,
+                })
+                    .split()
+                {
+                    (__ythread_args, __ythread_work, __ythread_probe) => {
+                        ::ythread::__private::offload_call(
+                            __ythread_cx,
+                            __ythread_args,
+                            __ythread_work,
+                            __ythread_probe.portability(),
+                        )
+                    }
+                }
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn portable_offloads_that_could_never_cross_are_errors() {
+    let inputs = [
+        quote!(@__ythread_cx portable; || 1),
+        quote!(@__ythread_cx portable; make_fn(), x),
+        quote!(@__ythread_cx portable; self.f, x),
+        quote!(@__ythread_cx portable; sumn, xs, |x| x + 1),
+        quote!(@__ythread_cx portable; sumn, a, b, c, d, e, f, g, h, i),
+        quote!(@__ythread_cx portable; Vec::len, &v),
+        quote!(@__ythread_cx portable; Vec::<u8>::len, &v),
+        quote!(@__ythread_cx portable; Self::helper, x),
+        quote!(@__ythread_cx portable; str::len, s),
+        quote!(@__ythread_cx portable; <T as Trait>::f, x),
+        quote!(@__ythread_cx portable; mix::<u64>, x),
+    ];
+    let messages: Vec<String> = inputs
+        .into_iter()
+        .map(|input| {
+            let input_text = input.to_string();
+            // `{ compile_error! { .. }; expansion }`
+            let block: syn::Block = syn::parse2(offload::expand(Point::Offload, input))
+                .expect("the expansion is a block");
+            let Some(syn::Stmt::Macro(error)) = block.stmts.first() else {
+                panic!("no error first in {input_text}");
+            };
+            let message: syn::LitStr = error.mac.parse_body().expect("a string message");
+            let message = message.value();
+            let reason = message
+                .strip_prefix(
+                    "this work cannot run in another process, as `#[yieldable(portable)]` \
+                     requires: ",
+                )
+                .and_then(|m| {
+                    m.strip_suffix(
+                        " (or remove `(portable)`, if the handler never runs under \
+                         `Processes` or `Remote`)",
+                    )
+                })
+                .unwrap_or_else(|| panic!("unexpected message: {message}"));
+            format!("{input_text}\n  => {reason}")
+        })
+        .collect();
+    expect![[r#"
+        @ __ythread_cx portable ; || 1
+          => a closure cannot be sent to another process; move its work into a free function marked `#[ythread::offloadable]` and offload that by its path, as `offload!(f, a, b)`
+        @ __ythread_cx portable ; make_fn () , x
+          => only a function named by its path can be sent to another process, not a value computed in the handler; mark the function `#[ythread::offloadable]` and write its path here, as `offload!(crate::f, a, b)`
+        @ __ythread_cx portable ; self . f , x
+          => only a function named by its path can be sent to another process, not a value computed in the handler; mark the function `#[ythread::offloadable]` and write its path here, as `offload!(crate::f, a, b)`
+        @ __ythread_cx portable ; sumn , xs , | x | x + 1
+          => a closure argument cannot be sent to another process; pass data, and do the closure's work in the `#[offloadable]` function
+        @ __ythread_cx portable ; sumn , a , b , c , d , e , f , g , h , i
+          => only calls of up to 8 arguments can be sent to another process; pass some of them together, as a tuple or a struct
+        @ __ythread_cx portable ; Vec :: len , & v
+          => a method or an associated function cannot be registered to run in another process; call it from a free function marked `#[ythread::offloadable]`, and offload that, as `offload!(f, a, b)`
+        @ __ythread_cx portable ; Vec :: < u8 > :: len , & v
+          => a method or an associated function cannot be registered to run in another process; call it from a free function marked `#[ythread::offloadable]`, and offload that, as `offload!(f, a, b)`
+        @ __ythread_cx portable ; Self :: helper , x
+          => a method or an associated function cannot be registered to run in another process; call it from a free function marked `#[ythread::offloadable]`, and offload that, as `offload!(f, a, b)`
+        @ __ythread_cx portable ; str :: len , s
+          => a method or an associated function cannot be registered to run in another process; call it from a free function marked `#[ythread::offloadable]`, and offload that, as `offload!(f, a, b)`
+        @ __ythread_cx portable ; < T as Trait > :: f , x
+          => a method or an associated function cannot be registered to run in another process; call it from a free function marked `#[ythread::offloadable]`, and offload that, as `offload!(f, a, b)`
+        @ __ythread_cx portable ; mix :: < u64 > , x
+          => a generic function cannot be registered to run in another process (it has one instance per type); register a non-generic wrapper for the type you offload, as `#[offloadable] fn f_u64(x: u64) -> u64 { f::<u64>(x) }`, and offload that"#]].assert_eq(&messages.join("\n"));
+}
+
+#[test]
+fn paths_that_may_name_a_registered_function_are_checked_by_name() {
+    // Modules, `crate::`, `self::`, `super::`, another crate, a raw name, a
+    // path through a macro's `$f:path` (a group): each names the companion
+    // and raises no error of its own.
+    let group = proc_macro2::Group::new(proc_macro2::Delimiter::None, quote!(self::work::sumn));
+    let inputs = [
+        quote!(@__ythread_cx portable; sumn, x),
+        quote!(@__ythread_cx portable; work::sumn, x),
+        quote!(@__ythread_cx portable; self::sumn, x),
+        quote!(@__ythread_cx portable; super::super::sumn, x),
+        quote!(@__ythread_cx portable; ::other_crate::cpu::sumn, x),
+        quote!(@__ythread_cx portable; r#match, x),
+        quote!(@__ythread_cx portable; #group, x),
+    ];
+    let checks: Vec<String> = inputs
+        .into_iter()
+        .map(|input| {
+            let expansion = offload::expand(Point::Offload, input).to_string();
+            assert!(!expansion.contains("compile_error"), "{expansion}");
+            // The import of the user's path, under the checked name.
+            let end = expansion.find("as NotOffloadable ;").expect("the import") + 18;
+            let start = expansion[..end].rfind("use ").expect("an import");
+            expansion[start..=end].to_string()
+        })
+        .collect();
+    expect![[r#"
+        use sumn as NotOffloadable ;
+        use work :: sumn as NotOffloadable ;
+        use self :: sumn as NotOffloadable ;
+        use super :: super :: sumn as NotOffloadable ;
+        use :: other_crate :: cpu :: sumn as NotOffloadable ;
+        use r#match as NotOffloadable ;
+        use self :: work :: sumn as NotOffloadable ;"#]]
+    .assert_eq(&checks.join("\n"));
+}
+
+#[test]
+fn offloadable_defines_the_companion_with_the_functions_visibility() {
+    let companions: Vec<String> = [
+        quote!(
+            fn sumn(n: u64) -> u64 {
+                n
+            }
+        ),
+        quote!(
+            pub(crate) fn r#match(n: u64) -> u64 {
+                n
+            }
+        ),
+        // An error keeps the function and its companion, so that a portable
+        // handler offloading it gets no error of its own.
+        quote!(
+            pub fn generic<T>(n: T) -> T {
+                n
+            }
+        ),
+    ]
+    .into_iter()
+    .map(|item| {
+        let file: syn::File = syn::parse2(crate::offloadable::offloadable(quote!(), item))
+            .expect("the expansion is items");
+        let items = file
+            .items
+            .into_iter()
+            .filter(|item| matches!(item, syn::Item::Struct(_) | syn::Item::Impl(_)))
+            .collect();
+        prettyplease::unparse(&syn::File {
+            shebang: None,
+            attrs: vec![],
+            items,
+        })
+    })
+    .collect();
+    expect![[r#"
+        #[doc(hidden)]
+        #[allow(dead_code, non_camel_case_types, unreachable_pub)]
+        struct sumn {}
+        impl ::ythread::__private::Offloadable for sumn {}
+        #[doc(hidden)]
+        #[allow(dead_code, non_camel_case_types, unreachable_pub)]
+        pub(crate) struct r#match {}
+        impl ::ythread::__private::Offloadable for r#match {}
+        #[doc(hidden)]
+        #[allow(dead_code, non_camel_case_types, unreachable_pub)]
+        pub struct generic {}
+        impl ::ythread::__private::Offloadable for generic {}
+    "#]]
+    .assert_eq(&companions.join(""));
 }

@@ -58,16 +58,23 @@ fn pair(first: &impl ToTokens, second: &impl ToTokens) -> TokenStream {
     quote!(#first #second)
 }
 
-/// Checks the attribute's arguments: there are none.
-pub(crate) fn check_args(args: &TokenStream) -> syn::Result<()> {
+/// Checks the attribute's arguments: none, or `portable`, which asks that
+/// every `offload!` of the handler be able to run in another process (see
+/// `offload::Portable`). Whether it was given.
+pub(crate) fn check_args(args: &TokenStream) -> syn::Result<bool> {
     if args.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    Err(syn::Error::new_spanned(
-        args,
-        "`#[yieldable]` takes no arguments; the strategy is chosen by whoever runs \
-         the handler, e.g. `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`",
-    ))
+    match syn::parse2::<syn::Ident>(args.clone()) {
+        Ok(word) if word == "portable" => Ok(true),
+        _ => Err(syn::Error::new_spanned(
+            args,
+            "`#[yieldable]` takes no argument but `portable`, as in `#[yieldable(portable)]`, \
+             which makes every `offload!` that could not run in another process a compile \
+             error; the strategy is chosen by whoever runs the handler, e.g. \
+             `YieldableThread::new().apply(Pool::new(4)).spawn(handle(x))`",
+        )),
+    }
 }
 
 /// Attributes whose meaning a handler cannot keep: they describe the code

@@ -36,6 +36,9 @@ use crate::valid::{check_args, check_attributes, check_signature, not_a_function
 /// ```
 ///
 /// The `offload!` call then expands on its own (see `offload::expand`).
+/// Under `#[yieldable(portable)]` each call's prefix is `@ __ythread_cx
+/// portable;` instead, and the call checks that its work can cross to
+/// another process (see `offload::expand_call`).
 /// `__ythread_cx` is hygienic: the user's code cannot name it. The snapshots
 /// in `tests.rs` show more cases.
 ///
@@ -48,9 +51,13 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(function) => function,
         Err(_) => return with_error(item.clone(), not_a_function(item)),
     };
-    // Arguments are a mistake that does not stop the expansion: expanding
-    // anyway keeps the callers' `.run()` and `spawn(..)` free of errors.
-    let args_error = check_args(&args).err();
+    // A wrong argument is a mistake that does not stop the expansion:
+    // expanding anyway keeps the callers' `.run()` and `spawn(..)` free of
+    // errors. The handler is then checked as if it had no argument.
+    let (portable, args_error) = match check_args(&args) {
+        Ok(portable) => (portable, None),
+        Err(error) => (false, Some(error)),
+    };
     let error = [
         check_attributes(&function.attrs),
         check_signature(&function.sig),
@@ -66,7 +73,7 @@ pub(crate) fn yieldable(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 
     let cx = context_ident();
-    Rewriter { cx: &cx }.visit_block_mut(&mut function.block);
+    Rewriter { cx: &cx, portable }.visit_block_mut(&mut function.block);
 
     let output = match &function.sig.output {
         ReturnType::Default => quote!(()),

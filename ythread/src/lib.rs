@@ -257,6 +257,57 @@ pub use thread_cache::{CachedJoinHandle, DEFAULT_KEEP_ALIVE, ThreadCache, Thread
 ///
 /// assert_eq!(count_and_label(("abc".into(), 1), vec!["x: 0".into()]).run(), "x: 0, abc: 4");
 /// ```
+///
+/// # `#[yieldable(portable)]`: checked for worker processes
+///
+/// [`Processes`] and [`remote::Remote`] run only calls of
+/// [`#[offloadable]`](offloadable) functions; any other work fails at run
+/// time, at its `offload!`, with `NotPortable`. A handler meant for them
+/// can say so: under `#[yieldable(portable)]`, every `offload!` and
+/// `try_offload!` of its body (in closures and other macros' arguments too)
+/// that could never cross is a compile error at that call's work, saying
+/// why: a closure, a callee that is not a path (`offload!(pick(), x)`), a
+/// method or associated function, a generic function, a closure argument,
+/// or a function that is not `#[offloadable]` (the error is at its name).
+/// A registered function may be named by any path, imported or renamed
+/// (`use work::sumn as s; offload!(s, n)`), from any module or crate. The
+/// handler is otherwise unchanged, and still runs under every strategy.
+///
+/// ```compile_fail,E0277
+/// use ythread::{offload, offloadable, yieldable};
+///
+/// #[offloadable]
+/// fn sumn(n: u64) -> u64 { (1..=n).sum() }
+///
+/// fn plain(n: u64) -> u64 { n + 1 }
+///
+/// #[yieldable(portable)]
+/// fn handle(n: u64) -> u64 {
+///     offload!(sumn, n) + offload!(plain, n) // error at `plain`: not `#[offloadable]`
+/// }
+/// ```
+///
+/// ```compile_fail
+/// # use ythread::{offload, yieldable};
+/// #[yieldable(portable)]
+/// fn handle(n: u64) -> u64 {
+///     offload!(|| n + 1) // error: a closure cannot be sent to another process
+/// }
+/// ```
+///
+/// ```
+/// use ythread::{Inline, Yieldable, offload, offloadable, yieldable};
+///
+/// #[offloadable]
+/// fn sumn(n: u64) -> u64 { (1..=n).sum() }
+///
+/// #[yieldable(portable)]
+/// fn handle(n: u64) -> u64 {
+///     offload!(sumn, n)
+/// }
+///
+/// assert_eq!(handle(3).run_with(&Inline), 6);
+/// ```
 pub use ythread_macros::yieldable;
 
 /// Registers a function for worker processes: under the
@@ -276,6 +327,12 @@ pub use ythread_macros::yieldable;
 /// of the library (only serves its functions) must name one item, for
 /// example `let _ = my_lib::my_function;`, or the functions are missing
 /// ("no worker serves it").
+///
+/// Beside the function it defines a hidden type of the same name (a
+/// function and a type may share one), by which a
+/// [`#[yieldable(portable)]`](yieldable) handler checks that a function it
+/// offloads is registered; a type or module of that name in the same scope
+/// is then an error.
 ///
 /// It is registered under its path (`my_crate::cpu::sumn`) with a
 /// fingerprint of its signature: a worker running another build, where the
@@ -425,8 +482,8 @@ pub mod __private {
         Params6, Params7, Params8, Portability, Probe, ProbeAny, ProbeCall, Wire, never_portable,
     };
     pub use crate::private::{
-        HandlerFn, SendResult, handler, offload, offload_call, try_offload, try_offload_call,
-        yield_from,
+        HandlerFn, Offloadable, SendResult, assert_offloadable, handler, offload, offload_call,
+        try_offload, try_offload_call, yield_from,
     };
     pub use linkme;
 }

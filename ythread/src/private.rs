@@ -126,3 +126,27 @@ where
 {
     nested.__run_in(cx)
 }
+
+/// What the companion of an `#[offloadable]` function implements: a type
+/// of the function's own name that `#[offloadable]` defines beside it. In a
+/// `#[yieldable(portable)]` handler, each `offload!(path::to::f, ..)` checks
+/// that the type `path::to::f` names implements it (a fallback type, for a
+/// function without a companion), so that offloading a function that is not
+/// registered is this error, at the function's name, where it would
+/// otherwise fail at run time with `NotPortable`.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "this function is not `#[offloadable]`, so it cannot run in another process, \
+               as `#[yieldable(portable)]` requires",
+    label = "not `#[offloadable]`",
+    note = "mark the function `#[ythread::offloadable]` (its parameters `Serialize + \
+            Deserialize`, its result owned), or offload one that is",
+    note = "or remove `(portable)` from `#[yieldable]`, if the handler never runs under \
+            `Processes` or `Remote`"
+)]
+pub trait Offloadable {}
+
+/// The check of a `#[yieldable(portable)]` handler's `offload!` of `F`
+/// (see [`Offloadable`]); called in constants only.
+#[doc(hidden)]
+pub const fn assert_offloadable<F: Offloadable>() {}

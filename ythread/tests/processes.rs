@@ -183,6 +183,38 @@ fn a_handler_runs_unchanged_under_processes() {
 }
 
 #[test]
+fn a_portable_handler_runs_unchanged_under_processes_and_inline() {
+    common::watchdog(Duration::from_secs(60), || {
+        mod cpu {
+            #[ythread::offloadable]
+            pub(crate) fn pid_plus(n: u32) -> u32 {
+                std::process::id() + n
+            }
+        }
+        use cpu::pid_plus as offset_pid;
+        // Checked at compile time: every call names an `#[offloadable]`
+        // function, in a closure, through a module and an import.
+        #[yieldable(portable)]
+        fn handle(xs: Vec<u64>) -> (u64, u32, u32) {
+            let sums: Vec<u64> = xs.iter().map(|&x| offload!(add, x, 1)).collect();
+            let total = try_offload!(self::add, sums[0], sums[1]).unwrap();
+            (total, offload!(cpu::pid_plus, 0), offload!(offset_pid, 1))
+        }
+        let cpu = workers(2).build().unwrap();
+        let (total, pid, plus_one) = handle(vec![1, 2]).run_with(&cpu);
+        assert_eq!(total, 5);
+        assert_ne!(pid, std::process::id(), "ran in a worker");
+        assert_ne!(plus_one, std::process::id() + 1, "ran in a worker");
+        let here = std::process::id();
+        assert_eq!(
+            handle(vec![1, 2]).run_with(&Inline),
+            (5, here, here + 1),
+            "and in place under `Inline`"
+        );
+    });
+}
+
+#[test]
 fn every_supported_argument_and_result_type_round_trips() {
     common::watchdog(Duration::from_secs(60), || {
         let record = Record {
