@@ -223,6 +223,7 @@ impl ProcessesBuilder {
                  calling it: call `init()` first thing in `main`",
             ));
         }
+        super::meters::describe();
         let spec = Spec {
             // This program's own name, so that `ps` shows the workers as
             // what they are rather than as `/proc/self/exe`.
@@ -248,6 +249,7 @@ impl ProcessesBuilder {
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
             reruns: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             gate: Gate::default(),
         });
