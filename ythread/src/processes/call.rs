@@ -14,9 +14,9 @@ use super::events::{self, CallEvents};
 use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
 use super::meters::{self, Busy, Restart};
 use super::output::Cause;
-use super::{Processes, designation};
 use super::process::Process;
 use super::supervise::Request;
+use super::{Processes, designation};
 use crate::error::OffloadError;
 use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::{WireCall, portable_call};
@@ -283,9 +283,12 @@ impl Processes {
         // the call runs in.
         let mut events = CallEvents::new(number, designation, process.number(), process.pid());
         let reply = process
-            .receive(&mut buf, self.max_frame, deadline, &mut |kind, call, body| {
-                events.take(kind, call, body)
-            })
+            .receive(
+                &mut buf,
+                self.max_frame,
+                deadline,
+                &mut |kind, call, body| events.take(kind, call, body),
+            )
             .and_then(|(kind, answered, body)| {
                 if answered == number {
                     Ok((kind, body))

@@ -93,8 +93,9 @@ impl<'c> CallEvents<'c> {
             )));
         }
         if kind == DROPPED {
-            let dropped = frame::parse_dropped(body)
-                .map_err(|error| ReadError::Malformed(format!("an unreadable drop count: {error}")))?;
+            let dropped = frame::parse_dropped(body).map_err(|error| {
+                ReadError::Malformed(format!("an unreadable drop count: {error}"))
+            })?;
             self.dropped = self.dropped.saturating_add(dropped);
             return Ok(());
         }
@@ -106,7 +107,8 @@ impl<'c> CallEvents<'c> {
         }
         // (A worker cuts its text to fit; one that does not is held to the
         // same bounds here.)
-        let too_long = target.len() > MAX_TEXT || message.len() > MAX_TEXT || fields.len() > MAX_TEXT;
+        let too_long =
+            target.len() > MAX_TEXT || message.len() > MAX_TEXT || fields.len() > MAX_TEXT;
         if too_long || self.events >= MAX_EVENTS || self.bytes + body.len() > MAX_EVENT_BYTES {
             self.dropped = self.dropped.saturating_add(1);
             return Ok(());
@@ -530,7 +532,12 @@ mod tests {
         assert_eq!(events.dropped, u64::MAX, "saturates");
         // Bytes bound: large events run out of bytes before of count.
         let mut events = CallEvents::new(1, "f call 1", 1, 42);
-        let large = event_body(frame::LEVEL_INFO, "t", &"x".repeat(MAX_TEXT), &"y".repeat(MAX_TEXT));
+        let large = event_body(
+            frame::LEVEL_INFO,
+            "t",
+            &"x".repeat(MAX_TEXT),
+            &"y".repeat(MAX_TEXT),
+        );
         for _ in 0..MAX_EVENTS {
             events.take(EVENT, 1, &large).unwrap();
         }

@@ -634,7 +634,10 @@ mod tests {
     }
 
     /// Collects what `decode_reply` hands over.
-    fn reply_of(bytes: &[u8], max: usize) -> (Result<(u8, u32, Vec<u8>), String>, Vec<(u8, Vec<u8>)>) {
+    fn reply_of(
+        bytes: &[u8],
+        max: usize,
+    ) -> (Result<(u8, u32, Vec<u8>), String>, Vec<(u8, Vec<u8>)>) {
         let mut seen = Vec::new();
         let mut buf = Vec::new();
         let reply = decode_reply(&mut &bytes[..], &mut buf, max, &mut |kind, _, body| {
@@ -679,7 +682,10 @@ mod tests {
         bytes.push(DONE);
         bytes.extend([0; 4]);
         bytes.resize(LENGTH + MAX_EVENT_FRAME + 1, 1);
-        assert_eq!(reply_of(&bytes, 1 << 20).0.unwrap().2.len(), MAX_EVENT_FRAME - 4);
+        assert_eq!(
+            reply_of(&bytes, 1 << 20).0.unwrap().2.len(),
+            MAX_EVENT_FRAME - 4
+        );
     }
 
     #[test]

@@ -89,7 +89,15 @@ mod tests {
             let rest = rest.strip_suffix(b"\n").unwrap();
             assert_eq!(parse(rest), Some((call, start)));
         }
-        for bad in ["", "1", "1 begin", "+1 start", "1 start ", " 1 end", "99999999999 end"] {
+        for bad in [
+            "",
+            "1",
+            "1 begin",
+            "+1 start",
+            "1 start ",
+            " 1 end",
+            "99999999999 end",
+        ] {
             assert_eq!(parse(bad.as_bytes()), None, "{bad:?}");
         }
     }

@@ -716,7 +716,11 @@ mod tests {
         let (output, mut writer, sink) = start(2, 12345);
         writer.write_all(b"before\n").unwrap();
         output.expect_call(1, "crate::cpu::sumn call 1".into());
-        let text = format!("{}during\nhalf a line{}after\n", mark(1, true), mark(1, false));
+        let text = format!(
+            "{}during\nhalf a line{}after\n",
+            mark(1, true),
+            mark(1, false)
+        );
         writer.write_all(text.as_bytes()).unwrap();
         let tail = finish(&output, writer);
         assert_eq!(
@@ -797,7 +801,10 @@ mod tests {
         assert_eq!(
             sink.writes(),
             [
-                format!("[ythread worker 1 pid 7 f call 1] {}\n", "x".repeat(LINE - 10)),
+                format!(
+                    "[ythread worker 1 pid 7 f call 1] {}\n",
+                    "x".repeat(LINE - 10)
+                ),
                 "[ythread worker 1 pid 7] next\n".to_owned(),
             ]
         );
