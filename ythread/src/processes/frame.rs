@@ -206,6 +206,10 @@ pub(crate) fn decode<'b>(
     Ok(parts(buf, total))
 }
 
+/// What takes each `EVENT` or `DROPPED` frame of a reply as it is read:
+/// its kind, call number and body; an error ends the read with it.
+pub(crate) type OnEvent<'e> = dyn FnMut(u8, u32, &[u8]) -> Result<(), ReadError> + 'e;
+
 /// Reads the frames that answer a call into `buf`, up to and including
 /// the first that is not an `EVENT` or a `DROPPED` one, which it returns;
 /// hands each of those to `events` (kind, call, body) as it comes, waiting
@@ -215,7 +219,7 @@ pub(crate) fn read_reply<'b, R: Read + AsFd>(
     buf: &'b mut Vec<u8>,
     max: usize,
     watch: Watch<'_>,
-    events: &mut dyn FnMut(u8, u32, &[u8]) -> Result<(), ReadError>,
+    events: &mut OnEvent<'_>,
 ) -> Result<(u8, u32, &'b [u8]), ReadError> {
     let mut reader = Watched { input, watch };
     decode_reply(&mut reader, buf, max, events)
@@ -230,7 +234,7 @@ pub(crate) fn decode_reply<'b>(
     reader: &mut impl Read,
     buf: &'b mut Vec<u8>,
     max: usize,
-    events: &mut dyn FnMut(u8, u32, &[u8]) -> Result<(), ReadError>,
+    events: &mut OnEvent<'_>,
 ) -> Result<(u8, u32, &'b [u8]), ReadError> {
     buf.clear();
     let mut ahead = 0;
@@ -633,11 +637,11 @@ mod tests {
         }
     }
 
+    /// A reply as `decode_reply` read it, or its error in words.
+    type Reply = Result<(u8, u32, Vec<u8>), String>;
+
     /// Collects what `decode_reply` hands over.
-    fn reply_of(
-        bytes: &[u8],
-        max: usize,
-    ) -> (Result<(u8, u32, Vec<u8>), String>, Vec<(u8, Vec<u8>)>) {
+    fn reply_of(bytes: &[u8], max: usize) -> (Reply, Vec<(u8, Vec<u8>)>) {
         let mut seen = Vec::new();
         let mut buf = Vec::new();
         let reply = decode_reply(&mut &bytes[..], &mut buf, max, &mut |kind, _, body| {

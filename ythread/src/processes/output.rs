@@ -436,7 +436,7 @@ impl<W: Write> Relay<W> {
                     .unwrap_or_else(PoisonError::into_inner);
                 // The calls before it are over: their marks were lost.
                 let found = calls.iter().position(|(number, _)| *number == call);
-                found.and_then(|found| calls.drain(..=found).last().map(|(_, name)| name))
+                found.and_then(|found| calls.drain(..=found).next_back().map(|(_, name)| name))
             } else {
                 None
             };

@@ -489,7 +489,7 @@ impl Process {
         buf: &'b mut Vec<u8>,
         max: usize,
         deadline: Option<Instant>,
-        events: &mut dyn FnMut(u8, u32, &[u8]) -> Result<(), ReadError>,
+        events: &mut frame::OnEvent<'_>,
     ) -> Result<(u8, u32, &'b [u8]), ReadError> {
         let exited = Some(exited(&self.pidfd, &self.child));
         let watch = Watch { deadline, exited };
