@@ -180,7 +180,7 @@ impl ProcessesBuilder {
     /// a panic's message, a crash's last words) to `sink` instead of this
     /// process's stderr: to a logger, to a test's own record, or nowhere
     /// (`|_| {}`). A line comes labelled as it would on stderr, `[ythread
-    /// worker 1 pid 4242 app::digest] text`, without its newline, control
+    /// worker 1 pid 4242 app::digest call 7] text`, without its newline, control
     /// characters escaped; at most 64 KiB of a longer line, then the rest as
     /// further lines.
     ///

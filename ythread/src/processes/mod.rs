@@ -125,7 +125,8 @@
 //! closing, and kills its group). Only processes the work moves out of the
 //! group (`setsid`, a daemon's double fork) escape. What a worker prints
 //! reaches the program's stderr, each line labelled with the worker and the
-//! function it runs.
+//! call it was running when it printed the line (see [`Processes`]'
+//! "Observability").
 
 // The files of this module. The parent side: `builder.rs` (the settings,
 // and starting the first worker processes), `checkout.rs` (idle worker
@@ -212,7 +213,7 @@ pub fn init() {
 /// ythread::processes::init_with(|| {
 ///     // Every process: the program, and each worker before it serves. (A
 ///     // worker's stderr reaches the program's, each line labelled with the
-///     // worker and the function it runs.)
+///     // worker and the call it runs.)
 ///     eprintln!("logging set up in process {}", std::process::id());
 /// });
 /// // then the program
