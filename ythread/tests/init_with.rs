@@ -61,7 +61,8 @@ fn main() {
         .find(|line| line.contains("hello from the work"))
         .unwrap_or_else(|| panic!("the worker's line was not relayed: {stderr}"));
     assert!(
-        line.starts_with("[ythread worker 1 pid ") && line.contains(" init_with::say] hello"),
+        line.starts_with("[ythread worker 1 pid ")
+            && line.contains(" init_with::say call 1] hello"),
         "{line}"
     );
     assert!(

@@ -1168,9 +1168,9 @@ fn worker_output_takes_every_line_labelled_instead_of_stderr() {
         let pid = cpu.idle_pids()[0];
         let error = try_fail("bad input 7".into()).run_with(&cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Panicked);
-        // (A line is labelled with the call the worker runs when the relay
-        // reads it, which may be the next one: the worker's label only.)
-        let label = format!("[ythread worker 1 pid {pid} processes::");
+        // Each line is labelled with the call that printed it.
+        let chatty = format!("[ythread worker 1 pid {pid} processes::chatty call 1] ");
+        let fails = format!("[ythread worker 1 pid {pid} processes::fails call 2] ");
         // The relay is a thread of its own: wait for the lines.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -1179,7 +1179,7 @@ fn worker_output_takes_every_line_labelled_instead_of_stderr() {
                 got.iter()
                     .any(|l| l.starts_with(prefix) && l.contains(text))
             };
-            if has(&label, "a worker printing on stdout: 21") && has(&label, "bad input 7") {
+            if has(&chatty, "a worker printing on stdout: 21") && has(&fails, "bad input 7") {
                 assert!(got.iter().all(|l| !l.ends_with('\n')), "{got:?}");
                 break;
             }

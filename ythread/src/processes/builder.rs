@@ -180,7 +180,7 @@ impl ProcessesBuilder {
     /// a panic's message, a crash's last words) to `sink` instead of this
     /// process's stderr: to a logger, to a test's own record, or nowhere
     /// (`|_| {}`). A line comes labelled as it would on stderr, `[ythread
-    /// worker 1 pid 4242 app::digest] text`, without its newline, control
+    /// worker 1 pid 4242 app::digest call 7] text`, without its newline, control
     /// characters escaped; at most 64 KiB of a longer line, then the rest as
     /// further lines.
     ///
@@ -223,6 +223,7 @@ impl ProcessesBuilder {
                  calling it: call `init()` first thing in `main`",
             ));
         }
+        super::meters::describe();
         let spec = Spec {
             // This program's own name, so that `ps` shows the workers as
             // what they are rather than as `/proc/self/exe`.
@@ -248,6 +249,7 @@ impl ProcessesBuilder {
             start_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
             reruns: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             gate: Gate::default(),
         });

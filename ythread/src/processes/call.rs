@@ -5,15 +5,18 @@
 //! of the exchange is `child.rs`.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::Processes;
 use super::death::Death;
+use super::events::{self, CallEvents};
 use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
+use super::meters::{self, Busy, Restart};
 use super::output::Cause;
 use super::process::Process;
 use super::supervise::Request;
+use super::{Processes, designation};
 use crate::error::OffloadError;
 use crate::offloadable::{DepthLimit, Registration};
 use crate::portable::{WireCall, portable_call};
@@ -55,6 +58,10 @@ impl Processes {
             call.fail(OffloadError::shut_down("set of worker processes"));
             return;
         };
+        // What names the call wherever ythread speaks of it (its worker's
+        // lines, its events), the same on each of its runs.
+        let number = self.shared.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let designation: Arc<str> = designation(registration.name, number).into();
         // Workers found dead when the call was sent to them: the call did
         // not reach them, and goes to another. (Bounded, in case workers
         // keep dying as they start.)
@@ -102,7 +109,16 @@ impl Processes {
                 processes: self,
                 armed: true,
             };
-            let after = self.call(process, registration, call, budget, &mut deadline);
+            let busy = Busy::new();
+            let after = self.call(
+                process,
+                registration,
+                call,
+                &designation,
+                budget,
+                &mut deadline,
+            );
+            drop(busy);
             lost.armed = false;
             match after {
                 After::Keep(process)
@@ -111,16 +127,16 @@ impl Processes {
                     return self.retire(process);
                 }
                 After::Keep(process) => return self.shared.give_back(process),
-                After::Replace => return self.replace(),
+                After::Replace(reason) => return self.replace(reason),
                 After::DeadBeforeCall => {
-                    self.replace();
+                    self.replace(Restart::DiedIdle);
                     found_dead += 1;
                     if found_dead > self.workers + 2 {
                         return call.fail(self.dead_before_start(registration, runs, found_dead));
                     }
                 }
                 After::DiedBeforeStart(death) => {
-                    self.replace();
+                    self.replace(Restart::Crashed);
                     // A worker that crashed taking the call in, or was killed
                     // taking in a large one (by an out-of-memory killer, say):
                     // once may be bad luck; twice is the call's doing.
@@ -131,7 +147,7 @@ impl Processes {
                     }
                 }
                 After::Died(death) => {
-                    self.replace();
+                    self.replace(Restart::Crashed);
                     runs += 1;
                     // (A stack overflow is the input's: it would overflow
                     // again.)
@@ -180,19 +196,21 @@ impl Processes {
     /// A worker served its calls: the supervisor stops it, and another
     /// starts.
     fn retire(&self, process: Process) {
-        self.shared.live.fetch_sub(1, Ordering::AcqRel);
+        self.shared.gone();
         self.request(Request::Retire(process));
         self.request(Request::Start { reply: None });
     }
 
-    /// A worker died or was killed: it is no longer live, and another starts.
-    fn replace(&self) {
-        self.shared.live.fetch_sub(1, Ordering::AcqRel);
+    /// A worker died or was killed, for `reason`: it is no longer live, and
+    /// another starts.
+    fn replace(&self, reason: Restart) {
+        self.shared.gone();
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        meters::restarted(reason);
         self.request(Request::Start { reply: None });
     }
 
-    /// Runs one call on `process`.
+    /// Runs one call on `process`; `designation` names it (`f call 7`).
     ///
     /// `deadline` is the call's, `None` until it is first sent (then
     /// `Some(None)` for no deadline).
@@ -201,6 +219,7 @@ impl Processes {
         mut process: Process,
         registration: &'static Registration,
         call: &mut dyn WireCall,
+        designation: &Arc<str>,
         budget: Option<Duration>,
         deadline: &mut Option<Option<Instant>>,
     ) -> After {
@@ -209,7 +228,8 @@ impl Processes {
         let number = process.next_call;
         process.next_call = number.wrapping_add(1);
         frame::begin(&mut buf, CALL, number);
-        let encoded = frame::put(&mut buf, &(name, registration.fingerprint))
+        let header = (name, registration.fingerprint, events::wanted());
+        let encoded = frame::put(&mut buf, &header)
             .map_err(|error| OffloadError::protocol(name, error))
             .and_then(|()| call.encode_args(registration, &mut buf, self.depth()));
         if let Err(error) = encoded {
@@ -232,7 +252,7 @@ impl Processes {
         // (A deadline too far to add, `Duration::MAX`, is none.)
         let deadline =
             *deadline.get_or_insert_with(|| budget.and_then(|d| Instant::now().checked_add(d)));
-        process.set_running(name);
+        process.expect_call(number, designation);
         let large = buf.len() > LARGE_CALL;
         #[cfg(any(feature = "tracing", feature = "metrics"))]
         crate::observe::sent();
@@ -250,7 +270,7 @@ impl Processes {
                     name,
                     budget.unwrap_or_default(),
                 ));
-                return After::Replace;
+                return After::Replace(Restart::Deadline);
             }
             let death = process.reap(Duration::from_millis(200));
             process.buf = buf;
@@ -265,8 +285,16 @@ impl Processes {
             };
         }
         process.sent += 1;
+        // The call's events, emitted again here as they come, in the span
+        // the call runs in.
+        let mut events = CallEvents::new(number, designation, process.number(), process.pid());
         let reply = process
-            .receive(&mut buf, self.max_frame, deadline)
+            .receive(
+                &mut buf,
+                self.max_frame,
+                deadline,
+                &mut |kind, call, body| events.take(kind, call, body),
+            )
             .and_then(|(kind, answered, body)| {
                 if answered == number {
                     Ok((kind, body))
@@ -281,13 +309,13 @@ impl Processes {
                 if let Err(error) = call.finish(registration, body, self.depth()) {
                     call.fail(error);
                 }
-                true
+                Ok(())
             }
             Ok((PANICKED, body)) => {
                 let message = frame::parse_panicked(body)
                     .unwrap_or_else(|_| "(the worker sent an unreadable panic message)".into());
                 call.fail(OffloadError::remote_panic(name, message));
-                true
+                Ok(())
             }
             Ok((REFUSED, body)) => {
                 match frame::parse_refused(body) {
@@ -300,7 +328,7 @@ impl Processes {
                         format_args!("an unreadable refusal: {error}"),
                     )),
                 }
-                true
+                Ok(())
             }
             Ok((kind, _)) => {
                 process.kill();
@@ -308,7 +336,7 @@ impl Processes {
                     name,
                     format_args!("the worker sent a frame of unknown kind {kind}"),
                 ));
-                false
+                Err(Restart::OutOfStep)
             }
             Err(ReadError::TimedOut) => {
                 process.kill();
@@ -316,7 +344,7 @@ impl Processes {
                     name,
                     budget.unwrap_or_default(),
                 ));
-                false
+                Err(Restart::Deadline)
             }
             // The channel closed: the worker died, or closed it (native
             // code gone wrong), and is killed if it does not end. Only then
@@ -331,8 +359,10 @@ impl Processes {
                         name,
                         "the worker closed its channel while it ran the call, and was killed",
                     ));
-                    return After::Replace;
+                    events.finish();
+                    return After::Replace(Restart::OutOfStep);
                 }
+                events.finish();
                 return if process.started(number) {
                     // It died running the call (it may have run, in part).
                     After::Died(death)
@@ -352,20 +382,18 @@ impl Processes {
                     name,
                     format_args!("its reply was malformed: {error}"),
                 ));
-                false
+                Err(Restart::OutOfStep)
             }
         };
-        // (The label stays until the next call: the relay may not have read
-        // the lines this call printed yet.)
+        events.finish();
         process.buf = buf;
         // A frame buffer grown for one large call is not kept.
         if process.buf.capacity() > 1 << 20 {
             process.buf = Vec::new();
         }
-        if keep {
-            After::Keep(process)
-        } else {
-            After::Replace
+        match keep {
+            Ok(()) => After::Keep(process),
+            Err(reason) => After::Replace(reason),
         }
     }
 }
@@ -379,7 +407,7 @@ struct Lost<'a> {
 impl Drop for Lost<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.processes.replace();
+            self.processes.replace(Restart::Abandoned);
         }
     }
 }
@@ -404,8 +432,9 @@ fn died_before_start(death: Death, large: bool) -> After {
 enum After {
     /// It can take more calls.
     Keep(Process),
-    /// It died or was killed during the call: replace it.
-    Replace,
+    /// It died or was killed during the call, for the reason given:
+    /// replace it.
+    Replace(Restart),
     /// It was dead before the call was sent: replace it, and send the call
     /// to another.
     DeadBeforeCall,

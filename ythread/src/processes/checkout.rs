@@ -9,6 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+use super::meters;
 use super::process::Process;
 use crate::sync::Mutex;
 use crate::sync::gate::Gate;
@@ -26,6 +27,8 @@ pub(super) struct Shared {
     pub(super) restarts: AtomicU64,
     /// Calls run again because their worker died running them.
     pub(super) reruns: AtomicU64,
+    /// Calls made so far: the last one's number (`designation`).
+    pub(super) calls: AtomicU64,
     /// Set when the strategy is dropped or shut down (or `build` fails):
     /// the supervisor starts no more workers.
     pub(super) stopping: AtomicBool,
@@ -47,6 +50,18 @@ pub(super) struct Idle {
 }
 
 impl Shared {
+    /// A worker process went live.
+    pub(super) fn went_live(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        meters::live(1);
+    }
+
+    /// A live worker process is gone (dead, killed, retired or stopped).
+    pub(super) fn gone(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        meters::live(-1);
+    }
+
     /// Takes an idle worker process, or joins the queue of calls waiting for
     /// one.
     fn take_or_wait(&self) -> Result<Process, (Sender<Process>, Receiver<Process>)> {

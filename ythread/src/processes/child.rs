@@ -6,12 +6,15 @@
 use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use rustix::io::FdFlags;
 
+use super::events::Outbox;
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError, Watch};
 use super::handoff::{CALLS_FD, REPLIES_FD, Setting, WORKER_ENV, parent_death_signal};
+use super::mark;
 use super::started::Started;
 use crate::offloadable::{self, InvokeError, Lookup};
 
@@ -63,7 +66,11 @@ pub(crate) fn serve(setting: Setting) -> i32 {
     for fd in [&calls, &replies] {
         let _ = rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC);
     }
-    let (mut calls, mut replies) = (PipeReader::from(calls), PipeWriter::from(replies));
+    let mut calls = PipeReader::from(calls);
+    // Replies go out through the outbox, which the work's events share.
+    let outbox = Arc::new(Outbox::new(PipeWriter::from(replies)));
+    #[cfg(feature = "tracing")]
+    super::events::forward(&outbox);
     // `ps` shows workers as such (the parent starts them as
     // `/proc/self/exe`, which it would show as `exe`): `prctl(PR_SET_NAME)`
     // (at most 16 bytes, which this name is).
@@ -79,10 +86,17 @@ pub(crate) fn serve(setting: Setting) -> i32 {
     frame::begin(&mut out, HELLO, 0);
     if frame::put(&mut out, &(PROTOCOL, std::process::id())).is_err()
         || frame::finish(&mut out, max_frame).is_err()
-        || frame::write(&mut replies, &out, Watch::default()).is_err()
+        || outbox.reply(&out, max_frame).is_err()
     {
         end_group();
     }
+    let worker = Worker {
+        max_frame,
+        max_depth: setting.max_depth,
+        nonce: setting.nonce,
+        started: &started,
+        outbox: &outbox,
+    };
     let mut input = Vec::new();
     loop {
         let (kind, call, body) =
@@ -100,8 +114,8 @@ pub(crate) fn serve(setting: Setting) -> i32 {
             eprintln!("ythread worker: unexpected frame kind {kind}; exiting");
             return 2;
         }
-        answer(call, body, &mut out, max_frame, setting.max_depth, &started);
-        if frame::write(&mut replies, &out, Watch::default()).is_err() {
+        worker.answer(call, body, &mut out);
+        if outbox.reply(&out, max_frame).is_err() {
             end_group();
         }
         // Buffers grown for one large call are not kept.
@@ -193,16 +207,49 @@ fn kill_group() {
 /// The process group the worker leads: its own pid.
 static GROUP: AtomicI32 = AtomicI32::new(0);
 
-/// Runs one call and writes the reply frame into `out`.
+/// What a worker serves calls with.
+struct Worker<'w> {
+    max_frame: usize,
+    max_depth: usize,
+    /// What its output's marks carry.
+    nonce: u64,
+    started: &'w Started,
+    outbox: &'w Outbox,
+}
+
+impl Worker<'_> {
+    /// Runs one call and writes the reply frame into `out`.
+    fn answer(&self, call: u32, body: &[u8], out: &mut Vec<u8>) {
+        let Worker {
+            max_frame,
+            max_depth,
+            nonce,
+            started,
+            outbox,
+        } = *self;
+        answer(call, body, out, max_frame, max_depth, |call, level| {
+            started.store(call);
+            outbox.begin(call, level);
+            mark::write(nonce, call, true);
+        });
+        if started.load() == call {
+            mark::write(nonce, call, false);
+        }
+    }
+}
+
+/// Runs one call and writes the reply frame into `out`; `start` is called
+/// with the call's number and the level of events wanted back as it starts
+/// (if it does).
 fn answer(
     call: u32,
     body: &[u8],
     out: &mut Vec<u8>,
     max_frame: usize,
     max_depth: usize,
-    started: &Started,
+    start: impl FnOnce(u32, u8),
 ) {
-    let (name, fingerprint, args) = match frame::parse_call(body) {
+    let (name, fingerprint, level, args) = match frame::parse_call(body) {
         Ok(call) => call,
         Err(error) => {
             return refuse(
@@ -252,7 +299,7 @@ fn answer(
     }
     frame::begin(out, DONE, call);
     // From here on the call may run: a death now is the call's.
-    started.store(call);
+    start(call, level);
     let invoked = panic::catch_unwind(AssertUnwindSafe(|| {
         (registration.invoke)(args, out, max_depth)
     }));

@@ -7,14 +7,23 @@
 //!         (a reply carries its call's number: a reply out of step with
 //!         the call it answers is an error, never a result)
 //! HELLO    worker -> parent  postcard (protocol: u32, pid: u32)
-//! CALL     parent -> worker  postcard (name: &str, fingerprint: u64), then the arguments
+//! CALL     parent -> worker  postcard (name: &str, fingerprint: u64, level: u8), then the arguments
 //! DONE     worker -> parent  the result (postcard)
 //! PANICKED worker -> parent  postcard (message: String)
 //! REFUSED  worker -> parent  postcard (reason: u8, detail: String)
+//! EVENT    worker -> parent  postcard (level: u8, target: &str, message: &str, fields: &str)
+//! DROPPED  worker -> parent  postcard (events: u64)
 //! ```
 //!
+//! A call's `level` is the most verbose level of `tracing` event the parent
+//! wants back ([`LEVEL_OFF`] for none); while the call runs, the worker
+//! sends its events as `EVENT` frames, and how many it had to drop as one
+//! `DROPPED` frame, all before the reply that ends the call (`events.rs`).
+//! Every other exchange is one frame each way.
+//!
 //! The length is checked against a maximum before anything is allocated, so
-//! a corrupt or hostile length costs at most that much memory.
+//! a corrupt or hostile length costs at most that much memory (for `EVENT`
+//! and `DROPPED` frames, [`MAX_EVENT_FRAME`]).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -26,7 +35,7 @@ use rustix::process::{Pid, WaitId, WaitIdOptions};
 
 /// The version of this protocol; a worker of another version is refused at
 /// its hello.
-pub(crate) const PROTOCOL: u32 = 2;
+pub(crate) const PROTOCOL: u32 = 3;
 
 /// Frame kinds.
 pub(crate) const HELLO: u8 = 1;
@@ -34,6 +43,25 @@ pub(crate) const CALL: u8 = 2;
 pub(crate) const DONE: u8 = 3;
 pub(crate) const PANICKED: u8 = 4;
 pub(crate) const REFUSED: u8 = 5;
+pub(crate) const EVENT: u8 = 6;
+pub(crate) const DROPPED: u8 = 7;
+
+/// The levels of a call's `level` and of an `EVENT` (`tracing`'s
+/// `LevelFilter` order: the larger, the more verbose).
+pub(crate) const LEVEL_OFF: u8 = 0;
+pub(crate) const LEVEL_ERROR: u8 = 1;
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) const LEVEL_WARN: u8 = 2;
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) const LEVEL_INFO: u8 = 3;
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) const LEVEL_DEBUG: u8 = 4;
+pub(crate) const LEVEL_TRACE: u8 = 5;
+
+/// The largest `EVENT` or `DROPPED` frame: a worker cuts an event's text to
+/// fit (`events.rs`), and a longer one is malformed, refused before it is
+/// read.
+pub(crate) const MAX_EVENT_FRAME: usize = 16 * 1024;
 
 /// Why a worker refused a call (the `reason` of a `REFUSED` frame).
 pub(crate) const REFUSED_UNREGISTERED: u8 = 0;
@@ -169,8 +197,93 @@ pub(crate) fn decode<'b>(
     max: usize,
 ) -> Result<(u8, u32, &'b [u8]), ReadError> {
     buf.clear();
-    buf.resize(FIRST_READ.min(max.saturating_add(LENGTH)).max(LENGTH), 0);
-    let mut filled = 0;
+    let (total, filled) = next_frame(reader, buf, 0, max)?;
+    if filled > total {
+        return Err(ReadError::Malformed(
+            "more bytes than one frame before an answer".into(),
+        ));
+    }
+    Ok(parts(buf, total))
+}
+
+/// What takes each `EVENT` or `DROPPED` frame of a reply as it is read:
+/// its kind, call number and body; an error ends the read with it.
+pub(crate) type OnEvent<'e> = dyn FnMut(u8, u32, &[u8]) -> Result<(), ReadError> + 'e;
+
+/// Reads the frames that answer a call into `buf`, up to and including
+/// the first that is not an `EVENT` or a `DROPPED` one, which it returns;
+/// hands each of those to `events` (kind, call, body) as it comes, waiting
+/// no longer than `watch` allows for the whole.
+pub(crate) fn read_reply<'b, R: Read + AsFd>(
+    input: &mut R,
+    buf: &'b mut Vec<u8>,
+    max: usize,
+    watch: Watch<'_>,
+    events: &mut OnEvent<'_>,
+) -> Result<(u8, u32, &'b [u8]), ReadError> {
+    let mut reader = Watched { input, watch };
+    decode_reply(&mut reader, buf, max, events)
+}
+
+/// [`read_reply`] for any reader: the part a fuzzer can reach.
+///
+/// Events come in a stream before the reply, so a read may take the start
+/// of the next frame with one: those bytes are kept for it. Bytes past the
+/// reply are an error, as in [`decode`].
+pub(crate) fn decode_reply<'b>(
+    reader: &mut impl Read,
+    buf: &'b mut Vec<u8>,
+    max: usize,
+    events: &mut OnEvent<'_>,
+) -> Result<(u8, u32, &'b [u8]), ReadError> {
+    buf.clear();
+    let mut ahead = 0;
+    loop {
+        let (total, filled) = next_frame(reader, buf, ahead, max)?;
+        let (kind, call, body) = parts(buf, total);
+        if kind == EVENT || kind == DROPPED {
+            events(kind, call, body)?;
+            buf.copy_within(total..filled, 0);
+            ahead = filled - total;
+            continue;
+        }
+        if filled > total {
+            return Err(ReadError::Malformed(
+                "more bytes than one frame before an answer".into(),
+            ));
+        }
+        return Ok(parts(buf, total));
+    }
+}
+
+/// The kind, call number and body of the frame at the start of `buf`,
+/// `total` bytes long (checked by [`next_frame`]).
+fn parts(buf: &[u8], total: usize) -> (u8, u32, &[u8]) {
+    let call = u32::from_le_bytes([
+        buf[LENGTH + 1],
+        buf[LENGTH + 2],
+        buf[LENGTH + 3],
+        buf[LENGTH + 4],
+    ]);
+    (buf[LENGTH], call, &buf[LENGTH + KIND_AND_CALL..total])
+}
+
+/// Reads until `buf` holds a whole frame at its start, its first `ahead`
+/// bytes read already; returns the frame's length with its prefix, and how
+/// many bytes `buf` holds (the frame's, and any read past it).
+fn next_frame(
+    reader: &mut impl Read,
+    buf: &mut Vec<u8>,
+    ahead: usize,
+    max: usize,
+) -> Result<(usize, usize), ReadError> {
+    let first = FIRST_READ
+        .min(max.saturating_add(LENGTH))
+        .max(LENGTH + KIND_AND_CALL);
+    if buf.len() < first.max(ahead) {
+        buf.resize(first.max(ahead), 0);
+    }
+    let mut filled = ahead;
     while filled < LENGTH {
         filled += read_some(reader, &mut buf[filled..])?;
     }
@@ -185,22 +298,25 @@ pub(crate) fn decode<'b>(
             "a frame of {length} bytes, over the maximum of {max}"
         )));
     }
-    let total = LENGTH + length;
-    if filled > total {
-        return Err(ReadError::Malformed(
-            "more bytes than one frame before an answer".into(),
-        ));
+    // The kind, before a body is read: an event's bound is its own.
+    while filled <= LENGTH {
+        filled += read_some(reader, &mut buf[filled..])?;
     }
+    if matches!(buf[LENGTH], EVENT | DROPPED) && length > MAX_EVENT_FRAME {
+        return Err(ReadError::Malformed(format!(
+            "an event of {length} bytes, over the maximum of {MAX_EVENT_FRAME}"
+        )));
+    }
+    let total = LENGTH + length;
     // Bounded by `max` (checked above), whatever the peer claims.
-    buf.resize(total, 0);
-    read_exact(reader, &mut buf[filled..])?;
-    let call = u32::from_le_bytes([
-        buf[LENGTH + 1],
-        buf[LENGTH + 2],
-        buf[LENGTH + 3],
-        buf[LENGTH + 4],
-    ]);
-    Ok((buf[LENGTH], call, &buf[LENGTH + KIND_AND_CALL..]))
+    if buf.len() < total {
+        buf.resize(total, 0);
+    }
+    if filled < total {
+        read_exact(reader, &mut buf[filled..total])?;
+        filled = total;
+    }
+    Ok((total, filled))
 }
 
 /// One read of at least one byte.
@@ -350,11 +466,22 @@ pub(crate) fn parse_hello(body: &[u8]) -> Result<(u32, u32), postcard::Error> {
     whole(body)
 }
 
-/// The body of a `CALL`: the function's name and fingerprint, then its
-/// arguments (which the function's own decoder reads).
-pub(crate) fn parse_call(body: &[u8]) -> Result<(&str, u64, &[u8]), postcard::Error> {
-    let ((name, fingerprint), args) = postcard::take_from_bytes::<(&str, u64)>(body)?;
-    Ok((name, fingerprint, args))
+/// The body of a `CALL`: the function's name and fingerprint, the level of
+/// the events wanted back, then its arguments (which the function's own
+/// decoder reads).
+pub(crate) fn parse_call(body: &[u8]) -> Result<(&str, u64, u8, &[u8]), postcard::Error> {
+    let ((name, fingerprint, level), args) = postcard::take_from_bytes::<(&str, u64, u8)>(body)?;
+    Ok((name, fingerprint, level, args))
+}
+
+/// The body of an `EVENT`: its level, target, message and other fields.
+pub(crate) fn parse_event(body: &[u8]) -> Result<(u8, &str, &str, &str), postcard::Error> {
+    whole(body)
+}
+
+/// The body of a `DROPPED`: how many events the worker dropped.
+pub(crate) fn parse_dropped(body: &[u8]) -> Result<u64, postcard::Error> {
+    whole(body)
 }
 
 /// The body of a `PANICKED`: the panic's message.
@@ -378,6 +505,21 @@ fn whole<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, postcard
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that gives at most `chunk` bytes a read.
+    struct Chunks<'b> {
+        bytes: &'b [u8],
+        chunk: usize,
+    }
+
+    impl Read for Chunks<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.chunk).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
 
     fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -438,6 +580,44 @@ mod tests {
             proptest::prop_assert!(buf.len() <= (max + LENGTH).max(FIRST_READ));
         }
 
+        /// Arbitrary bytes as a call's reply, events and all: no panic, and
+        /// never a buffer larger than the maximum frame.
+        #[test]
+        fn arbitrary_replies_never_panic_nor_overallocate(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+            max in 1usize..256,
+        ) {
+            let mut buf = Vec::new();
+            let _ = decode_reply(&mut &bytes[..], &mut buf, max, &mut |kind, _, body| {
+                let _ = (kind, parse_event(body), parse_dropped(body));
+                Ok(())
+            });
+            proptest::prop_assert!(buf.len() <= (max + LENGTH).max(FIRST_READ));
+        }
+
+        /// Valid events and a reply, cut into arbitrary reads, read back.
+        #[test]
+        fn events_and_a_reply_read_back_whatever_the_reads(
+            events in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..8),
+            chunk in 1usize..40,
+        ) {
+            let mut bytes = Vec::new();
+            for body in &events {
+                bytes.extend(frame(EVENT, body));
+            }
+            bytes.extend(frame(DONE, b"end"));
+            let mut reader = Chunks { bytes: &bytes, chunk };
+            let mut buf = Vec::new();
+            let mut seen = Vec::new();
+            let (kind, _, body) = decode_reply(&mut reader, &mut buf, 1024, &mut |_, _, body| {
+                seen.push(body.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            proptest::prop_assert_eq!((kind, body), (DONE, &b"end"[..]));
+            proptest::prop_assert_eq!(seen, events);
+        }
+
         /// Valid frames with arbitrary bodies read back exactly; a second
         /// frame sent before an answer is an error, not a second read.
         #[test]
@@ -455,6 +635,61 @@ mod tests {
             let error = decode(&mut &more[..], &mut buf, 1024).unwrap_err();
             proptest::prop_assert!(matches!(error, ReadError::Malformed(_)));
         }
+    }
+
+    /// A reply as `decode_reply` read it, or its error in words.
+    type Reply = Result<(u8, u32, Vec<u8>), String>;
+
+    /// Collects what `decode_reply` hands over.
+    fn reply_of(bytes: &[u8], max: usize) -> (Reply, Vec<(u8, Vec<u8>)>) {
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        let reply = decode_reply(&mut &bytes[..], &mut buf, max, &mut |kind, _, body| {
+            seen.push((kind, body.to_vec()));
+            Ok(())
+        })
+        .map(|(kind, call, body)| (kind, call, body.to_vec()))
+        .map_err(|error| error.to_string());
+        (reply, seen)
+    }
+
+    #[test]
+    fn events_then_their_reply_read_back_in_order_from_one_read() {
+        let mut bytes = frame(EVENT, b"one");
+        bytes.extend(frame(DROPPED, b"\x05"));
+        bytes.extend(frame(EVENT, b"two"));
+        bytes.extend(frame(DONE, b"result"));
+        let (reply, seen) = reply_of(&bytes, 1024);
+        assert_eq!(reply, Ok((DONE, 7, b"result".to_vec())));
+        assert_eq!(
+            seen,
+            [
+                (EVENT, b"one".to_vec()),
+                (DROPPED, b"\x05".to_vec()),
+                (EVENT, b"two".to_vec())
+            ]
+        );
+        // Past the reply, as before: an error.
+        bytes.extend(frame(EVENT, b"late"));
+        assert!(reply_of(&bytes, 1024).0.is_err());
+    }
+
+    #[test]
+    fn an_event_over_its_bound_is_refused_before_it_is_read() {
+        let mut bytes = ((MAX_EVENT_FRAME + 1) as u32).to_le_bytes().to_vec();
+        bytes.push(EVENT);
+        let (reply, seen) = reply_of(&bytes, 1 << 20);
+        assert!(reply.unwrap_err().contains("an event of"));
+        assert!(seen.is_empty());
+        // The same length for a reply is within its own bound.
+        let mut bytes = ((MAX_EVENT_FRAME + 1) as u32).to_le_bytes().to_vec();
+        bytes.push(DONE);
+        bytes.extend([0; 4]);
+        bytes.resize(LENGTH + MAX_EVENT_FRAME + 1, 1);
+        assert_eq!(
+            reply_of(&bytes, 1 << 20).0.unwrap().2.len(),
+            MAX_EVENT_FRAME - 4
+        );
     }
 
     #[test]

@@ -125,7 +125,8 @@
 //! closing, and kills its group). Only processes the work moves out of the
 //! group (`setsid`, a daemon's double fork) escape. What a worker prints
 //! reaches the program's stderr, each line labelled with the worker and the
-//! function it runs.
+//! call it was running when it printed the line (see [`Processes`]'
+//! "Observability").
 
 // The files of this module. The parent side: `builder.rs` (the settings,
 // and starting the first worker processes), `checkout.rs` (idle worker
@@ -139,9 +140,12 @@
 // starts serving) and `child.rs` (what a worker process runs). Between
 // them: `handoff.rs` (what a parent hands a worker: its setting, its
 // descriptors, its parent-death signal), `frame.rs` (the framing on the
-// pipes), `started.rs` (the word that says whether a call started),
-// `sigpipe.rs` (writes that a reader's end cannot kill) and `death.rs` (how
-// a worker process ended, in words).
+// pipes), `events.rs` (a call's `tracing` events, sent by the worker and
+// emitted again by the parent), `mark.rs` (the marks of each call's start
+// and end in a worker's output), `started.rs` (the word that says whether a
+// call started), `sigpipe.rs` (writes that a reader's end cannot kill),
+// `death.rs` (how a worker process ended, in words) and `meters.rs` (what
+// the `metrics` feature reports).
 
 mod builder;
 mod call;
@@ -149,8 +153,11 @@ mod checkout;
 mod child;
 pub(crate) mod death;
 mod entry;
+mod events;
 mod frame;
 mod handoff;
+mod mark;
+mod meters;
 mod output;
 mod process;
 mod sigpipe;
@@ -166,6 +173,14 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 pub use self::builder::ProcessesBuilder;
+
+/// How ythread names a call wherever it speaks of one (the labels of what
+/// its worker prints, its relayed events): `app::digest call 7`, where 7 is
+/// the call's number in its set of workers (its `Processes`), counted from
+/// 1, the same on each of its runs.
+pub(crate) fn designation(function: &str, call: u64) -> String {
+    format!("{function} call {call}")
+}
 use self::checkout::Shared;
 use self::process::Process;
 use self::supervise::{MAX_BACKOFF, Request};
@@ -198,7 +213,7 @@ pub fn init() {
 /// ythread::processes::init_with(|| {
 ///     // Every process: the program, and each worker before it serves. (A
 ///     // worker's stderr reaches the program's, each line labelled with the
-///     // worker and the function it runs.)
+///     // worker and the call it runs.)
 ///     eprintln!("logging set up in process {}", std::process::id());
 /// });
 /// // then the program
@@ -224,6 +239,41 @@ pub fn init_with(setup: impl FnOnce()) {
 /// whatever their work left running in their process groups: no zombie is
 /// left. Workers also die with the program, even by `SIGKILL`, and take
 /// their process groups with them (see the [module](self)'s "Isolation").
+///
+/// # Observability
+///
+/// A call is named the same way wherever ythread speaks of it: `app::digest
+/// call 7`, 7 being its number among this strategy's calls (from 1; a call
+/// run again keeps its number). Each line a worker prints is labelled with
+/// the call it was running when it wrote the line, `[ythread worker 1 pid
+/// 4242 app::digest call 7] text` (the worker marks each call's start and
+/// end in its output; lines printed between calls carry the worker's label
+/// only), including a last line left without a newline and what `print!`
+/// left in std's stdout buffer, flushed as the call ends.
+///
+/// With the `tracing` feature, the `tracing` events the work emits in the
+/// worker (at the level the program's subscribers want, or less verbose)
+/// reach this process's subscriber: each is emitted again on the thread
+/// that waits for the call, inside its current span (the offload's span,
+/// in the handler's), before the call returns, with the target
+/// `ythread::worker`, its message followed by its other fields as
+/// `key=value` text, and the fields `worker`, `pid`, `call` (as above) and
+/// `target` (its own). Spans entered in the worker are not carried. The
+/// worker is another process, so this is bounded: an event's message and
+/// its fields at 4 KiB each, a call at 1000 events and 1 MiB of them;
+/// events past the bounds are dropped, and one `WARN` event says how many
+/// once the call is over. Text is escaped as printed lines are; an event
+/// the parent cannot read fails its call with
+/// [`Protocol`](crate::OffloadErrorKind::Protocol), and the worker is
+/// replaced. (A program whose [`init_with`] setup sets a global subscriber
+/// keeps it in its workers: their events go there instead.)
+///
+/// With the `metrics` feature: `ythread_worker_restarts_total` (a counter,
+/// labelled `reason`: `crashed`, `died_idle`, `deadline`, `out_of_step`,
+/// `abandoned`), `ythread_worker_processes` (a gauge: live worker
+/// processes), `ythread_worker_processes_busy` (a gauge: those running a
+/// call) and `ythread_worker_events_dropped_total` (a counter). Gauges of
+/// several `Processes` add up.
 ///
 /// # Example
 ///

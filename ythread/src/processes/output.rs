@@ -2,9 +2,12 @@
 //!
 //! A worker's stdout and stderr are one pipe. A thread of its own
 //! ("ythread-output") reads it and relays each line to this process's stderr,
-//! labelled with the worker and the function it runs, so that a user can tell
-//! who printed what; it keeps the last few KiB so that a death can be
-//! explained ([`cause`]).
+//! labelled with the worker and the call it was running when it wrote the
+//! line (`f call 7`), so that a user can tell who printed what; it keeps the
+//! last few KiB so that a death can be explained ([`cause`]). The worker
+//! marks each call's start and end in the pipe itself (`mark.rs`): the
+//! relay strips the marks and labels the lines between them, so a line's
+//! label never depends on when the relay read it.
 //!
 //! The worker is another process and its output may be hostile: memory stays
 //! bounded whatever it prints (lines are cut at [`LINE`] bytes, the tail kept
@@ -17,6 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::Sender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use super::mark;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +35,13 @@ const TAIL: usize = 16 * 1024;
 
 /// How many of the last lines [`cause`] reads (std's backtrace not counted).
 const LAST_LINES: usize = 8;
+
+/// How many calls sent and not yet seen starting the relay keeps the name
+/// of: one would do (a worker runs one call at a time, and marks it before
+/// its reply), the rest is for a relay that lags; a worker that writes no
+/// marks (it died first, or its work closed its stderr) cannot make the
+/// record grow.
+const CALLS_KEPT: usize = 16;
 
 /// The parent's end of one worker process's output (its stdout and stderr),
 /// relayed line by line to this process's stderr by a thread of its own, each
@@ -46,10 +58,12 @@ impl std::fmt::Debug for Output {
 
 /// What an [`Output`] shares with its relay thread.
 struct Shared {
-    /// The function the worker runs: the label of the lines read from now on.
-    /// Held only for a copy, by `set_running` twice per call and by the relay
-    /// thread once per line, so it is all but never contended.
-    running: Mutex<Option<&'static str>>,
+    /// The calls sent to the worker whose start mark the relay has not read
+    /// yet, by call number, oldest first, with the designation of each
+    /// (`f call 7`): at most [`CALLS_KEPT`]. Held for a push by the parent
+    /// once per call, and for a lookup by the relay once per mark, so it is
+    /// all but never contended.
+    calls: Mutex<VecDeque<(u32, Arc<str>)>>,
     tail: Mutex<Tail>,
     /// Notified when the relay thread sets `Tail::ended`.
     ended: Condvar,
@@ -74,32 +88,35 @@ impl Output {
     ///
     /// Errors: the thread could not be spawned.
     /// The lines go to `sink` if given, else to this process's stderr.
+    /// `nonce` is what the worker's marks carry (`mark.rs`).
     pub(crate) fn relay(
         reader: PipeReader,
         worker: usize,
         pid: u32,
+        nonce: u64,
         sink: Option<WorkerOutput>,
     ) -> io::Result<Output> {
+        let who = Who { worker, pid, nonce };
         match sink {
-            None => relay_to(reader, worker, pid, StderrQueue),
-            Some(sink) => relay_to(reader, worker, pid, Callback(sink)),
+            None => relay_to(reader, who, StderrQueue),
+            Some(sink) => relay_to(reader, who, Callback(sink)),
         }
     }
 
-    /// The function the worker runs from now on (its path,
-    /// `crate::module::f`), or `None`: the label of the lines it prints.
+    /// The call numbered `call` is sent to the worker: the lines between its
+    /// start and end marks are labelled `designation` (`f call 7`).
     ///
     /// On the hot path (once per call): one uncontended lock, nothing more.
-    /// The label is read when the relay thread takes a line from the pipe,
-    /// which may be after the call that printed it ended: the caller keeps a
-    /// call's label until the next call starts, so the lines a call prints
-    /// carry its name unless the relay lags a whole call behind.
-    pub(crate) fn set_running(&self, function: Option<&'static str>) {
-        *self
+    pub(crate) fn expect_call(&self, call: u32, designation: Arc<str>) {
+        let mut calls = self
             .shared
-            .running
+            .calls
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = function;
+            .unwrap_or_else(PoisonError::into_inner);
+        if calls.len() == CALLS_KEPT {
+            calls.pop_front();
+        }
+        calls.push_back((call, designation));
     }
 
     /// Waits up to `wait` for the worker's output to end (the pipe's end of
@@ -282,16 +299,20 @@ impl Write for Callback {
     }
 }
 
-/// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the
-/// tests).
-fn relay_to(
-    reader: PipeReader,
+/// Whose output a relay reads: the worker's number in its pool (1, 2, ...),
+/// its process id, and the nonce of its marks.
+#[derive(Clone, Copy)]
+struct Who {
     worker: usize,
     pid: u32,
-    sink: impl Write + Send + 'static,
-) -> io::Result<Output> {
+    nonce: u64,
+}
+
+/// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the
+/// tests).
+fn relay_to(reader: PipeReader, who: Who, sink: impl Write + Send + 'static) -> io::Result<Output> {
     let shared = Arc::new(Shared {
-        running: Mutex::new(None),
+        calls: Mutex::new(VecDeque::new()),
         tail: Mutex::new(Tail {
             text: VecDeque::with_capacity(TAIL),
             at_line_start: true,
@@ -301,8 +322,10 @@ fn relay_to(
     });
     let relay = Relay {
         shared: Arc::clone(&shared),
-        worker,
-        pid,
+        worker: who.worker,
+        pid: who.pid,
+        prefix: mark::prefix(who.nonce),
+        running: None,
         sink,
         out: Vec::new(),
     };
@@ -322,6 +345,11 @@ struct Relay<W> {
     shared: Arc<Shared>,
     worker: usize,
     pid: u32,
+    /// What the worker's marks start with.
+    prefix: Vec<u8>,
+    /// The designation of the call the worker ran when it wrote the bytes
+    /// read last (`f call 7`): set by a start mark, cleared by an end mark.
+    running: Option<Arc<str>>,
     sink: W,
     /// The line being written: label, escaped text, newline. Reused; at most
     /// the label plus 4 bytes for each of a chunk's `LINE` bytes (`\x1b`).
@@ -334,6 +362,9 @@ impl<W: Write> Relay<W> {
         let mut buffer = [0; 8 * 1024];
         // The bytes of the current line read so far: never more than `LINE`.
         let mut line = Vec::with_capacity(LINE);
+        // A mark is at most this long: a full line whose last bytes may start
+        // one keeps them for the next chunk, so that no mark is ever cut.
+        let mark_room = mark::MAX_MARK.min(LINE);
         loop {
             let mut rest = match reader.read(&mut buffer) {
                 Ok(0) => break,
@@ -350,13 +381,20 @@ impl<W: Write> Relay<W> {
                 let window = &rest[..rest.len().min(room + 1)];
                 if let Some(end) = window.iter().position(|&b| b == b'\n') {
                     line.extend_from_slice(&window[..end]);
-                    self.emit(&line);
+                    self.line(&line);
                     line.clear();
                     rest = &rest[end + 1..];
                 } else if room == 0 {
-                    // A full line that goes on: this much is a chunk.
-                    self.emit(&line);
-                    line.clear();
+                    // A full line that goes on: this much is a chunk, up to
+                    // a NUL near its end, which may start a mark.
+                    let tail = LINE - mark_room;
+                    let cut = line[tail..]
+                        .iter()
+                        .rposition(|&b| b == 0)
+                        .map_or(LINE, |at| tail + at);
+                    let cut = if cut == 0 { LINE } else { cut };
+                    self.emit(&line[..cut]);
+                    line.drain(..cut);
                 } else {
                     let taken = window.len().min(room);
                     line.extend_from_slice(&rest[..taken]);
@@ -366,7 +404,7 @@ impl<W: Write> Relay<W> {
         }
         // A last line without a newline is relayed all the same.
         if !line.is_empty() {
-            self.emit(&line);
+            self.line(&line);
         }
         self.shared
             .tail
@@ -376,18 +414,44 @@ impl<W: Write> Relay<W> {
         self.shared.ended.notify_all();
     }
 
+    /// Takes one line (without its newline): a mark, which may end a line
+    /// the work left open, or text to relay.
+    fn line(&mut self, line: &[u8]) {
+        let at = line
+            .windows(self.prefix.len())
+            .position(|window| window == self.prefix);
+        if let Some(at) = at
+            && let Some((call, start)) = mark::parse(&line[at + self.prefix.len()..])
+        {
+            // The text before the mark was written before it: it belongs
+            // to the call that ran then.
+            if at > 0 {
+                self.emit(&line[..at]);
+            }
+            self.running = if start {
+                let mut calls = self
+                    .shared
+                    .calls
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // The calls before it are over: their marks were lost.
+                let found = calls.iter().position(|(number, _)| *number == call);
+                found.and_then(|found| calls.drain(..=found).next_back().map(|(_, name)| name))
+            } else {
+                None
+            };
+            return;
+        }
+        self.emit(line);
+    }
+
     /// Relays one line (without its newline) and keeps it in the tail.
     fn emit(&mut self, line: &[u8]) {
-        let running = *self
-            .shared
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         let (worker, pid) = (self.worker, self.pid);
         self.out.clear();
         // Writing to a `Vec` cannot fail.
-        let _ = match running {
-            Some(function) => write!(self.out, "[ythread worker {worker} pid {pid} {function}] "),
+        let _ = match &self.running {
+            Some(call) => write!(self.out, "[ythread worker {worker} pid {pid} {call}] "),
             None => write!(self.out, "[ythread worker {worker} pid {pid}] "),
         };
         let label = self.out.len();
@@ -418,10 +482,27 @@ impl<W: Write> Relay<W> {
 /// loggers print) pass, and a line that set one ends with a reset, so that
 /// it cannot colour the lines after it.
 fn escape(text: &str, out: &mut Vec<u8>) {
+    escape_with(text, out, true);
+}
+
+/// `text` with every control character but tab escaped as by [`escape`],
+/// colours too: for text that goes on to another program's logs (a worker's
+/// `tracing` events), where a colour could only be noise.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn escape_all(text: &str) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    escape_with(text, &mut out, false);
+    // Escapes are ASCII, and the rest is `text`'s own characters, whole.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`escape`], letting colours pass if `colours`.
+fn escape_with(text: &str, out: &mut Vec<u8>, colours: bool) {
     let mut coloured = false;
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
-        if c == '\x1b'
+        if colours
+            && c == '\x1b'
             && let Some(length) = sgr_length(rest)
         {
             out.extend_from_slice(&rest.as_bytes()[..length]);
@@ -601,11 +682,27 @@ mod tests {
         }
     }
 
+    /// The nonce of the marks in these tests.
+    const NONCE: u64 = 0x0123_4567_89ab_cdef;
+
+    fn who(worker: usize, pid: u32) -> Who {
+        Who {
+            worker,
+            pid,
+            nonce: NONCE,
+        }
+    }
+
     fn start(worker: usize, pid: u32) -> (Output, PipeWriter, Sink) {
         let (reader, writer) = io::pipe().unwrap();
         let sink = Sink::default();
-        let output = relay_to(reader, worker, pid, sink.clone()).unwrap();
+        let output = relay_to(reader, who(worker, pid), sink.clone()).unwrap();
         (output, writer, sink)
+    }
+
+    /// The mark of call `call` starting or ending, as a worker writes it.
+    fn mark(call: u32, start: bool) -> String {
+        super::mark::mark(NONCE, call, start)
     }
 
     /// Closes the pipe and waits for the relay to reach its end of file.
@@ -615,23 +712,109 @@ mod tests {
     }
 
     #[test]
-    fn labels_follow_set_running() {
+    fn labels_follow_the_marks() {
         let (output, mut writer, sink) = start(2, 12345);
         writer.write_all(b"before\n").unwrap();
-        sink.wait_for(1);
-        output.set_running(Some("crate::cpu::sumn"));
-        writer.write_all(b"during\n").unwrap();
-        sink.wait_for(2);
-        output.set_running(None);
-        writer.write_all(b"after\n").unwrap();
-        finish(&output, writer);
+        output.expect_call(1, "crate::cpu::sumn call 1".into());
+        let text = format!(
+            "{}during\nhalf a line{}after\n",
+            mark(1, true),
+            mark(1, false)
+        );
+        writer.write_all(text.as_bytes()).unwrap();
+        let tail = finish(&output, writer);
         assert_eq!(
             sink.writes(),
             [
                 "[ythread worker 2 pid 12345] before\n",
-                "[ythread worker 2 pid 12345 crate::cpu::sumn] during\n",
+                "[ythread worker 2 pid 12345 crate::cpu::sumn call 1] during\n",
+                "[ythread worker 2 pid 12345 crate::cpu::sumn call 1] half a line\n",
                 "[ythread worker 2 pid 12345] after\n",
             ]
+        );
+        // The marks are not the worker's text.
+        assert_eq!(tail, "before\nduring\nhalf a line\nafter\n");
+    }
+
+    #[test]
+    fn a_lagging_relay_labels_each_line_with_the_call_that_wrote_it() {
+        let (output, mut writer, sink) = start(1, 7);
+        // Both calls are sent before the relay reads a byte of the first's.
+        output.expect_call(1, "f call 1".into());
+        output.expect_call(2, "g call 2".into());
+        let text = [
+            mark(1, true),
+            "one\nopen".into(),
+            mark(1, false),
+            mark(2, true),
+            "two\n".into(),
+            mark(2, false),
+            "between calls\n".into(),
+        ]
+        .concat();
+        // Byte by byte: marks cut across reads are still marks.
+        for byte in text.as_bytes() {
+            writer.write_all(&[*byte]).unwrap();
+        }
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 1 pid 7 f call 1] one\n",
+                "[ythread worker 1 pid 7 f call 1] open\n",
+                "[ythread worker 1 pid 7 g call 2] two\n",
+                "[ythread worker 1 pid 7] between calls\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn marks_of_another_nonce_or_of_a_call_never_sent_label_nothing() {
+        let (output, mut writer, sink) = start(1, 7);
+        output.expect_call(1, "f call 1".into());
+        let forged = super::mark::mark(NONCE ^ 1, 1, true);
+        writer.write_all(forged.as_bytes()).unwrap();
+        writer.write_all(b"text\n").unwrap();
+        writer.write_all(mark(9, true).as_bytes()).unwrap();
+        writer.write_all(b"more\n").unwrap();
+        finish(&output, writer);
+        let forged = forged.trim_end().replace('\0', "\\x00");
+        assert_eq!(
+            sink.writes(),
+            [
+                format!("[ythread worker 1 pid 7] {forged}\n"),
+                "[ythread worker 1 pid 7] text\n".to_owned(),
+                "[ythread worker 1 pid 7] more\n".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mark_after_a_long_open_line_is_never_cut() {
+        let (output, mut writer, sink) = start(1, 7);
+        output.expect_call(1, "f call 1".into());
+        writer.write_all(mark(1, true).as_bytes()).unwrap();
+        // The end mark straddles the chunk boundary.
+        let text = format!("{}{}next\n", "x".repeat(LINE - 10), mark(1, false));
+        writer.write_all(text.as_bytes()).unwrap();
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                format!(
+                    "[ythread worker 1 pid 7 f call 1] {}\n",
+                    "x".repeat(LINE - 10)
+                ),
+                "[ythread worker 1 pid 7] next\n".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn escape_all_escapes_colours_too() {
+        assert_eq!(
+            escape_all("a\x1b[31mred\r\u{202e}\tb"),
+            "a\\x1b[31mred\\x0d\\u{202e}\tb"
         );
     }
 
@@ -738,7 +921,7 @@ mod tests {
         let relays: Vec<_> = (1..=2)
             .map(|worker| {
                 let (reader, mut writer) = io::pipe().unwrap();
-                let output = relay_to(reader, worker, 100, sink.clone()).unwrap();
+                let output = relay_to(reader, who(worker, 100), sink.clone()).unwrap();
                 let printer = thread::spawn(move || {
                     // Lines cut across writes, several lines per write.
                     let text: String = (0..LINES)
@@ -837,7 +1020,7 @@ mod tests {
             .spawn()
             .unwrap();
         let sink = Sink::default();
-        let output = relay_to(reader, 3, child.id(), sink.clone()).unwrap();
+        let output = relay_to(reader, who(3, child.id()), sink.clone()).unwrap();
         child.wait().unwrap();
         (sink, child.id(), output.last_lines(LONG))
     }
@@ -879,7 +1062,7 @@ mod tests {
     #[test]
     fn relay_writes_to_stderr() {
         let (reader, mut writer) = io::pipe().unwrap();
-        let output = Output::relay(reader, 1, 0, None).unwrap();
+        let output = Output::relay(reader, 1, 0, NONCE, None).unwrap();
         writer.write_all(b"relayed to the test's stderr\n").unwrap();
         drop(writer);
         assert_eq!(output.last_lines(LONG), "relayed to the test's stderr\n");

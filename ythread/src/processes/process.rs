@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -70,6 +71,8 @@ enum Hello {
 #[derive(Debug)]
 pub(crate) struct Process {
     child: Child,
+    /// Its number in its set (1, 2, ...: the supervisor's count of starts).
+    number: usize,
     /// The number of the next call (replies carry it back).
     pub(crate) next_call: u32,
     /// How many calls were sent to it.
@@ -130,11 +133,13 @@ impl Process {
         if let Some(arg0) = &spec.arg0 {
             command.arg0(arg0);
         }
+        let nonce = nonce();
         let setting = Setting {
             max_frame: spec.max_frame,
             max_depth: spec.max_depth,
             parent: std::process::id(),
             start: spec.start,
+            nonce,
         };
         command
             .args(&spec.args)
@@ -217,7 +222,13 @@ impl Process {
         // writer of its output the relay from seeing the output end. (The
         // command holds the output's ends.)
         drop((calls_in, replies_out, started_fd, command));
-        let output = Output::relay(output_in, number, child.id(), spec.worker_output.clone());
+        let output = Output::relay(
+            output_in,
+            number,
+            child.id(),
+            nonce,
+            spec.worker_output.clone(),
+        );
         // Writes to the worker wait in `poll`, beside its end (`frame::write`).
         rustix::io::ioctl_fionbio(&calls_out, true)
             .map_err(|e| format!("a non-blocking pipe for calls: {e}"))?;
@@ -239,6 +250,7 @@ impl Process {
         };
         let mut process = Process {
             child,
+            number,
             next_call: 1,
             sent: 0,
             calls: Some(calls_out),
@@ -409,11 +421,16 @@ impl Process {
         Pid::from_child(&self.child)
     }
 
-    /// The function the worker runs from now on, for the labels of what it
-    /// prints.
-    pub(crate) fn set_running(&self, function: &'static str) {
+    /// Its number in its set, in the labels of what it prints.
+    pub(crate) fn number(&self) -> usize {
+        self.number
+    }
+
+    /// The call numbered `call`, which `designation` names (`f call 7`),
+    /// is sent to the worker: for the labels of what it prints running it.
+    pub(crate) fn expect_call(&self, call: u32, designation: &Arc<str>) {
         if let Some(output) = &self.output {
-            output.set_running(Some(function));
+            output.expect_call(call, Arc::clone(designation));
         }
     }
 
@@ -463,17 +480,20 @@ impl Process {
         frame::write(calls, frame, Watch { deadline, exited })
     }
 
-    /// Reads the worker's reply into `buf`; see [`frame::read`]. It ends
-    /// when the worker does, even if a process it forked holds its end of
-    /// the channel open.
+    /// Reads the worker's reply into `buf`, handing the events that come
+    /// before it to `events`; see [`frame::read_reply`]. It ends when the
+    /// worker does, even if a process it forked holds its end of the
+    /// channel open.
     pub(crate) fn receive<'b>(
         &mut self,
         buf: &'b mut Vec<u8>,
         max: usize,
         deadline: Option<Instant>,
+        events: &mut frame::OnEvent<'_>,
     ) -> Result<(u8, u32, &'b [u8]), ReadError> {
         let exited = Some(exited(&self.pidfd, &self.child));
-        frame::read(&mut self.replies, buf, max, Watch { deadline, exited })
+        let watch = Watch { deadline, exited };
+        frame::read_reply(&mut self.replies, buf, max, watch, events)
     }
 
     /// How to learn that the worker has ended: its pidfd, or (a kernel
@@ -516,6 +536,21 @@ fn exited<'p>(pidfd: &'p Option<OwnedFd>, child: &Child) -> Exited<'p> {
         Some(pidfd) => Exited::Pidfd(pidfd.as_fd()),
         None => Exited::Pid(Pid::from_child(child)),
     }
+}
+
+/// A number for the marks of one worker's output (`mark.rs`) that its
+/// work will not print by accident: std's random hash keys (from the
+/// system's random source, once per thread, then moved on by each use)
+/// mixed with the time.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// Opens `/dev/null` on any of the standard descriptors (0, 1, 2) that the

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Processes;
 use super::checkout::Shared;
+use super::meters::{self, Restart};
 use super::output;
 use super::process::{Process, Spec, StartError};
 
@@ -47,8 +48,9 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
         // rather than by the next call that would take one.
         for mut dead in shared.take_dead_idle() {
             dead.reap(Duration::ZERO);
-            shared.live.fetch_sub(1, Ordering::AcqRel);
+            shared.gone();
             shared.restarts.fetch_add(1, Ordering::Relaxed);
+            meters::restarted(Restart::DiedIdle);
             queue.push_back(Request::Start { reply: None });
         }
         if queue.is_empty() {
@@ -112,7 +114,7 @@ pub(super) fn supervise(spec: &Spec, shared: &Shared, requests: &Receiver<Reques
             Ok(process) => {
                 failures = 0;
                 *shared.start_error.lock() = None;
-                shared.live.fetch_add(1, Ordering::AcqRel);
+                shared.went_live();
                 shared.give_back(process);
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
@@ -171,6 +173,7 @@ impl Processes {
         let mut processes = std::mem::take(&mut self.shared.idle.lock().processes);
         for process in &mut processes {
             process.close();
+            self.shared.gone();
         }
         let grace_end = Instant::now() + Duration::from_secs(1);
         for process in &mut processes {
