@@ -16,7 +16,8 @@ use ythread::{Pool, Processes, Yieldable, offload, offloadable, yieldable};
 #[offloadable]
 fn digest(data: Vec<u8>) -> u32 {
     info!(len = data.len(), pid = std::process::id(), "digesting");
-    data.iter().fold(0u32, |sum, &b| sum.rotate_left(5) ^ u32::from(b))
+    data.iter()
+        .fold(0u32, |sum, &b| sum.rotate_left(5) ^ u32::from(b))
 }
 
 #[yieldable]
@@ -29,13 +30,13 @@ fn handle(id: u64, data: Vec<u8>) -> u32 {
 
 fn main() {
     // A worker process starts here, and runs calls from then on.
-    ythread::init();
+    ythread::processes::init();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_thread_names(true)
         .init();
     info!(pid = std::process::id(), "parent");
     handle(1, vec![1, 2, 3]).run_with(&Pool::new(1));
-    let workers = Processes::new(1);
+    let workers = Processes::new(1).expect("a worker process");
     handle(2, vec![4, 5, 6]).run_with(&workers);
 }

@@ -364,15 +364,15 @@ fn a_workers_event_reaches_the_subscriber_in_the_handlers_span_with_its_fields()
         assert_eq!(
             hi.fields,
             fields(&[
-                ("worker", "1".into()),
-                ("pid", pid.to_string()),
-                ("call", designation("greet", 1)),
-                ("target", module_path!().into()),
+                ("worker_id", "1".into()),
+                ("worker_pid", pid.to_string()),
+                ("worker_call", designation("greet", 1)),
+                ("worker_target", module_path!().into()),
             ])
         );
         assert_eq!(more.message, "and more");
         assert_eq!(more.level, tracing::Level::DEBUG);
-        assert_eq!(more.fields["target"], "greeting::detail");
+        assert_eq!(more.fields["worker_target"], "greeting::detail");
         in_request(more, 7);
         // Every call counts, seen or not.
         assert_eq!(request(8, 1).run_with(&cpu), 2);
@@ -381,7 +381,7 @@ fn a_workers_event_reaches_the_subscriber_in_the_handlers_span_with_its_fields()
             .iter()
             .find(|seen| seen.message.starts_with("worker says hi"))
             .unwrap();
-        assert_eq!(hi.fields["call"], designation("greet", 3));
+        assert_eq!(hi.fields["worker_call"], designation("greet", 3));
         in_request(hi, 9);
     });
 }
@@ -411,7 +411,7 @@ fn a_flood_of_events_is_bounded_and_its_drop_reported() {
             .unwrap_or_else(|| panic!("no summary: {:?}", seen.last()));
         assert_eq!(summary.level, tracing::Level::WARN);
         assert_eq!(summary.fields["dropped"], "2000");
-        assert_eq!(summary.fields["call"], designation("flood", 1));
+        assert_eq!(summary.fields["worker_call"], designation("flood", 1));
         in_request(summary, 8);
         assert_eq!(
             metric("ythread_worker_events_dropped_total", &[]) - dropped_before,
@@ -490,7 +490,7 @@ fn hostile_event_frames_fail_their_call_and_never_the_parent() {
         assert_eq!(outcome.unwrap(), 0);
         let evil = &seen[0];
         assert_eq!(evil.message, "\\x1b[2Jgone\\x0dfake");
-        assert_eq!(evil.fields["target"], "evil\\x07\\u{202e}");
+        assert_eq!(evil.fields["worker_target"], "evil\\x07\\u{202e}");
         in_request(evil, 9);
         let raw_events = seen
             .iter()

@@ -16,8 +16,8 @@
 //! The parent reads them while it waits for the reply ([`CallEvents`]) and
 //! emits each again, on the thread that waits, inside its current span (the
 //! offload's, in the handler's), with the target `ythread::worker` and the
-//! fields `worker`, `pid`, `call` (`f call 7`) and `target` (the event's
-//! own).
+//! fields `worker_id`, `worker_pid`, `worker_call` (`f call 7`) and
+//! `worker_target` (the event's own).
 //!
 //! The worker is another process, and what it sends may be hostile: each
 //! event is at most [`MAX_TEXT`] bytes of message and as much of fields,
@@ -130,9 +130,9 @@ impl<'c> CallEvents<'c> {
         #[cfg(feature = "tracing")]
         tracing::warn!(
             target: "ythread::worker",
-            worker = self.worker,
-            pid = self.pid,
-            call = self.designation,
+            worker_id = self.worker,
+            worker_pid = self.pid,
+            worker_call = self.designation,
             dropped = self.dropped,
             "{} event(s) of the worker dropped: a call sends at most {MAX_EVENTS} events, \
              {MAX_EVENT_BYTES} bytes of them, each at most {MAX_TEXT} bytes of message",
@@ -153,10 +153,10 @@ impl<'c> CallEvents<'c> {
                 tracing::event!(
                     target: "ythread::worker",
                     $level,
-                    worker,
-                    pid,
-                    call,
-                    target = target.as_str(),
+                    worker_id = worker,
+                    worker_pid = pid,
+                    worker_call = call,
+                    worker_target = target.as_str(),
                     "{text}"
                 )
             };

@@ -257,8 +257,8 @@ pub fn init_with(setup: impl FnOnce()) {
 /// that waits for the call, inside its current span (the offload's span,
 /// in the handler's), before the call returns, with the target
 /// `ythread::worker`, its message followed by its other fields as
-/// `key=value` text, and the fields `worker`, `pid`, `call` (as above) and
-/// `target` (its own). Spans entered in the worker are not carried. The
+/// `key=value` text, and the fields `worker_id`, `worker_pid`,
+/// `worker_call` (as above) and `worker_target` (its own target). Spans entered in the worker are not carried. The
 /// worker is another process, so this is bounded: an event's message and
 /// its fields at 4 KiB each, a call at 1000 events and 1 MiB of them;
 /// events past the bounds are dropped, and one `WARN` event says how many
