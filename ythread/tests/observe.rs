@@ -5,6 +5,10 @@
 //! `remote_observe.rs`.)
 
 mod common;
+/// A `tracing` subscriber that keeps the span tree.
+#[path = "common/spans.rs"]
+#[allow(dead_code, unreachable_pub)] // Not every helper is used here.
+mod spans;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +21,7 @@ use ythread::{
     apply_fn, offload, try_offload, yieldable,
 };
 
-use common::spans::{self, Records};
+use spans::Records;
 
 /// A request id of its own for each test, to find its records among the
 /// other tests'.
@@ -40,10 +44,7 @@ fn handle(id: u64, n: u64) -> u64 {
 
 /// The `digesting` event of request `id`, and the names of the spans it
 /// happened in.
-fn digesting_in<'r>(
-    records: &'r Records,
-    id: u64,
-) -> (&'r common::spans::EventRecord, Vec<&'r str>) {
+fn digesting_in(records: &Records, id: u64) -> (&spans::EventRecord, Vec<&str>) {
     let event = records
         .events_saying("digesting")
         .into_iter()
@@ -165,7 +166,7 @@ fn outcomes_name_what_happened() {
     let results = failing(id).run_with(&Inline);
     assert_eq!(results, [Ok(1), Err(OffloadErrorKind::Panicked)]);
     // A strategy that drops its job: the work did not run.
-    let dropping = apply_fn(|job| drop(job));
+    let dropping = apply_fn(|_job| {});
     let id_dropped = request_id();
     #[yieldable]
     fn one(id: u64) -> Result<u64, OffloadErrorKind> {

@@ -21,12 +21,6 @@ use ythread::{
 #[allow(dead_code, unreachable_pub)] // Not every test file uses it.
 pub(crate) mod nats;
 
-/// A `tracing` subscriber that keeps the span tree, for the `tracing`
-/// feature's tests.
-#[cfg(feature = "tracing")]
-#[allow(dead_code, unreachable_pub)] // Not every test file uses it.
-pub(crate) mod spans;
-
 thread_local! {
     /// Whether a panic on this thread is one a test causes on purpose.
     static QUIET: Cell<bool> = const { Cell::new(false) };
