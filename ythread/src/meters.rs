@@ -71,14 +71,19 @@ pub(crate) fn offloaded(
     times: Option<(Duration, Duration)>,
 ) {
     let outcome = settled.name();
-    HANDLES.with_borrow_mut(|handles| {
-        let series = handles.series(strategy, outcome);
+    let record = |series: &Series| {
         series.offloads.increment(1);
         if let Some((wait, run)) = times {
             series.queue_wait.record(wait);
             series.run_time.record(run);
         }
-    });
+    };
+    let kept = HANDLES.try_with(|handles| record(handles.borrow_mut().series(strategy, outcome)));
+    if kept.is_err() {
+        // A handler run by a thread-local's destructor, after this one's:
+        // handles made for the once.
+        record(&Series::new(strategy, outcome));
+    }
 }
 
 thread_local! {
@@ -109,8 +114,20 @@ struct Series {
 }
 
 /// How many series a thread keeps handles for: strategies times outcomes,
-/// a handful in practice. Past it, handles are made for each offload.
+/// a handful in practice. Past it, the oldest kept is let go.
 const MAX_KEPT: usize = 64;
+
+impl Series {
+    fn new(strategy: &'static str, outcome: &'static str) -> Self {
+        Series {
+            strategy,
+            outcome,
+            offloads: counter!(OFFLOADS, "strategy" => strategy, "outcome" => outcome),
+            queue_wait: histogram!(QUEUE_WAIT, "strategy" => strategy),
+            run_time: histogram!(RUN_TIME, "strategy" => strategy),
+        }
+    }
+}
 
 impl Handles {
     fn series(&mut self, strategy: &'static str, outcome: &'static str) -> &Series {
@@ -130,13 +147,7 @@ impl Handles {
                 if self.series.len() == MAX_KEPT {
                     self.series.remove(0);
                 }
-                self.series.push(Series {
-                    strategy,
-                    outcome,
-                    offloads: counter!(OFFLOADS, "strategy" => strategy, "outcome" => outcome),
-                    queue_wait: histogram!(QUEUE_WAIT, "strategy" => strategy),
-                    run_time: histogram!(RUN_TIME, "strategy" => strategy),
-                });
+                self.series.push(Series::new(strategy, outcome));
                 self.series.len() - 1
             }
         };
