@@ -40,11 +40,15 @@ pub(crate) struct Probe {
     started: AtomicU64,
     /// When it ended, likewise.
     ended: AtomicU64,
-    /// The offload's span; when a subscriber does not want it, the
-    /// handler's span, so that events of the work keep the request they
-    /// belong to on any thread.
+    /// The span the work runs in: the offload's; when a subscriber does not
+    /// want it, the handler's, so that events of the work keep the request
+    /// they belong to on any thread.
     #[cfg(feature = "tracing")]
     span: tracing::Span,
+    /// Whether `span` is the offload's own, which the outcome is recorded
+    /// on (never on the handler's: its fields are the user's).
+    #[cfg(feature = "tracing")]
+    own: bool,
 }
 
 impl Probe {
@@ -54,28 +58,29 @@ impl Probe {
         #[cfg(feature = "metrics")]
         crate::meters::describe_once();
         SENT.set(None);
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!(
+            target: "ythread",
+            "offload",
+            function,
+            strategy,
+            queue_wait_us = tracing::field::Empty,
+            run_us = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
         Probe {
             strategy,
             offloaded: Instant::now(),
             started: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             #[cfg(feature = "tracing")]
-            span: {
-                let span = tracing::debug_span!(
-                    target: "ythread",
-                    "offload",
-                    function,
-                    strategy,
-                    queue_wait_us = tracing::field::Empty,
-                    run_us = tracing::field::Empty,
-                    outcome = tracing::field::Empty,
-                    trace_id = tracing::field::Empty,
-                );
-                if span.is_disabled() {
-                    tracing::Span::current()
-                } else {
-                    span
-                }
+            own: !span.is_disabled(),
+            #[cfg(feature = "tracing")]
+            span: if span.is_disabled() {
+                tracing::Span::current()
+            } else {
+                span
             },
         }
     }
@@ -139,7 +144,7 @@ impl Probe {
         }
         let times = self.times();
         #[cfg(feature = "tracing")]
-        {
+        if self.own {
             if let Some((wait, run)) = times {
                 self.span.record("queue_wait_us", micros(wait));
                 self.span.record("run_us", micros(run));

@@ -147,6 +147,26 @@ fn with_ythreads_spans_filtered_out_the_work_keeps_the_handlers_span() {
     let records = recorder.records();
     let (_, scope) = digesting_in(&records, id);
     assert_eq!(scope, ["request"]);
+
+    // The handler's span is the program's: fields of the same names as the
+    // offload's are left alone.
+    #[yieldable]
+    fn own_fields(id: u64) -> u64 {
+        let span = info_span!(
+            "mine",
+            id,
+            outcome = tracing::field::Empty,
+            run_us = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        offload!(digest, 3)
+    }
+    let id = request_id();
+    spans::hide_ythread_spans(|| assert_eq!(own_fields(id).run_with(&pool), 6));
+    let records = recorder.records();
+    let mine = records.spans_with("mine", "id", &id.to_string());
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].fields.keys().collect::<Vec<_>>(), ["id"], "{mine:#?}");
 }
 
 #[test]

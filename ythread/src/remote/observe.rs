@@ -222,7 +222,12 @@ pub(super) fn outgoing() -> Option<TraceParent> {
 pub(super) fn sending(trace: &TraceParent, call: &str) {
     let span = tracing::Span::current();
     let trace_id = trace.trace_hex();
-    if span.has_field("trace_id") {
+    // Only ythread's own offload span: a span of the program's may have a
+    // `trace_id` of its own, not to be overwritten.
+    let offload = span
+        .metadata()
+        .is_some_and(|span| span.target() == "ythread" && span.name() == "offload");
+    if offload && span.has_field("trace_id") {
         span.record("trace_id", trace_id.as_str());
     } else {
         tracing::debug!(target: "ythread::remote", trace_id, call, "remote call sent");
