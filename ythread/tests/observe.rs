@@ -166,7 +166,11 @@ fn with_ythreads_spans_filtered_out_the_work_keeps_the_handlers_span() {
     let records = recorder.records();
     let mine = records.spans_with("mine", "id", &id.to_string());
     assert_eq!(mine.len(), 1);
-    assert_eq!(mine[0].fields.keys().collect::<Vec<_>>(), ["id"], "{mine:#?}");
+    assert_eq!(
+        mine[0].fields.keys().collect::<Vec<_>>(),
+        ["id"],
+        "{mine:#?}"
+    );
 }
 
 #[test]

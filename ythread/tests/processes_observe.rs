@@ -479,30 +479,41 @@ fn hostile_event_frames_fail_their_call_and_never_the_parent() {
             let (value, _) = observed(|| request(1, 1).run_with(&cpu));
             assert_eq!(value, 2, "{what}");
         }
-        // Well-formed but hostile text: escaped; and a flood of frames no
-        // worker of ours sends, held to the same bounds.
+        // Well-formed but hostile text: escaped.
         let cpu = common::worker_processes(1).build().unwrap();
-        let mut bytes = raw_event(1, "evil\x07\u{202e}", "\x1b[2Jgone\rfake");
-        for i in 0..3000 {
-            bytes.extend(raw_event(1, "t", &format!("raw {i}")));
-        }
+        let bytes = raw_event(1, "evil\x07\u{202e}", "\x1b[2Jgone\rfake");
         let (outcome, seen) = observed(|| try_forge(bytes).run_with(&cpu));
         assert_eq!(outcome.unwrap(), 0);
         let evil = &seen[0];
         assert_eq!(evil.message, "\\x1b[2Jgone\\x0dfake");
         assert_eq!(evil.fields["worker_target"], "evil\\x07\\u{202e}");
         in_request(evil, 9);
+        assert_eq!(cpu.restarts(), 0);
+        // A flood of frames no worker of ours sends (it stops at the
+        // bounds): the worker is out of step, the call fails, and the
+        // calling thread is not kept reading. (A set of its own: the frames
+        // name call 1.)
+        let cpu = common::worker_processes(1).build().unwrap();
+        let mut bytes = Vec::new();
+        for i in 0..3000 {
+            bytes.extend(raw_event(1, "t", &format!("raw {i}")));
+        }
+        let (outcome, seen) = observed(|| try_forge(bytes).run_with(&cpu));
+        let error = outcome.unwrap_err();
+        assert_eq!(error.kind(), OffloadErrorKind::Protocol, "{error}");
+        assert!(error.to_string().contains("past the bounds"), "{error}");
         let raw_events = seen
             .iter()
             .filter(|seen| seen.message.starts_with("raw "))
             .count();
-        assert_eq!(raw_events, 999);
-        let summary = seen
-            .iter()
-            .find(|seen| seen.message.contains("dropped"))
-            .unwrap();
-        assert_eq!(summary.fields["dropped"], "2001");
-        assert_eq!(cpu.restarts(), 0);
+        assert_eq!(
+            raw_events, 1000,
+            "the events within the bounds were emitted"
+        );
+        assert_eq!(cpu.restarts(), 1);
+        // The set goes on.
+        let (value, _) = observed(|| request(1, 1).run_with(&cpu));
+        assert_eq!(value, 2);
     });
 }
 

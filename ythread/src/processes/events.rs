@@ -22,11 +22,12 @@
 //! The worker is another process, and what it sends may be hostile: each
 //! event is at most [`MAX_TEXT`] bytes of message and as much of fields,
 //! a call gets at most [`MAX_EVENTS`] events and [`MAX_EVENT_BYTES`] bytes
-//! of them; beyond, events are dropped and counted (by the worker, which
-//! says how many in a `DROPPED` frame, and by the parent, which checks),
-//! and one event says how many once the call is over. An event frame the
-//! parent cannot read puts the worker out of step: its call fails with
-//! `Protocol`, as for any malformed frame. Text is escaped as the worker's
+//! of them; beyond, the worker drops events and counts them, says how many
+//! in one `DROPPED` frame, and the parent says so in one event once the
+//! call is over. An event frame the parent cannot read, or past the bounds
+//! (which a worker of ours never sends), puts the worker out of step: its
+//! call fails with `Protocol`, as for any malformed frame, and the calling
+//! thread is not kept reading a flood. Text is escaped as the worker's
 //! printed lines are (`output.rs`).
 
 use std::io::{self, PipeWriter};
@@ -65,8 +66,10 @@ pub(crate) struct CallEvents<'c> {
     /// Events and bytes taken so far, within the bounds.
     events: usize,
     bytes: usize,
-    /// Events dropped, by the worker (as it says) and here.
+    /// Events the worker dropped, as it says once the call is over.
     dropped: u64,
+    /// Whether it said so (a worker of ours says it once, at most).
+    said_dropped: bool,
 }
 
 impl<'c> CallEvents<'c> {
@@ -79,6 +82,7 @@ impl<'c> CallEvents<'c> {
             events: 0,
             bytes: 0,
             dropped: 0,
+            said_dropped: false,
         }
     }
 
@@ -93,9 +97,13 @@ impl<'c> CallEvents<'c> {
             )));
         }
         if kind == DROPPED {
+            if self.said_dropped {
+                return Err(ReadError::Malformed("a second drop count".into()));
+            }
             let dropped = frame::parse_dropped(body).map_err(|error| {
                 ReadError::Malformed(format!("an unreadable drop count: {error}"))
             })?;
+            self.said_dropped = true;
             self.dropped = self.dropped.saturating_add(dropped);
             return Ok(());
         }
@@ -105,13 +113,17 @@ impl<'c> CallEvents<'c> {
         if !(frame::LEVEL_ERROR..=frame::LEVEL_TRACE).contains(&level) {
             return Err(ReadError::Malformed(format!("an event of level {level}")));
         }
-        // (A worker cuts its text to fit; one that does not is held to the
-        // same bounds here.)
+        // A worker of ours cuts its text to fit and stops sending at the
+        // bounds (counting what it drops): past them, it is not one, and
+        // reading on would let it keep this thread busy for as long as it
+        // likes.
         let too_long =
             target.len() > MAX_TEXT || message.len() > MAX_TEXT || fields.len() > MAX_TEXT;
         if too_long || self.events >= MAX_EVENTS || self.bytes + body.len() > MAX_EVENT_BYTES {
-            self.dropped = self.dropped.saturating_add(1);
-            return Ok(());
+            return Err(ReadError::Malformed(format!(
+                "events past the bounds of a call ({MAX_EVENTS} events, {MAX_EVENT_BYTES} \
+                 bytes, {MAX_TEXT} bytes of text each)"
+            )));
         }
         self.events += 1;
         self.bytes += body.len();
@@ -517,19 +529,23 @@ mod tests {
     }
 
     #[test]
-    fn events_past_the_bounds_are_counted_dropped() {
-        let mut events = CallEvents::new(1, "f call 1", 1, 42);
+    fn events_past_the_bounds_are_the_worker_out_of_step() {
         let body = event_body(frame::LEVEL_TRACE, "t", "m", "");
-        for _ in 0..MAX_EVENTS + 5 {
+        let mut events = CallEvents::new(1, "f call 1", 1, 42);
+        for _ in 0..MAX_EVENTS {
             events.take(EVENT, 1, &body).unwrap();
         }
+        assert!(events.take(EVENT, 1, &body).is_err(), "one event too many");
+        // Text longer than a worker of ours sends.
         let long = event_body(frame::LEVEL_TRACE, "t", &"x".repeat(MAX_TEXT + 1), "");
-        events.take(EVENT, 1, &long).unwrap();
-        events
-            .take(DROPPED, 1, &postcard::to_allocvec(&u64::MAX).unwrap())
-            .unwrap();
-        assert_eq!(events.events, MAX_EVENTS);
-        assert_eq!(events.dropped, u64::MAX, "saturates");
+        let mut events = CallEvents::new(1, "f call 1", 1, 42);
+        assert!(events.take(EVENT, 1, &long).is_err());
+        // One drop count, saturating; a second is out of step.
+        let count = postcard::to_allocvec(&u64::MAX).unwrap();
+        let mut events = CallEvents::new(1, "f call 1", 1, 42);
+        events.take(DROPPED, 1, &count).unwrap();
+        assert_eq!(events.dropped, u64::MAX);
+        assert!(events.take(DROPPED, 1, &count).is_err());
         // Bytes bound: large events run out of bytes before of count.
         let mut events = CallEvents::new(1, "f call 1", 1, 42);
         let large = event_body(
@@ -538,12 +554,11 @@ mod tests {
             &"x".repeat(MAX_TEXT),
             &"y".repeat(MAX_TEXT),
         );
-        for _ in 0..MAX_EVENTS {
-            events.take(EVENT, 1, &large).unwrap();
-        }
+        let taken = (0..MAX_EVENTS)
+            .take_while(|_| events.take(EVENT, 1, &large).is_ok())
+            .count();
+        assert!(taken < MAX_EVENTS, "{taken}");
         assert!(events.bytes <= MAX_EVENT_BYTES);
-        assert_eq!(events.events as u64 + events.dropped, MAX_EVENTS as u64);
-        assert!(events.dropped > 0);
     }
 
     proptest::proptest! {

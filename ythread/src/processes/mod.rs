@@ -263,7 +263,8 @@ pub fn init_with(setup: impl FnOnce()) {
 /// its fields at 4 KiB each, a call at 1000 events and 1 MiB of them;
 /// events past the bounds are dropped, and one `WARN` event says how many
 /// once the call is over. Text is escaped as printed lines are; an event
-/// the parent cannot read fails its call with
+/// the parent cannot read, or past those bounds (a worker of this program
+/// stops at them, so one that does not is not one), fails its call with
 /// [`Protocol`](crate::OffloadErrorKind::Protocol), and the worker is
 /// replaced. (A program whose [`init_with`] setup sets a global subscriber
 /// keeps it in its workers: their events go there instead.)
