@@ -3,8 +3,8 @@
 //! and ythread records into whichever is installed.
 //!
 //! The series of worker processes and of `Remote` are recorded where those
-//! happen (`processes/`, `remote/`), and described here, so that one call
-//! describes them all.
+//! happen (`processes/meters.rs`, `remote/observe.rs`); [`describe_metrics`]
+//! describes them all at once.
 
 use std::cell::RefCell;
 use std::sync::Once;
@@ -22,11 +22,13 @@ pub(crate) const QUEUE_WAIT: &str = "ythread_offload_queue_wait_seconds";
 pub(crate) const RUN_TIME: &str = "ythread_offload_run_seconds";
 
 /// Gives the installed recorder the unit and meaning of each of ythread's
-/// series (Prometheus prints them as `# HELP` and `# TYPE` lines).
+/// series: offloads, worker processes and `Remote` (Prometheus prints them
+/// as `# HELP` lines).
 ///
-/// ythread calls this itself at its first offload; call it after installing
-/// a recorder later than that (or a second one), or to see every series
-/// described before any offload.
+/// ythread calls this itself the first time it records a series (an
+/// offload, a `Processes` or `Remote` built); call it after installing a
+/// recorder later than that (or a second one), or to see every series
+/// described before any is recorded.
 ///
 /// ```
 /// # #[cfg(feature = "metrics")] {
@@ -36,6 +38,9 @@ pub(crate) const RUN_TIME: &str = "ythread_offload_run_seconds";
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe_metrics() {
+    crate::processes::meters::describe_series();
+    #[cfg(feature = "remote")]
+    crate::remote::observe::describe_series();
     describe_counter!(
         OFFLOADS,
         Unit::Count,

@@ -223,7 +223,10 @@ impl ProcessesBuilder {
                  calling it: call `init()` first thing in `main`",
             ));
         }
-        super::meters::describe();
+        // The units and help texts of the series, for the recorder
+        // installed now.
+        #[cfg(feature = "metrics")]
+        crate::meters::describe_once();
         let spec = Spec {
             // This program's own name, so that `ps` shows the workers as
             // what they are rather than as `/proc/self/exe`.

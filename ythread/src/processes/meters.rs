@@ -45,27 +45,22 @@ impl Restart {
     }
 }
 
-/// Describes the metrics to the recorder installed now, once per process.
-pub(crate) fn describe() {
-    #[cfg(feature = "metrics")]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            metrics::describe_counter!(
-                "ythread_worker_restarts_total",
-                "Worker processes replaced after they died or were killed, by reason"
-            );
-            metrics::describe_gauge!("ythread_worker_processes", "Live worker processes");
-            metrics::describe_gauge!(
-                "ythread_worker_processes_busy",
-                "Worker processes running a call"
-            );
-            metrics::describe_counter!(
-                "ythread_worker_events_dropped_total",
-                "tracing events of worker processes dropped over the bounds of a call"
-            );
-        });
-    }
+/// This module's part of [`describe_metrics`](crate::describe_metrics).
+#[cfg(feature = "metrics")]
+pub(crate) fn describe_series() {
+    metrics::describe_counter!(
+        "ythread_worker_restarts_total",
+        "Worker processes replaced after they died or were killed, by reason"
+    );
+    metrics::describe_gauge!("ythread_worker_processes", "Live worker processes");
+    metrics::describe_gauge!(
+        "ythread_worker_processes_busy",
+        "Worker processes running a call"
+    );
+    metrics::describe_counter!(
+        "ythread_worker_events_dropped_total",
+        "tracing events of worker processes dropped over the bounds of a call"
+    );
 }
 
 /// A worker was replaced, for `reason`.

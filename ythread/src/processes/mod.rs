@@ -157,7 +157,7 @@ mod events;
 mod frame;
 mod handoff;
 mod mark;
-mod meters;
+pub(crate) mod meters;
 mod output;
 mod process;
 mod sigpipe;

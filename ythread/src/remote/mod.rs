@@ -114,7 +114,7 @@
 //! ```
 
 mod io;
-mod observe;
+pub(crate) mod observe;
 mod queue;
 mod requests;
 mod serve;
@@ -390,7 +390,10 @@ impl RemoteBuilder {
     /// subscription to its inbox (a permission: the error names it).
     pub fn connect(self) -> std::io::Result<Remote> {
         check_token(&self.namespace)?;
-        observe::describe();
+        // The units and help texts of the series, for the recorder
+        // installed now.
+        #[cfg(feature = "metrics")]
+        crate::meters::describe_once();
         let key = self
             .signing_key
             .as_deref()

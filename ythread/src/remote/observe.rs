@@ -443,39 +443,33 @@ impl Drop for InFlightGauge {
     }
 }
 
-/// Describes the metrics to the recorder installed, once per process (by
-/// the first `Remote` or `Worker`: install the recorder before).
-pub(super) fn describe() {
-    #[cfg(feature = "metrics")]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            metrics::describe_gauge!(
-                "ythread_remote_calls_in_flight",
-                "Calls a Remote has sent and not had answered yet, by namespace"
-            );
-            metrics::describe_counter!(
-                "ythread_remote_replies_total",
-                "Calls a Remote sent that ended, by namespace and outcome (ok, or the \
-                 OffloadErrorKind in snake case)"
-            );
-            metrics::describe_counter!(
-                "ythread_remote_worker_calls_total",
-                "Calls a remote Worker ran and answered, by namespace and outcome (ok, or the \
-                 OffloadErrorKind in snake case)"
-            );
-            metrics::describe_counter!(
-                "ythread_remote_worker_rejected_total",
-                "Calls a remote Worker received and did not run, by namespace and reason \
-                 (reply_subject, bad_signature, replay, expired, cancelled, too_large, busy)"
-            );
-            metrics::describe_counter!(
-                "ythread_remote_worker_traceparent_ignored_total",
-                "Calls whose traceparent header a remote Worker ignored (not a W3C version-00 \
-                 traceparent, strictly read); the calls ran as without it"
-            );
-        });
-    }
+/// This module's part of [`describe_metrics`](crate::describe_metrics).
+#[cfg(feature = "metrics")]
+pub(crate) fn describe_series() {
+    metrics::describe_gauge!(
+        "ythread_remote_calls_in_flight",
+        "Calls a Remote has sent and not had answered yet, by namespace"
+    );
+    metrics::describe_counter!(
+        "ythread_remote_replies_total",
+        "Calls a Remote sent that ended, by namespace and outcome (ok, or the \
+         OffloadErrorKind in snake case)"
+    );
+    metrics::describe_counter!(
+        "ythread_remote_worker_calls_total",
+        "Calls a remote Worker ran and answered, by namespace and outcome (ok, or the \
+         OffloadErrorKind in snake case)"
+    );
+    metrics::describe_counter!(
+        "ythread_remote_worker_rejected_total",
+        "Calls a remote Worker received and did not run, by namespace and reason \
+         (reply_subject, bad_signature, replay, expired, cancelled, too_large, busy)"
+    );
+    metrics::describe_counter!(
+        "ythread_remote_worker_traceparent_ignored_total",
+        "Calls whose traceparent header a remote Worker ignored (not a W3C version-00 \
+         traceparent, strictly read); the calls ran as without it"
+    );
 }
 
 #[cfg(test)]

@@ -479,7 +479,10 @@ impl WorkerBuilder {
     /// [`Worker::shared_queue`].)
     pub fn start(self) -> io::Result<Worker> {
         check_token(&self.namespace)?;
-        super::observe::describe();
+        // The units and help texts of the series, for the recorder
+        // installed now.
+        #[cfg(feature = "metrics")]
+        crate::meters::describe_once();
         let key = self
             .signing_key
             .as_deref()
