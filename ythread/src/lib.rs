@@ -131,10 +131,16 @@
 //!
 //! Worker processes and `Remote` add series of their own (restarts, busy
 //! processes, calls in flight), listed in their documentation. A thread
-//! keeps the handles of the series it recorded into, so that after its
-//! first offloads an offload neither allocates nor has the recorder look a
-//! series up. `describe_metrics` gives the recorder their units and help
-//! texts.
+//! keeps the handles of the series it recorded into, per recorder (told
+//! apart by address: a local recorder of `metrics::with_local_recorder`
+//! made where one dropped before on the same thread was would get its
+//! handles), so that after its first offloads an offload neither allocates
+//! nor has the recorder look a series up. `describe_metrics` gives the
+//! recorder their units and help texts.
+//!
+//! What is observed is what ythread drives: handlers run with `run`,
+//! `run_with`, [`YieldableThread`], [`spawn`] or [`ThreadCache`]. A
+//! [`Generator`] stepped by hand hands its jobs out itself, unobserved.
 //!
 //! ```
 //! # #[cfg(feature = "tracing")] {

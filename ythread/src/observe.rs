@@ -31,6 +31,9 @@ pub(crate) fn sent() {
 }
 
 /// One offload being observed.
+///
+/// It is `Sync` (a `Job` that refers to it is `Send`, and goes to a pool's
+/// thread): see `_PROBE_IS_SYNC`.
 pub(crate) struct Probe {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     strategy: &'static str,
@@ -162,3 +165,9 @@ impl Probe {
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
+
+/// Pool's `unsafe impl Send for Task` relies on it.
+const _PROBE_IS_SYNC: () = {
+    const fn is_sync<T: Sync>() {}
+    is_sync::<Probe>();
+};

@@ -229,9 +229,11 @@ struct Task {
     latch: NonNull<Latch>,
 }
 
-// SAFETY: `job` points to `Send` work (an erased `Job`, which is `Send`);
-// `latch` points to a `Latch`, which is `Sync`, owned by the `Pool::apply`
-// frame that waits for this task and so outlives it.
+// SAFETY: `job` points to `Send` work (an erased `Job`, which is `Send`),
+// and, with the `tracing` or `metrics` feature, to the job's probe, which is
+// `Sync`, only shared, and borrowed for as long as the work; `latch` points
+// to a `Latch`, which is `Sync`, owned by the `Pool::apply` frame that waits
+// for this task and so outlives it.
 unsafe impl Send for Task {}
 
 /// What a [`Pool`] with a bounded queue does when the queue is full.

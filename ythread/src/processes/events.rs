@@ -396,6 +396,15 @@ impl tracing::Subscriber for Forward {
         if SENDING.with(|sending| sending.replace(true)) {
             return;
         }
+        // Cleared however this ends: a field's `Debug` may panic, and the
+        // thread's later events must still go.
+        struct Sent;
+        impl Drop for Sent {
+            fn drop(&mut self) {
+                SENDING.with(|sending| sending.set(false));
+            }
+        }
+        let _sent = Sent;
         // Rendered before the lock is taken: a field's `Debug` is the work's
         // code, and may be slow.
         let mut text = Render {
@@ -412,7 +421,6 @@ impl tracing::Subscriber for Forward {
             &text.message.finish(),
             &text.fields.finish(),
         );
-        SENDING.with(|sending| sending.set(false));
     }
 
     fn enter(&self, _: &tracing::span::Id) {}

@@ -267,7 +267,10 @@ pub fn init_with(setup: impl FnOnce()) {
 /// stops at them, so one that does not is not one), fails its call with
 /// [`Protocol`](crate::OffloadErrorKind::Protocol), and the worker is
 /// replaced. (A program whose [`init_with`] setup sets a global subscriber
-/// keeps it in its workers: their events go there instead.)
+/// keeps it in its workers: their events go there instead.) The target of
+/// these events is ythread's, the work's own is a field: a filter such as
+/// `ythread=warn` leaves out the work's `INFO` events from worker processes
+/// too.
 ///
 /// With the `metrics` feature: `ythread_worker_restarts_total` (a counter,
 /// labelled `reason`: `crashed`, `died_idle`, `deadline`, `out_of_step`,
