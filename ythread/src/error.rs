@@ -667,15 +667,27 @@ impl Settled {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Settled::Ran => "ok",
-            Settled::Panicked | Settled::Failed(OffloadErrorKind::Panicked) => "panicked",
-            Settled::NotRun | Settled::Failed(OffloadErrorKind::NotRun) => "not_run",
-            Settled::Failed(OffloadErrorKind::NotPortable) => "not_portable",
-            Settled::Failed(OffloadErrorKind::WorkerDied) => "worker_died",
-            Settled::Failed(OffloadErrorKind::DeadlineExceeded) => "deadline_exceeded",
-            Settled::Failed(OffloadErrorKind::Protocol) => "protocol",
-            Settled::Failed(OffloadErrorKind::Unavailable) => "unavailable",
-            Settled::Failed(OffloadErrorKind::MayHaveRun) => "may_have_run",
-            Settled::Failed(OffloadErrorKind::QueueFull) => "queue_full",
+            Settled::Panicked => OffloadErrorKind::Panicked.label(),
+            Settled::NotRun => OffloadErrorKind::NotRun.label(),
+            Settled::Failed(kind) => kind.label(),
+        }
+    }
+}
+
+#[cfg(any(feature = "tracing", feature = "metrics", feature = "remote"))]
+impl OffloadErrorKind {
+    /// The kind in snake case, as spans and metric labels name outcomes.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            OffloadErrorKind::Panicked => "panicked",
+            OffloadErrorKind::NotRun => "not_run",
+            OffloadErrorKind::NotPortable => "not_portable",
+            OffloadErrorKind::WorkerDied => "worker_died",
+            OffloadErrorKind::DeadlineExceeded => "deadline_exceeded",
+            OffloadErrorKind::Protocol => "protocol",
+            OffloadErrorKind::Unavailable => "unavailable",
+            OffloadErrorKind::MayHaveRun => "may_have_run",
+            OffloadErrorKind::QueueFull => "queue_full",
         }
     }
 }

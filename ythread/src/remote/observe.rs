@@ -384,18 +384,7 @@ pub(super) fn worker_call(namespace: &str, outcome: &'static str) {
 /// A call's outcome as a metric label: `ok`, or its failure's kind in
 /// snake case.
 pub(super) fn outcome(failure: Option<OffloadErrorKind>) -> &'static str {
-    match failure {
-        None => "ok",
-        Some(OffloadErrorKind::Panicked) => "panicked",
-        Some(OffloadErrorKind::NotRun) => "not_run",
-        Some(OffloadErrorKind::NotPortable) => "not_portable",
-        Some(OffloadErrorKind::WorkerDied) => "worker_died",
-        Some(OffloadErrorKind::DeadlineExceeded) => "deadline_exceeded",
-        Some(OffloadErrorKind::Protocol) => "protocol",
-        Some(OffloadErrorKind::Unavailable) => "unavailable",
-        Some(OffloadErrorKind::MayHaveRun) => "may_have_run",
-        Some(OffloadErrorKind::QueueFull) => "queue_full",
-    }
+    failure.map_or("ok", OffloadErrorKind::label)
 }
 
 /// A requester's call ended with `outcome`.

@@ -343,16 +343,19 @@ impl WireError {
     /// Its outcome as a worker's metric label (see `observe::outcome`).
     #[cfg(feature = "metrics")]
     pub(super) fn outcome(&self) -> &'static str {
-        match self {
-            WireError::Panicked { .. } => "panicked",
-            WireError::NotRun => "not_run",
-            WireError::NotPortable { .. } => "not_portable",
-            WireError::WorkerDied { .. } => "worker_died",
-            WireError::DeadlineExceeded { .. } | WireError::Overran { .. } => "deadline_exceeded",
-            WireError::Protocol { .. } => "protocol",
-            WireError::Unavailable { .. } => "unavailable",
-            WireError::MayHaveRun { .. } => "may_have_run",
-        }
+        let kind = match self {
+            WireError::Panicked { .. } => OffloadErrorKind::Panicked,
+            WireError::NotRun => OffloadErrorKind::NotRun,
+            WireError::NotPortable { .. } => OffloadErrorKind::NotPortable,
+            WireError::WorkerDied { .. } => OffloadErrorKind::WorkerDied,
+            WireError::DeadlineExceeded { .. } | WireError::Overran { .. } => {
+                OffloadErrorKind::DeadlineExceeded
+            }
+            WireError::Protocol { .. } => OffloadErrorKind::Protocol,
+            WireError::Unavailable { .. } => OffloadErrorKind::Unavailable,
+            WireError::MayHaveRun { .. } => OffloadErrorKind::MayHaveRun,
+        };
+        kind.label()
     }
 
     /// `error`, to send to the requester.
