@@ -304,3 +304,13 @@ params! {
     Params7(a0: P0, a1: P1, a2: P2, a3: P3, a4: P4, a5: P5, a6: P6);
     Params8(a0: P0, a1: P1, a2: P2, a3: P3, a4: P4, a5: P5, a6: P6, a7: P7);
 }
+
+/// How ythread names a call that crosses to another process wherever it
+/// speaks of one (the labels of what a worker prints, its relayed events,
+/// a remote worker's spans and messages): `app::digest call 7`. For
+/// `Processes`, 7 is the call's number in its set of workers, counted from
+/// 1, the same on each of its runs; for `Remote`, the requester's number
+/// for the call, in hex, as it travels.
+pub(crate) fn designation(function: &str, call: impl std::fmt::Display) -> String {
+    format!("{function} call {call}")
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::Processes;
 use super::death::Death;
 use super::events::{self, CallEvents};
 use super::frame::{self, CALL, DONE, PANICKED, REFUSED, ReadError};
@@ -16,10 +17,9 @@ use super::meters::{self, Busy, Restart};
 use super::output::Cause;
 use super::process::Process;
 use super::supervise::Request;
-use super::{Processes, designation};
 use crate::error::OffloadError;
 use crate::offloadable::{DepthLimit, Registration};
-use crate::portable::{WireCall, portable_call};
+use crate::portable::{WireCall, designation, portable_call};
 use crate::{Apply, Job};
 
 impl Apply for Processes {

@@ -174,13 +174,6 @@ use crossbeam_channel::Sender;
 
 pub use self::builder::ProcessesBuilder;
 
-/// How ythread names a call wherever it speaks of one (the labels of what
-/// its worker prints, its relayed events): `app::digest call 7`, where 7 is
-/// the call's number in its set of workers (its `Processes`), counted from
-/// 1, the same on each of its runs.
-pub(crate) fn designation(function: &str, call: u64) -> String {
-    format!("{function} call {call}")
-}
 use self::checkout::Shared;
 use self::process::Process;
 use self::supervise::{MAX_BACKOFF, Request};

@@ -136,9 +136,10 @@ fn hex(bytes: &[u8]) -> String {
 /// How a call is named wherever it is reported: `{function} call {id}`,
 /// plus ` trace {trace id}` when one is known.
 pub(super) fn designation(function: &str, id: &str, trace: Option<&TraceParent>) -> String {
+    let call = crate::portable::designation(function, id);
     match trace {
-        Some(trace) => format!("{function} call {id} trace {}", trace.trace_hex()),
-        None => format!("{function} call {id}"),
+        Some(trace) => format!("{call} trace {}", trace.trace_hex()),
+        None => call,
     }
 }
 
