@@ -202,7 +202,7 @@ use crate::{Apply, Job};
 /// | metric | what |
 /// |---|---|
 /// | `ythread_remote_calls_in_flight` (gauge) | calls sent and not answered yet |
-/// | `ythread_remote_replies_total{outcome}` (counter) | calls that ended, once each: `ok`, or the failure's [`OffloadErrorKind`](crate::OffloadErrorKind) in snake case (`panicked`, `unavailable`, `may_have_run`, `deadline_exceeded`, `worker_died`, `protocol`, ...) |
+/// | `ythread_remote_replies_total{outcome}` (counter) | calls that went on to be sent (or waited for one of the calls in flight to end, and ran out of time), once each when they ended; a call refused here before (arguments that do not encode or are too large, the inbox refused, not connected) is counted by `ythread_offloads_total` only: `ok`, or the failure's [`OffloadErrorKind`](crate::OffloadErrorKind) in snake case (`panicked`, `unavailable`, `may_have_run`, `deadline_exceeded`, `worker_died`, `protocol`, ...) |
 pub struct Remote {
     /// The runtime of the connection's I/O: it lives as long as this.
     _io: Io,
