@@ -3,12 +3,20 @@
 //!
 //! ```text
 //! cargo run -p ythread --example trace --features tracing
+//! nats-server -a 127.0.0.1 -p 4222 &   # then, through NATS too:
+//! cargo run -p ythread --example trace --features tracing,remote -- nats://127.0.0.1:4222
 //! ```
 //!
 //! The program's subscriber (tracing-subscriber's `fmt`, at `DEBUG` for
-//! ythread, whose offload spans are at that level) prints each event with the spans it happened in: the event the
-//! work emits on a `Pool` thread and the one it emits in a worker process
-//! both print inside `request{id=..}:offload{..}`.
+//! ythread, whose offload spans are at that level, and `INFO` for the rest)
+//! prints each event with the spans it happened in: the event the work
+//! emits on a `Pool` thread and the one it emits in a worker process both
+//! print inside `request{id=..}:offload{..}`. Given a NATS URL, the program
+//! also starts a `remote::Worker` (on threads; it would be on another
+//! machine) and calls it through `remote::Remote`: there the work's event
+//! prints inside the worker's `remote_call` span, whose `trace_id` is the
+//! one in the caller's `offload` span, sent in the call's `traceparent`
+//! header.
 
 use tracing::{Level, info, info_span};
 use tracing_subscriber::filter::Targets;

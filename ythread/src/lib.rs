@@ -129,6 +129,10 @@
 //! | `ythread_offload_queue_wait_seconds` | histogram | `strategy` |
 //! | `ythread_offload_run_seconds` | histogram | `strategy` |
 //!
+//! (The recorder decides how a histogram is rendered:
+//! `metrics-exporter-prometheus` renders summaries with quantiles, or
+//! buckets once given some with `PrometheusBuilder::set_buckets`.)
+//!
 //! Worker processes and `Remote` add series of their own (restarts, busy
 //! processes, calls in flight), listed in their documentation. A thread
 //! keeps the handles of the series it recorded into, per recorder (told
@@ -278,6 +282,11 @@ pub use thread_cache::{CachedJoinHandle, DEFAULT_KEEP_ALIVE, ThreadCache, Thread
 /// A registered function may be named by any path, imported or renamed
 /// (`use work::sumn as s; offload!(s, n)`), from any module or crate. The
 /// handler is otherwise unchanged, and still runs under every strategy.
+///
+/// The callee must name a function, not a variable: `let f = sumn;
+/// offload!(f, n)` (or a closure in a variable that has a registered
+/// function's name) is refused with rustc's own "imports cannot refer to
+/// local variables", at `f`, as the check resolves the callee as an item.
 ///
 /// ```compile_fail,E0277
 /// use ythread::{offload, offloadable, yieldable};

@@ -185,7 +185,10 @@ use self::supervise::{MAX_BACKOFF, Request};
 ///
 /// In a worker, it serves calls until its parent closes the channel (or
 /// dies), then ends the process: it never returns. In the program, it
-/// returns at once. Code before it runs in every worker too.
+/// returns at once. Code before it runs in every worker too: with
+/// `#[tokio::main]`, the runtime is built before `main`'s first line, so
+/// every worker process would carry one (a thread per core) for nothing;
+/// call `init` from a plain `fn main` and build the runtime after it.
 ///
 /// ```
 /// // The first line of `main`:
@@ -245,7 +248,9 @@ pub fn init_with(setup: impl FnOnce()) {
 /// left in std's stdout buffer, flushed as the call ends.
 ///
 /// With the `tracing` feature, the `tracing` events the work emits in the
-/// worker (at the level the program's subscribers want, or less verbose)
+/// worker (at the most verbose level the program's subscribers want at
+/// all: their filters by target do not apply to the work's own targets,
+/// which they see as `ythread::worker`)
 /// reach this process's subscriber: each is emitted again on the thread
 /// that waits for the call, inside its current span (the offload's span,
 /// in the handler's), before the call returns, with the target
