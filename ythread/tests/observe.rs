@@ -5,6 +5,10 @@
 //! `remote_observe.rs`.)
 
 mod common;
+/// What a `DebuggingRecorder` was given, added up.
+#[path = "common/metric_totals.rs"]
+#[allow(dead_code, unreachable_pub)] // Not every helper is used here.
+mod metric_totals;
 /// A `tracing` subscriber that keeps the span tree.
 #[path = "common/spans.rs"]
 #[allow(dead_code, unreachable_pub)] // Not every helper is used here.
@@ -12,15 +16,14 @@ mod spans;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::debugging::DebuggingRecorder;
 use tracing::info_span;
 use ythread::{
     Apply, Bounded, Exclusive, Inline, OffloadErrorKind, Pool, Yieldable, YieldableThread,
     apply_fn, offload, try_offload, yieldable,
 };
 
+use metric_totals::Totals;
 use spans::Records;
 
 /// A request id of its own for each test, to find its records among the
@@ -241,49 +244,6 @@ fn outcomes_name_what_happened() {
     assert!(!dropped.fields.contains_key("run_us"), "{dropped:#?}");
 }
 
-/// What a `DebuggingRecorder` snapshot holds.
-type Snapshot = [(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)];
-
-/// The value of counter `name` with exactly `labels` in `snapshot`.
-fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
-    snapshot
-        .iter()
-        .find_map(|(key, _, _, value)| {
-            let key_labels: Vec<(&str, &str)> =
-                key.key().labels().map(|l| (l.key(), l.value())).collect();
-            let matches = key.kind() == MetricKind::Counter
-                && key.key().name() == name
-                && labels.iter().all(|l| key_labels.contains(l))
-                && key_labels.len() == labels.len();
-            match value {
-                DebugValue::Counter(n) if matches => Some(*n),
-                _ => None,
-            }
-        })
-        .unwrap_or(0)
-}
-
-/// The values recorded in histogram `name` for `strategy`.
-fn histogram(snapshot: &Snapshot, name: &str, strategy: &str) -> Vec<f64> {
-    snapshot
-        .iter()
-        .find_map(|(key, _, _, value)| {
-            let matches = key.kind() == MetricKind::Histogram
-                && key.key().name() == name
-                && key
-                    .key()
-                    .labels()
-                    .any(|l| l.key() == "strategy" && l.value() == strategy);
-            match value {
-                DebugValue::Histogram(values) if matches => {
-                    Some(values.iter().map(|v| v.into_inner()).collect())
-                }
-                _ => None,
-            }
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
     let recorder = DebuggingRecorder::new();
@@ -306,36 +266,44 @@ fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
             Err(OffloadErrorKind::Panicked)
         );
     });
-    // Taking a snapshot drains the recorder: one, read for everything.
-    let snapshot = snapshotter.snapshot().into_vec();
-    let offloads = |labels: &[(&str, &str)]| counter(&snapshot, "ythread_offloads_total", labels);
-    assert_eq!(offloads(&[("strategy", "Pool"), ("outcome", "ok")]), 5);
-    assert_eq!(offloads(&[("strategy", "Bounded"), ("outcome", "ok")]), 1);
+    let totals = Totals::new(snapshotter);
+    let offloads = |labels: &[(&str, &str)]| totals.value("ythread_offloads_total", labels);
+    assert_eq!(offloads(&[("strategy", "Pool"), ("outcome", "ok")]), 5.0);
+    assert_eq!(offloads(&[("strategy", "Bounded"), ("outcome", "ok")]), 1.0);
     assert_eq!(
         offloads(&[("strategy", "Bounded"), ("outcome", "panicked")]),
-        1
+        1.0
     );
     assert_eq!(
         offloads(&[("strategy", "Pool"), ("outcome", "panicked")]),
-        0
+        0.0
     );
 
-    let run = histogram(&snapshot, "ythread_offload_run_seconds", "Bounded");
+    let bounded = [("strategy", "Bounded")];
+    let run = totals.histogram("ythread_offload_run_seconds", &bounded);
     assert_eq!(run.len(), 2, "{run:?}");
     assert!(
         run.iter().any(|&s| s >= 0.020),
         "the 20 ms sleep is timed: {run:?}"
     );
-    let waits = histogram(&snapshot, "ythread_offload_queue_wait_seconds", "Pool");
+    let waits = totals.histogram(
+        "ythread_offload_queue_wait_seconds",
+        &[("strategy", "Pool")],
+    );
     assert_eq!(waits.len(), 5);
     assert!(waits.iter().all(|&s| (0.0..60.0).contains(&s)), "{waits:?}");
 
     // Described, for `# HELP` lines.
-    let described = snapshot
-        .iter()
-        .filter(|(_, unit, description, _)| unit.is_some() && description.is_some())
-        .count();
-    assert!(described >= 3, "{described} series described");
+    for name in [
+        "ythread_offloads_total",
+        "ythread_offload_queue_wait_seconds",
+        "ythread_offload_run_seconds",
+    ] {
+        assert!(
+            totals.description(name).is_some(),
+            "{name} is not described"
+        );
+    }
 }
 
 #[test]

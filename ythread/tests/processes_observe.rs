@@ -14,24 +14,27 @@
 //! every `Processes` in it: the tests take turns ([`serial`]).
 
 mod common;
+/// What the recorder was given, added up.
+#[path = "common/metric_totals.rs"]
+#[allow(dead_code, unreachable_pub)] // Not every helper is used here.
+mod metric_totals;
+/// A `tracing` subscriber that keeps the span tree.
+#[path = "common/spans.rs"]
+#[allow(dead_code, unreachable_pub)] // Not every helper is used here.
+mod spans;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
 use ythread::{
     OffloadError, OffloadErrorKind, Processes, Yieldable, offloadable, try_offload, yieldable,
 };
 
 use common::eventually;
+use metric_totals::Totals;
+use spans::Seen;
 
 // --- the work -------------------------------------------------------------
 
@@ -136,93 +139,10 @@ fn designation(function: &str, n: u64) -> String {
 
 // --- a subscriber that keeps the span tree --------------------------------
 
-/// One event as the subscriber saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    level: tracing::Level,
-    target: String,
-    message: String,
-    fields: BTreeMap<String, String>,
-    /// Its spans, outermost first: name and fields.
-    spans: Vec<(String, BTreeMap<String, String>)>,
-}
-
-#[derive(Default)]
-struct Fields(BTreeMap<String, String>);
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-/// A layer that keeps every event with its span ancestry.
-#[derive(Clone, Default)]
-struct Keep(Arc<Mutex<Vec<Seen>>>);
-
-impl Keep {
-    fn events(&self) -> Vec<Seen> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Keep {
-    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        attributes.record(&mut fields);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(fields);
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
-        {
-            values.record(fields);
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let mut fields = fields.0;
-        let spans = ctx
-            .event_scope(event)
-            .map(|scope| {
-                scope
-                    .from_root()
-                    .map(|span| {
-                        let fields = span
-                            .extensions()
-                            .get::<Fields>()
-                            .map(|fields| fields.0.clone())
-                            .unwrap_or_default();
-                        (span.name().to_owned(), fields)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.0.lock().unwrap().push(Seen {
-            level: *event.metadata().level(),
-            target: event.metadata().target().to_owned(),
-            message: fields.remove("message").unwrap_or_default(),
-            fields,
-            spans,
-        });
-    }
-}
-
 /// Runs `body` with a subscriber that keeps what it sees, on this thread.
 fn observed<T>(body: impl FnOnce() -> T) -> (T, Vec<Seen>) {
-    let keep = Keep::default();
-    let subscriber = tracing_subscriber::registry().with(keep.clone());
-    let value = tracing::subscriber::with_default(subscriber, body);
-    (value, keep.events())
+    let (value, records) = spans::observed(body);
+    (value, records.seen())
 }
 
 /// Checks that `seen` came from inside the `request` span of `id`, with or
@@ -239,66 +159,16 @@ fn in_request(seen: &Seen, id: u64) {
     }
 }
 
-// --- a recorder that keeps what it is given -------------------------------
+// --- the recorder ----------------------------------------------------------
 
-/// This binary's global recorder's snapshotter, and the totals read so
-/// far. (A snapshot takes each value and resets it, gauges included: a
-/// gauge that only goes up and down by steps is the sum of what every
-/// snapshot took.)
-struct Meters {
-    snapshotter: Snapshotter,
-    totals: BTreeMap<String, f64>,
-    /// Each metric's description, by name.
-    descriptions: BTreeMap<String, String>,
-}
-
-fn meters() -> &'static Mutex<Meters> {
-    static METERS: OnceLock<Mutex<Meters>> = OnceLock::new();
-    METERS.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder
-            .install()
-            .expect("the only recorder of this binary");
-        Mutex::new(Meters {
-            snapshotter,
-            totals: BTreeMap::new(),
-            descriptions: BTreeMap::new(),
-        })
-    })
-}
-
-/// The value of the metric `name` (with `labels`, `key=value`, if any).
+/// The value of the metric `name` with `labels`, added up since the start.
 fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut meters = meters().lock().unwrap_or_else(PoisonError::into_inner);
-    for (key, _, description, value) in meters.snapshotter.snapshot().into_vec() {
-        if let Some(description) = description {
-            let name = key.key().name().to_owned();
-            meters.descriptions.insert(name, description.to_string());
-        }
-        let mut id = key.key().name().to_owned();
-        for label in key.key().labels() {
-            id.push_str(&format!(",{}={}", label.key(), label.value()));
-        }
-        let value = match value {
-            DebugValue::Counter(n) => n as f64,
-            DebugValue::Gauge(x) => x.into_inner(),
-            DebugValue::Histogram(_) => continue,
-        };
-        *meters.totals.entry(id).or_default() += value;
-    }
-    let mut id = name.to_owned();
-    for (key, value) in labels {
-        id.push_str(&format!(",{key}={value}"));
-    }
-    meters.totals.get(&id).copied().unwrap_or_default()
+    Totals::global().value(name, labels)
 }
 
 /// The description the recorder has of the metric `name`.
 fn description(name: &str) -> Option<String> {
-    metric(name, &[]);
-    let meters = meters().lock().unwrap_or_else(PoisonError::into_inner);
-    meters.descriptions.get(name).cloned()
+    Totals::global().description(name)
 }
 
 /// Every test holds this while it runs: the recorder and the gauges are
@@ -309,7 +179,7 @@ fn serial() -> MutexGuard<'static, ()> {
     let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     // Installed before any `Processes` is built: it gets their
     // descriptions.
-    meters();
+    Totals::global();
     guard
 }
 

@@ -35,6 +35,9 @@ pub fn hide_ythread_spans<T>(f: impl FnOnce() -> T) -> T {
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
     pub name: &'static str,
+    /// Its id as `tracing` gave it (reused once a span closes: records
+    /// are told apart by their index).
+    pub id: u64,
     pub target: String,
     pub fields: BTreeMap<String, String>,
     /// The parent's index in [`Records::spans`].
@@ -102,6 +105,52 @@ impl Records {
     }
 }
 
+/// Runs `body` with a recorder of its own as this thread's subscriber, and
+/// returns what it recorded: for work whose events all happen on this
+/// thread (a worker process's come back on the thread waiting for it).
+pub fn observed<T>(body: impl FnOnce() -> T) -> (T, Records) {
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry().with(recorder.clone());
+    let value = tracing::subscriber::with_default(subscriber, body);
+    (value, recorder.records())
+}
+
+/// An event as assertions read it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub level: Level,
+    pub target: String,
+    pub message: String,
+    /// Its fields but the message.
+    pub fields: BTreeMap<String, String>,
+    /// Its spans, outermost first: name and fields.
+    pub spans: Vec<(String, BTreeMap<String, String>)>,
+}
+
+impl Records {
+    /// Every event, as assertions read it.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.events
+            .iter()
+            .map(|event| {
+                let mut fields = event.fields.clone();
+                Seen {
+                    level: event.level,
+                    target: event.target.clone(),
+                    message: fields.remove("message").unwrap_or_default(),
+                    fields,
+                    spans: self
+                        .scope(event)
+                        .into_iter()
+                        .rev()
+                        .map(|span| (span.name.to_owned(), span.fields.clone()))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The recorder installed as this binary's global subscriber, at `DEBUG`
 /// and above (the level of ythread's offload spans).
 pub fn recorder() -> &'static Recorder {
@@ -157,6 +206,7 @@ where
         let mut records = self.records.lock().unwrap();
         records.spans.push(SpanRecord {
             name: attrs.metadata().name(),
+            id: id.into_u64(),
             target: attrs.metadata().target().to_owned(),
             fields: fields.0,
             parent,
