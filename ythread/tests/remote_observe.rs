@@ -14,23 +14,25 @@
 //! they never skip.
 
 mod common;
+/// What the recorder was given, added up.
+#[path = "common/metric_totals.rs"]
+#[allow(dead_code, unreachable_pub)] // Not every helper is used here.
+mod metric_totals;
+/// A `tracing` subscriber that keeps the span tree.
+#[path = "common/spans.rs"]
+#[allow(dead_code, unreachable_pub)] // Not every helper is used here.
+mod spans;
 
 use common::eventually;
 use common::nats::NatsServer;
+use metric_totals::Totals;
+use spans::SpanRecord;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tracing::field::{Field, Visit};
-use tracing::span;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
 use ythread::remote::{Remote, Worker, async_nats};
 use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
 
@@ -95,203 +97,20 @@ fn call_slow(ms: u64) -> Result<u64, OffloadError> {
     try_offload!(slow, ms)
 }
 
-// --- what the subscriber saw ------------------------------------------------
-
-/// A span, as the subscriber saw it.
-#[derive(Debug, Clone)]
-struct SpanSeen {
-    name: &'static str,
-    target: String,
-    /// Its id as `tracing` gave it (ids are reused once a span closes: the
-    /// spans are kept by a number of this layer's, `seq`).
-    tracing_id: u64,
-    fields: HashMap<String, String>,
-    parent: Option<u64>,
-}
-
-/// An event, with the spans it was in, innermost first (by `seq`).
-#[derive(Debug, Clone)]
-struct EventSeen {
-    target: String,
-    fields: HashMap<String, String>,
-    spans: Vec<u64>,
-}
-
-#[derive(Default)]
-struct Seen {
-    spans: HashMap<u64, SpanSeen>,
-    events: Vec<EventSeen>,
-}
-
-/// A span's number, in its extensions.
-struct Seq(u64);
-
-/// Keeps every span with its fields and parent, and every event with its
-/// span ancestry.
-struct Keeper {
-    seen: Arc<Mutex<Seen>>,
-    next: AtomicU64,
-}
-
-/// Each field as text: a string as it is (no quotes), the rest as `Debug`.
-struct Fields<'a>(&'a mut HashMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Keeper {
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let Some(span) = ctx.span(id) else {
-            return;
-        };
-        let parent = span
-            .parent()
-            .and_then(|parent| parent.extensions().get::<Seq>().map(|seq| seq.0));
-        span.extensions_mut().insert(Seq(seq));
-        let mut fields = HashMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        lock(&self.seen).spans.insert(
-            seq,
-            SpanSeen {
-                name: attrs.metadata().name(),
-                target: attrs.metadata().target().to_owned(),
-                tracing_id: id.into_u64(),
-                fields,
-                parent,
-            },
-        );
-    }
-
-    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
-        let Some(seq) = ctx
-            .span(id)
-            .and_then(|span| span.extensions().get::<Seq>().map(|seq| seq.0))
-        else {
-            return;
-        };
-        if let Some(span) = lock(&self.seen).spans.get_mut(&seq) {
-            values.record(&mut Fields(&mut span.fields));
-        }
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        let spans = ctx
-            .event_scope(event)
-            .map(|scope| {
-                scope
-                    .filter_map(|span| span.extensions().get::<Seq>().map(|seq| seq.0))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut fields = HashMap::new();
-        event.record(&mut Fields(&mut fields));
-        lock(&self.seen).events.push(EventSeen {
-            target: event.metadata().target().to_owned(),
-            fields,
-            spans,
-        });
-    }
-}
-
-/// A metric's name and labels (sorted).
-type MetricKey = (String, Vec<(String, String)>);
-
-/// The metrics recorded, added up: the debugging recorder's snapshot takes
-/// each value since the last one (it swaps them to zero), so every test
-/// reads through this one sum.
-struct Metrics {
-    snapshotter: Snapshotter,
-    totals: Mutex<HashMap<MetricKey, f64>>,
-    descriptions: Mutex<HashMap<String, String>>,
-}
-
-impl Metrics {
-    /// The value of `name` with `labels` (every label of it: the order does
-    /// not matter); 0 if never recorded.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut totals = lock(&self.totals);
-        for (key, _, description, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|label| (label.key().to_owned(), label.value().to_owned()))
-                .collect();
-            labels.sort();
-            if let Some(description) = description {
-                lock(&self.descriptions).insert(key.name().to_owned(), description.to_string());
-            }
-            let delta = match value {
-                DebugValue::Counter(n) => n as f64,
-                DebugValue::Gauge(value) => value.into_inner(),
-                DebugValue::Histogram(_) => continue,
-            };
-            *totals.entry((key.name().to_owned(), labels)).or_default() += delta;
-        }
-        let mut wanted: Vec<(String, String)> = labels
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect();
-        wanted.sort();
-        totals
-            .get(&(name.to_owned(), wanted))
-            .copied()
-            .unwrap_or(0.0)
-    }
-
-    fn description(&self, name: &str) -> Option<String> {
-        let _ = self.value(name, &[]);
-        lock(&self.descriptions).get(name).cloned()
-    }
-}
-
-/// A lock that one test's failed assertion, made while holding it, does
-/// not take from the others (they would fail on its poison instead of
-/// their own findings).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+// --- what the subscriber and the recorder saw -------------------------------
 
 struct Observed {
-    seen: Arc<Mutex<Seen>>,
-    metrics: Metrics,
+    spans: &'static spans::Recorder,
+    metrics: &'static Totals,
 }
 
 /// The process's subscriber and recorder, installed by the first test that
 /// asks (before any `Remote` or `Worker`: the metrics are described once).
-fn observed() -> &'static Observed {
-    static OBSERVED: OnceLock<Observed> = OnceLock::new();
-    OBSERVED.get_or_init(|| {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let keeper = Keeper {
-            seen: Arc::clone(&seen),
-            next: AtomicU64::new(1),
-        };
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(keeper))
-            .expect("no other subscriber in this test process");
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder
-            .install()
-            .expect("no other recorder in this test process");
-        Observed {
-            seen,
-            metrics: Metrics {
-                snapshotter,
-                totals: Mutex::default(),
-                descriptions: Mutex::default(),
-            },
-        }
-    })
+fn observed() -> Observed {
+    Observed {
+        spans: spans::recorder(),
+        metrics: Totals::global(),
+    }
 }
 
 fn nats() -> NatsServer {
@@ -333,44 +152,30 @@ fn the_functions_events_are_in_the_remote_call_span_of_the_trace_sent() {
         let answer = caller.in_scope(|| call_traced("observe-trace".to_owned(), 41).run_with(&cpu));
         assert_eq!(answer.unwrap(), 42);
 
-        let seen = lock(&observed.seen);
+        let seen = observed.spans.records();
         // The requester's side: the trace id, as a field of the current span
         // (the offload's, if it declares `trace_id`) or an event in it.
         let caller_seq = seen
             .spans
             .iter()
-            .find(|(_, span)| {
+            .position(|span| {
                 span.name == "caller"
                     && span.fields.get("test").map(String::as_str) == Some("observe-trace")
             })
-            .map(|(&seq, _)| seq)
             .expect("the caller's span");
-        let within_caller = |mut seq: u64| loop {
-            if seq == caller_seq {
-                return true;
-            }
-            match seen.spans.get(&seq).and_then(|span| span.parent) {
-                Some(parent) => seq = parent,
-                None => return false,
-            }
-        };
-        let recorded = seen.spans.iter().find_map(|(&seq, span)| {
+        let within_caller = |seq: usize| seen.is_within(seq, caller_seq);
+        let recorded = seen.spans.iter().enumerate().find_map(|(seq, span)| {
             let trace_id = span.fields.get("trace_id")?;
-            (within_caller(seq) && span.name != "remote_call").then(|| {
-                (
-                    trace_id.clone(),
-                    span.tracing_id,
-                    span.fields.get("call").cloned(),
-                )
-            })
+            (within_caller(seq) && span.name != "remote_call")
+                .then(|| (trace_id.clone(), span.id, span.fields.get("call").cloned()))
         });
         let sent = seen.events.iter().find_map(|event| {
             let trace_id = event.fields.get("trace_id")?;
-            let innermost = *event.spans.first()?;
+            let innermost = *event.scope.first()?;
             (event.target == "ythread::remote" && within_caller(innermost)).then(|| {
                 (
                     trace_id.clone(),
-                    seen.spans[&innermost].tracing_id,
+                    seen.spans[innermost].id,
                     event.fields.get("call").cloned(),
                 )
             })
@@ -386,10 +191,9 @@ fn the_functions_events_are_in_the_remote_call_span_of_the_trace_sent() {
             .iter()
             .find(|event| event.fields.get("tag").map(String::as_str) == Some("observe-trace"))
             .expect("the offloaded function's event");
-        let remote_call = event
-            .spans
-            .iter()
-            .map(|seq| &seen.spans[seq])
+        let remote_call = seen
+            .scope(event)
+            .into_iter()
             .find(|span| span.name == "remote_call")
             .unwrap_or_else(|| panic!("the function's event is in no remote_call span: {event:?}"));
         assert_eq!(remote_call.target, "ythread::remote");
@@ -438,14 +242,14 @@ fn a_call_made_while_serving_one_continues_its_trace() {
             .unwrap();
         assert_eq!(call_relay(10).run_with(&cpu).unwrap(), 55);
 
-        let seen = lock(&observed.seen);
-        let remote_calls = |function: &str| -> Vec<(u64, &SpanSeen)> {
+        let seen = observed.spans.records();
+        let remote_calls = |function: &str| -> Vec<(usize, &SpanRecord)> {
             seen.spans
                 .iter()
+                .enumerate()
                 .filter(|(_, span)| {
                     span.name == "remote_call" && span.fields["function"].ends_with(function)
                 })
-                .map(|(&seq, span)| (seq, span))
                 .collect()
         };
         let [(first_seq, first)] = remote_calls("::relay")[..] else {
@@ -463,19 +267,11 @@ fn a_call_made_while_serving_one_continues_its_trace() {
         // it: the offload's). (`tracing` reuses the ids of closed spans: one
         // of the spans with that id is.)
         let parent_id = u64::from_str_radix(&second.fields["parent_id"], 16).unwrap();
-        let within_first = |mut seq: u64| loop {
-            if seq == first_seq {
-                return true;
-            }
-            match seen.spans.get(&seq).and_then(|span| span.parent) {
-                Some(parent) => seq = parent,
-                None => return false,
-            }
-        };
         assert!(
             seen.spans
                 .iter()
-                .any(|(&seq, span)| span.tracing_id == parent_id && within_first(seq)),
+                .enumerate()
+                .any(|(seq, span)| span.id == parent_id && seen.is_within(seq, first_seq)),
             "the relayed call's parent is not within {first:?}"
         );
     });
@@ -624,9 +420,9 @@ fn malformed_traceparents_are_ignored_and_counted() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("traceparent", valid.as_str());
         assert_eq!(request(headers).as_ref(), Some(&baseline));
-        let seen = lock(&observed.seen);
+        let seen = observed.spans.records();
         assert!(
-            seen.spans.values().any(|span| span.name == "remote_call"
+            seen.spans.iter().any(|span| span.name == "remote_call"
                 && span.fields.get("trace_id") == Some(&"ab".repeat(16))
                 && span.fields.get("parent_id") == Some(&"cd".repeat(8))),
             "no remote_call span of the raw client's trace"

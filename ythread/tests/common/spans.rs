@@ -94,6 +94,19 @@ impl Records {
             .collect()
     }
 
+    /// Whether span `index` is span `ancestor` or inside it.
+    pub fn is_within(&self, mut index: usize, ancestor: usize) -> bool {
+        loop {
+            if index == ancestor {
+                return true;
+            }
+            match self.spans[index].parent {
+                Some(parent) => index = parent,
+                None => return false,
+            }
+        }
+    }
+
     /// The ancestry of span `index`, itself first.
     pub fn ancestry(&self, mut index: usize) -> Vec<&SpanRecord> {
         let mut chain = vec![&self.spans[index]];
