@@ -1157,13 +1157,7 @@ fn worker_output_takes_every_line_labelled_instead_of_stderr() {
         try_offload!(fails, message)
     }
     common::watchdog(Duration::from_secs(60), || {
-        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let sink = Arc::clone(&lines);
-        let cpu = Processes::builder()
-            .workers(1)
-            .worker_output(move |line| sink.lock().unwrap().push(line.to_owned()))
-            .build()
-            .unwrap();
+        let (cpu, lines) = common::one_worker_with_its_lines();
         assert_eq!(talk(21).run_with(&cpu), 42);
         let pid = cpu.idle_pids()[0];
         let error = try_fail("bad input 7".into()).run_with(&cpu).unwrap_err();

@@ -28,9 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use ythread::{
-    OffloadError, OffloadErrorKind, Processes, Yieldable, offloadable, try_offload, yieldable,
-};
+use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
 
 use common::eventually;
 use metric_totals::Totals;
@@ -391,13 +389,7 @@ fn hostile_event_frames_fail_their_call_and_never_the_parent() {
 fn every_line_carries_the_call_that_printed_it() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = Arc::clone(&lines);
-        let cpu = Processes::builder()
-            .workers(1)
-            .worker_output(move |line| sink.lock().unwrap().push(line.to_owned()))
-            .build()
-            .unwrap();
+        let (cpu, lines) = common::one_worker_with_its_lines();
         let pid = cpu.idle_pids()[0];
         // Back to back, on one worker: the relay may read the first call's
         // lines after the second has started.

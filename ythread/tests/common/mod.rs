@@ -158,6 +158,21 @@ pub(crate) fn worker_processes(n: usize) -> ythread::ProcessesBuilder {
         .worker_output(keep_line)
 }
 
+/// One worker process whose printed lines, labelled, go to the returned
+/// list only (for tests of the labels).
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub(crate) fn one_worker_with_its_lines() -> (ythread::Processes, Arc<std::sync::Mutex<Vec<String>>>)
+{
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    let cpu = ythread::Processes::builder()
+        .workers(1)
+        .worker_output(move |line| sink.lock().unwrap().push(line.to_owned()))
+        .build()
+        .expect("a worker process");
+    (cpu, lines)
+}
+
 /// The last lines that worker processes and entry processes of this test
 /// binary printed, for a failing test to show.
 static LINES: std::sync::Mutex<std::collections::VecDeque<String>> =
