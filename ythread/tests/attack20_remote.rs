@@ -1,0 +1,170 @@
+//! Attack round 20: a NATS peer against a `Worker` (features `remote`,
+//! `tracing`, `metrics`): many `traceparent` values, a header near 1 MiB,
+//! a non-UTF-8 header value (raw protocol), reply subjects of 10 KB, with
+//! control characters, or whose last token has 17 hex digits. The worker
+//! must answer each call as without them (or drop what it cannot parse,
+//! and serve on), never panic, and never put the peer's text in a span.
+#![cfg(all(feature = "remote", feature = "tracing", feature = "metrics"))]
+
+mod common;
+#[path = "common/metric_totals.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod metric_totals;
+#[path = "common/spans.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod spans;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::nats::NatsServer;
+use futures_util::StreamExt;
+use ythread::remote::{Remote, Worker, async_nats};
+use ythread::{OffloadError, Yieldable, offloadable, try_offload, yieldable};
+
+#[offloadable]
+fn sumn(n: u64) -> u64 {
+    (1..=n).sum()
+}
+
+#[yieldable]
+fn call_sumn(n: u64) -> Result<u64, OffloadError> {
+    try_offload!(sumn, n)
+}
+
+#[test]
+fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
+    common::watchdog(Duration::from_secs(120), || {
+        let spans = spans::recorder();
+        metric_totals::Totals::global();
+        let server = NatsServer::start(&[]).unwrap_or_else(|error| panic!("{error}"));
+        let namespace = "attack20";
+        let worker = Worker::builder(server.url())
+            .namespace(namespace)
+            .threads(2)
+            .start()
+            .unwrap();
+        let cpu = Arc::new(
+            Remote::builder(server.url())
+                .namespace(namespace)
+                .connect()
+                .unwrap(),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let raw = runtime.block_on(async_nats::connect(server.url())).unwrap();
+        let mut sniffed = runtime
+            .block_on(raw.subscribe(format!("ythread.{namespace}.>")))
+            .unwrap();
+        runtime.block_on(raw.flush()).unwrap();
+        let requester = Arc::clone(&cpu);
+        let called = std::thread::spawn(move || call_sumn(10).run_with(&*requester));
+        let call = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), sniffed.next()).await })
+            .unwrap()
+            .unwrap();
+        assert_eq!(called.join().unwrap().unwrap(), 55);
+
+        let request = |reply: String, headers: async_nats::HeaderMap| -> Option<Vec<u8>> {
+            runtime.block_on(async {
+                let mut replies = raw.subscribe(reply.clone()).await.unwrap();
+                raw.publish_with_reply_and_headers(
+                    call.subject.clone(),
+                    reply,
+                    headers,
+                    call.payload.clone(),
+                )
+                .await
+                .ok()?;
+                raw.flush().await.unwrap();
+                tokio::time::timeout(Duration::from_secs(3), replies.next())
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|reply| reply.payload.to_vec())
+            })
+        };
+        let baseline = request(raw.new_inbox(), async_nats::HeaderMap::new()).expect("an answer");
+
+        // 5000 traceparent values, each valid.
+        let valid = format!("00-{}-{}-01", "ab".repeat(16), "cd".repeat(8));
+        let mut many = async_nats::HeaderMap::new();
+        for _ in 0..5000 {
+            many.append("traceparent", valid.as_str());
+        }
+        assert_eq!(request(raw.new_inbox(), many).as_ref(), Some(&baseline), "many");
+
+        // A header block near the server's 1 MiB max_payload.
+        let mut big = async_nats::HeaderMap::new();
+        big.insert("traceparent", "0".repeat(900 * 1024).as_str());
+        assert_eq!(request(raw.new_inbox(), big).as_ref(), Some(&baseline), "1 MB header");
+
+        // Reply subjects: 10 KB; 17 hex digits; control characters.
+        let long = format!("{}.{}", raw.new_inbox(), "a".repeat(3000));
+        assert_eq!(request(long, async_nats::HeaderMap::new()).as_ref(), Some(&baseline), "3 KB (10 KB is over nats-server max_control_line 4096: the server drops the sender)");
+        let seventeen = format!("{}.{}", raw.new_inbox(), "1".repeat(17));
+        assert_eq!(request(seventeen, async_nats::HeaderMap::new()).as_ref(), Some(&baseline), "17");
+        let control = format!("{}.\u{1b}[31mred\u{7}.beef", raw.new_inbox());
+        let _ = request(control, async_nats::HeaderMap::new());
+
+        // A non-UTF-8 traceparent value, over the raw protocol.
+        let mut tcp = std::net::TcpStream::connect(format!("127.0.0.1:{}", server.port())).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut hello = [0u8; 4096];
+        let _ = tcp.read(&mut hello);
+        tcp.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n")
+            .unwrap();
+        let headers: &[u8] = b"NATS/1.0\r\ntraceparent: \xff\xfe\x00\x80\r\n\r\n";
+        let payload = &call.payload;
+        let inbox = "_RAW.attack20.reply.1";
+        tcp.write_all(format!("SUB {inbox} 1\r\n").as_bytes()).unwrap();
+        tcp.write_all(
+            format!(
+                "HPUB {} {inbox} {} {}\r\n",
+                call.subject,
+                headers.len(),
+                headers.len() + payload.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        tcp.write_all(headers).unwrap();
+        tcp.write_all(payload).unwrap();
+        tcp.write_all(b"\r\nPING\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+
+        // The worker serves on, after whatever reconnection that cost.
+        common::eventually("the worker serves on", || {
+            call_sumn(4).run_with(&*cpu).ok() == Some(10)
+        });
+        assert_eq!(worker.ready(), Ok(()));
+
+        // No span or event carries the peer's text: call ids are hex of at
+        // most 16 digits or `?`.
+        let records = spans.records();
+        for span in records.spans.iter().filter(|s| s.name == "remote_call") {
+            let designation = &span.fields["call"];
+            let call = designation
+                .split(" call ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or_else(|| panic!("{span:?}"));
+            assert!(
+                call.len() <= 16 && call.bytes().all(|b| b.is_ascii_hexdigit()) || call == "?",
+                "{span:?}"
+            );
+            assert!(!call.contains("1".repeat(17).as_str()));
+        }
+        // (async_nats's own debug events repeat subjects: not ythread's words.)
+        for event in records.events.iter().filter(|e| e.target.starts_with("ythread")) {
+            for value in event.fields.values() {
+                assert!(!value.contains('\u{1b}') && !value.contains("aaaaaaaaaaaaaaaaa"), "{event:?}");
+                assert!(!value.contains("11111111111111111"), "{event:?}");
+            }
+        }
+    });
+}
