@@ -43,6 +43,9 @@ pub(crate) const MAX_EVENTS: usize = 1000;
 
 /// The most bytes of event frames of one call (bodies), 1 MiB.
 pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+/// The most events one call can have dropped: more than a call emits in
+/// any real run (a billion events a second for over four seconds).
+pub(crate) const MAX_DROPPED: u64 = u32::MAX as u64;
 
 /// The most bytes of an event's message, and of its other fields, as sent.
 pub(crate) const MAX_TEXT: usize = 4096;
@@ -103,6 +106,14 @@ impl<'c> CallEvents<'c> {
             let dropped = frame::parse_dropped(body).map_err(|error| {
                 ReadError::Malformed(format!("an unreadable drop count: {error}"))
             })?;
+            // What a worker of ours counts is what one call emitted past the
+            // bounds: far from this. A larger count would poison the
+            // program's metric (and wrap it, read as a counter reset).
+            if dropped > MAX_DROPPED {
+                return Err(ReadError::Malformed(format!(
+                    "a drop count of {dropped}, over the {MAX_DROPPED} a call can reach"
+                )));
+            }
             self.said_dropped = true;
             self.dropped = self.dropped.saturating_add(dropped);
             return Ok(());
@@ -548,12 +559,16 @@ mod tests {
         let long = event_body(frame::LEVEL_TRACE, "t", &"x".repeat(MAX_TEXT + 1), "");
         let mut events = CallEvents::new(1, "f call 1", 1, 42);
         assert!(events.take(EVENT, 1, &long).is_err());
-        // One drop count, saturating; a second is out of step.
-        let count = postcard::to_allocvec(&u64::MAX).unwrap();
+        // One drop count, within what a call can reach; a second, or a
+        // larger one, is out of step.
+        let count = postcard::to_allocvec(&MAX_DROPPED).unwrap();
         let mut events = CallEvents::new(1, "f call 1", 1, 42);
         events.take(DROPPED, 1, &count).unwrap();
-        assert_eq!(events.dropped, u64::MAX);
+        assert_eq!(events.dropped, MAX_DROPPED);
         assert!(events.take(DROPPED, 1, &count).is_err());
+        let over = postcard::to_allocvec(&(MAX_DROPPED + 1)).unwrap();
+        let mut events = CallEvents::new(1, "f call 1", 1, 42);
+        assert!(events.take(DROPPED, 1, &over).is_err());
         // Bytes bound: large events run out of bytes before of count.
         let mut events = CallEvents::new(1, "f call 1", 1, 42);
         let large = event_body(
