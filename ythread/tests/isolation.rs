@@ -947,7 +947,7 @@ fn a_process_that_leads_no_group_of_its_own_refuses_to_serve() {
         command
             .env(
                 "YTHREAD_WORKER",
-                format!("3:65536:128:{}:load:0", std::process::id()),
+                format!("3:65536:128:{}:load", std::process::id()),
             )
             .args(["--list"])
             .stdout(Stdio::piped())

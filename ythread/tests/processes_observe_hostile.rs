@@ -48,19 +48,6 @@ fn channel() -> std::mem::ManuallyDrop<std::fs::File> {
     std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(4) })
 }
 
-/// The nonce of this worker's marks, read from its environment as work
-/// that means to forge marks would.
-fn nonce() -> String {
-    let environ = std::fs::read("/proc/self/environ").unwrap();
-    for var in environ.split(|&b| b == 0) {
-        if let Some(value) = var.strip_prefix(b"YTHREAD_WORKER=") {
-            let value = String::from_utf8_lossy(value).into_owned();
-            return value.rsplit(':').next().unwrap().to_owned();
-        }
-    }
-    panic!("no YTHREAD_WORKER")
-}
-
 // --- the work -------------------------------------------------------------
 
 /// Writes `bytes` to stderr in one write each, as given.
@@ -69,17 +56,6 @@ fn write_err(chunks: Vec<Vec<u8>>) -> u64 {
     let mut stderr = std::io::stderr();
     for chunk in &chunks {
         let _ = stderr.write_all(chunk);
-    }
-    0
-}
-
-/// Writes `chunks` with the nonce of this worker spliced in for `{N}`.
-#[offloadable]
-fn write_err_with_nonce(chunks: Vec<String>) -> u64 {
-    let nonce = nonce();
-    let mut stderr = std::io::stderr();
-    for chunk in &chunks {
-        let _ = stderr.write_all(chunk.replace("{N}", &nonce).as_bytes());
     }
     0
 }
@@ -139,11 +115,6 @@ fn plus_one(n: u64) -> u64 {
 #[yieldable]
 fn call_write_err(chunks: Vec<Vec<u8>>) -> Result<u64, OffloadError> {
     try_offload!(write_err, chunks)
-}
-
-#[yieldable]
-fn call_write_err_with_nonce(chunks: Vec<String>) -> Result<u64, OffloadError> {
-    try_offload!(write_err_with_nonce, chunks)
 }
 
 #[yieldable]
@@ -210,11 +181,12 @@ fn split(line: &str) -> (&str, &str) {
     (&line[..end + 2], &line[end + 2..])
 }
 
-// --- marks ------------------------------------------------------------------
+// --- lines, labels and text shaped like them ----------------------------------
 
-/// Text left open at every offset around the 64 KiB chunk boundary, then
-/// the end mark appended to it: the mark is never relayed, the text is
-/// whole and carries the call's label, and the next call's line its own.
+/// Text left open at every offset around the 64 KiB chunk boundary (with a
+/// NUL near its end, where call marks once started) when the call ends: no
+/// mark is relayed, the text is whole and carries the call's label, and
+/// the next call's line its own.
 #[test]
 fn open_lines_around_the_chunk_boundary_never_cut_a_mark() {
     let _serial = serial();
@@ -288,10 +260,10 @@ fn text_escaped(k: usize, i: usize) -> Vec<u8> {
     text
 }
 
-/// Marks of another nonce, the all-zero one, NULs, a line that looks like
+/// Call marks as earlier versions wrote them, NULs, a line that looks like
 /// a label: plain text, escaped, under the call's own label.
 #[test]
-fn forged_marks_without_the_nonce_are_text_under_the_calls_label() {
+fn text_shaped_like_marks_is_text_under_the_calls_label() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
         let (cpu, lines) = with_lines();
@@ -323,15 +295,16 @@ fn forged_marks_without_the_nonce_are_text_under_the_calls_label() {
     });
 }
 
-/// Work that reads the nonce forges marks: the label may name another of
-/// its worker's calls or none, never a text of the worker's choosing, and
-/// the parent labels the next call's lines right.
+/// Work that writes call marks of every shape, split across writes or
+/// left open: each of its lines carries its own call's label, never a text
+/// of the worker's choosing, and the next calls' lines theirs.
 #[test]
-fn forged_marks_with_the_nonce_never_put_worker_text_in_a_label() {
+fn text_shaped_like_marks_never_moves_a_label() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
         let (cpu, lines) = with_lines();
         let pid = cpu.idle_pids()[0];
+        // (`{N}`: a nonce, as marks carried.)
         let forged: Vec<String> = vec![
             "a\n".into(),
             "\0ythread-call {N} 1 end\n".into(),
@@ -349,7 +322,11 @@ fn forged_marks_with_the_nonce_never_put_worker_text_in_a_label() {
             "e\n".into(),
             "open-line-with-mark-prefix \0ythread-call {N} ".into(),
         ];
-        assert_eq!(call_write_err_with_nonce(forged).run_with(&cpu).unwrap(), 0);
+        let forged = forged
+            .iter()
+            .map(|chunk| chunk.replace("{N}", "0123456789abcdef").into_bytes())
+            .collect();
+        assert_eq!(call_write_err(forged).run_with(&cpu).unwrap(), 0);
         assert_eq!(
             call_write_err(vec![b"second\n".to_vec()])
                 .run_with(&cpu)
@@ -368,7 +345,7 @@ fn forged_marks_with_the_nonce_never_put_worker_text_in_a_label() {
             format!("[ythread worker 1 pid {pid}] "),
             format!(
                 "[ythread worker 1 pid {pid} {}] ",
-                designation("write_err_with_nonce", 1)
+                designation("write_err", 1)
             ),
             format!(
                 "[ythread worker 1 pid {pid} {}] ",
@@ -388,6 +365,17 @@ fn forged_marks_with_the_nonce_never_put_worker_text_in_a_label() {
         }
         let third = got.iter().find(|line| line.ends_with("third")).unwrap();
         assert!(third.starts_with(&labels[3]), "{got:#?}");
+        // Every line the first call wrote is labelled with it.
+        for text in [
+            "a",
+            "b-after-forged-end",
+            "c-after-unknown-start",
+            "d-after-next-start",
+            "e",
+        ] {
+            let line = got.iter().find(|line| line.ends_with(text)).unwrap();
+            assert!(line.starts_with(&labels[1]), "{line:?}\n{got:#?}");
+        }
         assert_eq!(cpu.restarts(), 0);
     });
 }

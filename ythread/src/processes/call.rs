@@ -304,6 +304,7 @@ impl Processes {
                     )))
                 }
             });
+        process.call_ended(number);
         let keep = match reply {
             Ok((DONE, body)) => {
                 if let Err(error) = call.finish(registration, body, self.depth()) {

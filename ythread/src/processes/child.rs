@@ -14,7 +14,6 @@ use rustix::io::FdFlags;
 use super::events::Outbox;
 use super::frame::{self, CALL, DONE, HELLO, PANICKED, PROTOCOL, REFUSED, ReadError, Watch};
 use super::handoff::{CALLS_FD, REPLIES_FD, Setting, WORKER_ENV, parent_death_signal};
-use super::mark;
 use super::started::Started;
 use crate::offloadable::{self, InvokeError, Lookup};
 
@@ -93,7 +92,6 @@ pub(crate) fn serve(setting: Setting) -> i32 {
     let worker = Worker {
         max_frame,
         max_depth: setting.max_depth,
-        nonce: setting.nonce,
         started: &started,
         outbox: &outbox,
     };
@@ -211,8 +209,6 @@ static GROUP: AtomicI32 = AtomicI32::new(0);
 struct Worker<'w> {
     max_frame: usize,
     max_depth: usize,
-    /// What its output's marks carry.
-    nonce: u64,
     started: &'w Started,
     outbox: &'w Outbox,
 }
@@ -223,18 +219,19 @@ impl Worker<'_> {
         let Worker {
             max_frame,
             max_depth,
-            nonce,
             started,
             outbox,
         } = *self;
         answer(call, body, out, max_frame, max_depth, |call, level| {
             started.store(call);
             outbox.begin(call, level);
-            mark::write(nonce, call, true);
         });
-        if started.load() == call {
-            mark::write(nonce, call, false);
-        }
+        // What the work left in std's stdout buffer (`print!` without a
+        // newline) is the call's: out before the reply, the parent labels
+        // it so (`output.rs`). (A C library's `stdio` buffers are beyond
+        // reach: what they hold goes out when they flush.) Nothing to write
+        // costs no system call.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
     }
 }
 

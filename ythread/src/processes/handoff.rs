@@ -6,8 +6,7 @@
 use super::frame::PROTOCOL;
 
 /// The environment variable that tells a process it is a worker:
-/// `protocol:max_frame:max_depth:parent_pid:start:nonce`,
-/// `3:67108864:128:4242:load:9f86d081884c7d65`.
+/// `protocol:max_frame:max_depth:parent_pid:start`, `3:67108864:128:4242:load`.
 pub(crate) const WORKER_ENV: &str = "YTHREAD_WORKER";
 
 /// Where a worker starts serving.
@@ -33,10 +32,6 @@ pub(crate) struct Setting {
     /// the variable, and must run as the program it is.
     pub(crate) parent: u32,
     pub(crate) start: Start,
-    /// What the marks the worker writes in its output at each call's start
-    /// and end carry (`mark.rs`), so that its own text cannot make one by
-    /// accident.
-    pub(crate) nonce: u64,
 }
 
 impl Setting {
@@ -46,8 +41,8 @@ impl Setting {
             Start::Main => "main",
         };
         format!(
-            "{PROTOCOL}:{}:{}:{}:{start}:{:016x}",
-            self.max_frame, self.max_depth, self.parent, self.nonce
+            "{PROTOCOL}:{}:{}:{}:{start}",
+            self.max_frame, self.max_depth, self.parent
         )
     }
 
@@ -65,7 +60,6 @@ impl Setting {
                 "main" => Start::Main,
                 _ => return None,
             },
-            nonce: u64::from_str_radix(fields.next()?, 16).ok()?,
         };
         fields.next().is_none().then_some(setting)
     }
@@ -96,7 +90,6 @@ mod tests {
                 max_depth: 128,
                 parent: 4242,
                 start,
-                nonce: 0x9f86_d081_884c_7d65,
             };
             assert_eq!(Setting::parse(&setting.encode()), Some(setting));
         }
@@ -104,10 +97,8 @@ mod tests {
             "",
             "2",
             "1:67108864",
-            "3:1:2:3:later:0",
-            "3:1:2:3:load",
-            "3:1:2:3:load:4:5",
-            "3:1:2:3:load:xyz",
+            "3:1:2:3:later",
+            "3:1:2:3:load:4",
             "x:1:2:3:load:0",
         ] {
             assert_eq!(Setting::parse(bad), None, "{bad}");

@@ -141,8 +141,7 @@
 // them: `handoff.rs` (what a parent hands a worker: its setting, its
 // descriptors, its parent-death signal), `frame.rs` (the framing on the
 // pipes), `events.rs` (a call's `tracing` events, sent by the worker and
-// emitted again by the parent), `mark.rs` (the marks of each call's start
-// and end in a worker's output), `started.rs` (the word that says whether a
+// emitted again by the parent), `started.rs` (the word that says whether a
 // call started), `sigpipe.rs` (writes that a reader's end cannot kill),
 // `death.rs` (how a worker process ended, in words) and `meters.rs` (what
 // the `metrics` feature reports).
@@ -156,7 +155,6 @@ mod entry;
 mod events;
 mod frame;
 mod handoff;
-mod mark;
 pub(crate) mod meters;
 mod output;
 mod process;
@@ -242,10 +240,10 @@ pub fn init_with(setup: impl FnOnce()) {
 /// call 7`, 7 being its number among this strategy's calls (from 1; a call
 /// run again keeps its number). Each line a worker prints is labelled with
 /// the call it was running when it wrote the line, `[ythread worker 1 pid
-/// 4242 app::digest call 7] text` (the worker marks each call's start and
-/// end in its output; lines printed between calls carry the worker's label
-/// only), including a last line left without a newline and what `print!`
-/// left in std's stdout buffer, flushed as the call ends.
+/// 4242 app::digest call 7] text` (the parent notes where in the worker's
+/// output each call starts and ends; lines printed between calls carry the
+/// worker's label only), including a last line left without a newline and
+/// what `print!` left in std's stdout buffer, flushed as the call ends.
 ///
 /// With the `tracing` feature, the `tracing` events the work emits in the
 /// worker (at the most verbose level the program's subscribers want at

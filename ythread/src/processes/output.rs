@@ -4,10 +4,18 @@
 //! ("ythread-output") reads it and relays each line to this process's stderr,
 //! labelled with the worker and the call it was running when it wrote the
 //! line (`f call 7`), so that a user can tell who printed what; it keeps the
-//! last few KiB so that a death can be explained ([`cause`]). The worker
-//! marks each call's start and end in the pipe itself (`mark.rs`): the
-//! relay strips the marks and labels the lines between them, so a line's
-//! label never depends on when the relay read it.
+//! last few KiB so that a death can be explained ([`cause`]).
+//!
+//! A line's label never depends on when the relay read it. The parent
+//! notes where in the output each call starts and ends, as byte positions:
+//! what the relay has read plus what waits in the pipe (`FIONREAD`), at the
+//! moment the call is sent and at the moment its reply is read. The worker
+//! wrote what it printed running the call before its reply (it flushes
+//! std's stdout buffer first), so those bytes are in the pipe, or read,
+//! when the reply is. The relay reads under the same lock, and labels each
+//! byte by the call whose span holds it, ending a line at a span's edge.
+//! Nothing goes through the pipe but the worker's own bytes, and a call
+//! costs the parent two `ioctl`s and no wake-up of the relay.
 //!
 //! The worker is another process and its output may be hostile: memory stays
 //! bounded whatever it prints (lines are cut at [`LINE`] bytes, the tail kept
@@ -15,13 +23,13 @@
 //! drive the parent's terminal or fake a label.
 
 use std::collections::VecDeque;
-use std::io::{self, PipeReader, Read, Write};
+use std::io::{self, PipeReader, PipeWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::Sender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use super::mark;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,11 +44,10 @@ const TAIL: usize = 16 * 1024;
 /// How many of the last lines [`cause`] reads (std's backtrace not counted).
 const LAST_LINES: usize = 8;
 
-/// How many calls sent and not yet seen starting the relay keeps the name
-/// of: one would do (a worker runs one call at a time, and marks it before
-/// its reply), the rest is for a relay that lags; a worker that writes no
-/// marks (it died first, or its work closed its stderr) cannot make the
-/// record grow.
+/// How many calls' spans of output are kept: one would do for a relay that
+/// keeps up (a worker runs one call at a time); the rest is for a relay
+/// that lags behind a worker running short calls. A relay more calls behind
+/// than this labels the oldest bytes with no call.
 const CALLS_KEPT: usize = 16;
 
 /// The parent's end of one worker process's output (its stdout and stderr),
@@ -58,15 +65,52 @@ impl std::fmt::Debug for Output {
 
 /// What an [`Output`] shares with its relay thread.
 struct Shared {
-    /// The calls sent to the worker whose start mark the relay has not read
-    /// yet, by call number, oldest first, with the designation of each
-    /// (`f call 7`): at most [`CALLS_KEPT`]. Held for a push by the parent
-    /// once per call, and for a lookup by the relay once per mark, so it is
-    /// all but never contended.
-    calls: Mutex<VecDeque<(u32, Arc<str>)>>,
+    /// The read end of the worker's output pipe: read by the relay, asked
+    /// how much it holds by the parent.
+    reader: PipeReader,
+    /// Where each call's output is, and how far the relay has read. Held by
+    /// the parent twice per call and by the relay for each `read`: all but
+    /// never contended, and never while writing a line out.
+    spans: Mutex<Spans>,
+    /// Wakes the relay when a call ends while it holds a line of that call
+    /// open (`Spans::open_line`): the line is over, though no byte follows.
+    wake: (PipeReader, PipeWriter),
     tail: Mutex<Tail>,
     /// Notified when the relay thread sets `Tail::ended`.
     ended: Condvar,
+}
+
+/// Where in the worker's output (by byte position) the last calls' lines
+/// are.
+struct Spans {
+    /// The bytes the relay has read from the pipe.
+    read: u64,
+    /// The last calls sent, oldest first: at most [`CALLS_KEPT`].
+    calls: VecDeque<CallSpan>,
+    /// The relay holds a line not yet ended by a newline.
+    open_line: bool,
+}
+
+/// The bytes of the worker's output printed while one call ran.
+#[derive(Clone)]
+struct CallSpan {
+    number: u32,
+    /// Its first byte's position, and one past its last (`u64::MAX` while
+    /// its reply is awaited).
+    start: u64,
+    end: u64,
+    /// `f call 7`.
+    designation: Arc<str>,
+}
+
+impl Spans {
+    /// The position the worker's next byte will have: what was read plus
+    /// what the pipe holds.
+    fn written(&self, reader: &PipeReader) -> u64 {
+        // (It cannot fail on a pipe; if it did, the lines read later would
+        // take the next call's label, as before positions were noted.)
+        self.read + rustix::io::ioctl_fionread(reader.as_fd()).unwrap_or(0)
+    }
 }
 
 /// The end of what the worker printed.
@@ -88,35 +132,56 @@ impl Output {
     ///
     /// Errors: the thread could not be spawned.
     /// The lines go to `sink` if given, else to this process's stderr.
-    /// `nonce` is what the worker's marks carry (`mark.rs`).
     pub(crate) fn relay(
         reader: PipeReader,
         worker: usize,
         pid: u32,
-        nonce: u64,
         sink: Option<WorkerOutput>,
     ) -> io::Result<Output> {
-        let who = Who { worker, pid, nonce };
+        let who = Who { worker, pid };
         match sink {
             None => relay_to(reader, who, StderrQueue),
             Some(sink) => relay_to(reader, who, Callback(sink)),
         }
     }
 
-    /// The call numbered `call` is sent to the worker: the lines between its
-    /// start and end marks are labelled `designation` (`f call 7`).
+    /// The call numbered `call` is about to be sent to the worker: what it
+    /// prints from now on, until [`Output::call_ended`], is labelled
+    /// `designation` (`f call 7`).
     ///
-    /// On the hot path (once per call): one uncontended lock, nothing more.
+    /// On the hot path (once per call): one uncontended lock and one
+    /// `ioctl`.
     pub(crate) fn expect_call(&self, call: u32, designation: Arc<str>) {
-        let mut calls = self
-            .shared
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if calls.len() == CALLS_KEPT {
-            calls.pop_front();
+        let mut spans = lock_spans(&self.shared);
+        let start = spans.written(&self.shared.reader);
+        if spans.calls.len() == CALLS_KEPT {
+            spans.calls.pop_front();
         }
-        calls.push_back((call, designation));
+        spans.calls.push_back(CallSpan {
+            number: call,
+            start,
+            end: u64::MAX,
+            designation,
+        });
+    }
+
+    /// The reply to call `call` has been read (or the wait for it is over):
+    /// what the worker prints from now on is not that call's.
+    pub(crate) fn call_ended(&self, call: u32) {
+        let mut spans = lock_spans(&self.shared);
+        let end = spans.written(&self.shared.reader);
+        if let Some(span) = spans
+            .calls
+            .iter_mut()
+            .rev()
+            .find(|span| span.number == call)
+        {
+            span.end = span.end.min(end);
+        }
+        if spans.open_line {
+            // Non-blocking: a full pipe holds wakes enough.
+            let _ = (&self.shared.wake.1).write(&[0]);
+        }
     }
 
     /// Waits up to `wait` for the worker's output to end (the pipe's end of
@@ -299,20 +364,27 @@ impl Write for Callback {
     }
 }
 
-/// Whose output a relay reads: the worker's number in its pool (1, 2, ...),
-/// its process id, and the nonce of its marks.
+/// Whose output a relay reads: the worker's number in its pool (1, 2, ...)
+/// and its process id.
 #[derive(Clone, Copy)]
 struct Who {
     worker: usize,
     pid: u32,
-    nonce: u64,
 }
 
 /// [`Output::relay`], writing the labelled lines to `sink` (stderr but in the
 /// tests).
 fn relay_to(reader: PipeReader, who: Who, sink: impl Write + Send + 'static) -> io::Result<Output> {
+    let wake = io::pipe()?;
+    rustix::io::ioctl_fionbio(&wake.1, true)?;
     let shared = Arc::new(Shared {
-        calls: Mutex::new(VecDeque::new()),
+        reader,
+        spans: Mutex::new(Spans {
+            read: 0,
+            calls: VecDeque::with_capacity(CALLS_KEPT),
+            open_line: false,
+        }),
+        wake,
         tail: Mutex::new(Tail {
             text: VecDeque::with_capacity(TAIL),
             at_line_start: true,
@@ -324,8 +396,8 @@ fn relay_to(reader: PipeReader, who: Who, sink: impl Write + Send + 'static) -> 
         shared: Arc::clone(&shared),
         worker: who.worker,
         pid: who.pid,
-        prefix: mark::prefix(who.nonce),
         running: None,
+        calls: Vec::with_capacity(CALLS_KEPT),
         sink,
         out: Vec::new(),
     };
@@ -334,9 +406,7 @@ fn relay_to(reader: PipeReader, who: Who, sink: impl Write + Send + 'static) -> 
     // dropping the `Output` never waits for it.
     thread::Builder::new()
         .name("ythread-output".into())
-        .spawn(move || {
-            relay.run(reader);
-        })?;
+        .spawn(move || relay.run())?;
     Ok(Output { shared })
 }
 
@@ -345,11 +415,11 @@ struct Relay<W> {
     shared: Arc<Shared>,
     worker: usize,
     pid: u32,
-    /// What the worker's marks start with.
-    prefix: Vec<u8>,
-    /// The designation of the call the worker ran when it wrote the bytes
-    /// read last (`f call 7`): set by a start mark, cleared by an end mark.
+    /// The designation of the call that ran when the worker wrote the bytes
+    /// being relayed (`f call 7`); `None` between calls.
     running: Option<Arc<str>>,
+    /// The calls' spans as of the last read (reused).
+    calls: Vec<CallSpan>,
     sink: W,
     /// The line being written: label, escaped text, newline. Reused; at most
     /// the label plus 4 bytes for each of a chunk's `LINE` bytes (`\x1b`).
@@ -357,54 +427,54 @@ struct Relay<W> {
 }
 
 impl<W: Write> Relay<W> {
-    /// Relays `reader` until its end of file, then tells `last_lines`.
-    fn run(mut self, mut reader: PipeReader) {
+    /// Relays the pipe until its end of file, then tells `last_lines`.
+    fn run(mut self) {
         let mut buffer = [0; 8 * 1024];
         // The bytes of the current line read so far: never more than `LINE`.
         let mut line = Vec::with_capacity(LINE);
-        // A mark is at most this long: a full line whose last bytes may start
-        // one keeps them for the next chunk, so that no mark is ever cut.
-        let mark_room = mark::MAX_MARK.min(LINE);
+        // The position of the first byte of `buffer`.
+        let mut position = 0;
         loop {
-            let mut rest = match reader.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => &buffer[..n],
+            let n = match self.read(&mut buffer) {
+                Ok(Some(0)) => break,
+                Ok(Some(n)) => n,
+                // Woken: see below whether the open line is over.
+                Ok(None) => 0,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 // Not expected of a pipe; as at end of file, nothing more
                 // can be read.
                 Err(_) => break,
             };
-            while !rest.is_empty() {
-                let room = LINE - line.len();
-                // One byte past the room: a newline right after a full line
-                // ends it, rather than an empty line after a chunk.
-                let window = &rest[..rest.len().min(room + 1)];
-                if let Some(end) = window.iter().position(|&b| b == b'\n') {
-                    line.extend_from_slice(&window[..end]);
-                    self.line(&line);
-                    line.clear();
-                    rest = &rest[end + 1..];
-                } else if room == 0 {
-                    // A full line that goes on: this much is a chunk, up to
-                    // a NUL near its end, which may start a mark.
-                    let tail = LINE - mark_room;
-                    let cut = line[tail..]
-                        .iter()
-                        .rposition(|&b| b == 0)
-                        .map_or(LINE, |at| tail + at);
-                    let cut = if cut == 0 { LINE } else { cut };
-                    self.emit(&line[..cut]);
-                    line.drain(..cut);
-                } else {
-                    let taken = window.len().min(room);
-                    line.extend_from_slice(&rest[..taken]);
-                    rest = &rest[taken..];
+            let mut at = 0;
+            while at < n {
+                // The bytes up to the next edge of a call's span share a
+                // label; a line open at an edge ends there.
+                let (running, edge) = self.label_at(position + at as u64);
+                self.relabel(running, &mut line);
+                let until = usize::try_from(edge - position).map_or(n, |edge| edge.min(n));
+                self.split(&buffer[at..until], &mut line);
+                at = until;
+            }
+            position += n as u64;
+            // A line left open by a call that has ended is over: told by
+            // the parent, which wakes this thread if the call ends later.
+            loop {
+                {
+                    let mut spans = lock_spans(&self.shared);
+                    spans.open_line = !line.is_empty();
+                    self.calls.clear();
+                    self.calls.extend(spans.calls.iter().cloned());
                 }
+                let (running, _) = self.label_at(position);
+                if running == self.running {
+                    break;
+                }
+                self.relabel(running, &mut line);
             }
         }
         // A last line without a newline is relayed all the same.
         if !line.is_empty() {
-            self.line(&line);
+            self.emit(&line);
         }
         self.shared
             .tail
@@ -414,35 +484,90 @@ impl<W: Write> Relay<W> {
         self.shared.ended.notify_all();
     }
 
-    /// Takes one line (without its newline): a mark, which may end a line
-    /// the work left open, or text to relay.
-    fn line(&mut self, line: &[u8]) {
-        let at = line
-            .windows(self.prefix.len())
-            .position(|window| window == self.prefix);
-        if let Some(at) = at
-            && let Some((call, start)) = mark::parse(&line[at + self.prefix.len()..])
-        {
-            // The text before the mark was written before it: it belongs
-            // to the call that ran then.
-            if at > 0 {
-                self.emit(&line[..at]);
+    /// The bytes from here on are `running`'s: a line open under another
+    /// label ends.
+    fn relabel(&mut self, running: Option<Arc<str>>, line: &mut Vec<u8>) {
+        if running != self.running {
+            if !line.is_empty() {
+                self.emit(line);
+                line.clear();
             }
-            self.running = if start {
-                let mut calls = self
-                    .shared
-                    .calls
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                // The calls before it are over: their marks were lost.
-                let found = calls.iter().position(|(number, _)| *number == call);
-                found.and_then(|found| calls.drain(..=found).next_back().map(|(_, name)| name))
-            } else {
-                None
-            };
-            return;
+            self.running = running;
         }
-        self.emit(line);
+    }
+
+    /// Waits for bytes (or a wake), then reads them and notes how far it
+    /// read, under the lock of the spans (so that a position the parent
+    /// notes counts each byte once), taking a copy of the spans as they
+    /// are. `None`: woken, nothing read.
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        // Waiting happens outside the lock: the parent never waits on it.
+        let mut fds = [
+            PollFd::new(&self.shared.reader, PollFlags::IN),
+            PollFd::new(&self.shared.wake.0, PollFlags::IN),
+        ];
+        poll(&mut fds, None)?;
+        let (output, woken) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if woken {
+            let _ = (&self.shared.wake.0).read(&mut [0; 64]);
+        }
+        let mut spans = lock_spans(&self.shared);
+        let n = if output {
+            // Readable (or at its end): this does not block.
+            let n = (&self.shared.reader).read(buffer)?;
+            spans.read += n as u64;
+            Some(n)
+        } else {
+            None
+        };
+        self.calls.clear();
+        self.calls.extend(spans.calls.iter().cloned());
+        Ok(n)
+    }
+
+    /// The call whose span holds the byte at `position`, if any, and the
+    /// position of the next edge of any span after it (`u64::MAX`: none
+    /// known yet).
+    fn label_at(&self, position: u64) -> (Option<Arc<str>>, u64) {
+        let mut running = None;
+        let mut edge = u64::MAX;
+        for span in &self.calls {
+            if span.start <= position && position < span.end {
+                running = Some(Arc::clone(&span.designation));
+            }
+            for at in [span.start, span.end] {
+                if at > position {
+                    edge = edge.min(at);
+                }
+            }
+        }
+        (running, edge)
+    }
+
+    /// Cuts `bytes` into lines, relaying each one it ends; what is left of
+    /// an open line stays in `line`.
+    fn split(&mut self, mut rest: &[u8], line: &mut Vec<u8>) {
+        while !rest.is_empty() {
+            let room = LINE - line.len();
+            // One byte past the room: a newline right after a full line
+            // ends it, rather than an empty line after a chunk.
+            let window = &rest[..rest.len().min(room + 1)];
+            if let Some(end) = window.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&window[..end]);
+                self.emit(line);
+                line.clear();
+                rest = &rest[end + 1..];
+            } else if room == 0 {
+                // A full line that goes on: this much is a chunk.
+                self.emit(line);
+                line.clear();
+            } else {
+                let taken = window.len().min(room);
+                line.extend_from_slice(&rest[..taken]);
+                rest = &rest[taken..];
+            }
+        }
     }
 
     /// Relays one line (without its newline) and keeps it in the tail.
@@ -473,6 +598,10 @@ impl<W: Write> Relay<W> {
             .unwrap_or_else(PoisonError::into_inner)
             .push(&self.out[label..]);
     }
+}
+
+fn lock_spans(shared: &Shared) -> std::sync::MutexGuard<'_, Spans> {
+    shared.spans.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Appends `text` to `out` with every control character but tab (C0, DEL,
@@ -682,15 +811,8 @@ mod tests {
         }
     }
 
-    /// The nonce of the marks in these tests.
-    const NONCE: u64 = 0x0123_4567_89ab_cdef;
-
     fn who(worker: usize, pid: u32) -> Who {
-        Who {
-            worker,
-            pid,
-            nonce: NONCE,
-        }
+        Who { worker, pid }
     }
 
     fn start(worker: usize, pid: u32) -> (Output, PipeWriter, Sink) {
@@ -700,11 +822,6 @@ mod tests {
         (output, writer, sink)
     }
 
-    /// The mark of call `call` starting or ending, as a worker writes it.
-    fn mark(call: u32, start: bool) -> String {
-        super::mark::mark(NONCE, call, start)
-    }
-
     /// Closes the pipe and waits for the relay to reach its end of file.
     fn finish(output: &Output, writer: PipeWriter) -> String {
         drop(writer);
@@ -712,16 +829,13 @@ mod tests {
     }
 
     #[test]
-    fn labels_follow_the_marks() {
+    fn labels_follow_the_calls() {
         let (output, mut writer, sink) = start(2, 12345);
         writer.write_all(b"before\n").unwrap();
         output.expect_call(1, "crate::cpu::sumn call 1".into());
-        let text = format!(
-            "{}during\nhalf a line{}after\n",
-            mark(1, true),
-            mark(1, false)
-        );
-        writer.write_all(text.as_bytes()).unwrap();
+        writer.write_all(b"during\nhalf a line").unwrap();
+        output.call_ended(1);
+        writer.write_all(b"after\n").unwrap();
         let tail = finish(&output, writer);
         assert_eq!(
             sink.writes(),
@@ -732,71 +846,85 @@ mod tests {
                 "[ythread worker 2 pid 12345] after\n",
             ]
         );
-        // The marks are not the worker's text.
         assert_eq!(tail, "before\nduring\nhalf a line\nafter\n");
     }
 
     #[test]
     fn a_lagging_relay_labels_each_line_with_the_call_that_wrote_it() {
-        let (output, mut writer, sink) = start(1, 7);
-        // Both calls are sent before the relay reads a byte of the first's.
-        output.expect_call(1, "f call 1".into());
-        output.expect_call(2, "g call 2".into());
-        let text = [
-            mark(1, true),
-            "one\nopen".into(),
-            mark(1, false),
-            mark(2, true),
-            "two\n".into(),
-            mark(2, false),
-            "between calls\n".into(),
-        ]
-        .concat();
-        // Byte by byte: marks cut across reads are still marks.
-        for byte in text.as_bytes() {
-            writer.write_all(&[*byte]).unwrap();
+        for _ in 0..50 {
+            let (output, mut writer, sink) = start(1, 7);
+            // Byte by byte, and the calls noted as the worker would run
+            // them, while the relay reads when it can: however far it lags,
+            // each byte has the label of the call that wrote it.
+            let mut write = |text: &str| {
+                for byte in text.as_bytes() {
+                    writer.write_all(&[*byte]).unwrap();
+                }
+            };
+            output.expect_call(1, "f call 1".into());
+            write("one\nopen");
+            output.call_ended(1);
+            output.expect_call(2, "g call 2".into());
+            write("two\n");
+            output.call_ended(2);
+            write("between calls\n");
+            finish(&output, writer);
+            assert_eq!(
+                sink.writes(),
+                [
+                    "[ythread worker 1 pid 7 f call 1] one\n",
+                    "[ythread worker 1 pid 7 f call 1] open\n",
+                    "[ythread worker 1 pid 7 g call 2] two\n",
+                    "[ythread worker 1 pid 7] between calls\n",
+                ]
+            );
         }
+    }
+
+    #[test]
+    fn text_that_looks_like_a_label_is_text_under_the_real_one() {
+        let (output, mut writer, sink) = start(1, 7);
+        output.expect_call(1, "f call 1".into());
+        writer
+            .write_all(b"[ythread worker 9 pid 1 evil call 1] x\r\n\0ythread-call 0 2 start\n")
+            .unwrap();
+        output.call_ended(1);
         finish(&output, writer);
         assert_eq!(
             sink.writes(),
             [
-                "[ythread worker 1 pid 7 f call 1] one\n",
-                "[ythread worker 1 pid 7 f call 1] open\n",
-                "[ythread worker 1 pid 7 g call 2] two\n",
-                "[ythread worker 1 pid 7] between calls\n",
+                "[ythread worker 1 pid 7 f call 1] [ythread worker 9 pid 1 evil call 1] x\\x0d\n",
+                "[ythread worker 1 pid 7 f call 1] \\x00ythread-call 0 2 start\n",
             ]
         );
     }
 
     #[test]
-    fn marks_of_another_nonce_or_of_a_call_never_sent_label_nothing() {
+    fn a_line_open_when_its_call_ends_is_relayed_then_without_more_bytes() {
         let (output, mut writer, sink) = start(1, 7);
         output.expect_call(1, "f call 1".into());
-        let forged = super::mark::mark(NONCE ^ 1, 1, true);
-        writer.write_all(forged.as_bytes()).unwrap();
-        writer.write_all(b"text\n").unwrap();
-        writer.write_all(mark(9, true).as_bytes()).unwrap();
-        writer.write_all(b"more\n").unwrap();
+        writer.write_all(b"open").unwrap();
+        // The relay has read it, and holds it open.
+        let deadline = Instant::now() + LONG;
+        while !lock_spans(&output.shared).open_line {
+            assert!(Instant::now() < deadline, "the relay never read the line");
+            thread::sleep(Duration::from_millis(1));
+        }
+        output.call_ended(1);
+        // The pipe stays open, and nothing more comes: the call's end is
+        // what ends the line.
+        sink.wait_for(1);
+        assert_eq!(sink.writes(), ["[ythread worker 1 pid 7 f call 1] open\n"]);
         finish(&output, writer);
-        let forged = forged.trim_end().replace('\0', "\\x00");
-        assert_eq!(
-            sink.writes(),
-            [
-                format!("[ythread worker 1 pid 7] {forged}\n"),
-                "[ythread worker 1 pid 7] text\n".to_owned(),
-                "[ythread worker 1 pid 7] more\n".to_owned(),
-            ]
-        );
     }
 
     #[test]
-    fn a_mark_after_a_long_open_line_is_never_cut() {
+    fn a_line_open_at_the_end_of_a_call_ends_there() {
         let (output, mut writer, sink) = start(1, 7);
         output.expect_call(1, "f call 1".into());
-        writer.write_all(mark(1, true).as_bytes()).unwrap();
-        // The end mark straddles the chunk boundary.
-        let text = format!("{}{}next\n", "x".repeat(LINE - 10), mark(1, false));
-        writer.write_all(text.as_bytes()).unwrap();
+        writer.write_all("x".repeat(LINE - 10).as_bytes()).unwrap();
+        output.call_ended(1);
+        writer.write_all(b"next\n").unwrap();
         finish(&output, writer);
         assert_eq!(
             sink.writes(),
@@ -1062,7 +1190,7 @@ mod tests {
     #[test]
     fn relay_writes_to_stderr() {
         let (reader, mut writer) = io::pipe().unwrap();
-        let output = Output::relay(reader, 1, 0, NONCE, None).unwrap();
+        let output = Output::relay(reader, 1, 0, None).unwrap();
         writer.write_all(b"relayed to the test's stderr\n").unwrap();
         drop(writer);
         assert_eq!(output.last_lines(LONG), "relayed to the test's stderr\n");

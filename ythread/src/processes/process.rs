@@ -133,13 +133,11 @@ impl Process {
         if let Some(arg0) = &spec.arg0 {
             command.arg0(arg0);
         }
-        let nonce = nonce();
         let setting = Setting {
             max_frame: spec.max_frame,
             max_depth: spec.max_depth,
             parent: std::process::id(),
             start: spec.start,
-            nonce,
         };
         command
             .args(&spec.args)
@@ -222,13 +220,7 @@ impl Process {
         // writer of its output the relay from seeing the output end. (The
         // command holds the output's ends.)
         drop((calls_in, replies_out, started_fd, command));
-        let output = Output::relay(
-            output_in,
-            number,
-            child.id(),
-            nonce,
-            spec.worker_output.clone(),
-        );
+        let output = Output::relay(output_in, number, child.id(), spec.worker_output.clone());
         // Writes to the worker wait in `poll`, beside its end (`frame::write`).
         rustix::io::ioctl_fionbio(&calls_out, true)
             .map_err(|e| format!("a non-blocking pipe for calls: {e}"))?;
@@ -427,10 +419,19 @@ impl Process {
     }
 
     /// The call numbered `call`, which `designation` names (`f call 7`),
-    /// is sent to the worker: for the labels of what it prints running it.
+    /// is about to be sent to the worker: for the labels of what it prints
+    /// running it.
     pub(crate) fn expect_call(&self, call: u32, designation: &Arc<str>) {
         if let Some(output) = &self.output {
             output.expect_call(call, Arc::clone(designation));
+        }
+    }
+
+    /// The reply to call `call` was read, or will not come: what the
+    /// worker prints from now on is not that call's.
+    pub(crate) fn call_ended(&self, call: u32) {
+        if let Some(output) = &self.output {
+            output.call_ended(call);
         }
     }
 
@@ -536,21 +537,6 @@ fn exited<'p>(pidfd: &'p Option<OwnedFd>, child: &Child) -> Exited<'p> {
         Some(pidfd) => Exited::Pidfd(pidfd.as_fd()),
         None => Exited::Pid(Pid::from_child(child)),
     }
-}
-
-/// A number for the marks of one worker's output (`mark.rs`) that its
-/// work will not print by accident: std's random hash keys (from the
-/// system's random source, once per thread, then moved on by each use)
-/// mixed with the time.
-fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos()),
-    );
-    hasher.finish()
 }
 
 /// Opens `/dev/null` on any of the standard descriptors (0, 1, 2) that the
