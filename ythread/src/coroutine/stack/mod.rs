@@ -195,12 +195,6 @@ fn lock_pool() -> MutexGuard<'static, Vec<IdleStack>> {
     POOL.lock()
 }
 
-/// How many stacks the process-wide pool holds now (for tests).
-#[cfg(test)]
-pub(crate) fn pooled() -> usize {
-    lock_pool().len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +202,20 @@ mod tests {
 
     fn base_of((stack, _): &(Stack, Label)) -> usize {
         stack.base().get()
+    }
+
+    /// Held by the tests that fill the process-wide pool or need room in
+    /// it: a full pool turns away a stack given back, so a test counting on
+    /// its stack being kept must not run while another fills the pool.
+    static POOL_TESTS: Mutex<()> = Mutex::new(());
+
+    /// The bases of the stacks of `size` in the process-wide pool.
+    fn pooled_bases(size: usize) -> Vec<usize> {
+        lock_pool()
+            .iter()
+            .filter(|idle| idle.sized.size == size)
+            .map(|idle| idle.sized.stack.base().get())
+            .collect()
     }
 
     #[test]
@@ -229,6 +237,10 @@ mod tests {
 
     #[test]
     fn an_exiting_thread_hands_its_stack_to_the_pool_for_other_threads() {
+        let _serial = POOL_TESTS.lock();
+        // Room for the stack: other tests' exiting threads give theirs too.
+        let others = std::mem::take(&mut *lock_pool());
+        drop(others);
         let size = 72 * 1024;
         let base = std::thread::spawn(move || {
             let stack = acquire(size);
@@ -238,6 +250,8 @@ mod tests {
         })
         .join()
         .unwrap();
+        // `join` returns after the thread's locals are destroyed.
+        assert_eq!(pooled_bases(size), [base]);
         let reused = std::thread::spawn(move || base_of(&acquire(size)))
             .join()
             .unwrap();
@@ -246,12 +260,21 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded() {
+        let _serial = POOL_TESTS.lock();
         let size = 80 * 1024;
         let stacks: Vec<(Stack, Label)> = (0..POOL_CAPACITY + 8).map(|_| fresh(size)).collect();
         for (stack, label) in stacks {
             give_to_pool(SizedStack { size, stack, label });
         }
-        assert!(pooled() <= POOL_CAPACITY);
+        assert!(lock_pool().len() <= POOL_CAPACITY);
+        // Leave room for the other tests' stacks.
+        let ours: Vec<IdleStack> = {
+            let mut pool = lock_pool();
+            let (ours, others) = pool.drain(..).partition(|idle| idle.sized.size == size);
+            *pool = others;
+            ours
+        };
+        assert!(!ours.is_empty());
     }
 
     #[test]
