@@ -813,10 +813,10 @@ fn retries_stay_within_the_calls_deadline() {
     common::watchdog(Duration::from_secs(60), || {
         #[offloadable(idempotent)]
         fn slow_then_die(dir: String) -> u32 {
-            // Counts its run as it starts, then dies at 300 ms.
+            // Counts its run as it starts, then dies at 1.5 s.
             let run = std::fs::read_dir(&dir).unwrap().count() + 1;
             std::fs::write(Path::new(&dir).join(run.to_string()), b"").unwrap();
-            thread::sleep(Duration::from_millis(300));
+            thread::sleep(Duration::from_millis(1_500));
             // SAFETY: `raise` has no memory effects; the point is to die.
             unsafe { libc::raise(libc::SIGKILL) };
             unreachable!()
@@ -825,11 +825,12 @@ fn retries_stay_within_the_calls_deadline() {
         fn handle(dir: String) -> Result<u32, OffloadError> {
             try_offload!(slow_then_die, dir)
         }
-        // Each run dies after 300 ms of a 500 ms deadline: a second run
-        // starts (time was left) and is killed at the deadline; no third.
+        // Each run dies after 1.5 s of a 2.8 s deadline: a second run
+        // starts (time was left: 1.3 s to start a worker and send it the
+        // call) and is killed at the deadline; no third.
         let cpu = Processes::builder()
             .workers(1)
-            .deadline(Duration::from_millis(500))
+            .deadline(Duration::from_millis(2_800))
             .max_retries(10)
             .build()
             .unwrap();
@@ -979,8 +980,8 @@ fn a_process_that_leads_no_group_of_its_own_refuses_to_serve() {
 #[test]
 fn a_rerun_out_of_time_while_it_waits_costs_no_worker() {
     #[offloadable(idempotent)]
-    fn die_at_300_ms() -> u64 {
-        thread::sleep(Duration::from_millis(300));
+    fn die_at_1_s() -> u64 {
+        thread::sleep(Duration::from_secs(1));
         // SAFETY: `raise` has no memory effects; the point is to die.
         unsafe { libc::raise(libc::SIGKILL) };
         unreachable!()
@@ -992,21 +993,21 @@ fn a_rerun_out_of_time_while_it_waits_costs_no_worker() {
     }
     #[yieldable]
     fn dies() -> Result<u64, OffloadError> {
-        try_offload!(die_at_300_ms)
+        try_offload!(die_at_1_s)
     }
     #[yieldable]
     fn sleeps(ms: u64) -> Result<u64, OffloadError> {
         try_offload!(sleep_then, ms)
     }
     common::watchdog(Duration::from_secs(60), || {
-        // One worker, a 500 ms deadline. The idempotent call dies at 300
-        // ms; a 400 ms call that queued meanwhile takes the replacement;
-        // when it is done, the rerun's deadline has passed: the call fails
-        // without touching the worker it got.
+        // One worker, a 1.6 s deadline. The idempotent call dies at 1 s;
+        // a 1.2 s call that queued meanwhile takes the replacement; when it
+        // is done, the rerun's deadline has passed: the call fails without
+        // touching the worker it got.
         let cpu = Arc::new(
             Processes::builder()
                 .workers(1)
-                .deadline(Duration::from_millis(500))
+                .deadline(Duration::from_millis(1_600))
                 .build()
                 .unwrap(),
         );
@@ -1014,8 +1015,10 @@ fn a_rerun_out_of_time_while_it_waits_costs_no_worker() {
             let cpu = Arc::clone(&cpu);
             thread::spawn(move || dies().run_with(&*cpu))
         };
-        thread::sleep(Duration::from_millis(50));
-        assert_eq!(sleeps(400).run_with(&*cpu).unwrap(), 400);
+        common::eventually("the call that dies has the worker", || {
+            cpu.idle_pids().is_empty()
+        });
+        assert_eq!(sleeps(1_200).run_with(&*cpu).unwrap(), 1_200);
         let error = first.join().unwrap().unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::WorkerDied, "{error}");
         assert_eq!(error.runs(), Some(1));

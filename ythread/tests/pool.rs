@@ -55,7 +55,9 @@ fn a_full_queue_makes_callers_wait_by_default() {
                 thread::spawn(move || triple(x).run_with(&pool))
             })
             .collect();
-        thread::sleep(Duration::from_millis(300));
+        common::eventually("two calls fill the queue", || pool.queued() == 2);
+        // Time for a caller that wrongly went on to finish.
+        thread::sleep(Duration::from_millis(100));
         assert_eq!(pool.queued(), 2);
         assert!(callers.iter().all(|c| !c.is_finished()), "a caller went on");
         release.send(()).unwrap();
@@ -127,7 +129,8 @@ fn shutdown_runs_the_queued_work_then_refuses_new_work() {
             let pool = pool.clone();
             thread::spawn(move || pool.shutdown())
         };
-        thread::sleep(Duration::from_millis(100));
+        // The thread's stop message is queued once the gate is closed.
+        common::eventually("the shutdown closes the gate", || pool.queued() == 6);
         assert!(
             !shutdown.is_finished(),
             "shutdown waits for the queued work"

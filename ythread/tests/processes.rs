@@ -1058,20 +1058,23 @@ fn shutdown_lets_the_calls_under_way_and_waiting_run_then_reaps_the_workers() {
     common::watchdog(Duration::from_secs(60), || {
         let cpu = Arc::new(workers(1).build().unwrap());
         let pid = cpu.idle_pids()[0];
-        // One call runs for 300 ms; four wait for the only worker.
+        // One call runs for 4 s; four wait for the only worker. The pauses
+        // leave a loaded machine time to queue them, then to close the gate.
         let calls: Vec<_> = (0..5u64)
             .map(|i| {
                 let cpu = Arc::clone(&cpu);
-                let handle = thread::spawn(move || call_add_after(i, 1, 300).run_with(&*cpu));
+                let ms = if i == 0 { 4_000 } else { 0 };
+                let handle = thread::spawn(move || call_add_after(i, 1, ms).run_with(&*cpu));
                 thread::sleep(Duration::from_millis(20));
                 handle
             })
             .collect();
+        thread::sleep(Duration::from_secs(1));
         let shutdown = {
             let cpu = Arc::clone(&cpu);
             thread::spawn(move || cpu.shutdown())
         };
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_secs(1));
         // New calls are refused, clearly, while those taken run on.
         let error = call_add_after(1, 1, 0).run_with(&*cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");

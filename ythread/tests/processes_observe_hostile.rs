@@ -554,7 +554,7 @@ fn an_event_written_while_idle_gets_the_worker_replaced() {
         let (outcome, _) =
             spans::observed(|| call_forge_later(raw_event(1, "late"), 100).run_with(&cpu));
         assert_eq!(outcome.unwrap(), 0);
-        thread::sleep(Duration::from_millis(400));
+        common::eventually("the idle watch replaces the worker", || cpu.restarts() == 1);
         let (outcome, _) = spans::observed(|| call_plus_one(1).run_with(&cpu));
         assert_eq!(outcome.unwrap(), 2);
         assert_eq!(cpu.restarts(), 1);
@@ -571,7 +571,7 @@ fn a_done_written_while_idle_never_answers_the_next_call() {
         let cpu = common::worker_processes(1).build().unwrap();
         let forged = raw(DONE, 2, &postcard::to_allocvec(&777u64).unwrap());
         assert_eq!(call_forge_later(forged, 100).run_with(&cpu).unwrap(), 0);
-        thread::sleep(Duration::from_millis(400));
+        common::eventually("the idle watch replaces the worker", || cpu.restarts() == 1);
         let second = call_plus_one(41).run_with(&cpu);
         let third = call_plus_one(1).run_with(&cpu);
         assert_eq!(second.unwrap(), 42);

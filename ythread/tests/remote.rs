@@ -70,6 +70,32 @@ fn call_slow_sum(n: u64, ms: u64) -> Result<u64, OffloadError> {
     try_offload!(slow_sum, n, ms)
 }
 
+/// `slow_sum`, after writing the file `marker`: the test waits for it to
+/// know that the call is running on a worker.
+#[offloadable]
+fn marked_slow_sum(marker: String, n: u64, ms: u64) -> u64 {
+    std::fs::write(&marker, b"started").expect("the marker is written");
+    slow_sum(n, ms)
+}
+
+#[yieldable]
+fn call_marked_slow_sum(marker: String, n: u64, ms: u64) -> Result<u64, OffloadError> {
+    try_offload!(marked_slow_sum, marker, n, ms)
+}
+
+/// A path for [`marked_slow_sum`]'s marker, `name` in a new scratch
+/// directory of the test's.
+fn marker(test: &str, name: &str) -> String {
+    common::scratch(test).join(name).display().to_string()
+}
+
+/// Waits until the work marked `marker` runs.
+fn started(marker: &str) {
+    eventually(&format!("{marker} runs"), || {
+        std::path::Path::new(marker).exists()
+    });
+}
+
 #[yieldable]
 fn call_pid() -> Result<u32, OffloadError> {
     try_offload!(remote_worker_pid)
@@ -401,11 +427,13 @@ fn stopping_a_worker_lets_its_calls_under_way_answer() {
         let nats = nats(&[]);
         let worker = worker(nats.url(), "stop");
         let cpu = Arc::new(requester(nats.url(), "stop"));
+        let running = marker("stop", "call");
         let in_flight = {
             let cpu = Arc::clone(&cpu);
-            thread::spawn(move || call_slow_sum(5, 1_000).run_with(&*cpu))
+            let running = running.clone();
+            thread::spawn(move || call_marked_slow_sum(running, 5, 1_000).run_with(&*cpu))
         };
-        thread::sleep(Duration::from_millis(300));
+        started(&running);
         worker.stop(Duration::from_secs(10));
         assert_eq!(in_flight.join().unwrap().unwrap(), 15);
         // Stopped: no one serves now.
@@ -427,11 +455,13 @@ fn a_worker_killed_mid_call_fails_only_its_call() {
                 .unwrap(),
         );
         // Only `doomed` serves yet: this call is in flight on it.
+        let running = marker("kill", "call");
         let in_flight = {
             let cpu = Arc::clone(&cpu);
-            thread::spawn(move || call_slow_sum(10, 2_000).run_with(&*cpu))
+            let running = running.clone();
+            thread::spawn(move || call_marked_slow_sum(running, 10, 2_000).run_with(&*cpu))
         };
-        thread::sleep(Duration::from_millis(500));
+        started(&running);
         let _survivor = RemoteWorker::start(nats.url(), "kill");
         doomed.kill();
         let error = in_flight.join().unwrap().unwrap_err();
@@ -458,13 +488,24 @@ fn a_nats_restart_answers_calls_in_flight_may_have_run_then_recovers() {
                 .connect()
                 .unwrap(),
         );
-        let in_flight: Vec<_> = (0..4)
-            .map(|_| {
+        let markers: Vec<String> = (0..4).map(|i| marker("restart", &i.to_string())).collect();
+        let in_flight: Vec<_> = markers
+            .iter()
+            .map(|running| {
                 let cpu = Arc::clone(&cpu);
-                thread::spawn(move || call_slow_sum(10, 1_000).run_with(&*cpu))
+                let running = running.clone();
+                thread::spawn(move || call_marked_slow_sum(running, 10, 3_000).run_with(&*cpu))
             })
             .collect();
-        thread::sleep(Duration::from_millis(300));
+        // All four sent: two run on the worker's two processes, two wait.
+        eventually("four calls are sent", || cpu.calls() == 4);
+        eventually("two calls run", || {
+            markers
+                .iter()
+                .filter(|m| std::path::Path::new(m).exists())
+                .count()
+                == 2
+        });
         nats.stop();
         for call in in_flight {
             // Sent, and then the way back was lost: not "did not run".
@@ -665,21 +706,25 @@ fn waiting_for_a_call_slot_counts_toward_the_deadline() {
             Remote::builder(nats.url())
                 .namespace("slots")
                 .max_in_flight(1)
-                .deadline(Duration::from_secs(1))
+                .deadline(Duration::from_secs(4))
                 .connect()
                 .unwrap(),
         );
+        let running = marker("slots", "first");
         let first = {
             let cpu = Arc::clone(&cpu);
-            thread::spawn(move || call_slow_sum(3, 800).run_with(&*cpu))
+            let running = running.clone();
+            thread::spawn(move || call_marked_slow_sum(running, 3, 2_500).run_with(&*cpu))
         };
-        thread::sleep(Duration::from_millis(100));
+        // Running, so holding the only slot.
+        started(&running);
         let started = Instant::now();
-        // Waits ~0.7 s for the only slot, then has ~0.3 s for an 0.8 s call.
-        let error = call_slow_sum(3, 800).run_with(&*cpu).unwrap_err();
+        // Waits up to 2.5 s for the only slot, then has what is left of its
+        // 4 s for a 2.5 s call (the margins are for a loaded machine).
+        let error = call_slow_sum(3, 2_500).run_with(&*cpu).unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
         assert!(
-            started.elapsed() < Duration::from_millis(1500),
+            started.elapsed() < Duration::from_secs(6),
             "{:?}",
             started.elapsed()
         );
@@ -699,6 +744,18 @@ fn slow_own_pid(ms: u64) -> u32 {
 #[yieldable]
 fn call_slow_own_pid(ms: u64) -> Result<u32, OffloadError> {
     try_offload!(slow_own_pid, ms)
+}
+
+/// `slow_own_pid`, after writing the file `marker` (see `marked_slow_sum`).
+#[offloadable]
+fn marked_slow_own_pid(marker: String, ms: u64) -> u32 {
+    std::fs::write(&marker, b"started").expect("the marker is written");
+    slow_own_pid(ms)
+}
+
+#[yieldable]
+fn call_marked_slow_own_pid(marker: String, ms: u64) -> Result<u32, OffloadError> {
+    try_offload!(marked_slow_own_pid, marker, ms)
 }
 
 /// A worker of one local process, in this process.
@@ -729,12 +786,19 @@ fn a_call_that_finds_its_worker_busy_goes_to_an_idle_one() {
             assert_eq!(worker.shared_queue(), Ok(()));
         }
         let cpu = Arc::new(requester(nats.url(), "share"));
-        // One worker's only process is taken for 3 s.
+        // One worker's only process is taken for 8 s (the short calls
+        // below take a fraction of that, even on a loaded machine).
+        let running = marker("share", "long");
         let long = {
             let cpu = Arc::clone(&cpu);
-            thread::spawn(move || call_slow_own_pid(3_000).run_with(&*cpu).unwrap())
+            let running = running.clone();
+            thread::spawn(move || {
+                call_marked_slow_own_pid(running, 8_000)
+                    .run_with(&*cpu)
+                    .unwrap()
+            })
         };
-        thread::sleep(Duration::from_millis(300));
+        started(&running);
         // NATS gives each of these to either worker at random; those that
         // reach the busy one go through the queue to the idle one, instead
         // of waiting behind the long call. (Without the queue, this fails
@@ -811,18 +875,20 @@ fn a_queued_call_past_its_deadline_is_dropped_unrun() {
             .deadline(Duration::from_millis(500))
             .connect()
             .unwrap();
+        let running = marker("expire", "long");
         let long = {
             let patient = Arc::clone(&patient);
-            thread::spawn(move || call_slow_sum(3, 3_000).run_with(&*patient))
+            let running = running.clone();
+            thread::spawn(move || call_marked_slow_sum(running, 3, 3_000).run_with(&*patient))
         };
-        thread::sleep(Duration::from_millis(200));
+        started(&running);
         let path = std::env::temp_dir().join(format!("ythread-touch-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let error = call_append_line(path.display().to_string())
             .run_with(&hasty)
             .unwrap_err();
         assert_eq!(error.kind(), OffloadErrorKind::DeadlineExceeded, "{error}");
-        assert_eq!(worker.forwarded(), 1, "it waited in the queue");
+        eventually("it waited in the queue", || worker.forwarded() == 1);
         assert_eq!(long.join().unwrap().unwrap(), 6);
         // Once the process is free (after 3 s: more than the deadline and
         // the second of slack allowed to clocks), the worker takes the call
@@ -894,11 +960,17 @@ fn a_busy_worker_never_holds_a_queued_call_and_it_runs_once() {
         thread::sleep(Duration::from_secs(1));
         let t0 = Instant::now();
         // The only worker's only process is taken for 26 s.
+        let running = marker("steal", "long");
         let long = {
             let cpu = Arc::clone(&cpu);
-            thread::spawn(move || call_slow_sum(3, 26_000).run_with(&*cpu).unwrap())
+            let running = running.clone();
+            thread::spawn(move || {
+                call_marked_slow_sum(running, 3, 26_000)
+                    .run_with(&*cpu)
+                    .unwrap()
+            })
         };
-        thread::sleep(Duration::from_millis(300));
+        started(&running);
         let path = std::env::temp_dir().join(format!("ythread-twice-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let queued = {
@@ -910,10 +982,13 @@ fn a_busy_worker_never_holds_a_queued_call_and_it_runs_once() {
             })
         };
         // Another worker, idle, from t = 10 s.
-        thread::sleep(Duration::from_secs(10) - t0.elapsed());
+        thread::sleep(Duration::from_secs(10).saturating_sub(t0.elapsed()));
         let idle = worker(nats.url(), "steal");
+        let idle_at = t0.elapsed();
         let (answer, answered_at) = queued.join().unwrap();
-        eprintln!("queued call answered {answer:?} at {answered_at:?} (idle worker since 10 s)");
+        eprintln!(
+            "queued call answered {answer:?} at {answered_at:?} (idle worker since {idle_at:?})"
+        );
         assert_eq!(long.join().unwrap(), 6);
         thread::sleep(Duration::from_secs(2));
         eprintln!(
@@ -926,9 +1001,11 @@ fn a_busy_worker_never_holds_a_queued_call_and_it_runs_once() {
         );
         let ran = runs(&path);
         let _ = std::fs::remove_file(&path);
+        // Well before the busy worker is free (26 s), with room for a
+        // loaded machine.
         assert!(
-            answered_at < Duration::from_secs(12),
-            "waited behind the busy worker: {answered_at:?}"
+            answered_at < idle_at + Duration::from_secs(6),
+            "waited behind the busy worker: {answered_at:?} (idle worker since {idle_at:?})"
         );
         assert_eq!(ran, 1, "the call ran {ran} times");
     });
