@@ -395,6 +395,12 @@ fn every_line_carries_the_call_that_printed_it() {
         // lines after the second has started.
         assert_eq!(talk("first".into()).run_with(&cpu), 0);
         assert_eq!(talk("second".into()).run_with(&cpu), 0);
+        // Three lines a call; the drop would wait for them only 500 ms.
+        eventually("the relay passes on the six lines", || {
+            let lines = lines.lock().unwrap();
+            let count = |tag| lines.iter().filter(|line| line.contains(tag)).count();
+            count("first") >= 3 && count("second") >= 3
+        });
         drop(cpu);
         let lines = lines.lock().unwrap().clone();
         for (tag, call) in [("first", 1), ("second", 2)] {

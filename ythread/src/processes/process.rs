@@ -448,10 +448,13 @@ impl Process {
         // An abort says why in its last lines: std's report of a stack
         // overflow or of a failed allocation. (The worker is dead: its
         // output ends at once, unless something the work started escaped
-        // its process group with a copy of it.)
+        // its process group with a copy of it. The wait is for the relay
+        // thread to read that end, which a loaded machine can put off for
+        // more than 100 ms; its full length is spent only in the escape
+        // case.)
         let cause = match (signal, &self.output) {
             (Some(libc::SIGABRT), Some(output)) => {
-                output::cause(&output.last_lines(Duration::from_millis(100)))
+                output::cause(&output.last_lines(Duration::from_secs(1)))
             }
             _ => None,
         };

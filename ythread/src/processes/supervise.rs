@@ -181,8 +181,10 @@ impl Processes {
         }
         // What they printed last reaches stderr before the strategy is
         // gone (a program that ends right after would lose it), unless
-        // stderr has stalled.
-        let output_end = Instant::now() + Duration::from_millis(500);
+        // stderr has stalled or something the work started holds a copy
+        // of a worker's output. (2 s: the relay threads must be scheduled
+        // to read it, which a loaded machine can put off past 500 ms.)
+        let output_end = Instant::now() + Duration::from_secs(2);
         for process in &processes {
             process.output_ended(output_end.saturating_duration_since(Instant::now()));
         }
