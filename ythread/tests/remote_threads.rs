@@ -361,6 +361,11 @@ fn calls_beyond_the_threads_wait_within_the_byte_budget() {
         eventually("both threads hold a call", || {
             gate.started.load(Ordering::SeqCst) == 2
         });
+        // All four received: 4 KiB and their arguments (three take less).
+        eventually("the worker holds four calls", || {
+            worker.pending_bytes() >= 4 << 10
+        });
+        assert!(worker.pending_bytes() <= 4 << 10 | 100);
         // The fifth is over the budget.
         eventually("a call was refused", || {
             let refused = call_held(BOUND, 9).run_with(&*cpu).is_err_and(|error| {
@@ -377,6 +382,9 @@ fn calls_beyond_the_threads_wait_within_the_byte_budget() {
         }
         assert_eq!(gate.started.load(Ordering::SeqCst), 4);
         assert_eq!(gate.most.load(Ordering::SeqCst), 2, "never more than two");
+        eventually("the answered calls' bytes are given back", || {
+            worker.pending_bytes() == 0
+        });
     });
 }
 

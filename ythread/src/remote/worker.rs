@@ -252,6 +252,17 @@ impl Worker {
         self.serving.refused.load(Ordering::Relaxed)
     }
 
+    /// The bytes the calls this worker holds now (received and not yet
+    /// answered) count against [`WorkerBuilder::max_pending_bytes`]: each
+    /// call's arguments and about 1 KiB for the call itself.
+    pub fn pending_bytes(&self) -> usize {
+        let free = self.serving.pending.available_permits();
+        self.serving
+            .max_pending_bytes
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(free)
+    }
+
     /// Calls this worker dropped unrun because no one waited for them any
     /// more: their requester's deadline had passed, or their requester
     /// cancelled them (it lost its connection while they were in flight).
