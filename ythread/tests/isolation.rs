@@ -227,9 +227,11 @@ fn every_idle_worker_killed_at_once_fails_no_call() {
 fn a_deadline_ends_what_the_work_started() {
     common::watchdog(Duration::from_secs(60), || {
         let dir = scratch("deadline");
+        // Time to start the subprocess and write its pid, on a loaded
+        // machine too.
         let cpu = Processes::builder()
             .workers(1)
-            .deadline(Duration::from_millis(500))
+            .deadline(Duration::from_secs(3))
             .build()
             .unwrap();
         let file = dir.join("pid");
