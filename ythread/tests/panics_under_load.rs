@@ -197,25 +197,44 @@ fn drive_portable(first: u64) -> u64 {
     panics
 }
 
+/// This process's id, once `expected` calls (in any processes) have come
+/// here, each leaving a file in `dir`, or after 10 s.
 #[offloadable]
-fn own_pid_after(ms: u64) -> u32 {
-    thread::sleep(Duration::from_millis(ms));
-    std::process::id()
+fn own_pid_when_met(dir: String, expected: usize) -> u32 {
+    let pid = std::process::id();
+    let count = || std::fs::read_dir(&dir).map_or(0, |entries| entries.count());
+    let mut name = format!("{pid}");
+    while std::path::Path::new(&dir).join(&name).exists() {
+        name.push('+');
+    }
+    std::fs::write(std::path::Path::new(&dir).join(name), b"").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count() < expected && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(2));
+    }
+    pid
 }
 
 #[yieldable]
-fn pid_after(ms: u64) -> u32 {
-    offload!(own_pid_after, ms)
+fn pid_when_met(dir: String, expected: usize) -> u32 {
+    offload!(own_pid_when_met, dir, expected)
 }
 
 /// Both worker processes of `processes` are alive, none was replaced, and
-/// both take work at once.
-fn both_processes_serve<A: Apply + Clone + Send + 'static>(apply: &A, processes: &Processes) {
+/// both take work at once (each call waits for the other: on one process,
+/// the second could not start before the first gave up).
+fn both_processes_serve<A: Apply + Clone + Send + 'static>(
+    test: &str,
+    apply: &A,
+    processes: &Processes,
+) {
     assert_eq!(processes.restarts(), 0, "a panic cost a worker process");
+    let dir = common::scratch(test).display().to_string();
     let pids: std::collections::HashSet<u32> = (0..2)
         .map(|_| {
             let apply = apply.clone();
-            thread::spawn(move || pid_after(300).run_with(&apply))
+            let dir = dir.clone();
+            thread::spawn(move || pid_when_met(dir, 2).run_with(&apply))
         })
         .collect::<Vec<_>>()
         .into_iter()
@@ -229,7 +248,7 @@ fn processes() {
     common::watchdog(Duration::from_secs(600), || {
         let processes = Arc::new(common::worker_processes(2).build().unwrap());
         under_load(Arc::clone(&processes), drive_portable);
-        both_processes_serve(&processes, &processes);
+        both_processes_serve("panics-processes", &processes, &processes);
     });
 }
 
@@ -250,6 +269,6 @@ fn remote() {
                 .unwrap(),
         );
         under_load(Arc::clone(&remote), drive_portable);
-        both_processes_serve(&remote, worker.processes().expect("a worker on processes"));
+        both_processes_serve("panics-remote", &remote, worker.processes().expect("a worker on processes"));
     });
 }
