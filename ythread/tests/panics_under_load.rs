@@ -269,6 +269,10 @@ fn remote() {
                 .unwrap(),
         );
         under_load(Arc::clone(&remote), drive_portable);
-        both_processes_serve("panics-remote", &remote, worker.processes().expect("a worker on processes"));
+        both_processes_serve(
+            "panics-remote",
+            &remote,
+            worker.processes().expect("a worker on processes"),
+        );
     });
 }

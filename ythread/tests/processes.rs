@@ -452,10 +452,7 @@ fn a_call_past_the_deadline_is_killed_and_fails_alone() {
     common::watchdog(Duration::from_secs(60), || {
         // 3 s: the calls beside it have the same deadline and must not
         // reach it on a loaded machine.
-        let cpu = workers(2)
-            .deadline(Duration::from_secs(3))
-            .build()
-            .unwrap();
+        let cpu = workers(2).deadline(Duration::from_secs(3)).build().unwrap();
         let started = Instant::now();
         crash_while_busy(
             cpu,
