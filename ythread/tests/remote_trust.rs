@@ -57,6 +57,28 @@ fn call_gated_sum(marker: String, gate: String, n: u64, most_ms: u64) -> Result<
     try_offload!(gated_sum, marker, gate, n, most_ms)
 }
 
+/// A call of [`gated_sum`] on `cpu`, running once this returns; it ends
+/// when the test writes the returned gate file, or after `most_ms`.
+fn gated_call(
+    cpu: &Arc<Remote>,
+    test: &str,
+    n: u64,
+    most_ms: u64,
+) -> (
+    thread::JoinHandle<Result<u64, OffloadError>>,
+    std::path::PathBuf,
+) {
+    let dir = scratch(test);
+    let (marker, gate) = (dir.join("running"), dir.join("gate"));
+    let call = {
+        let cpu = Arc::clone(cpu);
+        let (marker, gate) = (marker.display().to_string(), gate.display().to_string());
+        thread::spawn(move || call_gated_sum(marker, gate, n, most_ms).run_with(&*cpu))
+    };
+    eventually("the gated call runs", || marker.exists());
+    (call, gate)
+}
+
 /// Never returns.
 #[offloadable]
 fn forever() -> u64 {
@@ -618,14 +640,7 @@ fn a_flood_of_large_calls_at_a_busy_worker_is_bounded_and_refused() {
             let cpu = Arc::new(Remote::builder(url).namespace("flood").connect().unwrap());
             // A call holds one of the worker's processes for 6 s (the
             // calls that wait meanwhile are answered once it is done).
-            let dir = scratch("flood");
-            let (marker, never) = (dir.join("busy"), dir.join("never"));
-            let busy = {
-                let cpu = Arc::clone(&cpu);
-                let (marker, never) = (marker.display().to_string(), never.display().to_string());
-                thread::spawn(move || call_gated_sum(marker, never, 1, 6_000).run_with(&*cpu))
-            };
-            eventually("the busy call runs", || marker.exists());
+            let (busy, _gate) = gated_call(&cpu, "flood", 1, 6_000);
             let base = remote_worker.peak_kib();
 
             let flood = Raw::connect(url, async_nats::ConnectOptions::new());
@@ -983,14 +998,7 @@ fn the_shared_queue_is_made_again_after_a_restart() {
         // Two calls at once to the one process: the second goes through the
         // queue.
         let cpu = Arc::new(Remote::builder(&url).namespace("again").connect().unwrap());
-        let dir = scratch("again");
-        let (marker, gate) = (dir.join("first"), dir.join("gate"));
-        let first = {
-            let cpu = Arc::clone(&cpu);
-            let (marker, gate) = (marker.display().to_string(), gate.display().to_string());
-            thread::spawn(move || call_gated_sum(marker, gate, 10, 60_000).run_with(&*cpu))
-        };
-        eventually("the first call runs", || marker.exists());
+        let (first, gate) = gated_call(&cpu, "again", 10, 60_000);
         let second = {
             let cpu = Arc::clone(&cpu);
             thread::spawn(move || call_slow_sum(20, 0).run_with(&*cpu))
@@ -1174,14 +1182,7 @@ fn a_consumer_swapped_after_its_check_never_runs_another_functions_call() {
         // The worker busy (until the gate opens): once their pulls under
         // way have ended (2 s), its pull loops wait, holding their
         // consumers, unchecked.
-        let dir = scratch("swap");
-        let (marker, gate) = (dir.join("busy"), dir.join("gate"));
-        let busy = {
-            let cpu = Arc::clone(&cpu);
-            let (marker, gate) = (marker.display().to_string(), gate.display().to_string());
-            thread::spawn(move || call_gated_sum(marker, gate, 1, 60_000).run_with(&*cpu))
-        };
-        eventually("the busy call runs", || marker.exists());
+        let (busy, gate) = gated_call(&cpu, "swap", 1, 60_000);
         thread::sleep(Duration::from_millis(2_500));
         look.runtime.block_on(async {
             // (Both gone first: a work queue takes one consumer per filter.)
