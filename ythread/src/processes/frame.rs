@@ -293,22 +293,25 @@ fn next_frame(
             "a frame of {length} bytes, too short"
         )));
     }
-    if length > max {
+    // The kind, before a body is read: an event's bound is its own, apart
+    // from `max` (a worker's events fit it whatever `max_frame` is).
+    while filled <= LENGTH {
+        filled += read_some(reader, &mut buf[filled..])?;
+    }
+    if matches!(buf[LENGTH], EVENT | DROPPED) {
+        if length > MAX_EVENT_FRAME {
+            return Err(ReadError::Malformed(format!(
+                "an event of {length} bytes, over the maximum of {MAX_EVENT_FRAME}"
+            )));
+        }
+    } else if length > max {
         return Err(ReadError::Malformed(format!(
             "a frame of {length} bytes, over the maximum of {max}"
         )));
     }
-    // The kind, before a body is read: an event's bound is its own.
-    while filled <= LENGTH {
-        filled += read_some(reader, &mut buf[filled..])?;
-    }
-    if matches!(buf[LENGTH], EVENT | DROPPED) && length > MAX_EVENT_FRAME {
-        return Err(ReadError::Malformed(format!(
-            "an event of {length} bytes, over the maximum of {MAX_EVENT_FRAME}"
-        )));
-    }
     let total = LENGTH + length;
-    // Bounded by `max` (checked above), whatever the peer claims.
+    // Bounded by `max` or `MAX_EVENT_FRAME` (checked above), whatever the
+    // peer claims.
     if buf.len() < total {
         buf.resize(total, 0);
     }
@@ -690,6 +693,20 @@ mod tests {
             reply_of(&bytes, 1 << 20).0.unwrap().2.len(),
             MAX_EVENT_FRAME - 4
         );
+    }
+
+    #[test]
+    fn an_event_within_its_bound_is_read_under_a_smaller_maximum() {
+        // A worker's event may be longer than the smallest `max_frame`.
+        let body = vec![b'e'; MAX_EVENT_FRAME - KIND_AND_CALL];
+        let mut bytes = frame(EVENT, &body);
+        bytes.extend(frame(DONE, b"result"));
+        let (reply, seen) = reply_of(&bytes, 4096);
+        assert_eq!(reply, Ok((DONE, 7, b"result".to_vec())));
+        assert_eq!(seen, [(EVENT, body)]);
+        // A reply as long is over that maximum.
+        let long = frame(DONE, &vec![0; 4096]);
+        assert!(reply_of(&long, 4096).0.unwrap_err().contains("over the maximum of 4096"));
     }
 
     #[test]
