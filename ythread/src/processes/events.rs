@@ -43,8 +43,9 @@ pub(crate) const MAX_EVENTS: usize = 1000;
 
 /// The most bytes of event frames of one call (bodies), 1 MiB.
 pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
-/// The most events one call can have dropped: more than a call emits in
-/// any real run (a billion events a second for over four seconds).
+/// The most a `DROPPED` frame says: a worker that dropped more events in
+/// one call (a call of an hour or more, tracing in a loop) says this, "at
+/// least"; a count over it is a worker out of step.
 pub(crate) const MAX_DROPPED: u64 = u32::MAX as u64;
 
 /// The most bytes of an event's message, and of its other fields, as sent.
@@ -325,7 +326,7 @@ impl Outbox {
             || *events >= MAX_EVENTS
             || *bytes + size > MAX_EVENT_BYTES
         {
-            *dropped = dropped.saturating_add(1);
+            *dropped = (*dropped + 1).min(MAX_DROPPED);
             return;
         }
         *events += 1;
@@ -596,6 +597,39 @@ mod tests {
             let _ = events.take(kind, 1, &body);
             events.finish();
         }
+    }
+
+    /// A worker that drops more events than a `DROPPED` frame may say
+    /// says the most, which its parent takes.
+    #[cfg(feature = "tracing")]
+    #[test]
+    fn a_drop_count_past_the_most_is_sent_as_the_most() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let outbox = Outbox::new(writer);
+        outbox.begin(1, frame::LEVEL_TRACE);
+        {
+            let mut state = outbox.state.lock();
+            state.events = MAX_EVENTS;
+            state.dropped = MAX_DROPPED - 1;
+        }
+        for _ in 0..3 {
+            outbox.event(frame::LEVEL_INFO, "t", "m", "");
+        }
+        assert_eq!(outbox.state.lock().dropped, MAX_DROPPED);
+        let mut reply = Vec::new();
+        frame::begin(&mut reply, frame::DONE, 1);
+        frame::finish(&mut reply, 1024).unwrap();
+        outbox.reply(&reply, 1024).unwrap();
+
+        let mut events = CallEvents::new(1, "f call 1", 1, 42);
+        let mut buf = Vec::new();
+        let (kind, _, _) =
+            frame::decode_reply(&mut reader, &mut buf, 1024, &mut |kind, call, body| {
+                events.take(kind, call, body)
+            })
+            .unwrap();
+        assert_eq!(kind, frame::DONE);
+        assert_eq!(events.dropped, MAX_DROPPED);
     }
 
     #[cfg(feature = "tracing")]

@@ -706,7 +706,12 @@ mod tests {
         assert_eq!(seen, [(EVENT, body)]);
         // A reply as long is over that maximum.
         let long = frame(DONE, &vec![0; 4096]);
-        assert!(reply_of(&long, 4096).0.unwrap_err().contains("over the maximum of 4096"));
+        assert!(
+            reply_of(&long, 4096)
+                .0
+                .unwrap_err()
+                .contains("over the maximum of 4096")
+        );
     }
 
     #[test]
