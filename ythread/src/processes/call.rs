@@ -259,7 +259,8 @@ impl Processes {
         if let Err((error, written)) = process.send(&buf, deadline) {
             if error.kind() == io::ErrorKind::TimedOut && written == 0 {
                 // Out of time before a byte went: the worker is as good as
-                // it was.
+                // it was, and its output from now on is no call's.
+                process.call_ended(number);
                 call.fail(OffloadError::no_answer_by(name, budget.unwrap_or_default()));
                 process.buf = buf;
                 return After::Keep(process);

@@ -154,6 +154,11 @@ impl Output {
     pub(crate) fn expect_call(&self, call: u32, designation: Arc<str>) {
         let mut spans = lock_spans(&self.shared);
         let start = spans.written(&self.shared.reader);
+        // A worker runs one call at a time: the one before is over, even if
+        // it was never said to be (given up before it was sent).
+        if let Some(before) = spans.calls.back_mut() {
+            before.end = before.end.min(start);
+        }
         if spans.calls.len() == CALLS_KEPT {
             spans.calls.pop_front();
         }
@@ -850,12 +855,66 @@ mod tests {
     }
 
     #[test]
+    fn a_call_never_said_to_end_ends_when_the_next_is_sent() {
+        let (output, mut writer, sink) = start(1, 7);
+        output.expect_call(1, "f call 1".into());
+        writer.write_all(b"one\n").unwrap();
+        // (Call 1 was given up before it was sent: no `call_ended`.)
+        output.expect_call(2, "g call 2".into());
+        writer.write_all(b"two\n").unwrap();
+        output.call_ended(2);
+        writer.write_all(b"between calls\n").unwrap();
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 1 pid 7 f call 1] one\n",
+                "[ythread worker 1 pid 7 g call 2] two\n",
+                "[ythread worker 1 pid 7] between calls\n",
+            ]
+        );
+    }
+
+    /// A sink whose writes wait while the test holds `gate`.
+    struct Held {
+        sink: Sink,
+        gate: Arc<Mutex<()>>,
+    }
+
+    impl Write for Held {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_all(buf)?;
+            Ok(buf.len())
+        }
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            let _open = self.gate.lock().unwrap();
+            self.sink.write_all(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
     fn a_lagging_relay_labels_each_line_with_the_call_that_wrote_it() {
         for _ in 0..50 {
-            let (output, mut writer, sink) = start(1, 7);
+            let (reader, mut writer) = io::pipe().unwrap();
+            let sink = Sink::default();
+            let gate = Arc::new(Mutex::new(()));
+            let held = gate.lock().unwrap();
+            let output = relay_to(
+                reader,
+                who(1, 7),
+                Held {
+                    sink: sink.clone(),
+                    gate: Arc::clone(&gate),
+                },
+            )
+            .unwrap();
             // Byte by byte, and the calls noted as the worker would run
-            // them, while the relay reads when it can: however far it lags,
-            // each byte has the label of the call that wrote it.
+            // them, while the relay cannot write a line out until all is
+            // written: however far it lags, each byte has the label of the
+            // call that wrote it.
             let mut write = |text: &str| {
                 for byte in text.as_bytes() {
                     writer.write_all(&[*byte]).unwrap();
@@ -868,6 +927,7 @@ mod tests {
             write("two\n");
             output.call_ended(2);
             write("between calls\n");
+            drop(held);
             finish(&output, writer);
             assert_eq!(
                 sink.writes(),
