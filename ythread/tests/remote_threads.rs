@@ -346,7 +346,7 @@ fn calls_beyond_the_threads_wait_within_the_byte_budget() {
         // Two held calls and two waiting ones fill the budget (1 KiB a call
         // and its few bytes of arguments).
         let worker = on_threads(url, "bound", 2)
-            .max_pending_bytes(4 << 10 | 100)
+            .max_pending_bytes((4 << 10) + 100)
             .start()
             .unwrap();
         let cpu = std::sync::Arc::new(requester(url, "bound", Duration::from_secs(3600)));
@@ -365,7 +365,7 @@ fn calls_beyond_the_threads_wait_within_the_byte_budget() {
         eventually("the worker holds four calls", || {
             worker.pending_bytes() >= 4 << 10
         });
-        assert!(worker.pending_bytes() <= 4 << 10 | 100);
+        assert!(worker.pending_bytes() <= (4 << 10) + 100);
         // The fifth is over the budget.
         eventually("a call was refused", || {
             let refused = call_held(BOUND, 9).run_with(&*cpu).is_err_and(|error| {

@@ -93,15 +93,20 @@ mod tests {
             };
             assert_eq!(Setting::parse(&setting.encode()), Some(setting));
         }
-        for bad in [
-            "",
-            "2",
-            "1:67108864",
-            "3:1:2:3:later",
-            "3:1:2:3:load:4",
-            "x:1:2:3:load:0",
-        ] {
-            assert_eq!(Setting::parse(bad), None, "{bad}");
+        let bad = [
+            String::new(),
+            "2".into(),
+            "1:67108864".into(),
+            format!("{PROTOCOL}:1:2:3:later"),
+            format!("{PROTOCOL}:1:2:3:load:4"),
+            // Well formed, of another version.
+            format!("{}:1:2:3:load", PROTOCOL - 1),
+            format!("{}:1:2:3:load", PROTOCOL + 1),
+            "x:1:2:3:load:0".into(),
+        ];
+        for bad in bad {
+            assert_eq!(Setting::parse(&bad), None, "{bad}");
         }
+        assert!(Setting::parse(&format!("{PROTOCOL}:1:2:3:load")).is_some());
     }
 }
