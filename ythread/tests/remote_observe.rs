@@ -208,13 +208,66 @@ fn the_functions_events_are_in_the_remote_call_span_of_the_trace_sent() {
                 && named.ends_with(&format!(" trace {trace_id}")),
             "{named}"
         );
-        if let Some(call) = call {
-            assert_eq!(&call, named);
-        }
+        // (The name is on the requester's side when its offload span is
+        // left out: see the next test.)
+        assert_eq!(call, None, "the offload span has the trace id");
         let deadline: u64 = remote_call.fields["deadline_ms"].parse().unwrap();
         assert!((1..=30_000).contains(&deadline), "{deadline}");
         // A root on the worker's side: its parent is in the other process.
         assert_eq!(remote_call.parent, None);
+    });
+}
+
+/// With ythread's spans left out on the requester's thread (`ythread=info`),
+/// the requester says the call's trace id and name in an event, in the
+/// caller's span; the worker's `remote_call` span has the same name.
+#[test]
+fn without_the_offload_span_the_requester_names_the_call_as_the_worker_does() {
+    common::watchdog(Duration::from_secs(60), || {
+        let observed = observed();
+        let server = nats();
+        let _worker = worker(server.url(), "observe-name");
+        let cpu = Remote::builder(server.url())
+            .namespace("observe-name")
+            .connect()
+            .unwrap();
+        let caller = tracing::info_span!("caller", test = "observe-name");
+        let answer = spans::hide_ythread_spans(|| {
+            caller.in_scope(|| call_traced("observe-name".to_owned(), 1).run_with(&cpu))
+        });
+        assert_eq!(answer.unwrap(), 2);
+
+        let seen = observed.spans.records();
+        let caller_seq = seen
+            .spans
+            .iter()
+            .position(|span| {
+                span.name == "caller"
+                    && span.fields.get("test").map(String::as_str) == Some("observe-name")
+            })
+            .expect("the caller's span");
+        let sent = seen
+            .events
+            .iter()
+            .find(|event| {
+                event.target == "ythread::remote"
+                    && event.fields.contains_key("call")
+                    && event
+                        .scope
+                        .first()
+                        .is_some_and(|&innermost| innermost == caller_seq)
+            })
+            .expect("the requester's event naming the call, in the caller's span");
+        let trace_id = &sent.fields["trace_id"];
+        assert!(is_trace_id(trace_id), "{trace_id:?}");
+        let remote_call = seen
+            .spans
+            .iter()
+            .find(|span| {
+                span.name == "remote_call" && span.fields.get("trace_id") == Some(trace_id)
+            })
+            .expect("the worker's span of the call");
+        assert_eq!(sent.fields["call"], remote_call.fields["call"]);
     });
 }
 
