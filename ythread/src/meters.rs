@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
@@ -66,6 +67,17 @@ pub fn describe_metrics() {
 pub(crate) fn describe_once() {
     static DESCRIBED: Once = Once::new();
     DESCRIBED.call_once(describe_metrics);
+}
+
+/// [`describe_metrics`] to the recorder at address `recorder` (the
+/// current one), unless it was the last described: a recorder installed
+/// after the first offloads gets the descriptions too. Off the hot path:
+/// called when a thread first records into a recorder.
+fn describe_to(recorder: usize) {
+    static DESCRIBED: AtomicUsize = AtomicUsize::new(0);
+    if DESCRIBED.swap(recorder, Ordering::Relaxed) != recorder {
+        describe_metrics();
+    }
 }
 
 /// Records one offload of `strategy` that ended as `settled`, whose work
@@ -141,6 +153,7 @@ impl Handles {
         if recorder != self.recorder {
             self.series.clear();
             self.recorder = recorder;
+            describe_to(recorder);
         }
         let found = self
             .series

@@ -62,8 +62,6 @@ impl Probe {
     /// Starts watching an offload of `function` by `strategy`.
     #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
     pub(crate) fn start(strategy: &'static str, function: &'static str) -> Self {
-        #[cfg(feature = "metrics")]
-        crate::meters::describe_once();
         SENT.set(None);
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!(

@@ -306,6 +306,34 @@ fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
     }
 }
 
+/// A recorder that comes after the first offloads is told what the series
+/// are, with no call of `describe_metrics`.
+#[test]
+fn a_recorder_installed_later_gets_the_descriptions() {
+    let (first, later) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+    let snapshotter = later.snapshotter();
+    metrics::with_local_recorder(&first, || handle(0, 1).run_with(&Inline));
+    metrics::with_local_recorder(&later, || handle(0, 2).run_with(&Inline));
+    let totals = Totals::new(snapshotter);
+    assert_eq!(
+        totals.value(
+            "ythread_offloads_total",
+            &[("strategy", "Inline"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    for name in [
+        "ythread_offloads_total",
+        "ythread_offload_queue_wait_seconds",
+        "ythread_offload_run_seconds",
+    ] {
+        assert!(
+            totals.description(name).is_some(),
+            "{name} is not described"
+        );
+    }
+}
+
 #[test]
 fn prometheus_reads_the_series_in_its_text_format() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
