@@ -118,21 +118,11 @@ impl Probe {
         self.mark(&self.ended);
     }
 
+    /// Notes now in `at` (a job runs once: a plain store).
     fn mark(&self, at: &AtomicU64) {
-        if self.offloaded.is_some() {
-            self.mark_at(at, Instant::now());
+        if let Some(offloaded) = self.offloaded {
+            at.store(since(offloaded, Instant::now()), Ordering::Relaxed);
         }
-    }
-
-    /// Notes `now` in `at`, unless a time is there already: the first mark
-    /// counts.
-    fn mark_at(&self, at: &AtomicU64, now: Instant) {
-        let Some(offloaded) = self.offloaded else {
-            return;
-        };
-        let since = now.saturating_duration_since(offloaded);
-        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
-        let _ = at.compare_exchange(0, nanos + 1, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The queue wait and the run time: from the offload to the start, and
@@ -156,8 +146,12 @@ impl Probe {
 
     /// Reports the offload, which ended as `settled`.
     pub(crate) fn finish(&self, settled: Settled) {
-        if let Some(at) = SENT.take() {
-            self.mark_at(&self.started, at);
+        // Work sent to another process started when it was sent, unless
+        // it ran here after all.
+        if let (Some(at), Some(offloaded)) = (SENT.take(), self.offloaded)
+            && self.started.load(Ordering::Relaxed) == 0
+        {
+            self.started.store(since(offloaded, at), Ordering::Relaxed);
         }
         let times = self.times();
         #[cfg(feature = "tracing")]
@@ -173,6 +167,13 @@ impl Probe {
         #[cfg(not(feature = "metrics"))]
         let _ = times;
     }
+}
+
+/// `now` as kept in a mark: nanoseconds since `offloaded`, plus one (0 is
+/// "not marked").
+fn since(offloaded: Instant, now: Instant) -> u64 {
+    let nanos = now.saturating_duration_since(offloaded).as_nanos();
+    u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1
 }
 
 #[cfg(feature = "tracing")]
