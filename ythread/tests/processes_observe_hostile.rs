@@ -70,12 +70,16 @@ fn forge_then(bytes: Vec<u8>, then_abort: bool) -> u64 {
     0
 }
 
-/// Leaves a thread behind that writes `bytes` to the reply channel after
-/// `ms`, once this call has been answered.
+/// Leaves a thread behind that writes `bytes` to the reply channel once
+/// the file `gate` exists (the test writes it after this call was
+/// answered), or after 30 s.
 #[offloadable]
-fn forge_later(bytes: Vec<u8>, ms: u64) -> u64 {
+fn forge_later(bytes: Vec<u8>, gate: String) -> u64 {
     thread::spawn(move || {
-        thread::sleep(Duration::from_millis(ms));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::path::Path::new(&gate).exists() && std::time::Instant::now() < until {
+            thread::sleep(Duration::from_millis(2));
+        }
         let _ = channel().write_all(&bytes);
     });
     0
@@ -123,8 +127,8 @@ fn call_forge_then(bytes: Vec<u8>, then_abort: bool) -> Result<u64, OffloadError
 }
 
 #[yieldable]
-fn call_forge_later(bytes: Vec<u8>, ms: u64) -> Result<u64, OffloadError> {
-    try_offload!(forge_later, bytes, ms)
+fn call_forge_later(bytes: Vec<u8>, gate: String) -> Result<u64, OffloadError> {
+    try_offload!(forge_later, bytes, gate)
 }
 
 #[yieldable]
@@ -551,9 +555,12 @@ fn an_event_written_while_idle_gets_the_worker_replaced() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
         let cpu = common::worker_processes(1).build().unwrap();
-        let (outcome, _) =
-            spans::observed(|| call_forge_later(raw_event(1, "late"), 100).run_with(&cpu));
+        let gate = common::scratch("idle-event").join("gate");
+        let (outcome, _) = spans::observed(|| {
+            call_forge_later(raw_event(1, "late"), gate.display().to_string()).run_with(&cpu)
+        });
         assert_eq!(outcome.unwrap(), 0);
+        std::fs::write(&gate, b"").unwrap();
         common::eventually("the idle watch replaces the worker", || cpu.restarts() == 1);
         let (outcome, _) = spans::observed(|| call_plus_one(1).run_with(&cpu));
         assert_eq!(outcome.unwrap(), 2);
@@ -570,7 +577,10 @@ fn a_done_written_while_idle_never_answers_the_next_call() {
     common::watchdog(Duration::from_secs(60), || {
         let cpu = common::worker_processes(1).build().unwrap();
         let forged = raw(DONE, 2, &postcard::to_allocvec(&777u64).unwrap());
-        assert_eq!(call_forge_later(forged, 100).run_with(&cpu).unwrap(), 0);
+        let gate = common::scratch("idle-done").join("gate");
+        let forging = call_forge_later(forged, gate.display().to_string());
+        assert_eq!(forging.run_with(&cpu).unwrap(), 0);
+        std::fs::write(&gate, b"").unwrap();
         common::eventually("the idle watch replaces the worker", || cpu.restarts() == 1);
         let second = call_plus_one(41).run_with(&cpu);
         let third = call_plus_one(1).run_with(&cpu);
@@ -635,6 +645,9 @@ fn restarts_under_load_with_events_on() {
         assert!(cpu.restarts() > 0);
         // Every relayed line of the work is labelled with a call of the
         // worker (pid) that printed it.
+        common::eventually("the work's lines are relayed", || {
+            lines.lock().unwrap().iter().any(|l| l.contains("] line "))
+        });
         let got = lines.lock().unwrap().clone();
         for line in got.iter().filter(|l| l.contains("] line ")) {
             let (label, _) = split(line);
