@@ -457,8 +457,9 @@ pub(crate) fn describe_series() {
     );
     metrics::describe_counter!(
         "ythread_remote_worker_traceparent_ignored_total",
-        "Calls whose traceparent header a remote Worker ignored (not a W3C version-00 \
-         traceparent, strictly read); the calls ran as without it"
+        "Calls a remote Worker received, run or refused, whose traceparent header it \
+         ignored (not a W3C version-00 traceparent, strictly read); each was served as \
+         it would have been without it"
     );
 }
 

@@ -91,7 +91,7 @@ use crate::{Processes, ProcessesBuilder};
 /// |---|---|
 /// | `ythread_remote_worker_calls_total{outcome}` (counter) | calls run and answered: `ok`, or the failure's kind in snake case (`panicked`, `worker_died`, `deadline_exceeded`, `protocol`, ...) |
 /// | `ythread_remote_worker_rejected_total{reason}` (counter) | calls received and not run: `bad_signature`, `replay`, `expired`, `cancelled`, `too_large` (alone over `max_pending_bytes`), `busy`, `reply_subject` (a system's or ythread's own) |
-/// | `ythread_remote_worker_traceparent_ignored_total` (counter) | calls whose `traceparent` was ignored |
+/// | `ythread_remote_worker_traceparent_ignored_total` (counter) | calls received (run or refused) whose `traceparent` was ignored: read before a call is checked, so that a refusal names the call as its requester does |
 ///
 /// ```no_run
 /// fn main() -> std::io::Result<()> {
