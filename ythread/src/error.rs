@@ -646,32 +646,12 @@ impl fmt::Display for HandlerDropped {
 
 impl Error for HandlerDropped {}
 
-/// How one offload ended, as the `tracing` and `metrics` features report it.
-#[cfg(any(feature = "tracing", feature = "metrics"))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// The work returned.
-    Ran,
-    /// The work panicked.
-    Panicked,
-    /// The strategy could not run it, or its outcome was lost.
-    Failed(OffloadErrorKind),
-    /// The strategy returned without running it.
-    NotRun,
-}
-
-#[cfg(any(feature = "tracing", feature = "metrics"))]
-impl Settled {
-    /// The outcome's name: `ok`, `panicked`, or the failure's kind in
-    /// snake case (`worker_died`, `deadline_exceeded`, ...).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Settled::Ran => "ok",
-            Settled::Panicked => OffloadErrorKind::Panicked.label(),
-            Settled::NotRun => OffloadErrorKind::NotRun.label(),
-            Settled::Failed(kind) => kind.label(),
-        }
-    }
+/// How an offload or a call ended, as spans and metric labels name it:
+/// `ok` (`None`: the work returned), or the failure's kind in snake case
+/// (`panicked`, `not_run`, `worker_died`, ...).
+#[cfg(any(feature = "tracing", feature = "metrics", feature = "remote"))]
+pub(crate) fn outcome_label(failure: Option<OffloadErrorKind>) -> &'static str {
+    failure.map_or("ok", OffloadErrorKind::label)
 }
 
 #[cfg(any(feature = "tracing", feature = "metrics", feature = "remote"))]

@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
 #[cfg(any(feature = "tracing", feature = "metrics"))]
-use crate::error::Settled;
+use crate::error::OffloadErrorKind;
 use crate::error::{HandlerDropped, OffloadError};
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 use crate::observe::Probe;
@@ -103,7 +103,7 @@ impl<'a> Job<'a> {
 
     /// How the job ended, once its strategy is done with it.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
-    pub(crate) fn settled(&self) -> Settled {
+    pub(crate) fn settled(&self) -> Option<OffloadErrorKind> {
         self.work.settled()
     }
 
@@ -167,7 +167,7 @@ pub(crate) trait RunOnce {
     fn wire(&mut self) -> Result<(FunctionId, &mut dyn WireCall), NotPortable>;
     /// How the work ended (or that it did not run).
     #[cfg(any(feature = "tracing", feature = "metrics"))]
-    fn settled(&self) -> Settled;
+    fn settled(&self) -> Option<OffloadErrorKind>;
     /// The function the work calls, or the closure's type name.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     fn function(&self) -> &'static str;
@@ -248,12 +248,14 @@ impl<W: Work<Output = R>, R> RunOnce for WorkSlot<W, R> {
     }
 
     #[cfg(any(feature = "tracing", feature = "metrics"))]
-    fn settled(&self) -> Settled {
+    fn settled(&self) -> Option<OffloadErrorKind> {
         match self {
-            WorkSlot::Done(Ok(_)) => Settled::Ran,
-            WorkSlot::Done(Err(_)) => Settled::Panicked,
-            WorkSlot::Failed(error) => Settled::Failed(error.kind()),
-            WorkSlot::Pending(_) | WorkSlot::Running | WorkSlot::Dropped => Settled::NotRun,
+            WorkSlot::Done(Ok(_)) => None,
+            WorkSlot::Done(Err(_)) => Some(OffloadErrorKind::Panicked),
+            WorkSlot::Failed(error) => Some(error.kind()),
+            WorkSlot::Pending(_) | WorkSlot::Running | WorkSlot::Dropped => {
+                Some(OffloadErrorKind::NotRun)
+            }
         }
     }
 
@@ -375,7 +377,7 @@ impl<A, C: FnOnce(A) -> R, R> RunOnce for CallSlot<A, C, R> {
     }
 
     #[cfg(any(feature = "tracing", feature = "metrics"))]
-    fn settled(&self) -> Settled {
+    fn settled(&self) -> Option<OffloadErrorKind> {
         self.slot.settled()
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
 
-use crate::error::Settled;
+use crate::error::{OffloadErrorKind, outcome_label};
 
 /// Offloads handed to a strategy, labelled `strategy` and `outcome`.
 pub(crate) const OFFLOADS: &str = "ythread_offloads_total";
@@ -84,10 +84,10 @@ fn describe_to(recorder: usize) {
 /// waited and ran for `times` if it started.
 pub(crate) fn offloaded(
     strategy: &'static str,
-    settled: Settled,
+    settled: Option<OffloadErrorKind>,
     times: Option<(Duration, Duration)>,
 ) {
-    let outcome = settled.name();
+    let outcome = outcome_label(settled);
     let record = |series: &Series| {
         series.offloads.increment(1);
         if let Some((wait, run)) = times {

@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::Settled;
+use crate::error::OffloadErrorKind;
 
 thread_local! {
     /// When the offload this thread drives left for another process, as
@@ -145,7 +145,7 @@ impl Probe {
     }
 
     /// Reports the offload, which ended as `settled`.
-    pub(crate) fn finish(&self, settled: Settled) {
+    pub(crate) fn finish(&self, settled: Option<OffloadErrorKind>) {
         // Work sent to another process started when it was sent, unless
         // it ran here after all.
         if let (Some(at), Some(offloaded)) = (SENT.take(), self.offloaded)
@@ -160,7 +160,8 @@ impl Probe {
                 self.span.record("queue_wait_us", micros(wait));
                 self.span.record("run_us", micros(run));
             }
-            self.span.record("outcome", settled.name());
+            self.span
+                .record("outcome", crate::error::outcome_label(settled));
         }
         #[cfg(feature = "metrics")]
         crate::meters::offloaded(self.strategy, settled, times);

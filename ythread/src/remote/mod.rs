@@ -620,7 +620,7 @@ impl Apply for Remote {
         };
         observe::replied(
             &self.namespace,
-            observe::outcome(failure.as_ref().map(OffloadError::kind)),
+            crate::error::outcome_label(failure.as_ref().map(OffloadError::kind)),
         );
         if let Some(error) = failure {
             call.fail(error);

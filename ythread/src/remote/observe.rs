@@ -21,8 +21,6 @@
 //! with and without `tracing`, and workers of either, verify each other's
 //! calls).
 
-use crate::OffloadErrorKind;
-
 /// The header of a call's trace context, as W3C Trace Context names it
 /// (NATS header names are case-sensitive: this spelling only).
 pub(super) const TRACEPARENT_HEADER: &str = "traceparent";
@@ -381,12 +379,6 @@ pub(super) fn worker_call(namespace: &str, outcome: &'static str) {
 }
 
 // --- the requester's metrics -------------------------------------------------
-
-/// A call's outcome as a metric label: `ok`, or its failure's kind in
-/// snake case.
-pub(super) fn outcome(failure: Option<OffloadErrorKind>) -> &'static str {
-    failure.map_or("ok", OffloadErrorKind::label)
-}
 
 /// A requester's call ended with `outcome`.
 pub(super) fn replied(namespace: &str, outcome: &'static str) {

@@ -340,7 +340,7 @@ pub(super) enum WireError {
 }
 
 impl WireError {
-    /// Its outcome as a worker's metric label (see `observe::outcome`).
+    /// Its outcome as a worker's metric label (see `crate::error::outcome_label`).
     #[cfg(feature = "metrics")]
     pub(super) fn outcome(&self) -> &'static str {
         let kind = match self {
