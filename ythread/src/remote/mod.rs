@@ -113,6 +113,7 @@
 //! }
 //! ```
 
+mod hex;
 mod io;
 pub(crate) mod observe;
 mod queue;

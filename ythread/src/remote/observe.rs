@@ -21,6 +21,8 @@
 //! with and without `tracing`, and workers of either, verify each other's
 //! calls).
 
+use super::hex;
+
 /// The header of a call's trace context, as W3C Trace Context names it
 /// (NATS header names are case-sensitive: this spelling only).
 pub(super) const TRACEPARENT_HEADER: &str = "traceparent";
@@ -66,10 +68,10 @@ impl TraceParent {
             parent_id: [0; 8],
             flags: 0,
         };
-        from_hex(&bytes[3..35], &mut parsed.trace_id)?;
-        from_hex(&bytes[36..52], &mut parsed.parent_id)?;
+        hex::decode(&bytes[3..35], &mut parsed.trace_id, false)?;
+        hex::decode(&bytes[36..52], &mut parsed.parent_id, false)?;
         let mut flags = [0];
-        from_hex(&bytes[53..55], &mut flags)?;
+        hex::decode(&bytes[53..55], &mut flags, false)?;
         parsed.flags = flags[0];
         if parsed.trace_id == [0; 16] || parsed.parent_id == [0; 8] {
             return None;
@@ -81,14 +83,14 @@ impl TraceParent {
     pub(super) fn header(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
+            hex::encode(&self.trace_id),
+            hex::encode(&self.parent_id),
             self.flags
         )
     }
 
     pub(super) fn trace_hex(&self) -> String {
-        hex(&self.trace_id)
+        hex::encode(&self.trace_id)
     }
 }
 
@@ -106,29 +108,6 @@ pub(super) fn traceparent_of(headers: Option<&async_nats::HeaderMap>) -> Incomin
         return Incoming::Invalid;
     }
     TraceParent::parse(first.as_str()).map_or(Incoming::Invalid, Incoming::Valid)
-}
-
-/// Lowercase hex digits into `out`, two per byte; `None` for anything
-/// else. (`hex` has exactly twice `out`'s length: the caller cut it.)
-fn from_hex(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        text.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-    }
-    text
 }
 
 /// How a call is named wherever it is reported: `{function} call {id}`,
@@ -259,7 +238,7 @@ pub(super) fn remote_call_span(
     );
     if let Some(trace) = trace {
         span.record("trace_id", trace.trace_hex().as_str());
-        span.record("parent_id", hex(&trace.parent_id).as_str());
+        span.record("parent_id", hex::encode(&trace.parent_id).as_str());
     }
     if let Some(deadline) = deadline {
         span.record(

@@ -12,6 +12,7 @@
 //! What it does not stop: the same call sent again, unchanged, before it
 //! expires, runs again (its reply is dropped: its call has been answered).
 
+use super::hex;
 use std::io;
 
 use ring::hmac;
@@ -98,13 +99,7 @@ impl Key {
 
     /// The signature of `signed`, as the header carries it.
     pub(super) fn sign(&self, signed: &Signed<'_>) -> String {
-        let tag = self.tag(signed);
-        let mut hex = String::with_capacity(64);
-        for byte in tag.as_ref() {
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-        }
-        hex
+        hex::encode(self.tag(signed).as_ref())
     }
 
     /// Whether `signature` (the header's text, `None` if absent) signs
@@ -127,15 +122,8 @@ impl Key {
 
 /// 64 hex digits as 32 bytes; `None` for anything else.
 fn from_hex(text: &str) -> Option<[u8; 32]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
+    hex::decode(text.as_bytes(), &mut out, true)?;
     Some(out)
 }
 
