@@ -74,25 +74,19 @@ impl Probe {
             outcome = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
+        #[cfg(feature = "tracing")]
+        let own = !span.is_disabled();
+        #[cfg(not(feature = "tracing"))]
+        let own = false;
         Probe {
             strategy,
-            offloaded: {
-                #[cfg(all(feature = "tracing", not(feature = "metrics")))]
-                let wanted = !span.is_disabled();
-                #[cfg(feature = "metrics")]
-                let wanted = true;
-                wanted.then(Instant::now)
-            },
+            offloaded: (cfg!(feature = "metrics") || own).then(Instant::now),
             started: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             #[cfg(feature = "tracing")]
-            own: !span.is_disabled(),
+            own,
             #[cfg(feature = "tracing")]
-            span: if span.is_disabled() {
-                tracing::Span::current()
-            } else {
-                span
-            },
+            span: if own { span } else { tracing::Span::current() },
         }
     }
 
