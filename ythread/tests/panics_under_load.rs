@@ -256,7 +256,7 @@ fn processes() {
 #[test]
 fn remote() {
     common::watchdog(Duration::from_secs(600), || {
-        let nats = NatsServer::start(&["-js"]).unwrap_or_else(|error| panic!("{error}"));
+        let nats = NatsServer::started(&["-js"]);
         let worker = Worker::builder(nats.url())
             .namespace("panics")
             .processes(common::worker_processes(2))

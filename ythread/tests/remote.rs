@@ -145,7 +145,7 @@ fn nats(extra: &[&str]) -> NatsServer {
 }
 
 fn nats_without_jetstream(extra: &[&str]) -> NatsServer {
-    NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
+    NatsServer::started(extra)
 }
 
 // --- tests ----------------------------------------------------------------

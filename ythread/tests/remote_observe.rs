@@ -114,7 +114,7 @@ fn observed() -> Observed {
 }
 
 fn nats() -> NatsServer {
-    NatsServer::start(&[]).unwrap_or_else(|error| panic!("{error}"))
+    NatsServer::started(&[])
 }
 
 fn worker(url: &str, namespace: &str) -> Worker {

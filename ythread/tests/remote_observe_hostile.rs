@@ -37,7 +37,7 @@ fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
     common::watchdog(Duration::from_secs(120), || {
         let spans = spans::recorder();
         metric_totals::Totals::global();
-        let server = NatsServer::start(&[]).unwrap_or_else(|error| panic!("{error}"));
+        let server = NatsServer::started(&[]);
         let namespace = "attack20";
         let worker = Worker::builder(server.url())
             .namespace(namespace)

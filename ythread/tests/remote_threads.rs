@@ -153,7 +153,7 @@ fn call_held(gate: usize, n: u64) -> Result<u64, OffloadError> {
 // --- setting up -------------------------------------------------------------
 
 fn nats(extra: &[&str]) -> NatsServer {
-    NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
+    NatsServer::started(extra)
 }
 
 fn on_threads(url: &str, namespace: &str, threads: usize) -> WorkerBuilder {

@@ -150,7 +150,7 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// A `nats-server` with JetStream (the workers' shared queue) for one test.
 fn nats() -> NatsServer {
-    NatsServer::start(&["-js"]).unwrap_or_else(|error| panic!("{error}"))
+    NatsServer::started(&["-js"])
 }
 
 /// The namespace of one test and flavour.

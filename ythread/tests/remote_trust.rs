@@ -156,7 +156,7 @@ fn records(path: &std::path::Path) -> Vec<(u64, u64)> {
 // --- servers and clients --------------------------------------------------
 
 fn nats(extra: &[&str]) -> NatsServer {
-    NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
+    NatsServer::started(extra)
 }
 
 /// A server with `config` (nats-server's configuration format), written to

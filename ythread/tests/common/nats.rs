@@ -44,6 +44,16 @@ pub struct NatsServer {
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
 
 impl NatsServer {
+    /// [`start`](NatsServer::start), for a test: fails it, saying why
+    /// (how to install `nats-server`, if it is missing).
+    ///
+    /// # Panics
+    ///
+    /// If the server does not start.
+    pub fn started(extra: &[&str]) -> NatsServer {
+        NatsServer::start(extra).unwrap_or_else(|error| panic!("{error}"))
+    }
+
     /// Starts a server on a free port; `extra` are more flags.
     ///
     /// # Errors
