@@ -14,6 +14,9 @@
 //! every `Processes` in it: the tests take turns ([`serial`]).
 
 mod common;
+#[path = "common/frames.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod frames;
 /// What the recorder was given, added up.
 #[path = "common/metric_totals.rs"]
 #[allow(dead_code, unreachable_pub)] // Not every helper is used here.
@@ -31,6 +34,7 @@ use std::time::Duration;
 use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
 
 use common::eventually;
+use frames::{DROPPED, EVENT, raw, raw_event, reply_channel};
 use metric_totals::Totals;
 use spans::Seen;
 
@@ -62,11 +66,7 @@ fn long_event(bytes: usize) -> u64 {
 #[offloadable]
 fn forge(bytes: Vec<u8>) -> u64 {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // SAFETY: descriptor 4 is this worker's reply channel, open for the
-    // process's life; `ManuallyDrop` keeps the `File` from closing it.
-    let mut channel = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(4) });
-    let _ = channel.write_all(&bytes);
+    let _ = reply_channel().write_all(&bytes);
     0
 }
 
@@ -179,28 +179,6 @@ fn serial() -> MutexGuard<'static, ()> {
     // descriptions.
     Totals::global();
     guard
-}
-
-// --- the raw frames of a hostile worker -----------------------------------
-
-/// Frame kinds of the protocol (`src/processes/frame.rs`): a hostile
-/// worker speaks it on purpose.
-const EVENT: u8 = 6;
-const DROPPED: u8 = 7;
-const LEVEL_INFO: u8 = 3;
-
-/// A raw frame: length, kind, call number, body.
-fn raw(kind: u8, call: u32, body: &[u8]) -> Vec<u8> {
-    let mut frame = ((1 + 4 + body.len()) as u32).to_le_bytes().to_vec();
-    frame.push(kind);
-    frame.extend(call.to_le_bytes());
-    frame.extend(body);
-    frame
-}
-
-fn raw_event(call: u32, target: &str, message: &str) -> Vec<u8> {
-    let body = postcard::to_allocvec(&(LEVEL_INFO, target, message, "")).unwrap();
-    raw(EVENT, call, &body)
 }
 
 // --- the tests ------------------------------------------------------------

@@ -6,6 +6,9 @@
 //!
 
 mod common;
+#[path = "common/frames.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod frames;
 #[path = "common/metric_totals.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod metric_totals;
@@ -22,31 +25,9 @@ use ythread::{
     OffloadError, OffloadErrorKind, Processes, Yieldable, offloadable, try_offload, yieldable,
 };
 
+use frames::{DONE, DROPPED, EVENT, raw, raw_event, reply_channel};
+
 const LINE: usize = 64 * 1024;
-const EVENT: u8 = 6;
-const DROPPED: u8 = 7;
-const DONE: u8 = 3;
-const LEVEL_INFO: u8 = 3;
-
-fn raw(kind: u8, call: u32, body: &[u8]) -> Vec<u8> {
-    let mut frame = ((1 + 4 + body.len()) as u32).to_le_bytes().to_vec();
-    frame.push(kind);
-    frame.extend(call.to_le_bytes());
-    frame.extend(body);
-    frame
-}
-
-fn raw_event(call: u32, message: &str) -> Vec<u8> {
-    let body = postcard::to_allocvec(&(LEVEL_INFO, "t", message, "")).unwrap();
-    raw(EVENT, call, &body)
-}
-
-/// The reply channel of a worker.
-fn channel() -> std::mem::ManuallyDrop<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: descriptor 4 is the worker's reply channel, open for its life.
-    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(4) })
-}
 
 // --- the work -------------------------------------------------------------
 
@@ -63,7 +44,7 @@ fn write_err(chunks: Vec<Vec<u8>>) -> u64 {
 /// Writes `bytes` to the reply channel, then, if `then_abort`, aborts.
 #[offloadable]
 fn forge_then(bytes: Vec<u8>, then_abort: bool) -> u64 {
-    let _ = channel().write_all(&bytes);
+    let _ = reply_channel().write_all(&bytes);
     if then_abort {
         std::process::abort();
     }
@@ -80,7 +61,7 @@ fn forge_later(bytes: Vec<u8>, gate: String) -> u64 {
         while !std::path::Path::new(&gate).exists() && std::time::Instant::now() < until {
             thread::sleep(Duration::from_millis(2));
         }
-        let _ = channel().write_all(&bytes);
+        let _ = reply_channel().write_all(&bytes);
     });
     0
 }
@@ -435,8 +416,8 @@ fn a_death_in_the_middle_of_an_event_frame_is_worker_died() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
         let cpu = common::worker_processes(1).build().unwrap();
-        let mut bytes = raw_event(1, "a whole one");
-        let partial = raw_event(1, &"p".repeat(100));
+        let mut bytes = raw_event(1, "t", "a whole one");
+        let partial = raw_event(1, "t", &"p".repeat(100));
         bytes.extend(&partial[..20]);
         let (outcome, _) = spans::observed(|| call_forge_then(bytes, true).run_with(&cpu));
         let error = outcome.unwrap_err();
@@ -497,7 +478,7 @@ fn dropped_before_events_then_a_second_dropped() {
         let cpu = common::worker_processes(1).build().unwrap();
         let dropped = raw(DROPPED, 1, &postcard::to_allocvec(&5u64).unwrap());
         let mut bytes = dropped.clone();
-        bytes.extend(raw_event(1, "after the drop count"));
+        bytes.extend(raw_event(1, "t", "after the drop count"));
         let (outcome, seen) = spans::observed(|| call_forge_then(bytes, false).run_with(&cpu));
         assert_eq!(outcome.unwrap(), 0);
         let seen = seen.seen();
@@ -557,7 +538,7 @@ fn an_event_written_while_idle_gets_the_worker_replaced() {
         let cpu = common::worker_processes(1).build().unwrap();
         let gate = common::scratch("idle-event").join("gate");
         let (outcome, _) = spans::observed(|| {
-            call_forge_later(raw_event(1, "late"), gate.display().to_string()).run_with(&cpu)
+            call_forge_later(raw_event(1, "t", "late"), gate.display().to_string()).run_with(&cpu)
         });
         assert_eq!(outcome.unwrap(), 0);
         std::fs::write(&gate, b"").unwrap();
