@@ -293,7 +293,11 @@ fn offloads_are_counted_and_timed_per_strategy_and_outcome() {
     assert_eq!(waits.len(), 5);
     assert!(waits.iter().all(|&s| (0.0..60.0).contains(&s)), "{waits:?}");
 
-    // Described, for `# HELP` lines.
+    assert_offload_series_described(&totals);
+}
+
+/// Each offload series has a description, for its `# HELP` line.
+fn assert_offload_series_described(totals: &Totals) {
     for name in [
         "ythread_offloads_total",
         "ythread_offload_queue_wait_seconds",
@@ -322,16 +326,7 @@ fn a_recorder_installed_later_gets_the_descriptions() {
         ),
         1.0
     );
-    for name in [
-        "ythread_offloads_total",
-        "ythread_offload_queue_wait_seconds",
-        "ythread_offload_run_seconds",
-    ] {
-        assert!(
-            totals.description(name).is_some(),
-            "{name} is not described"
-        );
-    }
+    assert_offload_series_described(&totals);
 }
 
 #[test]
