@@ -18,6 +18,9 @@ mod common;
 #[path = "common/metric_totals.rs"]
 #[allow(dead_code, unreachable_pub)] // Not every helper is used here.
 mod metric_totals;
+#[path = "common/replay.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod replay;
 /// A `tracing` subscriber that keeps the span tree.
 #[path = "common/spans.rs"]
 #[allow(dead_code, unreachable_pub)] // Not every helper is used here.
@@ -26,13 +29,13 @@ mod spans;
 use common::eventually;
 use common::nats::NatsServer;
 use metric_totals::Totals;
+use replay::Replay;
 use spans::SpanRecord;
 
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use ythread::remote::{Remote, Worker, async_nats};
 use ythread::{OffloadError, OffloadErrorKind, Yieldable, offloadable, try_offload, yieldable};
 
@@ -349,26 +352,14 @@ fn malformed_traceparents_are_ignored_and_counted() {
                 .connect()
                 .unwrap(),
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let raw = runtime.block_on(async_nats::connect(server.url())).unwrap();
-
         // A call of the requester's, as it goes by: its subject, arguments
         // and headers.
-        let mut sniffed = runtime
-            .block_on(raw.subscribe(format!("ythread.{namespace}.>")))
-            .unwrap();
-        runtime.block_on(raw.flush()).unwrap();
         let requester = Arc::clone(&cpu);
-        let called = thread::spawn(move || call_sumn(10).run_with(&*requester));
-        let call = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), sniffed.next()).await })
-            .expect("the requester's call went by")
-            .unwrap();
-        assert_eq!(called.join().unwrap().unwrap(), 55);
+        let (replay, called) = Replay::catch(server.url(), namespace, move || {
+            call_sumn(10).run_with(&*requester)
+        });
+        assert_eq!(called.unwrap(), 55);
+        let call = &replay.call;
         let header = call
             .headers
             .as_ref()
@@ -387,24 +378,9 @@ fn malformed_traceparents_are_ignored_and_counted() {
         );
 
         let request = |headers: async_nats::HeaderMap| -> Option<Vec<u8>> {
-            let inbox = raw.new_inbox();
-            runtime.block_on(async {
-                let mut replies = raw.subscribe(inbox.clone()).await.unwrap();
-                raw.publish_with_reply_and_headers(
-                    call.subject.clone(),
-                    inbox,
-                    headers,
-                    call.payload.clone(),
-                )
-                .await
-                .unwrap();
-                raw.flush().await.unwrap();
-                tokio::time::timeout(Duration::from_secs(2), replies.next())
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|reply| reply.payload.to_vec())
-            })
+            replay
+                .request(replay.inbox(), headers, Duration::from_secs(2))
+                .expect("published")
         };
         let ok = |outcome| {
             observed.metrics.value(

@@ -9,6 +9,9 @@ mod common;
 #[path = "common/metric_totals.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod metric_totals;
+#[path = "common/replay.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod replay;
 #[path = "common/spans.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod spans;
@@ -18,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::nats::NatsServer;
-use futures_util::StreamExt;
+use replay::Replay;
 use ythread::remote::{Remote, Worker, async_nats};
 use ythread::{OffloadError, Yieldable, offloadable, try_offload, yieldable};
 
@@ -56,44 +59,19 @@ fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
                 .connect()
                 .unwrap(),
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let raw = runtime.block_on(async_nats::connect(server.url())).unwrap();
-        let mut sniffed = runtime
-            .block_on(raw.subscribe(format!("ythread.{namespace}.>")))
-            .unwrap();
-        runtime.block_on(raw.flush()).unwrap();
         let requester = Arc::clone(&cpu);
-        let called = std::thread::spawn(move || call_sumn(10).run_with(&*requester));
-        let call = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), sniffed.next()).await })
-            .unwrap()
-            .unwrap();
-        assert_eq!(called.join().unwrap().unwrap(), 55);
+        let (replay, called) = Replay::catch(server.url(), namespace, move || {
+            call_sumn(10).run_with(&*requester)
+        });
+        assert_eq!(called.unwrap(), 55);
+        let call = &replay.call;
 
         let request = |reply: String, headers: async_nats::HeaderMap| -> Option<Vec<u8>> {
-            runtime.block_on(async {
-                let mut replies = raw.subscribe(reply.clone()).await.unwrap();
-                raw.publish_with_reply_and_headers(
-                    call.subject.clone(),
-                    reply,
-                    headers,
-                    call.payload.clone(),
-                )
-                .await
-                .ok()?;
-                raw.flush().await.unwrap();
-                tokio::time::timeout(Duration::from_secs(3), replies.next())
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|reply| reply.payload.to_vec())
-            })
+            replay
+                .request(reply, headers, Duration::from_secs(3))
+                .expect("published")
         };
-        let baseline = request(raw.new_inbox(), async_nats::HeaderMap::new()).expect("an answer");
+        let baseline = request(replay.inbox(), async_nats::HeaderMap::new()).expect("an answer");
         let ignored_before = ignored();
 
         // 5000 traceparent values, each valid.
@@ -103,7 +81,7 @@ fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
             many.append("traceparent", valid.as_str());
         }
         assert_eq!(
-            request(raw.new_inbox(), many).as_ref(),
+            request(replay.inbox(), many).as_ref(),
             Some(&baseline),
             "many"
         );
@@ -112,19 +90,19 @@ fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
         let mut big = async_nats::HeaderMap::new();
         big.insert("traceparent", "0".repeat(900 * 1024).as_str());
         assert_eq!(
-            request(raw.new_inbox(), big).as_ref(),
+            request(replay.inbox(), big).as_ref(),
             Some(&baseline),
             "1 MB header"
         );
 
         // Reply subjects: 3 KB; 17 hex digits; control characters.
-        let long = format!("{}.{}", raw.new_inbox(), "a".repeat(3000));
+        let long = format!("{}.{}", replay.inbox(), "a".repeat(3000));
         assert_eq!(
             request(long, async_nats::HeaderMap::new()).as_ref(),
             Some(&baseline),
             "3 KB (10 KB is over nats-server max_control_line 4096: the server drops the sender)"
         );
-        let seventeen = format!("{}.{}", raw.new_inbox(), "1".repeat(17));
+        let seventeen = format!("{}.{}", replay.inbox(), "1".repeat(17));
         assert_eq!(
             request(seventeen, async_nats::HeaderMap::new()).as_ref(),
             Some(&baseline),
@@ -132,8 +110,15 @@ fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
         );
         // (NATS may refuse to deliver to such a subject: no answer, or the
         // true one.)
-        let control = format!("{}.\u{1b}[31mred\u{7}.beef", raw.new_inbox());
-        let answer = request(control, async_nats::HeaderMap::new());
+        let control = format!("{}.\u{1b}[31mred\u{7}.beef", replay.inbox());
+        let answer = replay
+            .request(
+                control,
+                async_nats::HeaderMap::new(),
+                Duration::from_secs(3),
+            )
+            .ok()
+            .flatten();
         assert!(
             answer.is_none() || answer == Some(baseline.clone()),
             "control characters"
