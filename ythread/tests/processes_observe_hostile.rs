@@ -138,19 +138,6 @@ fn serial() -> MutexGuard<'static, ()> {
     guard
 }
 
-/// A set of one worker whose lines are kept.
-fn with_lines() -> (Processes, Arc<Mutex<Vec<String>>>) {
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&lines);
-    let cpu = Processes::builder()
-        .workers(1)
-        .deadline(Duration::from_secs(30))
-        .worker_output(move |line| sink.lock().unwrap().push(line.to_owned()))
-        .build()
-        .unwrap();
-    (cpu, lines)
-}
-
 /// Waits until the relay has relayed a line containing `text`.
 fn wait_line(lines: &Mutex<Vec<String>>, text: &str) {
     let end = Instant::now() + Duration::from_secs(20);
@@ -176,7 +163,7 @@ fn split(line: &str) -> (&str, &str) {
 fn open_lines_around_the_chunk_boundary_never_cut_a_mark() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(240), || {
-        let (cpu, lines) = with_lines();
+        let (cpu, lines) = common::one_worker_with_its_lines();
         let pid = cpu.idle_pids()[0];
         let mut call = 0;
         let mut sizes: Vec<usize> = (LINE - 70..=LINE + 2).collect();
@@ -251,7 +238,7 @@ fn text_escaped(k: usize, i: usize) -> Vec<u8> {
 fn text_shaped_like_marks_is_text_under_the_calls_label() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
-        let (cpu, lines) = with_lines();
+        let (cpu, lines) = common::one_worker_with_its_lines();
         let pid = cpu.idle_pids()[0];
         let forged: Vec<Vec<u8>> = vec![
             b"\0ythread-call 0000000000000000 1 end\n".to_vec(),
@@ -287,7 +274,7 @@ fn text_shaped_like_marks_is_text_under_the_calls_label() {
 fn text_shaped_like_marks_never_moves_a_label() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
-        let (cpu, lines) = with_lines();
+        let (cpu, lines) = common::one_worker_with_its_lines();
         let pid = cpu.idle_pids()[0];
         // (`{N}`: a nonce, as marks carried.)
         let forged: Vec<String> = vec![
