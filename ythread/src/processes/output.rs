@@ -6,7 +6,8 @@
 //! line (`f call 7`), so that a user can tell who printed what; it keeps the
 //! last few KiB so that a death can be explained ([`cause`]).
 //!
-//! A line's label never depends on when the relay read it. The parent
+//! A line's label never depends on when the relay read it (unless the
+//! relay lags more than [`CALLS_KEPT`] calls behind). The parent
 //! notes where in the output each call starts and ends, as byte positions:
 //! what the relay has read plus what waits in the pipe (`FIONREAD`), at the
 //! moment the call is sent and at the moment its reply is read. The worker
@@ -15,7 +16,8 @@
 //! when the reply is. The relay reads under the same lock, and labels each
 //! byte by the call whose span holds it, ending a line at a span's edge.
 //! Nothing goes through the pipe but the worker's own bytes, and a call
-//! costs the parent two `ioctl`s and no wake-up of the relay.
+//! costs the parent two `ioctl`s; it wakes the relay only when the call
+//! ends on a line it left open.
 //!
 //! The worker is another process and its output may be hostile: memory stays
 //! bounded whatever it prints (lines are cut at [`LINE`] bytes, the tail kept
@@ -85,7 +87,8 @@ struct Shared {
 struct Spans {
     /// The bytes the relay has read from the pipe.
     read: u64,
-    /// The last calls sent, oldest first: at most [`CALLS_KEPT`].
+    /// The last calls sent, oldest first, but those whose bytes the relay
+    /// has read past: at most [`CALLS_KEPT`].
     calls: VecDeque<CallSpan>,
     /// The relay holds a line not yet ended by a newline.
     open_line: bool,
@@ -466,7 +469,9 @@ impl<W: Write> Relay<W> {
             loop {
                 {
                     let mut spans = lock_spans(&self.shared);
-                    spans.open_line = !line.is_empty();
+                    // (Only a call's line can be ended by its end: one
+                    // open between calls waits for its newline.)
+                    spans.open_line = !line.is_empty() && self.running.is_some();
                     self.calls.clear();
                     self.calls.extend(spans.calls.iter().cloned());
                 }
@@ -518,6 +523,13 @@ impl<W: Write> Relay<W> {
             let _ = (&self.shared.wake.0).read(&mut [0; 64]);
         }
         let mut spans = lock_spans(&self.shared);
+        // The spans that end before the bytes about to be read label no
+        // byte any more: the copy below is of one or two spans when the
+        // relay keeps up.
+        let read = spans.read;
+        while spans.calls.front().is_some_and(|span| span.end <= read) {
+            spans.calls.pop_front();
+        }
         let n = if output {
             // Readable (or at its end): this does not block.
             let n = (&self.shared.reader).read(buffer)?;
@@ -976,6 +988,59 @@ mod tests {
         sink.wait_for(1);
         assert_eq!(sink.writes(), ["[ythread worker 1 pid 7 f call 1] open\n"]);
         finish(&output, writer);
+    }
+
+    /// Waits until the relay has read `bytes` bytes.
+    fn wait_read(output: &Output, bytes: u64) {
+        let deadline = Instant::now() + LONG;
+        while lock_spans(&output.shared).read < bytes {
+            assert!(Instant::now() < deadline, "the relay never read the bytes");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_line_open_between_calls_never_has_their_ends_wake_the_relay() {
+        let (output, mut writer, sink) = start(1, 7);
+        // Two reads: the relay is done with the first when it makes the
+        // second, and held the line open after it.
+        writer.write_all(b"left").unwrap();
+        wait_read(&output, 4);
+        writer.write_all(b" open").unwrap();
+        wait_read(&output, 9);
+        // No call's end could end it: the relay does not ask to be woken
+        // at each call's end (a write and a wake-up a call).
+        assert!(!lock_spans(&output.shared).open_line);
+        output.expect_call(1, "f call 1".into());
+        output.call_ended(1);
+        writer.write_all(b"\n").unwrap();
+        finish(&output, writer);
+        assert_eq!(sink.writes(), ["[ythread worker 1 pid 7] left open\n"]);
+    }
+
+    #[test]
+    fn the_spans_read_past_are_let_go() {
+        let (output, mut writer, sink) = start(1, 7);
+        for call in 1..=3 {
+            output.expect_call(call, format!("f call {call}").into());
+            writer.write_all(format!("{call}\n").as_bytes()).unwrap();
+            wait_read(&output, 2 * u64::from(call));
+            output.call_ended(call);
+        }
+        // The relay's next read lets go of the spans it has read past.
+        writer.write_all(b"after\n").unwrap();
+        sink.wait_for(4);
+        assert_eq!(lock_spans(&output.shared).calls.len(), 0);
+        finish(&output, writer);
+        assert_eq!(
+            sink.writes(),
+            [
+                "[ythread worker 1 pid 7 f call 1] 1\n",
+                "[ythread worker 1 pid 7 f call 2] 2\n",
+                "[ythread worker 1 pid 7 f call 3] 3\n",
+                "[ythread worker 1 pid 7] after\n",
+            ]
+        );
     }
 
     #[test]
