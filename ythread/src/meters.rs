@@ -7,7 +7,6 @@
 //! describes them all at once.
 
 use std::cell::RefCell;
-use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -26,10 +25,12 @@ pub(crate) const RUN_TIME: &str = "ythread_offload_run_seconds";
 /// series: offloads, worker processes and `Remote` (Prometheus prints them
 /// as `# HELP` lines).
 ///
-/// ythread calls this itself the first time it records a series (an
-/// offload, a `Processes` or `Remote` built); call it after installing a
-/// recorder later than that (or a second one), or to see every series
-/// described before any is recorded.
+/// ythread calls this itself for each recorder it finds installed when a
+/// `Processes`, `Remote` or `Worker` is built and when a thread first
+/// offloads into it. Call it yourself to see every series described before
+/// any is recorded, or after installing a recorder into which only
+/// series other than offloads are recorded (a `Worker` that offloads
+/// nothing itself, say).
 ///
 /// ```
 /// # #[cfg(feature = "metrics")] {
@@ -63,16 +64,21 @@ pub fn describe_metrics() {
     );
 }
 
-/// [`describe_metrics`], the first time only.
-pub(crate) fn describe_once() {
-    static DESCRIBED: Once = Once::new();
-    DESCRIBED.call_once(describe_metrics);
+/// [`describe_metrics`] to the recorder installed now (the thread's local
+/// one, else the global one), unless it was the last described: a recorder
+/// installed after the first offloads gets the descriptions too. Off the
+/// hot path: called when a `Processes`, `Remote` or `Worker` is built, and
+/// when a thread first records an offload into a recorder.
+pub(crate) fn describe_to_current() {
+    describe_to(current_recorder());
 }
 
-/// [`describe_metrics`] to the recorder at address `recorder` (the
-/// current one), unless it was the last described: a recorder installed
-/// after the first offloads gets the descriptions too. Off the hot path:
-/// called when a thread first records into a recorder.
+/// The address of the recorder installed now, which tells it from another.
+fn current_recorder() -> usize {
+    metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize)
+}
+
+/// [`describe_to_current`], given the current recorder's address.
 fn describe_to(recorder: usize) {
     static DESCRIBED: AtomicUsize = AtomicUsize::new(0);
     if DESCRIBED.swap(recorder, Ordering::Relaxed) != recorder {
@@ -148,8 +154,7 @@ impl Series {
 
 impl Handles {
     fn series(&mut self, strategy: &'static str, outcome: &'static str) -> &Series {
-        let recorder =
-            metrics::with_recorder(|recorder| std::ptr::from_ref(recorder).cast::<()>() as usize);
+        let recorder = current_recorder();
         if recorder != self.recorder {
             self.series.clear();
             self.recorder = recorder;

@@ -453,3 +453,37 @@ fn restarts_live_and_busy_workers_read_back_from_the_recorder() {
         );
     });
 }
+
+/// A recorder installed after the first `Processes` was built is told what
+/// the series are when the next one is built, with no call of
+/// `describe_metrics`.
+#[test]
+fn a_recorder_installed_later_is_described_when_a_processes_is_built() {
+    let _serial = serial();
+    common::watchdog(Duration::from_secs(60), || {
+        let build = || common::worker_processes(1).build().unwrap();
+        drop(build());
+        let later = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = later.snapshotter();
+        let names = [
+            "ythread_worker_restarts_total",
+            "ythread_worker_processes",
+            "ythread_offloads_total",
+        ];
+        metrics::with_local_recorder(&later, || {
+            drop(build());
+            // (The debugging recorder shows a description only beside a
+            // series it holds; the workers' series go to the global one.)
+            for name in names {
+                metrics::counter!(name).absolute(0);
+            }
+        });
+        let described = Totals::new(snapshotter);
+        for name in names {
+            assert!(
+                described.description(name).is_some(),
+                "{name} is not described"
+            );
+        }
+    });
+}

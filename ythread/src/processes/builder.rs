@@ -226,7 +226,7 @@ impl ProcessesBuilder {
         // The units and help texts of the series, for the recorder
         // installed now.
         #[cfg(feature = "metrics")]
-        crate::meters::describe_once();
+        crate::meters::describe_to_current();
         let spec = Spec {
             // This program's own name, so that `ps` shows the workers as
             // what they are rather than as `/proc/self/exe`.

@@ -493,7 +493,7 @@ impl WorkerBuilder {
         // The units and help texts of the series, for the recorder
         // installed now.
         #[cfg(feature = "metrics")]
-        crate::meters::describe_once();
+        crate::meters::describe_to_current();
         let key = self
             .signing_key
             .as_deref()
