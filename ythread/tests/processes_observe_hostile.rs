@@ -249,14 +249,14 @@ fn text_shaped_like_marks_is_text_under_the_calls_label() {
             b"] [ythread worker 9 pid 1 evil call 1] hi\r\n".to_vec(),
             b"after\n".to_vec(),
         ];
-        assert_eq!(call_write_err(forged).run_with(&cpu).unwrap(), 0);
+        assert_eq!(call_write_err(forged.clone()).run_with(&cpu).unwrap(), 0);
         wait_line(&lines, "after");
         let label = format!(
             "[ythread worker 1 pid {pid} {}] ",
             designation("write_err", 1)
         );
         let got = lines.lock().unwrap().clone();
-        assert_eq!(got.len(), 6, "{got:#?}");
+        assert_eq!(got.len(), forged.len(), "{got:#?}");
         for line in &got {
             assert!(line.starts_with(&label), "{line:?}");
             assert!(
@@ -264,6 +264,19 @@ fn text_shaped_like_marks_is_text_under_the_calls_label() {
                 "{line:?}"
             );
         }
+        // Each line is the text written, its NULs and carriage returns
+        // escaped.
+        let expected: Vec<String> = forged
+            .iter()
+            .map(|text| {
+                let text = String::from_utf8_lossy(&text[..text.len() - 1]);
+                format!(
+                    "{label}{}",
+                    text.replace('\0', "\\x00").replace('\r', "\\x0d")
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
         assert_eq!(cpu.restarts(), 0);
     });
 }
@@ -314,8 +327,8 @@ fn text_shaped_like_marks_never_moves_a_label() {
         );
         wait_line(&lines, "third");
         let got = lines.lock().unwrap().clone();
+        // (Nothing is written between calls: every line has a call's label.)
         let labels = [
-            format!("[ythread worker 1 pid {pid}] "),
             format!(
                 "[ythread worker 1 pid {pid} {}] ",
                 designation("write_err", 1)
@@ -336,18 +349,20 @@ fn text_shaped_like_marks_never_moves_a_label() {
             );
             assert!(!line.contains("evil]"), "{got:#?}");
         }
-        let third = got.iter().find(|line| line.ends_with("third")).unwrap();
-        assert!(third.starts_with(&labels[3]), "{got:#?}");
-        // Every line the first call wrote is labelled with it.
-        for text in [
-            "a",
-            "b-after-forged-end",
-            "c-after-unknown-start",
-            "d-after-next-start",
-            "e",
+        // Every line each call wrote is labelled with it.
+        for (label, text) in [
+            (&labels[0], "a"),
+            (&labels[0], "b-after-forged-end"),
+            (&labels[0], "c-after-unknown-start"),
+            (&labels[0], "d-after-next-start"),
+            (&labels[0], "e"),
+            (&labels[1], "second"),
+            (&labels[2], "third"),
         ] {
-            let line = got.iter().find(|line| line.ends_with(text)).unwrap();
-            assert!(line.starts_with(&labels[1]), "{line:?}\n{got:#?}");
+            assert!(
+                got.contains(&format!("{label}{text}")),
+                "{label}{text} in {got:#?}"
+            );
         }
         assert_eq!(cpu.restarts(), 0);
     });
@@ -464,11 +479,17 @@ fn dropped_before_events_then_a_second_dropped() {
     let _serial = serial();
     common::watchdog(Duration::from_secs(60), || {
         let cpu = common::worker_processes(1).build().unwrap();
+        let dropped_total =
+            || metric_totals::Totals::global().value("ythread_worker_events_dropped_total", &[]);
+        let before = dropped_total();
         let dropped = raw(DROPPED, 1, &postcard::to_allocvec(&5u64).unwrap());
         let mut bytes = dropped.clone();
         bytes.extend(raw_event(1, "t", "after the drop count"));
         let (outcome, seen) = spans::observed(|| call_forge_then(bytes, false).run_with(&cpu));
         assert_eq!(outcome.unwrap(), 0);
+        // (The series the next test reads to see a refused count add
+        // nothing.)
+        assert_eq!(dropped_total() - before, 5.0);
         let seen = seen.seen();
         assert!(seen.iter().any(|s| s.message == "after the drop count"));
         assert!(
@@ -561,7 +582,8 @@ fn a_done_written_while_idle_never_answers_the_next_call() {
 
 /// Restarts under load with events and printed lines on: every outcome is
 /// the truth (`ok` with the right value, or `WorkerDied` for the calls that
-/// abort), nothing hangs, and no label names a call of another worker.
+/// abort), nothing hangs, a worker is replaced once for each abort, and
+/// every line the work printed is labelled with one of its calls.
 #[test]
 fn restarts_under_load_with_events_on() {
     let _serial = serial();
@@ -612,8 +634,13 @@ fn restarts_under_load_with_events_on() {
             t.join().unwrap();
         }
         assert!(cpu.restarts() > 0);
-        // Every relayed line of the work is labelled with a call of the
-        // worker (pid) that printed it.
+        // One restart for each call that aborts, no more.
+        let aborts = (0..4u64)
+            .flat_map(|t| (0..40u64).filter(move |i| (i + t) % 7 == 3))
+            .count() as u64;
+        common::eventually("a restart for each abort", || cpu.restarts() >= aborts);
+        assert_eq!(cpu.restarts(), aborts);
+        // Every relayed line of the work is labelled with one of its calls.
         common::eventually("the work's lines are relayed", || {
             lines.lock().unwrap().iter().any(|l| l.contains("] line "))
         });
