@@ -815,9 +815,14 @@ fn retries_stay_within_the_calls_deadline() {
     common::watchdog(Duration::from_secs(60), || {
         #[offloadable(idempotent)]
         fn slow_then_die(dir: String) -> u32 {
-            // Counts its run as it starts, then dies at 1.5 s.
+            // Counts its run as it starts; the first dies at 1.5 s, the
+            // others would run for a minute.
             let run = std::fs::read_dir(&dir).unwrap().count() + 1;
             std::fs::write(Path::new(&dir).join(run.to_string()), b"").unwrap();
+            if run > 1 {
+                thread::sleep(Duration::from_secs(60));
+                return 0;
+            }
             thread::sleep(Duration::from_millis(1_500));
             // SAFETY: `raise` has no memory effects; the point is to die.
             unsafe { libc::raise(libc::SIGKILL) };
@@ -827,12 +832,12 @@ fn retries_stay_within_the_calls_deadline() {
         fn handle(dir: String) -> Result<u32, OffloadError> {
             try_offload!(slow_then_die, dir)
         }
-        // Each run dies after 1.5 s of a 2.8 s deadline: a second run
-        // starts (time was left: 1.3 s to start a worker and send it the
+        // The first run dies after 1.5 s of a 4 s deadline: a second run
+        // starts (time was left: 2.5 s to start a worker and send it the
         // call) and is killed at the deadline; no third.
         let cpu = Processes::builder()
             .workers(1)
-            .deadline(Duration::from_millis(2_800))
+            .deadline(Duration::from_secs(4))
             .max_retries(10)
             .build()
             .unwrap();

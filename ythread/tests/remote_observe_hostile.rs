@@ -159,15 +159,21 @@ fn hostile_headers_and_reply_subjects_change_nothing_but_labels() {
             answer.is_none() || answer == Some(baseline.clone()),
             "a non-UTF-8 traceparent: {answer:?}"
         );
-        // Ignored: 5000 values (one is wanted), 900 KB, and the value not
-        // UTF-8 if the worker got it.
-        let more = if answer.is_some() { 3.0 } else { 2.0 };
-        assert_eq!(ignored() - ignored_before, more);
-
         // The worker serves on, after whatever reconnection that cost.
         common::eventually("the worker serves on", || {
             call_sumn(4).run_with(&*cpu).ok() == Some(10)
         });
+        // Ignored: 5000 values (one is wanted), 900 KB, and the value not
+        // UTF-8 if the worker got it, which it did if it answered (it may
+        // have got it and answered late). Counted as each call is taken,
+        // in order: the call just answered came after it on the same
+        // connection.
+        let ignored_here = ignored() - ignored_before;
+        if answer.is_some() {
+            assert_eq!(ignored_here, 3.0);
+        } else {
+            assert!([2.0, 3.0].contains(&ignored_here), "{ignored_here}");
+        }
         assert_eq!(worker.ready(), Ok(()));
 
         // No span or event carries the peer's text: call ids are hex of at
