@@ -1053,18 +1053,41 @@ fn call_add_after(a: u64, b: u64, ms: u64) -> Result<u64, OffloadError> {
     try_offload!(add_after, a, b, ms)
 }
 
+/// `a + b` once the file `gate` exists (30 s at most).
+#[offloadable]
+fn add_when_open(a: u64, b: u64, gate: String) -> u64 {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !std::path::Path::new(&gate).exists() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(5));
+    }
+    a + b
+}
+
+#[yieldable]
+fn call_add_when_open(a: u64, b: u64, gate: String) -> Result<u64, OffloadError> {
+    try_offload!(add_when_open, a, b, gate)
+}
+
 #[test]
 fn shutdown_lets_the_calls_under_way_and_waiting_run_then_reaps_the_workers() {
     common::watchdog(Duration::from_secs(60), || {
         let cpu = Arc::new(workers(1).build().unwrap());
         let pid = cpu.idle_pids()[0];
-        // One call runs for 4 s; four wait for the only worker. The pauses
-        // leave a loaded machine time to queue them, then to close the gate.
+        // One call runs until the test opens its gate; four wait for the
+        // only worker. The pauses leave a loaded machine time to queue
+        // them, then to start the shutdown.
+        let gate = common::scratch("shutdown-waits").join("gate");
         let calls: Vec<_> = (0..5u64)
             .map(|i| {
                 let cpu = Arc::clone(&cpu);
-                let ms = if i == 0 { 4_000 } else { 0 };
-                let handle = thread::spawn(move || call_add_after(i, 1, ms).run_with(&*cpu));
+                let gate = gate.display().to_string();
+                let handle = thread::spawn(move || {
+                    if i == 0 {
+                        call_add_when_open(i, 1, gate).run_with(&*cpu)
+                    } else {
+                        call_add_after(i, 1, 0).run_with(&*cpu)
+                    }
+                });
                 thread::sleep(Duration::from_millis(20));
                 handle
             })
@@ -1080,6 +1103,7 @@ fn shutdown_lets_the_calls_under_way_and_waiting_run_then_reaps_the_workers() {
         assert_eq!(error.kind(), OffloadErrorKind::Unavailable, "{error}");
         assert!(error.to_string().contains("shut down"), "{error}");
         assert!(!shutdown.is_finished(), "shutdown waits for the calls");
+        std::fs::write(&gate, b"").unwrap();
         for (i, call) in calls.into_iter().enumerate() {
             assert_eq!(call.join().unwrap().unwrap(), i as u64 + 1);
         }
