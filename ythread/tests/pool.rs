@@ -122,9 +122,7 @@ fn shutdown_runs_the_queued_work_then_refuses_new_work() {
                 thread::spawn(move || triple(x).run_with(&pool))
             })
             .collect();
-        while pool.queued() < 5 {
-            thread::sleep(Duration::from_millis(5));
-        }
+        common::eventually("five calls queued", || pool.queued() == 5);
         let shutdown = {
             let pool = pool.clone();
             thread::spawn(move || pool.shutdown())
